@@ -1,0 +1,33 @@
+# glassmesh: the two commands a new user runs are `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: venv demo test test-deps bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/glassmesh demo $(ARGS)
+
+test-deps: venv
+	bash scripts/install-test-deps.sh
+
+test: test-deps
+	$(PY) -m ruff check glassmesh tests
+	$(PY) -m pytest -q $(ARGS)
+
+bench: venv
+	bash bench/run.sh $(ARGS)
+
+lint: venv
+	$(PY) -m ruff check glassmesh tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

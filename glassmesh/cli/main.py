@@ -1,0 +1,41 @@
+"""The `glassmesh` command: argument parsing and presentation only.
+
+Each subcommand lives in its own module and is imported when used, so that
+`glassmesh proxy` does not pay for the CA's or the demo's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from glassmesh import __version__
+
+# name -> (module, attribute); loaded lazily.
+_COMMANDS = {
+    "proxy": ("glassmesh.cli.proxy_cmd", "proxy"),
+    "ca": ("glassmesh.cli.ca_cmd", "ca"),
+    "demo": ("glassmesh.cli.demo_cmd", "demo"),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS:
+            return None
+        mod, attr = _COMMANDS[name]
+        return getattr(importlib.import_module(mod), attr)
+
+
+@click.group(cls=_LazyGroup)
+@click.version_option(__version__, prog_name="glassmesh")
+def cli() -> None:
+    """glassmesh: per-host mTLS proxies, a built-in CA, and the tools to see through them."""
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,223 @@
+"""The snapshot: the complete, versioned config of one proxy, replaced whole.
+
+This is the contract between the control plane and a proxy. Today a proxy
+reads it from a JSON file; later the control plane streams the same document.
+It is decoded strictly (unknown fields are errors, every error names the
+field), then checked for meaning (names resolve, addresses parse) so that a
+proxy either swaps in a snapshot that is whole or keeps the one it has.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+Name = Annotated[str, msgspec.Meta(pattern=NAME_RE)]
+Protocol = Literal["http", "tcp"]
+# "host:port", with IPv6 hosts bracketed: "[::1]:4143".
+Address = Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")]
+
+_STRUCT = {"forbid_unknown_fields": True, "frozen": True, "kw_only": True}
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be used; the message names the bad field."""
+
+
+class LocalService(msgspec.Struct, **_STRUCT):
+    """A service with instances (or callers) on this host."""
+
+    name: Name
+    protocol: Protocol = "http"
+    # Where this host's instances of the service listen (the app processes).
+    instances: list[Address] = []
+    # The outbound listener that this service's apps use to call the mesh.
+    # One listener per local service is how the proxy knows who is calling.
+    outbound: Address | None = None
+    # The service's certificate chain and key (PEM files), presented on both
+    # sides: as the client cert when it calls, as the server cert when called.
+    cert: str
+    key: str
+
+
+class Endpoint(msgspec.Struct, **_STRUCT):
+    """One instance of a remote service, reached through its host's inbound port."""
+
+    address: Address
+    host: Name
+
+
+class Service(msgspec.Struct, **_STRUCT):
+    """A service that local services may call."""
+
+    name: Name
+    protocol: Protocol = "http"
+    endpoints: list[Endpoint] = []
+
+
+class TcpLink(msgspec.Struct, **_STRUCT):
+    """A local port that carries raw TCP from a local service to a destination service."""
+
+    source: Name
+    listen: Address
+    destination: Name
+
+
+class Timeouts(msgspec.Struct, **_STRUCT):
+    connect_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 3_000
+    # From the request head being forwarded to the response head arriving.
+    response_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 30_000
+    # A client connection with nothing in flight is closed after this.
+    idle_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 60_000
+    # A pooled proxy-to-proxy or proxy-to-app connection unused for this long is closed.
+    pool_idle_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 30_000
+    # A request head must arrive whole within this (slow-loris guard).
+    head_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 10_000
+
+
+class Limits(msgspec.Struct, **_STRUCT):
+    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 64 * 1024
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 100
+    max_client_connections: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+
+
+class Snapshot(msgspec.Struct, **_STRUCT):
+    version: Annotated[int, msgspec.Meta(ge=0)]
+    host: Name
+    trust_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]+$")]
+    # PEM file of the CA certificates that peer certificates must chain to.
+    trust_bundle: str
+    inbound: Address = "127.0.0.1:4143"
+    admin: Address = "127.0.0.1:4191"
+    local_services: list[LocalService] = []
+    services: list[Service] = []
+    tcp_links: list[TcpLink] = []
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+
+    def local(self, name: str) -> LocalService | None:
+        for s in self.local_services:
+            if s.name == name:
+                return s
+        return None
+
+    def service(self, name: str) -> Service | None:
+        for s in self.services:
+            if s.name == name:
+                return s
+        return None
+
+    def spiffe_id(self, service: str) -> str:
+        return f"spiffe://{self.trust_domain}/service/{service}"
+
+
+_decoder = msgspec.json.Decoder(Snapshot)
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    """'127.0.0.1:80' -> ('127.0.0.1', 80); '[::1]:80' -> ('::1', 80)."""
+    host, _, port = addr.rpartition(":")
+    if host.startswith("["):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _check(snap: Snapshot) -> None:
+    """Meaning checks that a schema cannot express; each error names its field."""
+
+    def fail(path: str, msg: str) -> None:
+        raise SnapshotError(f"{msg} - at `$.{path}`")
+
+    def port_ok(path: str, addr: str) -> None:
+        if not 0 < split_address(addr)[1] < 65536:
+            fail(path, f"port out of range in {addr!r}")
+
+    port_ok("inbound", snap.inbound)
+    port_ok("admin", snap.admin)
+    seen: dict[str, str] = {}
+    listen: dict[str, str] = {snap.inbound: "inbound", snap.admin: "admin"}
+    if snap.inbound == snap.admin:
+        fail("admin", "admin and inbound listen on the same address")
+    for i, ls in enumerate(snap.local_services):
+        p = f"local_services[{i}]"
+        if ls.name in seen:
+            fail(f"{p}.name", f"duplicate local service {ls.name!r}")
+        seen[ls.name] = p
+        for j, a in enumerate(ls.instances):
+            port_ok(f"{p}.instances[{j}]", a)
+        if ls.outbound is not None:
+            port_ok(f"{p}.outbound", ls.outbound)
+            if ls.outbound in listen:
+                fail(f"{p}.outbound", f"{ls.outbound} is already used by {listen[ls.outbound]}")
+            listen[ls.outbound] = f"{p}.outbound"
+    names: set[str] = set()
+    for i, s in enumerate(snap.services):
+        p = f"services[{i}]"
+        if s.name in names:
+            fail(f"{p}.name", f"duplicate service {s.name!r}")
+        names.add(s.name)
+        for j, e in enumerate(s.endpoints):
+            port_ok(f"{p}.endpoints[{j}].address", e.address)
+    for i, t in enumerate(snap.tcp_links):
+        p = f"tcp_links[{i}]"
+        if t.source not in seen:
+            fail(f"{p}.source", f"{t.source!r} is not a local service")
+        dst = snap.service(t.destination)
+        if dst is None:
+            fail(f"{p}.destination", f"{t.destination!r} is not in services")
+        elif dst.protocol != "tcp":
+            fail(f"{p}.destination", f"{t.destination!r} is an http service, a tcp link needs a tcp one")
+        port_ok(f"{p}.listen", t.listen)
+        if t.listen in listen:
+            fail(f"{p}.listen", f"{t.listen} is already used by {listen[t.listen]}")
+        listen[t.listen] = f"{p}.listen"
+
+
+def _resolve_paths(snap: Snapshot, base: str) -> Snapshot:
+    def r(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
+
+    return msgspec.structs.replace(
+        snap,
+        trust_bundle=r(snap.trust_bundle),
+        local_services=[msgspec.structs.replace(s, cert=r(s.cert), key=r(s.key)) for s in snap.local_services],
+    )
+
+
+def parse_snapshot(data: bytes, base_dir: str = ".") -> Snapshot:
+    """Decode and check a snapshot; relative file paths are taken from base_dir."""
+    try:
+        snap = _decoder.decode(data)
+    except msgspec.ValidationError as e:
+        raise SnapshotError(_friendly(str(e))) from None
+    except msgspec.DecodeError as e:
+        raise SnapshotError(f"not valid JSON: {e}") from None
+    _check(snap)
+    return _resolve_paths(snap, base_dir)
+
+
+def load_snapshot(path: str) -> Snapshot:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SnapshotError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return parse_snapshot(data, os.path.dirname(os.path.abspath(path)))
+    except SnapshotError as e:
+        raise SnapshotError(f"{path}: {e}") from None
+
+
+def encode_snapshot(snap: Snapshot) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(snap), indent=2)
+
+
+def _friendly(msg: str) -> str:
+    # msgspec says "Expected `str` matching regex '...'"; name the rule instead of the regex.
+    if NAME_RE in msg:
+        msg = msg.replace(f"matching regex '{NAME_RE}'", "that is a lowercase DNS label (a-z, 0-9, -)")
+    return re.sub(r"matching regex '[^']*'", "in the form host:port", msg) if "regex" in msg else msg

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# System packages the test suite needs; installed only when missing so `make test` is fast to rerun.
+set -euo pipefail
+need=()
+command -v tshark >/dev/null || need+=(tshark)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  echo wireshark-common wireshark-common/install-setuid boolean false | debconf-set-selections
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
