@@ -1,0 +1,3 @@
+from glassmesh.cli.main import main
+
+main()

@@ -1,0 +1,222 @@
+"""HTTP/1.1 message rules the proxy applies, with no I/O.
+
+httptools (llhttp) does the byte-level parsing; this module holds what a
+proxy must decide on top of it: which headers are hop-by-hop, which
+requests are ambiguous enough to refuse (the smuggling shapes), how a
+message is framed on the next hop, and how heads are written back out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+# Headers that describe one connection and never cross a proxy (RFC 9110 7.6.1),
+# plus proxy-only ones. Content-Length is re-derived for the next hop.
+HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    )
+)
+
+# Headers only the mesh may set; a client-sent copy is dropped before forwarding.
+SOURCE_HEADER = b"glassmesh-source"
+TRAIL_HEADER = b"glassmesh-trail"
+ERROR_HEADER = b"glassmesh-error"
+REQUEST_ID = b"x-request-id"
+TRACEPARENT = b"traceparent"
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_DIGITS = re.compile(rb"^[0-9]{1,18}$")
+
+REASONS = {
+    100: b"Continue",
+    101: b"Switching Protocols",
+    200: b"OK",
+    204: b"No Content",
+    304: b"Not Modified",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    417: b"Expectation Failed",
+    421: b"Misdirected Request",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class BadMessage(Exception):
+    """A message the proxy refuses; `reason` is the machine code, str() the sentence."""
+
+    def __init__(self, message: str, reason: str = "bad_request", status: int = 400) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+class Framing:
+    """How a body is delimited on the wire."""
+
+    NONE = 0  # no body
+    LENGTH = 1  # Content-Length
+    CHUNKED = 2  # Transfer-Encoding: chunked
+    CLOSE = 3  # response read until the connection closes
+
+
+def check_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+    """Refuse what llhttp would let through or what two parsers could read two ways.
+
+    Returns (framing, content_length). Raises BadMessage for: Content-Length
+    together with Transfer-Encoding, several Content-Length headers (even equal
+    ones: we are strict), a Transfer-Encoding that is not exactly `chunked`, a
+    malformed Content-Length, header names that are not tokens, control
+    characters in values, and several Host headers.
+    """
+    cl: bytes | None = None
+    te: bytes | None = None
+    hosts = 0
+    for name, value in headers:
+        if not _TOKEN.match(name):
+            raise BadMessage(f"invalid header name {name[:40]!r}")
+        if _BAD_VALUE.search(value):
+            raise BadMessage(f"invalid character in header {name.decode('latin-1')!r}")
+        n = name.lower()
+        if n == b"content-length":
+            if cl is not None:
+                raise BadMessage("more than one Content-Length header")
+            cl = value.strip()
+        elif n == b"transfer-encoding":
+            if te is not None:
+                raise BadMessage("more than one Transfer-Encoding header")
+            te = value.strip().lower()
+        elif n == b"host":
+            hosts += 1
+    if hosts > 1:
+        raise BadMessage("more than one Host header")
+    if te is not None:
+        if cl is not None:
+            raise BadMessage("both Content-Length and Transfer-Encoding: ambiguous framing")
+        if te != b"chunked":
+            raise BadMessage(f"unsupported Transfer-Encoding {te.decode('latin-1')!r}", status=501)
+        return Framing.CHUNKED, 0
+    if cl is not None:
+        if not _DIGITS.match(cl):
+            raise BadMessage(f"invalid Content-Length {cl[:20]!r}")
+        n = int(cl)
+        return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
+    return Framing.NONE, 0
+
+
+def response_framing(
+    status: int, headers: list[tuple[bytes, bytes]], request_method: bytes
+) -> tuple[int, int]:
+    """(framing, content_length) of a response as received from the next hop."""
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        return Framing.NONE, 0
+    cl: bytes | None = None
+    te: bytes | None = None
+    for name, value in headers:
+        n = name.lower()
+        if n == b"content-length":
+            if cl is not None and cl != value.strip():
+                raise BadMessage("response has conflicting Content-Length headers", "upstream_protocol_error", 502)
+            cl = value.strip()
+        elif n == b"transfer-encoding":
+            te = value.strip().lower()
+    if te is not None:
+        if not te.endswith(b"chunked"):
+            return Framing.CLOSE, 0
+        return Framing.CHUNKED, 0
+    if cl is not None:
+        if not _DIGITS.match(cl):
+            raise BadMessage("response has an invalid Content-Length", "upstream_protocol_error", 502)
+        n = int(cl)
+        return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
+    return Framing.CLOSE, 0
+
+
+def split_target(method: bytes, target: bytes, host: bytes | None) -> tuple[bytes, bytes]:
+    """(authority, origin-form path) of a request sent to the outbound proxy.
+
+    Accepts proxy form (`http://b/x`) and origin form with a Host header.
+    """
+    if target.startswith((b"http://", b"HTTP://")):
+        rest = target[7:]
+        slash = rest.find(b"/")
+        q = rest.find(b"?")
+        cut = min(i for i in (slash, q, len(rest)) if i >= 0)
+        authority, path = rest[:cut], rest[cut:]
+        if not path.startswith(b"/"):
+            path = b"/" + path
+        if b"@" in authority:
+            raise BadMessage("userinfo in the request target is not allowed")
+        return authority, path
+    if target.startswith(b"/"):
+        if not host:
+            raise BadMessage("request has no Host header and no absolute target")
+        return host, target
+    if method == b"OPTIONS" and target == b"*":
+        if not host:
+            raise BadMessage("request has no Host header")
+        return host, target
+    if method == b"CONNECT":
+        raise BadMessage("CONNECT is not supported; use a tcp link", "bad_request", 405)
+    raise BadMessage(f"unsupported request target {target[:60]!r}")
+
+
+def service_of(authority: bytes) -> str:
+    """The service name an authority names: `b`, `b:80`, `b.mesh` all name `b`... only `b` and `b:port`."""
+    host = authority.rsplit(b":", 1)[0] if authority.count(b":") == 1 else authority
+    return host.lower().decode("ascii", "replace")
+
+
+def new_request_id() -> bytes:
+    return os.urandom(12).hex().encode()
+
+
+def new_traceparent() -> bytes:
+    return b"00-" + os.urandom(16).hex().encode() + b"-" + os.urandom(8).hex().encode() + b"-01"
+
+
+def valid_traceparent(value: bytes) -> bool:
+    return bool(_TRACEPARENT.match(value))
+
+
+def head_bytes(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [first_line, b"\r\n"]
+    for n, v in headers:
+        parts += (n, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    return b"HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, b"Unknown"))
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

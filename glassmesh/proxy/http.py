@@ -1,0 +1,856 @@
+"""HTTP/1.1 proxying: a client-facing connection, an upstream connection, and the exchange between them.
+
+Both proxy sides use these classes; a Side object decides where a request
+goes and what the mesh adds to it (outbound: request id, trace context;
+inbound: the caller's identity). The path of one request:
+
+  ServerConn (parse request with llhttp) -> Side.route -> Pool (reuse or connect)
+  -> UpstreamConn (write head, stream body; parse response) -> ServerConn (write response)
+
+No task and no timer per request: timeouts are checked by one sweeper per
+process (see runtime.py), and writes made while handling one read are
+gathered and sent in one system call at the end of that read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from glassmesh.protocols.errors import REASONS as ERROR_REASONS
+from glassmesh.protocols.errors import error_response
+from glassmesh.protocols.http1 import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    REQUEST_ID,
+    TRACEPARENT,
+    TRAIL_HEADER,
+    BadMessage,
+    Framing,
+    check_request_headers,
+    chunk,
+    connection_tokens,
+    new_request_id,
+    new_traceparent,
+    response_framing,
+    status_line,
+    valid_traceparent,
+)
+from glassmesh.proxy.pool import ConnectError, Pool
+
+if TYPE_CHECKING:
+    from glassmesh.proxy.runtime import Runtime
+    from glassmesh.proxy.stats import LinkStats
+
+_perf = time.perf_counter
+_mono = time.monotonic
+HIGH_WATER = 256 * 1024
+_FORWARD_1XX = (100, 102, 103)
+
+
+class Routed:
+    """Where a request goes, decided by a Side."""
+
+    __slots__ = ("pool", "link", "service", "extra")
+
+    def __init__(self, pool: Pool, link: LinkStats, service: str, extra: list[tuple[bytes, bytes]]) -> None:
+        self.pool = pool
+        self.link = link
+        self.service = service
+        self.extra = extra
+
+
+class Side:
+    """Routing and decoration policy of one listener; subclassed by outbound and inbound."""
+
+    name = "side"
+    name_b = b"side"
+    # Request headers never forwarded from this side's clients.
+    drop: frozenset[bytes] = HOP_BY_HOP
+    # Response headers never forwarded to this side's clients (hop-by-hop and handled ones).
+    drop_response: frozenset[bytes] = HOP_BY_HOP | {TRAIL_HEADER}
+    # Whether the next hop's glassmesh-trail is ours to extend (it is when the next hop is a mesh proxy).
+    trust_trail = False
+
+    def route(self, ex: Exchange) -> Routed | tuple[str, str]:
+        """A Routed, or (reason, message) for a mesh error. May rewrite ex.url and ex.headers."""
+        raise NotImplementedError
+
+    def reroute(self, ex: Exchange, tried: set[tuple[str, int]]) -> Routed | None:
+        """Another place for a request whose connect failed, or None."""
+        return None
+
+    def link_for(self, service: str) -> LinkStats | None:
+        return None
+
+
+class Exchange:
+    """One request and its response."""
+
+    __slots__ = (
+        "method",
+        "url",
+        "headers",
+        "http10",
+        "keep_alive",
+        "upgrade",
+        "framing",
+        "head_done",
+        "req_done",
+        "pending",
+        "pending_bytes",
+        "routed",
+        "upstream",
+        "error",
+        "t0",
+        "sent_at",
+        "resp_started",
+        "resp_chunked",
+        "request_id",
+        "up_chunked",
+        "service",
+        "trail_in",
+        "cancelled",
+        "head_size",
+        "conn",
+    )
+
+    def __init__(self, conn: ServerConn) -> None:
+        self.conn = conn
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.req_done = False
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.routed: Routed | None = None
+        self.upstream: UpstreamConn | None = None
+        self.error: tuple[str, str, int | None] | None = None
+        self.sent_at = 0.0
+        self.resp_started = False
+        self.resp_chunked = False
+        self.request_id: bytes | None = None
+        self.up_chunked = False
+        self.service: str | None = None
+        self.upgrade = False
+        self.cancelled = False
+        self.head_size = 0
+        self.method = b""
+        self.http10 = False
+        self.keep_alive = True
+        self.framing = Framing.NONE
+        self.t0 = 0.0
+
+
+class ServerConn(asyncio.Protocol):
+    """A connection from a client (an app on outbound, a peer proxy on inbound)."""
+
+    def __init__(self, rt: Runtime, side: Side, link: LinkStats | None = None) -> None:
+        self.rt = rt
+        self.side = side
+        self.link = link
+        self.transport: Any = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None
+        self.wbuf: list[bytes] = []
+        self.closing = False
+        self.tunnel: UpstreamConn | None = None
+        self.paused = 0  # bit 1: pipelining, bit 2: body backpressure
+        self.last_active = _mono()
+        self.head_started = 0.0
+
+    # --- asyncio plumbing -------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.rt.conns.add(self)
+        self.rt.stats.client_conns += 1
+        if self.link is not None:
+            self.link.open_conns += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closing = True
+        self.rt.conns.discard(self)
+        self.rt.stats.client_conns -= 1
+        if self.link is not None:
+            self.link.open_conns -= 1
+        for ex in self.queue:
+            ex.cancelled = True
+            up = ex.upstream
+            if up is not None:
+                up.abort()
+        self.queue.clear()
+        if self.tunnel is not None:
+            self.tunnel.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        self.last_active = _mono()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._start_tunnel_request(data[e.args[0]:])
+        except httptools.HttpParserError as e:
+            self._parse_error(e)
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its request still gets its answer.
+        if not self.queue:
+            return None
+        self.closing = True
+        return True
+
+    def pause_writing(self) -> None:
+        for ex in self.queue:
+            if ex.upstream is not None:
+                ex.upstream.transport.pause_reading()
+        if self.tunnel is not None:
+            self.tunnel.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        for ex in self.queue:
+            if ex.upstream is not None:
+                ex.upstream.transport.resume_reading()
+        if self.tunnel is not None:
+            self.tunnel.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        self.wbuf.append(data)
+
+    def flush(self) -> None:
+        wb = self.wbuf
+        if wb and self.transport is not None:
+            self.transport.write(b"".join(wb) if len(wb) > 1 else wb[0])
+            self.wbuf = []
+        for ex in self.queue:
+            up = ex.upstream
+            if up is not None and up.wbuf and not up.lost:
+                up.flush()
+        if self.closing and not self.queue and not self.transport.is_closing():
+            self.transport.close()
+
+    def pause(self, bit: int) -> None:
+        if not self.paused:
+            self.transport.pause_reading()
+        self.paused |= bit
+
+    def resume(self, bit: int) -> None:
+        if self.paused & bit:
+            self.paused &= ~bit
+            if not self.paused and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    # --- llhttp callbacks --------------------------------------------------
+    def on_message_begin(self) -> None:
+        ex = Exchange(self)
+        ex.t0 = _perf()
+        self.parsing = ex
+        self.queue.append(ex)
+        self.head_started = _mono()
+        if len(self.queue) > 1:
+            self.pause(1)
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        ex.url += url
+        ex.head_size += len(url)
+        if ex.head_size > self.rt.limits.max_head_bytes:
+            raise BadMessage("request head too large", "head_too_large", 431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        ex.head_size += len(name) + len(value) + 4
+        if ex.head_done:
+            return  # trailers: not forwarded
+        if ex.head_size > self.rt.limits.max_head_bytes:
+            raise BadMessage("request head too large", "head_too_large", 431)
+        ex.headers.append((name, value))
+        if len(ex.headers) > self.rt.limits.max_headers:
+            raise BadMessage("too many request headers", "head_too_large", 431)
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        p = self.parser
+        ex.head_done = True
+        self.head_started = 0.0
+        ex.method = p.get_method()
+        ex.http10 = p.get_http_version() == "1.0"
+        ex.keep_alive = p.should_keep_alive()
+        ex.upgrade = p.should_upgrade()
+        try:
+            ex.framing, _ = check_request_headers(ex.headers)
+        except BadMessage as e:
+            ex.error = (e.reason, str(e), e.status)
+            ex.keep_alive = False
+            raise
+        if self.queue[0] is ex:
+            self._dispatch(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        up = ex.upstream
+        if up is not None and up.sending is ex:
+            up.send_body(body)
+        elif ex.error is None:
+            ex.pending.append(body)
+            ex.pending_bytes += len(body)
+            if ex.pending_bytes > HIGH_WATER:
+                self.pause(2)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        ex.req_done = True
+        up = ex.upstream
+        if up is not None and up.sending is ex:
+            up.end_body()
+
+    # --- timeouts (called by the runtime's sweeper) ---------------------------
+    def request_timeout(self) -> None:
+        ex = self.parsing
+        self.head_started = 0.0
+        if ex is None or self.queue[0] is not ex:
+            self.transport.close()
+            return
+        self.parsing = None
+        ex.req_done = True
+        ex.keep_alive = False
+        self._mesh_error(ex, "request_timeout", "the request head did not arrive in time")
+        self.flush()
+
+    def response_timeout(self, ex: Exchange) -> None:
+        up = ex.upstream
+        ex.upstream = None
+        if up is not None:
+            up.abort()
+        if not ex.req_done:
+            ex.keep_alive = False
+        self._mesh_error(ex, "response_timeout", f"no response within {self.rt.timeouts.response_ms} ms")
+        self.flush()
+
+    # --- request handling -------------------------------------------------
+    def _parse_error(self, e: Exception) -> None:
+        ex = self.parsing
+        cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
+        if isinstance(cause, BadMessage):
+            reason, msg, status = cause.reason, str(cause), cause.status
+        else:
+            reason, msg, status = "bad_request", f"malformed request: {e}", 400
+        if ex is None or ex.error is None:
+            if ex is None:
+                ex = Exchange(self)
+                ex.t0 = _perf()
+                self.queue.append(ex)
+            ex.error = (reason, msg, status)
+        ex.keep_alive = False
+        ex.req_done = True
+        self.parsing = None
+        self.closing = True
+        # Nothing after a bad message can be trusted to start a new one.
+        self.transport.pause_reading()
+        if self.queue[0] is ex:
+            self._dispatch(ex)
+
+    def _dispatch(self, ex: Exchange) -> None:
+        if ex.error is not None:
+            reason, msg, status = ex.error
+            self._mesh_error(ex, reason, msg, status)
+            return
+        r = self.side.route(ex)
+        if isinstance(r, tuple):
+            self._mesh_error(ex, r[0], r[1])
+            return
+        ex.routed = r
+        conn = r.pool.take()
+        if conn is not None:
+            conn.start(ex)
+        else:
+            self.rt.spawn(self._connect_and_start(ex, r))
+
+    async def _connect_and_start(self, ex: Exchange, r: Routed) -> None:
+        tried: set[tuple[str, int]] = set()
+        while True:
+            pool = r.pool
+            tried.add((pool.key.host, pool.key.port))
+            try:
+                _, conn = await pool.connect(lambda p=pool: UpstreamConn(self.rt, p))
+                break
+            except ConnectError as e:
+                if ex.cancelled:
+                    return
+                # Nothing was sent yet, so another endpoint is always safe to try.
+                nxt = self.side.reroute(ex, tried) if len(tried) < 3 else None
+                if nxt is None:
+                    self._mesh_error(ex, e.reason, str(e))
+                    self.flush()
+                    return
+                r = ex.routed = nxt
+        if ex.cancelled:
+            pool.put(conn)
+            return
+        conn.start(ex)
+        conn.flush()
+
+    def _mesh_error(self, ex: Exchange, reason: str, msg: str, status: int | None = None) -> None:
+        rt = self.rt
+        side = self.side.name
+        status = status or ERROR_REASONS.get(reason, (502, ""))[0]
+        rt.stats.error(side, reason)
+        if ex.error is None:
+            ex.error = (reason, msg, status)  # a body still arriving is dropped, not buffered
+        if not ex.req_done and ex.framing != Framing.NONE:
+            ex.keep_alive = False
+        close = not ex.keep_alive or self.closing
+        dur = _perf() - ex.t0
+        trail = b"%s/%s;dur=%.3f" % (rt.host_b, side.encode(), dur * 1000)
+        self.write(
+            error_response(
+                reason,
+                host=rt.host,
+                side=side,
+                message=msg,
+                service=ex.service,
+                request_id=ex.request_id or _header(ex.headers, REQUEST_ID),
+                status=status,
+                close=close,
+                trail=trail,
+            )
+        )
+        link = ex.routed.link if ex.routed is not None else (
+            self.side.link_for(ex.service) if ex.service and ex.service in self.rt.table.remotes
+            or self.side.name == "inbound" else None)
+        if link is not None:
+            link.observe(status, dur)
+        rt.access_log(ex, status, reason)
+        self.finish(ex, close)
+
+    def finish(self, ex: Exchange, close: bool) -> None:
+        """The response to ex is complete; start the next queued request if any."""
+        q = self.queue
+        if q and q[0] is ex:
+            q.popleft()
+        if close or not ex.keep_alive:
+            self.closing = True
+            q.clear()
+            self.flush()
+            return
+        if not ex.req_done and ex.framing != Framing.NONE:
+            # The response ended before the request body: the connection cannot be reused.
+            self.closing = True
+            self.flush()
+            return
+        self.last_active = _mono()
+        if q:
+            nxt = q[0]
+            if nxt.head_done:
+                self._dispatch(nxt)
+        if len(q) <= 1:
+            self.resume(1)
+
+    def build_upstream_head(self, ex: Exchange) -> bytes:
+        """The request head for the next hop: hop-by-hop headers out, mesh headers in."""
+        drop = self.side.drop
+        conn_tokens: set[bytes] | None = None
+        out: list[tuple[bytes, bytes]] = []
+        rid = tp = None
+        for n, v in ex.headers:
+            ln = n.lower()
+            if ln in drop:
+                if ln == b"connection":
+                    conn_tokens = connection_tokens(v)
+                continue
+            if ln == REQUEST_ID:
+                rid = v
+            elif ln == TRACEPARENT:
+                if not valid_traceparent(v):
+                    continue
+                tp = v
+            out.append((n, v))
+        if conn_tokens:
+            conn_tokens.discard(b"close")
+            conn_tokens.discard(b"keep-alive")
+            if conn_tokens:
+                out = [(n, v) for n, v in out if n.lower() not in conn_tokens]
+        if rid is None:
+            rid = new_request_id()
+            out.append((REQUEST_ID, rid))
+        if tp is None:
+            out.append((TRACEPARENT, new_traceparent()))
+        ex.request_id = rid
+        out += ex.routed.extra
+        if ex.upgrade:
+            out.append((b"connection", b"upgrade"))
+            out.append((b"upgrade", _header(ex.headers, b"upgrade") or b""))
+        if ex.framing == Framing.LENGTH:
+            out.append((b"content-length", _header(ex.headers, b"content-length").strip()))
+        elif ex.framing == Framing.CHUNKED:
+            out.append((b"transfer-encoding", b"chunked"))
+            ex.up_chunked = True
+        return _head(ex.method + b" " + ex.url + b" HTTP/1.1", out)
+
+    def build_response_head(
+        self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], framing: int, length: int
+    ) -> bytes:
+        """The response head for the client, with this hop added to the trail."""
+        side = self.side
+        drop = side.drop_response
+        conn_tokens: set[bytes] | None = None
+        out: list[tuple[bytes, bytes]] = []
+        prev_trail = None
+        has_rid = False
+        head_cl = None
+        for n, v in headers:
+            ln = n.lower()
+            if ln in drop:
+                if ln == b"connection":
+                    conn_tokens = connection_tokens(v)
+                elif ln == TRAIL_HEADER and side.trust_trail:
+                    prev_trail = v
+                elif ln == b"content-length":
+                    head_cl = v
+                continue
+            if ln == REQUEST_ID:
+                has_rid = True
+            out.append((n, v))
+        if conn_tokens:
+            conn_tokens -= {b"close", b"keep-alive"}
+            if conn_tokens:
+                out = [(n, v) for n, v in out if n.lower() not in conn_tokens]
+        if not has_rid and ex.request_id:
+            out.append((REQUEST_ID, ex.request_id))
+        rt = self.rt
+        mine = b"%s/%s;dur=%.3f" % (rt.host_b, side.name_b, (_perf() - ex.t0) * 1000)
+        out.append((TRAIL_HEADER, mine + b", " + prev_trail if prev_trail else mine))
+        if framing == Framing.LENGTH:
+            out.append((b"content-length", b"%d" % length))
+        elif framing != Framing.NONE:
+            if ex.http10:
+                ex.keep_alive = False
+            else:
+                out.append((b"transfer-encoding", b"chunked"))
+                ex.resp_chunked = True
+        elif head_cl is not None and (ex.method == b"HEAD" or status == 304):
+            out.append((b"content-length", head_cl))
+        elif status not in (204, 304) and ex.method != b"HEAD":
+            out.append((b"content-length", b"0"))
+        if not ex.keep_alive or self.closing:
+            out.append((b"connection", b"close"))
+        elif ex.http10:
+            out.append((b"connection", b"keep-alive"))
+        return _head(status_line(status), out)
+
+    def _start_tunnel_request(self, rest: bytes) -> None:
+        """The request asked to upgrade; its bytes after the head wait for the 101."""
+        ex = self.queue[-1] if self.queue else None
+        if ex is not None and rest:
+            ex.pending.append(rest)
+        self.pause(1)
+
+
+class UpstreamConn(asyncio.Protocol):
+    """A connection to the next hop (a peer's inbound port, or a local app)."""
+
+    def __init__(self, rt: Runtime, pool: Pool) -> None:
+        self.rt = rt
+        self.pool = pool
+        self.transport: Any = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sending: Exchange | None = None
+        self.ex: Exchange | None = None
+        self.client: ServerConn | None = None
+        self.wbuf: list[bytes] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.lost = False
+        self.used = 0
+        self.idle_since = 0.0
+        self.resp_framing = Framing.NONE
+        self.head_only = False
+        self.interim = False
+        self.tunnel = False
+        self.got_bytes = False
+        self.link: LinkStats | None = pool.link
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+        if self.link is not None:
+            self.link.open_conns += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        if self.link is not None:
+            self.link.open_conns -= 1
+        self.pool.discard(self)
+        if self.tunnel:
+            c = self.client
+            if c is not None and c.transport is not None:
+                c.transport.close()
+            return
+        ex = self.ex
+        if ex is None or ex.cancelled:
+            return
+        self.ex = None
+        self.sending = None
+        client = self.client
+        if ex.resp_started:
+            if self.resp_framing == Framing.CLOSE:
+                self._complete(ex, reusable=False)
+            else:
+                client.closing = True
+                client.queue.clear()
+                client.flush()
+                client.transport.close()
+            return
+        if self.used > 1 and not self.got_bytes and ex.framing == Framing.NONE and ex.req_done:
+            # A pooled connection closed by the peer as we reused it: try once on a new one.
+            ex.upstream = None
+            self.rt.spawn(client._connect_and_start(ex, ex.routed))
+            return
+        client._mesh_error(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
+                           "connection before answering")
+        client.flush()
+
+    def reusable(self) -> bool:
+        return not self.lost and not self.transport.is_closing()
+
+    def close(self) -> None:
+        if not self.lost:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.ex = None
+        self.sending = None
+        if not self.lost:
+            self.transport.abort()
+
+    def pause_writing(self) -> None:
+        c = self.client
+        if c is not None:
+            c.pause(2)
+
+    def resume_writing(self) -> None:
+        c = self.client
+        if c is not None:
+            c.resume(2)
+
+    def flush(self) -> None:
+        wb = self.wbuf
+        if wb:
+            self.transport.write(b"".join(wb) if len(wb) > 1 else wb[0])
+            self.wbuf = []
+
+    # --- request side -------------------------------------------------------
+    def start(self, ex: Exchange) -> None:
+        self.used += 1
+        self.got_bytes = False
+        self.ex = ex
+        self.sending = ex
+        ex.upstream = self
+        self.client = ex.conn
+        self.head_only = ex.method == b"HEAD"
+        self.interim = False
+        self.headers = []
+        self.wbuf.append(self.client.build_upstream_head(ex))
+        ex.sent_at = _mono()
+        for b in ex.pending:
+            self.send_body(b)
+        ex.pending = []
+        ex.pending_bytes = 0
+        self.client.resume(2)
+        if ex.req_done:
+            self.end_body()
+
+    def send_body(self, body: bytes) -> None:
+        self.ex.routed.link.bytes_req += len(body)
+        if self.tunnel:
+            self.wbuf.append(body)
+        elif self.ex.up_chunked:
+            self.wbuf.append(chunk(body))
+        else:
+            self.wbuf.append(body)
+
+    def end_body(self) -> None:
+        if self.ex is not None and self.ex.up_chunked:
+            self.wbuf.append(LAST_CHUNK)
+        self.sending = None
+
+    # --- response side ------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            self.client.transport.write(data)
+            return
+        self.got_bytes = True
+        c = self.client
+        if self.ex is None:
+            # Bytes on an idle connection: the peer is not speaking HTTP as agreed.
+            self.transport.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            rest = data[e.args[0]:]
+            if rest:
+                self.client.transport.write(rest)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadDone):
+                self._head_done(data)
+            else:
+                self._protocol_error(str(e.__context__ or e))
+        except httptools.HttpParserError as e:
+            self._protocol_error(str(e))
+        if c is not None:
+            c.flush()
+        if not self.lost:
+            self.flush()
+
+    def _protocol_error(self, msg: str) -> None:
+        ex = self.ex
+        self.ex = None
+        self.transport.abort()
+        if ex is None or ex.cancelled:
+            return
+        c = self.client
+        if ex.resp_started:
+            c.closing = True
+            c.queue.clear()
+            c.flush()
+            c.transport.close()
+        else:
+            c._mesh_error(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        if len(self.headers) > 400:
+            raise BadMessage("too many response headers")
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        p = self.parser
+        status = p.get_status_code()
+        c = self.client
+        if status < 200:
+            if status == 101 and ex.upgrade:
+                self._switch(ex, status)
+                return
+            self.interim = True
+            if status in _FORWARD_1XX and not ex.http10:
+                c.write(_head(status_line(status), _forwardable(self.headers)))
+            return
+        try:
+            self.resp_framing, length = response_framing(status, self.headers, ex.method)
+        except BadMessage as e:
+            raise e
+        ex.resp_started = True
+        c.write(c.build_response_head(ex, status, self.headers, self.resp_framing, length))
+        self.status = status
+        if self.head_only:
+            raise _HeadDone()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.ex
+        ex.routed.link.bytes_resp += len(body)
+        if ex.resp_chunked:
+            self.client.write(chunk(body))
+        else:
+            self.client.write(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        ex = self.ex
+        if ex is None:
+            return
+        self._complete(ex, reusable=self.parser.should_keep_alive())
+
+    def _head_done(self, data: bytes) -> None:
+        ex = self.ex
+        # The response to HEAD has no body even if it says Content-Length; llhttp
+        # cannot be told so, so the parser is replaced.
+        self.parser = httptools.HttpResponseParser(self)
+        self._complete(ex, reusable=data.endswith(b"\r\n\r\n"))
+
+    def _complete(self, ex: Exchange, reusable: bool) -> None:
+        c = self.client
+        if ex.resp_chunked:
+            c.write(LAST_CHUNK)
+        dur = _perf() - ex.t0
+        ex.routed.link.observe(self.status, dur)
+        self.rt.access_log(ex, self.status, "")
+        self.ex = None
+        ex.upstream = None
+        if reusable and ex.req_done and self.sending is None and not self.lost:
+            self.client = None
+            self.pool.put(self)
+        else:
+            self.sending = None
+            self.close()
+        c.finish(ex, False)
+
+    def _switch(self, ex: Exchange, status: int) -> None:
+        """101 Switching Protocols: from here on both connections are a byte pipe."""
+        c = self.client
+        ex.resp_started = True
+        hdrs = [(n, v) for n, v in self.headers if n.lower() not in (b"connection", b"upgrade")]
+        up = _header(self.headers, b"upgrade") or b"websocket"
+        hdrs += [(b"connection", b"upgrade"), (b"upgrade", up)]
+        c.write(_head(status_line(101), hdrs))
+        self.tunnel = True
+        self.status = 101
+        ex.routed.link.observe(101, _perf() - ex.t0)
+        c.tunnel = self
+        c.queue.clear()
+        for b in ex.pending:
+            self.wbuf.append(b)
+        ex.pending = []
+        c.paused = 0
+        c.transport.resume_reading()
+
+
+class _HeadDone(Exception):
+    pass
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n.lower() == name:
+            return v
+    return None
+
+
+def _forwardable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    drop = set(HOP_BY_HOP)
+    for n, v in headers:
+        if n.lower() == b"connection":
+            drop |= connection_tokens(v)
+    return [(n, v) for n, v in headers if n.lower() not in drop]
+
+
+def _head(first: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [first, b"\r\n"]
+    for n, v in headers:
+        parts += (n, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+__all__ = [
+    "Exchange",
+    "Routed",
+    "ServerConn",
+    "Side",
+    "UpstreamConn",
+]

@@ -1,0 +1,58 @@
+"""The inbound port: after the mutual TLS handshake, hand the connection to HTTP or to a tcp link.
+
+The handshake has already answered who is calling (client certificate),
+which service is called (SNI) and what the connection carries (ALPN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from glassmesh.protocols.errors import error_response
+from glassmesh.proxy.http import ServerConn
+from glassmesh.proxy.sides import InboundSide
+from glassmesh.proxy.tcp import InboundTcp
+from glassmesh.proxy.tls import ALPN_TCP, peer_spiffe_id, service_of_spiffe
+
+if TYPE_CHECKING:
+    from glassmesh.proxy.runtime import Runtime
+
+
+class InboundHandshake(asyncio.Protocol):
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def connection_made(self, transport: Any) -> None:
+        rt = self.rt
+        table = rt.table
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is None:
+            transport.abort()
+            return
+        destination = table.server_ctx_by_service.get(id(sslobj.context))
+        peer = peer_spiffe_id(sslobj)
+        source = service_of_spiffe(peer, table.trust_domain)
+        alpn = sslobj.selected_alpn_protocol()
+        if destination is None or source is None:
+            rt.stats.error("inbound", "forbidden")
+            if alpn != ALPN_TCP:
+                transport.write(error_response(
+                    "forbidden", host=rt.host, side="inbound", close=True,
+                    message=f"caller {peer or 'without a SPIFFE ID'} is not a service of "
+                            f"{table.trust_domain}" if source is None else "no service named by SNI",
+                ))
+            transport.close()
+            return
+        link = rt.stats.link("inbound", source, destination)
+        if alpn == ALPN_TCP:
+            proto: asyncio.Protocol = InboundTcp(rt, source, destination)
+        else:
+            link.handshakes += 1
+            link.tls_version = sslobj.version() or "TLS"
+            proto = ServerConn(rt, InboundSide(rt, source, peer, destination), link)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - replaced before any data
+        pass

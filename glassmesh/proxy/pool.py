@@ -1,0 +1,119 @@
+"""Keep-alive pools of connections to the next hop, and the connect step.
+
+One pool per PoolKey (address, calling identity, SNI). Idle connections are
+reused last-in first-out, so that a burst leaves the fewest warm ones busy
+and the rest age out. A connect runs as one task per new connection, never
+per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from glassmesh.proxy.routing import PoolKey
+from glassmesh.proxy.tls import peer_spiffe_id
+
+if TYPE_CHECKING:
+    from glassmesh.proxy.stats import LinkStats
+
+
+class ConnectError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Pool:
+    def __init__(
+        self,
+        key: PoolKey,
+        ssl_ctx: ssl.SSLContext | None,
+        expected_peer: str | None,
+        link: LinkStats | None,
+        connect_timeout: float,
+        alpn: str | None = None,
+    ) -> None:
+        self.key = key
+        self.ssl_ctx = ssl_ctx
+        self.expected_peer = expected_peer
+        self.link = link
+        self.connect_timeout = connect_timeout
+        self.idle: list[Any] = []
+        self.closed = False
+
+    def take(self) -> Any | None:
+        idle = self.idle
+        while idle:
+            c = idle.pop()
+            if c.reusable():
+                return c
+        return None
+
+    def put(self, conn: Any) -> None:
+        if self.closed:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def discard(self, conn: Any) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def sweep(self, now: float, max_idle: float) -> None:
+        keep = []
+        for c in self.idle:
+            if now - c.idle_since > max_idle or not c.reusable():
+                c.close()
+            else:
+                keep.append(c)
+        self.idle = keep
+
+    def close(self) -> None:
+        self.closed = True
+        for c in self.idle:
+            c.close()
+        self.idle = []
+
+    async def connect(self, factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.Transport, Any]:
+        """Open one connection; raises ConnectError with a reason code."""
+        loop = asyncio.get_running_loop()
+        k = self.key
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                tr, proto = await loop.create_connection(
+                    factory,
+                    k.host,
+                    k.port,
+                    ssl=self.ssl_ctx,
+                    server_hostname=k.sni if self.ssl_ctx else None,
+                    ssl_handshake_timeout=self.connect_timeout if self.ssl_ctx else None,
+                )
+        except TimeoutError:
+            raise ConnectError("connect_timeout", f"no connection to {k.host}:{k.port} within "
+                               f"{self.connect_timeout:g}s") from None
+        except ssl.SSLError as e:
+            raise ConnectError("tls_failure", f"TLS handshake with {k.host}:{k.port} failed: "
+                               f"{e.reason or e}") from None
+        except ConnectionRefusedError:
+            raise ConnectError("connect_refused", f"{k.host}:{k.port} refused the connection") from None
+        except OSError as e:
+            raise ConnectError("connect_refused", f"cannot connect to {k.host}:{k.port}: "
+                               f"{e.strerror or e}") from None
+        if self.ssl_ctx is not None:
+            sslobj = tr.get_extra_info("ssl_object")
+            peer = peer_spiffe_id(sslobj)
+            if peer != self.expected_peer:
+                tr.abort()
+                raise ConnectError("tls_failure", f"{k.host}:{k.port} presented {peer or 'no SPIFFE ID'}, "
+                                   f"expected {self.expected_peer}")
+            if self.link is not None:
+                self.link.handshakes += 1
+                self.link.tls_version = sslobj.version() or "TLS"
+        return tr, proto

@@ -1,0 +1,108 @@
+"""The routing table compiled from a snapshot, and the pools it points at.
+
+A Table is built whole from a Snapshot and never changed; swapping the
+proxy's table is one assignment. Pools outlive tables, so that a new snapshot
+with the same endpoints keeps its warm proxy-to-proxy connections.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+
+from glassmesh.model.snapshot import Snapshot, split_address
+from glassmesh.proxy.tls import ALPN_TCP, client_context, server_contexts
+
+
+class RoundRobin:
+    __slots__ = ("items", "i")
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+        self.i = 0
+
+    def pick(self):
+        items = self.items
+        if not items:
+            return None
+        self.i = i = (self.i + 1) % len(items)
+        return items[i]
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    """Connections in one pool are interchangeable: same address, same identity, same SNI."""
+
+    host: str
+    port: int
+    source: str | None  # local service whose certificate is presented; None = plain to an app
+    sni: str | None
+
+
+@dataclass
+class Remote:
+    """A service that a local service may call, as the outbound side sees it."""
+
+    name: str
+    protocol: str
+    endpoints: RoundRobin  # of (PoolKey, host name)
+
+
+@dataclass
+class Local:
+    """A local service as the inbound side sees it: where its instances listen."""
+
+    name: str
+    protocol: str
+    instances: RoundRobin  # of PoolKey
+
+
+@dataclass
+class Table:
+    version: int
+    host: str
+    trust_domain: str
+    remotes: dict[str, Remote]
+    locals: dict[str, Local]
+    client_ctx: dict[str, ssl.SSLContext]  # by local (calling) service
+    client_ctx_tcp: dict[str, ssl.SSLContext]
+    server_ctx: ssl.SSLContext | None
+    server_ctx_by_service: dict[int, str] = field(default_factory=dict)  # id(ctx) -> service
+
+    def expected_peer(self, service: str) -> str:
+        return f"spiffe://{self.trust_domain}/service/{service}"
+
+
+def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
+    """Build the table; raises TlsConfigError/OSError if certificates cannot be loaded."""
+    client_ctx = {
+        ls.name: client_context(ls.cert, ls.key, snap.trust_bundle, keylog) for ls in snap.local_services
+    }
+    client_ctx_tcp = {
+        ls.name: client_context(ls.cert, ls.key, snap.trust_bundle, keylog, ALPN_TCP) for ls in snap.local_services
+    }
+    server_ctx, per = server_contexts(
+        {ls.name: (ls.cert, ls.key) for ls in snap.local_services}, snap.trust_bundle, keylog
+    )
+    remotes: dict[str, Remote] = {}
+    for svc in snap.services:
+        eps = []
+        for ep in svc.endpoints:
+            h, p = split_address(ep.address)
+            eps.append((h, p, ep.host))
+        remotes[svc.name] = Remote(svc.name, svc.protocol, RoundRobin(eps))
+    locals_: dict[str, Local] = {}
+    for ls in snap.local_services:
+        inst = [PoolKey(*split_address(a), None, None) for a in ls.instances]
+        locals_[ls.name] = Local(ls.name, ls.protocol, RoundRobin(inst))
+    return Table(
+        version=snap.version,
+        host=snap.host,
+        trust_domain=snap.trust_domain,
+        remotes=remotes,
+        locals=locals_,
+        client_ctx=client_ctx,
+        client_ctx_tcp=client_ctx_tcp,
+        server_ctx=server_ctx if per else None,
+        server_ctx_by_service={id(c): n for n, c in per.items()},
+    )

@@ -1,0 +1,128 @@
+"""What one proxy process holds while it runs: the table in force, pools, counters, open connections.
+
+Timeouts live here too: one sweeper a second looks at every open client
+connection and pool instead of a timer per request, which would cost more
+than the rest of the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Coroutine
+from typing import Any, TextIO
+
+from glassmesh.model.snapshot import Snapshot
+from glassmesh.proxy.pool import Pool
+from glassmesh.proxy.routing import PoolKey, Table, compile_table
+from glassmesh.proxy.stats import LinkStats, Stats
+
+
+class Runtime:
+    def __init__(self, snapshot: Snapshot, keylog: str | None = None, access_log: TextIO | None = None) -> None:
+        self.stats = Stats()
+        self.pools: dict[PoolKey, Pool] = {}
+        self.conns: set[Any] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.keylog = keylog
+        self._access = access_log
+        self.ready = False
+        self.apply(snapshot)
+
+    def apply(self, snap: Snapshot) -> None:
+        """Swap in a new snapshot whole; raises (and changes nothing) if it cannot be used."""
+        table: Table = compile_table(snap, self.keylog)
+        self.snapshot = snap
+        self.table = table
+        self.host = snap.host
+        self.host_b = snap.host.encode()
+        self.limits = snap.limits
+        self.timeouts = snap.timeouts
+        self.stats.snapshot_version = snap.version
+        self.generation = getattr(self, "generation", 0) + 1
+        for key in list(self.pools):
+            self.pools.pop(key).close()
+
+    # --- pools ---------------------------------------------------------------
+    def pool(self, key: PoolKey, link: LinkStats | None) -> Pool:
+        p = self.pools.get(key)
+        if p is None:
+            t = self.table
+            if key.source is not None:
+                ctx = t.client_ctx[key.source]
+                expected = t.expected_peer(key.sni)
+            else:
+                ctx = expected = None
+            p = self.pools[key] = Pool(key, ctx, expected, link, self.timeouts.connect_ms / 1000)
+        return p
+
+    # --- tasks -----------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        to = self.timeouts
+        idle, head, resp = to.idle_ms / 1000, to.head_ms / 1000, to.response_ms / 1000
+        for c in list(self.conns):
+            if c.tunnel is not None or c.transport is None or c.transport.is_closing():
+                continue
+            q = c.queue
+            if c.head_started and now - c.head_started > head:
+                c.request_timeout()
+            elif q:
+                ex = q[0]
+                up = ex.upstream
+                if up is not None and not ex.resp_started and ex.sent_at and now - ex.sent_at > resp:
+                    c.response_timeout(ex)
+            elif now - c.last_active > idle:
+                c.transport.close()
+        pool_idle = to.pool_idle_ms / 1000
+        for p in self.pools.values():
+            if p.idle:
+                p.sweep(now, pool_idle)
+
+    # --- logs -------------------------------------------------------------------
+    def access_log(self, ex: Any, status: int, reason: str) -> None:
+        f = self._access
+        if f is None:
+            return
+        r = ex.routed
+        rec = {
+            "ts": round(time.time(), 3),
+            "host": self.host,
+            "side": ex.conn.side.name,
+            "source": r.link.source if r else None,
+            "destination": ex.service,
+            "method": ex.method.decode("latin-1"),
+            "path": ex.url.decode("latin-1"),
+            "status": status,
+            "duration_ms": round((time.perf_counter() - ex.t0) * 1000, 3),
+            "request_id": (ex.request_id or b"").decode("latin-1"),
+        }
+        if reason:
+            rec["mesh_error"] = reason
+        f.write(json.dumps(rec) + "\n")
+
+    async def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        for p in self.pools.values():
+            p.close()
+        for c in list(self.conns):
+            if c.transport is not None:
+                c.transport.close()
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"glassmesh proxy: {msg}\n")
+    sys.stderr.flush()

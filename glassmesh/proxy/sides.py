@@ -1,0 +1,139 @@
+"""The two HTTP sides of a proxy: what each adds to a request and where it sends it.
+
+Outbound: a local app calls a service by name; the request goes to one of
+the service's endpoints (a peer proxy's inbound port) over mutual TLS with
+the calling service's certificate. Inbound: a peer proxy, already
+authenticated by the TLS handshake, delivers a request for a local service;
+it goes to a local instance, with the caller's identity attached.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from glassmesh.protocols.http1 import (
+    HOP_BY_HOP,
+    SOURCE_HEADER,
+    TRAIL_HEADER,
+    BadMessage,
+    service_of,
+    split_target,
+)
+from glassmesh.proxy.http import Exchange, Routed, Side, _header
+from glassmesh.proxy.routing import PoolKey
+
+if TYPE_CHECKING:
+    from glassmesh.proxy.runtime import Runtime
+    from glassmesh.proxy.stats import LinkStats
+
+_MESH_HEADERS = frozenset((SOURCE_HEADER, TRAIL_HEADER))
+
+
+class OutboundSide(Side):
+    name = "outbound"
+    name_b = b"outbound"
+    drop = HOP_BY_HOP | _MESH_HEADERS
+    trust_trail = True
+
+    def __init__(self, rt: Runtime, source: str) -> None:
+        self.rt = rt
+        self.source = source
+        self._cache: dict[tuple[str, int, str], Routed] = {}
+        self._gen = -1
+
+    def link_for(self, service: str) -> LinkStats:
+        return self.rt.stats.link("outbound", self.source, service)
+
+    def route(self, ex: Exchange) -> Routed | tuple[str, str]:
+        rt = self.rt
+        host = _header(ex.headers, b"host")
+        try:
+            authority, path = split_target(ex.method, ex.url, host)
+        except BadMessage as e:
+            return ("bad_request", str(e))
+        svc = service_of(authority)
+        ex.service = svc
+        remote = rt.table.remotes.get(svc)
+        if remote is None:
+            return ("unknown_service", f"no service named {svc!r} is known to {rt.host}")
+        if remote.protocol != "http":
+            return ("bad_request", f"{svc!r} is a tcp service; reach it through its tcp link")
+        ep = remote.endpoints.pick()
+        if ep is None:
+            return ("no_endpoints", f"service {svc!r} has no endpoints")
+        if ex.url is not path:
+            ex.url = path
+            if host != authority:
+                ex.headers = [(n, v) for n, v in ex.headers if n.lower() != b"host"]
+                ex.headers.append((b"host", authority))
+        return self._routed(svc, ep)
+
+    def reroute(self, ex: Exchange, tried: set[tuple[str, int]]) -> Routed | None:
+        """Another endpoint of the same service, after a connect failure (nothing was sent)."""
+        remote = self.rt.table.remotes.get(ex.service or "")
+        if remote is None:
+            return None
+        for _ in range(len(remote.endpoints.items)):
+            ep = remote.endpoints.pick()
+            if ep is not None and (ep[0], ep[1]) not in tried:
+                return self._routed(ex.service, ep)
+        return None
+
+    def _routed(self, svc: str, ep: tuple[str, int, str]) -> Routed:
+        rt = self.rt
+        if self._gen != rt.generation:
+            self._cache = {}
+            self._gen = rt.generation
+        key = (ep[0], ep[1], svc)
+        r = self._cache.get(key)
+        if r is None:
+            link = self.link_for(svc)
+            pool = rt.pool(PoolKey(ep[0], ep[1], self.source, svc), link)
+            r = self._cache[key] = Routed(pool, link, svc, [])
+        return r
+
+
+class InboundSide(Side):
+    name = "inbound"
+    name_b = b"inbound"
+    drop = HOP_BY_HOP | _MESH_HEADERS
+    trust_trail = False
+
+    def __init__(self, rt: Runtime, source: str, source_id: str, destination: str) -> None:
+        self.rt = rt
+        self.source = source
+        self.destination = destination
+        self.extra = [(SOURCE_HEADER, source_id.encode())]
+        self.link = rt.stats.link("inbound", source, destination)
+        self._cache: dict[PoolKey, Routed] = {}
+        self._gen = rt.generation
+
+    def link_for(self, service: str) -> LinkStats:
+        return self.link
+
+    def route(self, ex: Exchange) -> Routed | tuple[str, str]:
+        rt = self.rt
+        ex.service = self.destination
+        local = rt.table.locals.get(self.destination)
+        if local is None:
+            return ("misdirected", f"{rt.host} no longer serves {self.destination!r}")
+        key = local.instances.pick()
+        if key is None:
+            return ("no_endpoints", f"{rt.host} has no instance of {self.destination!r}")
+        if self._gen != rt.generation:
+            self._cache = {}
+            self._gen = rt.generation
+        r = self._cache.get(key)
+        if r is None:
+            r = self._cache[key] = Routed(rt.pool(key, None), self.link, self.destination, self.extra)
+        return r
+
+    def reroute(self, ex: Exchange, tried: set[tuple[str, int]]) -> Routed | None:
+        local = self.rt.table.locals.get(self.destination)
+        if local is None:
+            return None
+        for _ in range(len(local.instances.items)):
+            key = local.instances.pick()
+            if key is not None and (key.host, key.port) not in tried:
+                return Routed(self.rt.pool(key, None), self.link, self.destination, self.extra)
+        return None

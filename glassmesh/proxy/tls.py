@@ -1,0 +1,109 @@
+"""TLS contexts for the two sides of a proxy-to-proxy connection, and peer identity.
+
+Identity is the SPIFFE URI SAN, checked by us after the handshake, not a DNS
+name checked by OpenSSL: host and service names share one namespace, and a
+host certificate must never pass for a service.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+ALPN_HTTP1 = "http/1.1"
+ALPN_TCP = "glassmesh-tcp/1"
+ALPNS = [ALPN_HTTP1, ALPN_TCP]
+
+
+class TlsConfigError(Exception):
+    pass
+
+
+def _base(ctx: ssl.SSLContext, trust_bundle: str) -> ssl.SSLContext:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    try:
+        ctx.load_verify_locations(trust_bundle)
+    except (OSError, ssl.SSLError) as e:
+        raise TlsConfigError(f"cannot load trust bundle {trust_bundle}: {e}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(ALPNS)
+    return ctx
+
+
+def _load_pair(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise TlsConfigError(f"cannot load certificate {cert} / key {key}: {e}") from None
+
+
+def client_context(
+    cert: str, key: str, trust_bundle: str, keylog: str | None = None, alpn: str = ALPN_HTTP1
+) -> ssl.SSLContext:
+    """What an outbound proxy presents when it calls on behalf of one local service.
+
+    The ALPN protocol offered tells the inbound side what the connection carries.
+    """
+    ctx = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), trust_bundle)
+    ctx.set_alpn_protocols([alpn])
+    ctx.check_hostname = False  # the SPIFFE ID is checked instead, see peer_spiffe_id
+    _load_pair(ctx, cert, key)
+    if keylog:
+        ctx.keylog_filename = keylog
+    return ctx
+
+
+def server_contexts(
+    services: dict[str, tuple[str, str]], trust_bundle: str, keylog: str | None = None
+) -> tuple[ssl.SSLContext, dict[str, ssl.SSLContext]]:
+    """One inbound context that switches to the named service's certificate on SNI.
+
+    A handshake naming no local service is refused with unrecognized_name.
+    """
+    per: dict[str, ssl.SSLContext] = {}
+    for name, (cert, key) in services.items():
+        c = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), trust_bundle)
+        _load_pair(c, cert, key)
+        if keylog:
+            c.keylog_filename = keylog
+        per[name] = c
+    root = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), trust_bundle)
+    if keylog:
+        root.keylog_filename = keylog
+    if per:
+        # The root context needs some certificate to start a handshake at all.
+        first = next(iter(services.values()))
+        _load_pair(root, *first)
+
+    def on_sni(sslobj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        c = per.get(server_name or "")
+        if c is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sslobj.context = c
+        return None
+
+    root.sni_callback = on_sni
+    return root, per
+
+
+def peer_spiffe_id(sslobj: Any) -> str | None:
+    """The SPIFFE ID in the verified peer certificate's URI SAN."""
+    try:
+        cert = sslobj.getpeercert()
+    except (ValueError, AttributeError):
+        return None
+    if not cert:
+        return None
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "URI" and value.startswith("spiffe://"):
+            return value
+    return None
+
+
+def service_of_spiffe(spiffe_id: str | None, trust_domain: str) -> str | None:
+    prefix = f"spiffe://{trust_domain}/service/"
+    if spiffe_id and spiffe_id.startswith(prefix):
+        name = spiffe_id[len(prefix):]
+        return name if name and "/" not in name else None
+    return None
