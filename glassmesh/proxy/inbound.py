@@ -30,7 +30,7 @@ class InboundHandshake(asyncio.Protocol):
         if sslobj is None:
             transport.abort()
             return
-        destination = table.server_ctx_by_service.get(id(sslobj.context))
+        destination = getattr(sslobj, "glassmesh_service", None)
         peer = peer_spiffe_id(sslobj)
         source = service_of_spiffe(peer, table.trust_domain)
         alpn = sslobj.selected_alpn_protocol()

@@ -8,10 +8,10 @@ with the same endpoints keeps its warm proxy-to-proxy connections.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from glassmesh.model.snapshot import Snapshot, split_address
-from glassmesh.proxy.tls import ALPN_TCP, client_context, server_contexts
+from glassmesh.proxy.tls import ALPN_TCP, client_context, service_context
 
 
 class RoundRobin:
@@ -66,8 +66,7 @@ class Table:
     locals: dict[str, Local]
     client_ctx: dict[str, ssl.SSLContext]  # by local (calling) service
     client_ctx_tcp: dict[str, ssl.SSLContext]
-    server_ctx: ssl.SSLContext | None
-    server_ctx_by_service: dict[int, str] = field(default_factory=dict)  # id(ctx) -> service
+    server_ctx: dict[str, ssl.SSLContext]  # inbound context by local service (SNI)
 
     def expected_peer(self, service: str) -> str:
         return f"spiffe://{self.trust_domain}/service/{service}"
@@ -81,9 +80,7 @@ def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
     client_ctx_tcp = {
         ls.name: client_context(ls.cert, ls.key, snap.trust_bundle, keylog, ALPN_TCP) for ls in snap.local_services
     }
-    server_ctx, per = server_contexts(
-        {ls.name: (ls.cert, ls.key) for ls in snap.local_services}, snap.trust_bundle, keylog
-    )
+    server_ctx = {ls.name: service_context(ls.cert, ls.key, snap.trust_bundle, keylog) for ls in snap.local_services}
     remotes: dict[str, Remote] = {}
     for svc in snap.services:
         eps = []
@@ -103,6 +100,5 @@ def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
         locals=locals_,
         client_ctx=client_ctx,
         client_ctx_tcp=client_ctx_tcp,
-        server_ctx=server_ctx if per else None,
-        server_ctx_by_service={id(c): n for n, c in per.items()},
+        server_ctx=server_ctx,
     )

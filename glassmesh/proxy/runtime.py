@@ -42,8 +42,17 @@ class Runtime:
         self.timeouts = snap.timeouts
         self.stats.snapshot_version = snap.version
         self.generation = getattr(self, "generation", 0) + 1
+        # Keep warm connections to endpoints that are still there; new ones use the new certificates.
+        live = {(h, p) for r in table.remotes.values() for h, p, _ in r.endpoints.items}
+        live |= {(k.host, k.port) for loc in table.locals.values() for k in loc.instances.items}
         for key in list(self.pools):
-            self.pools.pop(key).close()
+            pool = self.pools[key]
+            if (key.host, key.port) not in live or (key.source is not None and key.source not in table.client_ctx):
+                del self.pools[key]
+                pool.close()
+            elif key.source is not None:
+                pool.ssl_ctx = table.client_ctx[key.source]
+            pool.connect_timeout = snap.timeouts.connect_ms / 1000
 
     # --- pools ---------------------------------------------------------------
     def pool(self, key: PoolKey, link: LinkStats | None) -> Pool:

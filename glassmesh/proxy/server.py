@@ -29,6 +29,7 @@ from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.runtime import Runtime, log
 from glassmesh.proxy.sides import OutboundSide
 from glassmesh.proxy.tcp import TcpLinkClient
+from glassmesh.proxy.tls import listener_context
 
 
 class StartupError(Exception):
@@ -79,8 +80,9 @@ class Worker:
             for t in snap.tcp_links:
                 socks.append((_bind(t.listen, reuse_port),
                               lambda t=t: TcpLinkClient(rt, t.source, t.destination), None))
-            if rt.table.server_ctx is not None:
-                socks.append((_bind(snap.inbound, reuse_port), lambda: InboundHandshake(rt), rt.table.server_ctx))
+            if snap.local_services:
+                ctx = listener_context(snap.trust_bundle, lambda name: rt.table.server_ctx.get(name), rt.keylog)
+                socks.append((_bind(snap.inbound, reuse_port), lambda: InboundHandshake(rt), ctx))
         except StartupError:
             for s, _, _ in socks:
                 s.close()

@@ -8,6 +8,7 @@ host certificate must never pass for a service.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 ALPN_HTTP1 = "http/1.1"
@@ -54,37 +55,39 @@ def client_context(
     return ctx
 
 
-def server_contexts(
-    services: dict[str, tuple[str, str]], trust_bundle: str, keylog: str | None = None
-) -> tuple[ssl.SSLContext, dict[str, ssl.SSLContext]]:
-    """One inbound context that switches to the named service's certificate on SNI.
+def service_context(cert: str, key: str, trust_bundle: str, keylog: str | None = None) -> ssl.SSLContext:
+    """The inbound context of one local service: its certificate, the trust bundle."""
+    c = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), trust_bundle)
+    _load_pair(c, cert, key)
+    if keylog:
+        c.keylog_filename = keylog
+    return c
 
-    A handshake naming no local service is refused with unrecognized_name.
+
+def listener_context(
+    trust_bundle: str, lookup: Callable[[str], ssl.SSLContext | None], keylog: str | None = None
+) -> ssl.SSLContext:
+    """The inbound listener's context: on SNI it switches to the named service's context.
+
+    `lookup` is consulted on every handshake, so a new snapshot's services and
+    certificates take effect without rebinding the port. A handshake naming no
+    local service is refused with unrecognized_name. The service name is left
+    on the SSL object as `glassmesh_service` for the connection to read.
     """
-    per: dict[str, ssl.SSLContext] = {}
-    for name, (cert, key) in services.items():
-        c = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), trust_bundle)
-        _load_pair(c, cert, key)
-        if keylog:
-            c.keylog_filename = keylog
-        per[name] = c
     root = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), trust_bundle)
     if keylog:
         root.keylog_filename = keylog
-    if per:
-        # The root context needs some certificate to start a handshake at all.
-        first = next(iter(services.values()))
-        _load_pair(root, *first)
 
     def on_sni(sslobj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
-        c = per.get(server_name or "")
+        c = lookup(server_name) if server_name else None
         if c is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         sslobj.context = c
+        sslobj.glassmesh_service = server_name
         return None
 
     root.sni_callback = on_sni
-    return root, per
+    return root
 
 
 def peer_spiffe_id(sslobj: Any) -> str | None:
