@@ -1,0 +1,111 @@
+"""`glassmesh ca`: create the root, issue leaves, show the CA. Presentation only.
+
+All certificate logic lives in `glassmesh.ca`; this module turns its errors
+into one line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from glassmesh.ca import CA, CAError, init_ca, load_ca
+from glassmesh.ca.signer import Kind
+
+
+class CACommandError(click.ClickException):
+    """A CA problem reported as `Error: ...` on stderr with exit code 2."""
+
+    exit_code = 2
+
+
+def _fail(e: Exception | str) -> CACommandError:
+    return CACommandError(str(e))
+
+
+def _expiry(dt: datetime) -> str:
+    left = dt - datetime.now(UTC)
+    if left.total_seconds() <= 0:
+        return f"{dt:%Y-%m-%d %H:%M:%S} UTC (expired)"
+    days, rem = divmod(int(left.total_seconds()), 86400)
+    hours, minutes = rem // 3600, rem % 3600 // 60
+    when = f"{days}d {hours}h" if days else f"{hours}h {minutes}m"
+    return f"{dt:%Y-%m-%d %H:%M:%S} UTC (in {when})"
+
+
+def _describe(ca: CA) -> None:
+    click.echo(f"trust domain: {ca.trust_domain}")
+    click.echo(f"fingerprint:  SHA256 {ca.fingerprint}")
+    click.echo(f"expires:      {_expiry(ca.not_after)}")
+
+
+_dir_option = click.option(
+    "--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Directory holding ca.pem, ca.key and trust-domain.",
+)
+
+
+@click.group()
+def ca() -> None:
+    """The built-in certificate authority: SPIFFE identities for services and hosts."""
+
+
+@ca.command("init")
+@_dir_option
+@click.option("--trust-domain", default="glassmesh.local", show_default=True, help="SPIFFE trust domain.")
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(min=1), help="Root lifetime in days.")
+@click.option("--force", is_flag=True, help="Replace an existing CA (invalidates every certificate it issued).")
+def init_cmd(directory: Path, trust_domain: str, days: int, force: bool) -> None:
+    """Create a self-signed root CA in DIR."""
+    try:
+        new = init_ca(directory, trust_domain=trust_domain, days=days, force=force)
+    except (CAError, ValueError) as e:
+        raise _fail(e) from None
+    click.echo(f"created CA in {directory}")
+    click.echo(f"  certificate:  {directory / 'ca.pem'}")
+    click.echo(f"  private key:  {directory / 'ca.key'} (mode 0600)")
+    click.echo(f"  trust domain: {directory / 'trust-domain'}")
+    _describe(new)
+
+
+@ca.command("issue")
+@_dir_option
+@click.option("--service", metavar="NAME", help="Issue a service identity: spiffe://TD/service/NAME.")
+@click.option("--host", metavar="NAME", help="Issue a host (proxy) identity: spiffe://TD/host/NAME.")
+@click.option("--out", "prefix", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write PREFIX.pem and PREFIX.key [default: DIR/<kind>-<name>].")
+@click.option("--hours", default=24.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Leaf lifetime in hours.")
+def issue_cmd(directory: Path, service: str | None, host: str | None, prefix: Path | None, hours: float) -> None:
+    """Issue a leaf certificate and key signed by the CA in DIR."""
+    if (service is None) == (host is None):
+        raise click.UsageError("give exactly one of --service NAME or --host NAME")
+    kind: Kind = "service" if service is not None else "host"
+    name = service if service is not None else host
+    assert name is not None
+    try:
+        authority = load_ca(directory)
+        leaf = authority.issue(kind, name, hours=hours)
+        cert_path, key_path = leaf.write(prefix if prefix is not None else directory / f"{kind}-{name}")
+    except (CAError, ValueError) as e:
+        raise _fail(e) from None
+    except OSError as e:
+        raise _fail(f"cannot write certificate files: {e.strerror or e}") from None
+    click.echo(f"issued {leaf.spiffe_id}")
+    click.echo(f"  certificate: {cert_path}")
+    click.echo(f"  private key: {key_path} (mode 0600)")
+    click.echo(f"  expires:     {_expiry(leaf.not_after)}")
+
+
+@ca.command("show")
+@_dir_option
+def show_cmd(directory: Path) -> None:
+    """Show the CA in DIR: trust domain, root fingerprint, expiry."""
+    try:
+        authority = load_ca(directory)
+    except CAError as e:
+        raise _fail(e) from None
+    click.echo(f"CA in {directory}")
+    _describe(authority)
