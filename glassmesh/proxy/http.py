@@ -186,7 +186,7 @@ class ServerConn(asyncio.Protocol):
                 up.abort()
         self.queue.clear()
         if self.tunnel is not None:
-            self.tunnel.abort()
+            self.tunnel.close()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -448,6 +448,7 @@ class ServerConn(asyncio.Protocol):
             self.flush()
             return
         self.last_active = _mono()
+        self.resume(2)
         if q:
             nxt = q[0]
             if nxt.head_done:
@@ -653,6 +654,7 @@ class UpstreamConn(asyncio.Protocol):
     def start(self, ex: Exchange) -> None:
         self.used += 1
         self.got_bytes = False
+        self.transport.resume_reading()  # it may have been paused for a previous, slow client
         self.ex = ex
         self.sending = ex
         ex.upstream = self
@@ -699,8 +701,8 @@ class UpstreamConn(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             rest = data[e.args[0]:]
-            if rest:
-                self.client.transport.write(rest)
+            if rest and c is not None:
+                c.write(rest)  # after the 101 head that is still in c's buffer
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadDone):
                 self._head_done(data)
