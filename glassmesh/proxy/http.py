@@ -41,6 +41,7 @@ from glassmesh.protocols.http1 import (
     valid_traceparent,
 )
 from glassmesh.proxy.pool import ConnectError, Pool
+from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
 if TYPE_CHECKING:
     from glassmesh.proxy.runtime import Runtime
@@ -159,7 +160,6 @@ class ServerConn(asyncio.Protocol):
         self.parsing: Exchange | None = None
         self.wbuf: list[bytes] = []
         self.closing = False
-        self.tunnel: UpstreamConn | None = None
         self.paused = 0  # bit 1: pipelining, bit 2: body backpressure
         self.last_active = _mono()
         self.head_started = 0.0
@@ -185,13 +185,8 @@ class ServerConn(asyncio.Protocol):
             if up is not None:
                 up.abort()
         self.queue.clear()
-        if self.tunnel is not None:
-            self.tunnel.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.transport.write(data)
-            return
         self.last_active = _mono()
         try:
             self.parser.feed_data(data)
@@ -212,15 +207,11 @@ class ServerConn(asyncio.Protocol):
         for ex in self.queue:
             if ex.upstream is not None:
                 ex.upstream.transport.pause_reading()
-        if self.tunnel is not None:
-            self.tunnel.transport.pause_reading()
 
     def resume_writing(self) -> None:
         for ex in self.queue:
             if ex.upstream is not None:
                 ex.upstream.transport.resume_reading()
-        if self.tunnel is not None:
-            self.tunnel.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         self.wbuf.append(data)
@@ -344,19 +335,35 @@ class ServerConn(asyncio.Protocol):
             reason, msg, status = cause.reason, str(cause), cause.status
         else:
             reason, msg, status = "bad_request", f"malformed request: {e}", 400
-        if ex is None or ex.error is None:
-            if ex is None:
-                ex = Exchange(self)
-                ex.t0 = _perf()
-                self.queue.append(ex)
-            ex.error = (reason, msg, status)
-        ex.keep_alive = False
-        ex.req_done = True
         self.parsing = None
         self.closing = True
         # Nothing after a bad message can be trusted to start a new one.
         self.transport.pause_reading()
-        if self.queue[0] is ex:
+        if ex is None:
+            ex = Exchange(self)
+            ex.t0 = _perf()
+            self.queue.append(ex)
+        ex.keep_alive = False
+        ex.req_done = True
+        if ex.resp_started:
+            # The next hop already answered; all we can do is end both connections.
+            if ex.upstream is not None:
+                ex.upstream.abort()
+            self.queue.clear()
+            self.transport.close()
+            return
+        if ex.error is None:
+            ex.error = (reason, msg, status)
+        if ex.routed is not None:
+            # Already on its way: whatever of it is still in our buffers never leaves.
+            up = ex.upstream
+            if up is not None:
+                ex.upstream = None
+                up.wbuf.clear()
+                up.abort()
+            ex.cancelled = True  # a connect under way returns its connection to the pool
+            self._mesh_error(ex, reason, msg, status)
+        elif self.queue[0] is ex:
             self._dispatch(ex)
 
     def _dispatch(self, ex: Exchange) -> None:
@@ -404,6 +411,8 @@ class ServerConn(asyncio.Protocol):
         side = self.side.name
         status = status or ERROR_REASONS.get(reason, (502, ""))[0]
         rt.stats.error(side, reason)
+        if ex.request_id is None:
+            ex.request_id = _header(ex.headers, REQUEST_ID) or new_request_id()
         if ex.error is None:
             ex.error = (reason, msg, status)  # a body still arriving is dropped, not buffered
         if not ex.req_done and ex.framing != Framing.NONE:
@@ -418,7 +427,7 @@ class ServerConn(asyncio.Protocol):
                 side=side,
                 message=msg,
                 service=ex.service,
-                request_id=ex.request_id or _header(ex.headers, REQUEST_ID),
+                request_id=ex.request_id,
                 status=status,
                 close=close,
                 trail=trail,
@@ -548,6 +557,15 @@ class ServerConn(asyncio.Protocol):
             out.append((b"connection", b"keep-alive"))
         return _head(status_line(status), out)
 
+    def detach(self) -> None:
+        """This connection is handed to a byte relay (after a 101): stop counting it as ours."""
+        self.queue.clear()
+        self.rt.conns.discard(self)
+        self.rt.stats.client_conns -= 1
+        if self.link is not None:
+            self.link.open_conns -= 1
+        self.link = None
+
     def _start_tunnel_request(self, rest: bytes) -> None:
         """The request asked to upgrade; its bytes after the head wait for the 101."""
         ex = self.queue[-1] if self.queue else None
@@ -592,11 +610,6 @@ class UpstreamConn(asyncio.Protocol):
         if self.link is not None:
             self.link.open_conns -= 1
         self.pool.discard(self)
-        if self.tunnel:
-            c = self.client
-            if c is not None and c.transport is not None:
-                c.transport.close()
-            return
         ex = self.ex
         if ex is None or ex.cancelled:
             return
@@ -688,9 +701,6 @@ class UpstreamConn(asyncio.Protocol):
 
     # --- response side ------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.tunnel:
-            self.client.transport.write(data)
-            return
         self.got_bytes = True
         c = self.client
         if self.ex is None:
@@ -701,8 +711,9 @@ class UpstreamConn(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             rest = data[e.args[0]:]
-            if rest and c is not None:
-                c.write(rest)  # after the 101 head that is still in c's buffer
+            if rest and self.tunnel:
+                self.transport.get_protocol().data_received(rest)
+            return
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadDone):
                 self._head_done(data)
@@ -773,6 +784,8 @@ class UpstreamConn(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
+        if self.tunnel:
+            return
         ex = self.ex
         if ex is None:
             return
@@ -803,23 +816,48 @@ class UpstreamConn(asyncio.Protocol):
         c.finish(ex, False)
 
     def _switch(self, ex: Exchange, status: int) -> None:
-        """101 Switching Protocols: from here on both connections are a byte pipe."""
+        """101 Switching Protocols: from here on both connections are one byte pipe.
+
+        The proxy-to-proxy leg carries it in the tcp-link frames, so that a
+        half-close crosses the mesh as it would cross a plain TCP connection.
+        """
         c = self.client
         ex.resp_started = True
         hdrs = [(n, v) for n, v in self.headers if n.lower() not in (b"connection", b"upgrade")]
         up = _header(self.headers, b"upgrade") or b"websocket"
         hdrs += [(b"connection", b"upgrade"), (b"upgrade", up)]
         c.write(_head(status_line(101), hdrs))
+        c.flush()
         self.tunnel = True
         self.status = 101
         ex.routed.link.observe(101, _perf() - ex.t0)
-        c.tunnel = self
-        c.queue.clear()
+        self.rt.access_log(ex, 101, "")
+        c.detach()
+        self.detach()
+        relay = Relay(None)
+        upstream_is_mesh = self.pool.ssl_ctx is not None
+        plain = PlainSide(relay, outbound=upstream_is_mesh)
+        framed = FramedSide(relay, outbound=upstream_is_mesh)
+        plain.transport, framed.transport = (c.transport, self.transport) if upstream_is_mesh else (
+            self.transport, c.transport)
+        relay.plain, relay.framed = plain, framed
+        plain.transport.set_protocol(plain)
+        framed.transport.set_protocol(framed)
+        # Bytes the client sent after its upgrade request, held until now.
+        client_side = plain if upstream_is_mesh else framed
         for b in ex.pending:
-            self.wbuf.append(b)
+            client_side.data_received(b)
         ex.pending = []
-        c.paused = 0
         c.transport.resume_reading()
+        self.transport.resume_reading()
+
+    def detach(self) -> None:
+        """This connection is handed to a byte relay: stop counting it as ours."""
+        self.lost = True
+        self.ex = None
+        if self.link is not None:
+            self.link.open_conns -= 1
+        self.pool.discard(self)
 
 
 class _HeadDone(Exception):

@@ -83,7 +83,7 @@ class Runtime:
         to = self.timeouts
         idle, head, resp = to.idle_ms / 1000, to.head_ms / 1000, to.response_ms / 1000
         for c in list(self.conns):
-            if c.tunnel is not None or c.transport is None or c.transport.is_closing():
+            if c.transport is None or c.transport.is_closing():
                 continue
             q = c.queue
             if c.head_started and now - c.head_started > head:

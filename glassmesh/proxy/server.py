@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import uvloop
 
 from glassmesh.model.snapshot import Snapshot, SnapshotError, encode_snapshot, load_snapshot, split_address
+from glassmesh.protocols.http1 import reseed
 from glassmesh.proxy import stats as stats_mod
 from glassmesh.proxy.admin import AdminProtocol, json_body
 from glassmesh.proxy.http import ServerConn
@@ -193,6 +194,7 @@ def _fork_worker(config_path: str, snap: Snapshot, keylog: str | None, access_pa
     pid = os.fork()
     if pid == 0:  # child
         code = 0
+        reseed()
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             access = open(access_path, "a", buffering=1) if access_path else None  # noqa: SIM115

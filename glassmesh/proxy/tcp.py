@@ -99,11 +99,12 @@ class Relay:
 
 
 class PlainSide(asyncio.Protocol):
-    def __init__(self, relay: Relay, outbound: bool) -> None:
+    def __init__(self, relay: Relay, outbound: bool, ready: bool = True) -> None:
         self.relay = relay
         self.transport: Any = None
         self.outbound = outbound
         self.pending: list[bytes] = []
+        self.ready = ready  # False until the framed side exists and has our pending bytes
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -118,7 +119,7 @@ class PlainSide(asyncio.Protocol):
                 r.link.bytes_req += len(data)
             else:
                 r.link.bytes_resp += len(data)
-        if f is None or f.transport is None:
+        if not self.ready:
             self.pending.append(data)
             return
         f.transport.writelines(encode(data))
@@ -126,9 +127,8 @@ class PlainSide(asyncio.Protocol):
     def eof_received(self) -> bool:
         r = self.relay
         r.plain_done = True
-        f = r.framed
-        if f is not None and f.transport is not None:
-            f.transport.write(FIN)
+        if self.ready:
+            r.framed.transport.write(FIN)
         else:
             self.pending.append(b"")
         r.maybe_close()
@@ -151,15 +151,17 @@ class PlainSide(asyncio.Protocol):
         for d in self.pending:
             framed.transport.write(FIN if d == b"" else b"".join(encode(d)))
         self.pending = []
+        self.ready = True
 
 
 class FramedSide(asyncio.Protocol):
-    def __init__(self, relay: Relay, outbound: bool) -> None:
+    def __init__(self, relay: Relay, outbound: bool, ready: bool = True) -> None:
         self.relay = relay
         self.transport: Any = None
         self.decoder = FrameDecoder()
         self.outbound = outbound
         self.pending: list[bytes | None] = []
+        self.ready = ready  # False until the plain side is connected and has our pending frames
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -174,12 +176,10 @@ class FramedSide(asyncio.Protocol):
         except ValueError:
             self.relay.close()
             return
-        r = self.relay
-        p = r.plain
-        if p is None or p.transport is None:
+        if not self.ready:
             self.pending += frames
             return
-        self._deliver(frames, p)
+        self._deliver(frames, self.relay.plain)
 
     def _deliver(self, frames: list[bytes | None], p: PlainSide) -> None:
         r = self.relay
@@ -190,6 +190,9 @@ class FramedSide(asyncio.Protocol):
                 if p.transport.can_write_eof():
                     p.transport.write_eof()
                 r.maybe_close()
+            elif r.framed_done:
+                r.close()  # data after the peer said it was done: a broken peer
+                return
             else:
                 if link is not None:
                     if self.outbound:
@@ -221,7 +224,7 @@ class TcpLinkClient(PlainSide):
     """The local end of a tcp link: an app connected to the link's port."""
 
     def __init__(self, rt: Runtime, source: str, destination: str) -> None:
-        super().__init__(Relay(rt.stats.link("outbound", source, destination)), outbound=True)
+        super().__init__(Relay(rt.stats.link("outbound", source, destination)), outbound=True, ready=False)
         self.rt = rt
         self.source = source
         self.destination = destination
@@ -262,7 +265,7 @@ class InboundTcp(FramedSide):
     """The inbound end of a tcp link: frames from a peer proxy to a local instance."""
 
     def __init__(self, rt: Runtime, source: str, destination: str) -> None:
-        super().__init__(Relay(rt.stats.link("inbound", source, destination)), outbound=False)
+        super().__init__(Relay(rt.stats.link("inbound", source, destination)), outbound=False, ready=False)
         self.rt = rt
         self.destination = destination
 
@@ -290,6 +293,7 @@ class InboundTcp(FramedSide):
                 self.relay.close()
                 return
             frames, self.pending = self.pending, []
+            self.ready = True
             self._deliver(frames, self.relay.plain)
             self.transport.resume_reading()
             return
