@@ -170,6 +170,10 @@ class ServerConn(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self.rt.conns.add(self)
         self.rt.stats.client_conns += 1
+        if self.rt.stats.client_conns > self.rt.limits.max_client_connections:
+            self.rt.stats.error(self.side.name, "overloaded")
+            transport.write(error_response("overloaded", host=self.rt.host, side=self.side.name, close=True))
+            transport.close()
         if self.link is not None:
             self.link.open_conns += 1
 
