@@ -1,0 +1,122 @@
+"""Where the control plane keeps its state: the interface both stores implement.
+
+Desired state (the operator's mesh config) is a sequence of immutable,
+numbered versions, each recorded with who made it, when, the diff and a
+content hash, so that any earlier one can be restored. Live state
+(instances reported by proxies, what each host runs) is kept with a
+lease: a host that stops reporting loses its instances' health after a TTL.
+
+Two implementations: SQLite in one file (one replica) and etcd (several
+replicas sharing state). Every method is async so that both fit one shape;
+`revision` numbers are store-wide and only grow, and `wait_for_change` lets
+a replica notice what another replica wrote.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (unreachable, corrupt)."""
+
+
+class Conflict(StoreError):
+    """A compare-and-set lost: someone else changed the state first."""
+
+
+@dataclass(frozen=True)
+class ConfigVersion:
+    version: int  # 1, 2, 3, ...: one per applied change
+    doc: dict[str, Any]  # the whole desired state, as validated (JSON-able)
+    sha256: str  # of the canonical JSON of doc
+    author: str  # who applied it (user@host, or "rollback to N by ...")
+    at: float  # unix time
+    diff: str  # unified diff from the previous version's canonical YAML
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    service: str
+    host: str
+    address: str  # "ip:port" of the app process
+    healthy: bool
+    source: str = "proxy"  # proxy | static | dns
+    checked_at: float = 0.0
+    detail: str = ""  # last health check result, e.g. "connect refused"
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    name: str
+    services: tuple[str, ...]  # services this host may serve (from its join)
+    inbound: str = ""  # "ip:port" of its proxy's inbound port
+    admin: str = ""
+    last_seen: float = 0.0
+    snapshot_version: int = 0  # the version it runs (its last accept)
+    last_reject: dict[str, Any] = field(default_factory=dict)  # {"version": n, "reason": "...", "at": t}
+    cert_not_after: float = 0.0  # earliest expiry among its certificates
+
+
+class Store(abc.ABC):
+    """The control plane's whole state. Implementations must be safe for several replicas."""
+
+    # --- desired state ------------------------------------------------------
+    @abc.abstractmethod
+    async def current(self) -> ConfigVersion | None: ...
+
+    @abc.abstractmethod
+    async def commit(self, doc: dict[str, Any], author: str, diff: str, sha256: str,
+                     expected_version: int, message: str = "") -> ConfigVersion:
+        """Append version expected_version + 1; raise Conflict if current is not expected_version."""
+
+    @abc.abstractmethod
+    async def history(self, limit: int = 50) -> list[ConfigVersion]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def get_version(self, version: int) -> ConfigVersion | None: ...
+
+    # --- live state -----------------------------------------------------------
+    @abc.abstractmethod
+    async def put_instances(self, host: str, instances: list[InstanceRecord], ttl_s: float) -> None:
+        """Replace everything `host` reported; it expires after ttl_s unless reported again."""
+
+    @abc.abstractmethod
+    async def instances(self) -> list[InstanceRecord]:
+        """Live (unexpired) instances of every host; expired ones come back with healthy=False."""
+
+    @abc.abstractmethod
+    async def put_host(self, host: HostRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def hosts(self) -> list[HostRecord]: ...
+
+    # --- small keyed records: join tokens, held changes, drains, replicas ---------
+    @abc.abstractmethod
+    async def put_record(self, kind: str, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def get_record(self, kind: str, key: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def delete_record(self, kind: str, key: str) -> bool:
+        """True if it existed (a single-use join token is consumed exactly once)."""
+
+    @abc.abstractmethod
+    async def records(self, kind: str) -> dict[str, dict[str, Any]]: ...
+
+    # --- change feed ------------------------------------------------------------
+    @abc.abstractmethod
+    async def revision(self) -> int:
+        """A store-wide counter that grows with every write."""
+
+    @abc.abstractmethod
+    async def wait_for_change(self, after_revision: int, timeout_s: float) -> int:
+        """Return the revision once it is above after_revision, or the current one after timeout_s."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
