@@ -36,8 +36,6 @@ ERROR_HEADER = b"glassmesh-error"
 REQUEST_ID = b"x-request-id"
 TRACEPARENT = b"traceparent"
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _DIGITS = re.compile(rb"^[0-9]{1,18}$")
 
@@ -85,76 +83,169 @@ class Framing:
     CLOSE = 3  # response read until the connection closes
 
 
-def check_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
-    """Refuse what llhttp would let through or what two parsers could read two ways.
+# How a request header is treated, looked up once per header by its lowercase name.
+# Anything absent is an end-to-end header forwarded as is.
+_H_DROP, _H_CL, _H_TE, _H_HOST, _H_CONN, _H_RID, _H_TP, _H_UPGRADE, _H_TRAIL = range(9)
+_REQUEST_KIND = {n: _H_DROP for n in HOP_BY_HOP | {SOURCE_HEADER, TRAIL_HEADER}}
+_REQUEST_KIND.update({
+    b"content-length": _H_CL,
+    b"transfer-encoding": _H_TE,
+    b"host": _H_HOST,
+    b"connection": _H_CONN,
+    REQUEST_ID: _H_RID,
+    TRACEPARENT: _H_TP,
+    b"upgrade": _H_UPGRADE,
+})
+_RESPONSE_KIND = {n: _H_DROP for n in HOP_BY_HOP}
+_RESPONSE_KIND.update({
+    b"content-length": _H_CL,
+    b"transfer-encoding": _H_TE,
+    b"connection": _H_CONN,
+    REQUEST_ID: _H_RID,
+    b"upgrade": _H_UPGRADE,
+    TRAIL_HEADER: _H_TRAIL,
+})
 
-    Returns (framing, content_length). Raises BadMessage for: Content-Length
-    together with Transfer-Encoding, several Content-Length headers (even equal
-    ones: we are strict), a Transfer-Encoding that is not exactly `chunked`, a
-    malformed Content-Length, header names that are not tokens, control
-    characters in values, and several Host headers.
+
+class RequestHead:
+    """A request's headers, sorted in one pass as they are parsed.
+
+    `forward` keeps the end-to-end headers in order (Host, x-request-id and a
+    valid traceparent among them); hop-by-hop and mesh-only headers are held
+    apart. `add` refuses the ambiguous shapes as soon as they appear.
     """
-    cl: bytes | None = None
-    te: bytes | None = None
-    hosts = 0
-    for name, value in headers:
-        if not _TOKEN.match(name):
-            raise BadMessage(f"invalid header name {name[:40]!r}")
-        if _BAD_VALUE.search(value):
-            raise BadMessage(f"invalid character in header {name.decode('latin-1')!r}")
-        n = name.lower()
-        if n == b"content-length":
-            if cl is not None:
+
+    __slots__ = ("forward", "cl", "te", "host", "conn", "rid", "tp", "upgrade")
+
+    def __init__(self) -> None:
+        self.forward: list[tuple[bytes, bytes]] = []
+        self.cl: bytes | None = None
+        self.te: bytes | None = None
+        self.host: bytes | None = None
+        self.conn: bytes | None = None
+        self.rid: bytes | None = None
+        self.tp: bytes | None = None
+        self.upgrade: bytes | None = None
+
+    def add(self, name: bytes, value: bytes) -> None:
+        kind = _REQUEST_KIND.get(name.lower())
+        if kind is None:
+            self.forward.append((name, value))
+        elif kind == _H_DROP:
+            pass
+        elif kind == _H_HOST:
+            if self.host is not None:
+                raise BadMessage("more than one Host header")
+            self.host = value
+            self.forward.append((name, value))
+        elif kind == _H_RID:
+            if self.rid is None:
+                self.rid = value
+                self.forward.append((name, value))
+        elif kind == _H_TP:
+            if self.tp is None and _TRACEPARENT.match(value):
+                self.tp = value
+                self.forward.append((name, value))
+        elif kind == _H_CL:
+            if self.cl is not None:
                 raise BadMessage("more than one Content-Length header")
-            cl = value.strip()
-        elif n == b"transfer-encoding":
-            if te is not None:
+            self.cl = value.strip()
+        elif kind == _H_TE:
+            if self.te is not None:
                 raise BadMessage("more than one Transfer-Encoding header")
-            te = value.strip().lower()
-        elif n == b"host":
-            hosts += 1
-    if hosts > 1:
-        raise BadMessage("more than one Host header")
-    if te is not None:
+            self.te = value.strip().lower()
+        elif kind == _H_CONN:
+            self.conn = value if self.conn is None else self.conn + b", " + value
+        elif kind == _H_UPGRADE:
+            self.upgrade = value
+
+    def framing(self) -> tuple[int, int]:
+        """(framing, content_length); refuses framing two parsers could read two ways."""
+        te, cl = self.te, self.cl
+        if te is not None:
+            if cl is not None:
+                raise BadMessage("both Content-Length and Transfer-Encoding: ambiguous framing")
+            if te != b"chunked":
+                raise BadMessage(f"unsupported Transfer-Encoding {te.decode('latin-1')!r}", "not_implemented", 501)
+            return Framing.CHUNKED, 0
         if cl is not None:
-            raise BadMessage("both Content-Length and Transfer-Encoding: ambiguous framing")
-        if te != b"chunked":
-            raise BadMessage(f"unsupported Transfer-Encoding {te.decode('latin-1')!r}", status=501)
-        return Framing.CHUNKED, 0
-    if cl is not None:
-        if not _DIGITS.match(cl):
-            raise BadMessage(f"invalid Content-Length {cl[:20]!r}")
-        n = int(cl)
-        return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
-    return Framing.NONE, 0
-
-
-def response_framing(
-    status: int, headers: list[tuple[bytes, bytes]], request_method: bytes
-) -> tuple[int, int]:
-    """(framing, content_length) of a response as received from the next hop."""
-    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+            if not _DIGITS.match(cl):
+                raise BadMessage(f"invalid Content-Length {cl[:20]!r}")
+            n = int(cl)
+            return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
         return Framing.NONE, 0
-    cl: bytes | None = None
-    te: bytes | None = None
-    for name, value in headers:
-        n = name.lower()
-        if n == b"content-length":
-            if cl is not None and cl != value.strip():
+
+    def drop_connection_listed(self) -> None:
+        """Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
+        if self.conn is None:
+            return
+        names = connection_tokens(self.conn) - {b"close", b"keep-alive", b"upgrade"}
+        if names:
+            self.forward = [(n, v) for n, v in self.forward if n.lower() not in names]
+
+    def set_host(self, authority: bytes) -> None:
+        self.forward = [(n, v) for n, v in self.forward if n.lower() != b"host"]
+        self.forward.append((b"host", authority))
+        self.host = authority
+
+
+class ResponseHead:
+    """A response's headers, sorted in one pass; see RequestHead."""
+
+    __slots__ = ("forward", "cl", "te", "conn", "has_rid", "upgrade", "trail")
+
+    def __init__(self) -> None:
+        self.forward: list[tuple[bytes, bytes]] = []
+        self.cl: bytes | None = None
+        self.te: bytes | None = None
+        self.conn: bytes | None = None
+        self.has_rid = False
+        self.upgrade: bytes | None = None
+        self.trail: bytes | None = None
+
+    def add(self, name: bytes, value: bytes) -> None:
+        kind = _RESPONSE_KIND.get(name.lower())
+        if kind is None:
+            self.forward.append((name, value))
+        elif kind == _H_DROP:
+            pass
+        elif kind == _H_CL:
+            v = value.strip()
+            if self.cl is not None and self.cl != v:
                 raise BadMessage("response has conflicting Content-Length headers", "upstream_protocol_error", 502)
-            cl = value.strip()
-        elif n == b"transfer-encoding":
-            te = value.strip().lower()
-    if te is not None:
-        if not te.endswith(b"chunked"):
-            return Framing.CLOSE, 0
-        return Framing.CHUNKED, 0
-    if cl is not None:
-        if not _DIGITS.match(cl):
-            raise BadMessage("response has an invalid Content-Length", "upstream_protocol_error", 502)
-        n = int(cl)
-        return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
-    return Framing.CLOSE, 0
+            self.cl = v
+        elif kind == _H_TE:
+            self.te = value.strip().lower()
+        elif kind == _H_RID:
+            self.has_rid = True
+            self.forward.append((name, value))
+        elif kind == _H_CONN:
+            self.conn = value if self.conn is None else self.conn + b", " + value
+        elif kind == _H_UPGRADE:
+            self.upgrade = value
+        elif kind == _H_TRAIL:
+            self.trail = value
+
+    def framing(self, status: int, request_method: bytes) -> tuple[int, int]:
+        """(framing, content_length) of the response as received from the next hop."""
+        if request_method == b"HEAD" or status < 200 or status in (204, 304):
+            return Framing.NONE, 0
+        if self.te is not None:
+            return (Framing.CHUNKED, 0) if self.te.endswith(b"chunked") else (Framing.CLOSE, 0)
+        cl = self.cl
+        if cl is not None:
+            if not _DIGITS.match(cl):
+                raise BadMessage("response has an invalid Content-Length", "upstream_protocol_error", 502)
+            n = int(cl)
+            return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
+        return Framing.CLOSE, 0
+
+    def drop_connection_listed(self) -> None:
+        if self.conn is None:
+            return
+        names = connection_tokens(self.conn) - {b"close", b"keep-alive", b"upgrade"}
+        if names:
+            self.forward = [(n, v) for n, v in self.forward if n.lower() not in names]
 
 
 def split_target(method: bytes, target: bytes, host: bytes | None) -> tuple[bytes, bytes]:

@@ -31,14 +31,12 @@ from glassmesh.protocols.http1 import (
     TRAIL_HEADER,
     BadMessage,
     Framing,
-    check_request_headers,
+    RequestHead,
+    ResponseHead,
     chunk,
-    connection_tokens,
     new_request_id,
     new_traceparent,
-    response_framing,
     status_line,
-    valid_traceparent,
 )
 from glassmesh.proxy.pool import ConnectError, Pool
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
@@ -95,7 +93,8 @@ class Exchange:
     __slots__ = (
         "method",
         "url",
-        "headers",
+        "head",
+        "nheaders",
         "http10",
         "keep_alive",
         "upgrade",
@@ -114,7 +113,6 @@ class Exchange:
         "request_id",
         "up_chunked",
         "service",
-        "trail_in",
         "cancelled",
         "head_size",
         "conn",
@@ -123,7 +121,8 @@ class Exchange:
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.head = RequestHead()
+        self.nheaders = 0
         self.head_done = False
         self.req_done = False
         self.pending: list[bytes] = []
@@ -265,11 +264,13 @@ class ServerConn(asyncio.Protocol):
         ex.head_size += len(name) + len(value) + 4
         if ex.head_done:
             return  # trailers: not forwarded
-        if ex.head_size > self.rt.limits.max_head_bytes:
+        lim = self.rt.limits
+        if ex.head_size > lim.max_head_bytes:
             raise BadMessage("request head too large", "head_too_large", 431)
-        ex.headers.append((name, value))
-        if len(ex.headers) > self.rt.limits.max_headers:
+        ex.nheaders += 1
+        if ex.nheaders > lim.max_headers:
             raise BadMessage("too many request headers", "head_too_large", 431)
+        ex.head.add(name, value)
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
@@ -281,7 +282,7 @@ class ServerConn(asyncio.Protocol):
         ex.keep_alive = p.should_keep_alive()
         ex.upgrade = p.should_upgrade()
         try:
-            ex.framing, _ = check_request_headers(ex.headers)
+            ex.framing, _ = ex.head.framing()
         except BadMessage as e:
             ex.error = (e.reason, str(e), e.status)
             ex.keep_alive = False
@@ -416,7 +417,7 @@ class ServerConn(asyncio.Protocol):
         status = status or ERROR_REASONS.get(reason, (502, ""))[0]
         rt.stats.error(side, reason)
         if ex.request_id is None:
-            ex.request_id = _header(ex.headers, REQUEST_ID) or new_request_id()
+            ex.request_id = ex.head.rid or new_request_id()
         if ex.error is None:
             ex.error = (reason, msg, status)  # a body still arriving is dropped, not buffered
         if not ex.req_done and ex.framing != Framing.NONE:
@@ -471,78 +472,42 @@ class ServerConn(asyncio.Protocol):
 
     def build_upstream_head(self, ex: Exchange) -> bytes:
         """The request head for the next hop: hop-by-hop headers out, mesh headers in."""
-        drop = self.side.drop
-        conn_tokens: set[bytes] | None = None
-        out: list[tuple[bytes, bytes]] = []
-        rid = tp = None
-        for n, v in ex.headers:
-            ln = n.lower()
-            if ln in drop:
-                if ln == b"connection":
-                    conn_tokens = connection_tokens(v)
-                continue
-            if ln == REQUEST_ID:
-                rid = v
-            elif ln == TRACEPARENT:
-                if not valid_traceparent(v):
-                    continue
-                tp = v
-            out.append((n, v))
-        if conn_tokens:
-            conn_tokens.discard(b"close")
-            conn_tokens.discard(b"keep-alive")
-            if conn_tokens:
-                out = [(n, v) for n, v in out if n.lower() not in conn_tokens]
+        h = ex.head
+        if h.conn is not None:
+            h.drop_connection_listed()
+        out = h.forward
+        rid = h.rid
         if rid is None:
             rid = new_request_id()
             out.append((REQUEST_ID, rid))
-        if tp is None:
+        if h.tp is None:
             out.append((TRACEPARENT, new_traceparent()))
         ex.request_id = rid
-        out += ex.routed.extra
+        extra = ex.routed.extra
+        if extra:
+            out += extra
         if ex.upgrade:
             out.append((b"connection", b"upgrade"))
-            out.append((b"upgrade", _header(ex.headers, b"upgrade") or b""))
-        if ex.framing == Framing.LENGTH:
-            out.append((b"content-length", _header(ex.headers, b"content-length").strip()))
-        elif ex.framing == Framing.CHUNKED:
+            out.append((b"upgrade", h.upgrade or b""))
+        framing = ex.framing
+        if framing == Framing.LENGTH:
+            out.append((b"content-length", h.cl))
+        elif framing == Framing.CHUNKED:
             out.append((b"transfer-encoding", b"chunked"))
             ex.up_chunked = True
         return _head(ex.method + b" " + ex.url + b" HTTP/1.1", out)
 
-    def build_response_head(
-        self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], framing: int, length: int
-    ) -> bytes:
+    def build_response_head(self, ex: Exchange, status: int, rh: ResponseHead, framing: int, length: int) -> bytes:
         """The response head for the client, with this hop added to the trail."""
         side = self.side
-        drop = side.drop_response
-        conn_tokens: set[bytes] | None = None
-        out: list[tuple[bytes, bytes]] = []
-        prev_trail = None
-        has_rid = False
-        head_cl = None
-        for n, v in headers:
-            ln = n.lower()
-            if ln in drop:
-                if ln == b"connection":
-                    conn_tokens = connection_tokens(v)
-                elif ln == TRAIL_HEADER and side.trust_trail:
-                    prev_trail = v
-                elif ln == b"content-length":
-                    head_cl = v
-                continue
-            if ln == REQUEST_ID:
-                has_rid = True
-            out.append((n, v))
-        if conn_tokens:
-            conn_tokens -= {b"close", b"keep-alive"}
-            if conn_tokens:
-                out = [(n, v) for n, v in out if n.lower() not in conn_tokens]
-        if not has_rid and ex.request_id:
+        if rh.conn is not None:
+            rh.drop_connection_listed()
+        out = rh.forward
+        if not rh.has_rid and ex.request_id:
             out.append((REQUEST_ID, ex.request_id))
-        rt = self.rt
-        mine = b"%s/%s;dur=%.3f" % (rt.host_b, side.name_b, (_perf() - ex.t0) * 1000)
-        out.append((TRAIL_HEADER, mine + b", " + prev_trail if prev_trail else mine))
+        mine = b"%s/%s;dur=%.3f" % (self.rt.host_b, side.name_b, (_perf() - ex.t0) * 1000)
+        prev = rh.trail if side.trust_trail else None
+        out.append((TRAIL_HEADER, mine + b", " + prev if prev else mine))
         if framing == Framing.LENGTH:
             out.append((b"content-length", b"%d" % length))
         elif framing != Framing.NONE:
@@ -551,8 +516,8 @@ class ServerConn(asyncio.Protocol):
             else:
                 out.append((b"transfer-encoding", b"chunked"))
                 ex.resp_chunked = True
-        elif head_cl is not None and (ex.method == b"HEAD" or status == 304):
-            out.append((b"content-length", head_cl))
+        elif rh.cl is not None and (ex.method == b"HEAD" or status == 304):
+            out.append((b"content-length", rh.cl))
         elif status not in (204, 304) and ex.method != b"HEAD":
             out.append((b"content-length", b"0"))
         if not ex.keep_alive or self.closing:
@@ -590,7 +555,9 @@ class UpstreamConn(asyncio.Protocol):
         self.ex: Exchange | None = None
         self.client: ServerConn | None = None
         self.wbuf: list[bytes] = []
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.rh = ResponseHead()
+        self.nheaders = 0
+        self.status = 0
         self.lost = False
         self.used = 0
         self.idle_since = 0.0
@@ -678,7 +645,6 @@ class UpstreamConn(asyncio.Protocol):
         self.client = ex.conn
         self.head_only = ex.method == b"HEAD"
         self.interim = False
-        self.headers = []
         self.wbuf.append(self.client.build_upstream_head(ex))
         ex.sent_at = _mono()
         for b in ex.pending:
@@ -746,12 +712,14 @@ class UpstreamConn(asyncio.Protocol):
             c._mesh_error(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
 
     def on_message_begin(self) -> None:
-        self.headers = []
+        self.rh = ResponseHead()
+        self.nheaders = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        if len(self.headers) > 400:
+        self.nheaders += 1
+        if self.nheaders > 400:
             raise BadMessage("too many response headers")
+        self.rh.add(name, value)
 
     def on_headers_complete(self) -> None:
         ex = self.ex
@@ -764,14 +732,14 @@ class UpstreamConn(asyncio.Protocol):
                 return
             self.interim = True
             if status in _FORWARD_1XX and not ex.http10:
-                c.write(_head(status_line(status), _forwardable(self.headers)))
+                rh = self.rh
+                rh.drop_connection_listed()
+                c.write(_head(status_line(status), rh.forward))
             return
-        try:
-            self.resp_framing, length = response_framing(status, self.headers, ex.method)
-        except BadMessage as e:
-            raise e
+        rh = self.rh
+        self.resp_framing, length = rh.framing(status, ex.method)
         ex.resp_started = True
-        c.write(c.build_response_head(ex, status, self.headers, self.resp_framing, length))
+        c.write(c.build_response_head(ex, status, rh, self.resp_framing, length))
         self.status = status
         if self.head_only:
             raise _HeadDone()
@@ -827,9 +795,9 @@ class UpstreamConn(asyncio.Protocol):
         """
         c = self.client
         ex.resp_started = True
-        hdrs = [(n, v) for n, v in self.headers if n.lower() not in (b"connection", b"upgrade")]
-        up = _header(self.headers, b"upgrade") or b"websocket"
-        hdrs += [(b"connection", b"upgrade"), (b"upgrade", up)]
+        rh = self.rh
+        rh.drop_connection_listed()
+        hdrs = rh.forward + [(b"connection", b"upgrade"), (b"upgrade", rh.upgrade or b"websocket")]
         c.write(_head(status_line(101), hdrs))
         c.flush()
         self.tunnel = True
@@ -866,21 +834,6 @@ class UpstreamConn(asyncio.Protocol):
 
 class _HeadDone(Exception):
     pass
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for n, v in headers:
-        if n.lower() == name:
-            return v
-    return None
-
-
-def _forwardable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    drop = set(HOP_BY_HOP)
-    for n, v in headers:
-        if n.lower() == b"connection":
-            drop |= connection_tokens(v)
-    return [(n, v) for n, v in headers if n.lower() not in drop]
 
 
 def _head(first: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -19,7 +19,7 @@ from glassmesh.protocols.http1 import (
     service_of,
     split_target,
 )
-from glassmesh.proxy.http import Exchange, Routed, Side, _header
+from glassmesh.proxy.http import Exchange, Routed, Side
 from glassmesh.proxy.routing import PoolKey
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class OutboundSide(Side):
 
     def route(self, ex: Exchange) -> Routed | tuple[str, str]:
         rt = self.rt
-        host = _header(ex.headers, b"host")
+        host = ex.head.host
         try:
             authority, path = split_target(ex.method, ex.url, host)
         except BadMessage as e:
@@ -64,8 +64,7 @@ class OutboundSide(Side):
         if ex.url is not path:
             ex.url = path
             if host != authority:
-                ex.headers = [(n, v) for n, v in ex.headers if n.lower() != b"host"]
-                ex.headers.append((b"host", authority))
+                ex.head.set_host(authority)
         return self._routed(svc, ep)
 
     def reroute(self, ex: Exchange, tried: set[tuple[str, int]]) -> Routed | None:
