@@ -38,6 +38,11 @@ class LocalService(msgspec.Struct, **_STRUCT):
     # The outbound listener that this service's apps use to call the mesh.
     # One listener per local service is how the proxy knows who is calling.
     outbound: Address | None = None
+    # A unix socket for the same purpose. Unlike a port, its file permissions
+    # decide which local processes may call as this service.
+    outbound_socket: str | None = None
+    outbound_socket_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
+    outbound_socket_group: str | None = None
     # The service's certificate chain and key (PEM files), presented on both
     # sides: as the client cert when it calls, as the server cert when called.
     cert: str
@@ -149,6 +154,12 @@ def _check(snap: Snapshot) -> None:
         seen[ls.name] = p
         for j, a in enumerate(ls.instances):
             port_ok(f"{p}.instances[{j}]", a)
+        if ls.outbound_socket is not None:
+            if not os.path.isabs(ls.outbound_socket):
+                fail(f"{p}.outbound_socket", "must be an absolute path")
+            if ls.outbound_socket in listen:
+                fail(f"{p}.outbound_socket", f"{ls.outbound_socket} is already used by {listen[ls.outbound_socket]}")
+            listen[ls.outbound_socket] = f"{p}.outbound_socket"
         if ls.outbound is not None:
             port_ok(f"{p}.outbound", ls.outbound)
             if ls.outbound in listen:

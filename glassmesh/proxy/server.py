@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import grp
 import json
 import os
 import signal
 import socket
+import stat
 import tempfile
 import time
 from typing import Any, TextIO
@@ -40,7 +42,35 @@ class StartupError(Exception):
 
 
 def _listen_set(s: Snapshot) -> list[str]:
-    return sorted([s.inbound] + [x.outbound for x in s.local_services if x.outbound] + [t.listen for t in s.tcp_links])
+    return sorted([s.inbound] + [x.outbound for x in s.local_services if x.outbound]
+                  + [x.outbound_socket for x in s.local_services if x.outbound_socket]
+                  + [t.listen for t in s.tcp_links])
+
+
+def _bind_unix(path: str, mode: str, group: str | None) -> socket.socket:
+    """A unix socket whose permissions say who may call as its service."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # left by an earlier run
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, int(mode, 8))
+        if group is not None:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    except (OSError, KeyError) as e:
+        sock.close()
+        raise StartupError(f"cannot listen on {path}: {e}") from None
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_unix_sockets(snap: Snapshot) -> dict[str, socket.socket]:
+    return {ls.name: _bind_unix(ls.outbound_socket, ls.outbound_socket_mode, ls.outbound_socket_group)
+            for ls in snap.local_services if ls.outbound_socket}
 
 
 def _bind(addr: str, reuse_port: bool) -> socket.socket:
@@ -70,11 +100,13 @@ class Worker:
         self.started = time.time()
         self.last_reload: dict[str, Any] = {"version": snap.version, "accepted": True, "at": time.time()}
 
-    async def start(self, reuse_port: bool) -> None:
+    async def start(self, reuse_port: bool, unix: dict[str, socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         rt = self.rt
         snap = rt.snapshot
         socks = []
+        for name, usock in unix.items():
+            socks.append((usock, lambda n=name: ServerConn(rt, OutboundSide(rt, n)), None))
         try:
             for ls in snap.local_services:
                 if ls.outbound:
@@ -151,7 +183,8 @@ def _admin_routes(
 
 
 async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, access_log: TextIO | None,
-                        admin_addr: str | None, admin_unix: str | None, reuse_port: bool) -> None:
+                        admin_addr: str | None, admin_unix: str | None, reuse_port: bool,
+                        unix: dict[str, socket.socket]) -> None:
     loop = asyncio.get_running_loop()
     w = Worker(config_path, snap, keylog, access_log)
 
@@ -166,7 +199,7 @@ async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, ac
         admin = await loop.create_unix_server(lambda: AdminProtocol(routes), admin_unix)
     else:
         admin = await loop.create_server(lambda: AdminProtocol(routes), sock=_bind(admin_addr, False))
-    await w.start(reuse_port)
+    await w.start(reuse_port, unix)
     if not admin_unix:
         log(f"host {snap.host} serving snapshot version {snap.version}: " + ", ".join(_listen_set(snap))
             + f"; admin {admin_addr}")
@@ -192,7 +225,8 @@ async def _get_unix(path: str, target: str) -> bytes:
     return body
 
 
-def _fork_worker(config_path: str, snap: Snapshot, keylog: str | None, access_path: str | None, sock: str) -> int:
+def _fork_worker(config_path: str, snap: Snapshot, keylog: str | None, access_path: str | None, sock: str,
+                 unix: dict[str, socket.socket]) -> int:
     pid = os.fork()
     if pid == 0:  # child
         code = 0
@@ -200,7 +234,7 @@ def _fork_worker(config_path: str, snap: Snapshot, keylog: str | None, access_pa
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             access = open(access_path, "a", buffering=1) if access_path else None  # noqa: SIM115
-            uvloop.run(_serve_single(config_path, snap, keylog, access, None, sock, True))
+            uvloop.run(_serve_single(config_path, snap, keylog, access, None, sock, True, unix))
         except BaseException as e:  # noqa: BLE001 - a child must never return into the parent's code
             log(f"worker failed: {e}")
             code = 1
@@ -216,7 +250,9 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
     current = {"snap": snap}
     # Bind the admin port first: a busy port fails before any worker starts.
     admin_sock = _bind(snap.admin, False)
-    pids = [_fork_worker(config_path, snap, keylog, access_path, s) for s in socks]
+    # Unix sockets cannot be shared by SO_REUSEPORT: bind once, every worker accepts on it.
+    unix = bind_unix_sockets(snap)
+    pids = [_fork_worker(config_path, snap, keylog, access_path, s, unix) for s in socks]
 
     async def dump() -> dict[str, Any]:
         dumps = []
@@ -269,7 +305,7 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
                     log(f"worker {i} (pid {pid}) exited with status {status}; restarting it")
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(socks[i])
-                    pids[i] = _fork_worker(config_path, current["snap"], keylog, access_path, socks[i])
+                    pids[i] = _fork_worker(config_path, current["snap"], keylog, access_path, socks[i], unix)
     finally:
         admin.close()
         for pid in pids:
@@ -321,8 +357,15 @@ def run(config_path: str, workers: int = 1, keylog: str | None = None, access_lo
         compile_table(snap)  # certificates load, or we stop here with a clear message
     except Exception as e:
         raise StartupError(str(e)) from None
-    if workers <= 1:
-        access = open(access_log, "a", buffering=1) if access_log else None  # noqa: SIM115
-        uvloop.run(_serve_single(config_path, snap, keylog, access, snap.admin, None, False))
-    else:
-        uvloop.run(_supervise(config_path, snap, workers, keylog, access_log))
+    try:
+        if workers <= 1:
+            access = open(access_log, "a", buffering=1) if access_log else None  # noqa: SIM115
+            uvloop.run(_serve_single(config_path, snap, keylog, access, snap.admin, None, False,
+                                     bind_unix_sockets(snap)))
+        else:
+            uvloop.run(_supervise(config_path, snap, workers, keylog, access_log))
+    finally:
+        for ls in snap.local_services:
+            if ls.outbound_socket:
+                with contextlib.suppress(OSError):
+                    os.unlink(ls.outbound_socket)

@@ -245,6 +245,7 @@ class LocalSpec:
     protocol: str
     instances: list[str] = field(default_factory=list)
     outbound: str | None = None
+    socket: str | None = None
 
 
 class Host:
@@ -259,6 +260,7 @@ class Host:
         self.locals: dict[str, LocalSpec] = {}
         self.tcp_links: list[dict[str, str]] = []
         self.service_overrides: dict[str, dict[str, Any]] = {}
+        self.timeouts: dict[str, int] = {}
         self.version = 1
         self.proxy: Proc | None = None
         self.snapshot_path: Path | None = None
@@ -334,6 +336,8 @@ class Host:
                                  "cert": os.path.relpath(cert, m.root), "key": os.path.relpath(key, m.root)}
             if spec.outbound:
                 d["outbound"] = spec.outbound
+            if spec.socket:
+                d["outbound_socket"] = spec.socket
             local_services.append(d)
         services: dict[str, dict[str, Any]] = {}
         for h in m.hosts.values():
@@ -343,7 +347,9 @@ class Host:
                         spec.name, {"name": spec.name, "protocol": spec.protocol, "endpoints": []})
                     svc["endpoints"].append({"address": h.inbound, "host": h.name})
         services.update(self.service_overrides)
+        extra: dict[str, Any] = {"timeouts": self.timeouts} if self.timeouts else {}
         return {
+            **extra,
             "version": self.version,
             "host": self.name,
             "trust_domain": m.trust_domain,

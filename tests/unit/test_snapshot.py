@@ -61,6 +61,8 @@ def mutate(path, value):
         (mutate(["admin"], "127.0.0.11:4143"), "same address - at `$.admin`"),
         (mutate(["inbound"], "127.0.0.1:99999"), "port out of range"),
         (mutate(["local_services", 0, "protocol"], "udp"), "at `$.local_services[0].protocol`"),
+        (mutate(["local_services", 0, "outbound_socket"], "a.sock"), "absolute path - at `$.local_services[0].outbound_socket`"),
+        (mutate(["local_services", 0, "outbound_socket_mode"], "999"), "at `$.local_services[0].outbound_socket_mode`"),
     ],
 )
 def test_bad_snapshots_name_the_field(doc, words):

@@ -1,0 +1,160 @@
+"""Compile the mesh config and live instances into one snapshot per host. Pure: no I/O, no clock.
+
+A host's snapshot holds only what its local services need: their own
+instances and listeners, and the services they may call (every service, or a
+service's `calls:` list), so a proxy's memory grows with what it talks to,
+not with the mesh. Being pure makes it testable, benchmarkable and identical
+on every control-plane replica that compiles from the same store.
+
+Versions only grow, and a host whose content did not change keeps its
+version (content is compared, never time), so an unrelated change does not
+make 200 proxies reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal, cast
+
+import msgspec
+
+from glassmesh.control.config import HostConfig, MeshConfig
+from glassmesh.control.layout import host_layout, join
+from glassmesh.control.store import HostRecord, InstanceRecord
+from glassmesh.model.snapshot import Endpoint, LocalService, Service, Snapshot, TcpLink, split_address
+
+InstanceKey = tuple[str, str]  # (host, app address): one instance of a service
+
+
+def effective_hosts(cfg: MeshConfig, hosts: Iterable[HostRecord] = ()) -> list[HostConfig]:
+    """Config hosts, plus hosts known only from the store (joined) that report an inbound address."""
+    out = list(cfg.hosts)
+    known = {h.name for h in out}
+    svc = {s.name for s in cfg.services}
+    for h in hosts:
+        if h.name not in known and h.inbound:
+            out.append(HostConfig(name=h.name, address=h.inbound, admin=h.admin or None,
+                                  services=[s for s in h.services if s in svc]))
+            known.add(h.name)
+    return out
+
+
+def _runs(cfg: MeshConfig, hosts: list[HostConfig]) -> dict[str, set[str]]:
+    """host -> services it may serve; a proxy's report of anything else is ignored."""
+    runs = {h.name: set(h.services) for h in hosts}
+    for s in cfg.services:
+        for i in s.instances:
+            runs.setdefault(i.host, set()).add(s.name)
+    return runs
+
+
+def healthy_instances(cfg: MeshConfig, instances: Iterable[InstanceRecord],
+                      hosts: Iterable[HostRecord] = ()) -> dict[str, list[InstanceKey]]:
+    """service -> its healthy instances, sorted: proxy reports, plus static ones not reported unhealthy."""
+    runs = _runs(cfg, effective_hosts(cfg, hosts))
+    healthy: dict[str, set[InstanceKey]] = {s.name: set() for s in cfg.services}
+    sick: set[tuple[str, str, str]] = set()
+    for r in instances:
+        if r.service not in healthy or r.service not in runs.get(r.host, ()):
+            continue
+        if r.healthy:
+            healthy[r.service].add((r.host, r.address))
+        else:
+            sick.add((r.service, r.host, r.address))
+    for s in cfg.services:
+        healthy[s.name].update((i.host, i.address) for i in s.instances if (s.name, i.host, i.address) not in sick)
+    return {name: sorted(keys) for name, keys in healthy.items()}
+
+
+def _local_instances(cfg: MeshConfig, host: HostConfig, names: Iterable[str],
+                     instances: list[InstanceRecord]) -> dict[str, list[str]]:
+    """Addresses the inbound side delivers to: healthy ones, or every known one when none is healthy."""
+    ip, _ = split_address(host.address)
+    out: dict[str, list[str]] = {}
+    for name in names:
+        svc = cfg.service(name)
+        known: dict[str, bool] = {}
+        if svc is not None and svc.port is not None and name in host.services:
+            known[join(ip, svc.port)] = True
+        for i in svc.instances if svc is not None else ():
+            if i.host == host.name:
+                known[i.address] = True
+        for r in instances:
+            if r.host == host.name and r.service == name:
+                known[r.address] = r.healthy
+        good = sorted(a for a, ok in known.items() if ok)
+        out[name] = good or sorted(known)
+    return out
+
+
+def _service_structs(cfg: MeshConfig, endpoints: Mapping[str, Iterable[InstanceKey]],
+                     inbound: dict[str, str]) -> dict[str, Service]:
+    """One immutable Service per service, shared by every host's snapshot (compiled once, not per host)."""
+    out: dict[str, Service] = {}
+    for s in cfg.services:
+        eps = [Endpoint(address=inbound[h], host=h) for h, _ in sorted(endpoints.get(s.name, ())) if h in inbound]
+        out[s.name] = Service(name=s.name, protocol=s.protocol, endpoints=eps)
+    return out
+
+
+def compile_snapshots(
+    cfg: MeshConfig,
+    instances: Iterable[InstanceRecord],
+    hosts: Iterable[HostRecord] = (),
+    *,
+    trust_domain: str,
+    versions: Mapping[str, Snapshot],
+    endpoints: Mapping[str, Iterable[InstanceKey]] | None = None,
+    version: int = 0,
+    trust_bundle: str = "certs/ca.pem",
+) -> dict[str, Snapshot]:
+    """host -> its snapshot.
+
+    versions: each host's previous snapshot; an unchanged one is returned as is.
+    endpoints: service -> instances to push (what the guard let through); default: every healthy one.
+    version: the least version a changed snapshot gets (the store revision, so replicas agree);
+    it is always above the host's previous one.
+    """
+    records = list(instances)
+    hosts = list(hosts)
+    if endpoints is None:
+        endpoints = healthy_instances(cfg, records, hosts)
+    all_hosts = effective_hosts(cfg, hosts)
+    inbound = {h.name: h.address for h in all_hosts}
+    services = _service_structs(cfg, endpoints, inbound)
+    by_host: dict[str, list[InstanceRecord]] = {}
+    for r in records:
+        by_host.setdefault(r.host, []).append(r)
+    out: dict[str, Snapshot] = {}
+    for h in all_hosts:
+        lay = host_layout(cfg, h)
+        local = _local_instances(cfg, h, lay.local_services, by_host.get(h.name, []))
+        wanted: set[str] = set()
+        for name in lay.local_services:
+            calls = (svc := cfg.service(name)) and svc.calls
+            wanted.update(services if calls is None else calls)
+        links = [TcpLink(source=t.source, listen=t.listen, destination=t.destination)
+                 for t in cfg.tcp_links if t.host == h.name]
+        wanted.update(t.destination for t in links)
+        snap = Snapshot(
+            version=0, host=h.name, trust_domain=trust_domain, trust_bundle=trust_bundle,
+            inbound=lay.inbound, admin=lay.admin,
+            local_services=[
+                LocalService(name=n, protocol=_protocol(cfg, n), instances=local[n], outbound=lay.outbound[n],
+                             cert=f"certs/{n}.pem", key=f"certs/{n}.key")
+                for n in lay.local_services
+            ],
+            services=[services[n] for n in sorted(wanted)],
+            tcp_links=links,
+        )
+        prev = versions.get(h.name)
+        if prev is not None and msgspec.structs.replace(prev, version=0) == snap:
+            out[h.name] = prev
+        else:
+            out[h.name] = msgspec.structs.replace(snap, version=max(version, (prev.version if prev else 0) + 1))
+    return out
+
+
+def _protocol(cfg: MeshConfig, name: str) -> Literal["http", "tcp"]:
+    svc = cfg.service(name)
+    return cast(Literal["http", "tcp"], svc.protocol if svc else "http")

@@ -1,0 +1,192 @@
+"""The declarative mesh config (mesh.yaml): schema, validation with line numbers, canonical form.
+
+The operator edits YAML; the control plane stores the validated document and
+compiles snapshots from it. Validation is strict (unknown fields are errors)
+because a misspelt key that is silently ignored is how a safe default turns
+into an outage. Every problem names the file, the line and the field, so the
+operator fixes it without guessing. The canonical form (keys sorted, list
+order kept because it carries meaning) makes diffs and content hashes stable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from glassmesh.control import yamlpos
+from glassmesh.control.rules import check_meaning
+from glassmesh.model.snapshot import NAME_RE, Address, Name, Protocol
+
+_S = {"forbid_unknown_fields": True, "frozen": True, "kw_only": True, "omit_defaults": True}
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+DnsName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")]
+
+
+class Health(msgspec.Struct, **_S):
+    """How the proxy on an instance's host checks it: TCP connect, or an HTTP GET expecting 2xx."""
+
+    tcp: bool = False
+    http: str | None = None
+    interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 2_000
+    timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000
+
+
+class StaticInstance(msgspec.Struct, **_S):
+    host: Name
+    address: Address
+
+
+class Dns(msgspec.Struct, **_S):
+    """Instances found by resolving a name (A: host ip + service port; SRV: targets and ports)."""
+
+    name: DnsName
+    type: Literal["A", "SRV"] = "A"
+
+
+class ServiceConfig(msgspec.Struct, **_S):
+    name: Name
+    protocol: Protocol = "http"
+    port: Port | None = None  # where instances listen on their host
+    health: Health | None = None  # None: a TCP connect check
+    instances: list[StaticInstance] = []
+    dns: Dns | None = None
+    # Services this one may call; None means every service. A host's snapshot lists only these.
+    calls: list[Name] | None = None
+    # Share of endpoints one change may remove before it is held for an operator.
+    max_endpoint_drop: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+
+
+class HostConfig(msgspec.Struct, **_S):
+    name: Name
+    address: Address  # its proxy's inbound (mTLS) port
+    admin: Address | None = None  # default: the inbound ip, port 4191
+    services: list[Name] = []
+    # Pin a local service's outbound listener; default: the inbound ip, ports 4140, 4141, ... in list order.
+    outbound: dict[Name, Address] = {}
+
+
+class TcpLinkConfig(msgspec.Struct, **_S):
+    host: Name
+    source: Name
+    listen: Address
+    destination: Name
+
+
+class MeshConfig(msgspec.Struct, **_S):
+    services: list[ServiceConfig] = []
+    hosts: list[HostConfig] = []
+    tcp_links: list[TcpLinkConfig] = []
+
+    def service(self, name: str) -> ServiceConfig | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def host(self, name: str) -> HostConfig | None:
+        return next((h for h in self.hosts if h.name == name), None)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation error: where (line, field path) and what."""
+
+    line: int
+    path: str
+    message: str
+
+    def format(self, filename: str) -> str:
+        return f"{filename}:{self.line}: {self.path or '(top)'}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "field": self.path, "message": self.message}
+
+
+class ConfigError(ValueError):
+    """The config is invalid; `problems` lists every error found, each with line and field."""
+
+    def __init__(self, filename: str, problems: list[Problem]) -> None:
+        self.filename = filename
+        self.problems = problems
+        super().__init__("\n".join(p.format(filename) for p in problems))
+
+
+_MSGSPEC_AT = re.compile(r"^(.*?)(?: - at `\$\.?(.*)`)?$", re.S)
+
+
+def _friendly(msg: str) -> str:
+    msg = msg.replace(f"matching regex '{NAME_RE}'", "that is a lowercase DNS label (a-z, 0-9, -)")
+    msg = re.sub(r"matching regex '[^']*'", "in the form host:port", msg) if "regex" in msg else msg
+    return msg.replace("`", "")
+
+
+def _schema_problem(err: msgspec.ValidationError, root: yaml.Node | None) -> Problem:
+    m = _MSGSPEC_AT.match(str(err))
+    assert m is not None
+    msg, path = m.group(1), m.group(2) or ""
+    field = re.search(r"(?:unknown|missing required) field `([^`]+)`", msg)
+    if field:  # name the field itself (an unknown key's line; a missing one's parent line)
+        path = f"{path}.{field.group(1)}" if path else field.group(1)
+    return Problem(yamlpos.line_of(root, path), path, _friendly(msg))
+
+
+def parse_config(text: str, filename: str = "mesh.yaml") -> MeshConfig:
+    """Parse and validate mesh.yaml text; raise ConfigError naming every problem found."""
+    try:
+        root = yamlpos.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise ConfigError(filename, [Problem(line, "", f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+    dups = [Problem(line, path, "duplicate key") for path, line in yamlpos.duplicate_keys(root)]
+    if dups:
+        raise ConfigError(filename, dups)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(filename, [Problem(1, "", "the config must be a mapping (services:, hosts:, tcp_links:)")])
+    try:
+        cfg = msgspec.convert(data, MeshConfig, strict=True)
+    except msgspec.ValidationError as e:
+        raise ConfigError(filename, [_schema_problem(e, root)]) from None
+    problems = [Problem(yamlpos.line_of(root, p), p, m) for p, m in check_meaning(cfg)]
+    if problems:
+        raise ConfigError(filename, problems)
+    return cfg
+
+
+def from_doc(doc: dict[str, Any]) -> MeshConfig:
+    """A stored (already validated) document back into a MeshConfig."""
+    return msgspec.convert(doc, MeshConfig, strict=True)
+
+
+def to_doc(cfg: MeshConfig) -> dict[str, Any]:
+    """The JSON-able document stored for a config (defaults omitted, so they can change later)."""
+    return msgspec.to_builtins(cfg)
+
+
+def canonical_yaml(doc: dict[str, Any] | None) -> str:
+    if not doc:
+        return ""
+    return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+def canonical_json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_of(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def diff_docs(old: dict[str, Any] | None, new: dict[str, Any] | None, old_name: str = "current",
+              new_name: str = "new") -> str:
+    """Unified diff of the canonical YAML of two documents ("" when they are the same)."""
+    a = canonical_yaml(old).splitlines(keepends=True)
+    b = canonical_yaml(new).splitlines(keepends=True)
+    return "".join(difflib.unified_diff(a, b, old_name, new_name))
