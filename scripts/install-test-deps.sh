@@ -4,6 +4,8 @@ set -euo pipefail
 need=()
 command -v tshark >/dev/null || need+=(tshark)
 command -v curl >/dev/null || need+=(curl)
+# A real 3-member etcd 3.4 cluster backs the etcd store tests (tests/etcd_cluster.py).
+command -v etcd >/dev/null || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

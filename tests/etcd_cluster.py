@@ -9,19 +9,23 @@ members in about a second when election timing is tuned for loopback.
 Use it one of three ways:
 
     with EtcdCluster.started() as cluster:          # context manager
-        store = EtcdStore(cluster.endpoints)
+        store = EtcdStore(cluster.endpoints)        # or: glassmesh control --store cluster.url
 
-    from tests.etcd_cluster import etcd_cluster     # pytest fixture (module scope)
+    # pytest fixture (module scope): re-export it once from a conftest.py,
+    #   from tests.etcd_cluster import etcd_cluster  # noqa: F401
+    # (importing it into the test module itself trips ruff's F811), then
     def test_x(etcd_cluster: EtcdCluster): ...
 
     cluster = EtcdCluster(); cluster.start(); ...; cluster.stop()
 
 `kill(i)` SIGKILLs member i by its PID, `restart(i)` starts it again on
 the same data dir and ports (it rejoins as the same member), `wait_healthy()`
-blocks until every running member answers /health. Processes and the temp
-dir are removed by `stop()`, which the context manager and the fixture call
-even when the test fails; members also die with the thread that started
-them (PR_SET_PDEATHSIG), so a killed pytest leaves no etcd behind.
+blocks until every running member answers /health, `leader_index()` says
+which member to kill to force an election. Processes and the temp dir are
+removed by `stop()`, which the context manager and the fixture call even
+when the test fails; members also die with the thread that started them
+(PR_SET_PDEATHSIG, main thread only), so a killed pytest leaves no etcd
+behind. Member logs are in `root/m{i}.log`; `logs_tail()` quotes them.
 """
 
 from __future__ import annotations
@@ -152,6 +156,11 @@ class EtcdCluster:
         return [m.client_url for m in self.members]
 
     @property
+    def url(self) -> str:
+        """The `--store` form the control plane takes: etcd://127.0.0.1:p1,127.0.0.1:p2,..."""
+        return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
+
+    @property
     def initial_cluster(self) -> str:
         return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
@@ -175,7 +184,7 @@ class EtcdCluster:
         ]
 
     def _spawn(self, m: EtcdMember) -> None:
-        log = open(m.log_path, "ab")  # noqa: SIM115 - the child owns it after fork
+        log = open(m.log_path, "ab")  # the child keeps its own copy of the fd
         try:
             m.proc = subprocess.Popen(
                 self._argv(m), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -216,7 +225,8 @@ class EtcdCluster:
     def kill(self, i: int) -> int:
         """SIGKILL member i (no graceful leave: as if its machine died); returns the PID killed."""
         m = self.members[i]
-        if m.proc is None:
+        if m.proc is None or not m.running:
+            # Never signal a PID we have already reaped: the OS may have reused it.
             raise RuntimeError(f"member {m.name} is not running")
         pid = m.proc.pid
         os.kill(pid, signal.SIGKILL)
