@@ -96,6 +96,10 @@ class Snapshot(msgspec.Struct, **_STRUCT):
     trust_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]+$")]
     # PEM file of the CA certificates that peer certificates must chain to.
     trust_bundle: str
+    # How this proxy carries HTTP to peer proxies: "mux" (many requests share one
+    # TLS connection, fewer system calls) or "http1" (a TLS connection per
+    # request in flight, like most proxies). Inbound ports accept both.
+    peer_protocol: Literal["mux", "http1"] = "mux"
     inbound: Address = "127.0.0.1:4143"
     admin: Address = "127.0.0.1:4191"
     local_services: list[LocalService] = []

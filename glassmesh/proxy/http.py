@@ -567,7 +567,7 @@ class UpstreamConn(asyncio.Protocol):
         self.interim = False
         self.tunnel = False
         self.got_bytes = False
-        self.link: LinkStats | None = pool.link
+        self.link: LinkStats | None = pool.link if pool.count_conns else None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport

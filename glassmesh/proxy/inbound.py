@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from glassmesh.protocols.errors import error_response
 from glassmesh.proxy.http import ServerConn
+from glassmesh.proxy.mux import MuxConnection
 from glassmesh.proxy.sides import InboundSide
 from glassmesh.proxy.tcp import InboundTcp
-from glassmesh.proxy.tls import ALPN_TCP, peer_spiffe_id, service_of_spiffe
+from glassmesh.proxy.tls import ALPN_MUX, ALPN_TCP, peer_spiffe_id, service_of_spiffe
 
 if TYPE_CHECKING:
     from glassmesh.proxy.runtime import Runtime
@@ -47,6 +48,16 @@ class InboundHandshake(asyncio.Protocol):
         link = rt.stats.link("inbound", source, destination)
         if alpn == ALPN_TCP:
             proto: asyncio.Protocol = InboundTcp(rt, source, destination)
+        elif alpn == ALPN_MUX:
+            link.handshakes += 1
+            link.tls_version = sslobj.version() or "TLS"
+            link.open_conns += 1
+            side = InboundSide(rt, source, peer, destination)
+
+            def lost(_conn: MuxConnection) -> None:
+                link.open_conns -= 1
+
+            proto = MuxConnection(on_stream=lambda: ServerConn(rt, side), on_lost=lost)
         else:
             link.handshakes += 1
             link.tls_version = sslobj.version() or "TLS"

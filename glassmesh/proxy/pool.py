@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from glassmesh.proxy.mux import MuxConnection
 from glassmesh.proxy.routing import PoolKey
 from glassmesh.proxy.tls import peer_spiffe_id
 
@@ -35,7 +36,7 @@ class Pool:
         expected_peer: str | None,
         link: LinkStats | None,
         connect_timeout: float,
-        alpn: str | None = None,
+        mux: bool = False,
     ) -> None:
         self.key = key
         self.ssl_ctx = ssl_ctx
@@ -44,6 +45,19 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.idle: list[Any] = []
         self.closed = False
+        self.mux = mux
+        # Virtual connections are not proxy-to-proxy connections; the mux connections under them are.
+        self.count_conns = not mux
+        self.muxes: list[MuxConnection] = []
+        self._mux_waiters: list[asyncio.Future] | None = None
+
+    def set_mux(self, mux: bool) -> None:
+        if mux != self.mux:
+            for c in self.idle:
+                c.close()
+            self.idle = []
+            self.mux = mux
+            self.count_conns = not mux
 
     def take(self) -> Any | None:
         idle = self.idle
@@ -80,9 +94,49 @@ class Pool:
         for c in self.idle:
             c.close()
         self.idle = []
+        for m in self.muxes:
+            m.transport.close()
 
-    async def connect(self, factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.Transport, Any]:
-        """Open one connection; raises ConnectError with a reason code."""
+    async def _mux_connection(self) -> MuxConnection:
+        for c in self.muxes:
+            if c.usable():
+                return c
+        if self._mux_waiters is not None:  # someone is connecting already: wait for theirs
+            fut = asyncio.get_running_loop().create_future()
+            self._mux_waiters.append(fut)
+            return await fut
+        self._mux_waiters = waiters = []
+        try:
+            _, conn = await self._connect(lambda: MuxConnection(on_lost=self._mux_lost))
+        except BaseException as e:
+            for f in waiters:
+                if not f.done():
+                    f.set_exception(e)
+            raise
+        finally:
+            self._mux_waiters = None
+        self.muxes.append(conn)
+        if self.link is not None:
+            self.link.open_conns += 1
+        for f in waiters:
+            if not f.done():
+                f.set_result(conn)
+        return conn
+
+    def _mux_lost(self, conn: MuxConnection) -> None:
+        if conn in self.muxes:
+            self.muxes.remove(conn)
+            if self.link is not None:
+                self.link.open_conns -= 1
+
+    async def connect(self, factory: Callable[[], asyncio.Protocol]) -> tuple[Any, Any]:
+        """Open one connection (a stream, when multiplexed); raises ConnectError with a reason code."""
+        if self.mux:
+            conn = await self._mux_connection()
+            return conn.open(factory)
+        return await self._connect(factory)
+
+    async def _connect(self, factory: Callable[[], asyncio.Protocol]) -> tuple[Any, Any]:
         loop = asyncio.get_running_loop()
         k = self.key
         try:

@@ -11,7 +11,7 @@ import ssl
 from dataclasses import dataclass
 
 from glassmesh.model.snapshot import Snapshot, split_address
-from glassmesh.proxy.tls import ALPN_TCP, client_context, service_context
+from glassmesh.proxy.tls import ALPN_MUX, ALPN_TCP, client_context, service_context
 
 
 class RoundRobin:
@@ -64,7 +64,8 @@ class Table:
     trust_domain: str
     remotes: dict[str, Remote]
     locals: dict[str, Local]
-    client_ctx: dict[str, ssl.SSLContext]  # by local (calling) service
+    client_ctx: dict[str, ssl.SSLContext]  # by local (calling) service; offers the peer protocol's ALPN
+    mux: bool
     client_ctx_tcp: dict[str, ssl.SSLContext]
     server_ctx: dict[str, ssl.SSLContext]  # inbound context by local service (SNI)
 
@@ -74,8 +75,9 @@ class Table:
 
 def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
     """Build the table; raises TlsConfigError/OSError if certificates cannot be loaded."""
+    alpn = ALPN_MUX if snap.peer_protocol == "mux" else "http/1.1"
     client_ctx = {
-        ls.name: client_context(ls.cert, ls.key, snap.trust_bundle, keylog) for ls in snap.local_services
+        ls.name: client_context(ls.cert, ls.key, snap.trust_bundle, keylog, alpn) for ls in snap.local_services
     }
     client_ctx_tcp = {
         ls.name: client_context(ls.cert, ls.key, snap.trust_bundle, keylog, ALPN_TCP) for ls in snap.local_services
@@ -99,6 +101,7 @@ def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
         remotes=remotes,
         locals=locals_,
         client_ctx=client_ctx,
+        mux=snap.peer_protocol == "mux",
         client_ctx_tcp=client_ctx_tcp,
         server_ctx=server_ctx,
     )

@@ -52,6 +52,7 @@ class Runtime:
                 pool.close()
             elif key.source is not None:
                 pool.ssl_ctx = table.client_ctx[key.source]
+                pool.set_mux(table.mux)
             pool.connect_timeout = snap.timeouts.connect_ms / 1000
 
     # --- pools ---------------------------------------------------------------
@@ -64,7 +65,8 @@ class Runtime:
                 expected = t.expected_peer(key.sni)
             else:
                 ctx = expected = None
-            p = self.pools[key] = Pool(key, ctx, expected, link, self.timeouts.connect_ms / 1000)
+            p = self.pools[key] = Pool(key, ctx, expected, link, self.timeouts.connect_ms / 1000,
+                                       mux=t.mux and key.source is not None)
         return p
 
     # --- tasks -----------------------------------------------------------------

@@ -13,7 +13,8 @@ from typing import Any
 
 ALPN_HTTP1 = "http/1.1"
 ALPN_TCP = "glassmesh-tcp/1"
-ALPNS = [ALPN_HTTP1, ALPN_TCP]
+ALPN_MUX = "glassmesh-mux/1"
+ALPNS = [ALPN_MUX, ALPN_HTTP1, ALPN_TCP]
 
 
 class TlsConfigError(Exception):

@@ -54,8 +54,10 @@ class AB:
         return self.h1.outbound("a")
 
 
-@pytest.fixture
-def ab(mesh: Mesh) -> AB:
+@pytest.fixture(params=["mux", "http1"])
+def ab(mesh: Mesh, request: pytest.FixtureRequest) -> AB:
+    """Every test on this topology runs with both ways of carrying HTTP between proxies."""
+    mesh.peer_protocol = request.param
     h1 = mesh.add_host("host1")
     h2 = mesh.add_host("host2")
     h1.client("a")

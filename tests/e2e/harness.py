@@ -348,6 +348,8 @@ class Host:
                     svc["endpoints"].append({"address": h.inbound, "host": h.name})
         services.update(self.service_overrides)
         extra: dict[str, Any] = {"timeouts": self.timeouts} if self.timeouts else {}
+        if m.peer_protocol:
+            extra["peer_protocol"] = m.peer_protocol
         return {
             **extra,
             "version": self.version,
@@ -399,6 +401,7 @@ class Mesh:
         (self.root / "certs").mkdir()
         (self.root / "logs").mkdir()
         self.hosts: dict[str, Host] = {}
+        self.peer_protocol: str | None = None  # "mux" | "http1"; None: the proxy's default
         self.protocols: dict[str, str] = {}
         self.procs: list[Proc] = []
         self._certs: dict[str, tuple[Path, Path]] = {}

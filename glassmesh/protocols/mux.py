@@ -1,0 +1,112 @@
+"""glassmesh-mux/1: many virtual connections over one mutual TLS connection between two proxies.
+
+Why: with one TLS connection per in-flight request, every request costs a
+TLS write and a TLS read (two system calls and two wake-ups) on each proxy.
+Multiplexed, the frames of every request that is ready in one loop turn go
+out in one write and arrive in one read. Each virtual connection (a stream)
+carries exactly the bytes a dedicated connection would (HTTP/1.1 here), so
+all HTTP semantics stay in one place, and half-close is a flag.
+
+Frame: a 10-byte header, then `length` bytes of payload.
+
+    length u32 | type u8 | flags u8 | stream u32
+
+    DATA    payload: stream bytes. flags: OPEN (first frame of a stream),
+            FIN (the sender will send no more on this stream).
+    WINDOW  payload: u32, more bytes the receiver can take on this stream.
+    RESET   payload: a reason (utf-8); the stream is gone both ways.
+
+Streams are opened only by the side that made the TLS connection (odd ids,
+growing). Every stream starts with a send window of INITIAL_WINDOW bytes.
+This module is the codec only; no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+
+ALPN_MUX = "glassmesh-mux/1"
+
+DATA = 0
+WINDOW = 1
+RESET = 2
+
+FLAG_OPEN = 1
+FLAG_FIN = 2
+
+HEADER = struct.Struct("!IBBI")
+HEADER_SIZE = HEADER.size
+_U32 = struct.Struct("!I")
+MAX_PAYLOAD = 256 * 1024
+INITIAL_WINDOW = 1024 * 1024
+MAX_STREAMS = 4096
+
+
+class MuxError(Exception):
+    """The peer broke the protocol; the whole connection must go."""
+
+
+def data(stream: int, payload: bytes, flags: int = 0) -> list[bytes]:
+    """DATA frames for payload (split at MAX_PAYLOAD); flags go on the first (OPEN) and last (FIN)."""
+    n = len(payload)
+    if n <= MAX_PAYLOAD:
+        return [HEADER.pack(n, DATA, flags, stream), payload]
+    out: list[bytes] = []
+    mv = memoryview(payload)
+    last = (n - 1) // MAX_PAYLOAD * MAX_PAYLOAD
+    for i in range(0, n, MAX_PAYLOAD):
+        part = mv[i:i + MAX_PAYLOAD]
+        f = flags
+        if i:
+            f &= ~FLAG_OPEN
+        if i != last:
+            f &= ~FLAG_FIN
+        out += (HEADER.pack(len(part), DATA, f, stream), bytes(part))
+    return out
+
+
+def window(stream: int, increment: int) -> bytes:
+    return HEADER.pack(4, WINDOW, 0, stream) + _U32.pack(increment)
+
+
+def reset(stream: int, reason: str = "") -> bytes:
+    r = reason.encode()[:200]
+    return HEADER.pack(len(r), RESET, 0, stream) + r
+
+
+class Decoder:
+    """Bytes in, (type, flags, stream, payload) out; frames may arrive split anywhere."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, int, int, bytes]]:
+        buf = self.buf + data if self.buf else data
+        out: list[tuple[int, int, int, bytes]] = []
+        pos = 0
+        end = len(buf)
+        unpack = HEADER.unpack_from
+        while end - pos >= HEADER_SIZE:
+            length, ftype, flags, stream = unpack(buf, pos)
+            if length > MAX_PAYLOAD:
+                raise MuxError(f"frame of {length} bytes is over the {MAX_PAYLOAD} limit")
+            if ftype > RESET:
+                raise MuxError(f"unknown frame type {ftype}")
+            stop = pos + HEADER_SIZE + length
+            if stop > end:
+                break
+            out.append((ftype, flags, stream, buf[pos + HEADER_SIZE:stop]))
+            pos = stop
+        self.buf = buf[pos:] if pos < end else b""
+        return out
+
+
+def window_increment(payload: bytes) -> int:
+    if len(payload) != 4:
+        raise MuxError("WINDOW frame payload must be 4 bytes")
+    (n,) = _U32.unpack(payload)
+    if n == 0 or n > 1 << 30:
+        raise MuxError(f"bad WINDOW increment {n}")
+    return n

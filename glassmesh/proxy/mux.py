@@ -1,0 +1,333 @@
+"""Virtual connections over one TLS connection (glassmesh-mux/1; the frames are in protocols/mux.py).
+
+A Stream behaves like an asyncio transport, so the HTTP code above it does
+not know whether it talks over a dedicated TLS connection or a stream.
+Frames queued by any stream during one loop turn leave in one TLS write at
+the end of the turn; that is the point of the exercise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from glassmesh.protocols import mux as m
+
+
+class Stream:
+    """One virtual connection; implements the parts of asyncio.Transport the proxy uses."""
+
+    __slots__ = (
+        "conn", "id", "protocol", "send_window", "pending", "recv_buf", "read_paused",
+        "write_paused", "local_fin", "remote_fin", "closing", "lost", "unacked", "opened",
+    )
+
+    def __init__(self, conn: MuxConnection, sid: int, protocol: Any, opened: bool) -> None:
+        self.conn = conn
+        self.id = sid
+        self.protocol = protocol
+        self.send_window = m.INITIAL_WINDOW
+        self.pending: list[bytes] = []  # bytes waiting for window
+        self.recv_buf: list[bytes | None] = []  # while reading is paused; None = FIN
+        self.read_paused = False
+        self.write_paused = False
+        self.local_fin = False
+        self.remote_fin = False
+        self.closing = False
+        self.lost = False
+        self.unacked = 0  # bytes delivered to our protocol not yet granted back to the sender
+        self.opened = opened  # False until our first frame (with OPEN) has gone out
+
+    # --- transport API -------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.closing or self.local_fin or self.lost or not data:
+            return
+        if self.pending or len(data) > self.send_window:
+            self.pending.append(bytes(data))
+            self._drain()
+            return
+        self.send_window -= len(data)
+        self._send(data, 0)
+
+    def writelines(self, parts: Any) -> None:
+        self.write(b"".join(parts))
+
+    def write_eof(self) -> None:
+        if self.local_fin or self.lost:
+            return
+        self.local_fin = True
+        if not self.pending:
+            self._send(b"", m.FLAG_FIN)
+            self._maybe_done()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Send what is buffered, then FIN; our protocol hears connection_lost right after."""
+        if self.closing or self.lost:
+            return
+        self.closing = True
+        self.recv_buf = []
+        if not self.local_fin:
+            self.local_fin = True
+            if not self.pending:
+                self._send(b"", m.FLAG_FIN)
+        self.conn.loop.call_soon(self._lose, None)
+
+    def abort(self) -> None:
+        if self.lost:
+            return
+        self.pending = []
+        if self.opened:
+            self.conn.queue(m.reset(self.id, "abort"))
+        self.conn.forget(self)
+        self._lose(None)
+
+    def is_closing(self) -> bool:
+        return self.closing or self.lost
+
+    def pause_reading(self) -> None:
+        self.read_paused = True
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            if self.recv_buf:
+                self.conn.loop.call_soon(self._deliver_buffered)
+
+    def is_reading(self) -> bool:
+        return not self.read_paused
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # the stream's send window is its buffer limit
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.pending))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.conn.transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+    # --- internals -------------------------------------------------------------
+    def _send(self, data: bytes, flags: int) -> None:
+        if not self.opened:
+            flags |= m.FLAG_OPEN
+            self.opened = True
+        self.conn.queue_many(m.data(self.id, data, flags))
+
+    def _drain(self) -> None:
+        """Send pending bytes as far as the window allows."""
+        while self.pending and self.send_window > 0:
+            head = self.pending[0]
+            if len(head) <= self.send_window:
+                self.pending.pop(0)
+                self.send_window -= len(head)
+                self._send(head, 0)
+            else:
+                n = self.send_window
+                self.pending[0] = head[n:]
+                self.send_window = 0
+                self._send(head[:n], 0)
+        if self.pending:
+            if not self.write_paused:
+                self.write_paused = True
+                self.protocol.pause_writing()
+        else:
+            if self.local_fin:
+                self._send(b"", m.FLAG_FIN)
+                self._maybe_done()
+            if self.write_paused and not self.conn.write_paused:
+                self.write_paused = False
+                self.protocol.resume_writing()
+
+    def _credit(self, n: int) -> None:
+        self.send_window += n
+        if self.pending:
+            self._drain()
+        elif self.write_paused and not self.conn.write_paused:
+            self.write_paused = False
+            self.protocol.resume_writing()
+
+    def _received(self, data: bytes, fin: bool) -> None:
+        if self.closing or self.lost:
+            if data:
+                self.conn.queue(m.window(self.id, len(data)))
+            if fin:
+                self.remote_fin = True
+                self._maybe_done()
+            return
+        if self.read_paused or self.recv_buf:
+            if data:
+                self.recv_buf.append(data)
+            if fin:
+                self.recv_buf.append(None)
+            return
+        if data:
+            self._grant(len(data))
+            self.protocol.data_received(data)
+        if fin:
+            self._eof()
+
+    def _deliver_buffered(self) -> None:
+        while self.recv_buf and not self.read_paused and not self.lost and not self.closing:
+            item = self.recv_buf.pop(0)
+            if item is None:
+                self._eof()
+            else:
+                self._grant(len(item))
+                self.protocol.data_received(item)
+
+    def _grant(self, n: int) -> None:
+        self.unacked += n
+        if self.unacked >= m.INITIAL_WINDOW // 4:
+            self.conn.queue(m.window(self.id, self.unacked))
+            self.unacked = 0
+
+    def _eof(self) -> None:
+        self.remote_fin = True
+        keep_open = self.protocol.eof_received()
+        if not keep_open and not self.closing:
+            self.close()
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.local_fin and self.remote_fin and not self.pending:
+            self.conn.forget(self)
+            if not self.lost and not self.closing:
+                self.conn.loop.call_soon(self._lose, None)
+
+    def _lose(self, exc: BaseException | None) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        if self.local_fin and self.remote_fin:
+            self.conn.forget(self)
+        self.protocol.connection_lost(exc)
+
+    def _reset(self, reason: str) -> None:
+        self.pending = []
+        self.conn.forget(self)
+        self._lose(ConnectionResetError(f"stream reset by peer: {reason}"))
+
+
+class MuxConnection(asyncio.Protocol):
+    """One TLS connection carrying streams. The client side opens them; the server side accepts them."""
+
+    def __init__(self, on_stream: Callable[[], Any] | None = None,
+                 on_lost: Callable[[MuxConnection], None] | None = None) -> None:
+        self.on_stream = on_stream  # server side: makes the protocol of a new stream
+        self.on_lost = on_lost
+        self.transport: Any = None
+        self.loop = asyncio.get_event_loop()
+        self.streams: dict[int, Stream] = {}
+        self.next_id = 1
+        self.decoder = m.Decoder()
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        self.write_paused = False
+        self.lost = False
+
+    # --- client side -------------------------------------------------------------
+    def open(self, factory: Callable[[], Any]) -> tuple[Stream, Any]:
+        sid = self.next_id
+        self.next_id += 2
+        proto = factory()
+        s = self.streams[sid] = Stream(self, sid, proto, opened=False)
+        proto.connection_made(s)
+        return s, proto
+
+    def usable(self) -> bool:
+        return not self.lost and not self.transport.is_closing() and len(self.streams) < m.MAX_STREAMS
+
+    # --- frames out --------------------------------------------------------------
+    def queue(self, frame: bytes) -> None:
+        self.out.append(frame)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def queue_many(self, frames: list[bytes]) -> None:
+        self.out += frames
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        out = self.out
+        if out and not self.lost:
+            self.out = []
+            self.transport.write(b"".join(out))
+
+    def forget(self, s: Stream) -> None:
+        if self.streams.get(s.id) is s:
+            del self.streams[s.id]
+
+    # --- asyncio plumbing ----------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=1 << 20)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+            for ftype, flags, sid, payload in frames:
+                s = self.streams.get(sid)
+                if ftype == m.DATA:
+                    if s is None:
+                        if not flags & m.FLAG_OPEN or self.on_stream is None or sid % 2 == 0:
+                            if not flags & m.FLAG_OPEN:
+                                continue  # late data for a stream we already closed
+                            raise m.MuxError(f"stream {sid} opened by the wrong side")
+                        if len(self.streams) >= m.MAX_STREAMS:
+                            self.queue(m.reset(sid, "too many streams"))
+                            continue
+                        proto = self.on_stream()
+                        s = self.streams[sid] = Stream(self, sid, proto, opened=True)
+                        proto.connection_made(s)
+                    s._received(payload, bool(flags & m.FLAG_FIN))
+                elif ftype == m.WINDOW:
+                    if s is not None:
+                        s._credit(m.window_increment(payload))
+                elif s is not None:  # RESET
+                    s._reset(payload.decode("utf-8", "replace"))
+        except m.MuxError:
+            self.transport.abort()
+        if self.out and self.flush_scheduled:
+            # Answers made while reading (window grants, small responses) leave with this turn.
+            self.flush()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        streams = list(self.streams.values())
+        self.streams.clear()
+        err = exc or ConnectionResetError("mux connection closed")
+        for s in streams:
+            s.pending = []
+            s._lose(err)
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        for s in list(self.streams.values()):
+            if not s.write_paused:
+                s.write_paused = True
+                s.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for s in list(self.streams.values()):
+            if s.write_paused and not s.pending:
+                s.write_paused = False
+                s.protocol.resume_writing()

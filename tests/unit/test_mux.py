@@ -1,0 +1,198 @@
+"""glassmesh-mux/1: frames, and two mux connections driven back to back without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from glassmesh.protocols import mux as m
+from glassmesh.proxy.mux import MuxConnection
+
+
+@given(st.lists(st.tuples(st.integers(1, 99), st.binary(max_size=700), st.sampled_from([0, 1, 2, 3])), max_size=12),
+       st.integers(min_value=1, max_value=50))
+def test_frames_survive_any_split(frames, step):
+    wire = b"".join(b"".join(m.data(sid, payload, flags)) for sid, payload, flags in frames)
+    dec = m.Decoder()
+    got = []
+    for i in range(0, len(wire), step):
+        got += dec.feed(wire[i:i + step])
+    assert [(t, f, s, bytes(p)) for t, f, s, p in got] == [(m.DATA, f, s, p) for s, p, f in frames]
+
+
+def test_big_payload_splits_with_open_first_and_fin_last():
+    frames = m.data(7, b"x" * (m.MAX_PAYLOAD * 2 + 5), m.FLAG_OPEN | m.FLAG_FIN)
+    dec = m.Decoder()
+    got = dec.feed(b"".join(frames))
+    assert [f for _, f, _, _ in got] == [m.FLAG_OPEN, 0, m.FLAG_FIN]
+    assert sum(len(p) for *_, p in got) == m.MAX_PAYLOAD * 2 + 5
+
+
+def test_protocol_errors_are_refused():
+    with pytest.raises(m.MuxError):
+        m.Decoder().feed(m.HEADER.pack(m.MAX_PAYLOAD + 1, m.DATA, 0, 1))
+    with pytest.raises(m.MuxError):
+        m.Decoder().feed(m.HEADER.pack(0, 9, 0, 1))
+    with pytest.raises(m.MuxError):
+        m.window_increment(b"\0\0\0\0")
+
+
+class Wire:
+    """A transport that keeps what is written until pumped into the other side."""
+
+    def __init__(self) -> None:
+        self.buf: list[bytes] = []
+        self.closed = False
+        self.peer: MuxConnection | None = None
+
+    def write(self, data: bytes) -> None:
+        self.buf.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self, keep_open: bool = True) -> None:
+        self.data = b""
+        self.eof = False
+        self.lost: Any = "no"
+        self.paused = 0
+        self.resumed = 0
+        self.keep_open = keep_open
+        self.transport: Any = None
+
+    def connection_made(self, t: Any) -> None:
+        self.transport = t
+
+    def data_received(self, d: bytes) -> None:
+        self.data += d
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return self.keep_open
+
+    def connection_lost(self, exc: Any) -> None:
+        self.lost = exc
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
+
+
+@pytest.fixture
+def pair():
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    servers: list[Recorder] = []
+
+    def on_stream() -> Recorder:
+        r = Recorder()
+        servers.append(r)
+        return r
+
+    client, server = MuxConnection(), MuxConnection(on_stream=on_stream)
+    cw, sw = Wire(), Wire()
+    client.connection_made(cw)
+    server.connection_made(sw)
+
+    def pump() -> None:
+        for _ in range(50):
+            loop.run_until_complete(asyncio.sleep(0))
+            moved = False
+            for conn, wire, peer in ((client, cw, server), (server, sw, client)):
+                conn.flush()
+                while wire.buf:
+                    peer.data_received(wire.buf.pop(0))
+                    moved = True
+            if not moved:
+                return
+
+    yield client, server, servers, pump
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def test_streams_carry_bytes_and_half_close(pair):
+    client, _server, servers, pump = pair
+    s1, c1 = client.open(Recorder)
+    s2, c2 = client.open(Recorder)
+    s1.write(b"hello one")
+    s2.write(b"hello two")
+    s1.write_eof()
+    pump()
+    assert [r.data for r in servers] == [b"hello one", b"hello two"]
+    assert servers[0].eof and not servers[1].eof
+    servers[0].transport.write(b"reply after your FIN")
+    servers[0].transport.write_eof()
+    pump()
+    assert c1.data == b"reply after your FIN" and c1.eof
+    assert c1.lost is None and servers[0].lost is None, "both FINs end the stream on both sides"
+    assert s1.id not in client.streams
+
+
+def test_send_window_pauses_the_writer_until_credit(pair):
+    client, _server, servers, pump = pair
+    s, c = client.open(Recorder)
+    s.write(b"x")
+    pump()
+    srv = servers[0]
+    srv.transport.pause_reading()  # the receiving app is slow
+    s.write(b"y" * (m.INITIAL_WINDOW + 10))
+    pump()
+    assert c.paused == 1, "the writer is told to stop once the window is used up"
+    assert len(srv.data) == 1
+    srv.transport.resume_reading()
+    pump()
+    assert c.resumed == 1
+    assert srv.data == b"x" + b"y" * (m.INITIAL_WINDOW + 10)
+
+
+def test_reset_and_close(pair):
+    client, _server, servers, pump = pair
+    s, c = client.open(Recorder)
+    s.write(b"a")
+    pump()
+    s.abort()
+    pump()
+    assert isinstance(servers[0].lost, ConnectionResetError)
+    s2, c2 = client.open(Recorder)
+    s2.write(b"b")
+    s2.close()
+    pump()
+    assert servers[1].data == b"b" and servers[1].eof
+    assert c2.lost is None
+
+
+def test_connection_loss_reaches_every_stream(pair):
+    client, _server, servers, pump = pair
+    streams = [client.open(Recorder) for _ in range(3)]
+    for s, _ in streams:
+        s.write(b"x")
+    pump()
+    client.connection_lost(None)
+    assert all(isinstance(p.lost, ConnectionResetError) for _, p in streams)
+    assert not client.usable()
+
+
+def test_a_stream_opened_by_the_wrong_side_ends_the_connection(pair):
+    client, _server, _servers, _pump = pair
+    client.data_received(b"".join(m.data(3, b"hi", m.FLAG_OPEN)))  # servers never open streams
+    assert client.transport.closed
