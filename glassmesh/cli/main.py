@@ -17,6 +17,15 @@ _COMMANDS = {
     "proxy": ("glassmesh.cli.proxy_cmd", "proxy"),
     "ca": ("glassmesh.cli.ca_cmd", "ca"),
     "demo": ("glassmesh.cli.demo_cmd", "demo"),
+    "control": ("glassmesh.cli.control_cmd", "control"),
+    "apply": ("glassmesh.cli.apply_cmd", "apply"),
+    "diff": ("glassmesh.cli.apply_cmd", "diff"),
+    "get": ("glassmesh.cli.state_cmd", "get"),
+    "history": ("glassmesh.cli.state_cmd", "history"),
+    "rollback": ("glassmesh.cli.state_cmd", "rollback"),
+    "status": ("glassmesh.cli.status_cmd", "status"),
+    "release": ("glassmesh.cli.status_cmd", "release"),
+    "drain": ("glassmesh.cli.status_cmd", "drain"),
 }
 
 

@@ -18,8 +18,8 @@ from typing import Literal, cast
 
 import msgspec
 
-from glassmesh.control.config import HostConfig, MeshConfig
-from glassmesh.control.layout import host_layout, join
+from glassmesh.control.config import HostConfig, MeshConfig, ServiceConfig
+from glassmesh.control.layout import host_layout, index, join
 from glassmesh.control.store import HostRecord, InstanceRecord
 from glassmesh.model.snapshot import Endpoint, LocalService, Service, Snapshot, TcpLink, split_address
 
@@ -66,13 +66,13 @@ def healthy_instances(cfg: MeshConfig, instances: Iterable[InstanceRecord],
     return {name: sorted(keys) for name, keys in healthy.items()}
 
 
-def _local_instances(cfg: MeshConfig, host: HostConfig, names: Iterable[str],
+def _local_instances(svcs: dict[str, ServiceConfig], host: HostConfig, names: Iterable[str],
                      instances: list[InstanceRecord]) -> dict[str, list[str]]:
     """Addresses the inbound side delivers to: healthy ones, or every known one when none is healthy."""
     ip, _ = split_address(host.address)
     out: dict[str, list[str]] = {}
     for name in names:
-        svc = cfg.service(name)
+        svc = svcs.get(name)
         known: dict[str, bool] = {}
         if svc is not None and svc.port is not None and name in host.services:
             known[join(ip, svc.port)] = True
@@ -88,12 +88,22 @@ def _local_instances(cfg: MeshConfig, host: HostConfig, names: Iterable[str],
 
 
 def _service_structs(cfg: MeshConfig, endpoints: Mapping[str, Iterable[InstanceKey]],
-                     inbound: dict[str, str]) -> dict[str, Service]:
-    """One immutable Service per service, shared by every host's snapshot (compiled once, not per host)."""
+                     inbound: dict[str, str], versions: Mapping[str, Snapshot]) -> dict[str, Service]:
+    """One immutable Service per service, shared by every host's snapshot (compiled once, not per host).
+
+    An unchanged service reuses the previous compile's object, so comparing a
+    host's old and new snapshot mostly compares identities, not 10,000 endpoints.
+    """
+    prev: dict[str, Service] = {}
+    for snap in versions.values():
+        for svc in snap.services:
+            prev.setdefault(svc.name, svc)
     out: dict[str, Service] = {}
     for s in cfg.services:
         eps = [Endpoint(address=inbound[h], host=h) for h, _ in sorted(endpoints.get(s.name, ())) if h in inbound]
-        out[s.name] = Service(name=s.name, protocol=s.protocol, endpoints=eps)
+        new = Service(name=s.name, protocol=s.protocol, endpoints=eps)
+        old = prev.get(s.name)
+        out[s.name] = old if old is not None and old == new else new
     return out
 
 
@@ -121,18 +131,20 @@ def compile_snapshots(
         endpoints = healthy_instances(cfg, records, hosts)
     all_hosts = effective_hosts(cfg, hosts)
     inbound = {h.name: h.address for h in all_hosts}
-    services = _service_structs(cfg, endpoints, inbound)
+    services = _service_structs(cfg, endpoints, inbound, versions)
     by_host: dict[str, list[InstanceRecord]] = {}
     for r in records:
         by_host.setdefault(r.host, []).append(r)
+    idx = index(cfg)
+    svcs = idx.services
     out: dict[str, Snapshot] = {}
     for h in all_hosts:
-        lay = host_layout(cfg, h)
-        local = _local_instances(cfg, h, lay.local_services, by_host.get(h.name, []))
+        lay = host_layout(cfg, h, idx)
+        local = _local_instances(svcs, h, lay.local_services, by_host.get(h.name, []))
         wanted: set[str] = set()
         for name in lay.local_services:
-            calls = (svc := cfg.service(name)) and svc.calls
-            wanted.update(services if calls is None else calls)
+            svc = svcs.get(name)
+            wanted.update(services if svc is None or svc.calls is None else svc.calls)
         links = [TcpLink(source=t.source, listen=t.listen, destination=t.destination)
                  for t in cfg.tcp_links if t.host == h.name]
         wanted.update(t.destination for t in links)
@@ -140,7 +152,7 @@ def compile_snapshots(
             version=0, host=h.name, trust_domain=trust_domain, trust_bundle=trust_bundle,
             inbound=lay.inbound, admin=lay.admin,
             local_services=[
-                LocalService(name=n, protocol=_protocol(cfg, n), instances=local[n], outbound=lay.outbound[n],
+                LocalService(name=n, protocol=_protocol(svcs, n), instances=local[n], outbound=lay.outbound[n],
                              cert=f"certs/{n}.pem", key=f"certs/{n}.key")
                 for n in lay.local_services
             ],
@@ -155,6 +167,6 @@ def compile_snapshots(
     return out
 
 
-def _protocol(cfg: MeshConfig, name: str) -> Literal["http", "tcp"]:
-    svc = cfg.service(name)
+def _protocol(svcs: dict[str, ServiceConfig], name: str) -> Literal["http", "tcp"]:
+    svc = svcs.get(name)
     return cast(Literal["http", "tcp"], svc.protocol if svc else "http")

@@ -121,7 +121,7 @@ _MSGSPEC_AT = re.compile(r"^(.*?)(?: - at `\$\.?(.*)`)?$", re.S)
 def _friendly(msg: str) -> str:
     msg = msg.replace(f"matching regex '{NAME_RE}'", "that is a lowercase DNS label (a-z, 0-9, -)")
     msg = re.sub(r"matching regex '[^']*'", "in the form host:port", msg) if "regex" in msg else msg
-    return msg.replace("`", "")
+    return msg.replace("`", "").replace(" | null", "")
 
 
 def _schema_problem(err: msgspec.ValidationError, root: yaml.Node | None) -> Problem:
@@ -137,8 +137,7 @@ def _schema_problem(err: msgspec.ValidationError, root: yaml.Node | None) -> Pro
 def parse_config(text: str, filename: str = "mesh.yaml") -> MeshConfig:
     """Parse and validate mesh.yaml text; raise ConfigError naming every problem found."""
     try:
-        root = yamlpos.compose(text)
-        data = yaml.safe_load(text)
+        root, data = yamlpos.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1

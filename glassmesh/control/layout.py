@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from glassmesh.model.snapshot import split_address
 
 if TYPE_CHECKING:
-    from glassmesh.control.config import HostConfig, MeshConfig
+    from glassmesh.control.config import HostConfig, MeshConfig, ServiceConfig
 
 OUTBOUND_PORT0 = 4140
 ADMIN_PORT = 4191
@@ -34,24 +34,43 @@ class HostLayout:
     tcp_listens: tuple[str, ...]
 
 
-def local_services(cfg: MeshConfig, host: HostConfig) -> tuple[str, ...]:
-    names = list(dict.fromkeys(host.services))
+@dataclass(frozen=True)
+class Index:
+    """Lookups by name, built once per config: a 1,000-service mesh must not be scanned per host."""
+
+    services: dict[str, ServiceConfig]
+    static: dict[str, list[tuple[str, str]]]  # host -> [(service, address)] of static instances
+
+
+def index(cfg: MeshConfig) -> Index:
+    static: dict[str, list[tuple[str, str]]] = {}
     for s in cfg.services:
-        if s.name not in names and any(i.host == host.name for i in s.instances):
-            names.append(s.name)
+        for i in s.instances:
+            static.setdefault(i.host, []).append((s.name, i.address))
+    return Index({s.name: s for s in cfg.services}, static)
+
+
+def local_services(cfg: MeshConfig, host: HostConfig, idx: Index | None = None) -> tuple[str, ...]:
+    idx = idx or index(cfg)
+    names = list(dict.fromkeys(host.services))
+    for svc, _ in idx.static.get(host.name, ()):
+        if svc not in names:
+            names.append(svc)
     return tuple(names)
 
 
-def host_layout(cfg: MeshConfig, host: HostConfig) -> HostLayout:
+def host_layout(cfg: MeshConfig, host: HostConfig, idx: Index | None = None) -> HostLayout:
+    idx = idx or index(cfg)
     ip, _ = split_address(host.address)
     admin = host.admin or join(ip, ADMIN_PORT)
-    locals_ = local_services(cfg, host)
+    locals_ = local_services(cfg, host, idx)
     listens = tuple(t.listen for t in cfg.tcp_links if t.host == host.name)
     taken = {host.address, admin, *listens, *host.outbound.values()}
-    for s in cfg.services:  # app ports on this host are not ours to listen on
-        if s.name in locals_ and s.port is not None:
-            taken.add(join(ip, s.port))
-        taken.update(i.address for i in s.instances if i.host == host.name)
+    for name in locals_:  # app ports on this host are not ours to listen on
+        svc = idx.services.get(name)
+        if svc is not None and svc.port is not None:
+            taken.add(join(ip, svc.port))
+    taken.update(a for _, a in idx.static.get(host.name, ()))
     outbound: dict[str, str] = {}
     port = OUTBOUND_PORT0
     for name in locals_:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from glassmesh.control.layout import host_layout
+from glassmesh.control.layout import Index, host_layout, index, join
+from glassmesh.model.snapshot import split_address
 
 if TYPE_CHECKING:
     from glassmesh.control.config import MeshConfig
@@ -41,7 +42,7 @@ def _services(cfg: MeshConfig, hosts: set[str], out: Found) -> None:
                 out.append((f"{p}.calls[{j}]", f"{c!r} is not a service"))
 
 
-def _hosts(cfg: MeshConfig, out: Found) -> None:
+def _hosts(cfg: MeshConfig, idx: Index, out: Found) -> None:
     names: set[str] = set()
     inbound: dict[str, str] = {}
     svc_names = {s.name for s in cfg.services}
@@ -53,12 +54,19 @@ def _hosts(cfg: MeshConfig, out: Found) -> None:
         if h.address in inbound:
             out.append((f"{p}.address", f"{h.address} is already the inbound of {inbound[h.address]}"))
         inbound[h.address] = h.name
+        ip = split_address(h.address)[0]
+        apps: dict[str, str] = {}
         for j, s in enumerate(h.services):
+            port = svc.port if (svc := idx.services.get(s)) is not None else None
+            if port is not None and (addr := join(ip, port)) in apps:
+                out.append((f"{p}.services[{j}]", f"{s!r} and {apps[addr]!r} both listen on {addr} (same port)"))
+            elif port is not None:
+                apps[join(ip, port)] = s
             if s not in svc_names:
                 out.append((f"{p}.services[{j}]", f"{s!r} is not a service"))
             elif s in h.services[:j]:
                 out.append((f"{p}.services[{j}]", f"{s!r} is listed twice"))
-        layout = host_layout(cfg, h)
+        layout = host_layout(cfg, h, idx)
         for s in h.outbound:
             if s not in layout.local_services:
                 out.append((f"{p}.outbound.{s}", f"{s!r} is not a service of this host"))
@@ -76,15 +84,15 @@ def _hosts(cfg: MeshConfig, out: Found) -> None:
                 used[t.listen] = f"tcp_links[{j}]"
 
 
-def _links(cfg: MeshConfig, out: Found) -> None:
+def _links(cfg: MeshConfig, idx: Index, out: Found) -> None:
     for i, t in enumerate(cfg.tcp_links):
         p = f"tcp_links[{i}]"
         host = cfg.host(t.host)
         if host is None:
             out.append((f"{p}.host", f"{t.host!r} is not in hosts"))
-        elif t.source not in host_layout(cfg, host).local_services:
+        elif t.source not in host_layout(cfg, host, idx).local_services:
             out.append((f"{p}.source", f"{t.source!r} is not a service of {t.host}"))
-        dst = cfg.service(t.destination)
+        dst = idx.services.get(t.destination)
         if dst is None:
             out.append((f"{p}.destination", f"{t.destination!r} is not a service"))
         elif dst.protocol != "tcp":
@@ -95,6 +103,7 @@ def check_meaning(cfg: MeshConfig) -> Found:
     """Every meaning problem as (field path, message); empty when the config makes sense."""
     out: Found = []
     _services(cfg, {h.name for h in cfg.hosts}, out)
-    _hosts(cfg, out)
-    _links(cfg, out)
+    idx = index(cfg)
+    _hosts(cfg, idx, out)
+    _links(cfg, idx, out)
     return out

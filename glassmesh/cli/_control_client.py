@@ -1,0 +1,102 @@
+"""What every operator command shares: finding the control plane, calling it, printing its answers.
+
+The commands are thin clients of the HTTP API, so that they behave the same
+against any replica. They use urllib (no event loop to start for one request)
+and turn every failure into one line on stderr: exit 1 when the control plane
+cannot be reached or refuses, exit 2 when the config is invalid.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+DEFAULT_CONTROL = "http://127.0.0.1:4200"
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class ControlError(click.ClickException):
+    """The control plane is unreachable or said no: one line, exit 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        err.print(Text(f"error: {self.message}", style="red"))
+
+
+class InvalidConfig(click.ClickException):
+    """The config was refused; each problem was printed already. Exit 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        err.print(Text(self.message, style="red"))
+
+
+def control_option(f: F) -> F:
+    return click.option("--control", envvar="GLASSMESH_CONTROL", default=DEFAULT_CONTROL, show_default=True,
+                        help="Control-plane API URL (env GLASSMESH_CONTROL).")(f)
+
+
+def default_author() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        user = os.environ.get("USER", "unknown")
+    return f"{user}@{socket.gethostname()}"
+
+
+def author_option(f: F) -> F:
+    return click.option("--author", default=None, help="Who makes the change [default: $USER@hostname].")(f)
+
+
+def call(control: str, method: str, path: str, payload: dict[str, Any] | None = None,
+         timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body); raises ControlError when there is no usable answer."""
+    url = control.rstrip("/") + path
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ControlError(f"cannot reach the control plane at {control}: {reason}") from None
+    try:
+        doc = json.loads(body) if body else {}
+    except ValueError:
+        raise ControlError(f"{control} answered {status} with something that is not JSON") from None
+    return status, doc
+
+
+def expect_ok(status: int, doc: dict[str, Any]) -> dict[str, Any]:
+    if status >= 400:
+        raise ControlError(str(doc.get("error", f"HTTP {status}")))
+    return doc
+
+
+def print_diff(diff: str) -> None:
+    for line in diff.splitlines():
+        style = ("bold" if line.startswith(("+++", "---")) else "green" if line.startswith("+")
+                 else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else "")
+        out.print(Text(line, style=style))
+
+
+def print_problems(doc: dict[str, Any], filename: str) -> None:
+    """Validation errors as `mesh.yaml:12: services[1].port: Expected int, got str`."""
+    for p in doc.get("problems", []):
+        err.print(Text(f"{filename}:{p['line']}: {p['field'] or '(top)'}: {p['message']}", style="red"))

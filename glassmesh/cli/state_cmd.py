@@ -1,0 +1,69 @@
+"""`glassmesh get`, `history` and `rollback`: read the config and its recorded changes, restore one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+from rich.table import Table
+
+from glassmesh.cli._control_client import (
+    author_option,
+    call,
+    control_option,
+    default_author,
+    expect_ok,
+    out,
+    print_diff,
+)
+
+
+@click.command()
+@control_option
+def get(control: str) -> None:
+    """Print the current mesh config (canonical YAML)."""
+    doc = expect_ok(*call(control, "GET", "/v1/config"))
+    if not doc["version"]:
+        out.print("# no config applied yet")
+        return
+    out.print(f"# version {doc['version']} by {doc['author']} sha256 {doc['sha256'][:12]}")
+    out.print(doc["yaml"], end="", markup=False)
+
+
+def _counts(diff: str) -> str:
+    lines = diff.splitlines()
+    add = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++"))
+    rem = sum(1 for x in lines if x.startswith("-") and not x.startswith("---"))
+    return f"+{add} -{rem}"
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--diff", "show_diff", is_flag=True, help="Show each version's diff too.")
+@control_option
+def history(limit: int, show_diff: bool, control: str) -> None:
+    """List config versions, newest first: who, when, what changed."""
+    doc = expect_ok(*call(control, "GET", f"/v1/history?limit={limit}"))
+    table = Table("version", "when", "author", "sha256", "change", "message", box=None)
+    for v in doc["versions"]:
+        when = datetime.fromtimestamp(v["at"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(str(v["version"]), when, v["author"], v["sha256"][:12], _counts(v["diff"]), v["message"])
+    out.print(table)
+    if show_diff:
+        for v in doc["versions"]:
+            out.print(f"\n[bold]version {v['version']}[/bold]")
+            print_diff(v["diff"])
+
+
+@click.command()
+@click.argument("version", type=int)
+@author_option
+@control_option
+def rollback(version: int, author: str | None, control: str) -> None:
+    """Restore config VERSION (recorded as a new version; history is kept)."""
+    doc = expect_ok(*call(control, "POST", "/v1/rollback", {"version": version, "author": author or default_author()}))
+    print_diff(doc["diff"])
+    if doc["committed"]:
+        out.print(f"rolled back to version {version}: now version {doc['version']}")
+    else:
+        out.print(f"no changes: version {doc['version']} already has version {version}'s content")

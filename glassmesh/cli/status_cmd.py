@@ -1,0 +1,82 @@
+"""`glassmesh status`, `release` and `drain`: what the control plane pushes, what it holds back, and why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from glassmesh.cli._control_client import author_option, call, control_option, default_author, expect_ok, out
+
+
+def _age(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    out.print(f"config version {doc['config_version']}  store revision {doc['revision']}  "
+              f"answered by replica {doc['replica']}")
+    if doc.get("compile_error"):
+        out.print(Text(f"compile error: {doc['compile_error']}", style="red"))
+    replicas = ", ".join(f"{r['id']} ({r.get('listen') or '?'})" for r in doc["replicas"]) or "none"
+    out.print(f"replicas: {replicas}")
+    hosts = Table("host", "running", "latest", "snapshot age", "last seen", "last reject", box=None,
+                  title="hosts", title_justify="left")
+    for h in doc["hosts"]:
+        running = Text(str(h["running"] or "-"), style="green" if h["in_sync"] else "yellow")
+        rej = h.get("last_reject") or {}
+        hosts.add_row(h["name"], running, str(h["latest"]), _age(h["snapshot_age_s"]), _age(h["last_seen_s"]),
+                      f"v{rej['version']}: {rej['reason']}" if rej else "")
+    out.print(hosts)
+    if doc["held"]:
+        out.print(Text("held changes (glassmesh release SERVICE lets one through):", style="bold yellow"))
+        for h in doc["held"]:
+            out.print(Text(f"  {h['service']}: {h['cause']} (held {_age(h['since_s'])})", style="yellow"))
+    else:
+        out.print("held changes: none")
+    if doc["drained"]:
+        out.print(f"drained: {', '.join(doc['drained'])}")
+    if doc["unhealthy"]:
+        out.print(Text("unhealthy instances:", style="bold red"))
+        for i in doc["unhealthy"]:
+            out.print(Text(f"  {i['service']} {i['host']}/{i['address']}: {i['detail']}", style="red"))
+    budget = doc["outage_budget"]
+    out.print(f"outage budget: {budget['text']}" + ("" if budget["seconds"] is None else
+                                                    " (earliest certificate expiry)"))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@control_option
+def status(as_json: bool, control: str) -> None:
+    """Replicas, hosts and their snapshot versions, held changes, unhealthy instances, outage budget."""
+    doc = expect_ok(*call(control, "GET", "/v1/status"))
+    if as_json:
+        out.print_json(data=doc)
+    else:
+        _print_status(doc)
+
+
+@click.command()
+@click.argument("service")
+@control_option
+def release(service: str, control: str) -> None:
+    """Let SERVICE's held change through (its endpoints become what the change wanted)."""
+    doc = expect_ok(*call(control, "POST", "/v1/release", {"service": service}))
+    out.print(f"released the held change to {service}: it now has {doc['endpoints']} endpoint(s)")
+
+
+@click.command()
+@click.argument("service")
+@click.option("--undo", is_flag=True, help="Clear the drain mark (the guard protects SERVICE again).")
+@author_option
+@control_option
+def drain(service: str, undo: bool, author: str | None, control: str) -> None:
+    """Mark SERVICE as emptied on purpose: its endpoints may go to none without being held."""
+    doc = expect_ok(*call(control, "POST", "/v1/drain",
+                          {"service": service, "undo": undo, "author": author or default_author()}))
+    out.print(f"{service}: {'drained' if doc['drained'] else 'no longer drained'}")

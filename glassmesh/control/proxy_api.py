@@ -1,0 +1,110 @@
+"""The proxy-facing API: watch a snapshot (long-poll), acknowledge it, report instances.
+
+Separate from the operator API because it gets a different front door next:
+mutual TLS with the host identity, where `{host}` must match the client
+certificate. The handlers take the host from `host_of(request)` so that
+check slots in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import msgspec
+from aiohttp import web
+
+from glassmesh.control.api import PLANE, STORE, decode, error, json_response
+from glassmesh.control.layout import local_services
+from glassmesh.control.store import HostRecord, InstanceRecord
+from glassmesh.model.snapshot import Address
+
+_S = {"forbid_unknown_fields": True, "kw_only": True}
+MAX_WAIT_S = 300.0
+
+
+class Ack(msgspec.Struct, **_S):
+    version: int
+    accepted: bool
+    reason: str = ""
+
+
+class Reported(msgspec.Struct, **_S):
+    service: str
+    address: Address
+    healthy: bool
+    detail: str = ""
+
+
+class Report(msgspec.Struct, **_S):
+    instances: list[Reported]
+    ttl_s: float = 15.0
+
+
+def host_of(request: web.Request) -> str:
+    """The host a request speaks for. Today: the path; with mTLS: checked against the peer certificate."""
+    return request.match_info["host"]
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    host = host_of(request)
+    plane = request.app[PLANE]
+    try:
+        after = int(request.query.get("after", "0"))
+        wait = min(MAX_WAIT_S, max(0.0, float(request.query.get("wait", "30"))))
+    except ValueError:
+        return error(400, "after must be an integer and wait a number of seconds")
+    if plane.revision >= 0 and host not in plane.snapshots:
+        return error(404, f"host {host!r} is not in the mesh config")
+    snap = await plane.wait_snapshot(host, after, wait)
+    if snap is None:
+        return web.Response(status=204, headers={"glassmesh-snapshot-version": str(after)})
+    body = plane.encoded(host)
+    return web.Response(body=body, content_type="application/json",
+                        headers={"glassmesh-snapshot-version": str(snap.version)})
+
+
+async def _host_record(request: web.Request, host: str) -> HostRecord:
+    store, plane = request.app[STORE], request.app[PLANE]
+    rec = next((h for h in await store.hosts() if h.name == host), None)
+    if rec is not None:
+        return rec
+    cfg = plane.config.host(host)
+    return HostRecord(name=host, services=tuple(cfg.services) if cfg else (), inbound=cfg.address if cfg else "",
+                      admin=(cfg.admin or "") if cfg else "")
+
+
+async def ack(request: web.Request) -> web.Response:
+    host = host_of(request)
+    req: Ack = await decode(request, Ack)
+    rec = await _host_record(request, host)
+    now = time.time()
+    if req.accepted:
+        rec = dataclasses.replace(rec, snapshot_version=req.version, last_seen=now)
+    else:
+        rec = dataclasses.replace(rec, last_seen=now,
+                                  last_reject={"version": req.version, "reason": req.reason, "at": now})
+    await request.app[STORE].put_host(rec)
+    return json_response({"host": host, "version": req.version, "accepted": req.accepted})
+
+
+async def instances(request: web.Request) -> web.Response:
+    host = host_of(request)
+    req: Report = await decode(request, Report)
+    if not 1.0 <= req.ttl_s <= 3600.0:
+        return error(400, "ttl_s must be between 1 and 3600 seconds")
+    plane = request.app[PLANE]
+    cfg_host = plane.config.host(host)
+    runs = set(local_services(plane.config, cfg_host)) if cfg_host else set()
+    now = time.time()
+    recs = [InstanceRecord(service=i.service, host=host, address=i.address, healthy=i.healthy, source="proxy",
+                           checked_at=now, detail=i.detail) for i in req.instances]
+    await request.app[STORE].put_instances(host, recs, req.ttl_s)
+    ignored = sorted({i.service for i in req.instances if i.service not in runs})
+    return json_response({"host": host, "instances": len(recs), "ignored_services": ignored})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/hosts/{host}/snapshot", snapshot)
+    app.router.add_post("/v1/hosts/{host}/ack", ack)
+    app.router.add_post("/v1/hosts/{host}/instances", instances)

@@ -1,0 +1,127 @@
+"""`glassmesh control`: the store, the compile loop and the HTTP API in one process (one replica).
+
+Errors become JSON with the right status (validation 400 with every problem's
+line and field, conflict 409, missing 404, store down 503) so that the CLI can
+print one clear line, and a failing request never takes the replica down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from glassmesh.control import api, proxy_api
+from glassmesh.control.config import ConfigError
+from glassmesh.control.ops import NotFound
+from glassmesh.control.plane import Plane
+from glassmesh.control.store import Conflict, Store, StoreError
+
+log = logging.getLogger("glassmesh.control")
+HEARTBEAT_S = 5.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class StartupError(Exception):
+    """The control plane cannot start (bad --store, unreadable data dir, port taken)."""
+
+
+def open_store(spec: str, data_dir: str) -> Store:
+    """`sqlite` (a file in data_dir) or `etcd://h1:2379,h2:2379` (imported only when asked for)."""
+    if spec == "sqlite":
+        from glassmesh.control.store_sqlite import SqliteStore
+
+        os.makedirs(data_dir, exist_ok=True)
+        return SqliteStore(os.path.join(data_dir, "control.sqlite"))
+    if spec.startswith("etcd://"):
+        try:
+            from glassmesh.control.store_etcd import EtcdStore  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise StartupError(f"--store {spec}: the etcd store is not available ({e})") from None
+        endpoints = [e for e in spec[len("etcd://"):].split(",") if e]
+        if hasattr(EtcdStore, "from_url"):
+            return EtcdStore.from_url(spec)  # type: ignore[no-any-return]
+        return EtcdStore(endpoints)  # type: ignore[no-any-return]
+    raise StartupError(f"--store must be 'sqlite' or 'etcd://host:port[,host:port...]', got {spec!r}")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ConfigError as e:
+        return api.error(400, "invalid config", file=e.filename, problems=[p.to_json() for p in e.problems])
+    except Conflict as e:
+        return api.error(409, str(e))
+    except NotFound as e:
+        return api.error(404, str(e.args[0]))
+    except StoreError as e:
+        return api.error(503, f"store unavailable: {e}")
+
+
+def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: str = "",
+             listen: str = "") -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=8 << 20)
+    plane = Plane(store, trust_domain)
+    replica_id = replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    app[api.PLANE], app[api.STORE], app[api.REPLICA] = plane, store, replica_id
+    api.add_routes(app)
+    proxy_api.add_routes(app)
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        plane.start()
+        beat = asyncio.create_task(_heartbeat(store, replica_id, listen))
+        yield
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+        await plane.stop()
+        with contextlib.suppress(StoreError, asyncio.CancelledError):
+            await store.delete_record("replica", replica_id)
+        await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def _heartbeat(store: Store, replica_id: str, listen: str) -> None:
+    """Announce this replica (a record with a TTL) so `status` lists the live ones."""
+    started = time.time()
+    while True:
+        with contextlib.suppress(StoreError):
+            await store.put_record("replica", replica_id, {"listen": listen, "started": started,
+                                                           "pid": os.getpid(), "seen": time.time()},
+                                   ttl_s=3 * HEARTBEAT_S)
+        await asyncio.sleep(HEARTBEAT_S)
+
+
+async def serve(store: Store, listen: str, trust_domain: str) -> None:
+    """Run until SIGINT/SIGTERM."""
+    host, _, port = listen.rpartition(":")
+    app = make_app(store, trust_domain, listen=listen)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), reuse_address=True)
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {listen}: {e.strerror or e}") from None
+    log.info("control plane listening on http://%s (replica %s)", listen, app[api.REPLICA])
+    print(f"glassmesh control: listening on http://{listen}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,207 @@
+"""The control plane as a user runs it: a real `glassmesh control` process and real CLI commands.
+
+Proves the config round trip (apply, diff, get, history, rollback, with a
+validation error), that a watching proxy gets a new snapshot within 2 s of an
+apply or an instance report, and that wiping out a service is held, shown in
+`status`, and released by `glassmesh release`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
+MESH = """\
+services:
+  - name: a
+    calls: [b]
+  - name: b
+    port: 8080
+    health: {http: /healthz}
+hosts:
+  - {name: host1, address: 127.0.0.11:4143, services: [a]}
+  - {name: host2, address: 127.0.0.12:4143, services: [b]}
+  - {name: host3, address: 127.0.0.13:4143, services: [b]}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Control:
+    def __init__(self, root: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = open(root / "control.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([*CLI, "control", "--data", str(root / "data"), "--listen", self.url[7:]],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", int(self.url.rsplit(":", 1)[1])), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((root / "control.log").read_text()) from None
+                time.sleep(0.05)
+
+    def cli(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, GLASSMESH_CONTROL=self.url, COLUMNS="200")
+        return subprocess.run([*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        req = urllib.request.Request(self.url + path, json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    def poll(self, host: str, after: int, wait: float) -> tuple[int, dict[str, Any] | None]:
+        with urllib.request.urlopen(f"{self.url}/v1/hosts/{host}/snapshot?after={after}&wait={wait}",
+                                    timeout=wait + 10) as r:
+            return r.status, (json.loads(r.read()) if r.status == 200 else None)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[Control]:
+    c = Control(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_apply_diff_get_history_rollback(control: Control, tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(MESH)
+    r = control.cli("apply", "-f", "mesh.yaml", "--author", "ann@laptop", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "+  name: b" in r.stdout and "applied: version 1" in r.stdout
+    assert "no changes against version 1" in control.cli("diff", "-f", "mesh.yaml", cwd=tmp_path).stdout
+
+    (tmp_path / "mesh.yaml").write_text(MESH.replace("port: 8080", "port: 8090"))
+    r = control.cli("diff", "-f", "mesh.yaml", cwd=tmp_path)
+    assert "-  port: 8080" in r.stdout and "+  port: 8090" in r.stdout
+    assert "dry run" in control.cli("apply", "-f", "mesh.yaml", "--dry-run", cwd=tmp_path).stdout
+    assert "applied: version 2" in control.cli("apply", "-f", "mesh.yaml", cwd=tmp_path).stdout
+    assert "port: 8090" in control.cli("get").stdout
+
+    (tmp_path / "bad.yaml").write_text(MESH.replace("port: 8080", 'port: "8080"').replace("  - name: a\n",
+                                                                                          "  - name: a\n    wieght: 1\n"))
+    r = control.cli("apply", "-f", "bad.yaml", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "bad.yaml:3: services[0].wieght: Object contains unknown field wieght" in r.stderr
+    assert "Traceback" not in r.stderr
+    (tmp_path / "bad2.yaml").write_text(MESH.replace("port: 8080", 'port: "8080"'))
+    r = control.cli("apply", "-f", "bad2.yaml", cwd=tmp_path)
+    assert r.returncode == 2 and "bad2.yaml:5: services[1].port: Expected int, got str" in r.stderr
+
+    r = control.cli("rollback", "1", "--author", "bob@laptop")
+    assert r.returncode == 0 and "now version 3" in r.stdout and "+  port: 8080" in r.stdout
+    hist = control.cli("history").stdout
+    assert "ann@laptop" in hist and "bob@laptop (rollback to 1)" in hist and "rollback to version 1" in hist
+    assert control.cli("rollback", "99").returncode == 1
+
+
+def test_unreachable_control_plane_is_one_line_exit_1(tmp_path: Path) -> None:
+    env = dict(os.environ, GLASSMESH_CONTROL=f"http://127.0.0.1:{free_port()}")
+    r = subprocess.run([*CLI, "status"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("error: cannot reach the control plane") and len(r.stderr.splitlines()) == 1
+
+
+class Watcher:
+    """A simulated proxy: long-polls its snapshot and records when each version arrived."""
+
+    def __init__(self, control: Control, host: str) -> None:
+        self.control, self.host = control, host
+        self.got: list[tuple[float, dict[str, Any]]] = []
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        after = 0
+        while not self.stopped:
+            status, snap = self.control.poll(self.host, after, 1)
+            if snap is not None:
+                self.got.append((time.monotonic(), snap))
+                after = snap["version"]
+
+    def wait_for(self, pred: Any, since: float, limit: float = 2.0) -> dict[str, Any]:
+        while time.monotonic() < since + limit:
+            for t, snap in self.got:
+                if t >= since and pred(snap):
+                    return snap
+            time.sleep(0.01)
+        raise AssertionError(f"no matching snapshot within {limit}s; got {[s['version'] for _, s in self.got]}")
+
+
+def b_endpoints(snap: dict[str, Any]) -> list[str]:
+    return [e["host"] for s in snap["services"] if s["name"] == "b" for e in s["endpoints"]]
+
+
+def report(control: Control, host: str, healthy: bool | None) -> None:
+    inst = [] if healthy is None else [{"service": "b", "address": f"127.0.0.{host[-1] * 2}:8080",
+                                        "healthy": healthy, "detail": "" if healthy else "connect refused"}]
+    control.post(f"/v1/hosts/{host}/instances", {"instances": inst, "ttl_s": 30})
+
+
+def test_watchers_get_changes_within_2s_and_wipe_out_is_held(control: Control, tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(MESH)
+    assert control.cli("apply", "-f", "mesh.yaml", cwd=tmp_path).returncode == 0
+    t = time.monotonic()
+    w = Watcher(control, "host1")
+    try:
+        w.wait_for(lambda s: s["host"] == "host1", t)
+        t = time.monotonic()
+        report(control, "host2", True)
+        w.wait_for(lambda s: b_endpoints(s) == ["host2"], t)
+        t = time.monotonic()
+        report(control, "host3", True)
+        w.wait_for(lambda s: b_endpoints(s) == ["host2", "host3"], t)
+        # An apply reaches the watcher too (a's outbound listener is pinned to a new port).
+        (tmp_path / "mesh.yaml").write_text(MESH.replace("services: [a]}", "services: [a], outbound: {a: 127.0.0.11:5140}}"))
+        t = time.monotonic()
+        assert control.cli("apply", "-f", "mesh.yaml", cwd=tmp_path).returncode == 0
+        w.wait_for(lambda s: s["local_services"][0]["outbound"] == "127.0.0.11:5140", t)
+
+        # Every instance of b goes away: held, not pushed; status says why.
+        n = len(w.got)
+        report(control, "host2", None)
+        report(control, "host3", False)
+        time.sleep(1.0)
+        assert b_endpoints(w.got[-1][1]) == ["host2", "host3"] and len(w.got) == n
+        st = control.cli("status")
+        assert "held changes" in st.stdout and "would remove every endpoint of 'b'" in st.stdout
+        assert "connect refused" in st.stdout  # host3's sick instance is listed
+        st_json = json.loads(control.cli("status", "--json").stdout)
+        assert [h["service"] for h in st_json["held"]] == ["b"]
+
+        t = time.monotonic()
+        r = control.cli("release", "b")
+        assert r.returncode == 0, r.stderr
+        w.wait_for(lambda s: b_endpoints(s) == [], t)
+        assert "held changes: none" in control.cli("status").stdout
+    finally:
+        w.stopped = True
+        w.thread.join(5)

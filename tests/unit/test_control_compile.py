@@ -1,0 +1,103 @@
+"""compile_snapshots: each host gets only what its services need; versions move only with content."""
+
+from __future__ import annotations
+
+from glassmesh.control.compile import compile_snapshots, healthy_instances
+from glassmesh.control.config import parse_config
+from glassmesh.control.store import InstanceRecord
+from glassmesh.model.snapshot import encode_snapshot, parse_snapshot
+
+MESH = """\
+services:
+  - {name: a, calls: [b]}
+  - {name: b, port: 8080}
+  - {name: c, port: 8081, instances: [{host: host3, address: 127.0.0.13:8081}]}
+  - {name: db, protocol: tcp, port: 5432}
+  - {name: lonely, calls: []}
+hosts:
+  - {name: host1, address: 127.0.0.11:4143, services: [a]}
+  - {name: host2, address: 127.0.0.12:4143, services: [b]}
+  - {name: host3, address: 127.0.0.13:4143, services: [b, db]}
+  - {name: host4, address: 127.0.0.14:4143, services: [lonely]}
+tcp_links:
+  - {host: host4, source: lonely, listen: 127.0.0.14:15432, destination: db}
+"""
+CFG = parse_config(MESH)
+UP = [
+    InstanceRecord("b", "host2", "127.0.0.12:8080", True),
+    InstanceRecord("b", "host3", "127.0.0.13:8080", True),
+    InstanceRecord("db", "host3", "127.0.0.13:5432", True),
+]
+
+
+def build(instances: list[InstanceRecord], versions: dict | None = None, version: int = 0) -> dict:  # type: ignore[type-arg]
+    return compile_snapshots(CFG, instances, trust_domain="glassmesh.local", versions=versions or {}, version=version)
+
+
+def eps(snap, name: str) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    svc = snap.service(name)
+    return [(e.host, e.address) for e in svc.endpoints] if svc else []
+
+
+def test_host_gets_only_what_its_services_call() -> None:
+    snaps = build(UP)
+    h1 = snaps["host1"]
+    assert [s.name for s in h1.services] == ["b"]  # a calls only b
+    assert eps(h1, "b") == [("host2", "127.0.0.12:4143"), ("host3", "127.0.0.13:4143")]
+    assert [(s.name, s.outbound, s.cert, s.key) for s in h1.local_services] == [
+        ("a", "127.0.0.11:4140", "certs/a.pem", "certs/a.key")]
+    # b calls everything (no calls: list); c's static instance counts without a report.
+    assert [s.name for s in snaps["host2"].services] == ["a", "b", "c", "db", "lonely"]
+    assert eps(snaps["host2"], "c") == [("host3", "127.0.0.13:4143")]
+    # host4's only service calls nothing, but its tcp link needs db.
+    assert [s.name for s in snaps["host4"].services] == ["db"]
+    assert snaps["host4"].tcp_links[0].listen == "127.0.0.14:15432"
+
+
+def test_local_instances_and_listeners() -> None:
+    h3 = build(UP)["host3"]
+    local = {s.name: s for s in h3.local_services}
+    assert local["b"].instances == ["127.0.0.13:8080"] and local["db"].protocol == "tcp"
+    assert local["c"].instances == ["127.0.0.13:8081"]  # a static instance makes c local to host3
+    assert len({s.outbound for s in h3.local_services}) == 3
+
+
+def test_every_snapshot_passes_the_proxy_checks() -> None:
+    for snap in build(UP).values():
+        parse_snapshot(encode_snapshot(snap))
+
+
+def test_unhealthy_and_unclaimed_reports_are_not_endpoints() -> None:
+    reports = [
+        InstanceRecord("b", "host2", "127.0.0.12:8080", False, detail="connect refused"),
+        InstanceRecord("b", "host3", "127.0.0.13:8080", True),
+        InstanceRecord("a", "host2", "127.0.0.12:9999", True),  # host2 does not run a
+        InstanceRecord("c", "host3", "127.0.0.13:8081", False),  # reported sick: the static one goes too
+    ]
+    healthy = healthy_instances(CFG, reports)
+    assert healthy["b"] == [("host3", "127.0.0.13:8080")]
+    assert healthy["a"] == [] and healthy["c"] == []
+
+
+def test_two_instances_on_one_host_are_two_endpoints() -> None:
+    extra = [*UP, InstanceRecord("b", "host2", "127.0.0.12:8090", True)]
+    assert eps(build(extra)["host1"], "b").count(("host2", "127.0.0.12:4143")) == 2
+
+
+def test_versions_stay_when_content_does_not_change() -> None:
+    first = build(UP, version=5)
+    assert {s.version for s in first.values()} == {5}
+    again = build(UP, first, version=9)
+    assert all(again[h] is first[h] for h in first)
+    # b loses host3: every host that lists b moves on, host4 (db only) keeps its version.
+    changed = build(UP[:1] + UP[2:], first, version=9)
+    assert changed["host1"].version == 9 and changed["host2"].version == 9
+    assert changed["host4"].version == 5
+    # A lower revision never moves a version backwards.
+    assert build(UP, changed, version=3)["host1"].version == 10
+
+
+def test_guarded_endpoints_replace_the_computed_ones() -> None:
+    snaps = compile_snapshots(CFG, [], trust_domain="glassmesh.local", versions={},
+                              endpoints={"b": [("host2", "127.0.0.12:8080")]})
+    assert eps(snaps["host1"], "b") == [("host2", "127.0.0.12:4143")]
