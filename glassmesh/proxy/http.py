@@ -88,62 +88,39 @@ class Side:
 
 
 class Exchange:
-    """One request and its response."""
+    """One request and its response.
 
-    __slots__ = (
-        "method",
-        "url",
-        "head",
-        "nheaders",
-        "http10",
-        "keep_alive",
-        "upgrade",
-        "framing",
-        "head_done",
-        "req_done",
-        "pending",
-        "pending_bytes",
-        "routed",
-        "upstream",
-        "error",
-        "t0",
-        "sent_at",
-        "resp_started",
-        "resp_chunked",
-        "request_id",
-        "up_chunked",
-        "service",
-        "cancelled",
-        "head_size",
-        "conn",
-    )
+    No __slots__: most fields keep their class-level default for the whole
+    exchange, and setting two dozen slots per request cost more than a dict.
+    """
+
+    head: RequestHead | None = None
+    method = b""
+    http10 = False
+    keep_alive = True
+    upgrade = False
+    framing = Framing.NONE
+    head_done = False
+    req_done = False
+    pending_bytes = 0
+    routed: Routed | None = None
+    upstream: UpstreamConn | None = None
+    error: tuple[str, str, int | None] | None = None
+    sent_at = 0.0
+    resp_started = False
+    resp_chunked = False
+    request_id: bytes | None = None
+    up_chunked = False
+    service: str | None = None
+    cancelled = False
+    head_size = 0
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
         self.url = b""
-        self.head = RequestHead()
-        self.nheaders = 0
-        self.head_done = False
-        self.req_done = False
+        self.raw: list[tuple[bytes, bytes]] = []
         self.pending: list[bytes] = []
-        self.pending_bytes = 0
-        self.routed: Routed | None = None
-        self.upstream: UpstreamConn | None = None
-        self.error: tuple[str, str, int | None] | None = None
-        self.sent_at = 0.0
-        self.resp_started = False
-        self.resp_chunked = False
-        self.request_id: bytes | None = None
-        self.up_chunked = False
-        self.service: str | None = None
-        self.upgrade = False
-        self.cancelled = False
-        self.head_size = 0
-        self.method = b""
-        self.http10 = False
-        self.keep_alive = True
-        self.framing = Framing.NONE
-        self.t0 = 0.0
+        self.t0 = _perf()
 
 
 class ServerConn(asyncio.Protocol):
@@ -153,6 +130,10 @@ class ServerConn(asyncio.Protocol):
         self.rt = rt
         self.side = side
         self.link = link
+        self.max_head = rt.limits.max_head_bytes
+        self.max_headers = rt.limits.max_headers
+        self.max_head = rt.limits.max_head_bytes
+        self.max_headers = rt.limits.max_headers
         self.transport: Any = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
@@ -245,7 +226,6 @@ class ServerConn(asyncio.Protocol):
     # --- llhttp callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
         ex = Exchange(self)
-        ex.t0 = _perf()
         self.parsing = ex
         self.queue.append(ex)
         self.head_started = _mono()
@@ -256,21 +236,20 @@ class ServerConn(asyncio.Protocol):
         ex = self.parsing
         ex.url += url
         ex.head_size += len(url)
-        if ex.head_size > self.rt.limits.max_head_bytes:
+        if ex.head_size > self.max_head:
             raise BadMessage("request head too large", "head_too_large", 431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
         ex.head_size += len(name) + len(value) + 4
-        if ex.head_done:
-            return  # trailers: not forwarded
-        lim = self.rt.limits
-        if ex.head_size > lim.max_head_bytes:
+        if ex.head_size > self.max_head:
             raise BadMessage("request head too large", "head_too_large", 431)
-        ex.nheaders += 1
-        if ex.nheaders > lim.max_headers:
+        if ex.head_done:
+            return  # trailers: counted against the limit, not forwarded
+        raw = ex.raw
+        raw.append((name, value))
+        if len(raw) > self.max_headers:
             raise BadMessage("too many request headers", "head_too_large", 431)
-        ex.head.add(name, value)
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
@@ -282,6 +261,7 @@ class ServerConn(asyncio.Protocol):
         ex.keep_alive = p.should_keep_alive()
         ex.upgrade = p.should_upgrade()
         try:
+            ex.head = RequestHead(ex.raw)
             ex.framing, _ = ex.head.framing()
         except BadMessage as e:
             ex.error = (e.reason, str(e), e.status)
@@ -346,7 +326,6 @@ class ServerConn(asyncio.Protocol):
         self.transport.pause_reading()
         if ex is None:
             ex = Exchange(self)
-            ex.t0 = _perf()
             self.queue.append(ex)
         ex.keep_alive = False
         ex.req_done = True
@@ -417,7 +396,7 @@ class ServerConn(asyncio.Protocol):
         status = status or ERROR_REASONS.get(reason, (502, ""))[0]
         rt.stats.error(side, reason)
         if ex.request_id is None:
-            ex.request_id = ex.head.rid or new_request_id()
+            ex.request_id = (ex.head.rid if ex.head is not None else None) or new_request_id()
         if ex.error is None:
             ex.error = (reason, msg, status)  # a body still arriving is dropped, not buffered
         if not ex.req_done and ex.framing != Framing.NONE:
@@ -555,8 +534,8 @@ class UpstreamConn(asyncio.Protocol):
         self.ex: Exchange | None = None
         self.client: ServerConn | None = None
         self.wbuf: list[bytes] = []
-        self.rh = ResponseHead()
-        self.nheaders = 0
+        self.hdrs: list[tuple[bytes, bytes]] = []
+        self.rh: ResponseHead | None = None
         self.status = 0
         self.lost = False
         self.read_paused = False
@@ -726,20 +705,20 @@ class UpstreamConn(asyncio.Protocol):
             c._mesh_error(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
 
     def on_message_begin(self) -> None:
-        self.rh = ResponseHead()
-        self.nheaders = 0
+        self.hdrs = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.nheaders += 1
-        if self.nheaders > 400:
-            raise BadMessage("too many response headers")
-        self.rh.add(name, value)
+        h = self.hdrs
+        h.append((name, value))
+        if len(h) > 400:
+            raise BadMessage("too many response headers", "upstream_protocol_error", 502)
 
     def on_headers_complete(self) -> None:
         ex = self.ex
         p = self.parser
         status = p.get_status_code()
         c = self.client
+        self.rh = ResponseHead(self.hdrs)
         if status < 200:
             if status == 101 and ex.upgrade:
                 self._switch(ex, status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from glassmesh.model.snapshot import Snapshot, split_address
 from glassmesh.proxy.tls import ALPN_MUX, ALPN_TCP, client_context, service_context
@@ -29,9 +30,12 @@ class RoundRobin:
         return items[i]
 
 
-@dataclass(frozen=True)
-class PoolKey:
-    """Connections in one pool are interchangeable: same address, same identity, same SNI."""
+class PoolKey(NamedTuple):
+    """Connections in one pool are interchangeable: same address, same identity, same SNI.
+
+    A NamedTuple, not a frozen dataclass: it is hashed on the request path, and
+    a dataclass's __hash__ runs in Python.
+    """
 
     host: str
     port: int

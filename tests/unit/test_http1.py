@@ -20,17 +20,11 @@ from glassmesh.protocols.http1 import (
 
 
 def req(headers):
-    h = RequestHead()
-    for n, v in headers:
-        h.add(n, v)
-    return h
+    return RequestHead(headers)
 
 
 def resp(headers):
-    h = ResponseHead()
-    for n, v in headers:
-        h.add(n, v)
-    return h
+    return ResponseHead(headers)
 
 
 def test_content_length_and_chunked_framing():
