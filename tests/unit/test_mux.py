@@ -118,7 +118,7 @@ def pair():
             loop.run_until_complete(asyncio.sleep(0))
             moved = False
             for conn, wire, peer in ((client, cw, server), (server, sw, client)):
-                conn.flush()
+                conn._write()
                 while wire.buf:
                     peer.data_received(wire.buf.pop(0))
                     moved = True
