@@ -73,6 +73,16 @@ class BadMessage(Exception):
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"upgrade"))
 
 
+def _without_listed(conn: bytes | None, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """headers less those the Connection header names."""
+    if conn is None or conn.lower() in _PLAIN_CONNECTION:
+        return headers
+    names = connection_tokens(conn) - _PLAIN_CONNECTION
+    if not names:
+        return headers
+    return [(n, v) for n, v in headers if n.lower() not in names]
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
@@ -177,11 +187,7 @@ class RequestHead:
 
     def drop_connection_listed(self) -> None:
         """Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
-        if self.conn is None or self.conn.lower() in _PLAIN_CONNECTION:
-            return
-        names = connection_tokens(self.conn) - {b"close", b"keep-alive", b"upgrade"}
-        if names:
-            self.forward = [(n, v) for n, v in self.forward if n.lower() not in names]
+        self.forward = _without_listed(self.conn, self.forward)
 
     def set_host(self, authority: bytes) -> None:
         self.forward = [(n, v) for n, v in self.forward if n.lower() != b"host"]
@@ -240,11 +246,7 @@ class ResponseHead:
         return Framing.CLOSE, 0
 
     def drop_connection_listed(self) -> None:
-        if self.conn is None or self.conn.lower() in _PLAIN_CONNECTION:
-            return
-        names = connection_tokens(self.conn) - {b"close", b"keep-alive", b"upgrade"}
-        if names:
-            self.forward = [(n, v) for n, v in self.forward if n.lower() not in names]
+        self.forward = _without_listed(self.conn, self.forward)
 
 
 def split_target(method: bytes, target: bytes, host: bytes | None) -> tuple[bytes, bytes]:
