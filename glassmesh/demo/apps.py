@@ -23,6 +23,8 @@ import signal
 import time
 from typing import Any
 
+import uvloop
+
 from glassmesh.demo.httpio import Pool, Request, Response, serve_connection, split_hostport
 
 JSON = [("content-type", "application/json")]
@@ -150,13 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(run(args))
-    else:
-        uvloop.run(run(args))
+    uvloop.run(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

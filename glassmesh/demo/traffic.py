@@ -21,6 +21,8 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+import uvloop
+
 from glassmesh.demo.httpio import Connection, split_hostport
 
 # Latency histogram bounds in seconds (upper bounds; the last bucket is open).
@@ -154,13 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(run(args))
-    else:
-        uvloop.run(run(args))
+    uvloop.run(run(parse_args(argv)))
 
 
 if __name__ == "__main__":
