@@ -1,4 +1,4 @@
-"""`glassmesh proxy`: run one host's proxy from a snapshot file."""
+"""`glassmesh proxy`: run one host's proxy from a snapshot file, or from a control plane it watches."""
 
 from __future__ import annotations
 
@@ -6,20 +6,42 @@ import click
 
 
 @click.command()
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False),
-              help="Snapshot file (JSON) this proxy serves; SIGHUP reloads it.")
+@click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
+              help="Snapshot file (JSON) this proxy serves; SIGHUP reloads it. With --control: the snapshot "
+                   "to start from when DIR has no last-known-good one.")
+@click.option("--control", "control", default=None, metavar="URL",
+              help="Control plane to watch for this host's snapshot (e.g. http://127.0.0.1:4200).")
+@click.option("--host", "host", default=None, help="This host's name in the mesh (with --control).")
+@click.option("--data", "data_dir", default=None, type=click.Path(file_okay=False),
+              help="State directory (with --control): DIR/snapshot.json is the last-known-good snapshot, "
+                   "certificates are read from DIR/certs/.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes sharing the listening ports (SO_REUSEPORT).")
 @click.option("--access-log", type=click.Path(dir_okay=False), default=None,
               help="Append one JSON line per request to this file.")
 @click.option("--tls-keylog", type=click.Path(dir_okay=False), default=None,
               help="Write TLS session keys here (NSS key log format) so Wireshark/tshark can decrypt captures.")
-def proxy(config: str, workers: int, access_log: str | None, tls_keylog: str | None) -> None:
+def proxy(config: str | None, control: str | None, host: str | None, data_dir: str | None, workers: int,
+          access_log: str | None, tls_keylog: str | None) -> None:
     """Run the data plane of one host: outbound listeners, the mTLS inbound port, tcp links and admin."""
     from glassmesh.model.snapshot import SnapshotError
     from glassmesh.proxy.server import StartupError, run
 
     try:
+        if control is not None:
+            if not host or not data_dir:
+                raise click.UsageError("--control needs --host NAME and --data DIR")
+            if not control.startswith(("http://", "https://")):
+                raise click.UsageError(f"--control must be an http:// or https:// URL, got {control!r}")
+            from glassmesh.proxy.watch import run_controlled
+
+            run_controlled(control, host, data_dir, seed=config, workers=workers, keylog=tls_keylog,
+                           access_log=access_log)
+            return
+        if config is None:
+            raise click.UsageError("give --config FILE, or --control URL --host NAME --data DIR")
+        if host or data_dir:
+            raise click.UsageError("--host and --data go with --control")
         run(config, workers=workers, keylog=tls_keylog, access_log=access_log)
     except (SnapshotError, StartupError) as e:
         raise click.ClickException(str(e)) from None

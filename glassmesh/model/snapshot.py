@@ -47,6 +47,11 @@ class LocalService(msgspec.Struct, **_STRUCT):
     # sides: as the client cert when it calls, as the server cert when called.
     cert: str
     key: str
+    # How this host's proxy checks the instances above before reporting them to
+    # the control plane: an HTTP GET of this path expecting 2xx, or (None) a TCP connect.
+    health_http: str | None = None
+    health_interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 2_000
+    health_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000
 
 
 class Endpoint(msgspec.Struct, **_STRUCT):
@@ -62,6 +67,9 @@ class Service(msgspec.Struct, **_STRUCT):
     name: Name
     protocol: Protocol = "http"
     endpoints: list[Endpoint] = []
+    # Emptied on purpose by an operator (`glassmesh drain`). A proxy keeps the old
+    # endpoints of a service that a snapshot empties unless this is set.
+    drained: bool = False
 
 
 class TcpLink(msgspec.Struct, **_STRUCT):

@@ -20,7 +20,7 @@ import socket
 import stat
 import tempfile
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import uvloop
 
@@ -35,6 +35,9 @@ from glassmesh.proxy.runtime import Runtime, log
 from glassmesh.proxy.sides import OutboundSide
 from glassmesh.proxy.tcp import TcpLinkClient
 from glassmesh.proxy.tls import listener_context
+
+if TYPE_CHECKING:  # the control-plane watch (aiohttp) is only imported by proxies started with --control
+    from glassmesh.proxy.watch import ControlLink
 
 
 class StartupError(Exception):
@@ -134,15 +137,33 @@ class Worker:
         """SIGHUP: read the snapshot file again and swap it in whole, or keep the old one."""
         try:
             snap = load_snapshot(self.config_path)
+        except Exception as e:
+            self._rejected(None, e)
+            return
+        with contextlib.suppress(Exception):  # apply_snapshot logged and recorded why
+            self.apply_snapshot(snap)
+
+    # --- the control-plane watch's Target (glassmesh.proxy.watch) ---
+    reads_file = False
+
+    def current(self) -> Snapshot:
+        return self.rt.snapshot
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """Swap in a snapshot whole; raises (keeping the old one) when it cannot be used."""
+        try:
             if _listen_set(snap) != _listen_set(self.rt.snapshot):
                 raise SnapshotError("listener addresses changed; that needs a restart")
             self.rt.apply(snap)
         except Exception as e:
-            self.last_reload = {"version": None, "accepted": False, "reason": str(e), "at": time.time()}
-            log(f"snapshot rejected, keeping version {self.rt.snapshot.version}: {e}")
-            return
+            self._rejected(snap.version, e)
+            raise
         self.last_reload = {"version": snap.version, "accepted": True, "at": time.time()}
         log(f"snapshot version {snap.version} accepted")
+
+    def _rejected(self, version: int | None, e: Exception) -> None:
+        self.last_reload = {"version": version, "accepted": False, "reason": str(e), "at": time.time()}
+        log(f"snapshot rejected, keeping version {self.rt.snapshot.version}: {e}")
 
     async def stop(self) -> None:
         for s in self.servers:
@@ -184,15 +205,21 @@ def _admin_routes(
 
 async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, access_log: TextIO | None,
                         admin_addr: str | None, admin_unix: str | None, reuse_port: bool,
-                        unix: dict[str, socket.socket]) -> None:
+                        unix: dict[str, socket.socket], attach: ControlLink | None = None) -> None:
     loop = asyncio.get_running_loop()
     w = Worker(config_path, snap, keylog, access_log)
 
     async def dump() -> dict[str, Any]:
-        return w.rt.stats.dump()
+        d = w.rt.stats.dump()
+        if attach is not None:
+            d["control"] = attach.metrics()
+        return d
 
     async def ready() -> dict[str, Any]:
-        return w.ready_doc()
+        doc = w.ready_doc()
+        if attach is not None:
+            doc.update(attach.ready_detail())
+        return doc
 
     routes = _admin_routes(lambda: w.rt.snapshot, dump, ready)
     if admin_unix:
@@ -203,11 +230,15 @@ async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, ac
     if not admin_unix:
         log(f"host {snap.host} serving snapshot version {snap.version}: " + ", ".join(_listen_set(snap))
             + f"; admin {admin_addr}")
+    if attach is not None:
+        await attach.start(w)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, w.reload)
     await stop.wait()
+    if attach is not None:
+        await attach.stop()
     admin.close()
     await w.stop()
 
@@ -242,8 +273,23 @@ def _fork_worker(config_path: str, snap: Snapshot, keylog: str | None, access_pa
     return pid
 
 
+class _SupervisorTarget:
+    """The control-plane watch's view of a supervisor: it writes the file, then the workers reload it."""
+
+    reads_file = True
+
+    def __init__(self, current: dict[str, Snapshot], reload: Any) -> None:
+        self._current, self._reload = current, reload
+
+    def current(self) -> Snapshot:
+        return self._current["snap"]
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        self._reload()
+
+
 async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str | None,
-                     access_path: str | None) -> None:
+                     access_path: str | None, attach: ControlLink | None = None) -> None:
     loop = asyncio.get_running_loop()
     rundir = tempfile.mkdtemp(prefix="glassmesh-proxy-")
     socks = [os.path.join(rundir, f"worker-{i}.sock") for i in range(workers)]
@@ -259,7 +305,10 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
         for s in socks:
             with contextlib.suppress(OSError, RuntimeError):
                 dumps.append(json.loads(await _get_unix(s, "/stats.json")))
-        return stats_mod.merge(dumps)
+        merged = stats_mod.merge(dumps)
+        if attach is not None:
+            merged["control"] = attach.metrics()
+        return merged
 
     async def ready() -> dict[str, Any]:
         docs = []
@@ -268,12 +317,15 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
                 docs.append(json.loads(await _get_unix(s, "/ready")))
             except (OSError, RuntimeError, ValueError):
                 docs.append({"ready": False})
-        return {
+        doc = {
             "ready": all(d.get("ready") for d in docs),
             "host": snap.host,
             "snapshot_version": current["snap"].version,
             "workers": docs,
         }
+        if attach is not None:
+            doc.update(attach.ready_detail())
+        return doc
 
     def reload() -> None:
         try:
@@ -291,6 +343,8 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    if attach is not None:
+        await attach.start(_SupervisorTarget(current, reload))
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -307,6 +361,8 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
                         os.unlink(socks[i])
                     pids[i] = _fork_worker(config_path, current["snap"], keylog, access_path, socks[i], unix)
     finally:
+        if attach is not None:
+            await attach.stop()
         admin.close()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

@@ -168,6 +168,14 @@ class _Collector:
         cc = GaugeMetricFamily("glassmesh_client_connections", "Open client connections on all listeners")
         cc.add_metric([], self.d["client_conns"])
         yield from (req, dur, byt, conns, hs, tcp, mtls, errs, ver, cc)
+        ctl = self.d.get("control")  # set by proxies that watch a control plane (glassmesh.proxy.watch)
+        if ctl is not None:
+            age = GaugeMetricFamily("glassmesh_snapshot_age_seconds",
+                                    "Seconds since the snapshot in force was known current (0 while watching)")
+            age.add_metric([], ctl["snapshot_age_seconds"])
+            up = GaugeMetricFamily("glassmesh_control_plane_connected", "1 while the control-plane watch is connected")
+            up.add_metric([], ctl["control_plane_connected"])
+            yield from (age, up)
 
 
 def render(dump: dict[str, Any]) -> bytes:

@@ -1,0 +1,80 @@
+"""The last-known-good snapshot on disk: what a proxy restarted during a control-plane outage serves.
+
+Written only after the proxy accepted a snapshot, and atomically (temp file
+in the same directory, fsync, rename, fsync of the directory), so that a
+crash or power cut mid-write leaves either the old file or the new one,
+never half of one: a torn LKG would turn a control-plane outage into a
+data-plane outage at the next restart.
+
+Paths inside the file are written relative to the data directory when they
+lie under it, so the directory can be moved or restored from a backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import msgspec
+
+from glassmesh.model.snapshot import Snapshot, SnapshotError, encode_snapshot, load_snapshot
+
+FILENAME = "snapshot.json"
+
+
+def lkg_path(data_dir: str) -> str:
+    return os.path.join(data_dir, FILENAME)
+
+
+def _relative(snap: Snapshot, base: str) -> Snapshot:
+    """File paths under `base` made relative to it (the inverse of parse_snapshot's resolution)."""
+    base = os.path.abspath(base)
+
+    def rel(path: str) -> str:
+        if os.path.isabs(path) and os.path.commonpath([base, path]) == base:
+            return os.path.relpath(path, base)
+        return path
+
+    return msgspec.structs.replace(
+        snap,
+        trust_bundle=rel(snap.trust_bundle),
+        local_services=[msgspec.structs.replace(s, cert=rel(s.cert), key=rel(s.key)) for s in snap.local_services],
+    )
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace `path` with `data` so that readers (and a crash) see the old file or the new one, whole."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)  # the rename itself must survive a power cut
+    finally:
+        os.close(dfd)
+
+
+def save(data_dir: str, snap: Snapshot) -> None:
+    """Record an accepted snapshot (as it is in force, guard included) as the last-known-good one."""
+    write_atomic(lkg_path(data_dir), encode_snapshot(_relative(snap, data_dir)) + b"\n")
+
+
+def load(data_dir: str) -> Snapshot | None:
+    """The last-known-good snapshot, or None when there is none; raises SnapshotError when it is unusable."""
+    path = lkg_path(data_dir)
+    if not os.path.exists(path):
+        return None
+    return load_snapshot(path)
+
+
+__all__ = ["FILENAME", "SnapshotError", "load", "lkg_path", "save", "write_atomic"]

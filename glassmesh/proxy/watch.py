@@ -1,0 +1,452 @@
+"""The proxy's side of the control plane: watch the host's snapshot, apply it, ack it, keep it on disk.
+
+One asyncio task (in the process that owns the Runtime, or in the
+supervisor with --workers N) long-polls `GET /v1/hosts/{host}/snapshot?after=V`.
+A new snapshot is parsed and checked exactly as a snapshot file is, then
+checked against the one in force (same host, same listeners, and the
+proxy's own blast-radius guard), swapped in through the same path SIGHUP
+uses, written to DIR/snapshot.json as last-known-good, and acknowledged
+with accept or reject and the reason. A rejected one changes nothing.
+
+The data plane never depends on the control plane being up: every call has
+a timeout, every failure is logged once and retried with backoff, and the
+proxy serves on, for as long as it takes, from the snapshot it has (or from
+disk after a restart), reporting how stale it is. It talks HTTP only and
+never imports glassmesh.control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aiohttp
+import msgspec
+import uvloop
+
+from glassmesh.api.wire import VERSION_HEADER, Ack, Report, Reported, ack_path, instances_path, snapshot_path
+from glassmesh.model.snapshot import Snapshot, SnapshotError, load_snapshot, parse_snapshot
+from glassmesh.proxy import lkg
+from glassmesh.proxy.health import HealthReporter
+from glassmesh.proxy.routing import compile_table
+from glassmesh.proxy.runtime import log
+
+POLL_WAIT_S = 30.0  # how long the control plane may hold a long-poll open
+CALL_TIMEOUT_S = 5.0  # connect timeout, and total timeout of acks and reports
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0  # a control plane coming back is seen within this
+MAX_PENDING_ACKS = 16
+
+
+class ControlError(Exception):
+    """The control plane answered, but not with something usable (404 host unknown, 5xx, no version)."""
+
+
+class Target(Protocol):
+    """What the watch applies snapshots to: a Worker (in process) or a supervisor (workers read the file)."""
+
+    reads_file: bool  # True: apply_snapshot re-reads DIR/snapshot.json, so it must be written first
+
+    def current(self) -> Snapshot: ...
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """Swap it in whole or raise (changing nothing)."""
+
+
+# --------------------------------------------------------------------------- pure checks
+
+
+def listeners(s: Snapshot) -> list[str]:
+    """Every address the proxy binds for a snapshot: these cannot change without a restart."""
+    return sorted([f"inbound {s.inbound}", f"admin {s.admin}"]
+                  + [f"{x.name} outbound {x.outbound}" for x in s.local_services if x.outbound]
+                  + [f"{x.name} outbound_socket {x.outbound_socket}" for x in s.local_services if x.outbound_socket]
+                  + [f"tcp link {t.listen}" for t in s.tcp_links])
+
+
+def check_listeners(old: Snapshot, new: Snapshot) -> None:
+    """Listeners are bound from the first snapshot; a later one that moves them is refused, naming them."""
+    a, b = listeners(old), listeners(new)
+    if a != b:
+        gone = [x for x in a if x not in b]
+        added = [x for x in b if x not in a]
+        raise SnapshotError("listener addresses changed (" + "; ".join(
+            [f"removed: {', '.join(gone)}"] * bool(gone) + [f"added: {', '.join(added)}"] * bool(added))
+            + "); that needs a proxy restart")
+
+
+def keep_emptied(old: Snapshot, new: Snapshot) -> tuple[Snapshot, list[str]]:
+    """The proxy's own guard: a snapshot that empties a service that is not drained keeps its old endpoints.
+
+    The control plane has the same guard; this one covers a control plane
+    with a bug, a wiped store or a bad rollback. A service that disappears
+    from the snapshot entirely was removed from the config on purpose and is
+    not judged; one marked `drained` is emptied on purpose.
+    """
+    had = {s.name: s.endpoints for s in old.services if s.endpoints}
+    warnings: list[str] = []
+    services = []
+    for s in new.services:
+        if not s.endpoints and not s.drained and s.name in had:
+            eps = had[s.name]
+            s = msgspec.structs.replace(s, endpoints=eps)
+            warnings.append(f"snapshot version {new.version} removes every endpoint of {s.name!r}, which is not "
+                            f"drained: kept its {len(eps)} old endpoint{'s' * (len(eps) != 1)}")
+        services.append(s)
+    if not warnings:
+        return new, []
+    return msgspec.structs.replace(new, services=services), warnings
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e) or type(e).__name__
+    return msg if len(msg) < 500 else msg[:500] + "..."
+
+
+# --------------------------------------------------------------------------- the link
+
+
+class ControlLink:
+    """The watch loop, the acks, the health reports and the staleness figures for one proxy."""
+
+    def __init__(self, url: str, host: str, data_dir: str) -> None:
+        self.url = url.rstrip("/")
+        self.host = host
+        self.data_dir = data_dir
+        self.connected = False
+        self.last_error = ""
+        self.last_contact: float | None = None  # unix time of the last answer from the control plane
+        self.fresh_at = 0.0  # when the snapshot in force was last known to be current
+        self.source = "none"  # where the snapshot in force came from: control | disk | config
+        self.after = 0  # highest version seen, accepted or not: the next long-poll asks for later ones
+        self.last_ack: dict[str, Any] | None = None
+        self.last_reject: dict[str, Any] | None = None
+        self.warnings: list[str] = []
+        self.health: HealthReporter | None = None
+        self._pending: list[Ack] = []
+        self._target: Target | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._report_error = ""
+        self._outage_logged = False
+
+    # --- lifecycle -------------------------------------------------------------
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers={"user-agent": f"glassmesh-proxy/{self.host}"})
+        return self._session
+
+    async def start(self, target: Target) -> None:
+        """Watch and report for `target` until stop(); called once its listeners are up."""
+        self._target = target
+        self.after = max(self.after, target.current().version)
+        self.health = HealthReporter(target.current, self._report)
+        self._tasks = [asyncio.create_task(self._watch(), name="control-watch"),
+                       asyncio.create_task(self.health.run(), name="health-checks")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- staleness ---------------------------------------------------------------
+    def age(self, now: float | None = None) -> float:
+        """Seconds since the snapshot in force was known current; 0 while a watch is connected."""
+        if self.connected:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self.fresh_at)
+
+    def ready_detail(self) -> dict[str, Any]:
+        return {
+            "snapshot_age_s": round(self.age(), 3),
+            "snapshot_source": self.source,
+            "control_plane": {
+                "url": self.url,
+                "connected": self.connected,
+                "last_error": self.last_error,
+                "last_contact": self.last_contact,
+                "last_ack": self.last_ack,
+                "last_reject": self.last_reject,
+                "warnings": self.warnings,
+            },
+        }
+
+    def metrics(self) -> dict[str, float]:
+        return {"snapshot_age_seconds": self.age(), "control_plane_connected": 1.0 if self.connected else 0.0}
+
+    def _contact(self) -> None:
+        now = time.time()
+        if self._outage_logged:
+            log(f"control plane {self.url} reachable again")
+            self._outage_logged = False
+        self.connected, self.last_contact, self.fresh_at = True, now, now
+
+    def _lost(self, e: BaseException) -> None:
+        self.last_error = f"{type(e).__name__}: {_short(e)}" if not isinstance(e, ControlError) else _short(e)
+        if self.connected or not self._outage_logged:
+            cur = self._target.current().version if self._target else None
+            serving = f"serving snapshot version {cur}" if cur is not None else "no snapshot yet"
+            log(f"control plane {self.url} unreachable ({self.last_error}); {serving}, retrying")
+            self._outage_logged = True
+        self.connected = False
+
+    # --- HTTP calls ----------------------------------------------------------------
+    async def _poll(self) -> tuple[int, str | None, bytes]:
+        timeout = aiohttp.ClientTimeout(total=POLL_WAIT_S + 10, sock_connect=CALL_TIMEOUT_S)
+        params = {"after": str(self.after), "wait": str(POLL_WAIT_S)}
+        async with self._http().get(self.url + snapshot_path(self.host), params=params, timeout=timeout) as r:
+            return r.status, r.headers.get(VERSION_HEADER), await r.read()
+
+    async def _post(self, path: str, body: bytes) -> None:
+        timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+        async with self._http().post(self.url + path, data=body, timeout=timeout,
+                                     headers={"content-type": "application/json"}) as r:
+            text = await r.read()
+            if r.status != 200:
+                raise ControlError(f"POST {path}: HTTP {r.status}: {text[:300].decode(errors='replace')}")
+
+    def _ack(self, version: int, accepted: bool, reason: str) -> None:
+        self._pending.append(Ack(version=version, accepted=accepted, reason=reason))
+        del self._pending[:-MAX_PENDING_ACKS]
+        self.last_ack = {"version": version, "accepted": accepted, "reason": reason, "at": time.time()}
+
+    async def _flush_acks(self) -> None:
+        """Send acks not yet delivered, oldest first; one that cannot go now goes with the next contact."""
+        while self._pending:
+            try:
+                await self._post(ack_path(self.host), msgspec.json.encode(self._pending[0]))
+            except ControlError as e:  # the control plane refused it: it will never take it
+                log(f"ack of version {self._pending[0].version} refused: {e}")
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return
+            self._pending.pop(0)
+
+    async def _report(self, instances: list[Reported], ttl_s: float) -> None:
+        body = msgspec.json.encode(Report(instances=instances, ttl_s=min(3600.0, max(1.0, ttl_s))))
+        try:
+            await self._post(instances_path(self.host), body)
+            self._report_error = ""
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return  # the watch loop tracks and logs reachability
+        except ControlError as e:
+            if str(e) != self._report_error:
+                log(f"health report refused: {e}")
+            self._report_error = str(e)
+
+    # --- snapshots ---------------------------------------------------------------------
+    def _decode(self, body: bytes, header: str | None) -> tuple[int | None, Snapshot | Exception]:
+        version = int(header) if header and header.isdigit() else None
+        try:
+            snap = parse_snapshot(body, self.data_dir)
+        except SnapshotError as e:
+            return version, e
+        if snap.host != self.host:
+            return snap.version, SnapshotError(f"snapshot is for host {snap.host!r}, this proxy is {self.host!r}")
+        return snap.version, snap
+
+    def _reject(self, version: int | None, e: Exception) -> None:
+        reason = _short(e)
+        cur = self._target.current().version if self._target else None
+        log(f"snapshot version {version} rejected, keeping " + (f"version {cur}" if cur is not None else
+                                                                  "waiting") + f": {reason}")
+        self.last_reject = {"version": version, "reason": reason, "at": time.time()}
+        if version is None:
+            raise ControlError(f"a snapshot with no readable version was rejected: {reason}")
+        self._ack(version, False, reason)
+        self.after = max(self.after, version)
+
+    def handle(self, body: bytes, header: str | None) -> bool:
+        """Check, apply, persist and ack one snapshot from the control plane; True when accepted."""
+        target = self._target
+        assert target is not None
+        version, got = self._decode(body, header)
+        if isinstance(got, Exception):
+            self._reject(version, got)
+            return False
+        old = target.current()
+        try:
+            check_listeners(old, got)
+            snap, warnings = keep_emptied(old, got)
+            if target.reads_file:
+                compile_table(snap)  # certificates load, before the workers are told to read it
+                lkg.save(self.data_dir, snap)
+                target.apply_snapshot(snap)
+            else:
+                target.apply_snapshot(snap)
+                try:
+                    lkg.save(self.data_dir, snap)
+                except OSError as e:
+                    warnings.append(f"serving it, but cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}")
+        except Exception as e:  # noqa: BLE001 - whatever makes it unusable is the reason in the ack
+            self._reject(got.version, e)
+            return False
+        for w in warnings:
+            log(f"guard: {w}")
+        self.warnings = warnings
+        self.after = max(self.after, got.version)
+        self.source, self.fresh_at = "control", time.time()
+        self._ack(got.version, True, ("accepted with a warning: " + "; ".join(warnings)) if warnings else "")
+        return True
+
+    async def _watch(self) -> None:
+        """Long-poll forever; nothing that goes wrong here may stop the proxy (log, back off, retry)."""
+        backoff = BACKOFF_MIN_S
+        while True:
+            try:
+                await self._flush_acks()
+                status, header, body = await self._poll()
+                self._contact()
+                if status == 200:
+                    self.handle(body, header)
+                    await self._flush_acks()
+                elif status != 204:
+                    raise ControlError(f"snapshot watch: HTTP {status}: {body[:300].decode(errors='replace')}")
+                self.last_error = ""
+                backoff = BACKOFF_MIN_S
+                continue
+            except asyncio.CancelledError:
+                raise
+            except ControlError as e:  # it answers, but not usefully (host unknown, 5xx): not an outage
+                if _short(e) != self.last_error:
+                    log(f"control plane {self.url}: {e}")
+                self.last_error = _short(e)
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                self._lost(e)
+            except Exception as e:  # noqa: BLE001 - a bug here must not end the watch
+                log(f"snapshot watch failed: {type(e).__name__}: {e}")
+                self.last_error = f"{type(e).__name__}: {_short(e)}"
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def first_snapshot(self) -> Snapshot:
+        """Wait (retrying with backoff, forever) for a first usable snapshot; it is saved, its ack queued."""
+        log(f"no last-known-good snapshot in {self.data_dir}: waiting for the first snapshot from {self.url} "
+            f"before binding listeners")
+        backoff = BACKOFF_MIN_S
+        try:
+            while True:
+                try:
+                    await self._flush_acks()
+                    status, header, body = await self._poll()
+                    self._contact()
+                    if status == 204:
+                        continue
+                    if status != 200:
+                        raise ControlError(f"snapshot watch: HTTP {status}: {body[:300].decode(errors='replace')}")
+                    version, got = self._decode(body, header)
+                    if isinstance(got, Snapshot):
+                        try:
+                            compile_table(got)
+                        except Exception as e:  # noqa: BLE001 - the reason goes in the ack
+                            got = SnapshotError(f"cannot load its certificates: {_short(e)}")
+                    if isinstance(got, Exception):
+                        self._reject(version, got)
+                        continue
+                    try:
+                        lkg.save(self.data_dir, got)
+                    except OSError as e:
+                        log(f"cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}")
+                    self.after, self.source, self.fresh_at = got.version, "control", time.time()
+                    self._ack(got.version, True, "")  # sent once the listeners are up
+                    log(f"got snapshot version {got.version} from {self.url}")
+                    return got
+                except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    self._lost(e)
+                except ControlError as e:
+                    if _short(e) != self.last_error:
+                        log(f"control plane {self.url}: {e}")
+                    self.last_error = _short(e)
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+        finally:
+            await self.close()  # workers fork after this: they must not inherit its connections
+
+
+# --------------------------------------------------------------------------- running a proxy
+
+
+def _initial(link: ControlLink, data_dir: str, seed: str | None) -> Snapshot | None:
+    """The last-known-good snapshot, else the --config seed, if usable (certificates load)."""
+    candidates: list[tuple[str, Callable[[], Snapshot | None]]] = [("disk", lambda: lkg.load(data_dir))]
+    if seed:
+        candidates.append(("config", lambda: load_snapshot(seed)))
+    for source, get in candidates:
+        try:
+            snap = get()
+            if snap is None:
+                continue
+            if snap.host != link.host:
+                raise SnapshotError(f"it is for host {snap.host!r}, this proxy is {link.host!r}")
+            compile_table(snap)
+        except Exception as e:  # noqa: BLE001 - unusable: say so and fall back to the control plane
+            log(f"{'last-known-good snapshot' if source == 'disk' else 'snapshot ' + str(seed)} unusable: {e}")
+            continue
+        link.source = source
+        link.after = snap.version
+        with contextlib.suppress(OSError):  # its age counts from when it was written
+            link.fresh_at = os.path.getmtime(lkg.lkg_path(data_dir) if source == "disk" else str(seed))
+        if source == "disk":
+            log(f"serving last-known-good snapshot version {snap.version} from {lkg.lkg_path(data_dir)}; "
+                f"watching {link.url} for newer ones")
+        return snap
+    return None
+
+
+async def _main(url: str, host: str, data_dir: str, seed: str | None, workers: int, keylog: str | None,
+                access_log: str | None) -> None:
+    from glassmesh.proxy.server import _serve_single, _supervise, bind_unix_sockets
+
+    link = ControlLink(url, host, data_dir)
+    snap = _initial(link, data_dir, seed)
+    if snap is None:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, main.cancel)
+        try:
+            snap = await link.first_snapshot()
+        except asyncio.CancelledError:
+            log("stopped while waiting for the first snapshot")
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    path = lkg.lkg_path(data_dir)
+    try:
+        if workers <= 1:
+            access = open(access_log, "a", buffering=1) if access_log else None  # noqa: SIM115
+            await _serve_single(path, snap, keylog, access, snap.admin, None, False, bind_unix_sockets(snap),
+                                attach=link)
+        else:
+            await _supervise(path, snap, workers, keylog, access_log, attach=link)
+    finally:
+        await link.close()
+        for ls in snap.local_services:
+            if ls.outbound_socket:
+                with contextlib.suppress(OSError):
+                    os.unlink(ls.outbound_socket)
+
+
+def run_controlled(url: str, host: str, data_dir: str, seed: str | None = None, workers: int = 1,
+                   keylog: str | None = None, access_log: str | None = None) -> None:
+    """`glassmesh proxy --control URL --host NAME --data DIR`: serve from disk or the control plane, watch it."""
+    from glassmesh.proxy.server import _tune_malloc
+
+    os.makedirs(data_dir, exist_ok=True)
+    _tune_malloc()
+    uvloop.run(_main(url, host, os.path.abspath(data_dir), seed, workers, keylog, access_log))

@@ -1,0 +1,239 @@
+"""The proxy's side of the control plane without sockets: LKG on disk, the guard, accept/reject, health rounds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from glassmesh.model.snapshot import Snapshot, SnapshotError, parse_snapshot
+from glassmesh.proxy import health, lkg
+from glassmesh.proxy.watch import ControlLink, check_listeners, keep_emptied
+
+DOC: dict[str, Any] = {
+    "version": 3, "host": "host1", "trust_domain": "glassmesh.local", "trust_bundle": "certs/ca.pem",
+    "inbound": "127.0.0.11:4143", "admin": "127.0.0.11:4191",
+    "local_services": [{"name": "a", "instances": ["127.0.0.11:8080"], "outbound": "127.0.0.11:4140",
+                        "cert": "certs/a.pem", "key": "certs/a.key"}],
+    "services": [{"name": "b", "endpoints": [{"address": "127.0.0.12:4143", "host": "host2"},
+                                             {"address": "127.0.0.13:4143", "host": "host3"}]},
+                 {"name": "c", "endpoints": [{"address": "127.0.0.13:4143", "host": "host3"}]}],
+}
+
+
+def doc(**changes: Any) -> dict[str, Any]:
+    return json.loads(json.dumps({**DOC, **changes}))
+
+
+def snap(base: Path, **changes: Any) -> Snapshot:
+    return parse_snapshot(json.dumps(doc(**changes)).encode(), str(base))
+
+
+# --------------------------------------------------------------------------- lkg
+
+
+def test_save_is_atomic_and_round_trips_with_relative_paths(tmp_path: Path) -> None:
+    assert lkg.load(str(tmp_path)) is None
+    s = snap(tmp_path)
+    assert s.local_services[0].cert == str(tmp_path / "certs" / "a.pem")
+    lkg.save(str(tmp_path), s)
+    assert os.listdir(tmp_path) == ["snapshot.json"]  # no temp file left behind
+    on_disk = json.loads((tmp_path / "snapshot.json").read_text())
+    assert on_disk["local_services"][0]["cert"] == "certs/a.pem" and on_disk["trust_bundle"] == "certs/ca.pem"
+    assert lkg.load(str(tmp_path)) == s
+    # Moved elsewhere, it still points at its own certs.
+    other = tmp_path / "moved"
+    other.mkdir()
+    os.replace(tmp_path / "snapshot.json", other / "snapshot.json")
+    assert lkg.load(str(other)).local_services[0].cert == str(other / "certs" / "a.pem")  # type: ignore[union-attr]
+
+
+def test_paths_outside_the_data_dir_stay_absolute(tmp_path: Path) -> None:
+    s = msgspec.structs.replace(snap(tmp_path), trust_bundle="/etc/glassmesh/ca.pem")
+    lkg.save(str(tmp_path), s)
+    assert json.loads((tmp_path / "snapshot.json").read_text())["trust_bundle"] == "/etc/glassmesh/ca.pem"
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lkg.save(str(tmp_path), snap(tmp_path))
+    before = (tmp_path / "snapshot.json").read_bytes()
+
+    def boom(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        lkg.save(str(tmp_path), snap(tmp_path, version=4))
+    assert (tmp_path / "snapshot.json").read_bytes() == before
+    assert os.listdir(tmp_path) == ["snapshot.json"]
+
+
+def test_a_corrupt_lkg_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "snapshot.json").write_text('{"version": 1,')
+    with pytest.raises(SnapshotError, match="snapshot.json: not valid JSON"):
+        lkg.load(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def test_guard_keeps_the_endpoints_of_a_service_emptied_but_not_drained(tmp_path: Path) -> None:
+    old = snap(tmp_path)
+    new = snap(tmp_path, version=4, services=[{"name": "b", "endpoints": []}, {"name": "c", "endpoints": []},
+                                              {"name": "d", "endpoints": []}])
+    kept, warnings = keep_emptied(old, new)
+    assert [len(s.endpoints) for s in kept.services] == [2, 1, 0]  # d never had any: nothing to keep
+    assert len(warnings) == 2 and "removes every endpoint of 'b', which is not drained: kept its 2 old" in warnings[0]
+    drained = snap(tmp_path, version=5, services=[{"name": "b", "endpoints": [], "drained": True}])
+    assert keep_emptied(old, drained) == (drained, [])
+    shrunk = snap(tmp_path, version=6, services=[DOC["services"][0]])  # c removed from the config: not judged
+    assert keep_emptied(old, shrunk) == (shrunk, [])
+
+
+def test_listener_changes_are_named(tmp_path: Path) -> None:
+    old = snap(tmp_path)
+    check_listeners(old, snap(tmp_path, version=4, services=[]))
+    moved = doc(version=4)
+    moved["local_services"][0]["outbound"] = "127.0.0.11:5140"
+    with pytest.raises(SnapshotError, match=r"removed: a outbound 127.0.0.11:4140; added: a outbound 127.0.0.11:5140"):
+        check_listeners(old, parse_snapshot(json.dumps(moved).encode(), str(tmp_path)))
+    with pytest.raises(SnapshotError, match="admin"):
+        check_listeners(old, snap(tmp_path, admin="127.0.0.11:4192"))
+
+
+class FakeTarget:
+    reads_file = False
+
+    def __init__(self, s: Snapshot, fail: str = "") -> None:
+        self.snap, self.fail, self.applied = s, fail, 0
+
+    def current(self) -> Snapshot:
+        return self.snap
+
+    def apply_snapshot(self, s: Snapshot) -> None:
+        if self.fail:
+            raise OSError(self.fail)
+        self.snap = s
+        self.applied += 1
+
+
+def link_for(tmp_path: Path, target: FakeTarget) -> ControlLink:
+    link = ControlLink("http://cp.invalid:4200/", "host1", str(tmp_path))
+    link._target = target
+    link.after = target.current().version
+    return link
+
+
+def test_handle_accepts_persists_and_acks(tmp_path: Path) -> None:
+    t = FakeTarget(snap(tmp_path))
+    link = link_for(tmp_path, t)
+    assert link.handle(json.dumps(doc(version=7)).encode(), "7")
+    assert t.snap.version == 7 and link.after == 7 and link.source == "control"
+    assert json.loads((tmp_path / "snapshot.json").read_text())["version"] == 7
+    assert [msgspec.to_builtins(a) for a in link._pending] == [{"version": 7, "accepted": True, "reason": ""}]
+
+
+@pytest.mark.parametrize(("body", "header", "version", "why"), [
+    (b"{not json", "8", 8, "not valid JSON"),
+    (json.dumps(doc(version=8, weight=1)).encode(), "8", 8, "unknown field `weight`"),
+    (json.dumps(doc(version=8, host="host2")).encode(), "8", 8, "snapshot is for host 'host2'"),
+    (json.dumps(doc(version=8, inbound="127.0.0.11:5143")).encode(), "8", 8, "listener addresses changed"),
+])
+def test_handle_rejects_with_the_reason_and_changes_nothing(tmp_path: Path, body: bytes, header: str, version: int,
+                                                            why: str) -> None:
+    t = FakeTarget(snap(tmp_path))
+    link = link_for(tmp_path, t)
+    assert not link.handle(body, header)
+    assert t.applied == 0 and not (tmp_path / "snapshot.json").exists()
+    ack = msgspec.to_builtins(link._pending[-1])
+    assert ack["version"] == version and ack["accepted"] is False and why in ack["reason"]
+    assert link.after == version  # not asked for again: the next long-poll waits for a later one
+    assert link.last_reject is not None and why in link.last_reject["reason"]
+
+
+def test_handle_rejects_what_the_target_cannot_apply(tmp_path: Path) -> None:
+    t = FakeTarget(snap(tmp_path), fail="cannot load certs/a.pem")
+    link = link_for(tmp_path, t)
+    assert not link.handle(json.dumps(doc(version=9)).encode(), "9")
+    assert "cannot load certs/a.pem" in link._pending[-1].reason and not (tmp_path / "snapshot.json").exists()
+
+
+def test_an_unreadable_version_is_not_acked_but_backs_off(tmp_path: Path) -> None:
+    link = link_for(tmp_path, FakeTarget(snap(tmp_path)))
+    with pytest.raises(Exception, match="no readable version"):
+        link.handle(b"garbage", None)
+    assert link._pending == []
+
+
+def test_staleness(tmp_path: Path) -> None:
+    link = link_for(tmp_path, FakeTarget(snap(tmp_path)))
+    link.fresh_at = 1000.0
+    assert link.age(now=1012.5) == 12.5
+    assert link.metrics()["control_plane_connected"] == 0.0
+    link._contact()
+    assert link.age() == 0.0 and link.metrics() == {"snapshot_age_seconds": 0.0, "control_plane_connected": 1.0}
+    detail = link.ready_detail()
+    assert detail["control_plane"]["url"] == "http://cp.invalid:4200" and detail["control_plane"]["connected"]
+
+
+# --------------------------------------------------------------------------- health rounds
+
+
+def test_health_rounds_fall_rise_and_sticky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: dict[str, tuple[bool, bool, str]] = {}
+
+    async def probe(address: str, path: str | None, timeout: float, host: str) -> tuple[bool, bool, str]:
+        return answers[address]
+
+    monkeypatch.setattr(health, "probe", probe)
+    two = doc()
+    two["local_services"][0]["instances"] = ["127.0.0.11:8080", "127.0.0.11:8081"]
+    current = {"s": parse_snapshot(json.dumps(two).encode(), str(tmp_path))}
+    h = health.HealthReporter(lambda: current["s"], report=None)  # type: ignore[arg-type]
+
+    def round_(now: float) -> dict[str, tuple[bool, str]]:
+        return {r.address: (r.healthy, r.detail) for r in asyncio.run(h.check_once(now))}
+
+    answers.update({"127.0.0.11:8080": (True, True, "tcp connect ok"),
+                    "127.0.0.11:8081": (False, False, "no answer within 1000 ms")})
+    assert round_(0) == {"127.0.0.11:8080": (True, "tcp connect ok"),
+                         "127.0.0.11:8081": (False, "no answer within 1000 ms")}
+    answers["127.0.0.11:8081"] = (True, True, "tcp connect ok")
+    assert round_(1)["127.0.0.11:8081"] == (True, "tcp connect ok")
+    answers["127.0.0.11:8081"] = (False, False, "no answer within 1000 ms")
+    assert round_(2)["127.0.0.11:8081"][0] is True  # one timeout is not enough
+    assert round_(3)["127.0.0.11:8081"][0] is False  # two are
+    answers["127.0.0.11:8080"] = (False, True, "connect refused")
+    assert round_(4)["127.0.0.11:8080"] == (False, "connect refused")  # refused counts at once
+
+    # 8081 leaves the snapshot while unhealthy (the control plane dropped it): still checked, so it can
+    # be seen coming back. Once healthy and still absent, it was removed on purpose: dropped.
+    current["s"] = snap(tmp_path)  # only 8080
+    assert set(round_(5)) == {"127.0.0.11:8080", "127.0.0.11:8081"}
+    answers["127.0.0.11:8081"] = (True, True, "tcp connect ok")
+    assert round_(6)["127.0.0.11:8081"] == (True, "tcp connect ok")
+    assert set(round_(7)) == {"127.0.0.11:8080"}
+    # An unhealthy one that stays out is given up after STICKY_S.
+    answers["127.0.0.11:8080"] = (False, True, "connect refused")
+    current["s"] = snap(tmp_path, local_services=[{**DOC["local_services"][0], "instances": ["127.0.0.11:9090"]}])
+    answers["127.0.0.11:9090"] = (True, True, "tcp connect ok")
+    assert set(round_(8)) == {"127.0.0.11:8080", "127.0.0.11:9090"}
+    assert set(round_(8 + health.STICKY_S + 1)) == {"127.0.0.11:9090"}
+
+
+def test_health_specs_follow_the_snapshot(tmp_path: Path) -> None:
+    d = doc()
+    d["local_services"][0].update(health_http="/healthz", health_interval_ms=500, health_timeout_ms=200)
+    d["local_services"].append({"name": "db", "protocol": "tcp", "instances": ["127.0.0.11:5432"],
+                                "cert": "certs/db.pem", "key": "certs/db.key", "health_http": "/ignored"})
+    s = parse_snapshot(json.dumps(d).encode(), str(tmp_path))
+    sp = health.specs(s)
+    assert sp["a"][0] == health.Spec("/healthz", 0.5, 0.2) and sp["a"][1] == ["127.0.0.11:8080"]
+    assert sp["db"][0].http_path is None  # a tcp service is checked by connecting
+    h = health.HealthReporter(lambda: s, report=None)  # type: ignore[arg-type]
+    assert h.interval_s() == 0.5
