@@ -19,6 +19,7 @@ from typing import Literal, cast
 import msgspec
 
 from glassmesh.control.config import HostConfig, MeshConfig, ServiceConfig
+from glassmesh.control.discovery import SOURCE_DNS, is_external
 from glassmesh.control.layout import host_layout, index, join
 from glassmesh.control.store import HostRecord, InstanceRecord
 from glassmesh.model.snapshot import Endpoint, LocalService, Service, Snapshot, TcpLink, split_address
@@ -54,7 +55,12 @@ def healthy_instances(cfg: MeshConfig, instances: Iterable[InstanceRecord],
     runs = _runs(cfg, effective_hosts(cfg, hosts))
     healthy: dict[str, set[InstanceKey]] = {s.name: set() for s in cfg.services}
     sick: set[tuple[str, str, str]] = set()
+    dns = {s.name for s in cfg.services if s.dns is not None}
     for r in instances:
+        if is_external(r.host):  # DNS discovery: no mesh host runs these, the service's `dns:` vouches
+            if r.source == SOURCE_DNS and r.service in dns and r.healthy:
+                healthy[r.service].add((r.host, r.address))
+            continue
         if r.service not in healthy or r.service not in runs.get(r.host, ()):
             continue
         if r.healthy:
@@ -100,7 +106,10 @@ def _service_structs(cfg: MeshConfig, endpoints: Mapping[str, Iterable[InstanceK
             prev.setdefault(svc.name, svc)
     out: dict[str, Service] = {}
     for s in cfg.services:
-        eps = [Endpoint(address=inbound[h], host=h) for h, _ in sorted(endpoints.get(s.name, ())) if h in inbound]
+        # A mesh instance is reached through its host's proxy (inbound port); an external (DNS)
+        # one has no proxy in front, so its endpoint is its own address.
+        eps = [Endpoint(address=a if is_external(h) else inbound[h], host=h)
+               for h, a in sorted(endpoints.get(s.name, ())) if is_external(h) or h in inbound]
         new = Service(name=s.name, protocol=s.protocol, endpoints=eps)
         old = prev.get(s.name)
         out[s.name] = old if old is not None and old == new else new

@@ -17,12 +17,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from glassmesh.control.compile import compile_snapshots, healthy_instances
 from glassmesh.control.config import MeshConfig, from_doc
+from glassmesh.control.dns import DnsDiscovery, Resolver
 from glassmesh.control.guard import Decision, InstanceKey, guard
 from glassmesh.control.store import Store, StoreError
 from glassmesh.model.snapshot import Snapshot
@@ -38,7 +40,7 @@ def _keys(value: dict[str, Any] | None) -> list[InstanceKey]:
 class Plane:
     """Compiled snapshots per host, the guard's decisions, and the long-poll wake-ups."""
 
-    def __init__(self, store: Store, trust_domain: str) -> None:
+    def __init__(self, store: Store, trust_domain: str, dns_servers: Sequence[str] = ()) -> None:
         self.store = store
         self.trust_domain = trust_domain
         self.snapshots: dict[str, Snapshot] = {}
@@ -51,12 +53,17 @@ class Plane:
         self._encoded: dict[str, tuple[int, bytes]] = {}
         self._wake = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        # DNS discovery (services with `dns:`): its answers go into the store as instances of the
+        # pseudo-host "external", so they reach compile (and every replica) like any other report.
+        self.dns = DnsDiscovery(store, Resolver(dns_servers))
 
     # --- the loop ------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="compile-loop")
+        self.dns.start()
 
     async def stop(self) -> None:
+        await self.dns.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -89,6 +96,7 @@ class Plane:
         rev = await store.revision()
         cur = await store.current()
         cfg = from_doc(cur.doc) if cur else MeshConfig()
+        self.dns.configure(cfg)  # follow `dns:` changes; answers come back through the store
         instances = await store.instances()
         hosts = await store.hosts()
         pushed = await store.records("pushed")

@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -68,9 +68,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: str = "",
-             listen: str = "") -> web.Application:
+             listen: str = "", dns_servers: Sequence[str] = ()) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=8 << 20)
-    plane = Plane(store, trust_domain)
+    plane = Plane(store, trust_domain, dns_servers)
     replica_id = replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     app[api.PLANE], app[api.STORE], app[api.REPLICA] = plane, store, replica_id
     api.add_routes(app)
@@ -103,10 +103,10 @@ async def _heartbeat(store: Store, replica_id: str, listen: str) -> None:
         await asyncio.sleep(HEARTBEAT_S)
 
 
-async def serve(store: Store, listen: str, trust_domain: str) -> None:
-    """Run until SIGINT/SIGTERM."""
+async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Sequence[str] = ()) -> None:
+    """Run until SIGINT/SIGTERM. dns_servers: "ip[:port]" for DNS discovery (default: /etc/resolv.conf)."""
     host, _, port = listen.rpartition(":")
-    app = make_app(store, trust_domain, listen=listen)
+    app = make_app(store, trust_domain, listen=listen, dns_servers=dns_servers)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
