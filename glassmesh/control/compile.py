@@ -14,7 +14,7 @@ make 200 proxies reload.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -94,7 +94,8 @@ def _local_instances(svcs: dict[str, ServiceConfig], host: HostConfig, names: It
 
 
 def _service_structs(cfg: MeshConfig, endpoints: Mapping[str, Iterable[InstanceKey]],
-                     inbound: dict[str, str], versions: Mapping[str, Snapshot]) -> dict[str, Service]:
+                     inbound: dict[str, str], versions: Mapping[str, Snapshot],
+                     drained: frozenset[str] = frozenset()) -> dict[str, Service]:
     """One immutable Service per service, shared by every host's snapshot (compiled once, not per host).
 
     An unchanged service reuses the previous compile's object, so comparing a
@@ -108,9 +109,9 @@ def _service_structs(cfg: MeshConfig, endpoints: Mapping[str, Iterable[InstanceK
     for s in cfg.services:
         # A mesh instance is reached through its host's proxy (inbound port); an external (DNS)
         # one has no proxy in front, so its endpoint is its own address.
-        eps = [Endpoint(address=a if is_external(h) else inbound[h], host=h)
+        eps = [Endpoint(address=a, host=h, mesh=False) if is_external(h) else Endpoint(address=inbound[h], host=h)
                for h, a in sorted(endpoints.get(s.name, ())) if is_external(h) or h in inbound]
-        new = Service(name=s.name, protocol=s.protocol, endpoints=eps)
+        new = Service(name=s.name, protocol=s.protocol, endpoints=eps, drained=s.name in drained)
         old = prev.get(s.name)
         out[s.name] = old if old is not None and old == new else new
     return out
@@ -126,6 +127,7 @@ def compile_snapshots(
     endpoints: Mapping[str, Iterable[InstanceKey]] | None = None,
     version: int = 0,
     trust_bundle: str = "certs/ca.pem",
+    drained: Iterable[str] = (),
 ) -> dict[str, Snapshot]:
     """host -> its snapshot.
 
@@ -140,7 +142,7 @@ def compile_snapshots(
         endpoints = healthy_instances(cfg, records, hosts)
     all_hosts = effective_hosts(cfg, hosts)
     inbound = {h.name: h.address for h in all_hosts}
-    services = _service_structs(cfg, endpoints, inbound, versions)
+    services = _service_structs(cfg, endpoints, inbound, versions, frozenset(drained))
     by_host: dict[str, list[InstanceRecord]] = {}
     for r in records:
         by_host.setdefault(r.host, []).append(r)
@@ -162,7 +164,7 @@ def compile_snapshots(
             inbound=lay.inbound, admin=lay.admin,
             local_services=[
                 LocalService(name=n, protocol=_protocol(svcs, n), instances=local[n], outbound=lay.outbound[n],
-                             cert=f"certs/{n}.pem", key=f"certs/{n}.key")
+                             cert=f"certs/{n}.pem", key=f"certs/{n}.key", **_health(svcs.get(n)))
                 for n in lay.local_services
             ],
             services=[services[n] for n in sorted(wanted)],
@@ -174,6 +176,14 @@ def compile_snapshots(
         else:
             out[h.name] = msgspec.structs.replace(snap, version=max(version, (prev.version if prev else 0) + 1))
     return out
+
+
+def _health(svc: ServiceConfig | None) -> dict[str, Any]:
+    """How the instance's own proxy checks it, from the service's `health:` (default: TCP connect)."""
+    h = svc.health if svc is not None else None
+    if h is None:
+        return {}
+    return {"health_http": h.http, "health_interval_ms": h.interval_ms, "health_timeout_ms": h.timeout_ms}
 
 
 def _protocol(svcs: dict[str, ServiceConfig], name: str) -> Literal["http", "tcp"]:

@@ -100,15 +100,17 @@ class Plane:
         instances = await store.instances()
         hosts = await store.hosts()
         pushed = await store.records("pushed")
+        drained = set(await store.records("drained"))
         decision = guard(
             {s: _keys(v) for s, v in pushed.items()},
             healthy_instances(cfg, instances, hosts),
             max_drop={s.name: s.max_endpoint_drop for s in cfg.services},
-            drained=set(await store.records("drained")),
+            drained=drained,
         )
         await self._record(decision, pushed, cfg)
         snaps = compile_snapshots(cfg, instances, hosts, trust_domain=self.trust_domain,
-                                  versions=self.snapshots, endpoints=decision.push, version=rev)
+                                  versions=self.snapshots, endpoints=decision.push, version=rev,
+                                  drained=drained)
         now = time.time()
         for h, s in snaps.items():
             if self.snapshots.get(h) is not s:

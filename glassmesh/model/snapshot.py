@@ -55,10 +55,15 @@ class LocalService(msgspec.Struct, **_STRUCT):
 
 
 class Endpoint(msgspec.Struct, **_STRUCT):
-    """One instance of a remote service, reached through its host's inbound port."""
+    """One instance of a remote service, reached through its host's inbound port.
+
+    With mesh=False the address is the instance itself (found by DNS, no proxy
+    in front of it): reached in plain HTTP or TCP, and shown as such.
+    """
 
     address: Address
     host: Name
+    mesh: bool = True
 
 
 class Service(msgspec.Struct, **_STRUCT):

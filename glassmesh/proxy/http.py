@@ -49,6 +49,9 @@ _perf = time.perf_counter
 _mono = time.monotonic
 HIGH_WATER = 256 * 1024
 _FORWARD_1XX = (100, 102, 103)
+MAX_TRIES = 3
+# Errors a peer's inbound side makes before anything reached an app: safe to send elsewhere.
+_RETRYABLE_AT_INBOUND = (b"connect_refused", b"connect_timeout", b"no_endpoints", b"misdirected")
 
 
 class Routed:
@@ -114,6 +117,8 @@ class Exchange:
     service: str | None = None
     cancelled = False
     head_size = 0
+    up_head: bytes | None = None  # built once, so that a retry sends the same head
+    tried: set[tuple[str, int]] | None = None  # endpoints this request was already sent toward
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
@@ -367,7 +372,9 @@ class ServerConn(asyncio.Protocol):
             self.rt.spawn(self._connect_and_start(ex, r))
 
     async def _connect_and_start(self, ex: Exchange, r: Routed) -> None:
-        tried: set[tuple[str, int]] = set()
+        tried = ex.tried
+        if tried is None:
+            tried = ex.tried = set()
         while True:
             pool = r.pool
             tried.add((pool.key.host, pool.key.port))
@@ -378,7 +385,7 @@ class ServerConn(asyncio.Protocol):
                 if ex.cancelled:
                     return
                 # Nothing was sent yet, so another endpoint is always safe to try.
-                nxt = self.side.reroute(ex, tried) if len(tried) < 3 else None
+                nxt = self.side.reroute(ex, tried) if len(tried) < MAX_TRIES else None
                 if nxt is None:
                     self._mesh_error(ex, e.reason, str(e))
                     self.flush()
@@ -485,7 +492,8 @@ class ServerConn(asyncio.Protocol):
         if not rh.has_rid and ex.request_id:
             out.append((REQUEST_ID, ex.request_id))
         mine = b"%s/%s;dur=%.3f" % (self.rt.host_b, side.name_b, (_perf() - ex.t0) * 1000)
-        prev = rh.trail if side.trust_trail else None
+        # Only a peer proxy's trail is ours to extend; an app outside the mesh may say anything.
+        prev = rh.trail if side.trust_trail and ex.routed.pool.ssl_ctx is not None else None
         out.append((TRAIL_HEADER, mine + b", " + prev if prev else mine))
         if framing == Framing.LENGTH:
             out.append((b"content-length", b"%d" % length))
@@ -538,6 +546,7 @@ class UpstreamConn(asyncio.Protocol):
         self.rh: ResponseHead | None = None
         self.status = 0
         self.lost = False
+        self.retry_to: Routed | None = None
         self.read_paused = False
         self.used = 0
         self.idle_since = 0.0
@@ -638,7 +647,10 @@ class UpstreamConn(asyncio.Protocol):
         self.client = ex.conn
         self.head_only = ex.method == b"HEAD"
         self.interim = False
-        self.wbuf.append(self.client.build_upstream_head(ex))
+        head = ex.up_head
+        if head is None:
+            head = ex.up_head = self.client.build_upstream_head(ex)
+        self.wbuf.append(head)
         ex.sent_at = _mono()
         for b in ex.pending:
             self.send_body(b)
@@ -730,6 +742,8 @@ class UpstreamConn(asyncio.Protocol):
                 c.write(_head(status_line(status), rh.forward))
             return
         rh = self.rh
+        if status in (502, 503, 504, 421) and self.pool.ssl_ctx is not None and self._retry_elsewhere(ex, rh):
+            return
         self.resp_framing, length = rh.framing(status, ex.method)
         ex.resp_started = True
         c.write(c.build_response_head(ex, status, rh, self.resp_framing, length))
@@ -739,6 +753,8 @@ class UpstreamConn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         ex = self.ex
+        if self.retry_to is not None:
+            return  # the peer's error, being replaced by another endpoint's answer
         ex.routed.link.bytes_resp += len(body)
         if ex.resp_chunked:
             self.client.write(chunk(body))
@@ -754,7 +770,50 @@ class UpstreamConn(asyncio.Protocol):
         ex = self.ex
         if ex is None:
             return
+        if self.retry_to is not None:
+            self._resend(ex)
+            return
         self._complete(ex, reusable=self.parser.should_keep_alive())
+
+    def _retry_elsewhere(self, ex: Exchange, rh: ResponseHead) -> bool:
+        """The peer proxy could not reach its app: nothing reached an app, so another endpoint may have it.
+
+        Only for requests without a body (a body already streamed cannot be sent again).
+        """
+        if ex.framing != Framing.NONE or not ex.req_done or ex.upgrade:
+            return False
+        err = next((v for n, v in rh.forward if n.lower() == b"glassmesh-error"), None)
+        if err is None or not err.endswith(b"/inbound") or err.split(b";", 1)[0] not in _RETRYABLE_AT_INBOUND:
+            return False
+        tried = ex.tried
+        if tried is None:
+            tried = ex.tried = set()
+        tried.add((self.pool.key.host, self.pool.key.port))
+        nxt = ex.conn.side.reroute(ex, tried) if len(tried) < MAX_TRIES else None
+        if nxt is None:
+            return False
+        self.retry_to = nxt
+        self.rt.stats.error("outbound", "retried_" + err.split(b";", 1)[0].decode())
+        return True
+
+    def _resend(self, ex: Exchange) -> None:
+        nxt = self.retry_to
+        self.retry_to = None
+        c = self.client
+        self.ex = None
+        ex.upstream = None
+        if self.parser.should_keep_alive() and not self.lost:
+            self.client = None
+            self.pool.put(self)
+        else:
+            self.close()
+        ex.routed = nxt
+        conn = nxt.pool.take()
+        if conn is not None:
+            conn.start(ex)
+            conn.flush()
+        else:
+            self.rt.spawn(c._connect_and_start(ex, nxt))
 
     def _head_done(self, data: bytes) -> None:
         ex = self.ex

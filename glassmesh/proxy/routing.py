@@ -49,7 +49,7 @@ class Remote:
 
     name: str
     protocol: str
-    endpoints: RoundRobin  # of (PoolKey, host name)
+    endpoints: RoundRobin  # of (ip, port, host name, through a mesh proxy?)
 
 
 @dataclass
@@ -92,7 +92,7 @@ def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
         eps = []
         for ep in svc.endpoints:
             h, p = split_address(ep.address)
-            eps.append((h, p, ep.host))
+            eps.append((h, p, ep.host, ep.mesh))
         remotes[svc.name] = Remote(svc.name, svc.protocol, RoundRobin(eps))
     locals_: dict[str, Local] = {}
     for ls in snap.local_services:

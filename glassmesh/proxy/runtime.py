@@ -43,7 +43,7 @@ class Runtime:
         self.stats.snapshot_version = snap.version
         self.generation = getattr(self, "generation", 0) + 1
         # Keep warm connections to endpoints that are still there; new ones use the new certificates.
-        live = {(h, p) for r in table.remotes.values() for h, p, _ in r.endpoints.items}
+        live = {(ep[0], ep[1]) for r in table.remotes.values() for ep in r.endpoints.items}
         live |= {(k.host, k.port) for loc in table.locals.values() for k in loc.instances.items}
         for key in list(self.pools):
             pool = self.pools[key]

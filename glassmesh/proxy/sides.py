@@ -78,7 +78,7 @@ class OutboundSide(Side):
                 return self._routed(ex.service, ep)
         return None
 
-    def _routed(self, svc: str, ep: tuple[str, int, str]) -> Routed:
+    def _routed(self, svc: str, ep: tuple[str, int, str, bool]) -> Routed:
         rt = self.rt
         if self._gen != rt.generation:
             self._cache = {}
@@ -87,8 +87,10 @@ class OutboundSide(Side):
         r = self._cache.get(key)
         if r is None:
             link = self.link_for(svc)
-            pool = rt.pool(PoolKey(ep[0], ep[1], self.source, svc), link)
-            r = self._cache[key] = Routed(pool, link, svc, [])
+            # A mesh endpoint is a peer proxy (mTLS as this source, SNI = service); one
+            # found by DNS is the instance itself, reached in plain HTTP.
+            pk = PoolKey(ep[0], ep[1], self.source, svc) if ep[3] else PoolKey(ep[0], ep[1], None, None)
+            r = self._cache[key] = Routed(rt.pool(pk, link), link, svc, [])
         return r
 
 

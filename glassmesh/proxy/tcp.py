@@ -242,7 +242,10 @@ class TcpLinkClient(PlainSide):
         tried = 0
         while tried < min(3, len(eps)):
             tried += 1
-            h, p, _ = remote.endpoints.pick()
+            h, p, _, mesh = remote.endpoints.pick()
+            if not mesh:
+                rt.stats.error("outbound", "not_implemented")  # tcp links to DNS instances: not yet
+                continue
             key = PoolKey(h, p, self.source, self.destination)
             pool = Pool(key, rt.table.client_ctx_tcp[self.source], rt.table.expected_peer(self.destination),
                         self.relay.link, rt.timeouts.connect_ms / 1000)
