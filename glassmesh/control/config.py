@@ -172,7 +172,9 @@ def to_doc(cfg: MeshConfig) -> dict[str, Any]:
 def canonical_yaml(doc: dict[str, Any] | None) -> str:
     if not doc:
         return ""
-    return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, allow_unicode=True)
+    # libyaml's dumper when there is one: the pure-Python one took a second for a 1,000-service mesh.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(doc, Dumper=dumper, sort_keys=True, default_flow_style=False, allow_unicode=True)
 
 
 def canonical_json(doc: dict[str, Any]) -> bytes:

@@ -23,7 +23,7 @@ from glassmesh.control.config import (
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import ConfigVersion, Conflict, Store
 from glassmesh.control.yamlpos import compose, line_of
-from glassmesh.model.snapshot import SnapshotError, encode_snapshot, parse_snapshot
+from glassmesh.model.snapshot import SnapshotError, check_snapshot
 
 
 class NotFound(LookupError):
@@ -40,9 +40,10 @@ async def _check_compiles(store: Store, cfg: Any, text: str, filename: str, trus
                               versions={})
     root = compose(text)
     problems = []
+    checked: set[int] = set()
     for i, h in enumerate(cfg.hosts):
         try:
-            parse_snapshot(encode_snapshot(snaps[h.name]))
+            check_snapshot(snaps[h.name], checked)
         except SnapshotError as e:
             problems.append(Problem(line_of(root, f"hosts[{i}]"), f"hosts[{i}]", f"its snapshot would be refused: {e}"))
     if problems:

@@ -33,6 +33,18 @@ log = logging.getLogger("glassmesh.control")
 DEBOUNCE_S = 0.02  # let a burst of writes (200 acks) settle into one compile
 
 
+def _fingerprint(config_version: int, instances: list[Any], hosts: list[Any],
+                 pushed: dict[str, Any], drained: set[str]) -> bytes:
+    """Everything a compile reads, and nothing it does not (report times, acks, last-seen)."""
+    return msgspec.json.encode([
+        config_version,
+        sorted((r.service, r.host, r.address, r.healthy, r.source) for r in instances),
+        sorted((h.name, list(h.services), h.inbound, h.admin) for h in hosts),
+        sorted((k, _keys(v)) for k, v in pushed.items()),
+        sorted(drained),
+    ])
+
+
 def _keys(value: dict[str, Any] | None) -> list[InstanceKey]:
     return sorted((h, a) for h, a in (value or {}).get("endpoints", []))
 
@@ -51,6 +63,7 @@ class Plane:
         self.config_version = 0
         self.last_error = ""
         self._encoded: dict[str, tuple[int, bytes]] = {}
+        self._inputs = b""  # fingerprint of what the snapshots in hand were compiled from
         self._wake = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         # DNS discovery (services with `dns:`): its answers go into the store as instances of the
@@ -101,6 +114,12 @@ class Plane:
         hosts = await store.hosts()
         pushed = await store.records("pushed")
         drained = set(await store.records("drained"))
+        inputs = _fingerprint(cur.version if cur else 0, instances, hosts, pushed, drained)
+        if inputs == self._inputs:
+            # Only things compile does not read moved (an ack, a report that changed nothing
+            # but its time): 200 acks after a push must not mean 200 compiles.
+            self.revision = rev
+            return
         decision = guard(
             {s: _keys(v) for s, v in pushed.items()},
             healthy_instances(cfg, instances, hosts),
@@ -108,9 +127,14 @@ class Plane:
             drained=drained,
         )
         await self._record(decision, pushed, cfg)
-        snaps = compile_snapshots(cfg, instances, hosts, trust_domain=self.trust_domain,
-                                  versions=self.snapshots, endpoints=decision.push, version=rev,
-                                  drained=drained)
+        # Compiling a large mesh takes a few hundred ms: off the event loop, so that long-polls,
+        # acks and reports are still answered meanwhile.
+        snaps = await asyncio.to_thread(
+            compile_snapshots, cfg, instances, hosts, trust_domain=self.trust_domain,
+            versions=self.snapshots, endpoints=decision.push, version=rev, drained=drained)
+        # What _record just wrote is part of the inputs this compile answers.
+        self._inputs = _fingerprint(cur.version if cur else 0, instances, hosts,
+                                    await store.records("pushed"), drained)
         now = time.time()
         for h, s in snaps.items():
             if self.snapshots.get(h) is not s:

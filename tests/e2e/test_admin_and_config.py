@@ -31,9 +31,7 @@ def test_health_ready_and_config(ab: AB) -> None:
         for k in ("version", "host", "trust_domain", "inbound", "admin", "tcp_links"):
             assert got[k] == want[k], k
         assert [s["name"] for s in got["local_services"]] == [s["name"] for s in want["local_services"]]
-        assert [{k: v for k, v in e.items() if k != "mesh"} for e in got["services"][0]["endpoints"]] == \
-            want["services"][0]["endpoints"]
-        assert all(e["mesh"] is True for e in got["services"][0]["endpoints"]), "endpoints default to peer proxies"
+        assert got["services"][0]["endpoints"] == want["services"][0]["endpoints"]
         assert [s.get("outbound") for s in got["local_services"]] == [s.get("outbound") for s in want["local_services"]]
 
 
