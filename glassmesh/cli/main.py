@@ -26,6 +26,7 @@ _COMMANDS = {
     "status": ("glassmesh.cli.status_cmd", "status"),
     "release": ("glassmesh.cli.status_cmd", "release"),
     "drain": ("glassmesh.cli.status_cmd", "drain"),
+    "host": ("glassmesh.cli.host_cmd", "host"),
 }
 
 

@@ -10,38 +10,56 @@ import click
               help="Snapshot file (JSON) this proxy serves; SIGHUP reloads it. With --control: the snapshot "
                    "to start from when DIR has no last-known-good one.")
 @click.option("--control", "control", default=None, metavar="URL",
-              help="Control plane to watch for this host's snapshot (e.g. http://127.0.0.1:4200).")
-@click.option("--host", "host", default=None, help="This host's name in the mesh (with --control).")
+              help="Control plane to watch for this host's snapshot: its proxy listener "
+                   "(https://127.0.0.1:4201, mutual TLS with the host identity from --join), or, for a host "
+                   "provisioned with certificate files, its API over plain HTTP (http://127.0.0.1:4200).")
+@click.option("--host", "host", default=None,
+              help="This host's name in the mesh (with --control; with https:// it comes from the join "
+                   "token and, if given, must match).")
 @click.option("--data", "data_dir", default=None, type=click.Path(file_okay=False),
               help="State directory (with --control): DIR/snapshot.json is the last-known-good snapshot, "
-                   "certificates are read from DIR/certs/.")
+                   "certificates are in DIR/certs/, the host identity in DIR/identity/.")
+@click.option("--join", "join", default=None, metavar="TOKEN",
+              help="Single-use join token from `glassmesh host add`: the first start gets the host identity "
+                   "with it (keys are made here, only a CSR is sent); later starts use DIR/identity.")
+@click.option("--ca-sha256", "ca_sha256", default=None, metavar="HEX",
+              help="SHA-256 of the control plane's CA, printed by `glassmesh host add`: checked before the "
+                   "join trusts it.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes sharing the listening ports (SO_REUSEPORT).")
 @click.option("--access-log", type=click.Path(dir_okay=False), default=None,
               help="Append one JSON line per request to this file.")
 @click.option("--tls-keylog", type=click.Path(dir_okay=False), default=None,
               help="Write TLS session keys here (NSS key log format) so Wireshark/tshark can decrypt captures.")
-def proxy(config: str | None, control: str | None, host: str | None, data_dir: str | None, workers: int,
-          access_log: str | None, tls_keylog: str | None) -> None:
+def proxy(config: str | None, control: str | None, host: str | None, data_dir: str | None, join: str | None,
+          ca_sha256: str | None, workers: int, access_log: str | None, tls_keylog: str | None) -> None:
     """Run the data plane of one host: outbound listeners, the mTLS inbound port, tcp links and admin."""
     from glassmesh.model.snapshot import SnapshotError
+    from glassmesh.proxy.enroll import EnrollError
     from glassmesh.proxy.server import StartupError, run
 
     try:
         if control is not None:
-            if not host or not data_dir:
-                raise click.UsageError("--control needs --host NAME and --data DIR")
             if not control.startswith(("http://", "https://")):
                 raise click.UsageError(f"--control must be an http:// or https:// URL, got {control!r}")
+            if control.startswith("http://"):
+                if join:
+                    raise click.UsageError("--join goes over TLS: give --control https://ADDR, the control "
+                                           "plane's proxy listener (--proxy-listen, default 127.0.0.1:4201)")
+                if not host or not data_dir:
+                    raise click.UsageError("--control needs --host NAME and --data DIR")
+            if not data_dir:
+                raise click.UsageError("--control needs --data DIR")
             from glassmesh.proxy.watch import run_controlled
 
             run_controlled(control, host, data_dir, seed=config, workers=workers, keylog=tls_keylog,
-                           access_log=access_log)
+                           access_log=access_log, join=join, ca_sha256=ca_sha256)
             return
         if config is None:
-            raise click.UsageError("give --config FILE, or --control URL --host NAME --data DIR")
-        if host or data_dir:
-            raise click.UsageError("--host and --data go with --control")
+            raise click.UsageError("give --config FILE, or --control URL --host NAME --data DIR (or, to join, "
+                                   "--control https://ADDR --join TOKEN --ca-sha256 HEX --data DIR)")
+        if host or data_dir or join:
+            raise click.UsageError("--host, --data and --join go with --control")
         run(config, workers=workers, keylog=tls_keylog, access_log=access_log)
-    except (SnapshotError, StartupError) as e:
+    except (SnapshotError, StartupError, EnrollError) as e:
         raise click.ClickException(str(e)) from None

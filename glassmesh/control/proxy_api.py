@@ -1,9 +1,10 @@
 """The proxy-facing API: watch a snapshot (long-poll), acknowledge it, report instances.
 
-Separate from the operator API because it gets a different front door next:
-mutual TLS with the host identity, where `{host}` must match the client
-certificate. The handlers take the host from `host_of(request)` so that
-check slots in one place.
+Served on both listeners: over mutual TLS on the proxy listener, where
+`{host}` must match the client certificate's host identity, and (for now)
+over plain HTTP on the operator listener for hosts that never joined. The
+handlers take the host from `host_of(request)`, which is where that check
+lives (identity_api.authorize).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from glassmesh.control.api import PLANE, STORE, decode, error, json_response
+from glassmesh.control.identity_api import authorize, is_tls
 from glassmesh.control.layout import local_services
 from glassmesh.control.store import HostRecord, InstanceRecord
 from glassmesh.model.snapshot import Address
@@ -41,13 +43,13 @@ class Report(msgspec.Struct, **_S):
     ttl_s: float = 15.0
 
 
-def host_of(request: web.Request) -> str:
-    """The host a request speaks for. Today: the path; with mTLS: checked against the peer certificate."""
-    return request.match_info["host"]
+async def host_of(request: web.Request) -> str:
+    """The host a request speaks for: the path's, once `identity_api.authorize` has checked the caller (403)."""
+    return await authorize(request)
 
 
 async def snapshot(request: web.Request) -> web.Response:
-    host = host_of(request)
+    host = await host_of(request)
     plane = request.app[PLANE]
     try:
         after = int(request.query.get("after", "0"))
@@ -75,7 +77,7 @@ async def _host_record(request: web.Request, host: str) -> HostRecord:
 
 
 async def ack(request: web.Request) -> web.Response:
-    host = host_of(request)
+    host = await host_of(request)
     req: Ack = await decode(request, Ack)
     rec = await _host_record(request, host)
     now = time.time()
@@ -89,7 +91,7 @@ async def ack(request: web.Request) -> web.Response:
 
 
 async def instances(request: web.Request) -> web.Response:
-    host = host_of(request)
+    host = await host_of(request)
     req: Report = await decode(request, Report)
     if not 1.0 <= req.ttl_s <= 3600.0:
         return error(400, "ttl_s must be between 1 and 3600 seconds")
@@ -97,8 +99,13 @@ async def instances(request: web.Request) -> web.Response:
     cfg_host = plane.config.host(host)
     runs = set(local_services(plane.config, cfg_host)) if cfg_host else set()
     now = time.time()
+    reported = req.instances
+    if is_tls(request):  # identity: a joined host reports only the services it was admitted for
+        admitted = set((await _host_record(request, host)).services)
+        runs = (runs | admitted) if cfg_host is None else (runs & admitted)
+        reported = [i for i in reported if i.service in admitted]
     recs = [InstanceRecord(service=i.service, host=host, address=i.address, healthy=i.healthy, source="proxy",
-                           checked_at=now, detail=i.detail) for i in req.instances]
+                           checked_at=now, detail=i.detail) for i in reported]
     await request.app[STORE].put_instances(host, recs, req.ttl_s)
     ignored = sorted({i.service for i in req.instances if i.service not in runs})
     return json_response({"host": host, "instances": len(recs), "ignored_services": ignored})

@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from glassmesh.control import api, proxy_api
+from glassmesh.control import api, identity_api, proxy_api
 from glassmesh.control.config import ConfigError
+from glassmesh.control.identity import Identity, IdentityError
 from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
@@ -65,16 +66,22 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return api.error(404, str(e.args[0]))
     except StoreError as e:
         return api.error(503, f"store unavailable: {e}")
+    except IdentityError as e:  # a refused join or certificate request: 400/403/404 with the reason
+        return api.error(e.status, str(e))
 
 
 def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: str = "",
-             listen: str = "", dns_servers: Sequence[str] = ()) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=8 << 20)
+             listen: str = "", dns_servers: Sequence[str] = (), identity: Identity | None = None) -> web.Application:
+    """One app for both listeners; `identity_api.listener_guard` keeps each route on its own listener."""
+    app = web.Application(middlewares=[errors, identity_api.listener_guard], client_max_size=8 << 20)
+    if identity is not None:
+        app[identity_api.IDENTITY] = identity
     plane = Plane(store, trust_domain, dns_servers)
     replica_id = replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     app[api.PLANE], app[api.STORE], app[api.REPLICA] = plane, store, replica_id
     api.add_routes(app)
     proxy_api.add_routes(app)
+    identity_api.add_routes(app)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         plane.start()
@@ -92,6 +99,27 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
     return app
 
 
+async def _serve_proxy_listener(runner: web.AppRunner, identity: Identity, proxy_listen: str, explicit: bool,
+                                tls_dir: str) -> None:
+    """The mTLS listener for proxies (see identity_api): joins, certificates, snapshots, reports."""
+    phost, _, pport = proxy_listen.rpartition(":")
+    ctx = identity.server_ssl(tls_dir)
+    try:
+        await web.TCPSite(runner, phost.strip("[]") or "127.0.0.1", int(pport), ssl_context=ctx,
+                          reuse_address=True).start()
+    except OSError as e:
+        if explicit:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen on {proxy_listen} (--proxy-listen): {e.strerror or e}") from None
+        log.warning("proxy listener not started: cannot listen on %s (%s); proxies cannot join this replica "
+                    "(give --proxy-listen ADDR)", proxy_listen, e.strerror or e)
+        return
+    identity.proxy_url = f"https://{proxy_listen}"
+    log.info("proxy listener (mTLS) on https://%s, trust domain %s", proxy_listen, identity.trust_domain)
+    print(f"glassmesh control: proxies join and watch on https://{proxy_listen} (mutual TLS, CA sha256 "
+          f"{identity.ca_sha256})", flush=True)
+
+
 async def _heartbeat(store: Store, replica_id: str, listen: str) -> None:
     """Announce this replica (a record with a TTL) so `status` lists the live ones."""
     started = time.time()
@@ -103,10 +131,18 @@ async def _heartbeat(store: Store, replica_id: str, listen: str) -> None:
         await asyncio.sleep(HEARTBEAT_S)
 
 
-async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Sequence[str] = ()) -> None:
-    """Run until SIGINT/SIGTERM. dns_servers: "ip[:port]" for DNS discovery (default: /etc/resolv.conf)."""
+async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Sequence[str] = (),
+                identity: Identity | None = None, proxy_listen: str = "", proxy_listen_explicit: bool = True,
+                tls_dir: str = "") -> None:
+    """Run until SIGINT/SIGTERM. dns_servers: "ip[:port]" for DNS discovery (default: /etc/resolv.conf).
+
+    With `identity`, a second listener on `proxy_listen` serves the proxy routes
+    over TLS (client certificates from the CA); its server certificate is
+    written to `tls_dir`. When that address was only the default and is taken,
+    the replica runs without it (and says so) rather than not at all.
+    """
     host, _, port = listen.rpartition(":")
-    app = make_app(store, trust_domain, listen=listen, dns_servers=dns_servers)
+    app = make_app(store, trust_domain, listen=listen, dns_servers=dns_servers, identity=identity)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -117,6 +153,8 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
         raise StartupError(f"cannot listen on {listen}: {e.strerror or e}") from None
     log.info("control plane listening on http://%s (replica %s)", listen, app[api.REPLICA])
     print(f"glassmesh control: listening on http://{listen}", flush=True)
+    if identity is not None and proxy_listen:
+        await _serve_proxy_listener(runner, identity, proxy_listen, proxy_listen_explicit, tls_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,6 +13,12 @@ a timeout, every failure is logged once and retried with backoff, and the
 proxy serves on, for as long as it takes, from the snapshot it has (or from
 disk after a restart), reporting how stale it is. It talks HTTP only and
 never imports glassmesh.control.
+
+With a host identity (DIR/identity, from a join: see enroll.py) every call is
+mutual TLS with the host certificate, each snapshot's local services get
+their certificates by CSR before it is applied, and a background task renews
+them at half-life and reloads. Without one (an http:// control URL and
+certificate files put in DIR/certs by hand) it is plain HTTP, as before.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import uvloop
 from glassmesh.api.wire import VERSION_HEADER, Ack, Report, Reported, ack_path, instances_path, snapshot_path
 from glassmesh.model.snapshot import Snapshot, SnapshotError, load_snapshot, parse_snapshot
 from glassmesh.proxy import lkg
+from glassmesh.proxy.enroll import ProxyIdentity
 from glassmesh.proxy.health import HealthReporter
 from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.runtime import log
@@ -115,10 +122,11 @@ def _short(e: BaseException) -> str:
 class ControlLink:
     """The watch loop, the acks, the health reports and the staleness figures for one proxy."""
 
-    def __init__(self, url: str, host: str, data_dir: str) -> None:
+    def __init__(self, url: str, host: str, data_dir: str, identity: ProxyIdentity | None = None) -> None:
         self.url = url.rstrip("/")
         self.host = host
         self.data_dir = data_dir
+        self.identity = identity  # None: plain HTTP, certificates are files someone else put in DIR/certs
         self.connected = False
         self.last_error = ""
         self.last_contact: float | None = None  # unix time of the last answer from the control plane
@@ -149,6 +157,10 @@ class ControlLink:
         self.health = HealthReporter(target.current, self._report)
         self._tasks = [asyncio.create_task(self._watch(), name="control-watch"),
                        asyncio.create_task(self.health.run(), name="health-checks")]
+        if self.identity is not None:
+            self._tasks.append(asyncio.create_task(
+                self.identity.run_renewals(self._http, self.url, target.current, self._reload_certs),
+                name="cert-renewal"))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -205,17 +217,43 @@ class ControlLink:
             self._outage_logged = True
         self.connected = False
 
+    # --- identity (mTLS) ------------------------------------------------------------
+    def _tls(self) -> dict[str, Any]:
+        """Extra arguments of every call: mutual TLS with the host identity, or nothing (plain HTTP)."""
+        return self.identity.request_kwargs() if self.identity is not None else {}
+
+    async def _prepare(self, snap: Snapshot) -> None:
+        """Before a snapshot is applied: certificates for its local services, by CSR (joined hosts only)."""
+        if self.identity is not None:
+            await self.identity.ensure_service_certs(self._http(), self.url, snap)
+
+    async def _prepare_body(self, body: bytes, header: str | None) -> None:
+        _, got = self._decode(body, header)
+        if isinstance(got, Snapshot):
+            await self._prepare(got)
+
+    def _reload_certs(self) -> None:
+        """Renewed certificates on disk: swap the snapshot in force in again (the SIGHUP path) to load them."""
+        if self._target is None:
+            return
+        try:
+            self._target.apply_snapshot(self._target.current())
+            log("reloaded renewed certificates: new connections use them")
+        except Exception as e:  # noqa: BLE001 - the old contexts keep serving; renewal retries later
+            log(f"renewed certificates could not be loaded, keeping the old ones: {_short(e)}")
+
     # --- HTTP calls ----------------------------------------------------------------
     async def _poll(self) -> tuple[int, str | None, bytes]:
         timeout = aiohttp.ClientTimeout(total=POLL_WAIT_S + 10, sock_connect=CALL_TIMEOUT_S)
         params = {"after": str(self.after), "wait": str(POLL_WAIT_S)}
-        async with self._http().get(self.url + snapshot_path(self.host), params=params, timeout=timeout) as r:
+        async with self._http().get(self.url + snapshot_path(self.host), params=params, timeout=timeout,
+                                    **self._tls()) as r:
             return r.status, r.headers.get(VERSION_HEADER), await r.read()
 
     async def _post(self, path: str, body: bytes) -> None:
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
         async with self._http().post(self.url + path, data=body, timeout=timeout,
-                                     headers={"content-type": "application/json"}) as r:
+                                     headers={"content-type": "application/json"}, **self._tls()) as r:
             text = await r.read()
             if r.status != 200:
                 raise ControlError(f"POST {path}: HTTP {r.status}: {text[:300].decode(errors='replace')}")
@@ -312,6 +350,7 @@ class ControlLink:
                 status, header, body = await self._poll()
                 self._contact()
                 if status == 200:
+                    await self._prepare_body(body, header)
                     self.handle(body, header)
                     await self._flush_acks()
                 elif status != 204:
@@ -350,6 +389,7 @@ class ControlLink:
                         raise ControlError(f"snapshot watch: HTTP {status}: {body[:300].decode(errors='replace')}")
                     version, got = self._decode(body, header)
                     if isinstance(got, Snapshot):
+                        await self._prepare(got)
                         try:
                             compile_table(got)
                         except Exception as e:  # noqa: BLE001 - the reason goes in the ack
@@ -407,11 +447,17 @@ def _initial(link: ControlLink, data_dir: str, seed: str | None) -> Snapshot | N
     return None
 
 
-async def _main(url: str, host: str, data_dir: str, seed: str | None, workers: int, keylog: str | None,
-                access_log: str | None) -> None:
+async def _main(url: str, host: str | None, data_dir: str, seed: str | None, workers: int, keylog: str | None,
+                access_log: str | None, join: str | None = None, ca_sha256: str | None = None) -> None:
+    from glassmesh.proxy import enroll
     from glassmesh.proxy.server import _serve_single, _supervise, bind_unix_sockets
 
-    link = ControlLink(url, host, data_dir)
+    identity = None
+    if url.startswith("https://"):  # the proxy listener: mutual TLS with the host identity (joining first)
+        identity = await enroll.obtain(url, data_dir, host, join, ca_sha256)
+        host = identity.host
+    assert host is not None
+    link = ControlLink(url, host, data_dir, identity)
     snap = _initial(link, data_dir, seed)
     if snap is None:
         loop = asyncio.get_running_loop()
@@ -442,11 +488,17 @@ async def _main(url: str, host: str, data_dir: str, seed: str | None, workers: i
                     os.unlink(ls.outbound_socket)
 
 
-def run_controlled(url: str, host: str, data_dir: str, seed: str | None = None, workers: int = 1,
-                   keylog: str | None = None, access_log: str | None = None) -> None:
-    """`glassmesh proxy --control URL --host NAME --data DIR`: serve from disk or the control plane, watch it."""
+def run_controlled(url: str, host: str | None, data_dir: str, seed: str | None = None, workers: int = 1,
+                   keylog: str | None = None, access_log: str | None = None, join: str | None = None,
+                   ca_sha256: str | None = None) -> None:
+    """`glassmesh proxy --control URL [--host NAME] --data DIR [--join TOKEN --ca-sha256 HEX]`.
+
+    Serve from disk or the control plane and watch it. An https:// URL is the
+    control plane's proxy listener: the proxy joins first if DIR holds no
+    identity (raising enroll.EnrollError when it cannot), then uses mTLS.
+    """
     from glassmesh.proxy.server import _tune_malloc
 
     os.makedirs(data_dir, exist_ok=True)
     _tune_malloc()
-    uvloop.run(_main(url, host, os.path.abspath(data_dir), seed, workers, keylog, access_log))
+    uvloop.run(_main(url, host, os.path.abspath(data_dir), seed, workers, keylog, access_log, join, ca_sha256))

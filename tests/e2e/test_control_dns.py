@@ -170,7 +170,7 @@ def control(tmp_path: Path, dnsmasq: Dnsmasq) -> Iterator[DnsControl]:
 
 def endpoints(snap: dict[str, Any], service: str) -> list[str]:
     return sorted(f"{e['host']}/{e['address']}" for s in snap["services"] if s["name"] == service
-                  for e in s["endpoints"])
+                  for e in s.get("endpoints", []))
 
 
 def ext(*addrs: str) -> list[str]:

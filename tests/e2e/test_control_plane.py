@@ -157,7 +157,7 @@ class Watcher:
 
 
 def b_endpoints(snap: dict[str, Any]) -> list[str]:
-    return [e["host"] for s in snap["services"] if s["name"] == "b" for e in s["endpoints"]]
+    return [e["host"] for s in snap["services"] if s["name"] == "b" for e in s.get("endpoints", [])]
 
 
 def report(control: Control, host: str, healthy: bool | None) -> None:

@@ -201,7 +201,7 @@ class Traffic:
 
 
 def b_hosts(snap: dict[str, Any]) -> list[str]:
-    return [e["host"] for s in snap["services"] if s["name"] == "b" for e in s["endpoints"]]
+    return [e["host"] for s in snap["services"] if s["name"] == "b" for e in s.get("endpoints", [])]
 
 
 def wait_for(pred: Any, timeout: float, what: str) -> float:

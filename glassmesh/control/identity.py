@@ -1,0 +1,350 @@
+"""Joining hosts and issuing their certificates: join tokens, CSR checks, admission per service.
+
+The control plane owns a CA (DIR/ca, created on first start). A host joins
+with a single-use, expiring token that `glassmesh host add` printed; the
+proxy generates its key itself and sends only a CSR, so no private key ever
+crosses the network or sits in the control plane's store. What a host may do
+afterwards is decided here, in one place:
+
+- a join token is stored as a record of kind "join" keyed by the token's
+  SHA-256 (a leaked store dump does not leak usable tokens), with a TTL, and
+  is consumed with `Store.delete_record`, which returns True exactly once;
+- a CSR is signed only for the SPIFFE ID the caller is entitled to (its own
+  host ID, or a service it was admitted for), and must ask for exactly that
+  ID, so a mistake or a forgery on the proxy side is refused, not corrected;
+- every issued certificate's expiry is recorded per host, and the host's
+  earliest one goes into `HostRecord.cert_not_after`, which `status` turns
+  into the outage budget.
+
+Not done yet (a later issue): the root key stays on the control plane's disk
+(an offline root with an online intermediate comes later), there is no
+revocation list (a removed host keeps its certificates until they expire; it
+can no longer renew them or get new ones), and with several replicas each
+must be given the same DIR/ca.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import secrets
+import ssl
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from glassmesh.ca import CA, CAError, init_ca, load_ca
+from glassmesh.ca._files import write_atomic, write_private
+from glassmesh.ca.signer import CLOCK_SKEW, validate_name
+from glassmesh.control.store import HostRecord, Store
+
+JOIN_KIND = "join"  # pending join tokens, keyed by sha256(token)
+CERTS_KIND = "host-certs"  # host -> {"host": not_after, "service/a": not_after, ...}
+REVOKED_KIND = "host-removed"  # hosts removed by `glassmesh host remove`: no more certificates
+MIN_TOKEN_TTL_S = 1.0
+MAX_TOKEN_TTL_S = 7 * 86400.0
+DEFAULT_TOKEN_TTL_S = 3600.0
+# The control plane's own server certificate carries this DNS name. It contains dots, so it is not a
+# valid host or service name: no leaf the CA signs for the mesh can ever carry it, and a proxy that
+# checks it knows it talks to the control plane, not to another host with a certificate from the same CA.
+CONTROL_DNS_NAME = "control.glassmesh.internal"
+CONTROL_CERT_DAYS = 365
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+
+
+class IdentityError(Exception):
+    """A join or certificate request that is refused; `status` is the HTTP status to answer with."""
+
+    status = 400
+
+
+class BadRequest(IdentityError):
+    """The request is malformed (not a CSR, wrong key type, wrong SPIFFE ID asked for)."""
+
+    status = 400
+
+
+class Forbidden(IdentityError):
+    """The caller is not entitled to it (unknown/used/expired token, service not admitted)."""
+
+    status = 403
+
+
+class UnknownHost(IdentityError):
+    """No such host (nothing joined, no pending token under that name)."""
+
+    status = 404
+
+
+def token_key(token: str) -> str:
+    """Where a token's record lives: its SHA-256, so the store never holds a usable token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """32 random bytes, URL-safe base64 (43 characters): fits on a command line unquoted."""
+    return secrets.token_urlsafe(32)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1h', '2d' or plain seconds -> seconds; ValueError says what is accepted."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 30m, 1h)")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+
+
+def ca_sha256(ca: CA) -> str:
+    """SHA-256 of the root's DER, lowercase hex: what a joining proxy pins before trusting the CA."""
+    return ca.cert.fingerprint(hashes.SHA256()).hex()
+
+
+def open_ca(directory: str | Path, trust_domain: str) -> CA:
+    """Load DIR/ca, or create it on first start; a CA for another trust domain is an error, not replaced."""
+    d = Path(directory)
+    if (d / "ca.pem").exists() or (d / "ca.key").exists():
+        ca = load_ca(d)
+        if ca.trust_domain != trust_domain:
+            raise CAError(f"the CA in {d} is for trust domain {ca.trust_domain!r}, not {trust_domain!r} "
+                          f"(--trust-domain must match the CA the mesh was built with)")
+        return ca
+    d.parent.mkdir(parents=True, exist_ok=True)
+    d.mkdir(mode=0o700, exist_ok=True)
+    return init_ca(d, trust_domain)
+
+
+# --------------------------------------------------------------------------- CSR checks
+
+
+def check_csr(ca: CA, csr_pem: str | bytes, expected_id: str, *, may_omit: bool = False) -> ec.EllipticCurvePublicKey:
+    """The CSR's public key, if the CSR is well-formed, self-signed and asks for exactly `expected_id`.
+
+    Refusing (rather than ignoring) a CSR that asks for another identity
+    catches a proxy that is misconfigured or lying before it gets anything.
+    `may_omit`: a CSR naming no identity at all is fine too (a joining proxy
+    started without --host learns its name from the token).
+    """
+    data = csr_pem.encode() if isinstance(csr_pem, str) else csr_pem
+    try:
+        csr = x509.load_pem_x509_csr(data)
+    except ValueError as e:
+        raise BadRequest(f"csr_pem is not a PEM certificate request: {e}") from None
+    if not csr.is_signature_valid:
+        raise BadRequest("the CSR's signature does not verify (it was not signed by its own key)")
+    key = csr.public_key()
+    if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
+        raise BadRequest("the CSR's key must be ECDSA P-256")
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    if uris != [expected_id] and not (may_omit and not uris):
+        asked = ", ".join(uris) or "no SPIFFE ID"
+        raise BadRequest(f"the CSR asks for {asked}; this request can only be signed for {expected_id}")
+    return key
+
+
+# --------------------------------------------------------------------------- the control plane's identity
+
+
+@dataclasses.dataclass
+class Identity:
+    """The control plane's CA and the rules for what it signs."""
+
+    ca: CA
+    leaf_hours: float = 24.0
+    proxy_url: str = ""  # https://<proxy listener>, once it listens: what `host add` tells the operator
+
+    @property
+    def trust_domain(self) -> str:
+        return self.ca.trust_domain
+
+    @property
+    def ca_pem(self) -> str:
+        return self.ca.cert_pem.decode()
+
+    @property
+    def ca_sha256(self) -> str:
+        return ca_sha256(self.ca)
+
+    def host_id(self, host: str) -> str:
+        return self.ca.spiffe_id("host", host)
+
+    def host_of_peer(self, spiffe_id: str | None) -> str | None:
+        """The host name a client certificate's SPIFFE ID names, or None when it is not a host identity."""
+        prefix = f"spiffe://{self.trust_domain}/host/"
+        if spiffe_id and spiffe_id.startswith(prefix):
+            name = spiffe_id[len(prefix):]
+            return name if name and "/" not in name else None
+        return None
+
+    # --- the proxy listener's TLS -------------------------------------------------
+    def server_ssl(self, directory: str | Path) -> ssl.SSLContext:
+        """A TLS server context for the proxy listener: a fresh server cert from the CA, client certs checked.
+
+        Client certificates are optional at the handshake (a joining proxy has
+        none yet) but must chain to the CA when given; every route except
+        the join and the CA bundle then requires one (see `proxy_api.authorize`).
+        """
+        d = Path(directory)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        na = min(now + timedelta(days=CONTROL_CERT_DAYS), self.ca.not_after)
+        ski = self.ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CONTROL_DNS_NAME)]))
+            .issuer_name(self.ca.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(na)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName(CONTROL_DNS_NAME),
+                x509.UniformResourceIdentifier(f"spiffe://{self.trust_domain}/control")]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+            .sign(self.ca.key, hashes.SHA256())
+        )
+        cert_path, key_path = d / "control-server.pem", d / "control-server.key"
+        write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cert_path, key_path)
+        ctx.load_verify_locations(cadata=self.ca_pem)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        return ctx
+
+    # --- operator: admitting hosts ------------------------------------------------------
+    async def add_host(self, store: Store, name: str, services: list[str], ttl_s: float,
+                       address: str = "") -> dict[str, Any]:
+        """Create a join token for `name`, admitted for exactly `services`; only its hash is stored."""
+        try:
+            validate_name(name, "host name")
+            for s in services:
+                validate_name(s, "service name")
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        if not MIN_TOKEN_TTL_S <= ttl_s <= MAX_TOKEN_TTL_S:
+            raise BadRequest(f"ttl must be between {MIN_TOKEN_TTL_S:.0f} s and {MAX_TOKEN_TTL_S / 86400:.0f} days")
+        token = new_token()
+        now = time.time()
+        await store.put_record(JOIN_KIND, token_key(token), {
+            "host": name, "services": sorted(set(services)), "address": address,
+            "created": now, "expires": now + ttl_s}, ttl_s=ttl_s)
+        return {"host": name, "services": sorted(set(services)), "token": token, "expires": now + ttl_s,
+                "ttl_s": ttl_s, "trust_domain": self.trust_domain, "ca_sha256": self.ca_sha256,
+                "proxy_url": self.proxy_url}
+
+    async def list_hosts(self, store: Store) -> dict[str, Any]:
+        """Joined hosts (admitted services, earliest cert expiry) and pending tokens (never the token)."""
+        now = time.time()
+        revoked = await store.records(REVOKED_KIND)
+        joined = [{"name": h.name, "services": list(h.services), "inbound": h.inbound,
+                   "cert_not_after": h.cert_not_after or None, "removed": h.name in revoked}
+                  for h in await store.hosts() if h.cert_not_after > 0 or h.name in revoked]
+        pending = [{"host": v["host"], "services": v["services"], "expires_in_s": round(v["expires"] - now, 1),
+                    "token_sha256": k[:12]}
+                   for k, v in (await store.records(JOIN_KIND)).items()]
+        return {"hosts": joined, "pending": sorted(pending, key=lambda p: (p["host"], p["expires_in_s"]))}
+
+    async def remove_host(self, store: Store, name: str) -> dict[str, Any]:
+        """Withdraw a host: its pending tokens go, it gets no more certificates, it leaves the mesh.
+
+        Certificates already issued stay valid until they expire (no revocation list yet).
+        """
+        dropped = 0
+        for key, v in (await store.records(JOIN_KIND)).items():
+            if v.get("host") == name and await store.delete_record(JOIN_KIND, key):
+                dropped += 1
+        rec = await _host(store, name)
+        if rec is None and not dropped:
+            raise UnknownHost(f"no host {name!r} has joined or has a pending join token")
+        await store.put_record(REVOKED_KIND, name, {"at": time.time()})
+        if rec is not None:
+            await store.put_host(dataclasses.replace(rec, services=(), inbound=""))
+        return {"host": name, "removed": True, "tokens_dropped": dropped}
+
+    # --- proxies: joining and certificates ---------------------------------------------------
+    async def join(self, store: Store, token: str, csr_pem: str) -> dict[str, Any]:
+        """Consume `token` (once) and sign the host certificate its CSR asks for."""
+        key = token_key(token)
+        rec = await store.get_record(JOIN_KIND, key)
+        if rec is None:
+            raise Forbidden("join token refused: it is unknown, was already used, or has expired "
+                            "(ask for a new one with `glassmesh host add`)")
+        host = rec["host"]
+        # Checked before the token is consumed: a bad CSR (or --host naming another host) does not burn it.
+        public_key = check_csr(self.ca, csr_pem, self.host_id(host), may_omit=True)
+        if not await store.delete_record(JOIN_KIND, key):
+            raise Forbidden("join token refused: it was used by another join at the same moment")
+        leaf = self.ca.issue("host", host, self.leaf_hours, public_key=public_key)
+        old = await _host(store, host)
+        base = old or HostRecord(name=host, services=())
+        await store.put_host(dataclasses.replace(
+            base, services=tuple(rec["services"]), inbound=rec.get("address") or base.inbound,
+            last_seen=time.time()))
+        await store.delete_record(REVOKED_KIND, host)
+        await store.put_record(CERTS_KIND, host, {})  # a new identity: older certificates no longer count
+        await self._record_expiry(store, host, "host", leaf.not_after)
+        return {"host": host, "services": list(rec["services"]), "trust_domain": self.trust_domain,
+                "cert_pem": leaf.fullchain_pem.decode(), "ca_pem": self.ca_pem,
+                "not_after": leaf.not_after.timestamp()}
+
+    async def _admitted(self, store: Store, host: str) -> HostRecord:
+        rec = await _host(store, host)
+        if rec is None or await store.get_record(REVOKED_KIND, host) is not None:
+            raise Forbidden(f"host {host!r} has not joined or was removed")
+        return rec
+
+    async def renew_host(self, store: Store, host: str, csr_pem: str) -> dict[str, Any]:
+        """A new host certificate for a host that proves (by mTLS) it holds the current one."""
+        await self._admitted(store, host)
+        public_key = check_csr(self.ca, csr_pem, self.host_id(host))
+        leaf = self.ca.issue("host", host, self.leaf_hours, public_key=public_key)
+        await self._record_expiry(store, host, "host", leaf.not_after)
+        return {"host": host, "cert_pem": leaf.fullchain_pem.decode(), "ca_pem": self.ca_pem,
+                "not_after": leaf.not_after.timestamp()}
+
+    async def issue_service(self, store: Store, host: str, service: str, csr_pem: str) -> dict[str, Any]:
+        """A service certificate, only for a service `host` was admitted for when it joined."""
+        rec = await self._admitted(store, host)
+        if service not in rec.services:
+            allowed = ", ".join(rec.services) or "no services"
+            raise Forbidden(f"host {host!r} may not serve {service!r}: it was admitted for {allowed}")
+        try:
+            expected = self.ca.spiffe_id("service", service)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        public_key = check_csr(self.ca, csr_pem, expected)
+        leaf = self.ca.issue("service", service, self.leaf_hours, public_key=public_key)
+        await self._record_expiry(store, host, f"service/{service}", leaf.not_after)
+        return {"host": host, "service": service, "cert_pem": leaf.fullchain_pem.decode(), "ca_pem": self.ca_pem,
+                "not_after": leaf.not_after.timestamp()}
+
+    async def _record_expiry(self, store: Store, host: str, what: str, not_after: datetime) -> None:
+        """Keep each certificate's expiry and put the host's earliest into its record (the outage budget)."""
+        exp = dict(await store.get_record(CERTS_KIND, host) or {})
+        exp[what] = not_after.timestamp()
+        rec = await _host(store, host)
+        if rec is not None:
+            services = set(rec.services)
+            exp = {k: v for k, v in exp.items() if k == "host" or k.removeprefix("service/") in services}
+        await store.put_record(CERTS_KIND, host, exp)
+        if rec is not None:
+            await store.put_host(dataclasses.replace(rec, cert_not_after=min(exp.values())))
+
+
+async def _host(store: Store, name: str) -> HostRecord | None:
+    return next((h for h in await store.hosts() if h.name == name), None)
