@@ -10,6 +10,12 @@ about (the `glassmesh-source` header), after a few ms of simulated work.
 `a` (or any service given `--call`) is a "frontend": on `GET /` it calls each `--call` service through its
 outbound proxy, in HTTP proxy form on keep-alive connections, and answers the
 combined result, or 502 naming the call that failed.
+
+SIGTERM stops an app gracefully, as a well-behaved service stops: it closes
+its listening socket, answers the requests it is handling (with `connection:
+close`), closes its idle keep-alive connections and exits. The proxy in front
+sees only answers, or connections closed before it sent anything, which it
+retries elsewhere: that is how the demo stops an instance with no failed request.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 
 import uvloop
 
-from glassmesh.demo.httpio import Pool, Request, Response, serve_connection, split_hostport
+from glassmesh.demo.httpio import Drain, Pool, Request, Response, serve_connection, split_hostport
 
 JSON = [("content-type", "application/json")]
 
@@ -122,17 +128,24 @@ async def run(args: argparse.Namespace) -> None:
     else:
         app = Backend(args.role, args.name, args.work_ms)
     host, port = split_hostport(args.listen)
+    drain = Drain()
     server = await asyncio.start_server(
-        lambda r, w: serve_connection(r, w, app.handle), host, port, reuse_address=True, backlog=1024
+        lambda r, w: serve_connection(r, w, app.handle, drain), host, port, reuse_address=True, backlog=1024
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"{args.role} {args.name} listening on {args.listen} (pid {os.getpid()})", flush=True)
-    async with server:
-        await stop.wait()
-    print(f"{args.name}: stopping", flush=True)
+    await stop.wait()
+    # A graceful stop: no new connections, requests in progress answered, idle keep-alive
+    # connections closed. The proxy in front then retries what never reached us elsewhere.
+    server.close()
+    open_conns = len(drain.tasks)
+    drain.start()
+    left = await drain.wait(args.drain_s)
+    print(f"{args.name}: stopping ({open_conns} connections drained"
+          + (f", {left} cut after {args.drain_s:g} s" if left else "") + ")", flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,6 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--call", action="append", help="frontend: a service to call (repeatable; default b, c)")
     p.add_argument("--path", default="/work", help="frontend: path requested from each called service")
     p.add_argument("--timeout", type=float, default=5.0, help="frontend: seconds per call")
+    p.add_argument("--drain-s", type=float, default=5.0,
+                   help="on SIGTERM: seconds to let requests in progress finish before exiting")
     args = p.parse_args(argv)
     if not args.name:
         args.name = f"{args.role}-{split_hostport(args.listen)[1]}"

@@ -127,11 +127,72 @@ _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
-    """Answer requests on one connection until the client closes it (keep-alive)."""
+class Drain:
+    """A graceful stop for one server's keep-alive connections (pass it to every serve_connection).
+
+    After `start()`: a request being handled is answered (with `connection:
+    close`); an idle connection is closed, after a short grace for a request
+    already on its way; a connection accepted whose first request has not
+    arrived yet gets longer. A proxy in front sees either an answer or a
+    pooled connection closed before it sent anything, which it may retry
+    elsewhere: stopping an instance this way loses no request.
+    """
+
+    def __init__(self, idle_grace_s: float = 0.05, fresh_grace_s: float = 1.0) -> None:
+        self.idle_grace_s, self.fresh_grace_s = idle_grace_s, fresh_grace_s
+        self.event = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def draining(self) -> bool:
+        return self.event.is_set()
+
+    def start(self) -> None:
+        self.event.set()
+
+    async def wait(self, timeout: float) -> int:
+        """Wait for every connection to end; returns how many were still open at the deadline."""
+        pending = {t for t in self.tasks if not t.done()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        return len(pending)
+
+
+async def _next_head(reader: asyncio.StreamReader, drain: Drain | None, served: int) -> list[bytes] | None:
+    """The next request head; None on EOF, or when a drain closes the connection while it is idle."""
+    if drain is None:
+        return await _read_head(reader)
+    read = asyncio.ensure_future(_read_head(reader))
+    try:
+        if not drain.draining:
+            stop = asyncio.ensure_future(drain.event.wait())
+            try:
+                await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if read.done():
+                return read.result()
+        # Draining and idle: a request already on its way is still answered.
+        done, _ = await asyncio.wait({read}, timeout=drain.idle_grace_s if served else drain.fresh_grace_s)
+        return read.result() if done else None
+    finally:
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await read
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler,
+                           drain: Drain | None = None) -> None:
+    """Answer requests on one connection until the client closes it (keep-alive), or a drain ends it."""
+    task = asyncio.current_task()
+    if drain is not None and task is not None:
+        drain.tasks.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(drain.tasks.discard)
+    served = 0
     try:
         while True:
-            lines = await _read_head(reader)
+            lines = await _next_head(reader, drain, served)
             if lines is None:
                 return
             parts = lines[0].decode("latin-1").split(" ")
@@ -147,9 +208,10 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 resp = await handler(req)
             except Exception as e:  # an app bug answers 500, it does not drop the connection
                 resp = Response(500, [("content-type", "text/plain")], f"app error: {e!r}\n".encode())
-            close = _wants_close(version, headers)
+            close = _wants_close(version, headers) or (drain is not None and drain.draining)
             writer.write(encode_response(resp, head_only=method == "HEAD", close=close))
             await writer.drain()
+            served += 1
             if close:
                 return
     except (ProtocolError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:

@@ -110,6 +110,22 @@ def parse_links(text: str, side: str = "outbound") -> dict[Link, LinkSample]:
     return links
 
 
+def parse_mesh_errors(text: str, side: str = "outbound") -> dict[str, float]:
+    """`glassmesh_mesh_errors_total` of one side by reason (`retried_*`: requests sent to another endpoint)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "glassmesh_mesh_errors_total" and s.labels.get("side") == side:
+                reason = s.labels.get("reason", "?")
+                out[reason] = out.get(reason, 0.0) + float(s.value)
+    return out
+
+
+def retried(errors: dict[str, float]) -> float:
+    """Requests the proxy retried on another endpoint (nothing had reached an app)."""
+    return sum(v for k, v in errors.items() if k.startswith("retried_"))
+
+
 def figures(now: LinkSample, before: LinkSample | None = None, seconds: float | None = None) -> Figures:
     """The link's figures over the interval since `before` (or since the proxy started)."""
     reqs = {k: v - (before.requests.get(k, 0.0) if before else 0.0) for k, v in now.requests.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
+import json
 import os
 import signal
 import socket
@@ -21,13 +22,29 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from glassmesh.model.snapshot import split_address
 
 
+def glassmesh_argv(*args: str) -> list[str]:
+    """`glassmesh ARGS...` with this interpreter, without relying on PATH."""
+    return [sys.executable, "-c", "from glassmesh.cli.main import main; main()", *args]
+
+
 def proxy_argv(config: str, *extra: str) -> list[str]:
-    """`glassmesh proxy --config FILE` with this interpreter, without relying on PATH."""
-    return [sys.executable, "-c", "from glassmesh.cli.main import main; main()", "proxy", "--config", config, *extra]
+    """`glassmesh proxy --config FILE`."""
+    return glassmesh_argv("proxy", "--config", config, *extra)
+
+
+def controlled_proxy_argv(control_url: str, host: str, data_dir: str, *extra: str) -> list[str]:
+    """`glassmesh proxy --control URL --host NAME --data DIR`: a proxy that watches the control plane."""
+    return glassmesh_argv("proxy", "--control", control_url, "--host", host, "--data", data_dir, *extra)
+
+
+def control_argv(data_dir: str, listen: str, *extra: str) -> list[str]:
+    """`glassmesh control --data DIR --listen ADDR`."""
+    return glassmesh_argv("control", "--data", data_dir, "--listen", listen, *extra)
 
 
 def _die_with_parent() -> None:
@@ -45,6 +62,7 @@ class Child:
     argv: list[str]
     log: str
     proc: subprocess.Popen[bytes]
+    stopped_on_purpose: bool = False  # stopped by stop_child(): its exit is not a failure
 
     @property
     def pid(self) -> int:
@@ -73,9 +91,15 @@ class ProcessGroup:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.children: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], *, die_with_parent: bool = True) -> Child:
+    def start(self, name: str, argv: Sequence[str], *, die_with_parent: bool = True, append: bool = False) -> Child:
+        """Start a child; its output goes to LOG_DIR/NAME.log (appended to with append=True).
+
+        die_with_parent: on Linux the child gets SIGTERM when the *thread* that
+        started it ends (that is how PR_SET_PDEATHSIG works), so a thread that
+        starts children must outlive them.
+        """
         log = os.path.join(self.log_dir, f"{name}.log")
-        with open(log, "wb") as out:
+        with open(log, "ab" if append else "wb") as out:
             proc = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
@@ -90,7 +114,31 @@ class ProcessGroup:
         return child
 
     def dead(self) -> list[Child]:
-        return [c for c in self.children if not c.alive()]
+        """Children that exited on their own (not those stopped with stop_child)."""
+        return [c for c in self.children if not c.alive() and not c.stopped_on_purpose]
+
+    def stop_child(self, child: Child, grace: float = 5.0) -> int:
+        """Stop one child by its PID: SIGTERM, up to `grace` seconds, then SIGKILL to its group.
+
+        Returns its exit status (negative: the signal that ended it).
+        """
+        child.stopped_on_purpose = True
+        if child.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+        try:
+            child.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(child.pid, signal.SIGKILL)
+            child.proc.wait(timeout=5)
+        _signal_group(child.pid, signal.SIGKILL)  # anything it left behind in its group
+        return child.proc.returncode
+
+    def restart(self, child: Child) -> Child:
+        """Start a stopped child again with the same argv; its log continues in the same file."""
+        if child.alive():
+            raise RuntimeError(f"{child.name} (pid {child.pid}) is still running")
+        return self.start(child.name, child.argv, append=True)
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every child (newest first), wait up to `grace`, then SIGKILL what is left.
@@ -147,6 +195,23 @@ def http_get(addr: str, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         conn.request("GET", path)
         resp = conn.getresponse()
         return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def http_json(addr: str, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+    """A JSON request to ip:port (the control plane's API); (status, decoded body or None)."""
+    host, port = split_address(addr)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"content-type": "application/json"} if data else {})
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            return resp.status, json.loads(raw) if raw else None
+        except ValueError:
+            return resp.status, None
     finally:
         conn.close()
 

@@ -21,6 +21,8 @@ from typing import Any
 from glassmesh.model.snapshot import load_snapshot
 
 DEFAULT_PORTS = (4140, 4143, 4191)  # outbound (first), inbound, admin
+# What a control-plane build adds to state_dir (removed, with the rest, by the next build).
+_CONTROL_ENTRIES = ("control", "mesh.yaml")
 
 
 class TopologyError(ValueError):
@@ -100,6 +102,10 @@ class Topology:
     hosts: dict[str, HostInfo]
     services: dict[str, ServiceInfo]
     ca: Any = field(default=None, repr=False)  # glassmesh.ca.CA, to issue more certs in tests
+    # Under a control plane (build_control_topology): its URL, its data dir and the mesh.yaml applied.
+    control: str | None = None
+    control_dir: str | None = None
+    mesh_yaml: str | None = None
 
     def host(self, name: str) -> HostInfo:
         return self.hosts[name]
@@ -109,10 +115,14 @@ class Topology:
         return [h for h in self.hosts.values() if service in h.local_services]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "trust_domain": self.trust_domain,
             "state_dir": self.state_dir,
             "ca_cert": self.ca_cert,
+        }
+        if self.control is not None:
+            doc["control"] = {"url": self.control, "data": self.control_dir, "mesh_yaml": self.mesh_yaml}
+        return doc | {
             "hosts": {
                 h.name: {
                     "address": h.address,
@@ -123,6 +133,7 @@ class Topology:
                     "instances": h.instances,
                     "tcp_links": h.tcp_links,
                     "snapshot": h.snapshot,
+                    **({"data": h.dir} if self.control is not None else {}),
                     "certs": {s: {"cert": c, "key": k} for s, (c, k) in h.certs.items()},
                 }
                 for h in self.hosts.values()
@@ -164,10 +175,12 @@ def _clear_previous(state_dir: str, host_names: Iterable[str]) -> None:
             f"{state_dir} is not empty and holds no topology.json from an earlier build; "
             "give an empty or new directory"
         )
-    for name in ["ca", *host_names]:
+    for name in ["ca", *host_names, *_CONTROL_ENTRIES]:
         p = os.path.join(state_dir, name)
         if os.path.isdir(p):
             shutil.rmtree(p)
+        elif os.path.isfile(p):
+            os.unlink(p)
     os.unlink(os.path.join(state_dir, "topology.json"))
 
 
@@ -361,3 +374,144 @@ def _build_host(
         certs=certs,
         trust_bundle=bundle,
     )
+
+
+# --- under a control plane ------------------------------------------------------------------------------
+
+
+def mesh_config(
+    hosts: Sequence[HostSpec],
+    *,
+    calls: dict[str, list[str]] | None = None,
+    health: dict[str, dict[str, Any]] | None = None,
+    inbound_port: int = DEFAULT_PORTS[1],
+) -> dict[str, Any]:
+    """The mesh.yaml document for these hosts: one entry per service, one per host.
+
+    Under a control plane a service listens on one port on every host that runs
+    it (`services[].port`), so each LocalSpec has at most one instance, given
+    as a port, the same one on every host. Every local service gets an outbound
+    listener (4140, 4141, ... on the host's address, as the control plane lays
+    them out). calls: as for build_topology (None: everyone may call everyone).
+    health: service -> its `health:` block (default: a TCP connect every 2 s).
+    """
+    _validate(hosts, (), calls)
+    order: list[str] = []
+    port: dict[str, int | None] = {}
+    protocol: dict[str, str] = {}
+    for h in hosts:
+        for ls in h.services:
+            if len(ls.instances) > 1 or any(not isinstance(p, int) for p in ls.instances):
+                raise TopologyError(f"host {h.name}: under a control plane {ls.name!r} runs at most one "
+                                    f"instance per host, given as a port (got {list(ls.instances)})")
+            p = ls.instances[0] if ls.instances else None
+            if ls.name not in port:
+                order.append(ls.name)
+                port[ls.name], protocol[ls.name] = p, ls.protocol  # type: ignore[assignment]
+            elif p is not None and port[ls.name] not in (None, p):
+                raise TopologyError(f"service {ls.name!r} listens on port {port[ls.name]} on one host and on "
+                                    f"{p} on {h.name}: under a control plane a service has one port")
+            elif protocol[ls.name] != ls.protocol:
+                raise TopologyError(f"service {ls.name!r} is {protocol[ls.name]} on one host and {ls.protocol} "
+                                    f"on {h.name}")
+            elif p is not None:
+                port[ls.name] = p
+    services: list[dict[str, Any]] = []
+    for name in order:
+        svc: dict[str, Any] = {"name": name}
+        if protocol[name] != "http":
+            svc["protocol"] = protocol[name]
+        if port[name] is not None:
+            svc["port"] = port[name]
+        if calls is not None:
+            svc["calls"] = list(calls.get(name, []))
+        if health and name in health:
+            svc["health"] = dict(health[name])
+        services.append(svc)
+    host_docs: list[dict[str, Any]] = []
+    for h in hosts:
+        doc: dict[str, Any] = {"name": h.name, "address": _addr(h.address, h.inbound_port or inbound_port)}
+        if h.admin_port is not None:
+            doc["admin"] = _addr(h.address, h.admin_port)
+        doc["services"] = [ls.name for ls in h.services]
+        host_docs.append(doc)
+    return {"services": services, "hosts": host_docs}
+
+
+def mesh_yaml_text(doc: dict[str, Any], header: str = "") -> str:
+    """mesh.yaml as a person would write it: fields in a readable order, short lists inline."""
+    import yaml
+
+    lines = [f"# {x}" if x else "#" for x in header.splitlines()]
+    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
+    return ("\n".join(lines) + "\n" if lines else "") + body
+
+
+def build_control_topology(
+    state_dir: str | os.PathLike[str],
+    hosts: Sequence[HostSpec],
+    *,
+    control_url: str,
+    calls: dict[str, list[str]] | None = None,
+    health: dict[str, dict[str, Any]] | None = None,
+    trust_domain: str = "glassmesh.local",
+    header: str = "",
+) -> Topology:
+    """Files for a mesh run by a control plane: mesh.yaml, a CA, each host's data dir, topology.json.
+
+    Each host's data dir (state_dir/HOST, given to `glassmesh proxy --data`)
+    gets certs/ca.pem and certs/SERVICE.pem/.key for its services; the proxy
+    writes its last-known-good snapshot there (snapshot.json) once it has one.
+    Addresses (outbound, admin) are computed by the control plane's own
+    layout code from the mesh.yaml, so topology.json says where the proxies
+    will listen. Nothing is applied or started here.
+    """
+    from glassmesh.ca import init_ca
+    from glassmesh.control.config import parse_config
+    from glassmesh.control.layout import host_layout
+
+    state_dir = os.path.abspath(os.fspath(state_dir))
+    doc = mesh_config(hosts, calls=calls, health=health)
+    mesh_path = os.path.join(state_dir, "mesh.yaml")
+    text = mesh_yaml_text(doc, header)
+    cfg = parse_config(text, mesh_path)  # ConfigError naming the line if we wrote nonsense
+    _clear_previous(state_dir, [h.name for h in hosts])
+    with open(mesh_path, "w") as f:
+        f.write(text)
+
+    ca_dir = os.path.join(state_dir, "ca")
+    ca = init_ca(ca_dir, trust_domain)
+    ca_pem: bytes = ca.cert_pem
+    services: dict[str, ServiceInfo] = {}
+    infos: dict[str, HostInfo] = {}
+    for h, hc in zip(hosts, cfg.hosts, strict=True):
+        lay = host_layout(cfg, hc)
+        hdir = os.path.join(state_dir, h.name)
+        cdir = os.path.join(hdir, "certs")
+        os.makedirs(cdir, exist_ok=True)
+        bundle = os.path.join(cdir, "ca.pem")
+        with open(bundle, "wb") as f:
+            f.write(ca_pem)
+        certs = {name: _issue_service_cert(ca, name, os.path.join(cdir, name)) for name in lay.local_services}
+        instances: dict[str, list[str]] = {}
+        for ls in h.services:
+            instances[ls.name] = [_addr(h.address, p) for p in ls.instances]
+            svc = services.setdefault(ls.name, ServiceInfo(ls.name, ls.protocol, []))
+            svc.instances.extend(Instance(h.name, a) for a in instances[ls.name])
+        infos[h.name] = HostInfo(
+            name=h.name, address=h.address, inbound=lay.inbound, admin=lay.admin, outbound=dict(lay.outbound),
+            local_services=list(lay.local_services), instances=instances, tcp_links=[],
+            snapshot=os.path.join(hdir, "snapshot.json"), dir=hdir, certs=certs, trust_bundle=bundle,
+        )
+    topo = Topology(
+        state_dir=state_dir, trust_domain=trust_domain, ca_dir=ca_dir, ca_cert=os.path.join(ca_dir, "ca.pem"),
+        path=os.path.join(state_dir, "topology.json"), hosts=infos, services=services, ca=ca,
+        control=control_url, control_dir=os.path.join(state_dir, "control"), mesh_yaml=mesh_path,
+    )
+    if not os.path.isfile(topo.ca_cert):
+        with open(topo.ca_cert, "wb") as f:
+            f.write(ca_pem)
+    with open(topo.path, "w") as f:
+        json.dump(topo.to_json(), f, indent=2)
+        f.write("\n")
+    return topo

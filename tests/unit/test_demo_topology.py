@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import socket
 
 import pytest
@@ -16,16 +17,36 @@ from glassmesh.demo.apps import Backend, Frontend
 from glassmesh.demo.httpio import Connection, serve_connection
 from glassmesh.demo.procs import PortBusy, check_bindable
 from glassmesh.demo.runner import build_demo_topology
-from glassmesh.demo.topology import HostSpec, LocalSpec, TopologyError, build_topology
+from glassmesh.demo.topology import HostSpec, LocalSpec, TopologyError, build_topology, mesh_config
 from glassmesh.demo.traffic import Counts
 from glassmesh.model.snapshot import load_snapshot
 
 # --- topology -----------------------------------------------------------------------------------------
 
 
-def test_demo_topology_snapshots_validate_and_list_called_services(tmp_path):
+def _demo_snapshots(topo, healthy=None):
+    """What the control plane compiles from the demo's mesh.yaml, every instance reported healthy
+    (or those in `healthy`: (service, host) pairs), checked as a proxy checks what it is sent."""
+    from glassmesh.control.compile import compile_snapshots
+    from glassmesh.control.config import parse_config
+    from glassmesh.control.store import InstanceRecord
+    from glassmesh.model.snapshot import encode_snapshot, parse_snapshot
+
+    cfg = parse_config(open(topo.mesh_yaml).read(), topo.mesh_yaml)
+    reports = [InstanceRecord(svc.name, i.host, i.address, healthy=healthy is None or (svc.name, i.host) in healthy)
+               for svc in topo.services.values() for i in svc.instances]
+    snaps = compile_snapshots(cfg, reports, trust_domain=topo.trust_domain, versions={})
+    # Relative paths resolve against the proxy's --data dir, as they do for a snapshot from the control plane.
+    return {h: parse_snapshot(encode_snapshot(snap), topo.host(h).dir) for h, snap in snaps.items()}
+
+
+def test_demo_mesh_yaml_compiles_to_the_three_host_snapshots(tmp_path):
     topo = build_demo_topology(str(tmp_path))
-    snaps = {h: load_snapshot(info.snapshot) for h, info in topo.hosts.items()}
+    assert topo.control == "http://127.0.0.1:4200" and topo.control_dir == str(tmp_path / "control")
+    text = (tmp_path / "mesh.yaml").read_text()
+    assert "calls: [b, c]" in text and "health: {tcp: true, interval_ms: 500, timeout_ms: 250}" in text
+    snaps = _demo_snapshots(topo)
+    assert sorted(snaps) == ["host1", "host2", "host3"]
 
     s1 = snaps["host1"]
     assert s1.host == "host1" and s1.inbound == "127.0.0.11:4143" and s1.admin == "127.0.0.11:4191"
@@ -34,22 +55,50 @@ def test_demo_topology_snapshots_validate_and_list_called_services(tmp_path):
     b, c = s1.service("b"), s1.service("c")
     assert [(e.address, e.host) for e in b.endpoints] == [("127.0.0.12:4143", "host2"), ("127.0.0.13:4143", "host3")]
     assert [(e.address, e.host) for e in c.endpoints] == [("127.0.0.13:4143", "host3")]
-    # b and c call nobody: their hosts list no services and have no outbound listener.
+    # b and c call nobody: their hosts' snapshots list no services.
     assert snaps["host2"].services == [] and snaps["host3"].services == []
-    assert all(ls.outbound is None for ls in snaps["host3"].local_services)
-    assert [ls.name for ls in snaps["host3"].local_services] == ["b", "c"]
+    assert [(ls.name, ls.instances, ls.health_interval_ms) for ls in snaps["host3"].local_services] == [
+        ("b", ["127.0.0.13:8080"], 500), ("c", ["127.0.0.13:8081"], 500)]
 
-    # Paths in the snapshot are relative to it and resolve to real files.
-    assert s1.trust_bundle == str(tmp_path / "host1" / "certs" / "ca.pem")
-    assert a.cert == str(tmp_path / "host1" / "certs" / "a.pem")
-    raw = json.loads((tmp_path / "host1" / "snapshot.json").read_text())
-    assert raw["trust_bundle"] == "certs/ca.pem" and raw["local_services"][0]["key"] == "certs/a.key"
+    # Certificates are where the proxy looks for them (DIR/certs), and topology.json says where it listens.
+    for h, snap in snaps.items():
+        info = topo.host(h)
+        assert snap.trust_bundle == str(tmp_path / h / "certs" / "ca.pem") == info.trust_bundle
+        assert {ls.name: ls.outbound for ls in snap.local_services} == info.outbound
+        assert (snap.inbound, snap.admin) == (info.inbound, info.admin)
+        for ls in snap.local_services:
+            assert (ls.cert, ls.key) == info.certs[ls.name]
+        assert info.snapshot == str(tmp_path / h / "snapshot.json")  # written by the proxy (last-known-good)
+        assert not os.path.exists(info.snapshot), "a snapshot on disk would be served before the control plane's"
+
+
+def test_demo_snapshots_load_in_a_proxy(tmp_path):
+    from glassmesh.proxy.routing import compile_table
+
+    topo = build_demo_topology(str(tmp_path))
+    for snap in _demo_snapshots(topo).values():
+        compile_table(snap)  # certificates and keys load, as the proxy does before it accepts a snapshot
+
+
+def test_stopped_instance_leaves_host1s_snapshot_and_the_guard_lets_it(tmp_path):
+    """B on host2 reported unhealthy: host1 keeps only host3, and one of two is within max_endpoint_drop."""
+    from glassmesh.control.guard import guard
+
+    topo = build_demo_topology(str(tmp_path))
+    up = {("a", "host1"), ("b", "host3"), ("c", "host3")}
+    snaps = _demo_snapshots(topo, healthy=up)
+    assert [e.host for e in snaps["host1"].service("b").endpoints] == ["host3"]
+    d = guard({"b": [("host2", "127.0.0.12:8080"), ("host3", "127.0.0.13:8080")]},
+              {"b": [("host3", "127.0.0.13:8080")]}, max_drop={"b": 0.5})
+    assert d.held == {} and d.push["b"] == [("host3", "127.0.0.13:8080")]
 
 
 def test_certs_name_each_service(tmp_path):
     topo = build_demo_topology(str(tmp_path))
     for h in topo.hosts.values():
+        assert sorted(h.certs) == sorted(h.local_services)
         for svc, (cert, key) in h.certs.items():
+            assert os.path.dirname(cert) == os.path.join(h.dir, "certs")
             leaf = x509.load_pem_x509_certificate(open(cert, "rb").read())
             assert spiffe_id_of(leaf) == f"spiffe://glassmesh.local/service/{svc}"
             assert open(key, "rb").read().startswith(b"-----BEGIN")
@@ -59,16 +108,51 @@ def test_topology_json_lists_addresses_and_instances(tmp_path):
     topo = build_demo_topology(str(tmp_path))
     doc = json.loads((tmp_path / "topology.json").read_text())
     assert doc == topo.to_json()
+    assert doc["control"] == {"url": "http://127.0.0.1:4200", "data": str(tmp_path / "control"),
+                              "mesh_yaml": str(tmp_path / "mesh.yaml")}
     h1 = doc["hosts"]["host1"]
-    assert h1["outbound"] == {"a": "127.0.0.11:4140"}
+    assert h1["outbound"] == {"a": "127.0.0.11:4140"} and h1["data"] == str(tmp_path / "host1")
     assert (h1["inbound"], h1["admin"]) == ("127.0.0.11:4143", "127.0.0.11:4191")
     assert doc["hosts"]["host3"]["instances"] == {"b": ["127.0.0.13:8080"], "c": ["127.0.0.13:8081"]}
+    assert doc["hosts"]["host3"]["outbound"] == {"b": "127.0.0.13:4140", "c": "127.0.0.13:4141"}
     assert doc["services"]["b"]["instances"] == [
         {"host": "host2", "address": "127.0.0.12:8080"},
         {"host": "host3", "address": "127.0.0.13:8080"},
     ]
     assert doc["services"]["a"]["instances"] == [{"host": "host1", "address": "127.0.0.11:8080"}]
     assert open(doc["ca_cert"], "rb").read().startswith(b"-----BEGIN CERTIFICATE")
+
+
+def test_mesh_config_refuses_what_a_control_plane_cannot_express(tmp_path):
+    with pytest.raises(TopologyError, match="one port"):
+        mesh_config([HostSpec("h1", "127.0.0.21", [LocalSpec("x", instances=[9000])]),
+                     HostSpec("h2", "127.0.0.22", [LocalSpec("x", instances=[9001])])])
+    with pytest.raises(TopologyError, match="at most one instance"):
+        mesh_config([HostSpec("h1", "127.0.0.21", [LocalSpec("x", instances=[9000, 9001])])])
+    doc = mesh_config([HostSpec("h1", "127.0.0.21", [LocalSpec("x"), LocalSpec("db", "tcp", [5432])],
+                                admin_port=9191)], calls=None)
+    assert doc == {"services": [{"name": "x"}, {"name": "db", "protocol": "tcp", "port": 5432}],
+                   "hosts": [{"name": "h1", "address": "127.0.0.21:4143", "admin": "127.0.0.21:9191",
+                              "services": ["x", "db"]}]}
+
+
+def test_bounce_schedule():
+    from glassmesh.demo.runner import bounce_schedule
+
+    assert bounce_schedule(0) == (10.0, 15.0)  # until Ctrl-C
+    assert bounce_schedule(5) is None  # too short to see it leave and come back
+    assert bounce_schedule(15) == (6.0, 9.75)
+    assert bounce_schedule(20) == (8.0, 13.0)
+    assert bounce_schedule(100) == (40.0, 45.0)
+
+
+def test_describe_push():
+    from glassmesh.demo.runner import Push, describe_push
+
+    p = Push(0.0, "host1", 12, {"b": ["host3"], "c": ["host3"]}, {"b": ["host2", "host3"], "c": ["host3"]})
+    assert describe_push(p) == "b now host3 (was host2, host3)"
+    assert describe_push(Push(0.0, "host1", 13, {"b": []}, {"b": ["host3"]})) == "b now nothing (was host3)"
+    assert describe_push(Push(0.0, "host2", 3, {}, {})) == ""
 
 
 def test_several_outbound_services_get_their_own_ports_skipping_taken_ones(tmp_path):
@@ -110,7 +194,13 @@ def test_tcp_link_and_per_host_ports(tmp_path):
 
 def test_rebuild_in_place_and_refuse_foreign_directory(tmp_path):
     build_demo_topology(str(tmp_path / "s"))
-    build_demo_topology(str(tmp_path / "s"))  # a second run replaces the first
+    # What the last run's processes left: the control plane's store, a proxy's last-known-good snapshot.
+    (tmp_path / "s" / "control").mkdir()
+    (tmp_path / "s" / "control" / "control.sqlite").write_text("old")
+    (tmp_path / "s" / "host1" / "snapshot.json").write_text("{}")
+    build_demo_topology(str(tmp_path / "s"))  # a second run replaces the first, starting from nothing
+    assert not (tmp_path / "s" / "control").exists() and not (tmp_path / "s" / "host1" / "snapshot.json").exists()
+    assert (tmp_path / "s" / "mesh.yaml").is_file()
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

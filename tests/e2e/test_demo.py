@@ -1,0 +1,97 @@
+"""`glassmesh demo` end to end: the real command, its control plane, proxies and apps, an instance bounced.
+
+Runs on the demo's fixed addresses (127.0.0.11-13, the control plane on
+127.0.0.1:4200), as `make demo` does, and reads only what it prints, so the
+test fails when what a user sees is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
+DEMO_ADDRESSES = [("127.0.0.1", 4200), ("127.0.0.11", 4140), ("127.0.0.11", 4143), ("127.0.0.11", 4191),
+                  ("127.0.0.11", 8080), ("127.0.0.12", 4143), ("127.0.0.12", 8080), ("127.0.0.13", 4143),
+                  ("127.0.0.13", 8080), ("127.0.0.13", 8081)]
+
+
+def _served_by(line: str) -> dict[str, int]:
+    m = re.search(r"served by (.*)$", line)
+    assert m, line
+    if m.group(1).strip() == "-":
+        return {}
+    return {h: int(n) for h, n in (part.split() for part in m.group(1).split(", "))}
+
+
+def _bindable(ip: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((ip, port))
+            return True
+        except OSError:
+            return False
+
+
+def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    r = subprocess.run([*CLI, "demo", "--duration", "15", "--state-dir", str(state)], capture_output=True,
+                       text=True, timeout=180, env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"})
+    out = r.stdout + r.stderr
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((state / "logs").glob("*.log")))
+    assert r.returncode == 0, f"{out}\n{logs}"
+    lines = out.splitlines()
+
+    # Set up through the control plane.
+    assert "control plane up on http://127.0.0.1:4200" in out
+    assert f"applied {state}/mesh.yaml: config version 1" in out
+    assert "instances registered and healthy" in out
+    assert "glassmesh status" in out  # the hint
+    assert (state / "mesh.yaml").is_file() and (state / "control" / "control.sqlite").is_file()
+    for h in ("host1", "host2", "host3"):  # each proxy kept its last-known-good snapshot from the control plane
+        assert (state / h / "snapshot.json").is_file() and (state / h / "certs" / "ca.pem").is_file()
+
+    # B on host2 stopped, its traffic on host3 alone, then back.
+    def index(pattern: str) -> int:
+        found = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+        assert found, f"no line matches {pattern!r}:\n{out}"
+        return found[0]
+
+    stopping = index(r">>> stopping b on host2 \(pid \d+")
+    out_at = index(r">>> b on host2 is out: snapshot v\d+ pushed to host1")
+    starting = index(r">>> starting b on host2 again \(pid \d+\)")
+    back = index(r">>> b on host2 is back: .*snapshot v\d+ pushed to host1")
+    assert stopping < out_at < starting < back
+    pushes = [line for line in lines if "control plane pushed snapshot v" in line]
+    assert any("to host1: b now host3 (was host2, host3)" in p for p in pushes), pushes
+    assert any("to host1: b now host2, host3 (was host3)" in p for p in pushes), pushes
+    ab = [(i, line) for i, line in enumerate(lines) if re.match(r"\[\s*\d+s\] a -> b ", line)]
+    while_out = [_served_by(line) for i, line in ab if out_at < i < starting]
+    assert while_out and all(set(s) <= {"host3"} for s in while_out), while_out
+    after = [_served_by(line) for i, line in ab if i > back]
+    assert any(s.get("host2") for s in after), after  # the traffic splits again
+    assert all("success 100.0%" in line or "no traffic seen yet" in line for _, line in ab), out
+
+    # The summary: no failed request, both instances of b served, the bounce reported.
+    summary = lines[index(r"^summary \(")]
+    assert summary
+    ab_total = lines[index(r"^  a -> b: \d+ requests")]
+    served = _served_by(ab_total)
+    assert served.get("host2", 0) > 0 and served.get("host3", 0) > 0, ab_total
+    assert "success 100.0%" in ab_total
+    assert re.search(r"client -> a \(traffic generator\): (\d+) done, \1 ok, 0 failed", out), out
+    assert re.search(r"^  failed requests: 0 \(0 of \d+ client -> a, 0 of \d+ a -> b, 0 of \d+ a -> c\)",
+                     out, re.M), out
+    assert re.search(r"^  b on host2: stopped at [\d.]+ s \(pid \d+\), out of host1's snapshot [\d.]+ s later "
+                     r"\(v\d+\), started at [\d.]+ s \(pid \d+\), back in host1's snapshot", out, re.M), out
+    assert "exited during the run" not in out and "did not run clean" not in out
+
+    # Every process stopped, the control plane included: the demo's addresses are free again.
+    assert re.search(r"^stopped \d+ processes", out, re.M), out
+    busy = [f"{ip}:{port}" for ip, port in DEMO_ADDRESSES if not _bindable(ip, port)]
+    assert busy == [], busy
