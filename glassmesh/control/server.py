@@ -143,7 +143,8 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
     """
     host, _, port = listen.rpartition(":")
     app = make_app(store, trust_domain, listen=listen, dns_servers=dns_servers, identity=identity)
-    runner = web.AppRunner(app, access_log=None)
+    # Long-polls can be open for minutes: at shutdown give handlers a second, then cancel them.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), reuse_address=True)

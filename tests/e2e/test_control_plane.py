@@ -205,3 +205,25 @@ def test_watchers_get_changes_within_2s_and_wipe_out_is_held(control: Control, t
     finally:
         w.stopped = True
         w.thread.join(5)
+
+
+def test_sigterm_exits_promptly_with_long_polls_open(control: Control, tmp_path: Path) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("services:\n  - {name: b, port: 18080}\nhosts:\n  - {name: h1, address: '127.0.9.1:4143', services: [b]}\n")
+    assert control.cli("apply", "-f", str(mesh)).returncode == 0
+    pollers = [threading.Thread(target=lambda: _ignore(lambda: control.poll("h1", 10**9, 120)), daemon=True)
+               for _ in range(5)]
+    for p in pollers:
+        p.start()
+    time.sleep(0.5)
+    t = time.monotonic()
+    control.proc.terminate()
+    control.proc.wait(15)
+    assert time.monotonic() - t < 5, "open long-polls must not hold up a shutdown"
+
+
+def _ignore(fn: Any) -> None:
+    try:
+        fn()
+    except OSError:
+        pass
