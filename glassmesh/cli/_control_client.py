@@ -4,6 +4,12 @@ The commands are thin clients of the HTTP API, so that they behave the same
 against any replica. They use urllib (no event loop to start for one request)
 and turn every failure into one line on stderr: exit 1 when the control plane
 cannot be reached or refuses, exit 2 when the config is invalid.
+
+`--control URL1,URL2` (or GLASSMESH_CONTROL=URL1,URL2) names replicas of one
+control plane: each call tries them in order and takes the first real answer,
+skipping one that is unreachable, times out or answers 5xx. Retrying a write
+on another replica is safe: an apply of the content already in force commits
+nothing, and commits are compare-and-set on the version.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ class InvalidConfig(click.ClickException):
 
 def control_option(f: F) -> F:
     return click.option("--control", envvar="GLASSMESH_CONTROL", default=DEFAULT_CONTROL, show_default=True,
-                        help="Control-plane API URL (env GLASSMESH_CONTROL).")(f)
+                        help="Control-plane API URL, or several replicas' comma-separated, tried in order "
+                             "(env GLASSMESH_CONTROL).")(f)
 
 
 def default_author() -> str:
@@ -62,9 +69,44 @@ def author_option(f: F) -> F:
     return click.option("--author", default=None, help="Who makes the change [default: $USER@hostname].")(f)
 
 
+def control_urls(control: str) -> list[str]:
+    """The replicas in `URL1,URL2`, in order, without duplicates."""
+    urls: list[str] = []
+    for u in (x.strip() for x in control.split(",")):
+        if u and u not in urls:
+            urls.append(u)
+    if not urls:
+        raise ControlError("no control-plane URL given (--control or GLASSMESH_CONTROL)")
+    return urls
+
+
 def call(control: str, method: str, path: str, payload: dict[str, Any] | None = None,
          timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
-    """(status, JSON body); raises ControlError when there is no usable answer."""
+    """(status, JSON body) from the first replica that gives a real answer; ControlError when none does.
+
+    A 5xx is returned as is when no later replica answers better, so the
+    caller prints the control plane's own reason (e.g. its store is down).
+    """
+    urls = control_urls(control)
+    errors: list[str] = []
+    answer: tuple[int, dict[str, Any]] | None = None
+    for base in urls:
+        try:
+            status, doc = _call_one(base, method, path, payload, timeout)
+        except ControlError as e:
+            errors.append(e.message)
+            continue
+        if status < 500:
+            return status, doc
+        answer = answer or (status, doc)
+        errors.append(f"{base} answered {status}")
+    if answer is not None:
+        return answer
+    raise ControlError(errors[0] if len(errors) == 1 else "; ".join(errors))
+
+
+def _call_one(control: str, method: str, path: str, payload: dict[str, Any] | None,
+              timeout: float) -> tuple[int, dict[str, Any]]:
     url = control.rstrip("/") + path
     data = None if payload is None else json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})

@@ -9,10 +9,12 @@ import click
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
               help="Snapshot file (JSON) this proxy serves; SIGHUP reloads it. With --control: the snapshot "
                    "to start from when DIR has no last-known-good one.")
-@click.option("--control", "control", default=None, metavar="URL",
+@click.option("--control", "control", default=None, metavar="URL[,URL...]",
               help="Control plane to watch for this host's snapshot: its proxy listener "
                    "(https://127.0.0.1:4201, mutual TLS with the host identity from --join), or, for a host "
-                   "provisioned with certificate files, its API over plain HTTP (http://127.0.0.1:4200).")
+                   "provisioned with certificate files, its API over plain HTTP (http://127.0.0.1:4200). "
+                   "Several replicas, comma-separated (same scheme), are used in that order: the proxy "
+                   "moves to the next when one fails.")
 @click.option("--host", "host", default=None,
               help="This host's name in the mesh (with --control; with https:// it comes from the join "
                    "token and, if given, must match).")
@@ -35,14 +37,22 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
           ca_sha256: str | None, workers: int, access_log: str | None, tls_keylog: str | None) -> None:
     """Run the data plane of one host: outbound listeners, the mTLS inbound port, tcp links and admin."""
     from glassmesh.model.snapshot import SnapshotError
-    from glassmesh.proxy.enroll import EnrollError
     from glassmesh.proxy.server import StartupError, run
 
+    # Enrollment (cryptography, aiohttp: about 15 MB) is imported only by a proxy under a control plane.
+    errors: tuple[type[Exception], ...] = (SnapshotError, StartupError)
     try:
         if control is not None:
-            if not control.startswith(("http://", "https://")):
-                raise click.UsageError(f"--control must be an http:// or https:// URL, got {control!r}")
-            if control.startswith("http://"):
+            from glassmesh.proxy.enroll import EnrollError
+
+            errors = (*errors, EnrollError)
+            from glassmesh.proxy.watch import split_urls
+
+            try:
+                urls = split_urls(control)
+            except ValueError as e:
+                raise click.UsageError(f"--control {e}") from None
+            if urls[0].startswith("http://"):
                 if join:
                     raise click.UsageError("--join goes over TLS: give --control https://ADDR, the control "
                                            "plane's proxy listener (--proxy-listen, default 127.0.0.1:4201)")
@@ -52,7 +62,7 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
                 raise click.UsageError("--control needs --data DIR")
             from glassmesh.proxy.watch import run_controlled
 
-            run_controlled(control, host, data_dir, seed=config, workers=workers, keylog=tls_keylog,
+            run_controlled(",".join(urls), host, data_dir, seed=config, workers=workers, keylog=tls_keylog,
                            access_log=access_log, join=join, ca_sha256=ca_sha256)
             return
         if config is None:
@@ -61,5 +71,5 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
         if host or data_dir or join:
             raise click.UsageError("--host, --data and --join go with --control")
         run(config, workers=workers, keylog=tls_keylog, access_log=access_log)
-    except (SnapshotError, StartupError, EnrollError) as e:
+    except errors as e:
         raise click.ClickException(str(e)) from None

@@ -27,7 +27,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,14 @@ RETRY_MAX_S = 30.0
 
 class EnrollError(Exception):
     """The proxy cannot get or use its identity (token refused, CA mismatch, unreachable at join)."""
+
+
+class ControlUnavailable(EnrollError):
+    """The replica could not answer now (unreachable, or a 5xx): another replica, or a later try, may."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status or 503  # what the watch treats it as: a replica that cannot serve now
 
 
 # --------------------------------------------------------------------------- keys, CSRs, certificates
@@ -159,6 +167,9 @@ class ProxyIdentity:
     async def _post(self, session: aiohttp.ClientSession, url: str, path: str, body: dict[str, Any]) -> Any:
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
         async with session.post(url.rstrip("/") + path, json=body, timeout=timeout, **self.request_kwargs()) as r:
+            if r.status >= 500:  # not a refusal: this replica (or its store) cannot sign now
+                text = (await r.read())[:300].decode(errors="replace")
+                raise ControlUnavailable(f"POST {path}: HTTP {r.status}: {text}", r.status)
             doc = await r.json(content_type=None)
             if r.status != 200:
                 raise EnrollError(f"POST {path}: HTTP {r.status}: {(doc or {}).get('error', doc)}")
@@ -199,6 +210,8 @@ class ProxyIdentity:
         Returns True when a certificate was written. A refusal (a service this
         host was not admitted for) is logged once; the snapshot that needs it
         is then rejected by the usual path, naming the missing certificate.
+        ControlUnavailable (a 5xx) is raised, not logged: it is no refusal, and
+        the caller retries, on another replica when there is one.
         """
         now = time.time() if now is None else now
         wrote = False
@@ -214,6 +227,8 @@ class ProxyIdentity:
                 await self.issue_service(session, url, ls.name, ls.cert, ls.key)
                 self._problems.pop(ls.name, None)
                 wrote = True
+            except ControlUnavailable:
+                raise
             except EnrollError as e:
                 self._problem(ls.name, f"certificate for service {ls.name} refused: {e}")
         return wrote
@@ -237,25 +252,31 @@ class ProxyIdentity:
             await self.renew_host(session, url)
         return await self.ensure_service_certs(session, url, snap)
 
-    async def run_renewals(self, session: Callable[[], aiohttp.ClientSession], url: str,
-                           current: Callable[[], Snapshot], reload: Callable[[], None]) -> None:
+    async def run_renewals(self, session: Callable[[], aiohttp.ClientSession], url: str | Callable[[], str],
+                           current: Callable[[], Snapshot], reload: Callable[[], None],
+                           failed: Callable[[str, BaseException], object] | None = None) -> None:
         """Forever: renew at half-life, then reload so that new connections use the new certificates.
 
         Failures are retried with backoff; a proxy whose control plane is down
         keeps serving with the certificates it has until they expire (that
-        window is the outage budget `glassmesh status` shows).
+        window is the outage budget `glassmesh status` shows). `url` may be a
+        callable (the replica in use now), and `failed(url, error)` is told of
+        each failure so that the caller can move to another replica.
         """
         backoff = 1.0
         last_error = ""
         while True:
+            at = url() if callable(url) else url
             try:
-                if await self.renew_due(session(), url, current()):
+                if await self.renew_due(session(), at, current()):
                     reload()
                 wait = min(RENEW_CHECK_MAX_S, max(1.0, self.next_due(current()) - time.time()))
                 backoff, last_error = 1.0, ""
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError, EnrollError, ssl.SSLError) as e:
+                if failed is not None and not (isinstance(e, EnrollError) and not isinstance(e, ControlUnavailable)):
+                    failed(at, e)
                 msg = f"{type(e).__name__}: {e}"
                 if msg != last_error:
                     log(f"certificate renewal failed, retrying: {msg}")
@@ -287,6 +308,8 @@ async def join(url: str, token: str, ca_sha256: str, data_dir: str, host: str | 
         try:
             # Not trusted yet: fetched without verification, then believed only if it matches the pin.
             async with s.get(base + "/v1/ca", ssl=False, timeout=timeout) as r:
+                if r.status >= 500:
+                    raise ControlUnavailable(f"cannot join through {url}: {base}/v1/ca: HTTP {r.status}", r.status)
                 if r.status != 200:
                     raise EnrollError(f"{base}/v1/ca: HTTP {r.status} (is {url} the control plane's proxy listener?)")
                 ca = await r.json(content_type=None)
@@ -299,10 +322,14 @@ async def join(url: str, token: str, ca_sha256: str, data_dir: str, host: str | 
             csr = make_csr(key, f"spiffe://{td}/host/{host}" if host else None)
             async with s.post(base + "/v1/join", json={"token": token, "csr_pem": csr}, ssl=ctx,
                               server_hostname=CONTROL_DNS_NAME, timeout=timeout) as r:
+                if r.status >= 500:
+                    raise ControlUnavailable(f"cannot join through {url}: HTTP {r.status}", r.status)
                 doc = await r.json(content_type=None)
                 if r.status != 200:
                     raise EnrollError(f"join refused by {url} (HTTP {r.status}): {(doc or {}).get('error', doc)}")
-        except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError, ValueError, KeyError) as e:
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:  # ssl.SSLError included
+            raise ControlUnavailable(f"cannot join through {url}: {type(e).__name__}: {e}") from None
+        except (ValueError, KeyError) as e:
             raise EnrollError(f"cannot join through {url}: {type(e).__name__}: {e}") from None
     name = doc["host"]
     if host and name != host:
@@ -324,9 +351,13 @@ async def join(url: str, token: str, ca_sha256: str, data_dir: str, host: str | 
     return ident
 
 
-async def obtain(url: str, data_dir: str, host: str | None, token: str | None,
+async def obtain(url: str | Sequence[str], data_dir: str, host: str | None, token: str | None,
                  ca_sha256: str | None) -> ProxyIdentity:
-    """The identity in DIR, or a new one from the join token; --host, when given, must match it."""
+    """The identity in DIR, or a new one from the join token; --host, when given, must match it.
+
+    With several replicas the join goes through the first that answers: one
+    that is down (or answers 5xx) is skipped, a refusal is final.
+    """
     ident = ProxyIdentity.load(data_dir)
     if ident is not None:
         if host and host != ident.host:
@@ -340,4 +371,12 @@ async def obtain(url: str, data_dir: str, host: str | None, token: str | None,
     if not ca_sha256:
         raise EnrollError("--join needs --ca-sha256 HEX (printed by `glassmesh host add`) to check the "
                           "control plane's CA before trusting it")
-    return await join(url, token, ca_sha256, data_dir, host)
+    urls = [url] if isinstance(url, str) else list(url)
+    for i, u in enumerate(urls):
+        try:
+            return await join(u, token, ca_sha256, data_dir, host)
+        except ControlUnavailable as e:
+            if i == len(urls) - 1:
+                raise
+            log(f"{e}; trying {urls[i + 1]}")
+    raise EnrollError("no control-plane URL to join through")

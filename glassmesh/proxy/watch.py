@@ -19,6 +19,14 @@ mutual TLS with the host certificate, each snapshot's local services get
 their certificates by CSR before it is applied, and a background task renews
 them at half-life and reloads. Without one (an http:// control URL and
 certificate files put in DIR/certs by hand) it is plain HTTP, as before.
+
+Several replicas (`--control URL1,URL2`, over an etcd store): every call
+(the watch, acks, reports, certificates) goes to the current replica; one
+that fails in a way another replica may not (unreachable, timeout, 5xx)
+moves the link to the next one in the list, and a long-poll still open on
+the old one is dropped at once. Backoff grows only after every replica has
+failed in a row, so a dead replica costs one retry, not an outage. With one
+URL this is exactly the single-replica behaviour.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -53,6 +61,43 @@ MAX_PENDING_ACKS = 16
 
 class ControlError(Exception):
     """The control plane answered, but not with something usable (404 host unknown, 5xx, no version)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status when there was one: 5xx moves to another replica
+
+
+class _Moved(Exception):
+    """The link moved to another replica while a long-poll was open on the old one: poll the new one now."""
+
+
+def split_urls(spec: str | Sequence[str]) -> list[str]:
+    """`URL1,URL2` (or a list) as distinct URLs, in order; ValueError unless all are http:// or all https://.
+
+    One scheme for all: https:// means a host identity (mTLS) and http://
+    certificate files by hand, and a proxy cannot be both.
+    """
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for p in (x.strip().rstrip("/") for x in parts):
+        if p and p not in urls:
+            urls.append(p)
+    if not urls:
+        raise ValueError("no control-plane URL given")
+    bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+    if bad:
+        raise ValueError(f"must be an http:// or https:// URL, got {bad[0]!r}")
+    if len({u.split("://", 1)[0] for u in urls}) > 1:
+        raise ValueError(f"give every control-plane URL with the same scheme (all http:// or all https://), "
+                         f"got {', '.join(urls)}")
+    return urls
+
+
+def _retryable(e: BaseException) -> bool:
+    """A failure another replica may not have: unreachable, timed out, or a 5xx answer."""
+    if isinstance(e, ControlError):
+        return e.status >= 500
+    return isinstance(e, aiohttp.ClientError | OSError | TimeoutError)
 
 
 class Target(Protocol):
@@ -122,8 +167,13 @@ def _short(e: BaseException) -> str:
 class ControlLink:
     """The watch loop, the acks, the health reports and the staleness figures for one proxy."""
 
-    def __init__(self, url: str, host: str, data_dir: str, identity: ProxyIdentity | None = None) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | Sequence[str], host: str, data_dir: str,
+                 identity: ProxyIdentity | None = None) -> None:
+        self.urls = split_urls(url)  # the replicas, in order of preference
+        self._current = 0
+        self.failovers = 0  # how many times the link moved to another replica
+        self._moved = asyncio.Event()  # set when it moves: the open long-poll on the old replica is dropped
+        self._probe = False  # the next poll returns at once (wait=0): a new replica is known reachable or not
         self.host = host
         self.data_dir = data_dir
         self.identity = identity  # None: plain HTTP, certificates are files someone else put in DIR/certs
@@ -143,6 +193,30 @@ class ControlLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._report_error = ""
         self._outage_logged = False
+        self._contact_url = ""
+
+    @property
+    def url(self) -> str:
+        """The replica every call goes to now."""
+        return self.urls[self._current]
+
+    def _failed(self, url: str, e: BaseException) -> bool:
+        """A call to `url` failed: move to the next replica if that one may do better; True if it moved.
+
+        Only when `url` is still the current one: the watch, a report and a
+        renewal in flight on a replica that died all fail, and the link must
+        move on once, not once each (and not round to the dead one again).
+        """
+        if len(self.urls) == 1 or url != self.url or not _retryable(e):
+            return False
+        self._current = (self._current + 1) % len(self.urls)
+        self.failovers += 1
+        if not self._outage_logged:  # in an outage of every replica, the moves back and forth go unsaid
+            why = _short(e) if isinstance(e, ControlError) else f"{type(e).__name__}: {_short(e)}"
+            log(f"control plane {url} failed ({why}); moving to {self.url}")
+        self._moved.set()
+        self._probe = True
+        return True
 
     # --- lifecycle -------------------------------------------------------------
     def _http(self) -> aiohttp.ClientSession:
@@ -159,7 +233,8 @@ class ControlLink:
                        asyncio.create_task(self.health.run(), name="health-checks")]
         if self.identity is not None:
             self._tasks.append(asyncio.create_task(
-                self.identity.run_renewals(self._http, self.url, target.current, self._reload_certs),
+                self.identity.run_renewals(self._http, lambda: self.url, target.current, self._reload_certs,
+                                           failed=self._failed),
                 name="cert-renewal"))
 
     async def stop(self) -> None:
@@ -188,7 +263,9 @@ class ControlLink:
             "snapshot_age_s": round(self.age(), 3),
             "snapshot_source": self.source,
             "control_plane": {
-                "url": self.url,
+                "url": self.url,  # the replica in use (connected to, when connected)
+                "replicas": self.urls,
+                "failovers": self.failovers,
                 "connected": self.connected,
                 "last_error": self.last_error,
                 "last_contact": self.last_contact,
@@ -204,16 +281,28 @@ class ControlLink:
     def _contact(self) -> None:
         now = time.time()
         if self._outage_logged:
-            log(f"control plane {self.url} reachable again")
+            again = len(self.urls) == 1 or self.url == self._contact_url
+            log(f"control plane {self.url} reachable" + (" again" if again else ""))
             self._outage_logged = False
+        elif self.failovers and self._contact_url != self.url:
+            log(f"connected to control plane {self.url}")
+        self._contact_url = self.url
         self.connected, self.last_contact, self.fresh_at = True, now, now
 
-    def _lost(self, e: BaseException) -> None:
+    def _lost(self, e: BaseException, url: str | None = None, moved: bool = False) -> None:
+        """A call failed for want of a control plane; `moved`: the link moved on to a replica not tried yet.
+
+        An outage is logged once, when no replica is left to try; a move
+        was logged by _failed, and the next replica may well answer.
+        """
         self.last_error = f"{type(e).__name__}: {_short(e)}" if not isinstance(e, ControlError) else _short(e)
+        if moved:
+            self.connected = False
+            return
         if self.connected or not self._outage_logged:
             cur = self._target.current().version if self._target else None
             serving = f"serving snapshot version {cur}" if cur is not None else "no snapshot yet"
-            log(f"control plane {self.url} unreachable ({self.last_error}); {serving}, retrying")
+            log(f"control plane {url or self.url} unreachable ({self.last_error}); {serving}, retrying")
             self._outage_logged = True
         self.connected = False
 
@@ -223,9 +312,25 @@ class ControlLink:
         return self.identity.request_kwargs() if self.identity is not None else {}
 
     async def _prepare(self, snap: Snapshot) -> None:
-        """Before a snapshot is applied: certificates for its local services, by CSR (joined hosts only)."""
-        if self.identity is not None:
-            await self.identity.ensure_service_certs(self._http(), self.url, snap)
+        """Before a snapshot is applied: certificates for its local services, by CSR (joined hosts only).
+
+        A replica that cannot sign now (unreachable, 5xx) is not a reason to
+        reject the snapshot: the watch retries it, on the next replica if any.
+        """
+        if self.identity is None:
+            return
+        from glassmesh.proxy.enroll import ControlUnavailable
+
+        url = self.url
+        try:
+            await self.identity.ensure_service_certs(self._http(), url, snap)
+        except ControlUnavailable as e:
+            err = ControlError(str(e), e.status)
+            self._failed(url, err)
+            raise err from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            self._failed(url, e)
+            raise
 
     async def _prepare_body(self, body: bytes, header: str | None) -> None:
         _, got = self._decode(body, header)
@@ -244,19 +349,51 @@ class ControlLink:
 
     # --- HTTP calls ----------------------------------------------------------------
     async def _poll(self) -> tuple[int, str | None, bytes]:
+        """One long-poll of the current replica; _Moved when the link moves elsewhere meanwhile."""
+        url = self.url
+        self._moved.clear()
+        call = asyncio.ensure_future(self._poll_at(url))
+        moved = asyncio.ensure_future(self._moved.wait())
+        try:
+            await asyncio.wait({call, moved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (call, moved):
+                if not t.done():
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+        if not call.done() or call.cancelled():
+            raise _Moved(url)
+        try:
+            status, header, body = call.result()
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            self._failed(url, e)
+            raise
+        if status >= 500:
+            self._failed(url, ControlError(f"snapshot watch: HTTP {status}", status))
+        return status, header, body
+
+    async def _poll_at(self, url: str) -> tuple[int, str | None, bytes]:
         timeout = aiohttp.ClientTimeout(total=POLL_WAIT_S + 10, sock_connect=CALL_TIMEOUT_S)
-        params = {"after": str(self.after), "wait": str(POLL_WAIT_S)}
-        async with self._http().get(self.url + snapshot_path(self.host), params=params, timeout=timeout,
+        wait, self._probe = (0.0 if self._probe else POLL_WAIT_S), False
+        params = {"after": str(self.after), "wait": str(wait)}
+        async with self._http().get(url + snapshot_path(self.host), params=params, timeout=timeout,
                                     **self._tls()) as r:
             return r.status, r.headers.get(VERSION_HEADER), await r.read()
 
     async def _post(self, path: str, body: bytes) -> None:
+        url = self.url
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
-        async with self._http().post(self.url + path, data=body, timeout=timeout,
-                                     headers={"content-type": "application/json"}, **self._tls()) as r:
-            text = await r.read()
-            if r.status != 200:
-                raise ControlError(f"POST {path}: HTTP {r.status}: {text[:300].decode(errors='replace')}")
+        try:
+            async with self._http().post(url + path, data=body, timeout=timeout,
+                                         headers={"content-type": "application/json"}, **self._tls()) as r:
+                text = await r.read()
+                if r.status != 200:
+                    raise ControlError(f"POST {path}: HTTP {r.status}: {text[:300].decode(errors='replace')}",
+                                       r.status)
+        except (aiohttp.ClientError, OSError, TimeoutError, ControlError) as e:
+            self._failed(url, e)
+            raise
 
     def _ack(self, version: int, accepted: bool, reason: str) -> None:
         self._pending.append(Ack(version=version, accepted=accepted, reason=reason))
@@ -268,8 +405,10 @@ class ControlLink:
         while self._pending:
             try:
                 await self._post(ack_path(self.host), msgspec.json.encode(self._pending[0]))
-            except ControlError as e:  # the control plane refused it: it will never take it
-                log(f"ack of version {self._pending[0].version} refused: {e}")
+            except ControlError as e:
+                if e.status >= 500:  # this replica cannot take it now (store down): it goes again later
+                    return
+                log(f"ack of version {self._pending[0].version} refused: {e}")  # it will never take it
             except (aiohttp.ClientError, OSError, TimeoutError):
                 return
             self._pending.pop(0)
@@ -341,10 +480,19 @@ class ControlLink:
         self._ack(got.version, True, ("accepted with a warning: " + "; ".join(warnings)) if warnings else "")
         return True
 
+    def _pause(self, backoff: float, misses: int) -> tuple[float, float]:
+        """(how long to wait now, the next backoff): it grows only once every replica has failed in a row."""
+        wait = backoff * random.uniform(0.8, 1.2)
+        if misses % len(self.urls) == 0:
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+        return wait, backoff
+
     async def _watch(self) -> None:
         """Long-poll forever; nothing that goes wrong here may stop the proxy (log, back off, retry)."""
         backoff = BACKOFF_MIN_S
+        misses = 0
         while True:
+            url = self.url
             try:
                 await self._flush_acks()
                 status, header, body = await self._poll()
@@ -354,31 +502,37 @@ class ControlLink:
                     self.handle(body, header)
                     await self._flush_acks()
                 elif status != 204:
-                    raise ControlError(f"snapshot watch: HTTP {status}: {body[:300].decode(errors='replace')}")
+                    raise ControlError(f"snapshot watch: HTTP {status}: {body[:300].decode(errors='replace')}",
+                                       status)
                 self.last_error = ""
-                backoff = BACKOFF_MIN_S
+                backoff, misses = BACKOFF_MIN_S, 0
                 continue
             except asyncio.CancelledError:
                 raise
+            except _Moved:
+                continue  # a call beside the watch (report, ack) failed on that replica: poll the next now
             except ControlError as e:  # it answers, but not usefully (host unknown, 5xx): not an outage
                 if _short(e) != self.last_error:
-                    log(f"control plane {self.url}: {e}")
+                    log(f"control plane {url}: {e}")
                 self.last_error = _short(e)
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                self._lost(e)
+                self._lost(e, url, moved=self.url != url and misses + 1 < len(self.urls))
             except Exception as e:  # noqa: BLE001 - a bug here must not end the watch
                 log(f"snapshot watch failed: {type(e).__name__}: {e}")
                 self.last_error = f"{type(e).__name__}: {_short(e)}"
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(BACKOFF_MAX_S, backoff * 2)
+            misses += 1
+            wait, backoff = self._pause(backoff, misses)
+            await asyncio.sleep(wait)
 
     async def first_snapshot(self) -> Snapshot:
         """Wait (retrying with backoff, forever) for a first usable snapshot; it is saved, its ack queued."""
-        log(f"no last-known-good snapshot in {self.data_dir}: waiting for the first snapshot from {self.url} "
-            f"before binding listeners")
+        log(f"no last-known-good snapshot in {self.data_dir}: waiting for the first snapshot from "
+            f"{', '.join(self.urls)} before binding listeners")
         backoff = BACKOFF_MIN_S
+        misses = 0
         try:
             while True:
+                url = self.url
                 try:
                     await self._flush_acks()
                     status, header, body = await self._poll()
@@ -386,7 +540,8 @@ class ControlLink:
                     if status == 204:
                         continue
                     if status != 200:
-                        raise ControlError(f"snapshot watch: HTTP {status}: {body[:300].decode(errors='replace')}")
+                        raise ControlError(f"snapshot watch: HTTP {status}: {body[:300].decode(errors='replace')}",
+                                           status)
                     version, got = self._decode(body, header)
                     if isinstance(got, Snapshot):
                         await self._prepare(got)
@@ -403,16 +558,19 @@ class ControlLink:
                         log(f"cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}")
                     self.after, self.source, self.fresh_at = got.version, "control", time.time()
                     self._ack(got.version, True, "")  # sent once the listeners are up
-                    log(f"got snapshot version {got.version} from {self.url}")
+                    log(f"got snapshot version {got.version} from {url}")
                     return got
+                except _Moved:
+                    continue
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                    self._lost(e)
+                    self._lost(e, url, moved=self.url != url and misses + 1 < len(self.urls))
                 except ControlError as e:
                     if _short(e) != self.last_error:
-                        log(f"control plane {self.url}: {e}")
+                        log(f"control plane {url}: {e}")
                     self.last_error = _short(e)
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                misses += 1
+                wait, backoff = self._pause(backoff, misses)
+                await asyncio.sleep(wait)
         finally:
             await self.close()  # workers fork after this: they must not inherit its connections
 
@@ -442,7 +600,7 @@ def _initial(link: ControlLink, data_dir: str, seed: str | None) -> Snapshot | N
             link.fresh_at = os.path.getmtime(lkg.lkg_path(data_dir) if source == "disk" else str(seed))
         if source == "disk":
             log(f"serving last-known-good snapshot version {snap.version} from {lkg.lkg_path(data_dir)}; "
-                f"watching {link.url} for newer ones")
+                f"watching {', '.join(link.urls)} for newer ones")
         return snap
     return None
 
@@ -453,11 +611,12 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
     from glassmesh.proxy.server import _serve_single, _supervise, bind_unix_sockets
 
     identity = None
-    if url.startswith("https://"):  # the proxy listener: mutual TLS with the host identity (joining first)
-        identity = await enroll.obtain(url, data_dir, host, join, ca_sha256)
+    urls = split_urls(url)
+    if urls[0].startswith("https://"):  # the proxy listener: mutual TLS with the host identity (joining first)
+        identity = await enroll.obtain(urls, data_dir, host, join, ca_sha256)
         host = identity.host
     assert host is not None
-    link = ControlLink(url, host, data_dir, identity)
+    link = ControlLink(urls, host, data_dir, identity)
     snap = _initial(link, data_dir, seed)
     if snap is None:
         loop = asyncio.get_running_loop()
@@ -491,11 +650,12 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
 def run_controlled(url: str, host: str | None, data_dir: str, seed: str | None = None, workers: int = 1,
                    keylog: str | None = None, access_log: str | None = None, join: str | None = None,
                    ca_sha256: str | None = None) -> None:
-    """`glassmesh proxy --control URL [--host NAME] --data DIR [--join TOKEN --ca-sha256 HEX]`.
+    """`glassmesh proxy --control URL[,URL...] [--host NAME] --data DIR [--join TOKEN --ca-sha256 HEX]`.
 
     Serve from disk or the control plane and watch it. An https:// URL is the
     control plane's proxy listener: the proxy joins first if DIR holds no
     identity (raising enroll.EnrollError when it cannot), then uses mTLS.
+    Several URLs are replicas of one control plane, tried in that order.
     """
     from glassmesh.proxy.server import _tune_malloc
 
