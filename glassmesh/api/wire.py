@@ -14,6 +14,8 @@ from urllib.parse import quote
 
 import msgspec
 
+from glassmesh.model.snapshot import Address
+
 VERSION_HEADER = "glassmesh-snapshot-version"
 _S = {"forbid_unknown_fields": True, "kw_only": True}
 
@@ -30,7 +32,7 @@ class Reported(msgspec.Struct, **_S):
     """One local instance and the result of the proxy's own health check of it."""
 
     service: str
-    address: str
+    address: Address
     healthy: bool
     detail: str = ""
 

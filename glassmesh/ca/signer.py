@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from glassmesh.ca._files import write_atomic, write_private
+from glassmesh.files import write_atomic, write_private
 
 Kind = Literal["service", "host"]
 KINDS: tuple[str, ...] = get_args(Kind)

@@ -41,9 +41,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from glassmesh.ca import CA, CAError, init_ca, load_ca
-from glassmesh.ca._files import write_atomic, write_private
 from glassmesh.ca.signer import CLOCK_SKEW, validate_name
 from glassmesh.control.store import HostRecord, Store
+from glassmesh.files import write_atomic, write_private
 
 JOIN_KIND = "join"  # pending join tokens, keyed by sha256(token)
 CERTS_KIND = "host-certs"  # host -> {"host": not_after, "service/a": not_after, ...}

@@ -12,35 +12,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import msgspec
 from aiohttp import web
 
+from glassmesh.api.wire import Ack, Report
 from glassmesh.control.api import PLANE, STORE, decode, error, json_response
 from glassmesh.control.identity_api import authorize, is_tls
 from glassmesh.control.layout import local_services
 from glassmesh.control.store import HostRecord, InstanceRecord
-from glassmesh.model.snapshot import Address
 
-_S = {"forbid_unknown_fields": True, "kw_only": True}
 MAX_WAIT_S = 300.0
 
 
-class Ack(msgspec.Struct, **_S):
-    version: int
-    accepted: bool
-    reason: str = ""
-
-
-class Reported(msgspec.Struct, **_S):
-    service: str
-    address: Address
-    healthy: bool
-    detail: str = ""
-
-
-class Report(msgspec.Struct, **_S):
-    instances: list[Reported]
-    ttl_s: float = 15.0
 
 
 async def host_of(request: web.Request) -> str:
@@ -57,7 +39,10 @@ async def snapshot(request: web.Request) -> web.Response:
     except ValueError:
         return error(400, "after must be an integer and wait a number of seconds")
     if plane.revision >= 0 and host not in plane.snapshots:
-        return error(404, f"host {host!r} is not in the mesh config")
+        # The apply that adds this host may not be compiled yet: give it a moment before saying no.
+        await plane.wait_snapshot(host, -1, min(wait, 3.0))
+        if host not in plane.snapshots:
+            return error(404, f"host {host!r} is not in the mesh config")
     snap = await plane.wait_snapshot(host, after, wait)
     if snap is None:
         return web.Response(status=204, headers={"glassmesh-snapshot-version": str(after)})

@@ -12,12 +12,11 @@ lie under it, so the directory can be moved or restored from a backup.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 
 import msgspec
 
+from glassmesh.files import write_atomic
 from glassmesh.model.snapshot import Snapshot, SnapshotError, encode_snapshot, load_snapshot
 
 FILENAME = "snapshot.json"
@@ -41,27 +40,6 @@ def _relative(snap: Snapshot, base: str) -> Snapshot:
         trust_bundle=rel(snap.trust_bundle),
         local_services=[msgspec.structs.replace(s, cert=rel(s.cert), key=rel(s.key)) for s in snap.local_services],
     )
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so that readers (and a crash) see the old file or the new one, whole."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)  # the rename itself must survive a power cut
-    finally:
-        os.close(dfd)
 
 
 def save(data_dir: str, snap: Snapshot) -> None:

@@ -18,7 +18,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from glassmesh.ca import init_ca, spiffe_id_of
-from glassmesh.ca._files import write_atomic
 from glassmesh.control.identity import (
     JOIN_KIND,
     BadRequest,
@@ -31,6 +30,7 @@ from glassmesh.control.identity import (
     token_key,
 )
 from glassmesh.control.store_sqlite import SqliteStore
+from glassmesh.files import write_atomic
 from glassmesh.proxy.enroll import generate_key, make_csr, renew_at
 
 TD = "glassmesh.local"
