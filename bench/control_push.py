@@ -381,7 +381,7 @@ async def settle(cp: Control, session: aiohttp.ClientSession, mesh: Mesh, deadli
         _, st = await get_json(session, f"{cp.url}/v1/status")
         rev = st["revision"] if st else -1
         status, snap = await get_json(session, f"{cp.url}/v1/hosts/{probe}/snapshot?after=0&wait=0")
-        eps = sum(len(s["endpoints"]) for s in snap["services"]) if snap else -1
+        eps = sum(len(s.get("endpoints", [])) for s in snap["services"]) if snap else -1
         if rev != last or eps != want_eps:
             last, since = rev, time.monotonic()
         elif time.monotonic() - since >= 1.0:
