@@ -196,3 +196,24 @@ def test_a_stream_opened_by_the_wrong_side_ends_the_connection(pair):
     client, _server, _servers, _pump = pair
     client.data_received(b"".join(m.data(3, b"hi", m.FLAG_OPEN)))  # servers never open streams
     assert client.transport.closed
+
+
+def test_quiet_link_writes_at_once_busy_link_batches(pair):
+    client, _server, servers, pump = pair
+    wire = client.transport
+    streams = [client.open(Recorder)[0] for _ in range(32)]
+    wire.buf.clear()
+    client.last_queue = 0.0  # quiet: nothing written for a long time
+    streams[0].write(b"alone")
+    assert len(wire.buf) == 1, "a lone request leaves at once, without waiting for the loop"
+    for s in streams:  # 32 connections writing in the same loop turn
+        s.write(b"x" * 50)
+    assert 2 <= len(wire.buf) <= 1 + 32 // m_batch() + 1, len(wire.buf)
+    pump()
+    assert sum(len(r.data) for r in servers) == 5 + 32 * 50
+
+
+def m_batch() -> int:
+    from glassmesh.proxy import mux as pm
+
+    return pm.BATCH
