@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from glassmesh.control import metrics as control_metrics
 from glassmesh.control import ops
 from glassmesh.control.config import canonical_yaml
 from glassmesh.control.plane import Plane
@@ -91,6 +92,12 @@ async def status(request: web.Request) -> web.Response:
     return json_response(await ops.status(request.app[STORE], request.app[PLANE], request.app[REPLICA]))
 
 
+async def metrics(request: web.Request) -> web.Response:
+    doc = await ops.status(request.app[STORE], request.app[PLANE], request.app[REPLICA])
+    return web.Response(body=control_metrics.render(doc), content_type="text/plain", charset="utf-8",
+                        headers={"cache-control": "no-store"})
+
+
 async def release(request: web.Request) -> web.Response:
     req: ServiceReq = await decode(request, ServiceReq)
     return json_response(await ops.release(request.app[STORE], req.service))
@@ -109,5 +116,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/history", history)
     app.router.add_post("/v1/rollback", rollback)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/release", release)
     app.router.add_post("/v1/drain", drain)

@@ -196,12 +196,19 @@ def test_watchers_get_changes_within_2s_and_wipe_out_is_held(control: Control, t
         assert "connect refused" in st.stdout  # host3's sick instance is listed
         st_json = json.loads(control.cli("status", "--json").stdout)
         assert [h["service"] for h in st_json["held"]] == ["b"]
+        metrics = urllib.request.urlopen(control.url + "/metrics", timeout=10).read().decode()
+        assert 'glassmesh_control_held_changes{service="b"} 1.0' in metrics, metrics
+        assert "glassmesh_control_held_changes_total 1.0" in metrics
+        assert "glassmesh_control_unhealthy_instances 1.0" in metrics
 
         t = time.monotonic()
         r = control.cli("release", "b")
         assert r.returncode == 0, r.stderr
         w.wait_for(lambda s: b_endpoints(s) == [], t)
         assert "held changes: none" in control.cli("status").stdout
+        metrics = urllib.request.urlopen(control.url + "/metrics", timeout=10).read().decode()
+        assert "glassmesh_control_held_changes_total 0.0" in metrics
+        assert 'glassmesh_control_host_snapshot_version{host="host1",kind="latest"}' in metrics
     finally:
         w.stopped = True
         w.thread.join(5)
