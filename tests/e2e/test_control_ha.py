@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -40,7 +39,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.e2e.harness import PROXY_CMD, Mesh, Proc, fresh_ip, get, wait_port
+from tests.e2e.harness import PROXY_CMD, Mesh, Proc, wait_port
 from tests.e2e.test_control_watch import (
     APP_PORT,
     HEALTH_INTERVAL_S,
@@ -134,41 +133,11 @@ class Replica:
         return http_json(f"{self.url}/v1/hosts/{host}/snapshot?after=0&wait=0")  # type: ignore[no-any-return]
 
 
-class HaHost:
-    """A proxy under the replicas (certificate files in DIR/certs, like test_control_watch's CHost)."""
+class HaHost(CHost):
+    """A proxy under the replicas: CHost's certificate files, given the replicas in order of preference."""
 
-    def __init__(self, mesh: Mesh, name: str, services: list[str]) -> None:
-        self.mesh, self.name = mesh, name
-        self.ip = fresh_ip()
-        self.admin, self.outbound = f"{self.ip}:4191", f"{self.ip}:4140"
-        self.data = mesh.root / f"{name}-data"
-        (self.data / "certs").mkdir(parents=True)
-        shutil.copy(mesh.ca_pem, self.data / "certs" / "ca.pem")
-        for svc in services:
-            mesh.ca.issue("service", svc).write(self.data / "certs" / svc)
-        self.proxy: Proc | None = None
-
-    def start(self, urls: list[str]) -> None:
-        self.proxy = self.mesh.spawn(f"proxy {self.name}", [
-            *PROXY_CMD, "--control", ",".join(urls), "--host", self.name, "--data", str(self.data)])
-
-    def ready(self) -> dict[str, Any]:
-        r = get(self.admin, "/ready", timeout=2)
-        assert r.status == 200, r
-        return r.json()  # type: ignore[no-any-return]
-
-    def wait_ready(self, timeout: float = 20) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proxy is not None
-            if not self.proxy.alive():
-                raise RuntimeError(f"proxy {self.name} exited:\n{self.proxy.log_text()}")
-            try:
-                return self.ready()
-            except (OSError, AssertionError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"proxy {self.name} not ready:\n{self.proxy.log_text()}") from None
-                time.sleep(0.05)
+    def start_on(self, urls: list[str]) -> Proc:
+        return self.start(",".join(urls))
 
     def on(self, url: str) -> bool:
         """Connected to the replica at `url` (what /ready says)."""
@@ -238,9 +207,9 @@ def test_two_replicas_on_etcd_fail_over_without_losing_a_request_or_a_change(mes
     mesh.start_app("http", f"{h2.ip}:{APP_PORT}", "b2")
     mesh.start_app("http", f"{h3.ip}:{APP_PORT}", "b3")
     applied = [r1.apply(yaml())]
-    h1.start([r2.url, r1.url])  # host1 prefers replica 2
-    h2.start([r1.url, r2.url])
-    h3.start([r1.url, r2.url])
+    h1.start_on([r2.url, r1.url])  # host1 prefers replica 2
+    h2.start_on([r1.url, r2.url])
+    h3.start_on([r1.url, r2.url])
     for h in hosts:
         h.wait_ready()
     wait_for(lambda: h1.on(r2.url) and h2.on(r1.url) and h3.on(r1.url), 5, "each proxy on its first replica")
