@@ -429,7 +429,8 @@ class ServerConn(asyncio.Protocol):
             or self.side.name == "inbound" else None)
         if link is not None:
             link.observe(status, dur)
-        rt.access_log(ex, status, reason)
+        if rt.logging:
+            rt.access_log(ex, status, reason)
         self.finish(ex, close)
 
     def finish(self, ex: Exchange, close: bool) -> None:
@@ -828,7 +829,8 @@ class UpstreamConn(asyncio.Protocol):
             c.write(LAST_CHUNK)
         dur = _perf() - ex.t0
         ex.routed.link.observe(self.status, dur)
-        self.rt.access_log(ex, self.status, "")
+        if self.rt.logging:
+            self.rt.access_log(ex, self.status, "")
         self.ex = None
         ex.upstream = None
         if reusable and ex.req_done and self.sending is None and not self.lost:

@@ -28,6 +28,7 @@ class Runtime:
         self.tasks: set[asyncio.Task] = set()
         self.keylog = keylog
         self._access = access_log
+        self.logging = access_log is not None  # checked on the request path before calling access_log
         self.ready = False
         self.apply(snapshot)
 
@@ -112,7 +113,7 @@ class Runtime:
             "ts": round(time.time(), 3),
             "host": self.host,
             "side": ex.conn.side.name,
-            "source": r.link.source if r else None,
+            "source": r.link.source if r else getattr(ex.conn.side, "source", None),
             "destination": ex.service,
             "method": ex.method.decode("latin-1"),
             "path": ex.url.decode("latin-1"),

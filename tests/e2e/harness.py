@@ -261,6 +261,7 @@ class Host:
         self.tcp_links: list[dict[str, str]] = []
         self.service_overrides: dict[str, dict[str, Any]] = {}
         self.timeouts: dict[str, int] = {}
+        self.proxy_args: list[str] = []  # extra `glassmesh proxy` flags
         self.version = 1
         self.proxy: Proc | None = None
         self.snapshot_path: Path | None = None
@@ -439,7 +440,7 @@ class Mesh:
 
     def start_proxy(self, host: Host, workers: int | None = None, wait: bool = True) -> Proc:
         path = host.write_snapshot()
-        args = [*PROXY_CMD, "--config", str(path)]
+        args = [*PROXY_CMD, "--config", str(path), *host.proxy_args]
         if workers:
             args += ["--workers", str(workers)]
         host.proxy = self.spawn(f"proxy {host.name}", args)
