@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from glassmesh.api.certs import CLOCK_SKEW, spiffe_id_of
 from glassmesh.files import write_atomic, write_private
 
 Kind = Literal["service", "host"]
@@ -48,7 +49,6 @@ TRUST_DOMAIN_FILE = "trust-domain"
 
 # Leaves start this far in the past so a peer whose clock runs a little behind
 # does not reject a certificate that was just issued.
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 class CAError(Exception):
@@ -56,18 +56,6 @@ class CAError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def spiffe_id_of(cert: x509.Certificate) -> str | None:
-    """The first `spiffe://` URI SAN of `cert`, or None when it has none."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith("spiffe://"):
-            return uri
-    return None
 
 
 def fingerprint(cert: x509.Certificate) -> str:

@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from glassmesh.ca.signer import CLOCK_SKEW, spiffe_id_of
+from glassmesh.api.certs import CLOCK_SKEW, spiffe_id_of
 from glassmesh.files import write_atomic, write_private
 from glassmesh.model.snapshot import Snapshot
 from glassmesh.proxy.runtime import log
