@@ -28,7 +28,7 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.e2e.test_control_plane import CLI, Control, Watcher, free_port
+from tests.e2e.test_control_plane import Control, Watcher
 
 DNSMASQ = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if os.access("/usr/sbin/dnsmasq", os.X_OK) else None)
 TTL = 1  # dnsmasq's TTL for every record it serves here: changes must show within ~TTL + compile
@@ -120,20 +120,7 @@ class DnsControl(Control):
     """`glassmesh control --dns-server 127.0.0.1:PORT -v`; the rest (cli, poll, stop) as in test_control_plane."""
 
     def __init__(self, root: Path, dns_port: int) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = open(root / "control.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([*CLI, "control", "--data", str(root / "data"), "--listen", self.url[7:],
-                                      "--dns-server", f"127.0.0.1:{dns_port}", "-v"],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", int(self.url.rsplit(":", 1)[1])), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((root / "control.log").read_text()) from None
-                time.sleep(0.05)
+        super().__init__(root, ["--dns-server", f"127.0.0.1:{dns_port}", "-v"])
 
 
 class PatientWatcher(Watcher):

@@ -44,11 +44,11 @@ def free_port() -> int:
 
 
 class Control:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra: list[str] | None = None) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = open(root / "control.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([*CLI, "control", "--data", str(root / "data"), "--listen", self.url[7:]],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*CLI, "control", "--data", str(root / "data"), "--listen", self.url[7:],
+                                      *(extra or [])], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
             try:

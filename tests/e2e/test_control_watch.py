@@ -236,6 +236,20 @@ class Topo:
     def hosts(self) -> list[CHost]:
         return [self.h1, self.h2, self.h3]
 
+    def up(self, h1_args: list[str] | None = None) -> None:
+        """Control plane, config, both b instances and the three proxies; returns once host1 sees both bs."""
+        cp = self.cp
+        cp.start()
+        cp.apply(self.yaml())
+        self.start_b3()
+        self.h1.start(cp.url, h1_args)
+        self.h2.start(cp.url)
+        self.h3.start(cp.url)
+        for h in self.hosts():
+            h.wait_ready()
+        wait_for(lambda: b_hosts(cp.snapshot("host1")) == ["host2", "host3"], 3 * HEALTH_INTERVAL_S,
+                 "both registered")
+
 
 @pytest.fixture
 def topo(mesh: Mesh) -> Topo:
@@ -315,20 +329,13 @@ def test_first_snapshot_instances_come_and_go(topo: Topo) -> None:
 def test_killed_instance_leaves_rotation(topo: Topo) -> None:
     """An app that dies: host3's health check reports it, it leaves every caller's snapshot.
 
-    Requests that reach host3 between the kill and the report get host3's
-    `connect_refused` (host3 has no other instance of b, and the outbound
-    side does not yet retry an inbound hop's connect failure on another
-    endpoint); once host1 has its new snapshot, no request fails.
+    host3's `connect_refused` between the kill and the report is retried by
+    host1 on host2 (nothing reached an app); a request in flight at host3's
+    app when it died can still fail there, from host3's inbound. Once host1 has
+    its new snapshot, no request fails.
     """
     cp, h1 = topo.cp, topo.h1
-    cp.start()
-    cp.apply(topo.yaml())
-    topo.start_b3()
-    for h in topo.hosts():
-        h.start(cp.url)
-    for h in topo.hosts():
-        h.wait_ready()
-    wait_for(lambda: b_hosts(cp.snapshot("host1")) == ["host2", "host3"], 3 * HEALTH_INTERVAL_S, "both registered")
+    topo.up()
     traffic = Traffic(h1.outbound)
     try:
         wait_for(lambda: traffic.served_by("b3") and traffic.served_by("b2"), 5, "traffic to both")
@@ -351,14 +358,7 @@ def test_killed_instance_leaves_rotation(topo: Topo) -> None:
 
 def test_control_plane_down_then_proxy_restarts_from_disk(topo: Topo) -> None:
     cp, h1 = topo.cp, topo.h1
-    cp.start()
-    cp.apply(topo.yaml())
-    topo.start_b3()
-    for h in topo.hosts():
-        h.start(cp.url)
-    for h in topo.hosts():
-        h.wait_ready()
-    wait_for(lambda: b_hosts(cp.snapshot("host1")) == ["host2", "host3"], 3 * HEALTH_INTERVAL_S, "both registered")
+    topo.up()
     traffic = Traffic(h1.outbound)
     try:
         wait_for(lambda: traffic.served_by("b3") and traffic.served_by("b2"), 5, "traffic to both")
@@ -547,15 +547,7 @@ def test_bad_snapshots_are_rejected_with_the_reason_and_the_old_one_serves(mesh:
 def test_workers_watch_through_the_supervisor(topo: Topo) -> None:
     """With --workers 2 the supervisor watches, writes DIR/snapshot.json and SIGHUPs the workers."""
     cp, h1 = topo.cp, topo.h1
-    cp.start()
-    cp.apply(topo.yaml())
-    topo.start_b3()
-    h1.start(cp.url, ["--workers", "2"])
-    topo.h2.start(cp.url)
-    topo.h3.start(cp.url)
-    for h in topo.hosts():
-        h.wait_ready()
-    wait_for(lambda: b_hosts(cp.snapshot("host1")) == ["host2", "host3"], 3 * HEALTH_INTERVAL_S, "both registered")
+    topo.up(h1_args=["--workers", "2"])
     want = cp.snapshot("host1")["version"]
     wait_for(lambda: all(w["snapshot_version"] == want for w in h1.ready()["workers"]), 3, "workers reloaded")
     doc = h1.ready()
