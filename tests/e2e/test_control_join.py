@@ -25,6 +25,7 @@ import pytest
 from cryptography import x509
 
 from glassmesh.ca import spiffe_id_of
+from tests.e2e.client import eventually
 from tests.e2e.harness import PROXY_CMD, HttpConn, Mesh, Proc, fresh_ip, get, wait_port
 
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
@@ -225,7 +226,11 @@ def test_join_serve_renew_and_who_may_read_what(mesh: Mesh, cp: Control) -> None
         failures += call_b(f"{ip1}:4140").status != 200
         time.sleep(0.2)
     assert all(serial(p) != s for p, s in before.items()), p1.log_text()
-    assert "reloaded renewed certificates" in p1.log_text()
+
+    def reloaded() -> None:  # the reload follows the certificate files by a moment
+        assert "reloaded renewed certificates" in p1.log_text()
+
+    eventually(reloaded, timeout=5)
     time.sleep(0.5)
     for _ in range(20):
         failures += call_b(f"{ip1}:4140").status != 200
