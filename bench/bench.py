@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import measure  # noqa: E402
 import report  # noqa: E402
+import sections  # noqa: E402
 from stack import (  # noqa: E402
     PEERS,
     TOOLS,
@@ -44,6 +45,7 @@ from stack import (  # noqa: E402
 )
 
 ROWS = ["c32", "c1", "conn", "big", "rate", "tcp"]
+PARTS = ["table", *sections.SECTIONS]   # what a run measures: the main table, then each section
 BIG = 1 << 20
 
 
@@ -65,7 +67,12 @@ def settings(args: argparse.Namespace) -> dict:
         "configs": [c for c in (args.configs or e("CONFIGS", ",".join(report.COLS))).split(",") if c],
         "hold": float(e("HOLD", "0")),
         "skip": {r for r in ROWS if e(f"SKIP_{r.upper()}", "") not in ("", "0")},
+        "only": [p for p in (args.only or e("ONLY", ",".join(PARTS))).replace(" ", "").split(",") if p],
     }
+    bad = set(S["only"]) - set(PARTS)
+    if bad:
+        raise SystemExit(f"bench: unknown part(s) {sorted(bad)} in --only/ONLY; known: {PARTS}")
+    S["only"] = [p for p in PARTS if p in S["only"]]
     unknown = set(S["configs"]) - set(report.COLS)
     if unknown:
         raise SystemExit(f"bench: unknown config(s) {sorted(unknown)}; known: {report.COLS}")
@@ -245,10 +252,76 @@ def brief(row: str, r: dict) -> str:
     return f"{r['rps']:>9,.0f} req/s p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} p99.9 {r['p999_ms']:.3f} ms{extra}{cpu}"
 
 
+def run_table(S: dict, procs: Procs, run: Path, certs: Path, pp: dict[str, int], R: dict, sampler, raw) -> int | None:
+    """The main table: every configuration, every row. Returns an exit status when HOLD ends the run."""
+    cfgs = build_configs(S, procs, run, certs, pp)
+    for c in cfgs:
+        bring_up(c, procs, pp, S)
+        log(f"up {c.name:9s}", "FAILED: " + c.failed if c.failed else "ok", c.note,
+            *(f"[{k} row cannot run: {v}]" for k, v in c.row_failed.items()))
+    R["runs"] = {r: {c.name: [] for c in cfgs} for r in ROWS if r not in S["skip"]}
+    # warm-up (pools, TLS sessions, allocator), then the idle RSS of each proxy
+    for c in cfgs:
+        if not c.failed:
+            r = measure.wrk(procs, c.http_port, 32, max(1, int(S["warm"])), c.proxies)
+            if r.get("error"):
+                c.failed = f"warm-up: {r['error']}"
+            log(f"warm {c.name:9s}", brief("c32", r))
+    time.sleep(1)
+    for c in cfgs:
+        R["configs"][c.name] = {"label": c.label}
+        names = sorted(set(c.proxies + c.tcp_proxies))
+        R["configs"][c.name]["rss_idle_mb"] = {n: round(measure.rss_mb(procs, n), 1) for n in c.proxies}
+        R["configs"][c.name]["rss_idle_all_mb"] = {n: round(measure.rss_mb(procs, n), 1) for n in names}
+    if S["hold"]:
+        log("HOLD: stack is up for", S["hold"], "s; no measurements. pids:",
+            {n: p.pid for n, p in procs.p.items()})
+        for c in cfgs:
+            log(f"  {c.name:9s} http 127.0.0.1:{c.http_port} (Host: up)  tcp 127.0.0.1:{c.tcp_port}",
+                c.failed or "")
+        time.sleep(S["hold"])
+        return 0
+    live = [c for c in cfgs]
+    for rep in range(S["reps"]):
+        order = live[rep % len(live):] + live[:rep % len(live)]
+        for row in R["runs"]:
+            for c in order:
+                if c.failed or row in c.row_failed or (row == "tcp" and not c.tcp_port):
+                    continue
+                names = c.tcp_proxies if row == "tcp" else c.proxies
+                gone = [n for n in names if not procs.alive(n)]
+                if gone:
+                    c.failed = (f"{gone[0]} exited rc={procs.p[gone[0]].returncode} during the run: "
+                                f"{procs.log_tail(gone[0])}")
+                    continue
+                sampler.watch(names)
+                r = run_row(row, c, procs, S, raw)
+                sampler.watch([])
+                gone = [n for n in names if not procs.alive(n)]
+                if gone:
+                    r["error"] = f"{gone[0]} exited rc={procs.p[gone[0]].returncode}: {procs.log_tail(gone[0])}"
+                    c.failed = r["error"]
+                r["rep"] = rep
+                R["runs"][row][c.name].append(r)
+                log(f"rep{rep + 1} {row:4s} {c.name:9s}", brief(row, r))
+    gm = next((c for c in cfgs if c.name == "glassmesh"), None)
+    if gm is not None and not gm.failed:
+        gm.note += glassmesh_metrics(run, pp)
+    for c in cfgs:
+        info = R["configs"][c.name]
+        info["rss_peak_mb"] = {n: round(v, 1) for n, v in sampler.peak.items()
+                               if n in c.proxies or n in c.tcp_proxies}
+        info.update({"failed": c.failed, "row_failed": c.row_failed, "note": c.note.strip()})
+    # the sections that follow measure glassmesh alone: the table's proxies would only take memory
+    procs.stop(sorted({n for c in cfgs for n in c.proxies + c.tcp_proxies}))
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="DUR=3 REPS=1, 256 MiB TCP: about 2 minutes")
     ap.add_argument("--configs", help="comma list of " + ",".join(report.COLS) + " (direct is always run)")
+    ap.add_argument("--only", help="comma list of " + ",".join(PARTS) + " (default: all; ONLY=... does the same)")
     ap.add_argument("--out", help="results directory (default bench/results/<timestamp>)")
     args = ap.parse_args()
     S = settings(args)
@@ -257,7 +330,9 @@ def main() -> int:
     run = out / "run"
     run.mkdir(parents=True, exist_ok=True)
     pp = ports(S["port_offset"])
-    check_ports_free(pp)
+    want_sections = [s for s in sections.SECTIONS if s in S["only"]]
+    table_ports = pp if "table" in S["only"] else {k: pp[k] for k in ("UP", "TCPSRC")}   # the app is shared
+    check_ports_free(dict(table_ports, **sections.ports_needed(pp, want_sections)))
     procs = Procs(run)
     sampler = None
 
@@ -265,7 +340,7 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
-    log(f"results -> {out}")
+    log(f"results -> {out} (parts: {', '.join(S['only'])})")
     try:
         certs = run / "certs"
         how = make_certs(certs, ["client", "up", "bulk"])
@@ -277,73 +352,35 @@ def main() -> int:
         for port, name in ((pp["UP"], "upstream"), (pp["TCPSRC"], "tcp_source")):
             if not wait_port(port, time.time() + 10):
                 raise SystemExit(f"bench: {name} did not listen on {port}: {procs.log_tail(name)}")
-        cfgs = build_configs(S, procs, run, certs, pp)
-        for c in cfgs:
-            bring_up(c, procs, pp, S)
-            log(f"up {c.name:9s}", "FAILED: " + c.failed if c.failed else "ok", c.note,
-                *(f"[{k} row cannot run: {v}]" for k, v in c.row_failed.items()))
         R = {"meta": {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "nproc": os.cpu_count(), "dur": S["dur"],
                       "reps": S["reps"], "rate": S["rate"], "rate_conns": S["rate_conns"],
                       "big_conns": S["big_conns"], "tcp_bytes": S["tcp_bytes"], "gm_workers": S["gm_workers"],
-                      "quick": S["quick"], "certs": how, "versions": versions(sys.executable), "ports": pp},
-             "configs": {}, "runs": {r: {c.name: [] for c in cfgs} for r in ROWS if r not in S["skip"]}}
+                      "quick": S["quick"], "certs": how, "versions": versions(sys.executable), "ports": pp,
+                      "parts": S["only"]},
+             "configs": {}, "runs": {}, "sections": {}}
         log("versions", R["meta"]["versions"])
-        # warm-up (pools, TLS sessions, allocator), then the idle RSS of each proxy
-        for c in cfgs:
-            if not c.failed:
-                r = measure.wrk(procs, c.http_port, 32, max(1, int(S["warm"])), c.proxies)
-                if r.get("error"):
-                    c.failed = f"warm-up: {r['error']}"
-                log(f"warm {c.name:9s}", brief("c32", r))
-        time.sleep(1)
-        for c in cfgs:
-            R["configs"][c.name] = {"label": c.label}
-            names = sorted(set(c.proxies + c.tcp_proxies))
-            R["configs"][c.name]["rss_idle_mb"] = {n: round(measure.rss_mb(procs, n), 1) for n in c.proxies}
-            R["configs"][c.name]["rss_idle_all_mb"] = {n: round(measure.rss_mb(procs, n), 1) for n in names}
-        if S["hold"]:
-            log("HOLD: stack is up for", S["hold"], "s; no measurements. pids:",
-                {n: p.pid for n, p in procs.p.items()})
-            for c in cfgs:
-                log(f"  {c.name:9s} http 127.0.0.1:{c.http_port} (Host: up)  tcp 127.0.0.1:{c.tcp_port}",
-                    c.failed or "")
-            time.sleep(S["hold"])
-            return 0
         sampler = measure.RssSampler(procs)
         raw = open(run / "wrk_raw.log", "a")  # noqa: SIM115 - open for the whole run
-        live = [c for c in cfgs]
-        for rep in range(S["reps"]):
-            order = live[rep % len(live):] + live[:rep % len(live)]
-            for row in R["runs"]:
-                for c in order:
-                    if c.failed or row in c.row_failed or (row == "tcp" and not c.tcp_port):
-                        continue
-                    names = c.tcp_proxies if row == "tcp" else c.proxies
-                    gone = [n for n in names if not procs.alive(n)]
-                    if gone:
-                        c.failed = (f"{gone[0]} exited rc={procs.p[gone[0]].returncode} during the run: "
-                                    f"{procs.log_tail(gone[0])}")
-                        continue
-                    sampler.watch(names)
-                    r = run_row(row, c, procs, S, raw)
-                    sampler.watch([])
-                    gone = [n for n in names if not procs.alive(n)]
-                    if gone:
-                        r["error"] = f"{gone[0]} exited rc={procs.p[gone[0]].returncode}: {procs.log_tail(gone[0])}"
-                        c.failed = r["error"]
-                    r["rep"] = rep
-                    R["runs"][row][c.name].append(r)
-                    log(f"rep{rep + 1} {row:4s} {c.name:9s}", brief(row, r))
-                (out / "results.partial.json").write_text(json.dumps(R, indent=1))
-        gm = next((c for c in cfgs if c.name == "glassmesh"), None)
-        if gm is not None and not gm.failed:
-            gm.note += glassmesh_metrics(run, pp)
-        for c in cfgs:
-            info = R["configs"][c.name]
-            info["rss_peak_mb"] = {n: round(v, 1) for n, v in sampler.peak.items()
-                                   if n in c.proxies or n in c.tcp_proxies}
-            info.update({"failed": c.failed, "row_failed": c.row_failed, "note": c.note.strip()})
-        md = report.markdown(R)
+        md_parts = []
+        if "table" in S["only"]:
+            held = run_table(S, procs, run, certs, pp, R, sampler, raw)
+            if held is not None:
+                return held
+            md_parts.append(report.markdown(R))
+            (out / "results.partial.json").write_text(json.dumps(R, indent=1))
+        else:
+            md_parts.append(report.header(R))
+        ctx = sections.Ctx(S, procs, run, certs, pp, sampler, raw)
+        for name in want_sections:
+            log(f"section {name}")
+            t0 = time.time()
+            sec = getattr(sections, f"run_{name}")(ctx)
+            sec["seconds"] = round(time.time() - t0, 1)
+            R["sections"][name] = sec
+            md_parts.append(report.section_markdown(sec))
+            (out / "results.partial.json").write_text(json.dumps(R, indent=1))
+            log(f"section {name} done in {sec['seconds']:.0f} s")
+        md = "\n".join(md_parts)
         (out / "results.json").write_text(json.dumps(R, indent=1))
         (out / "results.md").write_text(md)
         (out / "results.partial.json").unlink(missing_ok=True)

@@ -61,6 +61,38 @@ def cpu_s(procs: Procs, names: list[str]) -> float:
     return tot
 
 
+def pid_cpu_s(procs: Procs, name: str) -> dict[int, float]:
+    """CPU seconds of each process of one proxy's tree (a supervisor and its workers, separately)."""
+    out: dict[int, float] = {}
+    if name not in procs.p:
+        return out
+    for p in tree(procs.p[name].pid):
+        try:
+            f = open(f"/proc/{p}/stat").read()
+            f = f[f.rfind(")") + 2:].split()
+            out[p] = (int(f[11]) + int(f[12])) / TICK
+        except (OSError, IndexError):
+            pass
+    return out
+
+
+def pin(procs: Procs, names: list[str], cpus: set[int]) -> None:
+    """Set the CPU affinity of every thread of every process in the named trees (ours only)."""
+    for n in names:
+        if n not in procs.p:
+            continue
+        for p in tree(procs.p[n].pid):
+            try:
+                tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
+            except OSError:
+                continue
+            for t in tids:
+                try:
+                    os.sched_setaffinity(t, cpus)
+                except OSError:
+                    pass
+
+
 def rss_mb(procs: Procs, name: str) -> float:
     """Resident set of one proxy (its whole process tree), MB."""
     if name not in procs.p:
@@ -77,6 +109,17 @@ def rss_mb(procs: Procs, name: str) -> float:
 def sys_busy_s() -> float:
     f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
     return (sum(f[:8]) - f[3] - f[4]) / TICK   # all but idle + iowait
+
+
+def per_cpu_busy_s() -> dict[int, float]:
+    """Busy seconds of each CPU (all but idle + iowait), every process on the machine included."""
+    out = {}
+    for line in open("/proc/stat"):
+        if line.startswith("cpu") and line[3].isdigit():
+            f = line.split()
+            v = [int(x) for x in f[1:]]
+            out[int(f[0][3:])] = (sum(v[:8]) - v[3] - v[4]) / TICK
+    return out
 
 
 def children_cpu_s() -> float:
@@ -122,7 +165,7 @@ class Window:
         self.procs, self.proxies, self.app = procs, proxies, app
 
     def __enter__(self) -> Window:
-        self.s0, self.k0 = sys_busy_s(), children_cpu_s()
+        self.s0, self.k0, self.pc0 = sys_busy_s(), children_cpu_s(), per_cpu_busy_s()
         self.c0, self.u0 = cpu_s(self.procs, self.proxies), cpu_s(self.procs, self.app)
         self.t0 = time.time()
         return self
@@ -133,6 +176,8 @@ class Window:
         self.app_cpu = cpu_s(self.procs, self.app) - self.u0
         self.client_cpu = children_cpu_s() - self.k0
         busy = sys_busy_s() - self.s0
+        pc = per_cpu_busy_s()
+        self.cpu_busy_pct = {c: round(100 * (v - self.pc0.get(c, 0.0)) / self.wall, 1) for c, v in pc.items()}
         # busy cores not explained by proxies, app or load client: other tenants, softirq
         self.other_cores = (busy - self.proxy_cpu - self.app_cpu - self.client_cpu) / self.wall
 
@@ -140,19 +185,27 @@ class Window:
         return {"proxy_cpu_s": round(self.proxy_cpu, 3), "proxy_cpu_cores": round(self.proxy_cpu / self.wall, 3),
                 "app_cpu_cores": round(self.app_cpu / self.wall, 3),
                 "client_cpu_cores": round(self.client_cpu / self.wall, 3),
-                "other_cpu_cores": round(self.other_cores, 3)}
+                "other_cpu_cores": round(self.other_cores, 3),
+                **{f"cpu{c}_busy_pct": v for c, v in self.cpu_busy_pct.items()}}
 
 
 _GM = re.compile(r"GMBENCH (.*)")
 
 
 def wrk(procs: Procs, port: int, conns: int, dur: int, proxies: list[str], *, path: str = "/",
-        close: bool = False, raw_log=None, tag: str = "") -> dict:
+        close: bool = False, raw_log=None, tag: str = "", app: list[str] | None = None,
+        cpus: str | None = None, per_pid: bool = False) -> dict:
+    """One wrk run. app: processes counted as the app's side (default the upstream nginx); cpus: run wrk
+    under `taskset -c CPUS`; per_pid: also the CPU seconds of every process of the proxies' trees."""
     env = dict(os.environ, WRK_PATH=path, WRK_HOST="up", WRK_CLOSE="1" if close else "0")
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{dur}s", "--timeout", "5s", "-s", str(TOOLS / "wrk_report.lua"),
             f"http://127.0.0.1:{port}/"]
-    with Window(procs, proxies, ["upstream"]) as w:
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus] + argv
+    pp0 = {n: pid_cpu_s(procs, n) for n in proxies} if per_pid else None
+    with Window(procs, proxies, ["upstream"] if app is None else app) as w:
         rc, out, err = procs.run_bounded(argv, timeout=dur + 30, env=env)
+    pp1 = {n: pid_cpu_s(procs, n) for n in proxies} if per_pid else None
     if raw_log is not None:
         raw_log.write(f"=== {tag} port={port} c={conns} path={path} close={close} rc={rc}\n{out}\n{err}\n")
         raw_log.flush()
@@ -168,6 +221,9 @@ def wrk(procs: Procs, port: int, conns: int, dur: int, proxies: list[str], *, pa
          "errors": {k[4:]: v for k, v in kv.items() if k.startswith("err_") and v}}
     r.update(w.fields())
     r["proxy_cpu_us_per_req"] = round(w.proxy_cpu / max(n, 1) * 1e6, 2) if proxies else None
+    if pp0 is not None and pp1 is not None:   # {proxy: {pid: CPU s during the run}}, supervisor included
+        r["pid_cpu_s"] = {name: {str(pid): round(c - pp0[name].get(pid, 0.0), 3) for pid, c in per.items()}
+                          for name, per in pp1.items()}
     if n == 0:
         r["error"] = "no requests completed"
     elif r["errors"].get("status"):

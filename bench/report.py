@@ -216,3 +216,78 @@ def markdown(R: dict) -> str:
     notes.append("- versions: " + "; ".join(f"{k}: {v}" for k, v in m["versions"].items()))
     out += ["", "Notes:"] + notes
     return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ the sections beside the table
+
+_FMT = {"int": _f_int, "ms": _f_ms, "1": _f_1, "2": _f_2}
+
+
+def section_markdown(sec: dict) -> str:
+    """One section (bench/sections.py): a column per configuration, ratios (or differences) to the first."""
+    if "parts" in sec:
+        return "\n".join(section_markdown(p) for p in sec["parts"])
+    keys = [v["key"] for v in sec["variants"]]
+    labels = {v["key"]: v["label"] for v in sec["variants"]}
+    base = sec["base"]
+    R = {"runs": sec["runs"]}
+    header = ["metric", "better"] + [labels[k] for k in keys]
+    body = [["status", ""] + ["FAILED" if v.get("failed") else "ok" for v in sec["variants"]]]
+    for label, better, row, fld, fmt, mode in sec["metrics"]:
+        if row not in sec["runs"]:
+            continue
+        ser = {k: _series(R, row, k, fld) for k in keys}
+        if not any(_median(s) is not None for s in ser.values()):
+            continue
+        line = [label, better]
+        for k in keys:
+            v = _median(ser[k])
+            if v is None:
+                line.append("failed" if ser[k] else "-")
+                continue
+            cell = _FMT[fmt](v)
+            if k != base and mode == "ratio":
+                r = _ratio(ser[k], ser[base])
+                cell += f" ({_fr(r)})" if r is not None else ""
+            elif k != base and mode == "diff":
+                pairs = [x - ser[base][i] for i, x in ser[k].items()
+                         if x is not None and ser[base].get(i) is not None]
+                if pairs:
+                    cell += f" ({statistics.median(pairs):+.{0 if fmt == 'int' else 1 if fmt in ('1', 'ms') else 2}f})"
+            bad = sum(1 for x in ser[k].values() if x is None)
+            line.append(cell + (f" ({bad} run failed)" if bad else ""))
+        body.append(line)
+    out = [f"## {sec['title']}", ""] + list(sec.get("intro") or []) + [""]
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in body]
+    notes = list(sec.get("notes") or [])
+    for k, per in sorted((sec.get("per_worker") or {}).items()):
+        for proxy, d in per.items():
+            if d.get("cpu_pct") and len(d["cpu_pct"]) > 1:
+                req = "/".join(f"{x:g}" for x in d["req_pct"]) if d.get("req_pct") else "unreadable"
+                notes.append(f"{labels[k]}, {proxy}: requests per worker {req} %, "
+                             f"CPU per worker {'/'.join(f'{x:g}' for x in d['cpu_pct'])} % (median repetition)")
+    for row, per in sec["runs"].items():
+        for k, runs in per.items():
+            errs = [r["error"] for r in runs if r.get("error")]
+            if errs:
+                notes.append(f"{row} / {labels.get(k, k)}: {len(errs)} of {len(runs)} runs failed: {errs[0]}")
+    other = [r.get("other_cpu_cores") for row, per in sec["runs"].items() if row != "info"
+             for runs in per.values() for r in runs if _num(r.get("other_cpu_cores")) is not None]
+    if other:
+        notes.append(f"noise: busy cores not explained by the proxies, app or client: median "
+                     f"{statistics.median(other):.2f}, max {max(other):.2f}")
+    if notes:
+        out += ["", "Notes:"] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def header(R: dict) -> str:
+    """The top of results.md when the main table was not run (--only without `table`)."""
+    m = R["meta"]
+    return "\n".join([
+        f"# glassmesh bench, {m['started']} ({', '.join(m.get('parts', []))})", "",
+        f"{m['nproc']} cores; wrk -t1, {m['dur']} s per run, {m['reps']} repetition(s), medians; mTLS TLS 1.3 "
+        f"ECDSA P-256 between the proxies; app = 1-worker nginx returning \"ok\\n\".", "",
+        f"- certificates: {m['certs']}",
+        "- versions: " + "; ".join(f"{k}: {v}" for k, v in m["versions"].items()), ""])

@@ -216,6 +216,7 @@ def _certs_openssl(d: Path, names: list[str]) -> None:
 # ---------------------------------------------------------------- configs
 
 def render(name: str, run: Path, certs: Path, pp: dict[str, int]) -> str:
+    """Fill a peer config's @PLACEHOLDERS@; written to run/name (@RUN@ = run: pid and log files too)."""
     text = (PEERS / name).read_text().replace("@RUN@", str(run)).replace("@CERTS@", str(certs))
     for k, v in pp.items():
         text = text.replace(f"@{k}@", str(v))
@@ -228,21 +229,49 @@ def render(name: str, run: Path, certs: Path, pp: dict[str, int]) -> str:
     return str(out)
 
 
-def glassmesh_snapshots(gm_dir: Path, certs: Path, pp: dict[str, int]) -> tuple[Path, Path]:
-    """Two hosts: "bout" runs the calling service "client"; "bin" runs "up" (http) and "bulk" (tcp)."""
+def filler_services(n_endpoints: int, per_service: int = 10, n_hosts: int = 200) -> list[dict]:
+    """Services nobody calls in the benchmark, n_endpoints endpoints in all, per_service per service,
+    spread over n_hosts hosts (each endpoint is its host's inbound port, as the control plane compiles
+    it). Their addresses (127.2.x.y:4143) are never dialed: only the size of the snapshot changes."""
+    out: list[dict] = []
+    i = 0
+    while n_endpoints > 0:
+        k = min(per_service, n_endpoints)
+        eps = []
+        for j in range(k):
+            h = (i * per_service + j * 7) % n_hosts
+            eps.append({"address": f"127.2.{h // 250}.{h % 250 + 1}:4143", "host": f"h{h}"})
+        out.append({"name": f"svc{i}", "protocol": "http", "endpoints": eps})
+        n_endpoints -= k
+        i += 1
+    return out
+
+
+def glassmesh_snapshots(gm_dir: Path, certs: Path, pp: dict[str, int], *, peer_protocol: str = "mux",
+                        filler: list[dict] | None = None, up_address: str | None = None,
+                        tcp: bool = True) -> tuple[Path, Path]:
+    """Two hosts: "bout" runs the calling service "client"; "bin" runs "up" (http) and "bulk" (tcp).
+
+    peer_protocol: bout's "peer_protocol". filler: more services in both hosts' `services` (see
+    filler_services). up_address: send "up" to this mTLS inbound instead of bin's (e.g. an nginx
+    inbound, with peer_protocol "http1"). tcp=False leaves the TCP link out.
+    """
     gm_dir.mkdir(parents=True, exist_ok=True)
     a = lambda port: f"127.0.0.1:{port}"  # noqa: E731
     rel = os.path.relpath(certs, gm_dir)
     c = lambda f: f"{rel}/{f}"  # noqa: E731
     bin_ep = [{"address": a(pp["GM_IN"]), "host": "bin"}]
+    up_ep = [{"address": up_address, "host": "nin"}] if up_address else bin_ep
+    filler = list(filler or [])
     bout = {
         "version": 1, "host": "bout", "trust_domain": TRUST_DOMAIN, "trust_bundle": c("ca.crt"),
+        "peer_protocol": peer_protocol,
         "inbound": a(pp["GM_OUT_INBOUND"]), "admin": a(pp["GM_ADMIN_OUT"]),
         "local_services": [{"name": "client", "protocol": "http", "instances": [],
                             "outbound": a(pp["GM_OUT"]), "cert": c("client.crt"), "key": c("client.key")}],
-        "services": [{"name": "up", "protocol": "http", "endpoints": bin_ep},
-                     {"name": "bulk", "protocol": "tcp", "endpoints": bin_ep}],
-        "tcp_links": [{"source": "client", "listen": a(pp["GM_TOUT"]), "destination": "bulk"}],
+        "services": [{"name": "up", "protocol": "http", "endpoints": up_ep},
+                     {"name": "bulk", "protocol": "tcp", "endpoints": bin_ep}] + filler,
+        "tcp_links": [{"source": "client", "listen": a(pp["GM_TOUT"]), "destination": "bulk"}] if tcp else [],
     }
     bin_ = {
         "version": 1, "host": "bin", "trust_domain": TRUST_DOMAIN, "trust_bundle": c("ca.crt"),
@@ -253,12 +282,13 @@ def glassmesh_snapshots(gm_dir: Path, certs: Path, pp: dict[str, int]) -> tuple[
             {"name": "bulk", "protocol": "tcp", "instances": [a(pp["TCPSRC"])],
              "cert": c("bulk.crt"), "key": c("bulk.key")},
         ],
-        "services": [],
+        "services": filler,
         "tcp_links": [],
     }
     p_out, p_in = gm_dir / "bout.json", gm_dir / "bin.json"
-    p_out.write_text(json.dumps(bout, indent=2) + "\n")
-    p_in.write_text(json.dumps(bin_, indent=2) + "\n")
+    ind = 2 if len(filler) < 100 else None     # a 10,000-endpoint snapshot is written compact
+    p_out.write_text(json.dumps(bout, indent=ind) + "\n")
+    p_in.write_text(json.dumps(bin_, indent=ind) + "\n")
     return p_out, p_in
 
 
