@@ -11,6 +11,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
 command -v openssl >/dev/null || need+=(openssl)
+command -v taskset >/dev/null || need+=(util-linux)   # the scaling section pins wrk
 if [ ${#need[@]} -gt 0 ]; then
   echo "bench: installing ${need[*]} (apt)"
   if [ "$(id -u)" != 0 ]; then

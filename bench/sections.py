@@ -467,6 +467,8 @@ def run_scaling(ctx: Ctx) -> dict:
         ("req/s per busy proxy core", "higher", "c32", "rps_per_proxy_core", "int", "ratio"),
         ("client + nginx(es) cores busy", "", "c32", "load_cpu_cores", "2", "ratio"),
         ("other cores busy (noise)", "", "c32", "other_cpu_cores", "2", ""),
+        ("proxy RSS MB idle, larger proxy (process tree: supervisor + workers)", "lower", "info",
+         "rss_idle_max_mb", "1", "diff"),
     ]
     if n >= 2:
         m_iso = m + [(f"CPU {cpus[-1]} busy %, every process on it (pinned: the proxy's core)", "", "c32",
