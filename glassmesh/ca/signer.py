@@ -341,41 +341,78 @@ def load_ca(directory: str | Path) -> CA:
         raise CAError(f"no CA in {d}: directory does not exist (create one with `ca init`)")
     cert_bytes = _read(d / CERT_FILE, "certificate")
     key_bytes = _read(d / KEY_FILE, "private key")
+    td_path = d / TRUST_DOMAIN_FILE
+    td = _read(td_path, "trust domain file").decode(errors="replace").strip() if td_path.exists() else None
+    return ca_from_pem(cert_bytes, key_bytes, td, cert_name=str(d / CERT_FILE), key_name=str(d / KEY_FILE),
+                       td_name=str(td_path))
+
+
+def ca_from_pem(cert_pem: bytes, key_pem: bytes, trust_domain: str | None = None, *, cert_name: str = "the CA "
+                "certificate", key_name: str = "the CA key", td_name: str = "the trust domain") -> CA:
+    """A CA from its PEM certificate and key, with the checks `load_ca` makes on files.
+
+    Shared by `load_ca` and the control plane, which keeps its CA in the
+    store when several replicas must sign with one: a CA read from anywhere
+    gets the same checks (key matches certificate, CA:TRUE, a valid trust
+    domain that agrees with the root's SPIFFE ID). The `*_name` arguments
+    only say where each part came from in the error messages.
+    """
     try:
-        cert = x509.load_pem_x509_certificate(cert_bytes)
+        cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as e:
-        raise CAError(f"{d / CERT_FILE} is not a PEM certificate: {e}") from None
+        raise CAError(f"{cert_name} is not a PEM certificate: {e}") from None
     try:
-        key = serialization.load_pem_private_key(key_bytes, password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as e:
-        raise CAError(f"{d / KEY_FILE} is not an unencrypted PEM private key: {e}") from None
+        raise CAError(f"{key_name} is not an unencrypted PEM private key: {e}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CAError(f"{d / KEY_FILE} is not an ECDSA key")
+        raise CAError(f"{key_name} is not an ECDSA key")
     if not _same_public_key(key.public_key(), cert.public_key()):
-        raise CAError(f"{d / KEY_FILE} does not match {d / CERT_FILE}: the key and certificate are from different CAs")
+        raise CAError(f"{key_name} does not match {cert_name}: the key and certificate are from different CAs")
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         bc = None
     if bc is None or not bc.ca:
-        raise CAError(f"{d / CERT_FILE} is not a CA certificate (basicConstraints CA:TRUE missing)")
+        raise CAError(f"{cert_name} is not a CA certificate (basicConstraints CA:TRUE missing)")
 
-    # The trust domain: from its file, cross-checked with the root's URI SAN.
+    # The trust domain: as given, cross-checked with the root's URI SAN.
     san_td = None
     root_id = spiffe_id_of(cert)
     if root_id is not None:
         san_td = root_id.removeprefix("spiffe://").split("/", 1)[0]
-    td_path = d / TRUST_DOMAIN_FILE
-    if td_path.exists():
-        td = _read(td_path, "trust domain file").decode(errors="replace").strip()
+    if trust_domain is not None:
+        td = trust_domain
         if san_td is not None and td != san_td:
-            raise CAError(f"{td_path} says {td!r} but {d / CERT_FILE} is for trust domain {san_td!r}")
+            raise CAError(f"{td_name} says {td!r} but {cert_name} is for trust domain {san_td!r}")
     elif san_td is not None:
         td = san_td
     else:
-        raise CAError(f"no trust domain for the CA in {d}: {td_path.name} is missing and the root names none")
+        raise CAError(f"no trust domain for the CA ({cert_name}): {td_name} is missing and the root names none")
     try:
         validate_trust_domain(td)
     except ValueError as e:
-        raise CAError(f"{td_path}: {e}") from None
+        raise CAError(f"{td_name}: {e}") from None
     return CA(cert=cert, key=key, trust_domain=td)
+
+
+def save_ca(directory: str | Path, ca: CA) -> None:
+    """Write `ca` into `directory` as `init_ca` does (ca.pem, ca.key 0600, trust-domain), replacing what is there.
+
+    Only for a CA that already exists elsewhere (the control plane's copy of
+    the CA its replicas share): making a new one is `init_ca`, which refuses
+    to replace a CA by accident.
+    """
+    d = Path(directory)
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(d / KEY_FILE, _key_pem(ca.key))
+        write_atomic(d / CERT_FILE, ca.cert_pem)
+        write_atomic(d / TRUST_DOMAIN_FILE, (ca.trust_domain + "\n").encode())
+    except OSError as e:
+        raise CAError(f"cannot write CA files in {d}: {e.strerror or e}") from e
+
+
+def ca_key_pem(ca: CA) -> bytes:
+    """The CA's private key as unencrypted PKCS8 PEM (for the control plane's shared copy)."""
+    return _key_pem(ca.key)

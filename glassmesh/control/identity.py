@@ -1,6 +1,13 @@
 """Joining hosts and issuing their certificates: join tokens, CSR checks, admission per service.
 
-The control plane owns a CA (DIR/ca, created on first start). A host joins
+The control plane owns one CA, kept in its store (record "ca"/"root") so that
+every replica on a shared store (etcd) signs with the same one: a proxy that
+joined through one replica trusts, and is trusted by, all of them. The first
+replica to start offers its DIR/ca (created on first start) with a
+create-only write; every other replica, including one that lost a race to
+start first, loads the store's and keeps a copy in its DIR/ca (see
+`shared_ca`). Join tokens, admissions, removals and certificate expiries are
+store records too, so any replica can serve any of them. A host joins
 with a single-use, expiring token that `glassmesh host add` printed; the
 proxy generates its key itself and sends only a CSR, so no private key ever
 crosses the network or sits in the control plane's store. What a host may do
@@ -16,19 +23,23 @@ afterwards is decided here, in one place:
   earliest one goes into `HostRecord.cert_not_after`, which `status` turns
   into the outage budget.
 
-Not done yet (a later issue): the root key stays on the control plane's disk
-(an offline root with an online intermediate comes later), there is no
-revocation list (a removed host keeps its certificates until they expire; it
-can no longer renew them or get new ones), and with several replicas each
-must be given the same DIR/ca.
+Not done yet (a later issue): the root key is online, in the store and in
+each replica's DIR/ca, so whoever can read the store (etcd: restrict it with
+etcd auth and TLS) can sign for the mesh (an offline root with an online
+intermediate comes later), and there is no revocation list (a removed host
+keeps its certificates until they expire; it can no longer renew them or get
+new ones).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+import os
 import re
 import secrets
+import socket
 import ssl
 import time
 from datetime import UTC, datetime, timedelta
@@ -40,11 +51,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from glassmesh.ca import CA, CAError, init_ca, load_ca
+from glassmesh.ca import CA, CAError, ca_from_pem, ca_key_pem, init_ca, load_ca, save_ca
 from glassmesh.ca.signer import CLOCK_SKEW, validate_name
 from glassmesh.control.store import HostRecord, Store
 from glassmesh.files import write_atomic, write_private
 
+log = logging.getLogger("glassmesh.control")
+CA_KIND, CA_KEY = "ca", "root"  # the CA every replica signs with: {"trust_domain", "cert_pem", "key_pem", ...}
 JOIN_KIND = "join"  # pending join tokens, keyed by sha256(token)
 CERTS_KIND = "host-certs"  # host -> {"host": not_after, "service/a": not_after, ...}
 REVOKED_KIND = "host-removed"  # hosts removed by `glassmesh host remove`: no more certificates
@@ -106,6 +119,11 @@ def ca_sha256(ca: CA) -> str:
     return ca.cert.fingerprint(hashes.SHA256()).hex()
 
 
+# Fingerprints of the CAs open_ca created in this process: `shared_ca` replaces one of those by the
+# store's without a word (it has signed nothing yet), and keeps and warns about any other.
+_FRESH: set[str] = set()
+
+
 def open_ca(directory: str | Path, trust_domain: str) -> CA:
     """Load DIR/ca, or create it on first start; a CA for another trust domain is an error, not replaced."""
     d = Path(directory)
@@ -117,7 +135,63 @@ def open_ca(directory: str | Path, trust_domain: str) -> CA:
         return ca
     d.parent.mkdir(parents=True, exist_ok=True)
     d.mkdir(mode=0o700, exist_ok=True)
-    return init_ca(d, trust_domain)
+    ca = init_ca(d, trust_domain)
+    _FRESH.add(ca_sha256(ca))
+    return ca
+
+
+def _ca_record(ca: CA) -> dict[str, Any]:
+    return {"trust_domain": ca.trust_domain, "cert_pem": ca.cert_pem.decode(), "key_pem": ca_key_pem(ca).decode(),
+            "ca_sha256": ca_sha256(ca), "created": time.time(), "by": f"{socket.gethostname()} pid {os.getpid()}"}
+
+
+async def shared_ca(store: Store, local: CA, directory: str | Path | None = None) -> CA:
+    """The CA all replicas on `store` sign with: the store's, or `local` if the store has none yet.
+
+    With no CA in the store, `local` (this replica's DIR/ca) is offered with
+    a create-only write: of several replicas starting at once exactly one
+    wins, and the others read the winner's CA. That also carries an existing
+    single replica's CA into the store unchanged, so hosts that joined it
+    before stay trusted. When the store's CA differs from `local`, the
+    store's is used and written to `directory` (DIR/ca) so that the copy on
+    disk is the CA in use; a `local` CA this process did not just create may
+    have signed certificates, so it is kept in DIR/ca/replaced-<sha256
+    prefix>/ and the replacement is logged as a warning. A store CA for
+    another trust domain is an error (CAError), as for DIR/ca.
+    """
+    rec = await store.get_record(CA_KIND, CA_KEY)
+    if rec is None:
+        if await store.create_record(CA_KIND, CA_KEY, _ca_record(local)):
+            log.info("CA sha256 %s stored for every replica to share", ca_sha256(local))
+            return local
+        rec = await store.get_record(CA_KIND, CA_KEY)  # another replica's create won: use its CA
+        if rec is None:
+            raise CAError("the store refused to hold this CA but has none either; is another control plane "
+                          "writing under the same store prefix?")
+    try:
+        shared = ca_from_pem(str(rec["cert_pem"]).encode(), str(rec["key_pem"]).encode(), rec.get("trust_domain"),
+                             cert_name="the store's CA certificate", key_name="the store's CA key",
+                             td_name="the store's CA record")
+    except KeyError as e:
+        raise CAError(f"the store's CA record lacks {e}") from None
+    if shared.trust_domain != local.trust_domain:
+        raise CAError(f"the store's CA is for trust domain {shared.trust_domain!r}, not {local.trust_domain!r} "
+                      f"(--trust-domain must match the CA the mesh was built with)")
+    if ca_sha256(shared) == ca_sha256(local):
+        return local
+    if directory is not None:
+        d = Path(directory)
+        if ca_sha256(local) in _FRESH:
+            log.info("using the CA the replicas share (sha256 %s), from the store; %s now holds a copy",
+                     ca_sha256(shared), d)
+        else:
+            keep = d / f"replaced-{ca_sha256(local)[:12]}"
+            save_ca(keep, local)
+            log.warning("%s held CA sha256 %s, but the store holds CA sha256 %s, which every replica shares: "
+                        "using the store's (the old one is kept in %s); hosts that joined with the old CA must "
+                        "join again", d, ca_sha256(local), ca_sha256(shared), keep)
+        save_ca(d, shared)
+    return shared
 
 
 # --------------------------------------------------------------------------- CSR checks

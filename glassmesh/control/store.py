@@ -95,9 +95,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def hosts(self) -> list[HostRecord]: ...
 
-    # --- small keyed records: join tokens, held changes, drains, replicas ---------
+    # --- small keyed records: join tokens, the CA, held changes, drains, replicas ---------
     @abc.abstractmethod
     async def put_record(self, kind: str, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def create_record(self, kind: str, key: str, value: dict[str, Any]) -> bool:
+        """Write the record only if there is none (no TTL); True if this call wrote it.
+
+        Create-only, atomically: of several replicas creating the same record
+        at once (each with its own value), exactly one gets True and the
+        others then read the winner's value. The shared CA is made this way.
+        """
 
     @abc.abstractmethod
     async def get_record(self, kind: str, key: str) -> dict[str, Any] | None: ...
@@ -120,3 +129,63 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+class StoreTap(Store):
+    """A Store that hands every call to another one: subclass it to watch some calls on their way.
+
+    The control plane's metrics use one to count changes its compile loop
+    holds back (see metrics.HoldCounter) without the loop knowing about metrics.
+    """
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    async def current(self) -> ConfigVersion | None:
+        return await self.inner.current()
+
+    async def commit(self, doc: dict[str, Any], author: str, diff: str, sha256: str,
+                     expected_version: int, message: str = "") -> ConfigVersion:
+        return await self.inner.commit(doc, author, diff, sha256, expected_version, message)
+
+    async def history(self, limit: int = 50) -> list[ConfigVersion]:
+        return await self.inner.history(limit)
+
+    async def get_version(self, version: int) -> ConfigVersion | None:
+        return await self.inner.get_version(version)
+
+    async def put_instances(self, host: str, instances: list[InstanceRecord], ttl_s: float) -> None:
+        await self.inner.put_instances(host, instances, ttl_s)
+
+    async def instances(self) -> list[InstanceRecord]:
+        return await self.inner.instances()
+
+    async def put_host(self, host: HostRecord) -> None:
+        await self.inner.put_host(host)
+
+    async def hosts(self) -> list[HostRecord]:
+        return await self.inner.hosts()
+
+    async def put_record(self, kind: str, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None:
+        await self.inner.put_record(kind, key, value, ttl_s)
+
+    async def create_record(self, kind: str, key: str, value: dict[str, Any]) -> bool:
+        return await self.inner.create_record(kind, key, value)
+
+    async def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        return await self.inner.get_record(kind, key)
+
+    async def delete_record(self, kind: str, key: str) -> bool:
+        return await self.inner.delete_record(kind, key)
+
+    async def records(self, kind: str) -> dict[str, dict[str, Any]]:
+        return await self.inner.records(kind)
+
+    async def revision(self) -> int:
+        return await self.inner.revision()
+
+    async def wait_for_change(self, after_revision: int, timeout_s: float) -> int:
+        return await self.inner.wait_for_change(after_revision, timeout_s)
+
+    async def close(self) -> None:
+        await self.inner.close()

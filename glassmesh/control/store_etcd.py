@@ -9,6 +9,7 @@ Key layout under `prefix` (default /glassmesh; every part URL-quoted):
                                   instances can still be shown, as unhealthy
     {p}/hosts/{name}              HostRecord
     {p}/rec/{kind}/{key}          small records; a lease when they have a TTL
+                                  (rec/ca/root: the CA every replica signs with)
     {p}/consumed/{kind}/{key}     who deleted a record last (short lease): makes
                                   delete_record's answer exact across retries
 
@@ -64,6 +65,7 @@ from glassmesh.control.store import (
 __all__ = ["EtcdStore"]
 
 _CONSUMED_TTL_S = 60  # longer than any retry of the delete that wrote it
+_NONCE = "_create_nonce"  # in a record made by create_record: which call wrote it
 
 
 def _q(part: str) -> str:
@@ -269,9 +271,33 @@ class EtcdStore(Store):
         # Without a TTL, lease 0 also detaches the key from an earlier lease.
         await self._call(self._client.put(self._k("rec", kind, key), _dumps(value), lease))
 
+    async def create_record(self, kind: str, key: str, value: dict[str, Any]) -> bool:
+        """One txn: put only if the key does not exist (etcd version 0), else read what is there.
+
+        The value carries a nonce so that a retry of our own txn (its answer
+        lost on failover) finds our write and still says True; the nonce is
+        not part of what get_record returns.
+        """
+        rkey = self._k("rec", kind, key)
+        nonce = uuid.uuid4().hex
+        r = await self._call(self._client.txn(
+            [{"key": b64(rkey), "result": "EQUAL", "target": "VERSION", "version": "0"}],
+            [{"request_put": {"key": b64(rkey), "value": b64(_dumps({**value, _NONCE: nonce}))}}],
+            [{"request_range": {"key": b64(rkey)}}]))
+        if r.get("succeeded"):
+            return True
+        kvs = ((r.get("responses") or [{}])[0].get("response_range") or {}).get("kvs") or []
+        return bool(kvs) and self._json(kvs[0]).get(_NONCE) == nonce
+
     async def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
         kv = await self._get(self._k("rec", kind, key))
-        return self._json(kv) if kv else None
+        return self._record(kv) if kv else None
+
+    @classmethod
+    def _record(cls, kv: dict[str, Any]) -> dict[str, Any]:
+        value: dict[str, Any] = cls._json(kv)
+        value.pop(_NONCE, None)
+        return value
 
     async def delete_record(self, kind: str, key: str) -> bool:
         """Exactly one of several concurrent deleters gets True, even across a failover.
@@ -305,7 +331,7 @@ class EtcdStore(Store):
 
     async def records(self, kind: str) -> dict[str, dict[str, Any]]:
         d = self._dir("rec", kind)
-        return {unquote(unb64(kv["key"]).decode()[len(d):]): self._json(kv) for kv in await self._list(d)}
+        return {unquote(unb64(kv["key"]).decode()[len(d):]): self._record(kv) for kv in await self._list(d)}
 
     # --- change feed -------------------------------------------------------------------
     async def revision(self) -> int:

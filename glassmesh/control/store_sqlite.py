@@ -175,6 +175,28 @@ class SqliteStore(Store):
         self._write(("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", (kind, key, json.dumps(value), exp)))
         await self._notify()
 
+    async def create_record(self, kind: str, key: str, value: dict[str, Any]) -> bool:
+        # One transaction: an expired record (not swept yet) counts as absent, a live one wins.
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM records WHERE kind = ? AND key = ? AND expires_at IS NOT NULL "
+                                 "AND expires_at <= ?", (kind, key, self._clock()))
+                cur = self._db.execute("INSERT OR IGNORE INTO records VALUES (?, ?, ?, NULL)",
+                                       (kind, key, json.dumps(value)))
+                created = cur.rowcount == 1
+                if created:
+                    self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"sqlite: {e}") from None
+        if created:
+            await self._notify()
+        return created
+
     async def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT value FROM records WHERE kind = ? AND key = ? AND "
                                "(expires_at IS NULL OR expires_at > ?)", (kind, key, self._clock())).fetchone()

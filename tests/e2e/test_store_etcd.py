@@ -230,6 +230,40 @@ def test_delete_record_is_true_exactly_once_across_replicas(cluster: EtcdCluster
     run_with_stores(cluster, body, replicas=2)
 
 
+def test_create_record_exactly_one_wins_across_replicas(cluster: EtcdCluster) -> None:
+    """Create-only across replicas: one True per key, every replica then reads the winner's value."""
+    async def body(a: EtcdStore, b: EtcdStore) -> None:
+        stores = (a, b, a, b)
+        results = await asyncio.gather(*(s.create_record("ca", f"k{k}", {"by": i})
+                                         for k in range(5) for i, s in enumerate(stores)))
+        for k in range(5):
+            won = results[4 * k: 4 * k + 4]
+            assert sum(won) == 1, (k, won)
+            value = {"by": won.index(True)}
+            assert await a.get_record("ca", f"k{k}") == value and await b.get_record("ca", f"k{k}") == value
+        assert (await b.records("ca"))["k0"] == await a.get_record("ca", "k0")  # no bookkeeping shows
+        assert await a.delete_record("ca", "k0") is True
+        assert await b.create_record("ca", "k0", {"by": "again"}) is True  # absent again after a delete
+
+    run_with_stores(cluster, body, replicas=2)
+
+
+def test_replicas_starting_at_once_share_one_ca(cluster: EtcdCluster, tmp_path: Any) -> None:
+    """Each replica offers the CA it just made; all of them end up signing with the one etcd holds."""
+    from glassmesh.control.identity import open_ca, shared_ca
+
+    async def body(*stores: EtcdStore) -> None:
+        local = [open_ca(tmp_path / f"r{i}" / "ca", "glassmesh.local") for i in range(len(stores))]
+        got = await asyncio.gather(*(shared_ca(s, ca, tmp_path / f"r{i}" / "ca")
+                                     for i, (s, ca) in enumerate(zip(stores, local, strict=True))))
+        assert len({ca.fingerprint for ca in got}) == 1
+        assert sum(g is ca for g, ca in zip(got, local, strict=True)) == 1
+        on_disk = {(tmp_path / f"r{i}" / "ca" / "ca.pem").read_bytes() for i in range(len(stores))}
+        assert on_disk == {got[0].cert_pem}
+
+    run_with_stores(cluster, body, replicas=3)
+
+
 # --- change feed ---------------------------------------------------------------------------
 
 

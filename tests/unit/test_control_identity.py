@@ -17,8 +17,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from glassmesh.ca import init_ca, spiffe_id_of
+from glassmesh.ca import CAError, init_ca, load_ca, spiffe_id_of
 from glassmesh.control.identity import (
+    CA_KEY,
+    CA_KIND,
     JOIN_KIND,
     BadRequest,
     Forbidden,
@@ -27,6 +29,7 @@ from glassmesh.control.identity import (
     check_csr,
     open_ca,
     parse_duration,
+    shared_ca,
     token_key,
 )
 from glassmesh.control.store_sqlite import SqliteStore
@@ -198,6 +201,59 @@ def test_open_ca_creates_once_and_refuses_another_trust_domain(tmp_path: Path) -
     write_atomic(tmp_path / "data" / "ca" / "ca.pem", b"junk")
     with pytest.raises(Exception, match="not a PEM"):
         open_ca(tmp_path / "data" / "ca", TD)
+
+
+def test_shared_ca_first_replica_stores_its_own_the_others_adopt_it(tmp_path: Path) -> None:
+    """What makes several replicas one CA: the store's wins, each DIR/ca becomes a copy of it."""
+
+    async def main() -> None:
+        store = SqliteStore(str(tmp_path / "s.sqlite"))
+        try:
+            first = open_ca(tmp_path / "r1" / "ca", TD)
+            assert (await shared_ca(store, first, tmp_path / "r1" / "ca")) is first
+            rec = await store.get_record(CA_KIND, CA_KEY)
+            assert rec is not None and rec["cert_pem"] == first.cert_pem.decode() and rec["trust_domain"] == TD
+            # A second replica's brand-new CA (made by open_ca in this process) is replaced without a copy kept.
+            fresh = open_ca(tmp_path / "r2" / "ca", TD)
+            got = await shared_ca(store, fresh, tmp_path / "r2" / "ca")
+            assert got.fingerprint == first.fingerprint
+            assert load_ca(tmp_path / "r2" / "ca").fingerprint == first.fingerprint
+            assert (tmp_path / "r2" / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
+            assert not list((tmp_path / "r2" / "ca").glob("replaced-*"))
+            # A CA from before (it may have signed certificates) is kept aside, not lost.
+            old = init_ca(tmp_path / "r3" / "ca", TD)
+            got = await shared_ca(store, old, tmp_path / "r3" / "ca")
+            assert got.fingerprint == first.fingerprint
+            kept = list((tmp_path / "r3" / "ca").glob("replaced-*"))
+            assert len(kept) == 1 and load_ca(kept[0]).fingerprint == old.fingerprint
+            # Restarting with the shared copy on disk changes nothing.
+            again = open_ca(tmp_path / "r2" / "ca", TD)
+            assert (await shared_ca(store, again, tmp_path / "r2" / "ca")).fingerprint == first.fingerprint
+            # A replica started for another trust domain is refused, not given the mesh's CA.
+            with pytest.raises(CAError, match="not 'other.td'"):
+                await shared_ca(store, init_ca(tmp_path / "r4" / "ca", "other.td"), tmp_path / "r4" / "ca")
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_shared_ca_replicas_starting_at_once_agree(tmp_path: Path) -> None:
+    """Several replicas offering their own CA at the same moment end with one CA, the store's."""
+
+    async def main() -> None:
+        store = SqliteStore(str(tmp_path / "s.sqlite"))
+        try:
+            cas = [open_ca(tmp_path / f"r{i}" / "ca", TD) for i in range(4)]
+            got = await asyncio.gather(*(shared_ca(store, ca, tmp_path / f"r{i}" / "ca") for i, ca in enumerate(cas)))
+            assert len({ca.fingerprint for ca in got}) == 1
+            assert sum(g is ca for g, ca in zip(got, cas, strict=True)) == 1  # exactly one replica's own CA won
+            rec = await store.get_record(CA_KIND, CA_KEY)
+            assert rec is not None and rec["ca_sha256"] == Identity(got[0]).ca_sha256
+        finally:
+            await store.close()
+
+    asyncio.run(main())
 
 
 def test_parse_duration() -> None:

@@ -135,3 +135,24 @@ def test_lease_expiry_is_a_change(tmp_path: Path) -> None:
         assert await s.wait_for_change(r1, 0.1) == r1  # expired once, noticed once
 
     run(tmp_path, body)
+
+
+def test_create_record_writes_only_when_absent(tmp_path: Path) -> None:
+    """Create-only (how the replicas agree on one CA): the first create wins, later ones read it, a TTL'd one expires."""
+    clock = Clock()
+
+    async def body(s: SqliteStore) -> None:
+        rev = await s.revision()
+        assert await s.create_record("ca", "root", {"n": 1}) is True
+        assert await s.revision() == rev + 1
+        assert await s.create_record("ca", "root", {"n": 2}) is False
+        assert await s.get_record("ca", "root") == {"n": 1}
+        assert await s.revision() == rev + 1  # a lost create writes nothing
+        await s.put_record("tmp", "k", {"n": 1}, ttl_s=5)
+        assert await s.create_record("tmp", "k", {"n": 2}) is False
+        clock.now += 6  # expired but not swept yet: absent for create_record too
+        assert await s.create_record("tmp", "k", {"n": 3}) is True
+        clock.now += 3600  # and the created record has no TTL
+        assert await s.get_record("tmp", "k") == {"n": 3}
+
+    run(tmp_path, body, clock)
