@@ -20,6 +20,7 @@ from glassmesh.control.config import (
     sha256_of,
     to_doc,
 )
+from glassmesh.control.metrics import holds_started
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import ConfigVersion, Conflict, Store
 from glassmesh.control.yamlpos import compose, line_of
@@ -137,6 +138,8 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
         "compile_error": plane.last_error or None,
         "hosts": hosts,
         "held": [dict(v, since_s=round(now - v.get("since", now), 1)) for v in (await store.records("held")).values()],
+        # Changes this replica's compile loop held back since it started, per service (a metrics counter).
+        "holds_started": holds_started(plane.store),
         "drained": sorted(await store.records("drained")),
         "unhealthy": [{"service": i.service, "host": i.host, "address": i.address, "detail": i.detail}
                       for i in await store.instances() if not i.healthy],

@@ -3,6 +3,15 @@
 Errors become JSON with the right status (validation 400 with every problem's
 line and field, conflict 409, missing 404, store down 503) so that the CLI can
 print one clear line, and a failing request never takes the replica down.
+
+SIGTERM (or SIGINT) ends the replica within about a second even while proxies
+hold long-polls open: the shutdown hook sets an event that `end_long_polls`
+waits on beside each snapshot long-poll, and every open one is answered 503
+"shutting down" at once (a proxy with several replicas moves to the next one
+straight away) instead of aiohttp waiting for each to run out its time.
+
+At start, before anything listens, the replica takes the CA it signs with
+from the store (`identity.shared_ca`), so all replicas on one etcd share it.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ from aiohttp import web
 
 from glassmesh.control import api, identity_api, proxy_api
 from glassmesh.control.config import ConfigError
-from glassmesh.control.identity import Identity, IdentityError
+from glassmesh.control.identity import Identity, IdentityError, shared_ca
+from glassmesh.control.metrics import HoldCounter
 from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
@@ -29,6 +39,8 @@ from glassmesh.control.store import Conflict, Store, StoreError
 log = logging.getLogger("glassmesh.control")
 HEARTBEAT_S = 5.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CLOSING = web.AppKey("closing", asyncio.Event)  # set when the replica starts to shut down
+LONG_POLL_ROUTES = frozenset({"/v1/hosts/{host}/snapshot"})
 
 
 class StartupError(Exception):
@@ -70,13 +82,56 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return api.error(e.status, str(e))
 
 
+@web.middleware
+async def end_long_polls(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer an open snapshot long-poll with 503 as soon as the replica begins to shut down.
+
+    The handler runs as its own task beside a wait on the CLOSING event;
+    whichever ends first decides. Without this, aiohttp's shutdown waits for
+    each long-poll (up to minutes), and then cuts it off without an answer.
+    """
+    resource = request.match_info.route.resource
+    if resource is None or resource.canonical not in LONG_POLL_ROUTES:
+        return await handler(request)
+    closing = request.app[CLOSING]
+    if closing.is_set():
+        return _shutting_down()
+    work = asyncio.ensure_future(handler(request))
+    stop = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    if work.cancelled():
+        return _shutting_down()
+    return work.result()
+
+
+def _shutting_down() -> web.Response:
+    resp = api.error(503, "this control-plane replica is shutting down: ask another replica, or again later")
+    resp.force_close()
+    return resp
+
+
 def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: str = "",
              listen: str = "", dns_servers: Sequence[str] = (), identity: Identity | None = None) -> web.Application:
     """One app for both listeners; `identity_api.listener_guard` keeps each route on its own listener."""
-    app = web.Application(middlewares=[errors, identity_api.listener_guard], client_max_size=8 << 20)
+    app = web.Application(middlewares=[errors, identity_api.listener_guard, end_long_polls],
+                          client_max_size=8 << 20)
     if identity is not None:
         app[identity_api.IDENTITY] = identity
-    plane = Plane(store, trust_domain, dns_servers)
+    closing = app[CLOSING] = asyncio.Event()
+
+    async def wake_long_polls(app: web.Application) -> None:
+        closing.set()
+
+    app.on_shutdown.append(wake_long_polls)
+    # The compile loop's store counts the changes it holds back, for /metrics (metrics.HoldCounter).
+    plane = Plane(HoldCounter(store), trust_domain, dns_servers)
     replica_id = replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     app[api.PLANE], app[api.STORE], app[api.REPLICA] = plane, store, replica_id
     api.add_routes(app)
@@ -142,8 +197,11 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
     the replica runs without it (and says so) rather than not at all.
     """
     host, _, port = listen.rpartition(":")
+    if identity is not None:
+        # Before anything listens: every replica on this store signs with (and serves) the same CA.
+        identity.ca = await shared_ca(store, identity.ca, tls_dir or None)
     app = make_app(store, trust_domain, listen=listen, dns_servers=dns_servers, identity=identity)
-    # Long-polls can be open for minutes: at shutdown give handlers a second, then cancel them.
+    # Long-polls are answered at once on shutdown (end_long_polls); a second is for anything else in flight.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
