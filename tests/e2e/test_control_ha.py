@@ -91,7 +91,7 @@ def free_port_pair() -> int:
 
 
 class Replica:
-    """One `glassmesh control --store etcd://...` process, with its own data dir (its own CA)."""
+    """One `glassmesh control --store etcd://...` process, with its own data dir (and a copy of the shared CA)."""
 
     def __init__(self, mesh: Mesh, name: str, store: str) -> None:
         self.mesh, self.name, self.store = mesh, name, store
