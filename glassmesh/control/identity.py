@@ -53,7 +53,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from glassmesh.ca import CA, CAError, ca_from_pem, ca_key_pem, init_ca, load_ca, save_ca
 from glassmesh.ca.signer import CLOCK_SKEW, validate_name
-from glassmesh.control.store import HostRecord, Store
+from glassmesh.control.store import HostRecord, Store, StoreError
 from glassmesh.files import write_atomic, write_private
 
 log = logging.getLogger("glassmesh.control")
@@ -235,7 +235,7 @@ class Identity:
 
     ca: CA
     leaf_hours: float = 24.0
-    proxy_url: str = ""  # https://<proxy listener>, once it listens: what `host add` tells the operator
+    proxy_url: str = ""  # https://<proxy listener>, once it listens
 
     @property
     def trust_domain(self) -> str:
@@ -313,13 +313,33 @@ class Identity:
         if not MIN_TOKEN_TTL_S <= ttl_s <= MAX_TOKEN_TTL_S:
             raise BadRequest(f"ttl must be between {MIN_TOKEN_TTL_S:.0f} s and {MAX_TOKEN_TTL_S / 86400:.0f} days")
         token = new_token()
+        urls = await self.proxy_urls(store)
         now = time.time()
         await store.put_record(JOIN_KIND, token_key(token), {
             "host": name, "services": sorted(set(services)), "address": address,
             "created": now, "expires": now + ttl_s}, ttl_s=ttl_s)
         return {"host": name, "services": sorted(set(services)), "token": token, "expires": now + ttl_s,
                 "ttl_s": ttl_s, "trust_domain": self.trust_domain, "ca_sha256": self.ca_sha256,
-                "proxy_url": self.proxy_url}
+                "proxy_url": ",".join(urls), "proxy_urls": urls}
+
+    async def proxy_urls(self, store: Store) -> list[str]:
+        """The proxy listeners of the live replicas, this one first: what a joining proxy's --control takes.
+
+        Read from the replicas' heartbeat records (kind "replica", see
+        server._heartbeat); `proxy_url` in `add_host`'s answer is them joined
+        with commas, so the command `host add` prints fails over between all
+        of them from its first start.
+        """
+        urls = [self.proxy_url] if self.proxy_url else []
+        try:
+            replicas = sorted((await store.records("replica")).values(), key=lambda r: r.get("started", 0.0))
+        except StoreError:
+            replicas = []
+        for r in replicas:
+            url = r.get("proxy_url")
+            if isinstance(url, str) and url and url not in urls:
+                urls.append(url)
+        return urls
 
     async def list_hosts(self, store: Store) -> dict[str, Any]:
         """Joined hosts (admitted services, earliest cert expiry) and pending tokens (never the token)."""

@@ -40,6 +40,7 @@ log = logging.getLogger("glassmesh.control")
 HEARTBEAT_S = 5.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CLOSING = web.AppKey("closing", asyncio.Event)  # set when the replica starts to shut down
+BEAT_NOW = web.AppKey("beat_now", asyncio.Event)  # set to announce this replica again at once
 LONG_POLL_ROUTES = frozenset({"/v1/hosts/{host}/snapshot"})
 
 
@@ -125,6 +126,7 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
     if identity is not None:
         app[identity_api.IDENTITY] = identity
     closing = app[CLOSING] = asyncio.Event()
+    beat_now = app[BEAT_NOW] = asyncio.Event()
 
     async def wake_long_polls(app: web.Application) -> None:
         closing.set()
@@ -140,7 +142,7 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         plane.start()
-        beat = asyncio.create_task(_heartbeat(store, replica_id, listen))
+        beat = asyncio.create_task(_heartbeat(store, replica_id, listen, identity, beat_now))
         yield
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -175,15 +177,27 @@ async def _serve_proxy_listener(runner: web.AppRunner, identity: Identity, proxy
           f"{identity.ca_sha256})", flush=True)
 
 
-async def _heartbeat(store: Store, replica_id: str, listen: str) -> None:
-    """Announce this replica (a record with a TTL) so `status` lists the live ones."""
+async def _heartbeat(store: Store, replica_id: str, listen: str, identity: Identity | None = None,
+                     now: asyncio.Event | None = None) -> None:
+    """Announce this replica (a record with a TTL) so `status` lists the live ones.
+
+    The record carries the proxy listener's URL once it listens (`now` is set
+    then, for an announcement without waiting for the next beat), so that
+    `host add` through any replica can print every replica's URL for --control.
+    """
     started = time.time()
     while True:
+        rec = {"listen": listen, "started": started, "pid": os.getpid(), "seen": time.time()}
+        if identity is not None and identity.proxy_url:
+            rec["proxy_url"] = identity.proxy_url
         with contextlib.suppress(StoreError):
-            await store.put_record("replica", replica_id, {"listen": listen, "started": started,
-                                                           "pid": os.getpid(), "seen": time.time()},
-                                   ttl_s=3 * HEARTBEAT_S)
-        await asyncio.sleep(HEARTBEAT_S)
+            await store.put_record("replica", replica_id, rec, ttl_s=3 * HEARTBEAT_S)
+        if now is None:
+            await asyncio.sleep(HEARTBEAT_S)
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(now.wait(), HEARTBEAT_S)
+        now.clear()
 
 
 async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Sequence[str] = (),
@@ -214,6 +228,7 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
     print(f"glassmesh control: listening on http://{listen}", flush=True)
     if identity is not None and proxy_listen:
         await _serve_proxy_listener(runner, identity, proxy_listen, proxy_listen_explicit, tls_dir)
+        app[BEAT_NOW].set()  # announce the proxy listener's URL now, for `host add` on other replicas
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

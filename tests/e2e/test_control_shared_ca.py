@@ -11,7 +11,8 @@ What it proves:
   and each proxy listener's server certificate chains to it under the name
   the proxies check (control.glassmesh.internal);
 - a join token made through replica 1 joins a host through replica 2 (the
-  tokens, admissions and certificate records are in etcd, not in a replica);
+  tokens, admissions and certificate records are in etcd, not in a replica),
+  and `host add` names both replicas' proxy listeners for --control;
 - host1 joins through replica 1 (`--control https://r1,https://r2`), serves
   traffic, and when replica 1 is SIGKILLed it goes on with 0 failed requests,
   moves to replica 2 over mutual TLS (its host certificate and pinned CA are
@@ -156,8 +157,10 @@ def test_replicas_share_one_ca_and_a_joined_proxy_fails_over_over_mtls(mesh: Mes
     t1 = host_add(r1, "host1", "a")
     t2 = host_add(r1, "host2", "b")  # made through replica 1 ...
     assert t1["ca_sha256"] == t2["ca_sha256"] == ca_cert.fingerprint(hashes.SHA256()).hex()
+    # What `host add` prints for --control: every live replica's proxy listener, the one asked first.
+    assert t1["proxy_url"] == f"{p1},{p2}", t1
 
-    h1.join([p1, p2], t1)
+    h1.join(t1["proxy_url"].split(","), t1)
     h2.join([p2, p1], t2)  # ... used through replica 2
     h1.wait_ready()
     h2.wait_ready()
