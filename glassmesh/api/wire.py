@@ -1,8 +1,20 @@
 """The proxy-facing control-plane API as the proxy speaks it: paths, headers and JSON bodies.
 
-    GET  /v1/hosts/{host}/snapshot?after=N&wait=S  -> 200 snapshot JSON (+ VERSION_HEADER) or 204
+    GET  /v1/hosts/{host}/snapshot?after=N&wait=S[&base=V&hash=H]
+         -> 200 snapshot JSON (KIND_HEADER full) or SnapshotDelta JSON (KIND_HEADER delta), or 204
     POST /v1/hosts/{host}/ack        Ack
     POST /v1/hosts/{host}/instances  Report
+
+Deltas. A proxy that holds version V whose content digest is H
+(model.snapshot.snapshot_digest of the snapshot as it came over the wire)
+adds `base=V&hash=H` to its long-poll. When the control plane still has
+version V of that host and its digest is H, it answers with a SnapshotDelta:
+the services added or changed (whole), the names removed, and the top-level
+fields that changed, plus the digest of the result. The proxy rebuilds the
+new snapshot from its base (apply_delta), checks the digest, validates the
+result as it would a full snapshot, and on any mismatch asks again without
+`base`, which always gets the full snapshot. A control plane or proxy that
+knows nothing of deltas simply never sends them or never asks for them.
 
 The structs match glassmesh.control.proxy_api field for field (decoded there
 strictly, so a misspelt field is a 400, never silently dropped).
@@ -10,13 +22,29 @@ strictly, so a misspelt field is a 400, never silently dropped).
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
-from glassmesh.model.snapshot import Address
+from glassmesh.model.snapshot import (
+    Address,
+    DigestCache,
+    Limits,
+    LocalService,
+    Name,
+    Service,
+    Snapshot,
+    TcpLink,
+    Timeouts,
+    snapshot_digest,
+)
 
 VERSION_HEADER = "glassmesh-snapshot-version"
+KIND_HEADER = "glassmesh-snapshot-kind"  # "full" or "delta"; absent (an older control plane): full
+HASH_HEADER = "glassmesh-snapshot-hash"  # snapshot_digest of the version answered (the delta's result)
+KIND_FULL, KIND_DELTA = "full", "delta"
 _S = {"forbid_unknown_fields": True, "kw_only": True}
 
 
@@ -54,3 +82,109 @@ def ack_path(host: str) -> str:
 
 def instances_path(host: str) -> str:
     return f"/v1/hosts/{quote(host, safe='')}/instances"
+
+
+# --------------------------------------------------------------------------- deltas
+
+# The Snapshot fields a delta carries only when they changed: all but version, host and services.
+HEAD_FIELDS: tuple[str, ...] = tuple(f for f in Snapshot.__struct_fields__ if f not in ("version", "host", "services"))
+
+
+class DeltaMismatch(Exception):
+    """A delta that does not fit the snapshot held (another base, or a result with another digest).
+
+    Not a reject: the proxy asks for the full snapshot instead and judges that.
+    """
+
+
+class SnapshotDelta(msgspec.Struct, **_S, frozen=True):
+    """What changed from one version of a host's snapshot to another; see the module docstring.
+
+    The top-level fields have the same types (and so the same checks) as in
+    Snapshot, and are UNSET (left out of the JSON) when unchanged. Services
+    are sorted by name in the result unless `order` gives their order.
+    """
+
+    version: Annotated[int, msgspec.Meta(ge=0)]
+    host: Name
+    base_version: Annotated[int, msgspec.Meta(ge=0)]
+    base_hash: str
+    hash: str  # snapshot_digest of the result
+    services: list[Service] = []  # added or changed, whole
+    removed: list[Name] = []
+    order: list[Name] | UnsetType = UNSET
+    trust_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]+$")] | UnsetType = UNSET
+    trust_bundle: str | UnsetType = UNSET
+    peer_protocol: Literal["mux", "http1"] | UnsetType = UNSET
+    inbound: Address | UnsetType = UNSET
+    admin: Address | UnsetType = UNSET
+    local_services: list[LocalService] | UnsetType = UNSET
+    tcp_links: list[TcpLink] | UnsetType = UNSET
+    timeouts: Timeouts | UnsetType = UNSET
+    limits: Limits | UnsetType = UNSET
+
+
+_delta_decoder = msgspec.json.Decoder(SnapshotDelta)
+
+
+def make_delta(base: Snapshot, new: Snapshot, base_hash: str, new_hash: str) -> SnapshotDelta:
+    """The delta that turns `base` into `new` (both as compiled, paths unresolved).
+
+    Services are compared by identity first (the control plane shares
+    unchanged Service objects between versions), by value only when the
+    objects differ, so a change costs about one dict lookup per service.
+    """
+    old = {s.name: s for s in base.services}
+    changed = [s for s in new.services if (o := old.get(s.name)) is None or (o is not s and o != s)]
+    names = [s.name for s in new.services]
+    kept = set(names)
+    heads = {f: getattr(new, f) for f in HEAD_FIELDS if getattr(new, f) != getattr(base, f)}
+    return SnapshotDelta(
+        version=new.version, host=new.host, base_version=base.version, base_hash=base_hash, hash=new_hash,
+        services=changed, removed=[n for n in old if n not in kept],
+        order=UNSET if all(a < b for a, b in zip(names, names[1:], strict=False)) else names,
+        **heads,
+    )
+
+
+def decode_delta(body: bytes) -> SnapshotDelta:
+    """Decode a delta strictly; a malformed one is a DeltaMismatch (ask for the full snapshot), not a reject."""
+    try:
+        return _delta_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise DeltaMismatch(f"unreadable delta: {e}") from None
+
+
+def apply_delta(base: Snapshot, base_hash: str, delta: SnapshotDelta, cache: DigestCache | None = None) -> Snapshot:
+    """The snapshot `delta` describes, built on `base` (wire form); DeltaMismatch unless its digest is delta.hash.
+
+    Unchanged services are base's own objects, changed ones were decoded with
+    the Snapshot schema's types, and the digest check proves the whole result
+    equals what the control plane compiled. The caller still runs the meaning
+    checks (model.snapshot.check_snapshot) as for a full snapshot.
+    """
+    if delta.host != base.host:
+        raise DeltaMismatch(f"delta is for host {delta.host!r}, the base snapshot for {base.host!r}")
+    if delta.base_version != base.version or delta.base_hash != base_hash:
+        raise DeltaMismatch(f"delta applies to version {delta.base_version} ({delta.base_hash[:12]}), "
+                            f"this proxy holds version {base.version} ({base_hash[:12]})")
+    by_name = {s.name: s for s in base.services}
+    for name in delta.removed:
+        if by_name.pop(name, None) is None:
+            raise DeltaMismatch(f"delta removes service {name!r}, which the base does not have")
+    for svc in delta.services:
+        by_name[svc.name] = svc
+    if isinstance(delta.order, UnsetType):
+        names = sorted(by_name)
+    else:
+        names = delta.order
+        if len(names) != len(by_name) or set(names) != set(by_name):
+            raise DeltaMismatch("delta's service order does not name the services it leaves")
+    heads = {f: v for f in HEAD_FIELDS if not isinstance(v := getattr(delta, f), UnsetType)}
+    snap = msgspec.structs.replace(base, version=delta.version, services=[by_name[n] for n in names], **heads)
+    got = snapshot_digest(snap, cache)
+    if got != delta.hash:
+        raise DeltaMismatch(f"version {delta.version} rebuilt from a delta has digest {got[:12]}, "
+                            f"the control plane's is {delta.hash[:12]}")
+    return snap
+
