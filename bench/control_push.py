@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/control_push.py                 # both shapes (about 1.5 min)
     .venv/bin/python bench/control_push.py --reps 3 --shapes all --change report --no-ack
+    .venv/bin/python bench/control_push.py --shapes all --full   # watchers never ask for deltas
 
 (No make target: run it by hand from the repository root; docs/bench.md describes it.)
 
@@ -11,8 +12,11 @@ session, stopped by its PID's process group at the end, also on an error or Ctrl
 1,000 services x 10 instances over 200 hosts config of bench/control_compile.py, has every host
 report its instances (as a proxy does, `POST /v1/hosts/{host}/instances`), waits for the compile
 loop to settle, and then starts 200 simulated watchers in this process (asyncio + aiohttp, one
-long-poll loop per host, `GET /v1/hosts/{host}/snapshot?after=V&wait=30`, each acking what it gets
-as the real proxy does). It reports how long until all 200 have their first snapshot and how many
+long-poll loop per host, `GET /v1/hosts/{host}/snapshot?after=V&wait=30&base=V&hash=H`, each
+keeping what it got as the real proxy does: a full snapshot decoded and checked, a delta applied to
+the snapshot it holds and its digest checked, falling back to a full snapshot on a mismatch; then
+acking it). `--full` leaves out `base` and `hash`, so every push is a full snapshot (the protocol
+before deltas). It reports how long until all 200 have their first snapshot and how many
 bytes that was, then makes one-endpoint changes, each timed from just before the request that
 makes it to each watcher's receipt of the new version (body read):
 
@@ -57,7 +61,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from control_compile import build  # noqa: E402
 
-VERSION_HEADER = "glassmesh-snapshot-version"
+from glassmesh.api.wire import (  # noqa: E402
+    HASH_HEADER,
+    KIND_DELTA,
+    KIND_HEADER,
+    VERSION_HEADER,
+    DeltaMismatch,
+    apply_delta,
+    decode_delta,
+)
+from glassmesh.model.snapshot import DigestCache, Snapshot, decode_snapshot, snapshot_digest  # noqa: E402
+
 WAIT_S = 30
 TTL_S = 3600.0  # reported instances must not expire during the run
 STOP_S = 3.0  # SIGTERM, then SIGKILL this much later
@@ -160,16 +174,50 @@ class Control:
 class Watcher:
     host: str
     version: int = 0
-    got: list[tuple[float, int, int]] = field(default_factory=list)  # (perf_counter, version, bytes)
+    got: list[tuple[float, int, int, bool]] = field(default_factory=list)  # (perf_counter, version, bytes, delta)
     errors: list[str] = field(default_factory=list)
     backwards: int = 0  # a 200 whose version was not above the one asked after
+    fallbacks: int = 0  # deltas that did not fit: asked again for the full snapshot
+    base: Snapshot | None = None  # what it holds, as the proxy keeps it: deltas apply to this
+    digest: str = ""
+    raw: bytes = b""  # a full snapshot not decoded yet (see take)
+    digests: DigestCache = field(default_factory=DigestCache)
+
+    def take(self, body: bytes, kind: str, digest: str) -> None:
+        """Keep a full snapshot or apply a delta, as glassmesh.proxy.watch does (DeltaMismatch: full next).
+
+        A full snapshot is decoded only when a delta needs it (or by materialize()): 200 watchers share
+        this process, and decoding 200 x 475 KiB as they arrive would delay the reads of the others
+        (the first-snapshot times), which in a real mesh happen in 200 processes.
+        """
+        if kind == KIND_DELTA:
+            self.materialize()
+            if self.base is None:
+                raise DeltaMismatch("a delta with no base")
+            delta = decode_delta(body)
+            self.base = apply_delta(self.base, self.digest, delta, self.digests)
+            self.digest = delta.hash
+        else:
+            self.base, self.raw, self.digest = None, body, digest
+
+    def materialize(self) -> None:
+        """Decode a full snapshot kept raw, and check the control plane's digest of it."""
+        if not self.raw:
+            return
+        raw, self.raw = self.raw, b""
+        self.base = decode_snapshot(raw)
+        own = snapshot_digest(self.base, self.digests)
+        if self.digest and own != self.digest:
+            raise DeltaMismatch(f"full snapshot digest {own[:12]} is not the control plane's {self.digest[:12]}")
+        self.digest = own
 
 
 class Fleet:
     """200 long-poll loops in this process; wakes whoever waits for a set of hosts to move."""
 
-    def __init__(self, url: str, hosts: list[str], session: aiohttp.ClientSession, ack: bool) -> None:
-        self.url, self.session, self.ack = url, session, ack
+    def __init__(self, url: str, hosts: list[str], session: aiohttp.ClientSession, ack: bool,
+                 deltas: bool = True) -> None:
+        self.url, self.session, self.ack, self.deltas = url, session, ack, deltas
         self.w = {h: Watcher(h) for h in hosts}
         self.waiting: set[str] = set()
         self.done = asyncio.Event()
@@ -195,8 +243,10 @@ class Fleet:
         timeout = aiohttp.ClientTimeout(total=WAIT_S + 15)
         while True:
             try:
-                async with self.session.get(url, params={"after": str(w.version), "wait": str(WAIT_S)},
-                                            timeout=timeout) as r:
+                params = {"after": str(w.version), "wait": str(WAIT_S)}
+                if self.deltas and (w.base is not None or w.raw) and w.digest:
+                    params.update(base=str(w.base.version if w.base is not None else w.version), hash=w.digest)
+                async with self.session.get(url, params=params, timeout=timeout) as r:
                     if r.status == 204:
                         continue
                     body = await r.read()
@@ -206,10 +256,18 @@ class Fleet:
                         await asyncio.sleep(0.5)
                         continue
                     ver = int(r.headers[VERSION_HEADER])
+                    kind, digest = r.headers.get(KIND_HEADER, ""), r.headers.get(HASH_HEADER, "")
+                try:
+                    w.take(body, kind, digest)
+                except DeltaMismatch as e:
+                    w.fallbacks += 1
+                    w.errors.append(f"delta fallback at version {ver}: {e}")
+                    w.base, w.digest, w.raw = None, "", b""
+                    continue  # as the proxy: ask again at once, without a base
                 if ver <= w.version:
                     w.backwards += 1
                 w.version = ver
-                w.got.append((now, ver, len(body)))
+                w.got.append((now, ver, len(body), kind == KIND_DELTA))
                 if w.host in self.waiting:
                     self.waiting.discard(w.host)
                     if not self.waiting:
@@ -323,6 +381,7 @@ class Change:
     extra: int
     pushes: int
     bytes: int
+    deltas: int
     cpu_s: float
     stall_ms: float
     own_cpu_s: float
@@ -414,11 +473,12 @@ async def one_change(cp: Control, session: aiohttp.ClientSession, fleet: Fleet, 
     t_all = time.perf_counter()
     await asyncio.sleep(max(0.0, min(settle_s, deadline - time.monotonic())))  # late or extra pushes
     cpu, own = cp.cpu_s() - cpu0, time.process_time() - own0
-    lat, missing, extra, pushes, nbytes = [], 0, 0, 0, 0
+    lat, missing, extra, pushes, nbytes, deltas = [], 0, 0, 0, 0, 0
     for h, w in fleet.w.items():
         new = w.got[marks[h]:]
         pushes += len(new)
-        nbytes += sum(b for _, _, b in new)
+        nbytes += sum(g[2] for g in new)
+        deltas += sum(1 for g in new if g[3])
         if h in expected:
             if new:
                 lat.append((new[0][0] - t0) * 1000)
@@ -426,7 +486,7 @@ async def one_change(cp: Control, session: aiohttp.ClientSession, fleet: Fleet, 
                 missing += 1
         elif new:
             extra += 1
-    return Change(kind, service, host, len(expected), req_ms, lat, missing, extra, pushes, nbytes, cpu,
+    return Change(kind, service, host, len(expected), req_ms, lat, missing, extra, pushes, nbytes, deltas, cpu,
                   pinger.worst_ms(t0, t_all), own, timed_out)
 
 
@@ -458,7 +518,7 @@ async def run_shape(shape: str, calls: int | None, a: argparse.Namespace, deadli
         res.settle_ms = (time.perf_counter() - t) * 1000  # includes the 1 s of quiet it waits for
         log(f"{shape}: registered in {res.register_ms:.0f} ms, compile loop settled {res.settle_ms:.0f} ms later")
 
-        fleet = Fleet(cp.url, list(mesh.by_host), session, a.ack)
+        fleet = Fleet(cp.url, list(mesh.by_host), session, a.ack, a.deltas)
         fleet.expect(set(mesh.by_host))
         t0 = time.perf_counter()
         fleet.start()
@@ -467,6 +527,12 @@ async def run_shape(shape: str, calls: int | None, a: argparse.Namespace, deadli
         res.first_bytes = [w.got[0][2] for w in fleet.w.values()]
         res.first_stall_ms = pinger.worst_ms(t0, t0 + res.first_ms[-1] / 1000)
         log(f"{shape}: all {len(fleet.w)} watchers have a first snapshot after {res.first_ms[-1]:.0f} ms")
+        if a.deltas:  # decode what the watchers hold now, outside the timed changes (see Watcher.take)
+            for w in fleet.w.values():
+                try:
+                    w.materialize()
+                except DeltaMismatch as e:
+                    res.errors.append(f"{w.host}: {e}")
         await asyncio.sleep(min(a.settle, max(0.0, deadline - time.monotonic())))  # acks and their recompiles
         if any(len(w.got) > 1 for w in fleet.w.values()):
             n = sum(1 for w in fleet.w.values() if len(w.got) > 1)
@@ -487,7 +553,8 @@ async def run_shape(shape: str, calls: int | None, a: argparse.Namespace, deadli
                     res.changes.append(c)
                     log(f"{shape}: rep {rep + 1} {c.kind:11} {service}@{host}: "
                         f"{len(c.lat_ms)}/{c.expected} hosts, p50 {_p(c.lat_ms, 50):.0f} ms, "
-                        f"max {max(c.lat_ms, default=0):.0f} ms, extra {c.extra}, pushes {c.pushes}, "
+                        f"max {max(c.lat_ms, default=0):.0f} ms, extra {c.extra}, pushes {c.pushes} "
+                        f"({c.deltas} deltas, {c.bytes / 1024:.0f} KiB), "
                         f"request {c.request_ms:.0f} ms, ping max {c.stall_ms:.0f} ms, cp cpu {c.cpu_s:.2f} s"
                         + (f"; TIMED OUT: {c.timed_out}" if c.timed_out else ""))
         res.ok = True
@@ -500,6 +567,9 @@ async def run_shape(shape: str, calls: int | None, a: argparse.Namespace, deadli
         await pinger.stop()
         if fleet is not None:
             await fleet.stop()
+            falls = sum(w.fallbacks for w in fleet.w.values())
+            if falls:
+                res.errors.append(f"{falls} deltas did not fit and were followed by a full snapshot")
             errs = [e for w in fleet.w.values() for e in w.errors]
             if errs:
                 res.errors.append(f"watcher errors: {len(errs)} (e.g. {errs[:3]})")
@@ -529,12 +599,13 @@ def _p(xs: list[float], q: float) -> float:
 
 def table(results: list[ShapeResult], a: argparse.Namespace) -> str:
     out = [f"{a.services} services x {a.instances} instances over {a.hosts} hosts; {a.hosts} watchers in one process, "
-           f"{'acking' if a.ack else 'not acking'}; {os.cpu_count()} CPUs shared by the control plane and the watchers.",
+           f"{'acking' if a.ack else 'not acking'}, {'asking for deltas' if a.deltas else 'full snapshots only'}; "
+           f"{os.cpu_count()} CPUs shared by the control plane and the watchers.",
            "Times are from sending the request that makes the change to each watcher having read the new version.",
            "n = changes; want/got = hosts that should get a new version / that got it (median per change; ! = some "
            "missing); extra = other hosts that got one (sum); pushes = snapshots sent per change (mean); request = "
            "the POST's own latency (median); first = fastest host (median); p50/max over every host of every "
-           "change; MiB pushed per change; cp cpu = control-plane CPU s per change (mean); ping max = slowest answer "
+           "change; MiB pushed per change; delta = share of pushes that were deltas; cp cpu = control-plane CPU s per change (mean); ping max = slowest answer "
            "to a cheap request sent every 20 ms during the changes (the control plane's event loop busy); bench cpu = "
            "this process's CPU s per change (the 200 watchers reading what was pushed)",
            ""]
@@ -548,7 +619,7 @@ def table(results: list[ShapeResult], a: argparse.Namespace) -> str:
                        f"{sum(r.first_bytes) / 2**20:.1f} MiB in all; ping max {r.first_stall_ms:.0f} ms")
         if r.changes:
             out.append("  change        n  hosts want/got  extra  pushes  request ms  first ms  p50 ms  max ms"
-                       "    MiB  cp cpu s  ping max ms  bench cpu s")
+                       "    MiB  delta  cp cpu s  ping max ms  bench cpu s")
             for kind in dict.fromkeys(c.kind for c in r.changes):
                 cs = [c for c in r.changes if c.kind == kind]
                 lat = [x for c in cs for x in c.lat_ms]
@@ -560,7 +631,8 @@ def table(results: list[ShapeResult], a: argparse.Namespace) -> str:
                     f"  {kind:12} {len(cs):2d} {want:6.0f} /{got:4.0f}{'!' if missing else ' '}  {sum(c.extra for c in cs):5d}"
                     f"  {statistics.mean(c.pushes for c in cs):6.0f}  {statistics.median(c.request_ms for c in cs):10.0f}"
                     f"  {statistics.median(firsts) if firsts else float('nan'):8.0f}  {_p(lat, 50):6.0f}"
-                    f"  {max(lat, default=float('nan')):6.0f}  {statistics.mean(c.bytes for c in cs) / 2**20:6.1f}"
+                    f"  {max(lat, default=float('nan')):6.0f}  {statistics.mean(c.bytes for c in cs) / 2**20:6.2f}"
+                    f"  {sum(c.deltas for c in cs) / max(1, sum(c.pushes for c in cs)):5.0%}"
                     f"  {statistics.mean(c.cpu_s for c in cs):8.2f}  {max(c.stall_ms for c in cs):11.0f}"
                     f"  {statistics.mean(c.own_cpu_s for c in cs):11.2f}")
         for n in r.notes:
@@ -598,6 +670,8 @@ def main() -> None:
     ap.add_argument("--apply-reps", type=int, default=1, help="config-apply changes per shape (each: down, then up)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds after each change to catch late pushes")
     ap.add_argument("--no-ack", dest="ack", action="store_false", help="watchers do not ack (less control-plane load)")
+    ap.add_argument("--full", dest="deltas", action="store_false",
+                    help="watchers never offer a base, so every push is a full snapshot (the protocol before deltas)")
     ap.add_argument("--budget", type=float, default=170.0, help="seconds for the whole run")
     ap.add_argument("--port", type=int, default=0, help="control-plane port (default: a free one)")
     ap.add_argument("--keep", action="store_true", help="keep the control plane's data dir and log")

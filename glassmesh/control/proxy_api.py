@@ -9,12 +9,11 @@ lives (identity_api.authorize).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from aiohttp import web
 
-from glassmesh.api.wire import Ack, Report
+from glassmesh.api.wire import HASH_HEADER, KIND_HEADER, VERSION_HEADER, Ack, Report
 from glassmesh.control.api import PLANE, STORE, decode, error, json_response
 from glassmesh.control.identity_api import authorize, is_tls
 from glassmesh.control.layout import local_services
@@ -36,8 +35,10 @@ async def snapshot(request: web.Request) -> web.Response:
     try:
         after = int(request.query.get("after", "0"))
         wait = min(MAX_WAIT_S, max(0.0, float(request.query.get("wait", "30"))))
+        base = int(request.query["base"]) if "base" in request.query else None
     except ValueError:
-        return error(400, "after must be an integer and wait a number of seconds")
+        return error(400, "after and base must be integers and wait a number of seconds")
+    base_hash = request.query.get("hash", "")
     if plane.revision >= 0 and host not in plane.snapshots:
         # The apply that adds this host may not be compiled yet: give it a moment before saying no.
         await plane.wait_snapshot(host, -1, min(wait, 3.0))
@@ -45,10 +46,12 @@ async def snapshot(request: web.Request) -> web.Response:
             return error(404, f"host {host!r} is not in the mesh config")
     snap = await plane.wait_snapshot(host, after, wait)
     if snap is None:
-        return web.Response(status=204, headers={"glassmesh-snapshot-version": str(after)})
-    body = plane.encoded(host)
+        return web.Response(status=204, headers={VERSION_HEADER: str(after)})
+    # A delta against the version the proxy says it holds (base, with its digest) when this replica
+    # still has that version with that digest; the whole snapshot otherwise (see api/wire.py).
+    kind, body, digest = plane.answer(host, snap, base, base_hash)
     return web.Response(body=body, content_type="application/json",
-                        headers={"glassmesh-snapshot-version": str(snap.version)})
+                        headers={VERSION_HEADER: str(snap.version), KIND_HEADER: kind, HASH_HEADER: digest})
 
 
 async def _host_record(request: web.Request, host: str) -> HostRecord:
@@ -62,16 +65,10 @@ async def _host_record(request: web.Request, host: str) -> HostRecord:
 
 
 async def ack(request: web.Request) -> web.Response:
+    """Record a host's ack; the plane writes acks in batches (200 acks follow every push)."""
     host = await host_of(request)
     req: Ack = await decode(request, Ack)
-    rec = await _host_record(request, host)
-    now = time.time()
-    if req.accepted:
-        rec = dataclasses.replace(rec, snapshot_version=req.version, last_seen=now)
-    else:
-        rec = dataclasses.replace(rec, last_seen=now,
-                                  last_reject={"version": req.version, "reason": req.reason, "at": now})
-    await request.app[STORE].put_host(rec)
+    await request.app[PLANE].record_ack(host, req.version, req.accepted, req.reason)
     return json_response({"host": host, "version": req.version, "accepted": req.accepted})
 
 

@@ -42,6 +42,17 @@ def _relative(snap: Snapshot, base: str) -> Snapshot:
     )
 
 
+def as_sent(data_dir: str, snap: Snapshot) -> Snapshot:
+    """The last-known-good snapshot in the form the control plane sent it (paths as it wrote them).
+
+    A proxy restarted from disk offers this as the base for the next delta.
+    It is only a candidate: when the proxy's guard changed the snapshot
+    before it was saved, or paths were written otherwise, its digest differs
+    from the control plane's and the control plane sends the full snapshot.
+    """
+    return _relative(snap, data_dir)
+
+
 def save(data_dir: str, snap: Snapshot) -> None:
     """Record an accepted snapshot (as it is in force, guard included) as the last-known-good one."""
     write_atomic(lkg_path(data_dir), encode_snapshot(_relative(snap, data_dir)) + b"\n")
@@ -55,4 +66,4 @@ def load(data_dir: str) -> Snapshot | None:
     return load_snapshot(path)
 
 
-__all__ = ["FILENAME", "SnapshotError", "load", "lkg_path", "save", "write_atomic"]
+__all__ = ["FILENAME", "SnapshotError", "as_sent", "load", "lkg_path", "save", "write_atomic"]

@@ -27,6 +27,16 @@ moves the link to the next one in the list, and a long-poll still open on
 the old one is dropped at once. Backoff grows only after every replica has
 failed in a row, so a dead replica costs one retry, not an outage. With one
 URL this is exactly the single-replica behaviour.
+
+Deltas: the long-poll names the version the proxy holds and its content
+digest (`base=V&hash=H`, the snapshot as it came over the wire, before paths
+are resolved and before the proxy's own guard touches it). The control plane
+answers with a delta against it when it can (api/wire.py); the proxy rebuilds
+the new snapshot from its copy, checks that the result's digest is the one
+the control plane sent, and from there treats it exactly as a full snapshot
+(meaning checks, listeners, guard, certificates, swap, disk, ack). Any
+mismatch is not a reject: the proxy forgets its base and asks again, which
+gets the full snapshot.
 """
 
 from __future__ import annotations
@@ -38,14 +48,40 @@ import random
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 import msgspec
 import uvloop
 
-from glassmesh.api.wire import VERSION_HEADER, Ack, Report, Reported, ack_path, instances_path, snapshot_path
-from glassmesh.model.snapshot import Snapshot, SnapshotError, load_snapshot, parse_snapshot
+from glassmesh.api.wire import (
+    HASH_HEADER,
+    HEAD_FIELDS,
+    KIND_DELTA,
+    KIND_FULL,
+    KIND_HEADER,
+    VERSION_HEADER,
+    Ack,
+    DeltaMismatch,
+    Report,
+    Reported,
+    ack_path,
+    apply_delta,
+    decode_delta,
+    instances_path,
+    snapshot_path,
+)
+from glassmesh.model.snapshot import (
+    DigestCache,
+    Snapshot,
+    SnapshotError,
+    check_snapshot,
+    decode_snapshot,
+    load_snapshot,
+    resolve_paths,
+    snapshot_digest,
+)
 from glassmesh.proxy import lkg
 from glassmesh.proxy.enroll import ProxyIdentity
 from glassmesh.proxy.health import HealthReporter
@@ -69,6 +105,29 @@ class ControlError(Exception):
 
 class _Moved(Exception):
     """The link moved to another replica while a long-poll was open on the old one: poll the new one now."""
+
+
+@dataclass
+class Answer:
+    """One 200 answer to the long-poll, as it came: a full snapshot or a delta (KIND_HEADER)."""
+
+    body: bytes
+    version: str | None  # VERSION_HEADER
+    kind: str = KIND_FULL
+    digest: str = ""  # HASH_HEADER: the control plane's digest of the version answered
+
+
+@dataclass
+class Decoded:
+    """An answer made into a snapshot (or the reason it cannot be one), not yet applied."""
+
+    version: int | None
+    wire: Snapshot | None = None  # as the control plane compiled it: the next delta's base
+    snap: Snapshot | None = None  # paths resolved: what is swapped in
+    digest: str = ""  # of `wire`
+    error: Exception | None = None
+    kind: str = KIND_FULL
+    how: str = ""  # for the log: "full, 475 KiB" or "delta from version 4: 1 service changed, 0 removed"
 
 
 def split_urls(spec: str | Sequence[str]) -> list[str]:
@@ -194,6 +253,11 @@ class ControlLink:
         self._report_error = ""
         self._outage_logged = False
         self._contact_url = ""
+        self._base: Snapshot | None = None  # the accepted snapshot as it came over the wire: deltas apply to it
+        self._base_digest = ""
+        self._digests = DigestCache()
+        self.updates = {KIND_FULL: 0, KIND_DELTA: 0, "delta_fallbacks": 0}  # accepted snapshots by kind
+        self.last_update = ""
 
     @property
     def url(self) -> str:
@@ -273,6 +337,7 @@ class ControlLink:
                 "last_reject": self.last_reject,
                 "warnings": self.warnings,
             },
+            "snapshot_updates": {**self.updates, "last": self.last_update},
         }
 
     def metrics(self) -> dict[str, float]:
@@ -332,11 +397,6 @@ class ControlLink:
             self._failed(url, e)
             raise
 
-    async def _prepare_body(self, body: bytes, header: str | None) -> None:
-        _, got = self._decode(body, header)
-        if isinstance(got, Snapshot):
-            await self._prepare(got)
-
     def _reload_certs(self) -> None:
         """Renewed certificates on disk: swap the snapshot in force in again (the SIGHUP path) to load them."""
         if self._target is None:
@@ -348,7 +408,7 @@ class ControlLink:
             log(f"renewed certificates could not be loaded, keeping the old ones: {_short(e)}")
 
     # --- HTTP calls ----------------------------------------------------------------
-    async def _poll(self) -> tuple[int, str | None, bytes]:
+    async def _poll(self) -> tuple[int, Answer]:
         """One long-poll of the current replica; _Moved when the link moves elsewhere meanwhile."""
         url = self.url
         self._moved.clear()
@@ -365,21 +425,29 @@ class ControlLink:
         if not call.done() or call.cancelled():
             raise _Moved(url)
         try:
-            status, header, body = call.result()
+            status, answer = call.result()
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             self._failed(url, e)
             raise
         if status >= 500:
             self._failed(url, ControlError(f"snapshot watch: HTTP {status}", status))
-        return status, header, body
+        return status, answer
 
-    async def _poll_at(self, url: str) -> tuple[int, str | None, bytes]:
+    def poll_params(self, wait: float) -> dict[str, str]:
+        """The long-poll's query: later than `after`, and (to get a delta) the version held and its digest."""
+        params = {"after": str(self.after), "wait": str(wait)}
+        if self._base is not None:
+            params.update(base=str(self._base.version), hash=self._base_digest)
+        return params
+
+    async def _poll_at(self, url: str) -> tuple[int, Answer]:
         timeout = aiohttp.ClientTimeout(total=POLL_WAIT_S + 10, sock_connect=CALL_TIMEOUT_S)
         wait, self._probe = (0.0 if self._probe else POLL_WAIT_S), False
-        params = {"after": str(self.after), "wait": str(wait)}
-        async with self._http().get(url + snapshot_path(self.host), params=params, timeout=timeout,
+        async with self._http().get(url + snapshot_path(self.host), params=self.poll_params(wait), timeout=timeout,
                                     **self._tls()) as r:
-            return r.status, r.headers.get(VERSION_HEADER), await r.read()
+            h = r.headers
+            return r.status, Answer(await r.read(), h.get(VERSION_HEADER), h.get(KIND_HEADER, KIND_FULL),
+                                    h.get(HASH_HEADER, ""))
 
     async def _post(self, path: str, body: bytes) -> None:
         url = self.url
@@ -426,15 +494,50 @@ class ControlLink:
             self._report_error = str(e)
 
     # --- snapshots ---------------------------------------------------------------------
-    def _decode(self, body: bytes, header: str | None) -> tuple[int | None, Snapshot | Exception]:
+    def set_base(self, wire: Snapshot | None, digest: str = "") -> None:
+        """The snapshot (wire form) that the next delta may apply to; None: ask for full snapshots."""
+        self._base = wire
+        self._base_digest = (digest or snapshot_digest(wire, self._digests)) if wire is not None else ""
+
+    def decode(self, answer: Answer) -> Decoded:
+        """A full snapshot or a delta made into a checked snapshot; DeltaMismatch when a delta does not fit."""
+        header = answer.version
         version = int(header) if header and header.isdigit() else None
-        try:
-            snap = parse_snapshot(body, self.data_dir)
-        except SnapshotError as e:
-            return version, e
-        if snap.host != self.host:
-            return snap.version, SnapshotError(f"snapshot is for host {snap.host!r}, this proxy is {self.host!r}")
-        return snap.version, snap
+        if answer.kind == KIND_DELTA:
+            if self._base is None:
+                raise DeltaMismatch("a delta came, but this proxy holds no base snapshot")
+            delta = decode_delta(answer.body)
+            wire = apply_delta(self._base, self._base_digest, delta, self._digests)
+            digest = delta.hash
+            how = (f"delta from version {delta.base_version}: {len(delta.services)} service"
+                   f"{'s' * (len(delta.services) != 1)} changed, {len(delta.removed)} removed"
+                   + "".join(f", {f}" for f in HEAD_FIELDS if getattr(delta, f) is not msgspec.UNSET))
+            try:
+                check_snapshot(wire)
+            except SnapshotError as e:
+                return Decoded(wire.version, error=e)
+        else:
+            try:
+                wire = decode_snapshot(answer.body)
+            except SnapshotError as e:
+                return Decoded(version, error=e)
+            digest = snapshot_digest(wire, self._digests)
+            if answer.digest and answer.digest != digest:
+                # The control plane hashes it otherwise (another encoder?): deltas would never fit.
+                log(f"snapshot version {wire.version}: digest {digest[:12]} is not the control plane's "
+                    f"{answer.digest[:12]}; asking for full snapshots only")
+                digest = ""
+            how = f"full, {len(answer.body) / 1024:.0f} KiB"
+        if wire.host != self.host:
+            return Decoded(wire.version, error=SnapshotError(
+                f"snapshot is for host {wire.host!r}, this proxy is {self.host!r}"))
+        return Decoded(wire.version, wire, resolve_paths(wire, self.data_dir), digest, kind=answer.kind, how=how)
+
+    def _delta_failed(self, e: DeltaMismatch) -> None:
+        """A delta that does not fit: forget the base, so the next poll (at once) gets the full snapshot."""
+        log(f"snapshot delta not usable ({_short(e)}); asking for the full snapshot")
+        self.updates["delta_fallbacks"] += 1
+        self.set_base(None)
 
     def _reject(self, version: int | None, e: Exception) -> None:
         reason = _short(e)
@@ -447,14 +550,27 @@ class ControlLink:
         self._ack(version, False, reason)
         self.after = max(self.after, version)
 
-    def handle(self, body: bytes, header: str | None) -> bool:
-        """Check, apply, persist and ack one snapshot from the control plane; True when accepted."""
+    def handle(self, body: bytes, header: str | None, kind: str = KIND_FULL, digest: str = "") -> bool:
+        """Check, apply, persist and ack one answer from the control plane; True when accepted.
+
+        A delta that does not fit is neither accepted nor rejected: False,
+        and the next poll asks for the full snapshot.
+        """
+        try:
+            decoded = self.decode(Answer(body, header, kind, digest))
+        except DeltaMismatch as e:
+            self._delta_failed(e)
+            return False
+        return self.apply(decoded)
+
+    def apply(self, decoded: Decoded) -> bool:
+        """Apply a decoded answer (see handle); a snapshot that is not usable is rejected with the reason."""
         target = self._target
         assert target is not None
-        version, got = self._decode(body, header)
-        if isinstance(got, Exception):
-            self._reject(version, got)
+        if decoded.snap is None or decoded.wire is None:
+            self._reject(decoded.version, decoded.error or SnapshotError("no snapshot"))
             return False
+        got = decoded.snap
         old = target.current()
         try:
             check_listeners(old, got)
@@ -477,6 +593,10 @@ class ControlLink:
         self.warnings = warnings
         self.after = max(self.after, got.version)
         self.source, self.fresh_at = "control", time.time()
+        self.set_base(decoded.wire if decoded.digest else None, decoded.digest)
+        self.updates[decoded.kind] = self.updates.get(decoded.kind, 0) + 1
+        self.last_update = f"version {got.version}: {decoded.how}"
+        log(f"snapshot version {got.version} accepted ({decoded.how})")
         self._ack(got.version, True, ("accepted with a warning: " + "; ".join(warnings)) if warnings else "")
         return True
 
@@ -495,15 +615,21 @@ class ControlLink:
             url = self.url
             try:
                 await self._flush_acks()
-                status, header, body = await self._poll()
+                status, answer = await self._poll()
                 self._contact()
                 if status == 200:
-                    await self._prepare_body(body, header)
-                    self.handle(body, header)
+                    try:
+                        decoded = self.decode(answer)
+                    except DeltaMismatch as e:
+                        self._delta_failed(e)
+                        continue  # at once: the next poll carries no base, so it gets the full snapshot
+                    if decoded.snap is not None:
+                        await self._prepare(decoded.snap)
+                    self.apply(decoded)
                     await self._flush_acks()
                 elif status != 204:
-                    raise ControlError(f"snapshot watch: HTTP {status}: {body[:300].decode(errors='replace')}",
-                                       status)
+                    raise ControlError(f"snapshot watch: HTTP {status}: "
+                                       f"{answer.body[:300].decode(errors='replace')}", status)
                 self.last_error = ""
                 backoff, misses = BACKOFF_MIN_S, 0
                 continue
@@ -535,14 +661,21 @@ class ControlLink:
                 url = self.url
                 try:
                     await self._flush_acks()
-                    status, header, body = await self._poll()
+                    status, answer = await self._poll()
                     self._contact()
                     if status == 204:
                         continue
                     if status != 200:
-                        raise ControlError(f"snapshot watch: HTTP {status}: {body[:300].decode(errors='replace')}",
-                                           status)
-                    version, got = self._decode(body, header)
+                        raise ControlError(f"snapshot watch: HTTP {status}: "
+                                           f"{answer.body[:300].decode(errors='replace')}", status)
+                    try:
+                        decoded = self.decode(answer)
+                    except DeltaMismatch as e:  # not asked for (no base yet): ask again
+                        self._delta_failed(e)
+                        continue
+                    version = decoded.version
+                    got: Snapshot | Exception = (decoded.snap if decoded.snap is not None
+                                                 else decoded.error or SnapshotError("no snapshot"))
                     if isinstance(got, Snapshot):
                         await self._prepare(got)
                         try:
@@ -557,6 +690,9 @@ class ControlLink:
                     except OSError as e:
                         log(f"cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}")
                     self.after, self.source, self.fresh_at = got.version, "control", time.time()
+                    self.set_base(decoded.wire if decoded.digest else None, decoded.digest)
+                    self.updates[KIND_FULL] += 1
+                    self.last_update = f"version {got.version}: {decoded.how}"
                     self._ack(got.version, True, "")  # sent once the listeners are up
                     log(f"got snapshot version {got.version} from {url}")
                     return got
@@ -596,6 +732,8 @@ def _initial(link: ControlLink, data_dir: str, seed: str | None) -> Snapshot | N
             continue
         link.source = source
         link.after = snap.version
+        if source == "disk":  # a candidate base for the first delta (its digest decides)
+            link.set_base(lkg.as_sent(data_dir, snap))
         with contextlib.suppress(OSError):  # its age counts from when it was written
             link.fresh_at = os.path.getmtime(lkg.lkg_path(data_dir) if source == "disk" else str(seed))
         if source == "disk":

@@ -69,3 +69,99 @@ def test_unchanged_apply_and_rollback(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(main())
+
+
+def test_answers_deltas_against_versions_it_still_has(tmp_path: Path) -> None:
+    """A poll naming a version this replica kept (and its digest) gets a delta; anything else the full snapshot."""
+    from glassmesh.api.wire import KIND_DELTA, KIND_FULL, apply_delta, decode_delta
+    from glassmesh.model.snapshot import decode_snapshot, snapshot_digest
+
+    async def main() -> None:
+        store = SqliteStore(str(tmp_path / "s.sqlite"))
+        plane = Plane(store, "glassmesh.local")
+        await ops.apply(store, MESH, "t@h")
+        for h in ("host2", "host3"):
+            await store.put_instances(h, [InstanceRecord("b", h, f"127.0.0.{h[-1]}{h[-1]}:8080", True)], 30)
+        await plane.compile_once()
+        v1 = plane.snapshots["host1"]
+        kind, body, d1 = plane.answer("host1", v1)
+        assert kind == KIND_FULL and decode_snapshot(body) == v1 and d1 == snapshot_digest(v1)
+        assert plane.answer("host1", v1)[1] is body  # encoded once, shared by every poll that asks
+
+        await store.put_instances("host3", [InstanceRecord("b", "host3", "127.0.0.33:8080", False)], 30)
+        await plane.compile_once()
+        v2 = plane.snapshots["host1"]
+        assert v2.version > v1.version
+        kind, body, d2 = plane.answer("host1", v2, v1.version, d1)
+        assert kind == KIND_DELTA and len(body) < 300
+        delta = decode_delta(body)
+        assert [s.name for s in delta.services] == ["b"] and delta.hash == d2
+        assert apply_delta(v1, d1, delta) == v2
+        assert plane.answer("host1", v2, v1.version, d1)[1] is body
+        # A base digest that is not ours, a version we never made: the full snapshot.
+        assert plane.answer("host1", v2, v1.version, "0" * 64)[0] == KIND_FULL
+        assert plane.answer("host1", v2, v1.version - 1, d1)[0] == KIND_FULL
+        assert plane.served == {KIND_FULL: 4, KIND_DELTA: 2}
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_history_is_bounded(tmp_path: Path) -> None:
+    from glassmesh.api.wire import KIND_FULL
+    from glassmesh.control.plane import HISTORY
+
+    async def main() -> None:
+        store = SqliteStore(str(tmp_path / "s.sqlite"))
+        plane = Plane(store, "glassmesh.local")
+        await ops.apply(store, MESH, "t@h")
+        await store.put_instances("host2", [InstanceRecord("b", "host2", "127.0.0.22:8080", True)], 30)
+        await plane.compile_once()
+        first = plane.snapshots["host1"]
+        d = plane.digest("host1", first)
+        for i in range(HISTORY + 2):
+            await store.put_instances("host3", [InstanceRecord("b", "host3", "127.0.0.33:8080", i % 2 == 0)], 30)
+            await plane.compile_once()
+        assert len(plane.history["host1"]) == HISTORY and first.version not in plane.history["host1"]
+        assert plane.answer("host1", plane.snapshots["host1"], first.version, d)[0] == KIND_FULL
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_acks_are_written_in_batches_without_a_look_at_the_store(tmp_path: Path) -> None:
+    """200 acks after a push: one burst of writes, and no compile-loop look at 10,000 instances for them."""
+
+    async def main() -> None:
+        store = SqliteStore(str(tmp_path / "s.sqlite"))
+        plane = Plane(store, "glassmesh.local")
+        await ops.apply(store, MESH, "t@h")
+        await plane.compile_once()
+        # First acks create the host records (hosts compile may read): the next look recompiles nothing.
+        await asyncio.gather(*(plane.record_ack(h, 1, True, "") for h in ("host1", "host2", "host3")))
+        rev = await store.revision()
+        assert plane.revision < rev
+        await plane.compile_once()
+        looks = plane.looks
+        v = plane.snapshots["host1"].version
+        plane.start()
+        try:
+            await asyncio.gather(*(plane.record_ack(h, v, True, "") for h in ("host1", "host2", "host3")),
+                                 plane.record_ack("host3", v + 1, False, "listener addresses changed"))
+            assert plane.revision == await store.revision() == rev + 3  # one write per host
+            await asyncio.sleep(0.3)
+            assert plane.looks == looks  # the compile loop saw the revision move and knew why
+            hosts = {h.name: h for h in await store.hosts()}
+            assert hosts["host1"].snapshot_version == v and hosts["host3"].last_reject["version"] == v + 1
+            # Any other write still gets its look.
+            await store.put_instances("host2", [InstanceRecord("b", "host2", "127.0.0.22:8080", True)], 30)
+            for _ in range(50):
+                await asyncio.sleep(0.02)
+                if plane.looks > looks:
+                    break
+            assert plane.looks > looks
+        finally:
+            await plane.stop()
+            await store.close()
+
+    asyncio.run(main())

@@ -237,3 +237,91 @@ def test_health_specs_follow_the_snapshot(tmp_path: Path) -> None:
     assert sp["db"][0].http_path is None  # a tcp service is checked by connecting
     h = health.HealthReporter(lambda: s, report=None)  # type: ignore[arg-type]
     assert h.interval_s() == 0.5
+
+
+# --------------------------------------------------------------------------- deltas
+
+
+def delta_from(a: dict[str, Any], b: dict[str, Any]) -> tuple[bytes, str]:
+    """What the control plane sends for b to a proxy holding a: the delta's body and b's digest."""
+    from glassmesh.api.wire import make_delta
+    from glassmesh.model.snapshot import decode_snapshot, snapshot_digest
+
+    sa, sb = decode_snapshot(json.dumps(a).encode()), decode_snapshot(json.dumps(b).encode())
+    hb = snapshot_digest(sb)
+    return msgspec.json.encode(make_delta(sa, sb, snapshot_digest(sa), hb)), hb
+
+
+def test_deltas_apply_to_the_snapshot_as_sent_and_fall_back_to_full(tmp_path: Path) -> None:
+    from glassmesh.api.wire import KIND_DELTA
+
+    t = FakeTarget(snap(tmp_path))
+    link = link_for(tmp_path, t)
+    assert "base" not in link.poll_params(30)  # nothing held from the control plane yet
+    d7 = doc(version=7)
+    assert link.handle(json.dumps(d7).encode(), "7")
+    params = link.poll_params(30)
+    assert params["base"] == "7" and len(params["hash"]) == 64
+
+    d8 = doc(version=8, services=[DOC["services"][0]])  # c removed
+    body, h8 = delta_from(d7, d8)
+    assert link.handle(body, "8", KIND_DELTA, h8)
+    assert t.snap == snap(tmp_path, version=8, services=[DOC["services"][0]])  # as a full one would be
+    assert t.snap.local_services[0].cert == str(tmp_path / "certs" / "a.pem")  # paths resolved as for a full one
+    assert json.loads((tmp_path / "snapshot.json").read_text())["version"] == 8
+    assert link.poll_params(30)["base"] == "8" and link.poll_params(30)["hash"] == h8
+    assert link.updates == {"full": 1, "delta": 1, "delta_fallbacks": 0}
+    assert link.last_update == "version 8: delta from version 7: 0 services changed, 1 removed"
+    assert [a.version for a in link._pending] == [7, 8]
+
+    # A delta against a version this proxy does not hold: no ack, no change; the next poll asks for all of it.
+    body, h9 = delta_from(d7, doc(version=9))
+    assert not link.handle(body, "9", KIND_DELTA, h9)
+    assert t.snap.version == 8 and link.after == 8 and [a.version for a in link._pending] == [7, 8]
+    assert "base" not in link.poll_params(30) and link.updates["delta_fallbacks"] == 1
+    assert link.ready_detail()["snapshot_updates"]["delta_fallbacks"] == 1
+
+
+def test_a_delta_whose_result_fails_the_checks_is_rejected_like_a_full_one(tmp_path: Path) -> None:
+    from glassmesh.api.wire import KIND_DELTA
+
+    t = FakeTarget(snap(tmp_path))
+    link = link_for(tmp_path, t)
+    d7 = doc(version=7)
+    assert link.handle(json.dumps(d7).encode(), "7")
+    moved = doc(version=8, inbound="127.0.0.11:5143")
+    body, h8 = delta_from(d7, moved)
+    assert not link.handle(body, "8", KIND_DELTA, h8)
+    ack = link._pending[-1]
+    assert ack.version == 8 and not ack.accepted and "listener addresses changed" in ack.reason
+    assert link.poll_params(30)["base"] == "7"  # still the one it holds
+
+
+def test_the_guard_changes_what_is_served_not_the_base(tmp_path: Path) -> None:
+    """Deltas apply to what the control plane sent, even when the proxy's guard kept old endpoints."""
+    from glassmesh.api.wire import KIND_DELTA
+
+    t = FakeTarget(snap(tmp_path))
+    link = link_for(tmp_path, t)
+    d7 = doc(version=7)
+    assert link.handle(json.dumps(d7).encode(), "7")
+    emptied = doc(version=8, services=[{"name": "b", "endpoints": []}, DOC["services"][1]])
+    body, h8 = delta_from(d7, emptied)
+    assert link.handle(body, "8", KIND_DELTA, h8) and link.warnings
+    assert len(t.snap.services[0].endpoints) == 2  # kept by the guard
+    back = doc(version=9)
+    body, h9 = delta_from(emptied, back)
+    assert link.handle(body, "9", KIND_DELTA, h9)
+    assert t.snap == snap(tmp_path, version=9) and link.updates["delta"] == 2
+
+
+def test_a_proxy_restarted_from_disk_offers_its_lkg_as_a_base(tmp_path: Path) -> None:
+    from glassmesh.model.snapshot import decode_snapshot, snapshot_digest
+
+    lkg.save(str(tmp_path), snap(tmp_path))
+    link = link_for(tmp_path, FakeTarget(snap(tmp_path)))
+    on_disk = lkg.load(str(tmp_path))
+    assert on_disk is not None
+    link.set_base(lkg.as_sent(str(tmp_path), on_disk))
+    params = link.poll_params(30)
+    assert params["base"] == "3" and params["hash"] == snapshot_digest(decode_snapshot(json.dumps(DOC).encode()))
