@@ -15,6 +15,7 @@ ratios to its first configuration taken within each repetition, and stops its pr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -188,7 +189,6 @@ def worker_requests(ctx: Ctx, name: str, side: str) -> dict[int, int]:
             while chunk := s.recv(65536):
                 data += chunk
             s.close()
-            import json  # noqa: PLC0415
             doc = json.loads(data.partition(b"\r\n\r\n")[2])
             out[pid] = sum(sum(ls["status"]) for ls in doc["links"] if ls["side"] == side)
         except (OSError, ValueError, KeyError):
