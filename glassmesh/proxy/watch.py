@@ -127,7 +127,7 @@ class Decoded:
     digest: str = ""  # of `wire`
     error: Exception | None = None
     kind: str = KIND_FULL
-    how: str = ""  # for the log: "full, 475 KiB" or "delta from version 4: 1 service changed, 0 removed"
+    how: str = ""  # for the log: "full snapshot, 475 KiB" or "delta from version 4: 1 service changed, 0 removed"
 
 
 def split_urls(spec: str | Sequence[str]) -> list[str]:
@@ -250,6 +250,7 @@ class ControlLink:
         self._target: Target | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._acking: asyncio.Task[None] | None = None  # the acks being sent beside the watch
         self._report_error = ""
         self._outage_logged = False
         self._contact_url = ""
@@ -302,6 +303,9 @@ class ControlLink:
                 name="cert-renewal"))
 
     async def stop(self) -> None:
+        if self._acking is not None:
+            self._tasks.append(self._acking)
+            self._acking = None
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -361,6 +365,10 @@ class ControlLink:
         was logged by _failed, and the next replica may well answer.
         """
         self.last_error = f"{type(e).__name__}: {_short(e)}" if not isinstance(e, ControlError) else _short(e)
+        if self.connected:
+            # While the long-poll was open the control plane would have answered any change: the
+            # snapshot was current until now (not just until the poll began, up to POLL_WAIT_S ago).
+            self.fresh_at = time.time()
         if moved:
             self.connected = False
             return
@@ -468,18 +476,29 @@ class ControlLink:
         del self._pending[:-MAX_PENDING_ACKS]
         self.last_ack = {"version": version, "accepted": accepted, "reason": reason, "at": time.time()}
 
+    def _send_acks(self) -> None:
+        """Send pending acks beside the watch, so the next long-poll is not held up by them.
+
+        The control plane writes acks in batches (tens of ms); the long-poll
+        for the next version goes out at once instead of after that.
+        """
+        if self._pending and (self._acking is None or self._acking.done()):
+            self._acking = asyncio.create_task(self._flush_acks(), name="control-acks")
+
     async def _flush_acks(self) -> None:
         """Send acks not yet delivered, oldest first; one that cannot go now goes with the next contact."""
         while self._pending:
+            ack = self._pending[0]  # new acks may be queued while this one is on its way
             try:
-                await self._post(ack_path(self.host), msgspec.json.encode(self._pending[0]))
+                await self._post(ack_path(self.host), msgspec.json.encode(ack))
             except ControlError as e:
                 if e.status >= 500:  # this replica cannot take it now (store down): it goes again later
                     return
-                log(f"ack of version {self._pending[0].version} refused: {e}")  # it will never take it
+                log(f"ack of version {ack.version} refused: {e}")  # it will never take it
             except (aiohttp.ClientError, OSError, TimeoutError):
                 return
-            self._pending.pop(0)
+            with contextlib.suppress(ValueError):
+                self._pending.remove(ack)
 
     async def _report(self, instances: list[Reported], ttl_s: float) -> None:
         body = msgspec.json.encode(Report(instances=instances, ttl_s=min(3600.0, max(1.0, ttl_s))))
@@ -527,7 +546,7 @@ class ControlLink:
                 log(f"snapshot version {wire.version}: digest {digest[:12]} is not the control plane's "
                     f"{answer.digest[:12]}; asking for full snapshots only")
                 digest = ""
-            how = f"full, {len(answer.body) / 1024:.0f} KiB"
+            how = f"full snapshot, {len(answer.body) / 1024:.0f} KiB"
         if wire.host != self.host:
             return Decoded(wire.version, error=SnapshotError(
                 f"snapshot is for host {wire.host!r}, this proxy is {self.host!r}"))
@@ -596,7 +615,7 @@ class ControlLink:
         self.set_base(decoded.wire if decoded.digest else None, decoded.digest)
         self.updates[decoded.kind] = self.updates.get(decoded.kind, 0) + 1
         self.last_update = f"version {got.version}: {decoded.how}"
-        log(f"snapshot version {got.version} accepted ({decoded.how})")
+        log(f"snapshot version {got.version} came as a {decoded.how}")  # the swap itself logs "accepted"
         self._ack(got.version, True, ("accepted with a warning: " + "; ".join(warnings)) if warnings else "")
         return True
 
@@ -614,7 +633,7 @@ class ControlLink:
         while True:
             url = self.url
             try:
-                await self._flush_acks()
+                self._send_acks()
                 status, answer = await self._poll()
                 self._contact()
                 if status == 200:
@@ -626,7 +645,7 @@ class ControlLink:
                     if decoded.snap is not None:
                         await self._prepare(decoded.snap)
                     self.apply(decoded)
-                    await self._flush_acks()
+                    self._send_acks()
                 elif status != 204:
                     raise ControlError(f"snapshot watch: HTTP {status}: "
                                        f"{answer.body[:300].decode(errors='replace')}", status)
