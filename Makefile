@@ -5,7 +5,11 @@ ARGS ?=
 
 .PHONY: venv demo test test-deps bench lint clean
 
-$(VENV)/.installed: pyproject.toml
+# The hot path is compiled with mypyc in place (setup.py): edits to it must rebuild.
+HOT_SRC := setup.py mypyc.ini glassmesh/protocols/http1.py glassmesh/protocols/mux.py glassmesh/proxy/http.py \
+	glassmesh/proxy/sides.py glassmesh/proxy/pool.py glassmesh/proxy/mux.py
+
+$(VENV)/.installed: pyproject.toml $(HOT_SRC)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

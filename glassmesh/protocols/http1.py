@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from typing import Final
 
 # Headers that describe one connection and never cross a proxy (RFC 9110 7.6.1),
 # plus proxy-only ones. Content-Length is re-derived for the next hop.
@@ -90,10 +91,10 @@ def connection_tokens(value: bytes) -> set[bytes]:
 class Framing:
     """How a body is delimited on the wire."""
 
-    NONE = 0  # no body
-    LENGTH = 1  # Content-Length
-    CHUNKED = 2  # Transfer-Encoding: chunked
-    CLOSE = 3  # response read until the connection closes
+    NONE: Final = 0  # no body
+    LENGTH: Final = 1  # Content-Length
+    CHUNKED: Final = 2  # Transfer-Encoding: chunked
+    CLOSE: Final = 3  # response read until the connection closes
 
 
 # How a request header is treated, looked up once per header by its lowercase name.

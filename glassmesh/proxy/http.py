@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -86,7 +87,7 @@ class Side:
         """Another place for a request whose connect failed, or None."""
         return None
 
-    def link_for(self, service: str) -> LinkStats | None:
+    def link_for(self, service: str | None) -> LinkStats | None:
         return None
 
 
@@ -239,6 +240,7 @@ class ServerConn(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
+        assert ex is not None  # llhttp calls on_message_begin first
         ex.url += url
         ex.head_size += len(url)
         if ex.head_size > self.max_head:
@@ -246,6 +248,7 @@ class ServerConn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
+        assert ex is not None
         ex.head_size += len(name) + len(value) + 4
         if ex.head_size > self.max_head:
             raise BadMessage("request head too large", "head_too_large", 431)
@@ -258,6 +261,7 @@ class ServerConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
+        assert ex is not None
         p = self.parser
         ex.head_done = True
         self.head_started = 0.0
@@ -277,6 +281,7 @@ class ServerConn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
+        assert ex is not None
         up = ex.upstream
         if up is not None and up.sending is ex:
             up.send_body(body)
@@ -288,6 +293,7 @@ class ServerConn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         ex = self.parsing
+        assert ex is not None
         self.parsing = None
         ex.req_done = True
         up = ex.upstream
@@ -379,7 +385,7 @@ class ServerConn(asyncio.Protocol):
             pool = r.pool
             tried.add((pool.key.host, pool.key.port))
             try:
-                _, conn = await pool.connect(lambda p=pool: UpstreamConn(self.rt, p))
+                _, conn = await pool.connect(partial(UpstreamConn, self.rt, pool))
                 break
             except ConnectError as e:
                 if ex.cancelled:
@@ -460,6 +466,8 @@ class ServerConn(asyncio.Protocol):
     def build_upstream_head(self, ex: Exchange) -> bytes:
         """The request head for the next hop: hop-by-hop headers out, mesh headers in."""
         h = ex.head
+        routed = ex.routed
+        assert h is not None and routed is not None
         if h.conn is not None:
             h.drop_connection_listed()
         out = h.forward
@@ -470,7 +478,7 @@ class ServerConn(asyncio.Protocol):
         if h.tp is None:
             out.append((TRACEPARENT, new_traceparent()))
         ex.request_id = rid
-        extra = ex.routed.extra
+        extra = routed.extra
         if extra:
             out += extra
         if ex.upgrade:
@@ -478,7 +486,7 @@ class ServerConn(asyncio.Protocol):
             out.append((b"upgrade", h.upgrade or b""))
         framing = ex.framing
         if framing == Framing.LENGTH:
-            out.append((b"content-length", h.cl))
+            out.append((b"content-length", h.cl or b"0"))
         elif framing == Framing.CHUNKED:
             out.append((b"transfer-encoding", b"chunked"))
             ex.up_chunked = True
@@ -494,7 +502,9 @@ class ServerConn(asyncio.Protocol):
             out.append((REQUEST_ID, ex.request_id))
         mine = b"%s/%s;dur=%.3f" % (self.rt.host_b, side.name_b, (_perf() - ex.t0) * 1000)
         # Only a peer proxy's trail is ours to extend; an app outside the mesh may say anything.
-        prev = rh.trail if side.trust_trail and ex.routed.pool.ssl_ctx is not None else None
+        routed = ex.routed
+        assert routed is not None
+        prev = rh.trail if side.trust_trail and routed.pool.ssl_ctx is not None else None
         out.append((TRAIL_HEADER, mine + b", " + prev if prev else mine))
         if framing == Framing.LENGTH:
             out.append((b"content-length", b"%d" % length))
@@ -577,6 +587,7 @@ class UpstreamConn(asyncio.Protocol):
         self.ex = None
         self.sending = None
         client = self.client
+        assert client is not None  # set with self.ex
         if ex.resp_started:
             if self.resp_framing == Framing.CLOSE:
                 self._complete(ex, reusable=False)
@@ -589,6 +600,7 @@ class UpstreamConn(asyncio.Protocol):
         if self.used > 1 and not self.got_bytes and ex.framing == Framing.NONE and ex.req_done:
             # A pooled connection closed by the peer as we reused it: try once on a new one.
             ex.upstream = None
+            assert ex.routed is not None
             self.rt.spawn(client._connect_and_start(ex, ex.routed))
             return
         client._mesh_error(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
@@ -645,27 +657,29 @@ class UpstreamConn(asyncio.Protocol):
         self.ex = ex
         self.sending = ex
         ex.upstream = self
-        self.client = ex.conn
+        self.client = client = ex.conn
         self.head_only = ex.method == b"HEAD"
         self.interim = False
         head = ex.up_head
         if head is None:
-            head = ex.up_head = self.client.build_upstream_head(ex)
+            head = ex.up_head = client.build_upstream_head(ex)
         self.wbuf.append(head)
         ex.sent_at = _mono()
         for b in ex.pending:
             self.send_body(b)
         ex.pending = []
         ex.pending_bytes = 0
-        self.client.resume(2)
+        client.resume(2)
         if ex.req_done:
             self.end_body()
 
     def send_body(self, body: bytes) -> None:
-        self.ex.routed.link.bytes_req += len(body)
+        ex = self.ex
+        assert ex is not None and ex.routed is not None
+        ex.routed.link.bytes_req += len(body)
         if self.tunnel:
             self.wbuf.append(body)
-        elif self.ex.up_chunked:
+        elif ex.up_chunked:
             self.wbuf.append(chunk(body))
         else:
             self.wbuf.append(body)
@@ -709,6 +723,7 @@ class UpstreamConn(asyncio.Protocol):
         if ex is None or ex.cancelled:
             return
         c = self.client
+        assert c is not None
         if ex.resp_started:
             c.closing = True
             c.queue.clear()
@@ -731,18 +746,17 @@ class UpstreamConn(asyncio.Protocol):
         p = self.parser
         status = p.get_status_code()
         c = self.client
-        self.rh = ResponseHead(self.hdrs)
+        assert ex is not None and c is not None
+        self.rh = rh = ResponseHead(self.hdrs)
         if status < 200:
             if status == 101 and ex.upgrade:
                 self._switch(ex, status)
                 return
             self.interim = True
             if status in _FORWARD_1XX and not ex.http10:
-                rh = self.rh
                 rh.drop_connection_listed()
                 c.write(_head(status_line(status), rh.forward))
             return
-        rh = self.rh
         if status in (502, 503, 504, 421) and self.pool.ssl_ctx is not None and self._retry_elsewhere(ex, rh):
             return
         self.resp_framing, length = rh.framing(status, ex.method)
@@ -756,11 +770,13 @@ class UpstreamConn(asyncio.Protocol):
         ex = self.ex
         if self.retry_to is not None:
             return  # the peer's error, being replaced by another endpoint's answer
+        c = self.client
+        assert ex is not None and ex.routed is not None and c is not None
         ex.routed.link.bytes_resp += len(body)
         if ex.resp_chunked:
-            self.client.write(chunk(body))
+            c.write(chunk(body))
         else:
-            self.client.write(body)
+            c.write(body)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -801,6 +817,7 @@ class UpstreamConn(asyncio.Protocol):
         nxt = self.retry_to
         self.retry_to = None
         c = self.client
+        assert nxt is not None and c is not None
         self.ex = None
         ex.upstream = None
         if self.parser.should_keep_alive() and not self.lost:
@@ -818,6 +835,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def _head_done(self, data: bytes) -> None:
         ex = self.ex
+        assert ex is not None
         # The response to HEAD has no body even if it says Content-Length; llhttp
         # cannot be told so, so the parser is replaced.
         self.parser = httptools.HttpResponseParser(self)
@@ -825,6 +843,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def _complete(self, ex: Exchange, reusable: bool) -> None:
         c = self.client
+        assert c is not None and ex.routed is not None
         if ex.resp_chunked:
             c.write(LAST_CHUNK)
         dur = _perf() - ex.t0
@@ -848,8 +867,9 @@ class UpstreamConn(asyncio.Protocol):
         half-close crosses the mesh as it would cross a plain TCP connection.
         """
         c = self.client
-        ex.resp_started = True
         rh = self.rh
+        assert c is not None and rh is not None and ex.routed is not None
+        ex.resp_started = True
         rh.drop_connection_listed()
         hdrs = rh.forward + [(b"connection", b"upgrade"), (b"upgrade", rh.upgrade or b"websocket")]
         c.write(_head(status_line(101), hdrs))

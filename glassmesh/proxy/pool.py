@@ -105,7 +105,8 @@ class Pool:
             fut = asyncio.get_running_loop().create_future()
             self._mux_waiters.append(fut)
             return await fut
-        self._mux_waiters = waiters = []
+        waiters: list[asyncio.Future[MuxConnection]] = []
+        self._mux_waiters = waiters
         try:
             _, conn = await self._connect(lambda: MuxConnection(on_lost=self._mux_lost))
         except BaseException as e:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import uvloop
 
+from glassmesh.buildinfo import hot_path
 from glassmesh.model.snapshot import Snapshot, SnapshotError, encode_snapshot, load_snapshot, split_address
 from glassmesh.protocols.http1 import reseed
 from glassmesh.proxy import stats as stats_mod
@@ -229,7 +230,7 @@ async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, ac
     await w.start(reuse_port, unix)
     if not admin_unix:
         log(f"host {snap.host} serving snapshot version {snap.version}: " + ", ".join(_listen_set(snap))
-            + f"; admin {admin_addr}")
+            + f"; admin {admin_addr}; hot path: {hot_path()}")
     if attach is not None:
         await attach.start(w)
     stop = asyncio.Event()

@@ -41,12 +41,14 @@ class OutboundSide(Side):
         self._cache: dict[tuple[str, int, str], Routed] = {}
         self._gen = -1
 
-    def link_for(self, service: str) -> LinkStats:
-        return self.rt.stats.link("outbound", self.source, service)
+    def link_for(self, service: str | None) -> LinkStats:
+        return self.rt.stats.link("outbound", self.source, service or "")
 
     def route(self, ex: Exchange) -> Routed | tuple[str, str]:
         rt = self.rt
-        host = ex.head.host
+        head = ex.head
+        assert head is not None
+        host = head.host
         try:
             authority, path = split_target(ex.method, ex.url, host)
         except BadMessage as e:
@@ -64,18 +66,19 @@ class OutboundSide(Side):
         if ex.url is not path:
             ex.url = path
             if host != authority:
-                ex.head.set_host(authority)
+                head.set_host(authority)
         return self._routed(svc, ep)
 
     def reroute(self, ex: Exchange, tried: set[tuple[str, int]]) -> Routed | None:
         """Another endpoint of the same service, after a connect failure (nothing was sent)."""
-        remote = self.rt.table.remotes.get(ex.service or "")
-        if remote is None:
+        svc = ex.service
+        remote = self.rt.table.remotes.get(svc) if svc is not None else None
+        if svc is None or remote is None:
             return None
         for _ in range(len(remote.endpoints.items)):
             ep = remote.endpoints.pick()
             if ep is not None and (ep[0], ep[1]) not in tried:
-                return self._routed(ex.service, ep)
+                return self._routed(svc, ep)
         return None
 
     def _routed(self, svc: str, ep: tuple[str, int, str, bool]) -> Routed:
@@ -109,7 +112,7 @@ class InboundSide(Side):
         self._cache: dict[PoolKey, Routed] = {}
         self._gen = rt.generation
 
-    def link_for(self, service: str) -> LinkStats:
+    def link_for(self, service: str | None) -> LinkStats:
         return self.link
 
     def route(self, ex: Exchange) -> Routed | tuple[str, str]:

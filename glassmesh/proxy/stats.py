@@ -17,6 +17,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from glassmesh import __version__
+from glassmesh.buildinfo import hot_path
+
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -167,7 +170,10 @@ class _Collector:
         ver.add_metric([], self.d["snapshot_version"])
         cc = GaugeMetricFamily("glassmesh_client_connections", "Open client connections on all listeners")
         cc.add_metric([], self.d["client_conns"])
-        yield from (req, dur, byt, conns, hs, tcp, mtls, errs, ver, cc)
+        info = GaugeMetricFamily("glassmesh_build_info", "Version, and whether the hot path is mypyc-compiled",
+                                 labels=["version", "hot_path"])
+        info.add_metric([__version__, hot_path()], 1)
+        yield from (req, dur, byt, conns, hs, tcp, mtls, errs, ver, cc, info)
         ctl = self.d.get("control")  # set by proxies that watch a control plane (glassmesh.proxy.watch)
         if ctl is not None:
             age = GaugeMetricFamily("glassmesh_snapshot_age_seconds",
