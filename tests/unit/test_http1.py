@@ -105,6 +105,21 @@ def test_traceparent():
     assert not valid_traceparent(b"00-xyz")
 
 
+def test_ids_are_unique_well_formed_and_differ_between_workers():
+    import re
+
+    from glassmesh.protocols import http1
+
+    rids = [http1.new_request_id() for _ in range(5000)]
+    tps = [http1.new_traceparent() for _ in range(5000)]
+    assert len(set(rids)) == len(rids) and all(re.fullmatch(rb"[0-9a-f]{24}", r) for r in rids)
+    assert len({t[3:35] for t in tps}) == len(tps) and len({t[36:52] for t in tps}) == len(tps)
+    assert all(valid_traceparent(t) and t[36:52] != b"0" * 16 for t in tps)
+    before = http1.new_request_id()
+    http1.reseed()  # what a forked worker does: its ids share nothing with its parent's
+    assert http1.new_request_id()[:16] != before[:16]
+
+
 @given(st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=40)), max_size=12))
 def test_header_checks_never_crash(headers):
     try:
