@@ -127,23 +127,36 @@ class SnapshotDelta(msgspec.Struct, **_S, frozen=True):
 _delta_decoder = msgspec.json.Decoder(SnapshotDelta)
 
 
-def make_delta(base: Snapshot, new: Snapshot, base_hash: str, new_hash: str) -> SnapshotDelta:
-    """The delta that turns `base` into `new` (both as compiled, paths unresolved).
+ServicesDiff = tuple[list[Service], list[str], "list[str] | UnsetType"]  # changed, removed, order
+
+
+def diff_services(base: list[Service], new: list[Service]) -> ServicesDiff:
+    """(added or changed, names removed, order or UNSET when sorted by name) from one services list to another.
 
     Services are compared by identity first (the control plane shares
     unchanged Service objects between versions), by value only when the
     objects differ, so a change costs about one dict lookup per service.
     """
-    old = {s.name: s for s in base.services}
-    changed = [s for s in new.services if (o := old.get(s.name)) is None or (o is not s and o != s)]
-    names = [s.name for s in new.services]
+    old = {s.name: s for s in base}
+    changed = [s for s in new if (o := old.get(s.name)) is None or (o is not s and o != s)]
+    names = [s.name for s in new]
     kept = set(names)
+    order: list[str] | UnsetType = UNSET if all(a < b for a, b in zip(names, names[1:], strict=False)) else names
+    return changed, [n for n in old if n not in kept], order
+
+
+def make_delta(base: Snapshot, new: Snapshot, base_hash: str, new_hash: str,
+               services: ServicesDiff | None = None) -> SnapshotDelta:
+    """The delta that turns `base` into `new` (both as compiled, paths unresolved).
+
+    services: diff_services(base.services, new.services) when the caller has
+    it already (hosts that share their services lists share this too).
+    """
+    changed, removed, order = services if services is not None else diff_services(base.services, new.services)
     heads = {f: getattr(new, f) for f in HEAD_FIELDS if getattr(new, f) != getattr(base, f)}
     return SnapshotDelta(
         version=new.version, host=new.host, base_version=base.version, base_hash=base_hash, hash=new_hash,
-        services=changed, removed=[n for n in old if n not in kept],
-        order=UNSET if all(a < b for a, b in zip(names, names[1:], strict=False)) else names,
-        **heads,
+        services=changed, removed=removed, order=order, **heads,
     )
 
 

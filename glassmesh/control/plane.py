@@ -37,7 +37,7 @@ from typing import Any
 
 import msgspec
 
-from glassmesh.api.wire import KIND_DELTA, KIND_FULL, make_delta
+from glassmesh.api.wire import KIND_DELTA, KIND_FULL, ServicesDiff, diff_services, make_delta
 from glassmesh.control.compile import compile_snapshots, healthy_instances
 from glassmesh.control.config import MeshConfig, from_doc
 from glassmesh.control.dns import DnsDiscovery, Resolver
@@ -106,6 +106,9 @@ class Plane:
         self._encoded: dict[str, tuple[int, bytes]] = {}
         self.history: dict[str, dict[int, _Kept]] = {}  # host -> version -> the last HISTORY versions
         self._deltas: dict[str, dict[tuple[int, int], bytes]] = {}  # host -> (base, version) -> body
+        # Service-list diffs, shared by the hosts that share both lists (every host, all-to-all):
+        # (id(base list), id(new list)) -> (base list, new list, diff); the lists are kept so ids stay theirs.
+        self._list_diffs: dict[tuple[int, int], tuple[list[Any], list[Any], ServicesDiff]] = {}
         self._digests = DigestCache()  # per-service digests, shared by every host's snapshot
         self.served = {KIND_FULL: 0, KIND_DELTA: 0}  # snapshot answers of each kind, since start
         self._acks: list[_PendingAck] = []
@@ -339,7 +342,13 @@ class Plane:
             deltas = self._deltas.setdefault(host, {})
             body = deltas.get((base, snap.version))
             if body is None:
-                body = msgspec.json.encode(make_delta(kept.snap, snap, base_hash, digest))
+                a, b = kept.snap.services, snap.services
+                hit = self._list_diffs.get((id(a), id(b)))
+                if hit is None or hit[0] is not a or hit[1] is not b:
+                    if len(self._list_diffs) > 64:
+                        self._list_diffs.clear()
+                    hit = self._list_diffs[(id(a), id(b))] = (a, b, diff_services(a, b))
+                body = msgspec.json.encode(make_delta(kept.snap, snap, base_hash, digest, hit[2]))
                 deltas[(base, snap.version)] = body
             self.served[KIND_DELTA] += 1
             return KIND_DELTA, body, digest

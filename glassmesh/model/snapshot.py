@@ -309,6 +309,8 @@ class DigestCache:
 
     def __init__(self) -> None:
         self._by_name: dict[str, tuple[Service, bytes]] = {}
+        # Whole services lists, which compiled snapshots share between hosts: id -> (list, digest).
+        self._lists: dict[int, tuple[list[Service], bytes]] = {}
 
     def service(self, svc: Service) -> bytes:
         hit = self._by_name.get(svc.name)
@@ -316,6 +318,17 @@ class DigestCache:
             return hit[1]
         digest = hashlib.sha256(msgspec.json.encode(svc)).digest()
         self._by_name[svc.name] = (svc, digest)
+        return digest
+
+    def services(self, svcs: list[Service]) -> bytes:
+        """Digest of a whole services list, remembered for the list object (hosts share it)."""
+        hit = self._lists.get(id(svcs))
+        if hit is not None and hit[0] is svcs:
+            return hit[1]
+        digest = _services_digest(svcs, self)
+        if len(self._lists) > 64:
+            self._lists.clear()
+        self._lists[id(svcs)] = (svcs, digest)
         return digest
 
     def forget_except(self, names: set[str]) -> None:
@@ -327,11 +340,17 @@ class DigestCache:
 def snapshot_digest(snap: Snapshot, cache: DigestCache | None = None) -> str:
     """SHA-256 (hex) of a snapshot's content, version included: equal digests mean equal snapshots.
 
-    sha256(compact JSON of the snapshot with `services` emptied, then each
-    service's own sha256 in order). Two snapshots that encode differently
-    (another service order, another field) get different digests.
+    sha256(compact JSON of the snapshot with `services` emptied, then the
+    sha256 of every service's own sha256 in order). Two snapshots that encode
+    differently (another service order, another field) get different digests.
     """
     h = hashlib.sha256(msgspec.json.encode(msgspec.structs.replace(snap, services=[])))
-    for svc in snap.services:
-        h.update(cache.service(svc) if cache is not None else hashlib.sha256(msgspec.json.encode(svc)).digest())
+    h.update(cache.services(snap.services) if cache is not None else _services_digest(snap.services, None))
     return h.hexdigest()
+
+
+def _services_digest(svcs: list[Service], cache: DigestCache | None) -> bytes:
+    h = hashlib.sha256()
+    for svc in svcs:
+        h.update(cache.service(svc) if cache is not None else hashlib.sha256(msgspec.json.encode(svc)).digest())
+    return h.digest()
