@@ -106,6 +106,23 @@ def rss_mb(procs: Procs, name: str) -> float:
     return tot / 1e6
 
 
+def pss_mb(procs: Procs, name: str) -> float:
+    """Proportional set of one proxy's process tree, MB: pages shared by forked workers (the code, the
+    interpreter, what the supervisor loaded before forking) are counted once, not once per process."""
+    if name not in procs.p:
+        return float("nan")
+    tot = 0
+    for p in tree(procs.p[name].pid):
+        try:
+            for line in open(f"/proc/{p}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    tot += int(line.split()[1]) * 1024
+                    break
+        except (OSError, IndexError, ValueError):
+            pass
+    return tot / 1e6
+
+
 def sys_busy_s() -> float:
     f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
     return (sum(f[:8]) - f[3] - f[4]) / TICK   # all but idle + iowait

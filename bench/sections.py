@@ -249,6 +249,7 @@ def alternate(ctx: Ctx, variants: list[Variant], rows: list[str], *, per_worker:
     time.sleep(1)
     for v in variants:
         v.info["rss_idle_mb"] = {n: round(measure.rss_mb(procs, n), 1) for n in v.proxies}
+        v.info["pss_idle_mb"] = {n: round(measure.pss_mb(procs, n), 1) for n in v.proxies}
     for rep in range(S["reps"]):
         order = variants[rep % len(variants):] + variants[:rep % len(variants)]
         for row in rows:
@@ -287,6 +288,8 @@ def _finish(ctx: Ctx, name: str, title: str, intro: list[str], variants: list[Va
         peak = [x for x in v.info.get("rss_peak_mb", {}).values() if x == x]
         info_rows[v.key][0]["rss_idle_max_mb"] = max(idle) if idle else None
         info_rows[v.key][0]["rss_peak_max_mb"] = max(peak) if peak else None
+        pss = [x for x in v.info.get("pss_idle_mb", {}).values() if x == x and x > 0]
+        info_rows[v.key][0]["pss_idle_max_mb"] = max(pss) if pss else None
         for n, x in v.info.get("rss_idle_mb", {}).items():
             info_rows[v.key][0][f"rss_idle_{n.rsplit('_', 1)[1]}_mb"] = x
         if v.failed:
@@ -400,6 +403,7 @@ def run_mesh(ctx: Ctx) -> dict:
         ("proxy RSS MB idle, outbound proxy (bout)", "lower", "info", "rss_idle_out_mb", "1", "diff"),
         ("proxy RSS MB idle, inbound proxy (bin)", "lower", "info", "rss_idle_in_mb", "1", "diff"),
         ("proxy RSS MB peak under load (larger proxy)", "lower", "info", "rss_peak_max_mb", "1", "diff"),
+        ("proxy PSS MB idle (larger proxy)", "lower", "info", "pss_idle_max_mb", "1", "diff"),
         ("snapshot file kB (bout)", "", "info", "snapshot_kb", "int", "ratio"),
         ("start to listening, s (both proxies)", "lower", "info", "listening_s", "2", "diff"),
     ]
@@ -469,6 +473,8 @@ def run_scaling(ctx: Ctx) -> dict:
         ("other cores busy (noise)", "", "c32", "other_cpu_cores", "2", ""),
         ("proxy RSS MB idle, larger proxy (process tree: supervisor + workers)", "lower", "info",
          "rss_idle_max_mb", "1", "diff"),
+        ("proxy PSS MB idle, larger proxy (pages shared by the workers counted once)", "lower", "info",
+         "pss_idle_max_mb", "1", "diff"),
     ]
     if n >= 2:
         m_iso = m + [(f"CPU {cpus[-1]} busy %, every process on it (pinned: the proxy's core)", "", "c32",
