@@ -2,7 +2,8 @@
 
 Prints the time to validate the config, to compile every host's snapshot
 (and per host), the bytes per encoded snapshot, and the cost of the common
-case: one endpoint changes and only the hosts that call its service move.
+case: one endpoint changes and only the hosts that call its service move
+(and the bytes of the delta each of them is sent instead of its snapshot).
 Two shapes: every service may call every service (the default, worst case)
 and each service calls 5 others (`calls:`), which is what keeps a proxy's
 snapshot proportional to what it talks to.
@@ -20,9 +21,11 @@ import time
 import msgspec
 import yaml
 
+from glassmesh.api.wire import make_delta
 from glassmesh.control.compile import compile_snapshots
 from glassmesh.control.config import parse_config
 from glassmesh.control.store import InstanceRecord
+from glassmesh.model.snapshot import DigestCache, snapshot_digest
 
 
 def build(n_services: int, n_inst: int, n_hosts: int, calls: int | None, seed: int = 1) -> tuple[str, list]:  # type: ignore[type-arg]
@@ -59,7 +62,13 @@ def run(n_services: int, n_inst: int, n_hosts: int, calls: int | None) -> None:
     t0 = time.perf_counter()
     again = compile_snapshots(cfg, changed, trust_domain="glassmesh.local", versions=snaps, version=2)
     t_inc = time.perf_counter() - t0
-    moved = sum(1 for h in again if again[h].version != snaps[h].version)
+    moved_hosts = [h for h in again if again[h].version != snaps[h].version]
+    moved = len(moved_hosts)
+    cache = DigestCache()
+    t0 = time.perf_counter()
+    deltas = [len(msgspec.json.encode(make_delta(snaps[h], again[h], snapshot_digest(snaps[h], cache),
+                                                 snapshot_digest(again[h], cache)))) for h in moved_hosts]
+    t_delta = time.perf_counter() - t0
     shape = "all-to-all" if calls is None else f"calls {calls} each"
     print(f"{n_services} services x {n_inst} instances over {n_hosts} hosts, {shape}:")
     print(f"  validate config        {t_parse * 1000:8.1f} ms ({len(text) / 1e6:.1f} MB of YAML)")
@@ -67,6 +76,9 @@ def run(n_services: int, n_inst: int, n_hosts: int, calls: int | None) -> None:
     print(f"  encode all snapshots   {t_encode * 1000:8.1f} ms = {t_encode / n_hosts * 1000:.2f} ms per host")
     print(f"  bytes per snapshot     mean {statistics.mean(sizes) / 1024:.1f} KiB, max {max(sizes) / 1024:.1f} KiB")
     print(f"  one endpoint changes   {t_inc * 1000:8.1f} ms to recompile; {moved} of {n_hosts} hosts get a new version")
+    if deltas:
+        print(f"  ... as deltas          {t_delta * 1000:8.1f} ms to digest and encode them; "
+              f"{statistics.mean(deltas):.0f} bytes each (against {statistics.mean(sizes) / 1024:.1f} KiB)")
 
 
 def main() -> None:
