@@ -100,10 +100,10 @@ async def authorize(request: web.Request) -> str:
             raise _forbidden(f"the client certificate is {peer}; it may not act for host {host!r}")
         return host
     if ident is not None:
-        for h in await request.app[STORE].hosts():
-            if h.name == host and h.cert_not_after > 0:
-                raise _forbidden(f"host {host!r} has a host identity: it is served only over mutual TLS "
-                                 f"on the proxy listener")
+        h = await request.app[STORE].host(host)
+        if h is not None and h.cert_not_after > 0:
+            raise _forbidden(f"host {host!r} has a host identity: it is served only over mutual TLS "
+                             f"on the proxy listener")
     return host
 
 

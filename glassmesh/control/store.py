@@ -95,6 +95,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def hosts(self) -> list[HostRecord]: ...
 
+    async def host(self, name: str) -> HostRecord | None:
+        """One host's record; stores override it so that a per-poll check reads one record, not all."""
+        return next((h for h in await self.hosts() if h.name == name), None)
+
     # --- small keyed records: join tokens, the CA, held changes, drains, replicas ---------
     @abc.abstractmethod
     async def put_record(self, kind: str, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None: ...
@@ -165,6 +169,9 @@ class StoreTap(Store):
 
     async def hosts(self) -> list[HostRecord]:
         return await self.inner.hosts()
+
+    async def host(self, name: str) -> HostRecord | None:
+        return await self.inner.host(name)
 
     async def put_record(self, kind: str, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None:
         await self.inner.put_record(kind, key, value, ttl_s)

@@ -265,6 +265,14 @@ class EtcdStore(Store):
             out.append(HostRecord(**d))
         return out
 
+    async def host(self, name: str) -> HostRecord | None:
+        kv = await self._get(self._k("hosts", name))
+        if not kv:
+            return None
+        d = self._json(kv)
+        d["services"] = tuple(d.get("services", ()))
+        return HostRecord(**d)
+
     # --- small keyed records -------------------------------------------------------
     async def put_record(self, kind: str, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None:
         lease = await self._call(self._client.grant(_lease_ttl(ttl_s))) if ttl_s is not None else 0

@@ -169,6 +169,13 @@ class SqliteStore(Store):
             out.append(HostRecord(**dict(d, services=tuple(d["services"]))))
         return out
 
+    async def host(self, name: str) -> HostRecord | None:
+        row = self._db.execute("SELECT data FROM hosts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        d = json.loads(row[0])
+        return HostRecord(**dict(d, services=tuple(d["services"])))
+
     # --- records ----------------------------------------------------------------------
     async def put_record(self, kind: str, key: str, value: dict[str, Any], ttl_s: float | None = None) -> None:
         exp = None if ttl_s is None else self._clock() + ttl_s

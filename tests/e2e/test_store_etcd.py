@@ -188,6 +188,7 @@ def test_hosts_round_trip(cluster: EtcdCluster) -> None:
         await s.put_host(h)
         await s.put_host(HostRecord(name="host/2", services=()))
         assert sorted(await s.hosts(), key=lambda x: x.name) == [h, HostRecord(name="host/2", services=())]
+        assert await s.host("host/2") == HostRecord(name="host/2", services=()) and await s.host("nope") is None
 
     run_with_stores(cluster, body)
 

@@ -101,6 +101,7 @@ def test_hosts_round_trip(tmp_path: Path) -> None:
                        last_reject={"version": 4, "reason": "bad"})
         await s.put_host(h)
         assert await s.hosts() == [h]
+        assert await s.host("host1") == h and await s.host("host2") is None
 
     run(tmp_path, body)
 
