@@ -182,6 +182,17 @@ class _Collector:
             up = GaugeMetricFamily("glassmesh_control_plane_connected", "1 while the control-plane watch is connected")
             up.add_metric([], ctl["control_plane_connected"])
             yield from (age, up)
+            updates = ctl.get("snapshot_updates")
+            if updates is not None:
+                upd = CounterMetricFamily("glassmesh_snapshot_updates",
+                                          "Snapshots accepted from the control plane, by how they came",
+                                          labels=["kind"])
+                for kind in ("full", "delta"):
+                    upd.add_metric([kind], updates.get(kind, 0))
+                fb = CounterMetricFamily("glassmesh_snapshot_delta_fallbacks",
+                                         "Deltas that did not fit the snapshot held, so the full one was asked for")
+                fb.add_metric([], updates.get("delta_fallbacks", 0))
+                yield from (upd, fb)
 
 
 def render(dump: dict[str, Any]) -> bytes:

@@ -344,8 +344,9 @@ class ControlLink:
             "snapshot_updates": {**self.updates, "last": self.last_update},
         }
 
-    def metrics(self) -> dict[str, float]:
-        return {"snapshot_age_seconds": self.age(), "control_plane_connected": 1.0 if self.connected else 0.0}
+    def metrics(self) -> dict[str, Any]:
+        return {"snapshot_age_seconds": self.age(), "control_plane_connected": 1.0 if self.connected else 0.0,
+                "snapshot_updates": dict(self.updates)}
 
     def _contact(self) -> None:
         now = time.time()

@@ -41,6 +41,7 @@ from tests.e2e.harness import (
     Proc,
     fresh_ip,
     get,
+    has_series,
     metric,
     parse_metrics,
     wait_port,
@@ -337,6 +338,11 @@ def test_first_snapshot_instances_come_and_go(topo: Topo) -> None:
         want = assert_same_snapshot(h1, cp)
         updates = h1.ready()["snapshot_updates"]
         assert updates["full"] == 1 and updates["delta"] >= 1 and updates["delta_fallbacks"] == 0, updates
+        m = h1.metrics()
+        assert metric(m, "glassmesh_snapshot_updates_total", kind="full") == 1
+        assert metric(m, "glassmesh_snapshot_updates_total", kind="delta") >= 1
+        assert has_series(m, "glassmesh_snapshot_delta_fallbacks_total")
+        assert metric(m, "glassmesh_snapshot_delta_fallbacks_total") == 0
         assert (f"snapshot version {want['version']} came as a delta from version"  # type: ignore[union-attr]
                 in h1.proxy.log_text()) and ": 1 service changed, 0 removed" in h1.proxy.log_text()  # type: ignore[union-attr]
 
