@@ -490,7 +490,11 @@ def run_scaling(ctx: Ctx) -> dict:
         f"Both proxies of a glassmesh pair with `--workers {w1}` and with `--workers {wn}`, free on all {n} cores "
         f"shared with wrk and the app, measured alternately. The per-worker split is each worker's requests "
         f"(from its own stats document, the ones the supervisor merges into /metrics) and CPU (from /proc)."],
-        pair, runs_pair, m, [])
+        pair, runs_pair, m, [
+            "the inbound proxy's workers share what arrives as proxy-to-proxy connections, and with the "
+            "default peer_protocol (mux) those are few: each outbound worker keeps its own pool, a handful of "
+            "links carrying all its requests. SO_REUSEPORT spreads connections, not requests, so the inbound split "
+            "can be 100/0 (every link hashed to one worker) in one run and even in the next."])
     sec_pair["per_worker"] = _per_worker(runs_pair)
     ctx.procs.stop([n2 for v in iso for n2 in v.proxies])
     sec_iso = _finish(ctx, "scaling_alone", "Scaling, 2: the outbound proxy alone, pinned and free", [
