@@ -499,8 +499,10 @@ def run_scaling(ctx: Ctx) -> dict:
     ctx.procs.stop([n2 for v in iso for n2 in v.proxies])
     sec_iso = _finish(ctx, "scaling_alone", "Scaling, 2: the outbound proxy alone, pinned and free", [
         f"The proxy under test is glassmesh's outbound proxy alone (`peer_protocol: http1`, mutual TLS to a "
-        f"1-worker nginx inbound, then the app): nginx and wrk are C and cheap, so the Python proxy is the "
-        f"bottleneck. `pinned to 1 core`: every thread of the proxy's processes on CPU {cpus[-1]}, wrk, the "
+        f"1-worker nginx inbound, then the app): the only Python process in the path. Even so, wrk and the "
+        f"two nginx take about as much CPU as the proxy (see `client + nginx(es) cores busy` and the CPU "
+        f"busy rows): when the other core is 100 % busy, req/s measures the load side, not the proxy; "
+        f"read `req/s per busy proxy core` and CPU per request first. `pinned to 1 core`: every thread of the proxy's processes on CPU {cpus[-1]}, wrk, the "
         f"nginx inbound and the app on CPU(s) {','.join(map(str, cpus[:-1])) or '-'} (sched_setaffinity / "
         f"taskset). `free`: nothing pinned. Ratios are to `--workers {w1}, pinned to 1 core`: the capacity of "
         f"one core."], iso, runs_iso, m_iso, notes)
