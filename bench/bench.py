@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -187,6 +188,11 @@ def bring_up(c: Config, procs: Procs, pp: dict[str, int], S: dict) -> None:
         c.failed = f"GET / answered {st} {body[:200]!r} {h.get('glassmesh-error', '')}".strip()
         return
     if c.name == "glassmesh":
+        try:
+            m = re.search(r"hot path: (\w+)", (procs.run / "gm_out.log").read_text(errors="replace")[:4000])
+            c.note += f"hot path: {m.group(1)}. " if m else ""
+        except OSError:
+            pass
         trail = h.get("glassmesh-trail")
         c.note += f"trail: {trail}. " if trail else "response had no glassmesh-trail header. "
     try:

@@ -279,8 +279,19 @@ def brief(r: dict) -> str:
     return s
 
 
+def _log_text(ctx: Ctx, name: str) -> str:
+    try:
+        return (ctx.run / f"{name}.log").read_text(errors="replace")[:4000]
+    except OSError:
+        return ""
+
+
 def _finish(ctx: Ctx, name: str, title: str, intro: list[str], variants: list[Variant], runs: dict,
             metrics: list, notes: list[str]) -> dict:
+    paths = sorted({m.group(1) for v in variants for n in v.proxies
+                    if (m := re.search(r"hot path: (\w+)", _log_text(ctx, n)))})
+    if paths:
+        notes.append(f"glassmesh hot path (from the proxies' start-up lines): {', '.join(paths)}")
     ctx.procs.stop([n for v in variants for n in v.proxies])
     info_rows = {v.key: [dict(v.info, rep=0)] for v in variants}
     for v in variants:
