@@ -8,20 +8,61 @@ than the rest of the request path.
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import sys
 import time
 from collections.abc import Coroutine
-from typing import Any, TextIO
+from typing import Any
+
+import msgspec
 
 from glassmesh.model.snapshot import Snapshot
 from glassmesh.proxy.pool import Pool
 from glassmesh.proxy.routing import PoolKey, Table, compile_table
 from glassmesh.proxy.stats import LinkStats, Stats
 
+_encode = msgspec.json.Encoder().encode
+ACCESS_FLUSH_S = 0.1  # a line reaches the file at most this long after its response
+ACCESS_FLUSH_BYTES = 64 * 1024
+
+
+class AccessLog:
+    """JSON lines written in batches: one write() per ACCESS_FLUSH_S or 64 KiB, not one per request.
+
+    A write per line cost about half of a request's CPU again (bench features
+    section: 1.5-1.8x CPU per request with --access-log). Each batch is whole
+    lines in one O_APPEND write, so the workers of one proxy can share the
+    file without cutting each other's lines.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.buf: list[bytes] = []
+        self.size = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, line: bytes) -> None:
+        self.buf.append(line)
+        self.size += len(line)
+        if self.size >= ACCESS_FLUSH_BYTES:
+            self.flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(ACCESS_FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.buf:
+            return
+        data = memoryview(b"".join(self.buf))
+        self.buf, self.size = [], 0
+        while data:
+            data = data[os.write(self.fd, data):]
+
 
 class Runtime:
-    def __init__(self, snapshot: Snapshot, keylog: str | None = None, access_log: TextIO | None = None) -> None:
+    def __init__(self, snapshot: Snapshot, keylog: str | None = None, access_log: AccessLog | None = None) -> None:
         self.stats = Stats()
         self.pools: dict[PoolKey, Pool] = {}
         self.conns: set[Any] = set()
@@ -123,9 +164,11 @@ class Runtime:
         }
         if reason:
             rec["mesh_error"] = reason
-        f.write(json.dumps(rec) + "\n")
+        f.add(_encode(rec) + b"\n")
 
     async def close(self) -> None:
+        if self._access is not None:
+            self._access.flush()
         for t in list(self.tasks):
             t.cancel()
         for p in self.pools.values():

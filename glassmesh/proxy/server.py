@@ -20,7 +20,7 @@ import socket
 import stat
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -32,7 +32,7 @@ from glassmesh.proxy.admin import AdminProtocol, json_body
 from glassmesh.proxy.http import ServerConn
 from glassmesh.proxy.inbound import InboundHandshake
 from glassmesh.proxy.routing import compile_table
-from glassmesh.proxy.runtime import Runtime, log
+from glassmesh.proxy.runtime import AccessLog, Runtime, log
 from glassmesh.proxy.sides import OutboundSide
 from glassmesh.proxy.tcp import TcpLinkClient
 from glassmesh.proxy.tls import listener_context
@@ -97,7 +97,7 @@ def _bind(addr: str, reuse_port: bool) -> socket.socket:
 class Worker:
     """One serving process: all data-plane listeners of the snapshot."""
 
-    def __init__(self, config_path: str, snap: Snapshot, keylog: str | None, access_log: TextIO | None) -> None:
+    def __init__(self, config_path: str, snap: Snapshot, keylog: str | None, access_log: AccessLog | None) -> None:
         self.config_path = config_path
         self.rt = Runtime(snap, keylog=keylog, access_log=access_log)
         self.servers: list[asyncio.AbstractServer] = []
@@ -204,7 +204,7 @@ def _admin_routes(
     return {"/metrics": metrics, "/config": config, "/healthz": healthz, "/ready": ready_, "/stats.json": stats_json}
 
 
-async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, access_log: TextIO | None,
+async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, access_log: AccessLog | None,
                         admin_addr: str | None, admin_unix: str | None, reuse_port: bool,
                         unix: dict[str, socket.socket], attach: ControlLink | None = None) -> None:
     loop = asyncio.get_running_loop()
@@ -265,7 +265,7 @@ def _fork_worker(config_path: str, snap: Snapshot, keylog: str | None, access_pa
         reseed()
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            access = open(access_path, "a", buffering=1) if access_path else None  # noqa: SIM115
+            access = AccessLog(access_path) if access_path else None
             uvloop.run(_serve_single(config_path, snap, keylog, access, None, sock, True, unix))
         except BaseException as e:  # noqa: BLE001 - a child must never return into the parent's code
             log(f"worker failed: {e}")
@@ -416,7 +416,7 @@ def run(config_path: str, workers: int = 1, keylog: str | None = None, access_lo
         raise StartupError(str(e)) from None
     try:
         if workers <= 1:
-            access = open(access_log, "a", buffering=1) if access_log else None  # noqa: SIM115
+            access = AccessLog(access_log) if access_log else None
             uvloop.run(_serve_single(config_path, snap, keylog, access, snap.admin, None, False,
                                      bind_unix_sockets(snap)))
         else:
