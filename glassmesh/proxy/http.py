@@ -39,7 +39,7 @@ from glassmesh.protocols.http1 import (
     new_traceparent,
     status_line,
 )
-from glassmesh.proxy.pool import ConnectError, Pool
+from glassmesh.proxy.pool import MUX_STREAM_REQUESTS, ConnectError, Pool
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
 if TYPE_CHECKING:
@@ -852,10 +852,14 @@ class UpstreamConn(asyncio.Protocol):
             self.rt.access_log(ex, self.status, "")
         self.ex = None
         ex.upstream = None
-        if reusable and ex.req_done and self.sending is None and not self.lost:
+        pool = self.pool
+        if reusable and ex.req_done and self.sending is None and not self.lost and not (
+                pool.mux and self.used >= MUX_STREAM_REQUESTS):
             self.client = None
-            self.pool.put(self)
+            pool.put(self)
         else:
+            # (A multiplexed stream is retired after MUX_STREAM_REQUESTS, so that its successor
+            # opens on the least busy of the link's connections.)
             self.sending = None
             self.close()
         c.finish(ex, False)

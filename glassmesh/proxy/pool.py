@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     from glassmesh.proxy.stats import LinkStats
 
 
+# Multiplexed links spread over a few TLS connections once busy, so that an inbound
+# proxy's workers (which the kernel hands connections, not requests) all take load.
+MUX_CONNS_MAX = 4
+MUX_SPREAD_STREAMS = 8  # open another connection when the least busy one carries this many streams
+MUX_STREAM_REQUESTS = 100  # a stream is closed after this many requests, so that streams move to new links
+
+
 class ConnectError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -49,6 +56,7 @@ class Pool:
         # Virtual connections are not proxy-to-proxy connections; the mux connections under them are.
         self.count_conns = not mux
         self.muxes: list[MuxConnection] = []
+        self._growing: asyncio.Task[None] | None = None
         self._mux_waiters: list[asyncio.Future] | None = None
 
     def set_mux(self, mux: bool) -> None:
@@ -98,13 +106,22 @@ class Pool:
             m.transport.close()
 
     async def _mux_connection(self) -> MuxConnection:
+        best: MuxConnection | None = None
         for c in self.muxes:
-            if c.usable():
-                return c
+            if c.usable() and (best is None or len(c.streams) < len(best.streams)):
+                best = c
+        if best is not None:
+            if (len(best.streams) >= MUX_SPREAD_STREAMS and len(self.muxes) < MUX_CONNS_MAX
+                    and self._mux_waiters is None and not self.closed):
+                self._growing = asyncio.get_running_loop().create_task(self._grow())
+            return best
         if self._mux_waiters is not None:  # someone is connecting already: wait for theirs
             fut = asyncio.get_running_loop().create_future()
             self._mux_waiters.append(fut)
             return await fut
+        return await self._new_mux()
+
+    async def _new_mux(self) -> MuxConnection:
         waiters: list[asyncio.Future[MuxConnection]] = []
         self._mux_waiters = waiters
         try:
@@ -123,6 +140,15 @@ class Pool:
             if not f.done():
                 f.set_result(conn)
         return conn
+
+    async def _grow(self) -> None:
+        """One more connection for a busy link; new streams go to the least busy one."""
+        try:
+            conn = await self._new_mux()
+        except BaseException:  # noqa: BLE001 - the link keeps the connections it has; a request never waits on this
+            return
+        if self.closed:  # the endpoint left the snapshot while we connected
+            conn.transport.close()
 
     def _mux_lost(self, conn: MuxConnection) -> None:
         if conn in self.muxes:
