@@ -388,7 +388,7 @@ def run_features(ctx: Ctx) -> dict:
                  "inbound identity check. The proxy has no tap hook or policy switch to measure.")
     intro = ["Each column is a glassmesh pair (both proxies with the same switch) on its own ports, measured "
              "alternately with the others in every repetition; ratios are to `defaults`, taken within each "
-             "repetition. `--access-log` writes one JSON line per request to a file on each proxy (line-buffered), "
+             "repetition. `--access-log` writes one JSON line per request to a file on each proxy (whole lines written in batches), "
              "as a user would run it; `--tls-keylog` writes TLS secrets only at each handshake (pooled links: "
              "almost never); `peer_protocol: http1` is a TLS connection per request in flight between the "
              "proxies instead of the default multiplexed link."]
@@ -502,10 +502,10 @@ def run_scaling(ctx: Ctx) -> dict:
         f"shared with wrk and the app, measured alternately. The per-worker split is each worker's requests "
         f"(from its own stats document, the ones the supervisor merges into /metrics) and CPU (from /proc)."],
         pair, runs_pair, m, [
-            "the inbound proxy's workers share what arrives as proxy-to-proxy connections, and with the "
-            "default peer_protocol (mux) those are few: each outbound worker keeps its own pool, a handful of "
-            "links carrying all its requests. SO_REUSEPORT spreads connections, not requests, so the inbound split "
-            "can be 100/0 (every link hashed to one worker) in one run and even in the next."])
+            "the inbound proxy's workers share what arrives as proxy-to-proxy connections: SO_REUSEPORT spreads "
+            "connections, not requests. A busy multiplexed link opens up to 4 TLS connections and retires "
+            "streams after 100 requests so that they spread; before that, one connection per link gave the "
+            "inbound split 100/0."])
     sec_pair["per_worker"] = _per_worker(runs_pair)
     ctx.procs.stop([n2 for v in iso for n2 in v.proxies])
     sec_iso = _finish(ctx, "scaling_alone", "Scaling, 2: the outbound proxy alone, pinned and free", [
