@@ -176,7 +176,9 @@ def test_staleness(tmp_path: Path) -> None:
     assert link.age(now=1012.5) == 12.5
     assert link.metrics()["control_plane_connected"] == 0.0
     link._contact()
-    assert link.age() == 0.0 and link.metrics() == {"snapshot_age_seconds": 0.0, "control_plane_connected": 1.0}
+    assert link.age() == 0.0 and link.metrics() == {
+        "snapshot_age_seconds": 0.0, "control_plane_connected": 1.0,
+        "snapshot_updates": {"full": 0, "delta": 0, "delta_fallbacks": 0}}
     detail = link.ready_detail()
     assert detail["control_plane"]["url"] == "http://cp.invalid:4200" and detail["control_plane"]["connected"]
 
