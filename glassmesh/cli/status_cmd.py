@@ -29,9 +29,17 @@ def _print_status(doc: dict[str, Any]) -> None:
     for h in doc["hosts"]:
         running = Text(str(h["running"] or "-"), style="green" if h["in_sync"] else "yellow")
         rej = h.get("last_reject") or {}
+        n = h.get("rejects", 0)
         hosts.add_row(h["name"], running, str(h["latest"]), _age(h["snapshot_age_s"]), _age(h["last_seen_s"]),
-                      f"v{rej['version']}: {rej['reason']}" if rej else "")
+                      f"v{rej['version']}: {rej['reason']}" + (f" ({n} rejects in all)" if n > 1 else "")
+                      if rej else "")
     out.print(hosts)
+    recent = [(r["at"], h["name"], r) for h in doc["hosts"] for r in h.get("recent_rejects", [])]
+    if recent:
+        out.print(Text("recent rejects (newest last; `glassmesh status --json` has the last 10 per host):",
+                       style="bold yellow"))
+        for _, name, r in sorted(recent, key=lambda x: x[0])[-10:]:
+            out.print(Text(f"  {name} refused v{r['version']}: {r['reason']}", style="yellow"))
     if doc["held"]:
         out.print(Text("held changes (glassmesh release SERVICE lets one through):", style="bold yellow"))
         for h in doc["held"]:

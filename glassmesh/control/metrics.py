@@ -91,6 +91,12 @@ class _Status:
             versions.add_metric([h["name"], "latest"], h["latest"])
             behind += 0 if h["in_sync"] else 1
         yield versions
+        rejects = CounterMetricFamily("glassmesh_control_snapshot_rejects",
+                                      "Snapshots a host's proxy refused (see glassmesh status for the reasons)",
+                                      labels=["host"])
+        for h in d["hosts"]:
+            rejects.add_metric([h["name"]], h.get("rejects", 0))
+        yield rejects
         yield _g("glassmesh_control_hosts", "Hosts in the mesh config", len(d["hosts"]))
         yield _g("glassmesh_control_hosts_behind", "Hosts not yet running their latest snapshot", behind)
         seconds = d["outage_budget"]["seconds"]

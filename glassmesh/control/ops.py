@@ -127,6 +127,8 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
             "behind_s": 0.0 if running >= snap.version else round(now - born.get(snap.version, now), 1),
             "last_seen_s": round(now - seen, 1) if seen else None,
             "last_reject": (rec.last_reject if rec else {}) or None,
+            "rejects": rec.rejects if rec else 0,
+            "recent_rejects": list(rec.recent_rejects) if rec else [],
         })
     expiries = [h.cert_not_after for h in records if h.cert_not_after > 0]
     earliest = min(expiries) if expiries else None

@@ -42,7 +42,7 @@ from glassmesh.control.compile import compile_snapshots, healthy_instances
 from glassmesh.control.config import MeshConfig, from_doc
 from glassmesh.control.dns import DnsDiscovery, Resolver
 from glassmesh.control.guard import Decision, InstanceKey, guard
-from glassmesh.control.store import HostRecord, Store, StoreError
+from glassmesh.control.store import RECENT_REJECTS, HostRecord, Store, StoreError
 from glassmesh.model.snapshot import DigestCache, Snapshot, snapshot_digest
 
 log = logging.getLogger("glassmesh.control")
@@ -273,8 +273,9 @@ class Plane:
                 if a.accepted:
                     rec = dataclasses.replace(rec, snapshot_version=a.version, last_seen=a.at)
                 else:
-                    rec = dataclasses.replace(rec, last_seen=a.at,
-                                              last_reject={"version": a.version, "reason": a.reason, "at": a.at})
+                    rej = {"version": a.version, "reason": a.reason, "at": a.at}
+                    rec = dataclasses.replace(rec, last_seen=a.at, last_reject=rej, rejects=rec.rejects + 1,
+                                              recent_rejects=[*rec.recent_rejects, rej][-RECENT_REJECTS:])
                 by_host[a.host] = rec
             for rec in by_host.values():
                 await store.put_host(rec)

@@ -49,6 +49,9 @@ class InstanceRecord:
     detail: str = ""  # last health check result, e.g. "connect refused"
 
 
+RECENT_REJECTS = 10
+
+
 @dataclass(frozen=True)
 class HostRecord:
     name: str
@@ -58,6 +61,8 @@ class HostRecord:
     last_seen: float = 0.0
     snapshot_version: int = 0  # the version it runs (its last accept)
     last_reject: dict[str, Any] = field(default_factory=dict)  # {"version": n, "reason": "...", "at": t}
+    rejects: int = 0  # every reject this host's proxy ever sent
+    recent_rejects: list[dict[str, Any]] = field(default_factory=list)  # the last RECENT_REJECTS, oldest first
     cert_not_after: float = 0.0  # earliest expiry among its certificates
 
 

@@ -165,3 +165,30 @@ def test_acks_are_written_in_batches_without_a_look_at_the_store(tmp_path: Path)
             await store.close()
 
     asyncio.run(main())
+
+
+def test_every_reject_is_counted_and_the_last_ten_are_kept(tmp_path: Path) -> None:
+    """`glassmesh status` and /metrics show every reject a host sent, not only the last one."""
+    from glassmesh.control.metrics import render as render_status
+    from glassmesh.control.store import RECENT_REJECTS
+
+    async def main() -> None:
+        store = SqliteStore(str(tmp_path / "s.sqlite"))
+        plane = Plane(store, "glassmesh.local")
+        await ops.apply(store, MESH, "t@h")
+        await plane.compile_once()
+        for i in range(RECENT_REJECTS + 3):
+            await plane.record_ack("host3", 100 + i, False, f"bad snapshot {i}")
+        await plane.record_ack("host3", 7, True, "")
+        doc = await ops.status(store, plane, "r1")
+        host3 = next(h for h in doc["hosts"] if h["name"] == "host3")
+        assert host3["rejects"] == RECENT_REJECTS + 3
+        assert [r["reason"] for r in host3["recent_rejects"]] == [
+            f"bad snapshot {i}" for i in range(3, RECENT_REJECTS + 3)]
+        assert host3["last_reject"]["reason"] == f"bad snapshot {RECENT_REJECTS + 2}" and host3["running"] == 7
+        text = render_status(doc).decode()
+        assert f'glassmesh_control_snapshot_rejects_total{{host="host3"}} {RECENT_REJECTS + 3}.0' in text
+        assert 'glassmesh_control_snapshot_rejects_total{host="host1"} 0.0' in text
+        await store.close()
+
+    asyncio.run(main())
