@@ -15,6 +15,9 @@ Frame: a 10-byte header, then `length` bytes of payload.
             FIN (the sender will send no more on this stream).
     WINDOW  payload: u32, more bytes the receiver can take on this stream.
     RESET   payload: a reason (utf-8); the stream is gone both ways.
+    SETTINGS stream 0, sent once by the accepting side first: payload u32, how many
+            worker processes share its port. The connecting side opens more than one
+            connection per link only when there are several workers to spread over.
 
 Streams are opened only by the side that made the TLS connection (odd ids,
 growing). Every stream starts with a send window of INITIAL_WINDOW bytes.
@@ -30,6 +33,7 @@ ALPN_MUX = "glassmesh-mux/1"
 DATA = 0
 WINDOW = 1
 RESET = 2
+SETTINGS = 3
 
 FLAG_OPEN = 1
 FLAG_FIN = 2
@@ -69,6 +73,17 @@ def window(stream: int, increment: int) -> bytes:
     return HEADER.pack(4, WINDOW, 0, stream) + _U32.pack(increment)
 
 
+def settings(workers: int) -> bytes:
+    return HEADER.pack(4, SETTINGS, 0, 0) + _U32.pack(workers)
+
+
+def settings_workers(payload: bytes) -> int:
+    if len(payload) != 4:
+        raise MuxError("SETTINGS frame payload must be 4 bytes")
+    (n,) = _U32.unpack(payload)
+    return max(1, min(n, 1024))
+
+
 def reset(stream: int, reason: str = "") -> bytes:
     r = reason.encode()[:200]
     return HEADER.pack(len(r), RESET, 0, stream) + r
@@ -92,7 +107,7 @@ class Decoder:
             length, ftype, flags, stream = unpack(buf, pos)
             if length > MAX_PAYLOAD:
                 raise MuxError(f"frame of {length} bytes is over the {MAX_PAYLOAD} limit")
-            if ftype > RESET:
+            if ftype > SETTINGS:
                 raise MuxError(f"unknown frame type {ftype}")
             stop = pos + HEADER_SIZE + length
             if stop > end:

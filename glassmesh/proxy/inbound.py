@@ -57,7 +57,7 @@ class InboundHandshake(asyncio.Protocol):
             def lost(_conn: MuxConnection) -> None:
                 link.open_conns -= 1
 
-            proto = MuxConnection(on_stream=lambda: ServerConn(rt, side), on_lost=lost)
+            proto = MuxConnection(on_stream=lambda: ServerConn(rt, side), on_lost=lost, workers=rt.workers)
         else:
             link.handshakes += 1
             link.tls_version = sslobj.version() or "TLS"

@@ -227,7 +227,7 @@ class MuxConnection(asyncio.Protocol):
     """One TLS connection carrying streams. The client side opens them; the server side accepts them."""
 
     def __init__(self, on_stream: Callable[[], Any] | None = None,
-                 on_lost: Callable[[MuxConnection], None] | None = None) -> None:
+                 on_lost: Callable[[MuxConnection], None] | None = None, workers: int = 1) -> None:
         self.on_stream = on_stream  # server side: makes the protocol of a new stream
         self.on_lost = on_lost
         self.transport: Any = None
@@ -241,6 +241,8 @@ class MuxConnection(asyncio.Protocol):
         self.last_queue = 0.0
         self.write_paused = False
         self.lost = False
+        self.workers = workers  # server side: what SETTINGS tells the peer
+        self.peer_workers = 1  # client side: what the peer's SETTINGS said
 
     # --- client side -------------------------------------------------------------
     def open(self, factory: Callable[[], Any]) -> tuple[Stream, Any]:
@@ -300,6 +302,9 @@ class MuxConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=1 << 20)
+        if self.on_stream is not None:
+            self.out.append(m.settings(self.workers))
+            self._write()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -322,6 +327,8 @@ class MuxConnection(asyncio.Protocol):
                 elif ftype == m.WINDOW:
                     if s is not None:
                         s._credit(m.window_increment(payload))
+                elif ftype == m.SETTINGS:
+                    self.peer_workers = m.settings_workers(payload)
                 elif s is not None:  # RESET
                     s._reset(payload.decode("utf-8", "replace"))
         except m.MuxError:

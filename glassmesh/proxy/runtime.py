@@ -21,6 +21,11 @@ from glassmesh.proxy.pool import Pool
 from glassmesh.proxy.routing import PoolKey, Table, compile_table
 from glassmesh.proxy.stats import LinkStats, Stats
 
+# How many worker processes share this proxy's ports (set by the supervisor before it forks).
+# An inbound tells its peers, so that they spread a link over several connections only when
+# that feeds several workers.
+PROCESS_WORKERS = 1
+
 _encode = msgspec.json.Encoder().encode
 ACCESS_FLUSH_S = 0.1  # a line reaches the file at most this long after its response
 ACCESS_FLUSH_BYTES = 64 * 1024
@@ -71,6 +76,7 @@ class Runtime:
         self._access = access_log
         self.logging = access_log is not None  # checked on the request path before calling access_log
         self.ready = False
+        self.workers = PROCESS_WORKERS
         self.apply(snapshot)
 
     def apply(self, snap: Snapshot) -> None:

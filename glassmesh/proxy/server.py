@@ -27,6 +27,7 @@ import uvloop
 from glassmesh.buildinfo import hot_path
 from glassmesh.model.snapshot import Snapshot, SnapshotError, encode_snapshot, load_snapshot, split_address
 from glassmesh.protocols.http1 import reseed
+from glassmesh.proxy import runtime as runtime_mod
 from glassmesh.proxy import stats as stats_mod
 from glassmesh.proxy.admin import AdminProtocol, json_body
 from glassmesh.proxy.http import ServerConn
@@ -299,6 +300,7 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
     admin_sock = _bind(snap.admin, False)
     # Unix sockets cannot be shared by SO_REUSEPORT: bind once, every worker accepts on it.
     unix = bind_unix_sockets(snap)
+    runtime_mod.PROCESS_WORKERS = workers
     pids = [_fork_worker(config_path, snap, keylog, access_path, s, unix) for s in socks]
 
     async def dump() -> dict[str, Any]:

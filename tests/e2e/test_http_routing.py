@@ -33,6 +33,9 @@ def test_request_reaches_b_with_callers_identity_and_trail(ab: AB, form: str) ->
     assert [h for h, _ in hops] == ["host1/outbound", "host2/inbound"], r.all("glassmesh-trail")
     assert all(d >= 0 for _, d in hops)
     assert hops[0][1] >= hops[1][1], "the outer hop includes the inner one's time"
+    # Milliseconds with three decimals, as the README shows them.
+    assert re.fullmatch(r"host1/outbound;dur=\d+\.\d{3}, host2/inbound;dur=\d+\.\d{3}",
+                        ", ".join(r.all("glassmesh-trail"))), r.all("glassmesh-trail")
 
 
 def test_client_sent_source_header_is_replaced(ab: AB) -> None:

@@ -217,3 +217,25 @@ def m_batch() -> int:
     from glassmesh.proxy import mux as pm
 
     return pm.BATCH
+
+
+def test_the_accepting_side_says_how_many_workers_share_its_port():
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        client, server = MuxConnection(), MuxConnection(on_stream=Recorder, workers=3)
+        cw, sw = Wire(), Wire()
+        client.connection_made(cw)
+        assert cw.buf == []  # the connecting side sends nothing until it opens a stream
+        server.connection_made(sw)
+        assert client.peer_workers == 1
+        for b in sw.buf:
+            client.data_received(b)
+        assert client.peer_workers == 3
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+    payload = m.settings(0)[m.HEADER_SIZE:], m.settings(1 << 20)[m.HEADER_SIZE:]
+    assert m.settings_workers(payload[0]) == 1 and m.settings_workers(payload[1]) == 1024
+    with pytest.raises(m.MuxError):
+        m.settings_workers(b"\0")
