@@ -14,9 +14,11 @@ of the compile loop then sees the instance go unhealthy like any other change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from glassmesh.control.store import ConfigVersion, Conflict, HostRecord, InstanceRecord, Store, StoreError
@@ -60,20 +62,26 @@ class SqliteStore(Store):
             self._changed = asyncio.Condition()
         return self._changed
 
-    def _write(self, *stmts: tuple[str, tuple[Any, ...]]) -> int:
-        """Run statements in one transaction that also bumps the revision; return the new revision."""
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; sqlite's errors surface as StoreError."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in stmts:
-                    self._db.execute(sql, args)
-                self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
             raise StoreError(f"sqlite: {e}") from None
+
+    def _write(self, *stmts: tuple[str, tuple[Any, ...]]) -> int:
+        """Run statements in one transaction that also bumps the revision; return the new revision."""
+        with self._transaction():
+            for sql, args in stmts:
+                self._db.execute(sql, args)
+            self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
         return self._rev()
 
     def _rev(self) -> int:
@@ -184,22 +192,14 @@ class SqliteStore(Store):
 
     async def create_record(self, kind: str, key: str, value: dict[str, Any]) -> bool:
         # One transaction: an expired record (not swept yet) counts as absent, a live one wins.
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM records WHERE kind = ? AND key = ? AND expires_at IS NOT NULL "
-                                 "AND expires_at <= ?", (kind, key, self._clock()))
-                cur = self._db.execute("INSERT OR IGNORE INTO records VALUES (?, ?, ?, NULL)",
-                                       (kind, key, json.dumps(value)))
-                created = cur.rowcount == 1
-                if created:
-                    self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise StoreError(f"sqlite: {e}") from None
+        with self._transaction():
+            self._db.execute("DELETE FROM records WHERE kind = ? AND key = ? AND expires_at IS NOT NULL "
+                             "AND expires_at <= ?", (kind, key, self._clock()))
+            cur = self._db.execute("INSERT OR IGNORE INTO records VALUES (?, ?, ?, NULL)",
+                                   (kind, key, json.dumps(value)))
+            created = cur.rowcount == 1
+            if created:
+                self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
         if created:
             await self._notify()
         return created

@@ -235,14 +235,7 @@ def _resolve_paths(snap: Snapshot, base: str) -> Snapshot:
 
 def parse_snapshot(data: bytes, base_dir: str = ".") -> Snapshot:
     """Decode and check a snapshot; relative file paths are taken from base_dir."""
-    try:
-        snap = _decoder.decode(data)
-    except msgspec.ValidationError as e:
-        raise SnapshotError(_friendly(str(e))) from None
-    except msgspec.DecodeError as e:
-        raise SnapshotError(f"not valid JSON: {e}") from None
-    _check(snap)
-    return _resolve_paths(snap, base_dir)
+    return _resolve_paths(decode_snapshot(data), base_dir)
 
 
 def load_snapshot(path: str) -> Snapshot:
