@@ -7,8 +7,8 @@ import click
 
 @click.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for the control plane's state: the SQLite file, and the CA in DIR/ca "
-                   "(created on first start).")
+              help="Directory for this replica's files: the SQLite file, and in DIR/ca a copy of the CA "
+                   "the replicas share through the store (created by the first replica to start).")
 @click.option("--listen", default="127.0.0.1:4200", show_default=True, help="Address of the HTTP API.")
 @click.option("--store", "store_spec", default="sqlite", show_default=True,
               help="'sqlite' (one replica) or etcd://host:port[,host:port...] (several replicas).")
