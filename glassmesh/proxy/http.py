@@ -39,7 +39,7 @@ from glassmesh.protocols.http1 import (
     new_traceparent,
     status_line,
 )
-from glassmesh.proxy.pool import MUX_STREAM_REQUESTS, ConnectError, Pool
+from glassmesh.proxy.pool import ConnectError, Pool
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
 if TYPE_CHECKING:
@@ -136,8 +136,6 @@ class ServerConn(asyncio.Protocol):
         self.rt = rt
         self.side = side
         self.link = link
-        self.max_head = rt.limits.max_head_bytes
-        self.max_headers = rt.limits.max_headers
         self.max_head = rt.limits.max_head_bytes
         self.max_headers = rt.limits.max_headers
         self.transport: Any = None
@@ -486,7 +484,8 @@ class ServerConn(asyncio.Protocol):
             out.append((b"upgrade", h.upgrade or b""))
         framing = ex.framing
         if framing == Framing.LENGTH:
-            out.append((b"content-length", h.cl or b"0"))
+            assert h.cl is not None  # LENGTH framing comes from a Content-Length
+            out.append((b"content-length", h.cl))
         elif framing == Framing.CHUNKED:
             out.append((b"transfer-encoding", b"chunked"))
             ex.up_chunked = True
@@ -854,13 +853,10 @@ class UpstreamConn(asyncio.Protocol):
         self.ex = None
         ex.upstream = None
         pool = self.pool
-        if reusable and ex.req_done and self.sending is None and not self.lost and not (
-                pool.mux and self.used >= MUX_STREAM_REQUESTS and pool.mux_cap() > 1):
+        if reusable and ex.req_done and self.sending is None and not self.lost and pool.reuses(self.used):
             self.client = None
             pool.put(self)
         else:
-            # (A multiplexed stream is retired after MUX_STREAM_REQUESTS, so that its successor
-            # opens on the least busy of the link's connections.)
             self.sending = None
             self.close()
         c.finish(ex, False)

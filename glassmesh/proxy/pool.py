@@ -143,6 +143,14 @@ class Pool:
                 f.set_result(conn)
         return conn
 
+    def reuses(self, used: int) -> bool:
+        """Whether a connection that carried `used` requests goes back to the pool.
+
+        A stream of a link that spreads retires after MUX_STREAM_REQUESTS, so that its
+        successor opens on the least busy of the link's connections.
+        """
+        return not (self.mux and used >= MUX_STREAM_REQUESTS and self.mux_cap() > 1)
+
     def mux_cap(self) -> int:
         """How many connections this link may use: one, or two per peer worker up to MUX_CONNS_MAX."""
         peer = max((c.peer_workers for c in self.muxes), default=1)
