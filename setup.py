@@ -47,9 +47,9 @@ class AllOrNothingBuildExt(build_ext):
             _fallback(f"{type(e).__name__}: {e}")
             self.failed = True
             for ext in self.extensions:
-                for path in (self.get_ext_fullpath(ext.name),):
-                    if os.path.exists(path):
-                        os.remove(path)
+                path = self.get_ext_fullpath(ext.name)
+                if os.path.exists(path):
+                    os.remove(path)
             self.extensions = []
 
     def get_outputs(self) -> list[str]:
