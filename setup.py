@@ -25,6 +25,8 @@ HOT = [
     "glassmesh/proxy/sides.py",
     "glassmesh/proxy/pool.py",
     "glassmesh/proxy/mux.py",
+    "glassmesh/proxy/linkstats.py",
+    "glassmesh/proxy/roundrobin.py",
 ]
 STRICT = os.environ.get("GLASSMESH_REQUIRE_COMPILED", "") not in ("", "0")
 

@@ -17,6 +17,8 @@ HOT_MODULES = (
     "glassmesh.proxy.sides",
     "glassmesh.proxy.pool",
     "glassmesh.proxy.mux",
+    "glassmesh.proxy.linkstats",
+    "glassmesh.proxy.roundrobin",
 )
 
 

@@ -38,7 +38,11 @@ REQUEST_ID = b"x-request-id"
 TRACEPARENT = b"traceparent"
 
 _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-_DIGITS = re.compile(rb"^[0-9]{1,18}$")
+
+
+def _digits(v: bytes) -> bool:
+    """1 to 18 ASCII digits (bytes.isdigit() is ASCII-only): a regex match cost about 1,000 instructions."""
+    return 0 < len(v) <= 18 and v.isdigit()
 
 REASONS = {
     100: b"Continue",
@@ -99,8 +103,16 @@ class Framing:
 
 # How a request header is treated, looked up once per header by its lowercase name.
 # Anything absent is an end-to-end header forwarded as is.
-_H_DROP, _H_CL, _H_TE, _H_HOST, _H_CONN, _H_RID, _H_TP, _H_UPGRADE, _H_TRAIL = range(9)
-_REQUEST_KIND = {n: _H_DROP for n in HOP_BY_HOP | {SOURCE_HEADER, TRAIL_HEADER}}
+_H_DROP: Final = 0
+_H_CL: Final = 1
+_H_TE: Final = 2
+_H_HOST: Final = 3
+_H_CONN: Final = 4
+_H_RID: Final = 5
+_H_TP: Final = 6
+_H_UPGRADE: Final = 7
+_H_TRAIL: Final = 8
+_REQUEST_KIND: Final = {n: _H_DROP for n in HOP_BY_HOP | {SOURCE_HEADER, TRAIL_HEADER}}
 _REQUEST_KIND.update({
     b"content-length": _H_CL,
     b"transfer-encoding": _H_TE,
@@ -110,7 +122,7 @@ _REQUEST_KIND.update({
     TRACEPARENT: _H_TP,
     b"upgrade": _H_UPGRADE,
 })
-_RESPONSE_KIND = {n: _H_DROP for n in HOP_BY_HOP}
+_RESPONSE_KIND: Final = {n: _H_DROP for n in HOP_BY_HOP}
 _RESPONSE_KIND.update({
     b"content-length": _H_CL,
     b"transfer-encoding": _H_TE,
@@ -119,6 +131,33 @@ _RESPONSE_KIND.update({
     b"upgrade": _H_UPGRADE,
     TRAIL_HEADER: _H_TRAIL,
 })
+
+
+# Header kind by the name exactly as received, filled on first sight: most
+# names arrive in a handful of spellings, and lowercasing every name of every
+# message (a method call and a new object) cost more than one dict lookup.
+# Bounded (1,024 names of at most 64 bytes), so that a peer sending random
+# names cannot grow it.
+_KIND_CACHE_MAX: Final = 1024
+_FORWARD: Final = -1
+_request_kind_cache: dict[bytes, int] = {}
+_response_kind_cache: dict[bytes, int] = {}
+
+
+# Every name the proxy treats specially starts with one of these letters: any
+# other name is forwarded without hashing it.
+_MAY_MATTER: Final = bytes(1 if chr(i | 0x20) in "cghkptux" else 0 for i in range(256))
+
+
+def _kind(name: bytes, cache: dict[bytes, int], kinds: dict[bytes, int]) -> int:
+    if not name or not _MAY_MATTER[name[0]]:
+        return _FORWARD
+    k = cache.get(name)
+    if k is None:
+        k = kinds.get(name.lower(), _FORWARD)
+        if len(cache) < _KIND_CACHE_MAX and len(name) <= 64:
+            cache[name] = k
+    return k
 
 
 class RequestHead:
@@ -136,9 +175,10 @@ class RequestHead:
         forward: list[tuple[bytes, bytes]] = []
         cl = te = host = conn = rid = tp = upgrade = None
         kinds = _REQUEST_KIND
+        cache = _request_kind_cache
         for name, value in headers:
-            kind = kinds.get(name.lower())
-            if kind is None:
+            kind = _kind(name, cache, kinds)
+            if kind == _FORWARD:
                 forward.append((name, value))
             elif kind == _H_DROP:
                 pass
@@ -180,7 +220,7 @@ class RequestHead:
                 raise BadMessage(f"unsupported Transfer-Encoding {te.decode('latin-1')!r}", "not_implemented", 501)
             return Framing.CHUNKED, 0
         if cl is not None:
-            if not _DIGITS.match(cl):
+            if not _digits(cl):
                 raise BadMessage(f"invalid Content-Length {cl[:20]!r}")
             n = int(cl)
             return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
@@ -206,9 +246,10 @@ class ResponseHead:
         cl = te = conn = upgrade = trail = None
         has_rid = False
         kinds = _RESPONSE_KIND
+        cache = _response_kind_cache
         for name, value in headers:
-            kind = kinds.get(name.lower())
-            if kind is None:
+            kind = _kind(name, cache, kinds)
+            if kind == _FORWARD:
                 forward.append((name, value))
             elif kind == _H_DROP:
                 pass
@@ -240,7 +281,7 @@ class ResponseHead:
             return (Framing.CHUNKED, 0) if self.te.endswith(b"chunked") else (Framing.CLOSE, 0)
         cl = self.cl
         if cl is not None:
-            if not _DIGITS.match(cl):
+            if not _digits(cl):
                 raise BadMessage("response has an invalid Content-Length", "upstream_protocol_error", 502)
             n = int(cl)
             return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
@@ -285,38 +326,69 @@ def service_of(authority: bytes) -> str:
     return host.lower().decode("ascii", "replace")
 
 
-# Request and trace ids need to be unique, not secret: a random per-process
-# prefix and a counter cost one formatting call per id, where a PRNG draw per
-# id cost about 5,000 instructions per request (callgrind) and os.urandom a
-# system call. reseed() gives each forked worker its own prefix.
+# Request and trace ids need to be unique, not secret. Each id is random
+# per-process parts plus a 32-bit counter written in hex from a table: a PRNG
+# draw per id cost about 5,000 instructions per request (callgrind), os.urandom
+# a system call, and %-formatting the counter 3,000. When the counter wraps,
+# the random parts are drawn again, so ids do not repeat within a process.
+# reseed() gives each forked worker its own parts.
+_HEX2: Final = [b"%02x" % i for i in range(256)]
 _rand = random.Random(os.urandom(16))
-_prefix = b"%016x" % _rand.getrandbits(64)
-_span_salt = _rand.getrandbits(64) | 1
-_count = _rand.getrandbits(32)
+
+
+class _Ids:
+    """The per-process random parts and the counter (a native object: module globals are dict lookups)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.prefix = b""  # 16 hex digits: request ids and the first half of trace ids
+        self.trace_head = b""  # "00-", the prefix and 8 more random hex digits
+        self.span_head = b""  # "-" and 8 random hex digits, never all zero: the first half of span ids
+        self.draw()
+
+    def draw(self) -> None:
+        self.prefix = b"%016x" % _rand.getrandbits(64)
+        self.trace_head = b"00-" + self.prefix + b"%08x" % _rand.getrandbits(32)
+        self.span_head = b"-%08x" % (_rand.getrandbits(32) | 1)
+        self.count = 0
+
+    def next_hex(self) -> bytes:
+        """The next counter value as 8 hex digits."""
+        n = self.count + 1
+        if n > 0xFFFFFFFF:
+            self.draw()
+            n = 1
+        self.count = n
+        h = _HEX2
+        return h[n >> 24] + h[(n >> 16) & 255] + h[(n >> 8) & 255] + h[n & 255]
+
+
+_ids: Final = _Ids()
 
 
 def new_request_id() -> bytes:
-    """24 hex digits: the process prefix and a 32-bit counter."""
-    global _count
-    _count += 1
-    return b"%s%08x" % (_prefix, _count & 0xFFFFFFFF)
+    """24 hex digits: the process prefix and the counter."""
+    ids = _ids
+    c = ids.next_hex()  # first: it may draw a new prefix
+    return ids.prefix + c
 
 
 def new_traceparent() -> bytes:
-    """A W3C traceparent with a fresh trace id (prefix + counter) and a span id that is never zero."""
-    global _count
-    _count += 1
-    n = _count & 0xFFFFFFFFFFFFFFFF
-    return b"00-%s%016x-%016x-01" % (_prefix, n, (n ^ _span_salt) or 1)
+    """A W3C traceparent with a fresh trace id and a span id that is never zero."""
+    ids = _ids
+    c = ids.next_hex()
+    return ids.trace_head + c + ids.span_head + c + b"-01"
+
+
+def set_counter(n: int) -> None:
+    """Jump the id counter (tests use it to cross the wrap)."""
+    _ids.count = n
 
 
 def reseed() -> None:
     """Call in a forked worker so that workers do not repeat each other's ids."""
-    global _prefix, _span_salt, _count
     _rand.seed(os.urandom(16))
-    _prefix = b"%016x" % _rand.getrandbits(64)
-    _span_salt = _rand.getrandbits(64) | 1
-    _count = _rand.getrandbits(32)
+    _ids.draw()
 
 
 def valid_traceparent(value: bytes) -> bool:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
@@ -43,10 +44,12 @@ from glassmesh.proxy.pool import ConnectError, Pool
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
 if TYPE_CHECKING:
+    from glassmesh.proxy.linkstats import LinkStats
     from glassmesh.proxy.runtime import Runtime
-    from glassmesh.proxy.stats import LinkStats
 
-_perf = time.perf_counter
+# One clock for everything on the request path, read once per event (a read is
+# a call, a vDSO clock_gettime and a float): CLOCK_MONOTONIC, as time.perf_counter
+# is on Linux.
 _mono = time.monotonic
 HIGH_WATER = 256 * 1024
 _FORWARD_1XX = (100, 102, 103)
@@ -126,7 +129,7 @@ class Exchange:
         self.url = b""
         self.raw: list[tuple[bytes, bytes]] = []
         self.pending: list[bytes] = []
-        self.t0 = _perf()
+        self.t0 = conn.now  # when the read that began the request arrived
 
 
 class ServerConn(asyncio.Protocol):
@@ -140,13 +143,21 @@ class ServerConn(asyncio.Protocol):
         self.max_headers = rt.limits.max_headers
         self.transport: Any = None
         self.parser = httptools.HttpRequestParser(self)
+        # Bound once: a method lookup per call is a dict walk on a type mypyc does not know.
+        p = self.parser
+        self.feed: Callable[[bytes], None] = p.feed_data
+        self.p_method: Callable[[], bytes] = p.get_method
+        self.p_version: Callable[[], str] = p.get_http_version
+        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
+        self.p_upgrade: Callable[[], bool] = p.should_upgrade
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
         self.wbuf: list[bytes] = []
         self.closing = False
         self.paused = 0  # bit 1: pipelining, bit 2: body backpressure
-        self.last_active = _mono()
+        self.now = self.last_active = _mono()
         self.head_started = 0.0
+        self.trail_prefix = rt.host_b + b"/" + side.name_b + b";dur="
 
     # --- asyncio plumbing -------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -175,9 +186,9 @@ class ServerConn(asyncio.Protocol):
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = _mono()
+        self.now = self.last_active = _mono()
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except httptools.HttpParserUpgrade as e:
             self._start_tunnel_request(data[e.args[0]:])
         except httptools.HttpParserError as e:
@@ -232,7 +243,7 @@ class ServerConn(asyncio.Protocol):
         ex = Exchange(self)
         self.parsing = ex
         self.queue.append(ex)
-        self.head_started = _mono()
+        self.head_started = self.now
         if len(self.queue) > 1:
             self.pause(1)
 
@@ -260,13 +271,12 @@ class ServerConn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
-        p = self.parser
         ex.head_done = True
         self.head_started = 0.0
-        ex.method = p.get_method()
-        ex.http10 = p.get_http_version() == "1.0"
-        ex.keep_alive = p.should_keep_alive()
-        ex.upgrade = p.should_upgrade()
+        ex.method = self.p_method()
+        ex.http10 = self.p_version() == "1.0"
+        ex.keep_alive = self.p_keep_alive()
+        ex.upgrade = self.p_upgrade()
         try:
             ex.head = RequestHead(ex.raw)
             ex.framing, _ = ex.head.framing()
@@ -371,7 +381,7 @@ class ServerConn(asyncio.Protocol):
         ex.routed = r
         conn = r.pool.take()
         if conn is not None:
-            conn.start(ex)
+            cast(UpstreamConn, conn).start(ex)  # a native call, not a method lookup
         else:
             self.rt.spawn(self._connect_and_start(ex, r))
 
@@ -398,6 +408,7 @@ class ServerConn(asyncio.Protocol):
         if ex.cancelled:
             pool.put(conn)
             return
+        self.now = _mono()  # the request leaves now, not when it arrived
         conn.start(ex)
         conn.flush()
 
@@ -413,7 +424,8 @@ class ServerConn(asyncio.Protocol):
         if not ex.req_done and ex.framing != Framing.NONE:
             ex.keep_alive = False
         close = not ex.keep_alive or self.closing
-        dur = _perf() - ex.t0
+        self.last_active = now = _mono()
+        dur = now - ex.t0
         trail = b"%s/%s;dur=%.3f" % (rt.host_b, side.encode(), dur * 1000)
         self.write(
             error_response(
@@ -452,7 +464,6 @@ class ServerConn(asyncio.Protocol):
             self.closing = True
             self.flush()
             return
-        self.last_active = _mono()
         self.resume(2)
         if q:
             nxt = q[0]
@@ -491,7 +502,8 @@ class ServerConn(asyncio.Protocol):
             ex.up_chunked = True
         return _head(ex.method + b" " + ex.url + b" HTTP/1.1", out)
 
-    def build_response_head(self, ex: Exchange, status: int, rh: ResponseHead, framing: int, length: int) -> bytes:
+    def build_response_head(self, ex: Exchange, status: int, rh: ResponseHead, framing: int, length: int,
+                            now: float) -> bytes:
         """The response head for the client, with this hop added to the trail."""
         side = self.side
         if rh.conn is not None:
@@ -499,8 +511,7 @@ class ServerConn(asyncio.Protocol):
         out = rh.forward
         if not rh.has_rid and ex.request_id:
             out.append((REQUEST_ID, ex.request_id))
-        us = int((_perf() - ex.t0) * 1e6)  # integer formatting: a float's costs a dtoa per response
-        mine = b"%s/%s;dur=%d.%03d" % (self.rt.host_b, side.name_b, us // 1000, us % 1000)
+        mine = self.trail_prefix + duration_ms(now - ex.t0)
         # Only a peer proxy's trail is ours to extend; an app outside the mesh may say anything.
         routed = ex.routed
         assert routed is not None
@@ -549,6 +560,8 @@ class UpstreamConn(asyncio.Protocol):
         self.pool = pool
         self.transport: Any = None
         self.parser = httptools.HttpResponseParser(self)
+        self.feed: Callable[[bytes], None] = self.parser.feed_data
+        self.now = 0.0  # when the current read arrived
         self.sending: Exchange | None = None
         self.ex: Exchange | None = None
         self.client: ServerConn | None = None
@@ -664,7 +677,7 @@ class UpstreamConn(asyncio.Protocol):
         if head is None:
             head = ex.up_head = client.build_upstream_head(ex)
         self.wbuf.append(head)
-        ex.sent_at = _mono()
+        ex.sent_at = client.now
         for b in ex.pending:
             self.send_body(b)
         ex.pending = []
@@ -697,8 +710,9 @@ class UpstreamConn(asyncio.Protocol):
             # Bytes on an idle connection: the peer is not speaking HTTP as agreed.
             self.transport.abort()
             return
+        self.now = _mono()
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except httptools.HttpParserUpgrade as e:
             rest = data[e.args[0]:]
             if rest and self.tunnel:
@@ -761,7 +775,7 @@ class UpstreamConn(asyncio.Protocol):
             return
         self.resp_framing, length = rh.framing(status, ex.method)
         ex.resp_started = True
-        c.write(c.build_response_head(ex, status, rh, self.resp_framing, length))
+        c.write(c.build_response_head(ex, status, rh, self.resp_framing, length, self.now))
         self.status = status
         if self.head_only:
             raise _HeadDone()
@@ -839,6 +853,7 @@ class UpstreamConn(asyncio.Protocol):
         # The response to HEAD has no body even if it says Content-Length; llhttp
         # cannot be told so, so the parser is replaced.
         self.parser = httptools.HttpResponseParser(self)
+        self.feed = self.parser.feed_data
         self._complete(ex, reusable=data.endswith(b"\r\n\r\n"))
 
     def _complete(self, ex: Exchange, reusable: bool) -> None:
@@ -846,8 +861,8 @@ class UpstreamConn(asyncio.Protocol):
         assert c is not None and ex.routed is not None
         if ex.resp_chunked:
             c.write(LAST_CHUNK)
-        dur = _perf() - ex.t0
-        ex.routed.link.observe(self.status, dur)
+        c.last_active = now = self.now
+        ex.routed.link.observe(self.status, now - ex.t0)
         if self.rt.logging:
             self.rt.access_log(ex, self.status, "")
         self.ex = None
@@ -877,7 +892,7 @@ class UpstreamConn(asyncio.Protocol):
         c.flush()
         self.tunnel = True
         self.status = 101
-        ex.routed.link.observe(101, _perf() - ex.t0)
+        ex.routed.link.observe(101, _mono() - ex.t0)
         self.rt.access_log(ex, 101, "")
         c.detach()
         self.detach()
@@ -911,12 +926,28 @@ class _HeadDone(Exception):
     pass
 
 
+# Durations in the trail are written from tables: %-formatting them cost about
+# 2,000 instructions per response (callgrind), a float's a dtoa besides.
+_MS: Final = [b"%d" % i for i in range(1000)]
+_FRAC: Final = [b".%03d" % i for i in range(1000)]
+
+
+def duration_ms(seconds: float) -> bytes:
+    """seconds as milliseconds with three decimals (b"1.234"); never negative."""
+    us = int(seconds * 1e6)
+    if us < 0:
+        us = 0
+    ms = us // 1000
+    return (_MS[ms] if ms < 1000 else str(ms).encode()) + _FRAC[us % 1000]
+
+
 def _head(first: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    parts = [first, b"\r\n"]
+    # One line per header, joined once: a 4-tuple per header and a list extend cost more.
+    lines = [first]
     for n, v in headers:
-        parts += (n, b": ", v, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        lines.append(n + b": " + v)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 __all__ = [

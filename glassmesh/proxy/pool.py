@@ -19,7 +19,7 @@ from glassmesh.proxy.routing import PoolKey
 from glassmesh.proxy.tls import peer_spiffe_id
 
 if TYPE_CHECKING:
-    from glassmesh.proxy.stats import LinkStats
+    from glassmesh.proxy.linkstats import LinkStats
 
 
 # Multiplexed links spread over a few TLS connections once busy when the peer has several
@@ -153,7 +153,10 @@ class Pool:
 
     def mux_cap(self) -> int:
         """How many connections this link may use: one, or two per peer worker up to MUX_CONNS_MAX."""
-        peer = max((c.peer_workers for c in self.muxes), default=1)
+        peer = 1
+        for c in self.muxes:  # a loop, not max() over a generator: this runs once per request
+            if c.peer_workers > peer:
+                peer = c.peer_workers
         return 1 if peer <= 1 else min(MUX_CONNS_MAX, 2 * peer)
 
     async def _grow(self) -> None:

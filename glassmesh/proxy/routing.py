@@ -12,22 +12,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from glassmesh.model.snapshot import Snapshot, split_address
+from glassmesh.proxy.roundrobin import RoundRobin
 from glassmesh.proxy.tls import ALPN_MUX, ALPN_TCP, client_context, service_context
-
-
-class RoundRobin:
-    __slots__ = ("items", "i")
-
-    def __init__(self, items: list) -> None:
-        self.items = items
-        self.i = 0
-
-    def pick(self):
-        items = self.items
-        if not items:
-            return None
-        self.i = i = (self.i + 1) % len(items)
-        return items[i]
 
 
 class PoolKey(NamedTuple):

@@ -165,7 +165,7 @@ class Runtime:
             "method": ex.method.decode("latin-1"),
             "path": ex.url.decode("latin-1"),
             "status": status,
-            "duration_ms": round((time.perf_counter() - ex.t0) * 1000, 3),
+            "duration_ms": round((time.monotonic() - ex.t0) * 1000, 3),
             "request_id": (ex.request_id or b"").decode("latin-1"),
         }
         if reason:

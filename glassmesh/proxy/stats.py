@@ -9,7 +9,6 @@ are also dumped as plain data so that a supervisor can merge its workers.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -19,50 +18,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from glassmesh import __version__
 from glassmesh.buildinfo import hot_path
-
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class LinkStats:
-    """Everything counted for one (side, source, destination)."""
-
-    __slots__ = (
-        "side",
-        "source",
-        "destination",
-        "status",
-        "buckets",
-        "dur_sum",
-        "bytes_req",
-        "bytes_resp",
-        "open_conns",
-        "handshakes",
-        "tcp_conns",
-        "tls_version",
-    )
-
-    def __init__(self, side: str, source: str, destination: str) -> None:
-        self.side = side
-        self.source = source
-        self.destination = destination
-        self.status = [0, 0, 0, 0, 0, 0]  # index = status // 100 (1xx..5xx), 0 unused
-        self.buckets = [0] * (len(BUCKETS) + 1)
-        self.dur_sum = 0.0
-        self.bytes_req = 0
-        self.bytes_resp = 0
-        self.open_conns = 0
-        self.handshakes = 0
-        self.tcp_conns = 0
-        self.tls_version = ""
-
-    def observe(self, status: int, seconds: float) -> None:
-        cls = status // 100
-        self.status[cls if 0 < cls < 6 else 5] += 1
-        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.dur_sum += seconds
-
-    def dump(self) -> dict[str, Any]:
-        return {s: getattr(self, s) for s in self.__slots__}
+from glassmesh.proxy.linkstats import BUCKETS, LinkStats
 
 
 class Stats:

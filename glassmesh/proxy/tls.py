@@ -21,7 +21,28 @@ class TlsConfigError(Exception):
     pass
 
 
+class DirectSSLObject(ssl.SSLObject):
+    """An SSLObject whose read, write and pending are the C methods themselves.
+
+    uvloop looks these up once per connection and calls them for every TLS
+    record. ssl.SSLObject's versions are Python functions that only forward
+    to the C object, so each record paid for a Python frame: three per
+    request on each proxy, about 4% of the outbound's instructions per
+    request (callgrind, 1 connection). Same arguments, same results.
+    """
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
+        obj: DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
+        inner = obj._sslobj  # type: ignore[attr-defined]
+        obj.read = inner.read  # type: ignore[method-assign]
+        obj.write = inner.write  # type: ignore[method-assign]
+        obj.pending = inner.pending  # type: ignore[method-assign]
+        return obj
+
+
 def _base(ctx: ssl.SSLContext, trust_bundle: str) -> ssl.SSLContext:
+    ctx.sslobject_class = DirectSSLObject
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     try:

@@ -120,6 +120,18 @@ def test_ids_are_unique_well_formed_and_differ_between_workers():
     assert http1.new_request_id()[:16] != before[:16]
 
 
+def test_ids_do_not_repeat_when_the_counter_wraps():
+    from glassmesh.protocols import http1
+
+    http1.set_counter(0xFFFFFFFF - 2)
+    rids = [http1.new_request_id() for _ in range(3)]
+    tps = [http1.new_traceparent() for _ in range(3)]
+    # The counter passed 2**32 - 1 on the way: the random parts were drawn again.
+    assert rids[0][:16] == rids[1][:16] and rids[2][:16] != rids[0][:16]
+    assert rids[1][16:] == b"ffffffff" and rids[2][16:] == b"00000001"
+    assert all(valid_traceparent(t) for t in tps) and len(set(rids)) == 3 and len(set(tps)) == 3
+
+
 @given(st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=40)), max_size=12))
 def test_header_checks_never_crash(headers):
     try:
@@ -139,3 +151,28 @@ def test_error_response_names_hop_and_reason():
     assert doc["error"] == "no_endpoints" and doc["hop"] == {"host": "h1", "side": "outbound", "proxy": "glassmesh"}
     assert doc["service"] == "b" and doc["request_id"] == "r1"
     assert int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) == len(body)
+
+
+def test_every_special_header_is_recognised_in_any_spelling():
+    from glassmesh.protocols import http1
+
+    for table, cache in ((http1._REQUEST_KIND, http1._request_kind_cache),
+                         (http1._RESPONSE_KIND, http1._response_kind_cache)):
+        for name, kind in table.items():
+            for spelling in (name, name.upper(), name.title(), name.capitalize()):
+                for _ in range(2):  # the second time from the cache
+                    assert http1._kind(spelling, cache, table) == kind, spelling
+    assert http1._kind(b"User-Agent", {}, http1._REQUEST_KIND) == http1._FORWARD
+    assert http1._kind(b"", {}, http1._REQUEST_KIND) == http1._FORWARD
+
+
+def test_the_header_kind_cache_stays_bounded():
+    from glassmesh.protocols import http1
+
+    cache: dict[bytes, int] = {}
+    for i in range(3000):
+        http1._kind(b"x-%d" % i, cache, http1._REQUEST_KIND)
+    http1._kind(b"t" * 200, cache, http1._REQUEST_KIND)
+    assert len(cache) == 1024 and all(len(n) <= 64 for n in cache)
+    # Past the bound, names are still classified right.
+    assert http1._kind(b"Content-LENGTH", cache, http1._REQUEST_KIND) == http1._H_CL
