@@ -37,7 +37,8 @@ ERROR_HEADER = b"glassmesh-error"
 REQUEST_ID = b"x-request-id"
 TRACEPARENT = b"traceparent"
 
-_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")  # the rule, for reading
+_HEX_AND_DASH: Final = b"0123456789abcdef-"
 
 
 def _digits(v: bytes) -> bool:
@@ -76,11 +77,13 @@ class BadMessage(Exception):
 
 
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"upgrade"))
+# The spellings seen nearly always, checked before lowercasing.
+_PLAIN_CONNECTION_EXACT: Final = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"))
 
 
 def _without_listed(conn: bytes | None, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """headers less those the Connection header names."""
-    if conn is None or conn.lower() in _PLAIN_CONNECTION:
+    if conn is None or conn in _PLAIN_CONNECTION_EXACT or conn.lower() in _PLAIN_CONNECTION:
         return headers
     names = connection_tokens(conn) - _PLAIN_CONNECTION
     if not names:
@@ -192,7 +195,7 @@ class RequestHead:
                     rid = value
                     forward.append((name, value))
             elif kind == _H_TP:
-                if tp is None and _TRACEPARENT.match(value):
+                if tp is None and valid_traceparent(value):
                     tp = value
                     forward.append((name, value))
             elif kind == _H_CL:
@@ -392,7 +395,10 @@ def reseed() -> None:
 
 
 def valid_traceparent(value: bytes) -> bool:
-    return bool(_TRACEPARENT.match(value))
+    # _TRACEPARENT without a regex (a match cost about 1,500 instructions): 55 bytes,
+    # dashes at 2, 35 and 52 and nowhere else, lowercase hex everywhere else.
+    return (len(value) == 55 and value[2] == 45 and value[35] == 45 and value[52] == 45
+            and value.count(b"-") == 3 and not value.translate(None, _HEX_AND_DASH))
 
 
 def head_bytes(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

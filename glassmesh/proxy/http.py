@@ -561,6 +561,8 @@ class UpstreamConn(asyncio.Protocol):
         self.transport: Any = None
         self.parser = httptools.HttpResponseParser(self)
         self.feed: Callable[[bytes], None] = self.parser.feed_data
+        self.p_status: Callable[[], int] = self.parser.get_status_code
+        self.p_keep_alive: Callable[[], bool] = self.parser.should_keep_alive
         self.now = 0.0  # when the current read arrived
         self.sending: Exchange | None = None
         self.ex: Exchange | None = None
@@ -746,9 +748,8 @@ class UpstreamConn(asyncio.Protocol):
         else:
             c._mesh_error(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
 
-    def on_message_begin(self) -> None:
-        self.hdrs = []
-
+    # No on_message_begin: a callback per response costs about 1,000 instructions.
+    # hdrs is emptied when a head is complete and when a message is (after trailers).
     def on_header(self, name: bytes, value: bytes) -> None:
         h = self.hdrs
         h.append((name, value))
@@ -757,11 +758,11 @@ class UpstreamConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         ex = self.ex
-        p = self.parser
-        status = p.get_status_code()
+        status = self.p_status()
         c = self.client
         assert ex is not None and c is not None
         self.rh = rh = ResponseHead(self.hdrs)
+        self.hdrs = []
         if status < 200:
             if status == 101 and ex.upgrade:
                 self._switch(ex, status)
@@ -793,6 +794,8 @@ class UpstreamConn(asyncio.Protocol):
             c.write(body)
 
     def on_message_complete(self) -> None:
+        if self.hdrs:
+            self.hdrs = []  # trailers: not forwarded
         if self.interim:
             self.interim = False
             return
@@ -804,7 +807,7 @@ class UpstreamConn(asyncio.Protocol):
         if self.retry_to is not None:
             self._resend(ex)
             return
-        self._complete(ex, reusable=self.parser.should_keep_alive())
+        self._complete(ex, reusable=self.p_keep_alive())
 
     def _retry_elsewhere(self, ex: Exchange, rh: ResponseHead) -> bool:
         """The peer proxy could not reach its app: nothing reached an app, so another endpoint may have it.
@@ -854,6 +857,8 @@ class UpstreamConn(asyncio.Protocol):
         # cannot be told so, so the parser is replaced.
         self.parser = httptools.HttpResponseParser(self)
         self.feed = self.parser.feed_data
+        self.p_status = self.parser.get_status_code
+        self.p_keep_alive = self.parser.should_keep_alive
         self._complete(ex, reusable=data.endswith(b"\r\n\r\n"))
 
     def _complete(self, ex: Exchange, reusable: bool) -> None:

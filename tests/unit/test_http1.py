@@ -176,3 +176,18 @@ def test_the_header_kind_cache_stays_bounded():
     assert len(cache) == 1024 and all(len(n) <= 64 for n in cache)
     # Past the bound, names are still classified right.
     assert http1._kind(b"Content-LENGTH", cache, http1._REQUEST_KIND) == http1._H_CL
+
+
+_TP_ALPHABET = b"0123456789abcdefABCDEF-xg \t"
+
+
+@given(st.one_of(
+    st.binary(max_size=60),
+    st.lists(st.sampled_from(list(_TP_ALPHABET)), min_size=50, max_size=58).map(bytes),
+    st.integers(0, 54).flatmap(lambda i: st.sampled_from(list(_TP_ALPHABET)).map(
+        lambda c: bytearray(new_traceparent())[:i] + bytes([c]) + bytearray(new_traceparent())[i + 1:]).map(bytes)),
+))
+def test_traceparent_check_is_the_w3c_rule(value):
+    from glassmesh.protocols import http1
+
+    assert valid_traceparent(value) == bool(http1._TRACEPARENT.fullmatch(value))
