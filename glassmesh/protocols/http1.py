@@ -409,16 +409,15 @@ def head_bytes(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-_STATUS_LINES: dict[int, bytes] = {}
+# Every status line a proxy can forward (100-599), made once: a dict lookup in a
+# module global, or formatting, per response cost more than a list index.
+_STATUS_LINES: Final = [b"HTTP/1.1 %d %s" % (i, REASONS.get(i, b"Unknown")) for i in range(600)]
 
 
 def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b"Unknown"))
-        if len(_STATUS_LINES) < 1000:
-            _STATUS_LINES[status] = line
-    return line
+    if 100 <= status < 600:
+        return _STATUS_LINES[status]
+    return b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b"Unknown"))
 
 
 def chunk(data: bytes) -> bytes:

@@ -28,8 +28,6 @@ from glassmesh.protocols.errors import error_response
 from glassmesh.protocols.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
-    REQUEST_ID,
-    TRACEPARENT,
     TRAIL_HEADER,
     BadMessage,
     Framing,
@@ -63,11 +61,11 @@ class Routed:
 
     __slots__ = ("pool", "link", "service", "extra")
 
-    def __init__(self, pool: Pool, link: LinkStats, service: str, extra: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, pool: Pool, link: LinkStats, service: str, extra: list[bytes]) -> None:
         self.pool = pool
         self.link = link
         self.service = service
-        self.extra = extra
+        self.extra = extra  # header lines ("name: value") the side adds to every request
 
 
 class Side:
@@ -479,28 +477,29 @@ class ServerConn(asyncio.Protocol):
         assert h is not None and routed is not None
         if h.conn is not None:
             h.drop_connection_listed()
-        out = h.forward
+        lines = _lines(ex.method + b" " + ex.url + b" HTTP/1.1", h.forward)
         rid = h.rid
         if rid is None:
             rid = new_request_id()
-            out.append((REQUEST_ID, rid))
+            lines.append(b"x-request-id: " + rid)
         if h.tp is None:
-            out.append((TRACEPARENT, new_traceparent()))
+            lines.append(b"traceparent: " + new_traceparent())
         ex.request_id = rid
         extra = routed.extra
         if extra:
-            out += extra
+            lines += extra
         if ex.upgrade:
-            out.append((b"connection", b"upgrade"))
-            out.append((b"upgrade", h.upgrade or b""))
+            lines.append(b"connection: upgrade")
+            lines.append(b"upgrade: " + (h.upgrade or b""))
         framing = ex.framing
         if framing == Framing.LENGTH:
             assert h.cl is not None  # LENGTH framing comes from a Content-Length
-            out.append((b"content-length", h.cl))
+            lines.append(b"content-length: " + h.cl)
         elif framing == Framing.CHUNKED:
-            out.append((b"transfer-encoding", b"chunked"))
+            lines.append(b"transfer-encoding: chunked")
             ex.up_chunked = True
-        return _head(ex.method + b" " + ex.url + b" HTTP/1.1", out)
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines)
 
     def build_response_head(self, ex: Exchange, status: int, rh: ResponseHead, framing: int, length: int,
                             now: float) -> bytes:
@@ -508,32 +507,33 @@ class ServerConn(asyncio.Protocol):
         side = self.side
         if rh.conn is not None:
             rh.drop_connection_listed()
-        out = rh.forward
+        lines = _lines(status_line(status), rh.forward)
         if not rh.has_rid and ex.request_id:
-            out.append((REQUEST_ID, ex.request_id))
+            lines.append(b"x-request-id: " + ex.request_id)
         mine = self.trail_prefix + duration_ms(now - ex.t0)
         # Only a peer proxy's trail is ours to extend; an app outside the mesh may say anything.
         routed = ex.routed
         assert routed is not None
         prev = rh.trail if side.trust_trail and routed.pool.ssl_ctx is not None else None
-        out.append((TRAIL_HEADER, mine + b", " + prev if prev else mine))
+        lines.append(b"glassmesh-trail: " + mine + b", " + prev if prev else b"glassmesh-trail: " + mine)
         if framing == Framing.LENGTH:
-            out.append((b"content-length", b"%d" % length))
+            lines.append(_CONTENT_LENGTH[length] if length < 1024 else b"content-length: %d" % length)
         elif framing != Framing.NONE:
             if ex.http10:
                 ex.keep_alive = False
             else:
-                out.append((b"transfer-encoding", b"chunked"))
+                lines.append(b"transfer-encoding: chunked")
                 ex.resp_chunked = True
         elif rh.cl is not None and (ex.method == b"HEAD" or status == 304):
-            out.append((b"content-length", rh.cl))
+            lines.append(b"content-length: " + rh.cl)
         elif status not in (204, 304) and ex.method != b"HEAD":
-            out.append((b"content-length", b"0"))
+            lines.append(b"content-length: 0")
         if not ex.keep_alive or self.closing:
-            out.append((b"connection", b"close"))
+            lines.append(b"connection: close")
         elif ex.http10:
-            out.append((b"connection", b"keep-alive"))
-        return _head(status_line(status), out)
+            lines.append(b"connection: keep-alive")
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines)
 
     def detach(self) -> None:
         """This connection is handed to a byte relay (after a 101): stop counting it as ours."""
@@ -946,11 +946,22 @@ def duration_ms(seconds: float) -> bytes:
     return (_MS[ms] if ms < 1000 else str(ms).encode()) + _FRAC[us % 1000]
 
 
-def _head(first: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    # One line per header, joined once: a 4-tuple per header and a list extend cost more.
+_CONTENT_LENGTH: Final = [b"content-length: %d" % i for i in range(1024)]
+
+
+def _lines(first: bytes, headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """A head as lines, for the caller to add its own "name: value" lines to and join once.
+
+    A 4-tuple per header and a list extend, or a tuple per added header, cost more.
+    """
     lines = [first]
     for n, v in headers:
         lines.append(n + b": " + v)
+    return lines
+
+
+def _head(first: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    lines = _lines(first, headers)
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
 
