@@ -761,7 +761,11 @@ class UpstreamConn(asyncio.Protocol):
         status = self.p_status()
         c = self.client
         assert ex is not None and c is not None
-        self.rh = rh = ResponseHead(self.hdrs)
+        rh = self.rh
+        if rh is None:
+            self.rh = rh = ResponseHead(self.hdrs)
+        else:
+            rh.parse(self.hdrs)  # the previous response's head is done with
         self.hdrs = []
         if status < 200:
             if status == 101 and ex.upgrade:
