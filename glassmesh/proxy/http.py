@@ -870,6 +870,8 @@ class UpstreamConn(asyncio.Protocol):
         assert c is not None and ex.routed is not None
         if ex.resp_chunked:
             c.write(LAST_CHUNK)
+        # The response leaves now; the counting and pooling below are not on its way.
+        c.flush()
         c.last_active = now = self.now
         ex.routed.link.observe(self.status, now - ex.t0)
         if self.rt.logging:
