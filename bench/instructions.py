@@ -1,0 +1,145 @@
+"""Instructions per proxied request, counted by callgrind: a figure that a busy machine cannot move.
+
+`make bench` measures time, which other tenants of a shared machine disturb; this counts the
+user-space instructions one proxy process executes per request (TLS, parsing, Python and the
+kernel's side excluded), so that two builds, or glassmesh and the throwaway pair, compare exactly.
+
+For each proxy of a pair (outbound, then inbound): the other proxy runs normally, the measured one
+under `valgrind --tool=callgrind --instr-atstart=no`; N0 requests warm it up, instrumentation is
+switched on, N0 more run, counters are zeroed, N keep-alive requests are sent on one connection
+(1 connection, so that nothing batches), and the total is divided by N. `--cache-sim` adds the
+simulated L1 misses. The app is a 1-worker nginx, as in `make bench`; everything on 127.0.0.1.
+
+    .venv/bin/python bench/instructions.py [--pair glassmesh,python] [-n 2000] [--cache-sim]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stack import (  # noqa: E402
+    PEERS,
+    Procs,
+    glassmesh_cmd,
+    glassmesh_snapshots,
+    make_certs,
+    ports,
+    render,
+    wait_port,
+)
+
+PORT_OFFSET = 9000  # clear of make bench's ports and of the demo's
+
+
+def requests(port: int, n: int) -> None:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(n):
+        c.request("GET", "/", headers={"Host": "up"})
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise SystemExit(f"instructions: got {r.status} through port {port}")
+    c.close()
+
+
+def callgrind_control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=60)
+
+
+def measure(procs: Procs, run: Path, name: str, argv: list[str], other: tuple[str, list[str]],
+            wait: list[int], client_port: int, n: int, warm: int, cache_sim: bool) -> dict[str, float]:
+    """Per-request counts of `argv` under callgrind while `other` runs normally."""
+    out = run / f"cg.{name}"
+    procs.start(other[0], other[1])
+    vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
+    if cache_sim:
+        vg.append("--cache-sim=yes")
+    p = procs.start(name, vg + argv)
+    try:
+        until = time.time() + 120
+        for port in wait:
+            if not wait_port(port, until):
+                raise SystemExit(f"instructions: port {port} did not open; see {run}/{name}.log")
+        requests(client_port, warm)
+        callgrind_control("-i", "on", str(p.pid))
+        requests(client_port, warm)
+        callgrind_control("-z", str(p.pid))
+        requests(client_port, n)
+        callgrind_control("-d", str(p.pid))
+        dumps = sorted(run.glob(f"cg.{name}.*.*"), key=lambda f: f.stat().st_size, reverse=True)
+        text = dumps[0].read_text(errors="replace")
+        events = re.search(r"^events:\s*(.+)$", text, re.M)
+        totals = re.search(r"^(?:summary|totals):\s*(.+)$", text, re.M)
+        if not events or not totals:
+            raise SystemExit(f"instructions: no totals in {dumps[0]}")
+        return {e: int(v) / n for e, v in zip(events.group(1).split(), totals.group(1).split(), strict=False)}
+    finally:
+        procs.stop([name, other[0]])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pair", default="glassmesh,python", help="comma list of glassmesh,python")
+    ap.add_argument("-n", type=int, default=2000, help="measured requests (default 2000)")
+    ap.add_argument("--warm", type=int, default=300)
+    ap.add_argument("--cache-sim", action="store_true", help="also count simulated L1 misses (slower)")
+    a = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "nginx"):
+        if not shutil.which(tool):
+            raise SystemExit(f"instructions: needs {tool} (apt-get install valgrind nginx)")
+    pp = ports(PORT_OFFSET)
+    run = Path(tempfile.mkdtemp(prefix="glassmesh-instructions-"))
+    procs = Procs(run)
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    try:
+        certs = run / "certs"
+        make_certs(certs, ["client", "up", "bulk"])
+        procs.start("upstream", ["nginx", "-p", f"{run}/", "-e", f"{run}/upstream.stderr",
+                                 "-c", render("upstream_nginx.conf", run, certs, pp), "-g", "daemon off;"])
+        if not wait_port(pp["UP"], time.time() + 10):
+            raise SystemExit("instructions: the app (nginx) did not start")
+        which = [w.strip() for w in a.pair.split(",") if w.strip()]
+        if "glassmesh" in which:
+            p_out, p_in = glassmesh_snapshots(run / "glassmesh", certs, pp, tcp=False)
+            gm = glassmesh_cmd() + ["proxy", "--workers", "1", "--config"]
+            out_cmd, in_cmd = gm + [str(p_out)], gm + [str(p_in)]
+            wait = [pp["GM_OUT"], pp["GM_IN"]]
+            rows.append(("glassmesh", "outbound", measure(procs, run, "gm_out", out_cmd, ("gm_in", in_cmd), wait,
+                                                          pp["GM_OUT"], a.n, a.warm, a.cache_sim)))
+            rows.append(("glassmesh", "inbound", measure(procs, run, "gm_in", in_cmd, ("gm_out", out_cmd), wait,
+                                                         pp["GM_OUT"], a.n, a.warm, a.cache_sim)))
+        if "python" in which:
+            probe = [sys.executable, str(PEERS / "probe.py"), "http"]
+            tls = lambda name: ["--cert", f"{certs}/{name}.crt", "--key", f"{certs}/{name}.key",  # noqa: E731
+                                "--ca", f"{certs}/ca.crt", "--sni", "up"]
+            a_ = lambda k: f"127.0.0.1:{pp[k]}"  # noqa: E731
+            in_cmd = probe + ["--listen", a_("PY_IN"), "--listen-tls", "--upstream", a_("UP")] + tls("up")
+            out_cmd = probe + ["--listen", a_("PY_OUT"), "--upstream", a_("PY_IN"), "--upstream-tls"] + tls("client")
+            wait = [pp["PY_OUT"], pp["PY_IN"]]
+            rows.append(("python pair", "outbound", measure(procs, run, "py_out", out_cmd, ("py_in", in_cmd), wait,
+                                                            pp["PY_OUT"], a.n, a.warm, a.cache_sim)))
+            rows.append(("python pair", "inbound", measure(procs, run, "py_in", in_cmd, ("py_out", out_cmd), wait,
+                                                           pp["PY_OUT"], a.n, a.warm, a.cache_sim)))
+    finally:
+        procs.stop_all()
+    print(f"\nPer request, 1 connection, {a.n} keep-alive requests, callgrind (user space of one proxy process):\n")
+    cols = ["Ir", "I1mr", "D1mr"] if a.cache_sim else ["Ir"]
+    names = {"Ir": "instructions", "I1mr": "L1 instruction misses", "D1mr": "L1 data read misses"}
+    print("| proxy | side | " + " | ".join(names[c] for c in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for who, side, r in rows:
+        print(f"| {who} | {side} | " + " | ".join(f"{r.get(c, 0):,.0f}" for c in cols) + " |")
+    shutil.rmtree(run, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
