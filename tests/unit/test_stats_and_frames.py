@@ -75,3 +75,52 @@ def test_oversized_frame_is_an_error():
         assert "limit" in str(e)
     else:
         raise AssertionError("oversized frame accepted")
+
+
+@given(st.lists(st.one_of(st.floats(0, 20, allow_nan=False), st.sampled_from([0.0, 0.0005, 0.001, 0.01, 10.0, 10.5])),
+                max_size=50),
+       st.lists(st.integers(0, 999), max_size=50))
+def test_observe_counts_as_prometheus_buckets_do(seconds, statuses):
+    """The compiled observe() puts a duration where bisect_left would (a bound is inclusive: le)."""
+    import bisect
+
+    from glassmesh.proxy.linkstats import BUCKETS, LinkStats
+
+    ls = LinkStats("outbound", "a", "b")
+    want = [0] * (len(BUCKETS) + 1)
+    want_status = [0] * 6
+    for i, s in enumerate(seconds):
+        status = statuses[i] if i < len(statuses) else 200
+        ls.observe(status, s)
+        want[bisect.bisect_left(BUCKETS, s)] += 1
+        cls = status // 100
+        want_status[cls if 0 < cls < 6 else 5] += 1
+    assert ls.buckets == want
+    assert ls.status == want_status
+    assert abs(ls.dur_sum - sum(seconds)) < 1e-9 * max(1.0, sum(seconds))
+
+
+def test_tls_contexts_hand_uvloop_the_c_read_and_write(tmp_path):
+    """DirectSSLObject: TLS records go through _ssl's C methods, with no Python frame in between."""
+    import ssl
+
+    from glassmesh.ca import init_ca
+    from glassmesh.proxy.tls import DirectSSLObject, client_context, listener_context, service_context
+
+    ca = init_ca(tmp_path / "ca")
+    cert, key = ca.issue("service", "a").write(tmp_path / "a")
+    bundle = str(tmp_path / "ca" / "ca.pem")
+    for made in (client_context(str(cert), str(key), bundle), service_context(str(cert), str(key), bundle),
+                 listener_context(bundle, lambda _name: None)):
+        assert made.sslobject_class is DirectSSLObject
+    ctx = client_context(str(cert), str(key), bundle)
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+    assert isinstance(obj, ssl.SSLObject)
+    assert type(obj.read).__name__ == "builtin_function_or_method" and obj.read.__self__ is obj._sslobj
+    assert obj.write.__self__ is obj._sslobj and obj.pending.__self__ is obj._sslobj
+    assert obj.pending() == 0
+    try:
+        obj.read(10)
+        raise AssertionError("a read before the handshake must raise")
+    except ssl.SSLError:
+        pass
