@@ -317,6 +317,10 @@ def split_target(method: bytes, target: bytes, host: bytes | None) -> tuple[byte
 
     Accepts proxy form (`http://b/x`) and origin form with a Host header.
     """
+    if target[:1] == b"/":  # origin form first: nearly every request, and one comparison
+        if not host:
+            raise BadMessage("request has no Host header and no absolute target")
+        return host, target
     if target.startswith((b"http://", b"HTTP://")):
         rest = target[7:]
         slash = rest.find(b"/")
@@ -328,10 +332,6 @@ def split_target(method: bytes, target: bytes, host: bytes | None) -> tuple[byte
         if b"@" in authority:
             raise BadMessage("userinfo in the request target is not allowed")
         return authority, path
-    if target.startswith(b"/"):
-        if not host:
-            raise BadMessage("request has no Host header and no absolute target")
-        return host, target
     if method == b"OPTIONS" and target == b"*":
         if not host:
             raise BadMessage("request has no Host header")

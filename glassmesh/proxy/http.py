@@ -424,7 +424,7 @@ class ServerConn(asyncio.Protocol):
         close = not ex.keep_alive or self.closing
         self.last_active = now = _mono()
         dur = now - ex.t0
-        trail = b"%s/%s;dur=%.3f" % (rt.host_b, side.encode(), dur * 1000)
+        trail = self.trail_prefix + duration_ms(dur)
         self.write(
             error_response(
                 reason,
@@ -559,10 +559,7 @@ class UpstreamConn(asyncio.Protocol):
         self.rt = rt
         self.pool = pool
         self.transport: Any = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.feed: Callable[[bytes], None] = self.parser.feed_data
-        self.p_status: Callable[[], int] = self.parser.get_status_code
-        self.p_keep_alive: Callable[[], bool] = self.parser.should_keep_alive
+        self._new_parser()
         self.now = 0.0  # when the current read arrived
         self.sending: Exchange | None = None
         self.ex: Exchange | None = None
@@ -582,6 +579,13 @@ class UpstreamConn(asyncio.Protocol):
         self.tunnel = False
         self.got_bytes = False
         self.link: LinkStats | None = pool.link if pool.count_conns else None
+
+    def _new_parser(self) -> None:
+        """A response parser, with the methods called per response bound once."""
+        p = self.parser = httptools.HttpResponseParser(self)
+        self.feed: Callable[[bytes], None] = p.feed_data
+        self.p_status: Callable[[], int] = p.get_status_code
+        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -859,10 +863,7 @@ class UpstreamConn(asyncio.Protocol):
         assert ex is not None
         # The response to HEAD has no body even if it says Content-Length; llhttp
         # cannot be told so, so the parser is replaced.
-        self.parser = httptools.HttpResponseParser(self)
-        self.feed = self.parser.feed_data
-        self.p_status = self.parser.get_status_code
-        self.p_keep_alive = self.parser.should_keep_alive
+        self._new_parser()
         self._complete(ex, reusable=data.endswith(b"\r\n\r\n"))
 
     def _complete(self, ex: Exchange, reusable: bool) -> None:

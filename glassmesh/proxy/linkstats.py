@@ -60,17 +60,4 @@ class LinkStats:
         self.dur_sum += seconds
 
     def dump(self) -> dict[str, Any]:
-        return {
-            "side": self.side,
-            "source": self.source,
-            "destination": self.destination,
-            "status": self.status,
-            "buckets": self.buckets,
-            "dur_sum": self.dur_sum,
-            "bytes_req": self.bytes_req,
-            "bytes_resp": self.bytes_resp,
-            "open_conns": self.open_conns,
-            "handshakes": self.handshakes,
-            "tcp_conns": self.tcp_conns,
-            "tls_version": self.tls_version,
-        }
+        return {f: getattr(self, f) for f in FIELDS}

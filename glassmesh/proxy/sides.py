@@ -51,14 +51,10 @@ class OutboundSide(Side):
         head = ex.head
         assert head is not None
         host = head.host
-        url = ex.url
-        if host and url and url[0] == 47:  # origin form ("/..."), the common case: split_target's answer
-            authority, path = host, url
-        else:
-            try:
-                authority, path = split_target(ex.method, url, host)
-            except BadMessage as e:
-                return ("bad_request", str(e))
+        try:
+            authority, path = split_target(ex.method, ex.url, host)
+        except BadMessage as e:
+            return ("bad_request", str(e))
         services = self._services
         svc = services.get(authority)
         if svc is None:
