@@ -27,6 +27,7 @@ HOT = [
     "glassmesh/proxy/mux.py",
     "glassmesh/proxy/linkstats.py",
     "glassmesh/proxy/roundrobin.py",
+    "glassmesh/proxy/routing.py",
 ]
 STRICT = os.environ.get("GLASSMESH_REQUIRE_COMPILED", "") not in ("", "0")
 

@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000, help="measured requests (default 2000)")
     ap.add_argument("--warm", type=int, default=300)
     ap.add_argument("--cache-sim", action="store_true", help="also count simulated L1 misses (slower)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the run directory and its callgrind dumps (for callgrind_annotate)")
     a = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if not shutil.which(tool):
@@ -138,7 +140,10 @@ def main() -> None:
     print("|---|---|" + "---|" * len(cols))
     for who, side, r in rows:
         print(f"| {who} | {side} | " + " | ".join(f"{r.get(c, 0):,.0f}" for c in cols) + " |")
-    shutil.rmtree(run, ignore_errors=True)
+    if a.keep:
+        print(f"\ncallgrind dumps kept in {run} (callgrind_annotate {run}/cg.gm_out.*)")
+    else:
+        shutil.rmtree(run, ignore_errors=True)
 
 
 if __name__ == "__main__":

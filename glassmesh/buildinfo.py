@@ -19,6 +19,7 @@ HOT_MODULES = (
     "glassmesh.proxy.mux",
     "glassmesh.proxy.linkstats",
     "glassmesh.proxy.roundrobin",
+    "glassmesh.proxy.routing",
 )
 
 

@@ -42,6 +42,8 @@ FLAG_FIN: Final = 2
 HEADER = struct.Struct("!IBBI")
 HEADER_SIZE: Final = 10  # HEADER.size
 _U32 = struct.Struct("!I")
+# Bound once: HEADER.pack is otherwise a method lookup by name on every frame.
+_pack: Final = HEADER.pack
 MAX_PAYLOAD: Final = 256 * 1024
 INITIAL_WINDOW: Final = 1024 * 1024
 MAX_STREAMS: Final = 4096
@@ -55,7 +57,7 @@ def data(stream: int, payload: bytes, flags: int = 0) -> list[bytes]:
     """DATA frames for payload (split at MAX_PAYLOAD); flags go on the first (OPEN) and last (FIN)."""
     n = len(payload)
     if n <= MAX_PAYLOAD:
-        return [HEADER.pack(n, DATA, flags, stream), payload]
+        return [_pack(n, DATA, flags, stream), payload]
     out: list[bytes] = []
     mv = memoryview(payload)
     last = (n - 1) // MAX_PAYLOAD * MAX_PAYLOAD
@@ -66,12 +68,12 @@ def data(stream: int, payload: bytes, flags: int = 0) -> list[bytes]:
             f &= ~FLAG_OPEN
         if i != last:
             f &= ~FLAG_FIN
-        out += (HEADER.pack(len(part), DATA, f, stream), bytes(part))
+        out += (_pack(len(part), DATA, f, stream), bytes(part))
     return out
 
 
 def window(stream: int, increment: int) -> bytes:
-    return HEADER.pack(4, WINDOW, 0, stream) + _U32.pack(increment)
+    return _pack(4, WINDOW, 0, stream) + _U32.pack(increment)
 
 
 def settings(workers: int) -> bytes:

@@ -14,12 +14,10 @@ gathered and sent in one system call at the end of that read.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -38,6 +36,7 @@ from glassmesh.protocols.http1 import (
     new_traceparent,
     status_line,
 )
+from glassmesh.proxy.mux import StreamUser
 from glassmesh.proxy.pool import ConnectError, Pool
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
@@ -130,16 +129,18 @@ class Exchange:
         self.t0 = conn.now  # when the read that began the request arrived
 
 
-class ServerConn(asyncio.Protocol):
+class ServerConn(StreamUser):
     """A connection from a client (an app on outbound, a peer proxy on inbound)."""
 
     def __init__(self, rt: Runtime, side: Side, link: LinkStats | None = None) -> None:
         self.rt = rt
         self.side = side
         self.link = link
+        self.logging: bool = rt.logging  # fixed for the process; read per response without a lookup on rt
         self.max_head = rt.limits.max_head_bytes
         self.max_headers = rt.limits.max_headers
         self.transport: Any = None
+        self.t_write: Callable[[bytes], None] = _no_write
         self.parser = httptools.HttpRequestParser(self)
         # Bound once: a method lookup per call is a dict walk on a type mypyc does not know.
         p = self.parser
@@ -148,7 +149,9 @@ class ServerConn(asyncio.Protocol):
         self.p_version: Callable[[], str] = p.get_http_version
         self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
         self.p_upgrade: Callable[[], bool] = p.should_upgrade
-        self.queue: deque[Exchange] = deque()
+        # A list, not a deque: its append and del [0] are native, a deque's are method lookups; it
+        # holds more than one exchange only when a client pipelines.
+        self.queue: list[Exchange] = []
         self.parsing: Exchange | None = None
         self.wbuf: list[bytes] = []
         self.closing = False
@@ -160,6 +163,7 @@ class ServerConn(asyncio.Protocol):
     # --- asyncio plumbing -------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.t_write = transport.write  # bound once (see __init__)
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self.rt.conns.add(self)
         self.rt.stats.client_conns += 1
@@ -216,7 +220,7 @@ class ServerConn(asyncio.Protocol):
     def flush(self) -> None:
         wb = self.wbuf
         if wb and self.transport is not None:
-            self.transport.write(b"".join(wb) if len(wb) > 1 else wb[0])
+            self.t_write(b"".join(wb) if len(wb) > 1 else wb[0])
             self.wbuf = []
         for ex in self.queue:
             up = ex.upstream
@@ -272,16 +276,20 @@ class ServerConn(asyncio.Protocol):
         ex.head_done = True
         self.head_started = 0.0
         ex.method = self.p_method()
-        ex.http10 = self.p_version() == "1.0"
-        ex.keep_alive = self.p_keep_alive()
+        ka = ex.keep_alive = self.p_keep_alive()
         ex.upgrade = self.p_upgrade()
         try:
-            ex.head = RequestHead(ex.raw)
-            ex.framing, _ = ex.head.framing()
+            h = ex.head = RequestHead(ex.raw)
+            ex.framing, _ = h.framing()
         except BadMessage as e:
+            ex.http10 = self.p_version() == "1.0"
             ex.error = (e.reason, str(e), e.status)
             ex.keep_alive = False
             raise
+        # llhttp keeps an HTTP/1.0 request alive only when a Connection (or Proxy-Connection)
+        # header asks, so a kept-alive request without one is HTTP/1.1: get_http_version,
+        # a str.format in httptools (about 2,200 instructions), is asked only otherwise.
+        ex.http10 = False if ka and not h.says_connection else self.p_version() == "1.0"
         if self.queue[0] is ex:
             self._dispatch(ex)
 
@@ -379,7 +387,7 @@ class ServerConn(asyncio.Protocol):
         ex.routed = r
         conn = r.pool.take()
         if conn is not None:
-            cast(UpstreamConn, conn).start(ex)  # a native call, not a method lookup
+            conn.start(ex)
         else:
             self.rt.spawn(self._connect_and_start(ex, r))
 
@@ -451,7 +459,7 @@ class ServerConn(asyncio.Protocol):
         """The response to ex is complete; start the next queued request if any."""
         q = self.queue
         if q and q[0] is ex:
-            q.popleft()
+            del q[0]
         if close or not ex.keep_alive:
             self.closing = True
             q.clear()
@@ -552,13 +560,15 @@ class ServerConn(asyncio.Protocol):
         self.pause(1)
 
 
-class UpstreamConn(asyncio.Protocol):
+class UpstreamConn(StreamUser):
     """A connection to the next hop (a peer's inbound port, or a local app)."""
 
     def __init__(self, rt: Runtime, pool: Pool) -> None:
         self.rt = rt
         self.pool = pool
         self.transport: Any = None
+        self.t_write: Callable[[bytes], None] = _no_write
+        self.t_closing: Callable[[], bool] = _closed
         self._new_parser()
         self.now = 0.0  # when the current read arrived
         self.sending: Exchange | None = None
@@ -589,6 +599,8 @@ class UpstreamConn(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.t_write = transport.write
+        self.t_closing = transport.is_closing
         transport.set_write_buffer_limits(high=HIGH_WATER)
         if self.link is not None:
             self.link.open_conns += 1
@@ -639,7 +651,7 @@ class UpstreamConn(asyncio.Protocol):
             self.transport.resume_reading()
 
     def reusable(self) -> bool:
-        return not self.lost and not self.transport.is_closing()
+        return not self.lost and not self.t_closing()
 
     def close(self) -> None:
         if not self.lost:
@@ -664,7 +676,7 @@ class UpstreamConn(asyncio.Protocol):
     def flush(self) -> None:
         wb = self.wbuf
         if wb:
-            self.transport.write(b"".join(wb) if len(wb) > 1 else wb[0])
+            self.t_write(b"".join(wb) if len(wb) > 1 else wb[0])
             self.wbuf = []
 
     # --- request side -------------------------------------------------------
@@ -875,7 +887,7 @@ class UpstreamConn(asyncio.Protocol):
         c.flush()
         c.last_active = now = self.now
         ex.routed.link.observe(self.status, now - ex.t0)
-        if self.rt.logging:
+        if c.logging:
             self.rt.access_log(ex, self.status, "")
         self.ex = None
         ex.upstream = None
@@ -936,6 +948,14 @@ class UpstreamConn(asyncio.Protocol):
 
 class _HeadDone(Exception):
     pass
+
+
+def _no_write(data: bytes) -> None:
+    raise RuntimeError("write before connection_made")
+
+
+def _closed() -> bool:
+    return True
 
 
 # Durations in the trail are written from tables: %-formatting them cost about

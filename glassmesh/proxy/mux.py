@@ -21,11 +21,34 @@ BUSY_GAP_S = 100e-6  # writes closer together than this mean the link is busy
 _perf = time.perf_counter
 
 
+class StreamUser(asyncio.Protocol):
+    """A compiled protocol over streams (the HTTP connections): a stream calls it natively.
+
+    Any other protocol (a byte relay after an upgrade) is called by method name,
+    a lookup on its type each time.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
 class Stream:
     """One virtual connection; implements the parts of asyncio.Transport the proxy uses."""
 
     __slots__ = (
-        "conn", "id", "protocol", "send_window", "pending", "recv_buf", "read_paused",
+        "conn", "id", "protocol", "user", "send_window", "pending", "recv_buf", "read_paused",
         "write_paused", "local_fin", "remote_fin", "closing", "lost", "unacked", "opened",
     )
 
@@ -33,6 +56,7 @@ class Stream:
         self.conn = conn
         self.id = sid
         self.protocol = protocol
+        self.user: StreamUser | None = protocol if isinstance(protocol, StreamUser) else None
         self.send_window = m.INITIAL_WINDOW
         self.pending: list[bytes] = []  # bytes waiting for window
         self.recv_buf: list[bytes | None] = []  # while reading is paused; None = FIN
@@ -117,6 +141,7 @@ class Stream:
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
+        self.user = protocol if isinstance(protocol, StreamUser) else None
 
     def get_protocol(self) -> Any:
         return self.protocol
@@ -177,7 +202,11 @@ class Stream:
             return
         if data:
             self._grant(len(data))
-            self.protocol.data_received(data)
+            u = self.user
+            if u is not None:
+                u.data_received(data)
+            else:
+                self.protocol.data_received(data)
         if fin:
             self._eof()
 
@@ -188,7 +217,11 @@ class Stream:
                 self._eof()
             else:
                 self._grant(len(item))
-                self.protocol.data_received(item)
+                u = self.user
+                if u is not None:
+                    u.data_received(item)
+                else:
+                    self.protocol.data_received(item)
 
     def _grant(self, n: int) -> None:
         self.unacked += n
@@ -231,6 +264,7 @@ class MuxConnection(asyncio.Protocol):
         self.on_stream = on_stream  # server side: makes the protocol of a new stream
         self.on_lost = on_lost
         self.transport: Any = None
+        self.t_write: Callable[[bytes], None] | None = None  # transport.write, bound once
         self.loop = asyncio.get_event_loop()
         self.streams: dict[int, Stream] = {}
         self.next_id = 1
@@ -290,9 +324,10 @@ class MuxConnection(asyncio.Protocol):
     def _write(self) -> None:
         self.held = 0
         out = self.out
-        if out and not self.lost:
+        w = self.t_write
+        if out and not self.lost and w is not None:
             self.out = []
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            w(b"".join(out) if len(out) > 1 else out[0])
 
     def forget(self, s: Stream) -> None:
         if self.streams.get(s.id) is s:
@@ -301,6 +336,7 @@ class MuxConnection(asyncio.Protocol):
     # --- asyncio plumbing ----------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.t_write = transport.write
         transport.set_write_buffer_limits(high=1 << 20)
         if self.on_stream is not None:
             self.out.append(m.settings(self.workers))

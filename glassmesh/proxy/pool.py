@@ -19,7 +19,10 @@ from glassmesh.proxy.routing import PoolKey
 from glassmesh.proxy.tls import peer_spiffe_id
 
 if TYPE_CHECKING:
+    from glassmesh.proxy.http import UpstreamConn
     from glassmesh.proxy.linkstats import LinkStats
+
+_mono = time.monotonic  # a module global: time.monotonic is a lookup on the module besides
 
 
 # Multiplexed links spread over a few TLS connections once busy when the peer has several
@@ -52,7 +55,8 @@ class Pool:
         self.expected_peer = expected_peer
         self.link = link
         self.connect_timeout = connect_timeout
-        self.idle: list[Any] = []
+        # Typed, so that reusable() is a native call, not a method lookup by name.
+        self.idle: list[UpstreamConn] = []
         self.closed = False
         self.mux = mux
         # Virtual connections are not proxy-to-proxy connections; the mux connections under them are.
@@ -69,7 +73,7 @@ class Pool:
             self.mux = mux
             self.count_conns = not mux
 
-    def take(self) -> Any | None:
+    def take(self) -> UpstreamConn | None:
         idle = self.idle
         while idle:
             c = idle.pop()
@@ -77,14 +81,14 @@ class Pool:
                 return c
         return None
 
-    def put(self, conn: Any) -> None:
+    def put(self, conn: UpstreamConn) -> None:
         if self.closed:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = _mono()
         self.idle.append(conn)
 
-    def discard(self, conn: Any) -> None:
+    def discard(self, conn: UpstreamConn) -> None:
         try:
             self.idle.remove(conn)
         except ValueError:

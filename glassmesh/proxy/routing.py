@@ -63,6 +63,18 @@ class Table:
         return f"spiffe://{self.trust_domain}/service/{service}"
 
 
+class Live:
+    """The table in force and its generation, shared by the runtime and the sides.
+
+    The runtime is not compiled: reading rt.table and rt.generation on every
+    request was two attribute lookups by name; the sides read this instead.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.generation = 1
+
+
 def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
     """Build the table; raises TlsConfigError/OSError if certificates cannot be loaded."""
     alpn = ALPN_MUX if snap.peer_protocol == "mux" else "http/1.1"

@@ -18,7 +18,7 @@ import msgspec
 
 from glassmesh.model.snapshot import Snapshot
 from glassmesh.proxy.pool import Pool
-from glassmesh.proxy.routing import PoolKey, Table, compile_table
+from glassmesh.proxy.routing import Live, PoolKey, Table, compile_table
 from glassmesh.proxy.stats import LinkStats, Stats
 
 # How many worker processes share this proxy's ports (set by the supervisor before it forks).
@@ -90,6 +90,12 @@ class Runtime:
         self.timeouts = snap.timeouts
         self.stats.snapshot_version = snap.version
         self.generation = getattr(self, "generation", 0) + 1
+        live: Live | None = getattr(self, "live", None)
+        if live is None:
+            self.live = Live(table)
+        else:
+            live.table = table
+            live.generation = self.generation
         # Keep warm connections to endpoints that are still there; new ones use the new certificates.
         live = {(ep[0], ep[1]) for r in table.remotes.values() for ep in r.endpoints.items}
         live |= {(k.host, k.port) for loc in table.locals.values() for k in loc.instances.items}

@@ -20,7 +20,7 @@ from glassmesh.protocols.http1 import (
     split_target,
 )
 from glassmesh.proxy.http import Exchange, Routed, Side
-from glassmesh.proxy.routing import PoolKey
+from glassmesh.proxy.routing import Live, PoolKey
 
 if TYPE_CHECKING:
     from glassmesh.proxy.linkstats import LinkStats
@@ -37,6 +37,7 @@ class OutboundSide(Side):
 
     def __init__(self, rt: Runtime, source: str) -> None:
         self.rt = rt
+        self.live: Live = rt.live  # the table in force, read natively (rt is not compiled)
         self.source = source
         self._cache: dict[tuple[str, int, str], Routed] = {}
         self._gen = -1
@@ -47,7 +48,6 @@ class OutboundSide(Side):
         return self.rt.stats.link("outbound", self.source, service or "")
 
     def route(self, ex: Exchange) -> Routed | tuple[str, str]:
-        rt = self.rt
         head = ex.head
         assert head is not None
         host = head.host
@@ -62,9 +62,9 @@ class OutboundSide(Side):
             if len(services) < 256 and len(authority) <= 255:
                 services[authority] = svc
         ex.service = svc
-        remote = rt.table.remotes.get(svc)
+        remote = self.live.table.remotes.get(svc)
         if remote is None:
-            return ("unknown_service", f"no service named {svc!r} is known to {rt.host}")
+            return ("unknown_service", f"no service named {svc!r} is known to {self.rt.host}")
         if remote.protocol != "http":
             return ("bad_request", f"{svc!r} is a tcp service; reach it through its tcp link")
         ep = remote.endpoints.pick()
@@ -79,7 +79,7 @@ class OutboundSide(Side):
     def reroute(self, ex: Exchange, tried: set[tuple[str, int]]) -> Routed | None:
         """Another endpoint of the same service, after a connect failure (nothing was sent)."""
         svc = ex.service
-        remote = self.rt.table.remotes.get(svc) if svc is not None else None
+        remote = self.live.table.remotes.get(svc) if svc is not None else None
         if svc is None or remote is None:
             return None
         for _ in range(len(remote.endpoints.items)):
@@ -90,9 +90,10 @@ class OutboundSide(Side):
 
     def _routed(self, svc: str, ep: tuple[str, int, str, bool]) -> Routed:
         rt = self.rt
-        if self._gen != rt.generation:
+        gen = self.live.generation
+        if self._gen != gen:
             self._cache = {}
-            self._gen = rt.generation
+            self._gen = gen
         key = (ep[0], ep[1], svc)
         r = self._cache.get(key)
         if r is None:
@@ -112,35 +113,37 @@ class InboundSide(Side):
 
     def __init__(self, rt: Runtime, source: str, source_id: str, destination: str) -> None:
         self.rt = rt
+        self.live: Live = rt.live
         self.source = source
         self.destination = destination
         self.extra = [SOURCE_HEADER + b": " + source_id.encode()]
         self.link = rt.stats.link("inbound", source, destination)
         self._cache: dict[PoolKey, Routed] = {}
-        self._gen = rt.generation
+        self._gen = self.live.generation
 
     def link_for(self, service: str | None) -> LinkStats:
         return self.link
 
     def route(self, ex: Exchange) -> Routed | tuple[str, str]:
-        rt = self.rt
+        live = self.live
         ex.service = self.destination
-        local = rt.table.locals.get(self.destination)
+        local = live.table.locals.get(self.destination)
         if local is None:
-            return ("misdirected", f"{rt.host} no longer serves {self.destination!r}")
+            return ("misdirected", f"{self.rt.host} no longer serves {self.destination!r}")
         key = local.instances.pick()
         if key is None:
-            return ("no_endpoints", f"{rt.host} has no instance of {self.destination!r}")
-        if self._gen != rt.generation:
+            return ("no_endpoints", f"{self.rt.host} has no instance of {self.destination!r}")
+        gen = live.generation
+        if self._gen != gen:
             self._cache = {}
-            self._gen = rt.generation
+            self._gen = gen
         r = self._cache.get(key)
         if r is None:
-            r = self._cache[key] = Routed(rt.pool(key, None), self.link, self.destination, self.extra)
+            r = self._cache[key] = Routed(self.rt.pool(key, None), self.link, self.destination, self.extra)
         return r
 
     def reroute(self, ex: Exchange, tried: set[tuple[str, int]]) -> Routed | None:
-        local = self.rt.table.locals.get(self.destination)
+        local = self.live.table.locals.get(self.destination)
         if local is None:
             return None
         for _ in range(len(local.instances.items)):

@@ -95,6 +95,20 @@ def test_http10_client(ab: AB) -> None:
         assert r.header("transfer-encoding") is None
 
 
+@pytest.mark.parametrize("header", ["Connection", "Proxy-Connection"])
+def test_http10_keep_alive_client(ab: AB, header: str) -> None:
+    """HTTP/1.0 asking for keep-alive (curl in proxy mode says Proxy-Connection) is still answered as 1.0."""
+    with HttpConn(ab.outbound) as c:
+        r = c.request("GET", "http://b/download?bytes=1000", {header: "keep-alive"}, version="HTTP/1.0")
+        assert r.status == 200 and r.body_len == 1000, r
+        assert r.header("transfer-encoding") is None
+        assert (r.header("connection") or "").lower() == "keep-alive", "a 1.0 client is told the connection stays"
+        r = c.request("GET", "http://b/download?bytes=5000&chunked=1", {header: "keep-alive"}, version="HTTP/1.0")
+        assert r.status == 200 and (r.body_len, r.body_sha256) == (5000, pattern_sha256(5000)), r
+        assert r.header("transfer-encoding") is None, "an HTTP/1.0 client cannot read chunked, even kept alive"
+        assert c.closed_by_peer(), "a body of unknown length ends with the connection"
+
+
 def test_expect_100_continue(ab: AB) -> None:
     body = os.urandom(200_000)
     with HttpConn(ab.outbound, timeout=5) as c:

@@ -191,3 +191,24 @@ def test_traceparent_check_is_the_w3c_rule(value):
     from glassmesh.protocols import http1
 
     assert valid_traceparent(value) == bool(http1._TRACEPARENT.fullmatch(value))
+
+
+@given(st.one_of(st.binary(max_size=24), st.from_regex(rb"\A[0-9]{1,20}\Z"),
+                 st.from_regex(rb"\A[ \t]*[0-9]{1,5}[ \t]*\Z")))
+def test_content_length_digits_are_the_regex_rule(value):
+    """The byte loop that replaced bytes.isdigit() accepts exactly 1 to 18 ASCII digits."""
+    import re
+
+    from glassmesh.protocols import http1
+
+    assert http1._digits(value) == bool(re.fullmatch(rb"[0-9]{1,18}", value))
+    assert http1._stripped(value) == value.strip(b" \t")
+
+
+def test_request_head_notes_a_connection_header_in_any_form():
+    """Whether a Connection or Proxy-Connection header came decides how the HTTP version is read."""
+    assert not RequestHead([(b"Host", b"b")]).says_connection
+    assert RequestHead([(b"Host", b"b"), (b"Connection", b"keep-alive")]).says_connection
+    assert RequestHead([(b"Host", b"b"), (b"PROXY-CONNECTION", b"keep-alive")]).says_connection
+    h = RequestHead([(b"Proxy-Connection", b"keep-alive"), (b"Content-Length", b" 12 ")])
+    assert h.framing() == (Framing.LENGTH, 12) and not any(n.lower() == b"proxy-connection" for n, _ in h.forward)

@@ -239,3 +239,26 @@ def test_the_accepting_side_says_how_many_workers_share_its_port():
     assert m.settings_workers(payload[0]) == 1 and m.settings_workers(payload[1]) == 1024
     with pytest.raises(m.MuxError):
         m.settings_workers(b"\0")
+
+
+
+def test_http_connections_are_called_natively_and_a_relay_by_name(pair):
+    """The HTTP connections are StreamUsers (a stream calls them natively); set_protocol to any
+    other protocol, as after an upgrade, goes back to calls by name and still delivers."""
+    from glassmesh.proxy.http import ServerConn, UpstreamConn
+    from glassmesh.proxy.mux import StreamUser
+
+    assert issubclass(ServerConn, StreamUser) and issubclass(UpstreamConn, StreamUser)
+    client, _server, servers, pump = pair
+    s, u = client.open(StreamUser)
+    assert s.user is u
+    s.write(b"ping")
+    pump()
+    other = Recorder()
+    s.set_protocol(other)
+    assert s.user is None and s.get_protocol() is other
+    servers[0].transport.write(b"to the relay")
+    pump()
+    assert other.data == b"to the relay"
+    s.set_protocol(u)
+    assert s.user is u
