@@ -165,13 +165,16 @@ _request_kind_cache: dict[bytes, int] = {}
 _response_kind_cache: dict[bytes, int] = {}
 
 
-# Every name the proxy treats specially starts with one of these letters: any
-# other name is forwarded without hashing it.
-_MAY_MATTER: Final = bytes(1 if chr(i | 0x20) in "cghkptux" else 0 for i in range(256))
+# By first letter (either case) and length, whether a name may be one the proxy
+# treats specially: any other (Content-Type, Date, Server, ...) is forwarded
+# without hashing it. Every special name is shorter than 32 bytes.
+_SPECIAL_SHAPES: Final = {(n[0], len(n)) for n in _REQUEST_KIND.keys() | _RESPONSE_KIND.keys()}
+_MAY_MATTER: Final = bytes(1 if (i | 0x20, j) in _SPECIAL_SHAPES else 0 for i in range(256) for j in range(32))
 
 
 def _kind(name: bytes, cache: dict[bytes, int], kinds: dict[bytes, int]) -> int:
-    if not name or not _MAY_MATTER[name[0]]:
+    n = len(name)
+    if n == 0 or n >= 32 or not _MAY_MATTER[name[0] * 32 + n]:
         return _FORWARD
     k = cache.get(name)
     if k is None:

@@ -164,14 +164,18 @@ def test_every_special_header_is_recognised_in_any_spelling():
                     assert http1._kind(spelling, cache, table) == kind, spelling
     assert http1._kind(b"User-Agent", {}, http1._REQUEST_KIND) == http1._FORWARD
     assert http1._kind(b"", {}, http1._REQUEST_KIND) == http1._FORWARD
+    # Names of no special shape are forwarded without touching the cache.
+    cache: dict[bytes, int] = {}
+    assert [http1._kind(n, cache, http1._RESPONSE_KIND) for n in (b"Content-Type", b"Date", b"Server")] == [-1] * 3
+    assert cache == {}
 
 
 def test_the_header_kind_cache_stays_bounded():
     from glassmesh.protocols import http1
 
     cache: dict[bytes, int] = {}
-    for i in range(3000):
-        http1._kind(b"x-%d" % i, cache, http1._REQUEST_KIND)
+    for i in range(3000):  # names shaped like x-request-id (x, 12 bytes) pass the first filter
+        assert http1._kind(b"x-%010d" % i, cache, http1._REQUEST_KIND) == http1._FORWARD
     http1._kind(b"t" * 200, cache, http1._REQUEST_KIND)
     assert len(cache) == 1024 and all(len(n) <= 64 for n in cache)
     # Past the bound, names are still classified right.
