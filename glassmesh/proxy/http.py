@@ -32,6 +32,7 @@ from glassmesh.protocols.http1 import (
     RequestHead,
     ResponseHead,
     chunk,
+    header_pairs,
     new_request_id,
     new_traceparent,
     status_line,
@@ -124,7 +125,7 @@ class Exchange:
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
         self.url = b""
-        self.raw: list[tuple[bytes, bytes]] = []
+        self.raw: list[bytes] = []  # flat: name, value, name, value, ... (see RequestHead)
         self.pending: list[bytes] = []
         self.t0 = conn.now  # when the read that began the request arrived
 
@@ -266,8 +267,9 @@ class ServerConn(StreamUser):
         if ex.head_done:
             return  # trailers: counted against the limit, not forwarded
         raw = ex.raw
-        raw.append((name, value))
-        if len(raw) > self.max_headers:
+        raw.append(name)
+        raw.append(value)
+        if len(raw) > 2 * self.max_headers:
             raise BadMessage("too many request headers", "head_too_large", 431)
 
     def on_headers_complete(self) -> None:
@@ -575,7 +577,7 @@ class UpstreamConn(StreamUser):
         self.ex: Exchange | None = None
         self.client: ServerConn | None = None
         self.wbuf: list[bytes] = []
-        self.hdrs: list[tuple[bytes, bytes]] = []
+        self.hdrs: list[bytes] = []  # flat, as RequestHead takes them
         self.rh: ResponseHead | None = None
         self.status = 0
         self.lost = False
@@ -768,8 +770,9 @@ class UpstreamConn(StreamUser):
     # hdrs is emptied when a head is complete and when a message is (after trailers).
     def on_header(self, name: bytes, value: bytes) -> None:
         h = self.hdrs
-        h.append((name, value))
-        if len(h) > 400:
+        h.append(name)
+        h.append(value)
+        if len(h) > 800:
             raise BadMessage("too many response headers", "upstream_protocol_error", 502)
 
     def on_headers_complete(self) -> None:
@@ -836,7 +839,7 @@ class UpstreamConn(StreamUser):
         """
         if ex.framing != Framing.NONE or not ex.req_done or ex.upgrade:
             return False
-        err = next((v for n, v in rh.forward if n.lower() == b"glassmesh-error"), None)
+        err = next((v for n, v in header_pairs(rh.forward) if n.lower() == b"glassmesh-error"), None)
         if err is None or not err.endswith(b"/inbound") or err.split(b";", 1)[0] not in _RETRYABLE_AT_INBOUND:
             return False
         tried = ex.tried
@@ -911,7 +914,7 @@ class UpstreamConn(StreamUser):
         assert c is not None and rh is not None and ex.routed is not None
         ex.resp_started = True
         rh.drop_connection_listed()
-        hdrs = rh.forward + [(b"connection", b"upgrade"), (b"upgrade", rh.upgrade or b"websocket")]
+        hdrs = rh.forward + [b"connection", b"upgrade", b"upgrade", rh.upgrade or b"websocket"]
         c.write(_head(status_line(101), hdrs))
         c.flush()
         self.tunnel = True
@@ -976,18 +979,18 @@ def duration_ms(seconds: float) -> bytes:
 _CONTENT_LENGTH: Final = [b"content-length: %d" % i for i in range(1024)]
 
 
-def _lines(first: bytes, headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+def _lines(first: bytes, headers: list[bytes]) -> list[bytes]:
     """A head as lines, for the caller to add its own "name: value" lines to and join once.
 
     A 4-tuple per header and a list extend, or a tuple per added header, cost more.
     """
     lines = [first]
-    for n, v in headers:
-        lines.append(n + b": " + v)
+    for i in range(0, len(headers) - 1, 2):
+        lines.append(headers[i] + b": " + headers[i + 1])
     return lines
 
 
-def _head(first: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+def _head(first: bytes, headers: list[bytes]) -> bytes:
     lines = _lines(first, headers)
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
