@@ -121,7 +121,7 @@ def _without(headers: list[bytes], names: set[bytes] | frozenset[bytes]) -> list
 
 
 def header_pairs(headers: list[bytes]) -> list[tuple[bytes, bytes]]:
-    """A flat header list as (name, value) pairs, for reading (tests, logs)."""
+    """A flat header list as (name, value) pairs, off the request path (tests, the retry check)."""
     return [(headers[i], headers[i + 1]) for i in range(0, len(headers) - 1, 2)]
 
 
@@ -175,8 +175,8 @@ _RESPONSE_KIND.update({
 # Header kind by the name exactly as received, filled on first sight: most
 # names arrive in a handful of spellings, and lowercasing every name of every
 # message (a method call and a new object) cost more than one dict lookup.
-# Bounded (1,024 names of at most 64 bytes), so that a peer sending random
-# names cannot grow it.
+# Bounded (1,024 names, each shorter than 32 bytes: longer ones are never
+# special), so that a peer sending random names cannot grow it.
 _KIND_CACHE_MAX: Final = 1024
 _FORWARD: Final = -1
 _request_kind_cache: dict[bytes, int] = {}
@@ -197,7 +197,7 @@ def _kind(name: bytes, cache: dict[bytes, int], kinds: dict[bytes, int]) -> int:
     k = cache.get(name)
     if k is None:
         k = kinds.get(name.lower(), _FORWARD)
-        if len(cache) < _KIND_CACHE_MAX and len(name) <= 64:
+        if len(cache) < _KIND_CACHE_MAX:
             cache[name] = k
     return k
 

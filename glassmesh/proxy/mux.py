@@ -202,11 +202,7 @@ class Stream:
             return
         if data:
             self._grant(len(data))
-            u = self.user
-            if u is not None:
-                u.data_received(data)
-            else:
-                self.protocol.data_received(data)
+            self._deliver(data)
         if fin:
             self._eof()
 
@@ -217,11 +213,14 @@ class Stream:
                 self._eof()
             else:
                 self._grant(len(item))
-                u = self.user
-                if u is not None:
-                    u.data_received(item)
-                else:
-                    self.protocol.data_received(item)
+                self._deliver(item)
+
+    def _deliver(self, data: bytes) -> None:
+        u = self.user
+        if u is not None:
+            u.data_received(data)  # native
+        else:
+            self.protocol.data_received(data)
 
     def _grant(self, n: int) -> None:
         self.unacked += n

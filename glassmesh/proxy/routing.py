@@ -66,8 +66,9 @@ class Table:
 class Live:
     """The table in force and its generation, shared by the runtime and the sides.
 
-    The runtime is not compiled: reading rt.table and rt.generation on every
-    request was two attribute lookups by name; the sides read this instead.
+    The runtime is not compiled: reading the table and its generation from it on
+    every request was two attribute lookups by name; the sides read this instead.
+    The generation tells a side that its cache of routes is stale.
     """
 
     def __init__(self, table: Table) -> None:

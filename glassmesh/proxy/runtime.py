@@ -83,31 +83,34 @@ class Runtime:
         """Swap in a new snapshot whole; raises (and changes nothing) if it cannot be used."""
         table: Table = compile_table(snap, self.keylog)
         self.snapshot = snap
-        self.table = table
         self.host = snap.host
         self.host_b = snap.host.encode()
         self.limits = snap.limits
         self.timeouts = snap.timeouts
         self.stats.snapshot_version = snap.version
-        self.generation = getattr(self, "generation", 0) + 1
         live: Live | None = getattr(self, "live", None)
         if live is None:
             self.live = Live(table)
         else:
             live.table = table
-            live.generation = self.generation
+            live.generation += 1
         # Keep warm connections to endpoints that are still there; new ones use the new certificates.
-        live = {(ep[0], ep[1]) for r in table.remotes.values() for ep in r.endpoints.items}
-        live |= {(k.host, k.port) for loc in table.locals.values() for k in loc.instances.items}
+        reachable = {(ep[0], ep[1]) for r in table.remotes.values() for ep in r.endpoints.items}
+        reachable |= {(k.host, k.port) for loc in table.locals.values() for k in loc.instances.items}
         for key in list(self.pools):
             pool = self.pools[key]
-            if (key.host, key.port) not in live or (key.source is not None and key.source not in table.client_ctx):
+            if (key.host, key.port) not in reachable or (key.source is not None and key.source not in table.client_ctx):
                 del self.pools[key]
                 pool.close()
             elif key.source is not None:
                 pool.ssl_ctx = table.client_ctx[key.source]
                 pool.set_mux(table.mux)
             pool.connect_timeout = snap.timeouts.connect_ms / 1000
+
+    @property
+    def table(self) -> Table:
+        """The table in force (held by `live`, which the compiled sides read)."""
+        return self.live.table
 
     # --- pools ---------------------------------------------------------------
     def pool(self, key: PoolKey, link: LinkStats | None) -> Pool:
