@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make bench`: glassmesh beside direct, the nginx pair, the HAProxy pair and the throwaway Python pair.
+"""`make bench`: glassmesh beside direct, the nginx pair and the HAProxy pair.
 
 Topology, for every configuration (all on 127.0.0.1):
 
@@ -30,7 +30,6 @@ import measure  # noqa: E402
 import report  # noqa: E402
 import sections  # noqa: E402
 from stack import (  # noqa: E402
-    PEERS,
     TOOLS,
     Config,
     Procs,
@@ -100,7 +99,6 @@ def versions(vpy: str) -> dict:
 
 def build_configs(S: dict, procs: Procs, run: Path, certs: Path, pp: dict[str, int]) -> list[Config]:
     """Start every configuration's processes; the caller waits for them."""
-    vpy = sys.executable
     ngx = lambda name, conf: procs.start(name, ["nginx", "-p", f"{run}/", "-e", f"{run}/{name}.stderr",  # noqa: E731
                                                 "-c", render(conf, run, certs, pp), "-g", "daemon off;"])
     cfgs: dict[str, Config] = {}
@@ -127,28 +125,12 @@ def build_configs(S: dict, procs: Procs, run: Path, certs: Path, pp: dict[str, i
         procs.start("haproxy_out", ["haproxy", "-db", "-f", render("haproxy_outbound.cfg", run, certs, pp)])
         pair = ["haproxy_out", "haproxy_in"]
         cfgs["haproxy"] = Config("haproxy", "HAProxy pair", pp["HAP_OUT"], pp["HAP_TOUT"], pair, pair)
-    if "python" in want:
-        probe = [vpy, str(PEERS / "probe.py")]
-        tin = ["--cert", f"{certs}/up.crt", "--key", f"{certs}/up.key", "--ca", f"{certs}/ca.crt", "--sni", "up"]
-        tout = ["--cert", f"{certs}/client.crt", "--key", f"{certs}/client.key", "--ca", f"{certs}/ca.crt",
-                "--sni", "up"]
-        a = lambda k: f"127.0.0.1:{pp[k]}"  # noqa: E731
-        procs.start("py_in_http", probe + ["http", "--listen", a("PY_IN"), "--listen-tls", "--upstream", a("UP")] + tin)
-        procs.start("py_out_http", probe + ["http", "--listen", a("PY_OUT"), "--upstream", a("PY_IN"),
-                                            "--upstream-tls"] + tout)
-        procs.start("py_in_tcp", probe + ["tcp", "--listen", a("PY_TIN"), "--listen-tls", "--upstream",
-                                          a("TCPSRC")] + tin)
-        procs.start("py_out_tcp", probe + ["tcp", "--listen", a("PY_TOUT"), "--upstream", a("PY_TIN"),
-                                           "--upstream-tls"] + tout)
-        cfgs["python"] = Config("python", "python pair", pp["PY_OUT"], pp["PY_TOUT"],
-                                ["py_out_http", "py_in_http"], ["py_out_tcp", "py_in_tcp"])
     return [cfgs[k] for k in report.COLS if k in cfgs]
 
 
 def inner_ports(c: Config, pp: dict[str, int]) -> list[int]:
     return {"glassmesh": [pp["GM_IN"], pp["GM_OUT_INBOUND"], pp["GM_ADMIN_IN"], pp["GM_ADMIN_OUT"]],
-            "nginx": [pp["NGX_IN"], pp["NGX_TIN"]], "haproxy": [pp["HAP_IN"], pp["HAP_TIN"]],
-            "python": [pp["PY_IN"], pp["PY_TIN"]]}.get(c.name, [])
+            "nginx": [pp["NGX_IN"], pp["NGX_TIN"]], "haproxy": [pp["HAP_IN"], pp["HAP_TIN"]]}.get(c.name, [])
 
 
 def bring_up(c: Config, procs: Procs, pp: dict[str, int], S: dict) -> None:

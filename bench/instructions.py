@@ -2,15 +2,18 @@
 
 `make bench` measures time, which other tenants of a shared machine disturb; this counts the
 user-space instructions one proxy process executes per request (TLS, parsing, Python and the
-kernel's side excluded), so that two builds, or glassmesh and the throwaway pair, compare exactly.
+kernel's side excluded), so that two builds, or glassmesh and the nginx pair, compare exactly.
 
 For each proxy of a pair (outbound, then inbound): the other proxy runs normally, the measured one
 under `valgrind --tool=callgrind --instr-atstart=no`; N0 requests warm it up, instrumentation is
 switched on, N0 more run, counters are zeroed, N keep-alive requests are sent on one connection
-(1 connection, so that nothing batches), and the total is divided by N. `--cache-sim` adds the
-simulated L1 misses. The app is a 1-worker nginx, as in `make bench`; everything on 127.0.0.1.
+(1 connection, so that nothing batches), and the total is divided by N. Start-up and warm-up are
+therefore left out alike for both pairs. nginx runs the same outbound/inbound configs as
+`make bench`, as one process (`master_process off; daemon off;`), so that callgrind sees the
+process that serves the requests. `--cache-sim` adds the simulated L1 misses. The app is a
+1-worker nginx, as in `make bench`; everything on 127.0.0.1.
 
-    .venv/bin/python bench/instructions.py [--pair glassmesh,python] [-n 2000] [--cache-sim]
+    .venv/bin/python bench/instructions.py [--pair glassmesh,nginx] [-n 2000] [--cache-sim]
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import (  # noqa: E402
-    PEERS,
     Procs,
     glassmesh_cmd,
     glassmesh_snapshots,
@@ -88,7 +90,7 @@ def measure(procs: Procs, run: Path, name: str, argv: list[str], other: tuple[st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pair", default="glassmesh,python", help="comma list of glassmesh,python")
+    ap.add_argument("--pair", default="glassmesh,nginx", help="comma list of glassmesh,nginx")
     ap.add_argument("-n", type=int, default=2000, help="measured requests (default 2000)")
     ap.add_argument("--warm", type=int, default=300)
     ap.add_argument("--cache-sim", action="store_true", help="also count simulated L1 misses (slower)")
@@ -98,6 +100,10 @@ def main() -> None:
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if not shutil.which(tool):
             raise SystemExit(f"instructions: needs {tool} (apt-get install valgrind nginx)")
+    which = [w.strip() for w in a.pair.split(",") if w.strip()]
+    if set(which) - {"glassmesh", "nginx"}:
+        raise SystemExit(f"instructions: unknown --pair {sorted(set(which) - {'glassmesh', 'nginx'})}; "
+                         "known: glassmesh, nginx")
     pp = ports(PORT_OFFSET)
     run = Path(tempfile.mkdtemp(prefix="glassmesh-instructions-"))
     procs = Procs(run)
@@ -109,7 +115,6 @@ def main() -> None:
                                  "-c", render("upstream_nginx.conf", run, certs, pp), "-g", "daemon off;"])
         if not wait_port(pp["UP"], time.time() + 10):
             raise SystemExit("instructions: the app (nginx) did not start")
-        which = [w.strip() for w in a.pair.split(",") if w.strip()]
         if "glassmesh" in which:
             p_out, p_in = glassmesh_snapshots(run / "glassmesh", certs, pp, tcp=False)
             gm = glassmesh_cmd() + ["proxy", "--workers", "1", "--config"]
@@ -119,18 +124,15 @@ def main() -> None:
                                                           pp["GM_OUT"], a.n, a.warm, a.cache_sim)))
             rows.append(("glassmesh", "inbound", measure(procs, run, "gm_in", in_cmd, ("gm_out", out_cmd), wait,
                                                          pp["GM_OUT"], a.n, a.warm, a.cache_sim)))
-        if "python" in which:
-            probe = [sys.executable, str(PEERS / "probe.py"), "http"]
-            tls = lambda name: ["--cert", f"{certs}/{name}.crt", "--key", f"{certs}/{name}.key",  # noqa: E731
-                                "--ca", f"{certs}/ca.crt", "--sni", "up"]
-            a_ = lambda k: f"127.0.0.1:{pp[k]}"  # noqa: E731
-            in_cmd = probe + ["--listen", a_("PY_IN"), "--listen-tls", "--upstream", a_("UP")] + tls("up")
-            out_cmd = probe + ["--listen", a_("PY_OUT"), "--upstream", a_("PY_IN"), "--upstream-tls"] + tls("client")
-            wait = [pp["PY_OUT"], pp["PY_IN"]]
-            rows.append(("python pair", "outbound", measure(procs, run, "py_out", out_cmd, ("py_in", in_cmd), wait,
-                                                            pp["PY_OUT"], a.n, a.warm, a.cache_sim)))
-            rows.append(("python pair", "inbound", measure(procs, run, "py_in", in_cmd, ("py_out", out_cmd), wait,
-                                                           pp["PY_OUT"], a.n, a.warm, a.cache_sim)))
+        if "nginx" in which:
+            ngx = lambda conf: ["nginx", "-p", f"{run}/", "-e", f"{run}/{conf}.stderr",  # noqa: E731
+                                "-c", render(conf, run, certs, pp), "-g", "daemon off; master_process off;"]
+            out_cmd, in_cmd = ngx("nginx_outbound.conf"), ngx("nginx_inbound.conf")
+            wait = [pp["NGX_OUT"], pp["NGX_IN"]]
+            rows.append(("nginx pair", "outbound", measure(procs, run, "ngx_out", out_cmd, ("ngx_in", in_cmd), wait,
+                                                           pp["NGX_OUT"], a.n, a.warm, a.cache_sim)))
+            rows.append(("nginx pair", "inbound", measure(procs, run, "ngx_in", in_cmd, ("ngx_out", out_cmd), wait,
+                                                          pp["NGX_OUT"], a.n, a.warm, a.cache_sim)))
     finally:
         procs.stop_all()
     print(f"\nPer request, 1 connection, {a.n} keep-alive requests, callgrind (user space of one proxy process):\n")
@@ -141,7 +143,7 @@ def main() -> None:
     for who, side, r in rows:
         print(f"| {who} | {side} | " + " | ".join(f"{r.get(c, 0):,.0f}" for c in cols) + " |")
     if a.keep:
-        print(f"\ncallgrind dumps kept in {run} (callgrind_annotate {run}/cg.gm_out.*)")
+        print(f"\ncallgrind dumps kept in {run} (e.g. callgrind_annotate {run}/cg.ngx_out.*.1)")
     else:
         shutil.rmtree(run, ignore_errors=True)
 

@@ -12,14 +12,8 @@ import re
 import statistics
 from collections.abc import Callable
 
-COLS = ["direct", "glassmesh", "nginx", "haproxy", "python"]
-LABELS = {"direct": "direct", "glassmesh": "glassmesh", "nginx": "nginx pair", "haproxy": "HAProxy pair",
-          "python": "python pair"}
-
-
-# Failures of the reference proxies that are theirs, not the harness's (see docs/bench.md).
-KNOWN = {("conn", "python"): " (probe.py closes after `Connection: close` without saying so; wrk reuses the "
-                             "connection and gets 400: the throwaway's bug, see docs/bench.md)"}
+COLS = ["direct", "glassmesh", "nginx", "haproxy"]
+LABELS = {"direct": "direct", "glassmesh": "glassmesh", "nginx": "nginx pair", "haproxy": "HAProxy pair"}
 
 
 def _num(x) -> float | None:
@@ -202,11 +196,10 @@ def markdown(R: dict) -> str:
         for c, runs in per.items():
             errs = [r["error"] for r in runs if r.get("error")]
             if errs:
-                hint = KNOWN.get((row, c), "") if "non-2xx" in errs[0] else ""
                 kinds = {re.sub(r"\d+", "N", e) for e in errs}
                 more = f" (and {len(kinds) - 1} other kinds of error)" if len(kinds) > 1 else ""
                 notes.append(f"- {row} / {LABELS.get(c, c)}: {len(errs)} of {len(runs)} runs failed: "
-                             f"{errs[0]}{more}{hint}")
+                             f"{errs[0]}{more}")
     other = [r.get("other_cpu_cores") for per in R["runs"].values() for runs in per.values() for r in runs
              if _num(r.get("other_cpu_cores")) is not None]
     if other:

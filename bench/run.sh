@@ -26,6 +26,5 @@ if [ ! -x "$PY" ]; then
   echo "bench: no venv at $PY; run 'make venv' (make bench does it)" >&2
   exit 1
 fi
-"$PY" -c "import uvloop, httptools" 2>/dev/null || "$PY" -m pip install -q uvloop httptools
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec "$PY" "$ROOT/bench/bench.py" "$@"

@@ -30,7 +30,6 @@ BASE_PORTS = {
     "UP": 18080, "TCPSRC": 19000,
     "NGX_OUT": 18101, "NGX_IN": 18102, "NGX_TOUT": 19101, "NGX_TIN": 19102,
     "HAP_OUT": 18201, "HAP_IN": 18202, "HAP_TOUT": 19201, "HAP_TIN": 19202,
-    "PY_OUT": 18301, "PY_IN": 18302, "PY_TOUT": 19301, "PY_TIN": 19302,
     # glassmesh: bout = the caller's host (outbound side), bin = the app's host (inbound side).
     "GM_OUT": 18401, "GM_IN": 18402, "GM_ADMIN_IN": 18403,
     "GM_OUT_INBOUND": 18404, "GM_ADMIN_OUT": 18405, "GM_TOUT": 19401,
