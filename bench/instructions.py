@@ -53,6 +53,26 @@ def requests(port: int, n: int) -> None:
     c.close()
 
 
+def first_ok(port: int, until: float) -> None:
+    """Wait for one 200 through the pair: the proxy under callgrind answers its first TLS handshake
+    tens of times slower, and its peer may time that out (502) on a loaded machine."""
+    last = ""
+    while time.time() < until:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request("GET", "/", headers={"Host": "up"})
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status == 200:
+                return
+            last = f"{r.status} {r.getheader('glassmesh-error') or ''}".strip()
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.5)
+    raise SystemExit(f"instructions: no 200 through port {port} in time (last: {last})")
+
+
 def callgrind_control(*args: str) -> None:
     subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=60)
 
@@ -71,6 +91,7 @@ def measure(procs: Procs, run: Path, name: str, argv: list[str], other: tuple[st
         for port in wait:
             if not wait_port(port, until):
                 raise SystemExit(f"instructions: port {port} did not open; see {run}/{name}.log")
+        first_ok(client_port, until)
         requests(client_port, warm)
         callgrind_control("-i", "on", str(p.pid))
         requests(client_port, warm)
