@@ -55,6 +55,7 @@ from glassmesh.ca import CA, CAError, ca_from_pem, ca_key_pem, init_ca, load_ca,
 from glassmesh.ca.signer import CLOCK_SKEW, validate_name
 from glassmesh.control.store import HostRecord, Store, StoreError
 from glassmesh.files import write_atomic, write_private
+from glassmesh.tlsdefaults import harden
 
 log = logging.getLogger("glassmesh.control")
 CA_KIND, CA_KEY = "ca", "root"  # the CA every replica signs with: {"trust_domain", "cert_pem", "key_pem", ...}
@@ -293,8 +294,7 @@ class Identity:
         write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()))
         write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
         ctx.load_cert_chain(cert_path, key_path)
         ctx.load_verify_locations(cadata=self.ca_pem)
         ctx.verify_mode = ssl.CERT_OPTIONAL

@@ -40,6 +40,7 @@ from glassmesh.api.certs import CLOCK_SKEW, spiffe_id_of
 from glassmesh.files import write_atomic, write_private
 from glassmesh.model.snapshot import Snapshot
 from glassmesh.proxy.runtime import log
+from glassmesh.tlsdefaults import harden
 
 IDENTITY_DIR = "identity"
 CONTROL_DNS_NAME = "control.glassmesh.internal"  # the name in the control plane's server certificate
@@ -153,8 +154,7 @@ class ProxyIdentity:
     def client_ssl(self) -> ssl.SSLContext:
         """Verify the control plane by the CA and its own name; present the host certificate."""
         if self._ctx is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
             ctx.load_verify_locations(self.path("ca.pem"))
             ctx.load_cert_chain(self.path("host.pem"), self.path("host.key"))
             self._ctx = ctx
@@ -316,7 +316,7 @@ async def join(url: str, token: str, ca_sha256: str, data_dir: str, host: str | 
             if der_sha256(ca["ca_pem"]) != pin:
                 raise EnrollError(f"the control plane at {url} presents CA sha256 {der_sha256(ca['ca_pem'])}, not "
                                   f"{pin}: refusing to join (wrong --ca-sha256, or not the control plane you think)")
-            ctx = ssl.create_default_context(cadata=ca["ca_pem"])
+            ctx = harden(ssl.create_default_context(cadata=ca["ca_pem"]))
             td = ca["trust_domain"]
             key = generate_key()
             csr = make_csr(key, f"spiffe://{td}/host/{host}" if host else None)

@@ -43,8 +43,18 @@ def tls_try(ab: AB, ctx: ssl.SSLContext, sni: str = "b") -> str:
         raw.close()
 
 
-def _refused(outcome: str) -> bool:
-    return not outcome.startswith("response: b'HTTP/")
+# The alert each refusal must carry: the peer is told why, not left to guess from an EOF or a timeout.
+ALERTS = {
+    "no_cert": "CERTIFICATE_REQUIRED",
+    "other_ca": "UNKNOWN_CA",
+    "expired": "CERTIFICATE_EXPIRED",
+    "not_yet_valid": "BAD_CERTIFICATE",
+}
+
+
+def _refused(outcome: str, alert: str, elapsed: float) -> bool:
+    """Refused means: the specific TLS alert arrived, within about a second (a timeout never counts)."""
+    return alert in outcome.upper() and "TIMED OUT" not in outcome.upper() and elapsed < 1.5
 
 
 def _mesh_still_works(ab: AB) -> None:
@@ -86,33 +96,59 @@ def test_inbound_refuses_bad_client_certificates(ab: AB, tmp_path: Path, kind: s
         leaf = ab.mesh.ca.issue("service", "a", not_before=now + timedelta(days=1), not_after=now + timedelta(days=2))
         cert, key = leaf.write(tmp_path / "a")
     ctx = client_context(ab.mesh.ca_pem, cert, key)
+    t0 = time.monotonic()
     outcome = tls_try(ab, ctx)
-    assert _refused(outcome), f"{kind}: the inbound answered: {outcome}"
+    assert _refused(outcome, ALERTS[kind], time.monotonic() - t0), f"{kind}: {outcome}"
     time.sleep(0.2)
     assert ab.b.requests() == before, f"{kind}: a request reached the app ({outcome})"
     _mesh_still_works(ab)
 
 
 def test_inbound_refuses_plaintext_http(ab: AB) -> None:
+    """Plain HTTP at the inbound port gets a plain 400 saying what the port is, at once, and never the app.
+
+    TLS has no alert for it (OpenSSL sends none), so the answer is HTTP. A
+    client that reads it (Content-Length, Connection: close) is done at
+    once; the port also closes by itself within the handshake timeout.
+    """
     before = ab.b.requests()
-    with socket.create_connection(split(ab.h2.inbound), timeout=5) as s:
+    with socket.create_connection(split(ab.h2.inbound), timeout=10) as s:
         s.sendall(REQUEST)
+        t0 = time.monotonic()
         data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _content_length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        answered = time.monotonic() - t0
         try:
-            while chunk := s.recv(65536):
-                data += chunk
+            rest = s.recv(65536)
         except OSError:
-            pass
-    assert not data.startswith(b"HTTP/1.1 2") and not data.startswith(b"HTTP/1.0 2"), data[:300]
+            rest = b""
+        closed = time.monotonic() - t0
+    assert data.startswith(b"HTTP/1.1 400 "), f"plaintext got {data[:300]!r}"
+    assert b"glassmesh-error: plaintext_on_mtls_port" in data and b"mutual TLS only" in data, data
+    assert answered < 1.5, f"the inbound took {answered:.1f} s to answer plaintext"
+    assert rest == b"" and closed < 5, f"the inbound kept the connection {closed:.1f} s ({rest!r})"
     time.sleep(0.2)
     assert ab.b.requests() == before, "plaintext reached the app"
     _mesh_still_works(ab)
 
 
+def _content_length(data: bytes) -> int:
+    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def test_inbound_refuses_tls_without_client_cert_even_with_no_server_check(ab: AB) -> None:
     """A careless client that checks nothing and sends no certificate still gets nothing."""
     before = ab.b.requests()
+    t0 = time.monotonic()
     outcome = tls_try(ab, client_context(None))
-    assert _refused(outcome), outcome
+    assert _refused(outcome, ALERTS["no_cert"], time.monotonic() - t0), outcome
     time.sleep(0.2)
     assert ab.b.requests() == before
