@@ -11,8 +11,40 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+
+class InsecureFile(Exception):
+    """A secret file others can read: refused, as ssh refuses such a key, with the fix in the message."""
+
+
+def check_private(path: str | Path, what: str = "private key") -> None:
+    """Refuse a secret that the group or others may read (or write): it may already have been copied.
+
+    Only the mode is judged, not the owner: a key the service user cannot
+    read fails later with its own clear error.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return  # reading it says that better
+    if mode & 0o077:
+        raise InsecureFile(f"{what} {path} is accessible by group or others (mode {mode:04o}): anyone who read it "
+                           f"can act with it; run `chmod 600 {path}` (and replace the key if others may have "
+                           f"copied it)")
+
+
+def private_dir(path: str | Path) -> None:
+    """A directory only its owner may enter (0700): created so, and an existing one narrowed to it.
+
+    Data directories hold keys, snapshots and stores; narrowing our own
+    directory is safe, so it is done rather than refused.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+        os.chmod(path, 0o700)
 
 
 def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from glassmesh.api.certs import CLOCK_SKEW, spiffe_id_of
-from glassmesh.files import write_atomic, write_private
+from glassmesh.files import InsecureFile, check_private, private_dir, write_atomic, write_private
 
 Kind = Literal["service", "host"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -312,7 +312,7 @@ def init_ca(
             "(pass force=True / --force to replace it, which invalidates every certificate it issued)"
         )
     try:
-        d.mkdir(parents=True, exist_ok=True)
+        private_dir(d)
     except OSError as e:
         raise CAError(f"cannot create CA directory {d}: {e.strerror or e}") from e
     cert, key = _build_root(trust_domain, days)
@@ -340,6 +340,10 @@ def load_ca(directory: str | Path) -> CA:
     if not d.is_dir():
         raise CAError(f"no CA in {d}: directory does not exist (create one with `ca init`)")
     cert_bytes = _read(d / CERT_FILE, "certificate")
+    try:
+        check_private(d / KEY_FILE, "the CA's private key")
+    except InsecureFile as e:
+        raise CAError(str(e)) from None
     key_bytes = _read(d / KEY_FILE, "private key")
     td_path = d / TRUST_DOMAIN_FILE
     td = _read(td_path, "trust domain file").decode(errors="replace").strip() if td_path.exists() else None

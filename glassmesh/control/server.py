@@ -35,6 +35,7 @@ from glassmesh.control.metrics import HoldCounter
 from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
+from glassmesh.files import private_dir
 
 log = logging.getLogger("glassmesh.control")
 HEARTBEAT_S = 5.0
@@ -53,7 +54,7 @@ def open_store(spec: str, data_dir: str) -> Store:
     if spec == "sqlite":
         from glassmesh.control.store_sqlite import SqliteStore
 
-        os.makedirs(data_dir, exist_ok=True)
+        private_dir(data_dir)
         return SqliteStore(os.path.join(data_dir, "control.sqlite"))
     if spec.startswith("etcd://"):
         try:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +39,20 @@ CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, key TEXT NOT NULL, value
 """
 
 
+def _private_files(path: str) -> None:
+    """The store holds the CA key and join-token hashes: the file and its WAL and shm are 0600.
+
+    SQLite creates -wal and -shm with the database file's mode, so creating
+    the file 0600 before SQLite opens it covers all three; files an older
+    version left wider are narrowed.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(os.stat(p).st_mode) & 0o077:
+                os.chmod(p, 0o600)
+
+
 def _version(row: tuple[Any, ...]) -> ConfigVersion:
     return ConfigVersion(version=row[0], doc=json.loads(row[1]), sha256=row[2], author=row[3], at=row[4],
                          diff=row[5], message=row[6])
@@ -48,11 +64,12 @@ class SqliteStore(Store):
     def __init__(self, path: str, clock: Any = time.time) -> None:
         self._clock = clock
         try:
+            _private_files(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open {path}: {e}") from None
         self._changed: asyncio.Condition | None = None
 

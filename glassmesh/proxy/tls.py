@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from glassmesh.files import InsecureFile, check_private
 from glassmesh.tlsdefaults import harden
 
 ALPN_HTTP1 = "http/1.1"
@@ -123,6 +124,10 @@ def set_keylog(ctx: ssl.SSLContext, path: str) -> None:
 
 
 def _load_pair(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    try:
+        check_private(key)
+    except InsecureFile as e:
+        raise TlsConfigError(str(e)) from None
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as e:
