@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -46,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -55,6 +57,7 @@ from glassmesh.ca import CA, CAError, ca_from_pem, ca_key_pem, init_ca, load_ca,
 from glassmesh.ca.signer import CLOCK_SKEW, validate_name
 from glassmesh.control.store import HostRecord, Store, StoreError
 from glassmesh.files import write_atomic, write_private
+from glassmesh.model.snapshot import Address, split_address
 from glassmesh.tlsdefaults import harden
 
 log = logging.getLogger("glassmesh.control")
@@ -118,6 +121,23 @@ def parse_duration(text: str) -> float:
 def ca_sha256(ca: CA) -> str:
     """SHA-256 of the root's DER, lowercase hex: what a joining proxy pins before trusting the CA."""
     return ca.cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _check_address(address: str) -> None:
+    """A host's inbound address as mesh.yaml takes it (IP:PORT, [IPv6]:PORT), or ValueError.
+
+    Checked when the token is made: the address goes into every snapshot that
+    lists the host, and one that cannot be parsed would fail the compile of
+    the whole mesh, not just this host.
+    """
+    try:
+        msgspec.convert(address, Address)
+        host, port = split_address(address)
+        ipaddress.ip_address(host)
+    except (msgspec.ValidationError, ValueError):
+        raise ValueError(f"address {address!r} is not IP:PORT (e.g. 10.0.0.4:4143 or [fd00::4]:4143)") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"address {address!r}: port {port} is not between 1 and 65535")
 
 
 # Fingerprints of the CAs open_ca created in this process: `shared_ca` replaces one of those by the
@@ -308,6 +328,8 @@ class Identity:
             validate_name(name, "host name")
             for s in services:
                 validate_name(s, "service name")
+            if address:
+                _check_address(address)
         except ValueError as e:
             raise BadRequest(str(e)) from None
         if not MIN_TOKEN_TTL_S <= ttl_s <= MAX_TOKEN_TTL_S:
