@@ -37,6 +37,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -47,6 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+# A control plane on an etcd store keeps the CA key there encrypted with a passphrase it must be given.
+ETCD_PASSPHRASE_ENV = {"GLASSMESH_CA_PASSPHRASE": "test passphrase for the shared CA key"}
 
 ETCD_BIN = os.environ.get("GLASSMESH_ETCD_BIN", "/usr/bin/etcd")
 
@@ -79,6 +83,71 @@ def _die_with_parent() -> None:
 
 
 @dataclass
+class EtcdTlsFiles:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as an operator gives etcd and us."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def make(cls, d: Path) -> EtcdTlsFiles:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        now = datetime.datetime.now(datetime.UTC)
+
+        def name(cn: str) -> x509.Name:
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+        def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+            c, k = d / f"{stem}.pem", d / f"{stem}.key"
+            c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            k.touch(mode=0o600)
+            k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
+            return c, k
+
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = (x509.CertificateBuilder().subject_name(name("etcd test CA")).issuer_name(name("etcd test CA"))
+              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+        ca_path, _ = write("ca", ca, ca_key)
+
+        def leaf(cn: str, *usage: x509.ObjectIdentifier) -> tuple[Path, Path]:
+            key = ec.generate_private_key(ec.SECP256R1())
+            b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
+                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                 .not_valid_before(now - datetime.timedelta(minutes=5))
+                 .not_valid_after(now + datetime.timedelta(days=1))
+                 .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
+                 .add_extension(x509.SubjectAlternativeName([
+                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False))
+            return write(cn, b.sign(ca_key, hashes.SHA256()), key)
+
+        # etcd's JSON gateway calls its own gRPC port with the server certificate: it must be a client one too.
+        server = leaf("server", ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+        client = leaf("client", ExtendedKeyUsageOID.CLIENT_AUTH)
+        return cls(ca_path, server[0], server[1], client[0], client[1])
+
+    def client_context(self, with_cert: bool = True) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if with_cert:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
+@dataclass
 class EtcdMember:
     name: str
     client_port: int
@@ -86,10 +155,11 @@ class EtcdMember:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    tls: EtcdTlsFiles | None = None  # clients speak TLS with a client certificate (--client-cert-auth)
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -106,7 +176,8 @@ class EtcdMember:
     def healthy(self, timeout_s: float = 1.0) -> bool:
         """etcd's own /health: true once the member sees a leader and can serve a read."""
         try:
-            with urllib.request.urlopen(self.client_url + "/health", timeout=timeout_s) as r:
+            ctx = self.tls.client_context() if self.tls else None
+            with urllib.request.urlopen(self.client_url + "/health", timeout=timeout_s, context=ctx) as r:
                 return json.loads(r.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -122,6 +193,8 @@ class EtcdCluster:
     cluster_token: str = ""
     _own_root: bool = False
     start_seconds: float = 0.0  # how long start() took, for reports
+    tls: bool = False  # clients must speak TLS and present a certificate from `tls_files`' CA
+    tls_files: EtcdTlsFiles | None = None
 
     def __post_init__(self) -> None:
         if self.root is None:
@@ -131,19 +204,21 @@ class EtcdCluster:
             self.root = Path(tempfile.mkdtemp(prefix="gm-etcd-", dir=base))
             self._own_root = True
         self.cluster_token = f"gm-{os.getpid()}-{self.root.name}"
+        if self.tls:
+            self.tls_files = EtcdTlsFiles.make(self.root / "tls")
         ports = free_ports(2 * self.size)
         for i in range(self.size):
             name = f"m{i}"
             self.members.append(EtcdMember(
                 name=name, client_port=ports[2 * i], peer_port=ports[2 * i + 1],
-                data_dir=self.root / f"{name}.etcd", log_path=self.root / f"{name}.log"))
+                data_dir=self.root / f"{name}.etcd", log_path=self.root / f"{name}.log", tls=self.tls_files))
 
     # --- lifecycle -----------------------------------------------------------
     @classmethod
     @contextlib.contextmanager
-    def started(cls, size: int = 3, timeout_s: float = 20.0) -> Iterator[EtcdCluster]:
+    def started(cls, size: int = 3, timeout_s: float = 20.0, tls: bool = False) -> Iterator[EtcdCluster]:
         """A started, healthy cluster that is stopped and removed on exit, whatever happens."""
-        cluster = cls(size=size)
+        cluster = cls(size=size, tls=tls)
         try:
             cluster.start(timeout_s)
             yield cluster
@@ -157,8 +232,8 @@ class EtcdCluster:
 
     @property
     def url(self) -> str:
-        """The `--store` form the control plane takes: etcd://127.0.0.1:p1,127.0.0.1:p2,..."""
-        return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
+        """The `--store` form the control plane takes: etcd://127.0.0.1:p1,... (etcds:// with TLS)."""
+        return ("etcds://" if self.tls else "etcd://") + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
 
     @property
     def initial_cluster(self) -> str:
@@ -181,7 +256,10 @@ class EtcdCluster:
             "--logger", "zap",
             "--log-outputs", "stderr",
             "--log-level", "info",
-        ]
+        ] + ([
+            "--cert-file", str(m.tls.server_cert), "--key-file", str(m.tls.server_key),
+            "--client-cert-auth", "--trusted-ca-file", str(m.tls.ca),
+        ] if m.tls else [])
 
     def _spawn(self, m: EtcdMember) -> None:
         log = open(m.log_path, "ab")  # the child keeps its own copy of the fd
@@ -249,7 +327,8 @@ class EtcdCluster:
                 continue
             try:
                 req = urllib.request.Request(m.client_url + "/v3/maintenance/status", data=b"{}", method="POST")
-                with urllib.request.urlopen(req, timeout=1) as r:
+                ctx = m.tls.client_context() if m.tls else None
+                with urllib.request.urlopen(req, timeout=1, context=ctx) as r:
                     st = json.loads(r.read())
                 leader = int(st.get("leader", 0))
                 member_id = int(st.get("header", {}).get("member_id", 0))

@@ -352,7 +352,8 @@ def load_ca(directory: str | Path) -> CA:
 
 
 def ca_from_pem(cert_pem: bytes, key_pem: bytes, trust_domain: str | None = None, *, cert_name: str = "the CA "
-                "certificate", key_name: str = "the CA key", td_name: str = "the trust domain") -> CA:
+                "certificate", key_name: str = "the CA key", td_name: str = "the trust domain",
+                passphrase: bytes | None = None) -> CA:
     """A CA from its PEM certificate and key, with the checks `load_ca` makes on files.
 
     Shared by `load_ca` and the control plane, which keeps its CA in the
@@ -365,10 +366,16 @@ def ca_from_pem(cert_pem: bytes, key_pem: bytes, trust_domain: str | None = None
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as e:
         raise CAError(f"{cert_name} is not a PEM certificate: {e}") from None
+    encrypted = key_is_encrypted(key_pem)
+    if encrypted and passphrase is None:
+        raise CAError(f"{key_name} is encrypted: give its passphrase (--ca-passphrase-file FILE, or the "
+                      f"GLASSMESH_CA_PASSPHRASE environment variable)")
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        key = serialization.load_pem_private_key(key_pem, password=passphrase if encrypted else None)
     except (ValueError, TypeError) as e:
-        raise CAError(f"{key_name} is not an unencrypted PEM private key: {e}") from None
+        if encrypted:
+            raise CAError(f"{key_name} cannot be decrypted with the passphrase given (wrong passphrase?)") from None
+        raise CAError(f"{key_name} is not a PEM private key: {e}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CAError(f"{key_name} is not an ECDSA key")
     if not _same_public_key(key.public_key(), cert.public_key()):
@@ -417,6 +424,18 @@ def save_ca(directory: str | Path, ca: CA) -> None:
         raise CAError(f"cannot write CA files in {d}: {e.strerror or e}") from e
 
 
-def ca_key_pem(ca: CA) -> bytes:
-    """The CA's private key as unencrypted PKCS8 PEM (for the control plane's shared copy)."""
-    return _key_pem(ca.key)
+def ca_key_pem(ca: CA, passphrase: bytes | None = None) -> bytes:
+    """The CA's private key as PKCS8 PEM, encrypted with `passphrase` when one is given.
+
+    The encrypted form is what the control plane keeps in its store: a copy
+    of the store (an etcd backup, a stolen SQLite file) then mints nothing
+    without the passphrase, which lives elsewhere (a file or the environment).
+    """
+    if passphrase is None:
+        return _key_pem(ca.key)
+    return ca.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.BestAvailableEncryption(passphrase))
+
+
+def key_is_encrypted(key_pem: bytes) -> bool:
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in key_pem

@@ -11,7 +11,17 @@ import click
                    "the replicas share through the store (created by the first replica to start).")
 @click.option("--listen", default="127.0.0.1:4200", show_default=True, help="Address of the HTTP API.")
 @click.option("--store", "store_spec", default="sqlite", show_default=True,
-              help="'sqlite' (one replica) or etcd://host:port[,host:port...] (several replicas).")
+              help="'sqlite' (one replica), or etcds://host:port[,host:port...] (several replicas; etcd over TLS "
+                   "with --etcd-ca/--etcd-cert/--etcd-key); plain etcd:// only with every member on loopback.")
+@click.option("--etcd-ca", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="CA that signed the etcd members' server certificates (etcds://).")
+@click.option("--etcd-cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Client certificate this replica presents to etcd (etcd --client-cert-auth).")
+@click.option("--etcd-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Key of --etcd-cert (mode 0600).")
+@click.option("--ca-passphrase-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="File (mode 0600) holding the passphrase that encrypts the CA key in the store, so that a "
+                   "copy of the store mints nothing; or set GLASSMESH_CA_PASSPHRASE. Required with etcd.")
 @click.option("--trust-domain", default="glassmesh.local", show_default=True, help="SPIFFE trust domain.")
 @click.option("--dns-server", "dns_servers", multiple=True, metavar="IP[:PORT]",
               help="Nameserver for services discovered by DNS (repeatable; default: those in /etc/resolv.conf).")
@@ -21,7 +31,8 @@ import click
 @click.option("--leaf-hours", default=24.0, type=click.FloatRange(0.001, 24 * 365), hidden=True,
               help="Lifetime of the host and service certificates it signs (tests shorten it).")
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
-def control(data_dir: str, listen: str, store_spec: str, trust_domain: str, dns_servers: tuple[str, ...],
+def control(data_dir: str, listen: str, store_spec: str, etcd_ca: str | None, etcd_cert: str | None,
+            etcd_key: str | None, ca_passphrase_file: str | None, trust_domain: str, dns_servers: tuple[str, ...],
             proxy_listen: str | None, leaf_hours: float, verbose: bool) -> None:
     """Run the control plane: keeps the mesh config, compiles and serves each host's snapshot."""
     import asyncio
@@ -47,15 +58,35 @@ def control(data_dir: str, listen: str, store_spec: str, trust_domain: str, dns_
     elif ":" not in proxy_listen or not proxy_listen.rpartition(":")[2].isdigit():
         raise click.UsageError(f"--proxy-listen must be host:port, got {proxy_listen!r}")
     import os
+    import ssl
 
     from glassmesh.ca import CAError
     from glassmesh.control.identity import Identity, open_ca
+    from glassmesh.control.server import EtcdTls
+    from glassmesh.files import InsecureFile, check_private
 
+    if (etcd_cert is None) != (etcd_key is None):
+        raise click.UsageError("--etcd-cert and --etcd-key go together")
+    if etcd_cert and not etcd_ca:
+        raise click.UsageError("--etcd-cert needs --etcd-ca")
+    passphrase: bytes | None = None
     try:
+        if ca_passphrase_file:
+            check_private(ca_passphrase_file, "CA passphrase file")
+            with open(ca_passphrase_file, "rb") as f:
+                passphrase = f.read().strip()
+        elif os.environ.get("GLASSMESH_CA_PASSPHRASE"):
+            passphrase = os.environ["GLASSMESH_CA_PASSPHRASE"].encode()
+        if passphrase is not None and len(passphrase) < 12:
+            raise click.UsageError("the CA passphrase must be at least 12 characters")
+        if store_spec.startswith(("etcd://", "etcds://")) and passphrase is None:
+            raise click.UsageError("an etcd store is shared and holds the CA key: give --ca-passphrase-file FILE "
+                                   "(or GLASSMESH_CA_PASSPHRASE) so that it is kept encrypted there")
         # The CA lives with the control plane's state for now (an offline root is a later issue).
         identity = Identity(open_ca(os.path.join(data_dir, "ca"), trust_domain), leaf_hours=leaf_hours)
-        store = open_store(store_spec, data_dir)
+        store = open_store(store_spec, data_dir, EtcdTls(etcd_ca, etcd_cert, etcd_key) if etcd_ca else None)
         asyncio.run(serve(store, listen, trust_domain, dns_servers, identity=identity, proxy_listen=proxy_listen,
-                          proxy_listen_explicit=explicit, tls_dir=os.path.join(data_dir, "ca")))
-    except (StartupError, StoreError, CAError, ValueError) as e:
+                          proxy_listen_explicit=explicit, tls_dir=os.path.join(data_dir, "ca"),
+                          ca_passphrase=passphrase))
+    except (StartupError, StoreError, CAError, ValueError, InsecureFile, OSError, ssl.SSLError) as e:
         raise click.ClickException(str(e)) from None

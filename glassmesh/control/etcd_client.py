@@ -20,6 +20,7 @@ import asyncio
 import base64
 import json
 import random
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,7 +73,7 @@ class EtcdClient:
     """Sends JSON-gateway calls to one of several members, failing over between them."""
 
     def __init__(self, endpoints: list[str], request_timeout_s: float = 2.0,
-                 retry_deadline_s: float = 15.0) -> None:
+                 retry_deadline_s: float = 15.0, ssl_context: ssl.SSLContext | None = None) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = [e.rstrip("/") for e in endpoints]
@@ -83,6 +84,7 @@ class EtcdClient:
         self._session: aiohttp.ClientSession | None = None
         self._streams: set[aiohttp.ClientResponse] = set()
         self._closed = False
+        self._ssl = ssl_context  # https:// members: TLS with this context (etcd's CA, our client certificate)
 
     @property
     def closed(self) -> bool:
@@ -95,7 +97,7 @@ class EtcdClient:
         if self._session is None or self._session.closed:
             # Created on first use so that the store can be built outside a running loop.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, ssl=self._ssl or True),
                 json_serialize=json.dumps)
         return self._session
 

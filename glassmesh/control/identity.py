@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from glassmesh.ca import CA, CAError, ca_from_pem, ca_key_pem, init_ca, load_ca, save_ca
-from glassmesh.ca.signer import CLOCK_SKEW, validate_name
+from glassmesh.ca.signer import CLOCK_SKEW, key_is_encrypted, validate_name
 from glassmesh.control.store import HostRecord, Store, StoreError
 from glassmesh.files import write_atomic, write_private
 from glassmesh.model.snapshot import Address, split_address
@@ -161,12 +161,14 @@ def open_ca(directory: str | Path, trust_domain: str) -> CA:
     return ca
 
 
-def _ca_record(ca: CA) -> dict[str, Any]:
-    return {"trust_domain": ca.trust_domain, "cert_pem": ca.cert_pem.decode(), "key_pem": ca_key_pem(ca).decode(),
-            "ca_sha256": ca_sha256(ca), "created": time.time(), "by": f"{socket.gethostname()} pid {os.getpid()}"}
+def _ca_record(ca: CA, passphrase: bytes | None) -> dict[str, Any]:
+    return {"trust_domain": ca.trust_domain, "cert_pem": ca.cert_pem.decode(),
+            "key_pem": ca_key_pem(ca, passphrase).decode(), "ca_sha256": ca_sha256(ca), "created": time.time(),
+            "by": f"{socket.gethostname()} pid {os.getpid()}"}
 
 
-async def shared_ca(store: Store, local: CA, directory: str | Path | None = None) -> CA:
+async def shared_ca(store: Store, local: CA, directory: str | Path | None = None,
+                    passphrase: bytes | None = None) -> CA:
     """The CA all replicas on `store` sign with: the store's, or `local` if the store has none yet.
 
     With no CA in the store, `local` (this replica's DIR/ca) is offered with
@@ -179,10 +181,15 @@ async def shared_ca(store: Store, local: CA, directory: str | Path | None = None
     have signed certificates, so it is kept in DIR/ca/replaced-<sha256
     prefix>/ and the replacement is logged as a warning. A store CA for
     another trust domain is an error (CAError), as for DIR/ca.
+
+    With a `passphrase`, the key in the store is encrypted with it (PKCS8,
+    the best encryption `cryptography` offers), and a key an older version
+    stored in the clear is encrypted in place; an encrypted one cannot be
+    read without it (CAError naming the flag).
     """
     rec = await store.get_record(CA_KIND, CA_KEY)
     if rec is None:
-        if await store.create_record(CA_KIND, CA_KEY, _ca_record(local)):
+        if await store.create_record(CA_KIND, CA_KEY, _ca_record(local, passphrase)):
             log.info("CA sha256 %s stored for every replica to share", ca_sha256(local))
             return local
         rec = await store.get_record(CA_KIND, CA_KEY)  # another replica's create won: use its CA
@@ -190,11 +197,18 @@ async def shared_ca(store: Store, local: CA, directory: str | Path | None = None
             raise CAError("the store refused to hold this CA but has none either; is another control plane "
                           "writing under the same store prefix?")
     try:
-        shared = ca_from_pem(str(rec["cert_pem"]).encode(), str(rec["key_pem"]).encode(), rec.get("trust_domain"),
+        key_pem = str(rec["key_pem"]).encode()
+        shared = ca_from_pem(str(rec["cert_pem"]).encode(), key_pem, rec.get("trust_domain"),
                              cert_name="the store's CA certificate", key_name="the store's CA key",
-                             td_name="the store's CA record")
+                             td_name="the store's CA record", passphrase=passphrase)
     except KeyError as e:
         raise CAError(f"the store's CA record lacks {e}") from None
+    if passphrase is not None and not key_is_encrypted(key_pem):
+        await store.put_record(CA_KIND, CA_KEY, {**rec, "key_pem": ca_key_pem(shared, passphrase).decode()})
+        log.warning("the CA key in the store was not encrypted: it is now, with the passphrase given")
+    elif passphrase is None:
+        log.info("the CA key in the store is not encrypted (no --ca-passphrase-file): a copy of the store "
+                 "can mint any identity")
     if shared.trust_domain != local.trust_domain:
         raise CAError(f"the store's CA is for trust domain {shared.trust_domain!r}, not {local.trust_domain!r} "
                       f"(--trust-domain must match the CA the mesh was built with)")

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import os
 import signal
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,7 +38,7 @@ from glassmesh.control.metrics import HoldCounter
 from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
-from glassmesh.files import private_dir
+from glassmesh.files import check_private, private_dir
 
 log = logging.getLogger("glassmesh.control")
 HEARTBEAT_S = 5.0
@@ -49,23 +52,68 @@ class StartupError(Exception):
     """The control plane cannot start (bad --store, unreadable data dir, port taken)."""
 
 
-def open_store(spec: str, data_dir: str) -> Store:
-    """`sqlite` (a file in data_dir) or `etcd://h1:2379,h2:2379` (imported only when asked for)."""
+def open_store(spec: str, data_dir: str, etcd_tls: EtcdTls | None = None) -> Store:
+    """`sqlite` (a file in data_dir), or etcd: `etcds://h1:2379,h2:2379` over TLS, `etcd://` on loopback only.
+
+    etcd holds everything, the CA key included, so it is spoken to over TLS
+    with a client certificate (etcd's --client-cert-auth); plain etcd:// is
+    allowed only when every member is on loopback, where only this machine's
+    users can reach it.
+    """
     if spec == "sqlite":
         from glassmesh.control.store_sqlite import SqliteStore
 
         private_dir(data_dir)
         return SqliteStore(os.path.join(data_dir, "control.sqlite"))
-    if spec.startswith("etcd://"):
-        try:
-            from glassmesh.control.store_etcd import EtcdStore  # type: ignore[import-not-found]
-        except ImportError as e:
-            raise StartupError(f"--store {spec}: the etcd store is not available ({e})") from None
-        endpoints = [e for e in spec[len("etcd://"):].split(",") if e]
-        if hasattr(EtcdStore, "from_url"):
-            return EtcdStore.from_url(spec)  # type: ignore[no-any-return]
-        return EtcdStore(endpoints)  # type: ignore[no-any-return]
-    raise StartupError(f"--store must be 'sqlite' or 'etcd://host:port[,host:port...]', got {spec!r}")
+    if spec.startswith(("etcd://", "etcds://")):
+        from glassmesh.control.store_etcd import EtcdStore
+
+        scheme, _, rest = spec.partition("://")
+        members = [m for m in rest.strip("/").split(",") if m]
+        if not members:
+            raise StartupError(f"--store {spec}: no etcd member given")
+        if scheme == "etcd":
+            remote = [m for m in members if not _loopback(m)]
+            if remote:
+                raise StartupError(f"--store {spec}: {remote[0]} is not on loopback, and etcd holds the CA key: "
+                                   f"use etcds://... with --etcd-ca, --etcd-cert and --etcd-key")
+            if etcd_tls is not None:
+                raise StartupError("--etcd-ca/--etcd-cert/--etcd-key need an etcds:// store")
+            return EtcdStore(members)
+        if etcd_tls is None:
+            raise StartupError(f"--store {spec}: an etcds:// store needs --etcd-ca (and --etcd-cert, --etcd-key "
+                               f"for a client certificate)")
+        return EtcdStore([f"https://{m}" for m in members], ssl_context=etcd_tls.context())
+    raise StartupError(f"--store must be 'sqlite', 'etcds://host:port[,host:port...]' or (loopback only) "
+                       f"'etcd://127.0.0.1:port', got {spec!r}")
+
+
+def _loopback(member: str) -> bool:
+    host = member.rpartition(":")[0].strip("[]") if ":" in member else member
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class EtcdTls:
+    """How this replica proves itself to etcd and checks etcd: a CA, and a client certificate and key."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # etcd is not ours: 1.2 with its AEAD suites is its floor
+        if self.cert:
+            if self.key:
+                check_private(self.key, "etcd client key")
+            ctx.load_cert_chain(self.cert, self.key)
+        return ctx
 
 
 @web.middleware
@@ -203,7 +251,7 @@ async def _heartbeat(store: Store, replica_id: str, listen: str, identity: Ident
 
 async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Sequence[str] = (),
                 identity: Identity | None = None, proxy_listen: str = "", proxy_listen_explicit: bool = True,
-                tls_dir: str = "") -> None:
+                tls_dir: str = "", ca_passphrase: bytes | None = None) -> None:
     """Run until SIGINT/SIGTERM. dns_servers: "ip[:port]" for DNS discovery (default: /etc/resolv.conf).
 
     With `identity`, a second listener on `proxy_listen` serves the proxy routes
@@ -214,7 +262,11 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
     host, _, port = listen.rpartition(":")
     if identity is not None:
         # Before anything listens: every replica on this store signs with (and serves) the same CA.
-        identity.ca = await shared_ca(store, identity.ca, tls_dir or None)
+        try:
+            identity.ca = await shared_ca(store, identity.ca, tls_dir or None, ca_passphrase)
+        except BaseException:
+            await store.close()  # the replica does not start: leave no connection to the store open
+            raise
     app = make_app(store, trust_domain, listen=listen, dns_servers=dns_servers, identity=identity)
     # Long-polls are answered at once on shutdown (end_long_polls); a second is for anything else in flight.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import ssl
 import time
 import uuid
 from typing import Any
@@ -85,9 +86,10 @@ class EtcdStore(Store):
     """Store over etcd's JSON gateway; `endpoints` are client URLs of the members."""
 
     def __init__(self, endpoints: list[str], prefix: str = "/glassmesh", *,
-                 request_timeout_s: float = 2.0, retry_deadline_s: float = 15.0) -> None:
+                 request_timeout_s: float = 2.0, retry_deadline_s: float = 15.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         urls = [e if "://" in e else f"http://{e}" for e in endpoints]
-        self._client = EtcdClient(urls, request_timeout_s, retry_deadline_s)
+        self._client = EtcdClient(urls, request_timeout_s, retry_deadline_s, ssl_context=ssl_context)
         self._p = prefix.rstrip("/")
 
     @classmethod

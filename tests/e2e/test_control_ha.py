@@ -50,7 +50,7 @@ from tests.e2e.test_control_watch import (
     http_json,
     wait_for,
 )
-from tests.etcd_cluster import EtcdCluster
+from tests.etcd_cluster import ETCD_PASSPHRASE_ENV, EtcdCluster
 
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
 TRAFFIC_RATE = 100.0  # requests/s through host1's outbound
@@ -103,7 +103,8 @@ class Replica:
     def start(self) -> None:
         self.proc = self.mesh.spawn(f"control {self.name}", [
             *CLI, "control", "--store", self.store, "--data", str(self.data),
-            "--listen", f"127.0.0.1:{self.port}", "--proxy-listen", f"127.0.0.1:{self.port + 1}"])
+            "--listen", f"127.0.0.1:{self.port}", "--proxy-listen", f"127.0.0.1:{self.port + 1}"],
+            env=ETCD_PASSPHRASE_ENV)
         wait_port(f"127.0.0.1:{self.port}", self.proc, timeout=20)
 
     def kill(self) -> None:

@@ -38,7 +38,7 @@ from glassmesh.ca import spiffe_id_of
 from tests.e2e.harness import PROXY_CMD, Mesh, Proc, fresh_ip, get, wait_port
 from tests.e2e.test_control_ha import CLI, BoundedTraffic, Replica
 from tests.e2e.test_control_watch import APP_PORT, wait_for
-from tests.etcd_cluster import EtcdCluster
+from tests.etcd_cluster import ETCD_PASSPHRASE_ENV, EtcdCluster
 
 CONTROL_DNS = "control.glassmesh.internal"
 TRAFFIC_RATE = 100.0
@@ -136,7 +136,8 @@ def test_replicas_share_one_ca_and_a_joined_proxy_fails_over_over_mtls(mesh: Mes
     for r in (r1, r2):
         r.proc = mesh.spawn(f"control {r.name}", [
             *CLI, "control", "--store", r.store, "--data", str(r.data),
-            "--listen", f"127.0.0.1:{r.port}", "--proxy-listen", f"127.0.0.1:{r.port + 1}"])
+            "--listen", f"127.0.0.1:{r.port}", "--proxy-listen", f"127.0.0.1:{r.port + 1}"],
+            env=ETCD_PASSPHRASE_ENV)
     for r in (r1, r2):
         wait_port(f"127.0.0.1:{r.port + 1}", r.proc, timeout=30)
 
