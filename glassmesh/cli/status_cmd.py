@@ -17,6 +17,26 @@ def _age(s: float | None) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
 
 
+REASON_WIDTH = 60  # the last-reject column, "v12: " included
+
+
+def _one_line(reason: str) -> str:
+    """A reason with its line breaks made spaces: one reject, one line."""
+    return " ".join(str(reason).split())
+
+
+def _reject_cell(h: dict[str, Any]) -> Text:
+    """The host's last reject while it still matters; once it runs a newer version, only that it happened."""
+    rej = h.get("last_reject")
+    if not rej:
+        return Text("")
+    if rej.get("past"):
+        return Text(f"v{rej['version']} rejected earlier", style="dim")
+    n = h.get("rejects", 0)
+    return Text(f"v{rej['version']}" + (f" ({n} rejects in all)" if n > 1 else "") + f": {_one_line(rej['reason'])}",
+                style="yellow")
+
+
 def _print_status(doc: dict[str, Any]) -> None:
     out.print(f"config version {doc['config_version']}  store revision {doc['revision']}  "
               f"answered by replica {doc['replica']}")
@@ -24,22 +44,25 @@ def _print_status(doc: dict[str, Any]) -> None:
         out.print(Text(f"compile error: {doc['compile_error']}", style="red"))
     replicas = ", ".join(f"{r['id']} ({r.get('listen') or '?'})" for r in doc["replicas"]) or "none"
     out.print(f"replicas: {replicas}")
-    hosts = Table("host", "running", "latest", "snapshot age", "last seen", "last reject", box=None,
-                  title="hosts", title_justify="left")
+    hosts = Table("host", "running", "latest", "snapshot age", "last seen", box=None, title="hosts",
+                  title_justify="left")
+    # One line per host whatever the terminal: a reject's reason is cut here, whole in the list below.
+    hosts.add_column("last reject", no_wrap=True, overflow="ellipsis", max_width=REASON_WIDTH)
     for h in doc["hosts"]:
         running = Text(str(h["running"] or "-"), style="green" if h["in_sync"] else "yellow")
-        rej = h.get("last_reject") or {}
-        n = h.get("rejects", 0)
         hosts.add_row(h["name"], running, str(h["latest"]), _age(h["snapshot_age_s"]), _age(h["last_seen_s"]),
-                      f"v{rej['version']}: {rej['reason']}" + (f" ({n} rejects in all)" if n > 1 else "")
-                      if rej else "")
+                      _reject_cell(h))
     out.print(hosts)
-    recent = [(r["at"], h["name"], r) for h in doc["hosts"] for r in h.get("recent_rejects", [])]
+    recent = [(r["at"], h, r) for h in doc["hosts"] for r in h.get("recent_rejects", [])]
     if recent:
         out.print(Text("recent rejects (newest last; `glassmesh status --json` has the last 10 per host):",
                        style="bold yellow"))
-        for _, name, r in sorted(recent, key=lambda x: x[0])[-10:]:
-            out.print(Text(f"  {name} refused v{r['version']}: {r['reason']}", style="yellow"))
+        for _, h, r in sorted(recent, key=lambda x: x[0])[-10:]:
+            line = f"  {h['name']} refused v{r['version']}: {_one_line(r['reason'])}"
+            if r.get("past"):
+                out.print(Text(f"{line} (past: it runs v{h['running']} now)", style="dim"))
+            else:
+                out.print(Text(line, style="yellow"))
     if doc["held"]:
         out.print(Text("held changes (glassmesh release SERVICE lets one through):", style="bold yellow"))
         for h in doc["held"]:
