@@ -54,7 +54,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from glassmesh.ca import CA, CAError, ca_from_pem, ca_key_pem, init_ca, load_ca, save_ca
 from glassmesh.ca.signer import CLOCK_SKEW, validate_name
-from glassmesh.control.config import from_doc
+from glassmesh.control.config import MeshConfig, from_doc
 from glassmesh.control.layout import local_services
 from glassmesh.control.store import HostRecord, Store, StoreError
 from glassmesh.files import write_atomic, write_private
@@ -417,7 +417,7 @@ class Identity:
     async def issue_service(self, store: Store, host: str, service: str, csr_pem: str) -> dict[str, Any]:
         """A service certificate, only for a service `host` was admitted for when it joined."""
         rec = await self._admitted(store, host)
-        allowed = await may_serve(store, rec)
+        allowed = may_serve(rec, await _config(store))
         if service not in allowed:
             raise Forbidden(f"host {host!r} may not serve {service!r}: it was admitted for "
                             f"{', '.join(rec.services) or 'no services'}, and the mesh config in force does not "
@@ -438,16 +438,16 @@ class Identity:
         exp[what] = not_after.timestamp()
         rec = await _host(store, host)
         if rec is not None:
-            services = await may_serve(store, rec)
+            services = may_serve(rec, await _config(store))
             exp = {k: v for k, v in exp.items() if k == "host" or k.removeprefix("service/") in services}
         await store.put_record(CERTS_KIND, host, exp)
         if rec is not None:
             await store.put_host(dataclasses.replace(rec, cert_not_after=min(exp.values())))
 
 
-async def may_serve(store: Store, rec: HostRecord) -> set[str]:
-    """The services a joined host may get certificates for: those it was admitted for when it joined,
-    and those the mesh config in force runs on it.
+def may_serve(rec: HostRecord, cfg: MeshConfig | None) -> set[str]:
+    """The services a joined host may get certificates for and report instances of: those it was
+    admitted for when it joined, and those the mesh config in force runs on it.
 
     The config counts because whoever may apply it already decides what runs
     where (the same operator API admits hosts), so a service added to a
@@ -456,13 +456,15 @@ async def may_serve(store: Store, rec: HostRecord) -> set[str]:
     a host admitted before its services are in the config can start at once.
     """
     allowed = set(rec.services)
-    cur = await store.current()
-    if cur is not None:
-        cfg = from_doc(cur.doc)
-        host = cfg.host(rec.name)
-        if host is not None:
-            allowed.update(local_services(cfg, host))
+    host = cfg.host(rec.name) if cfg is not None else None
+    if cfg is not None and host is not None:
+        allowed.update(local_services(cfg, host))
     return allowed
+
+
+async def _config(store: Store) -> MeshConfig | None:
+    cur = await store.current()
+    return from_doc(cur.doc) if cur is not None else None
 
 
 async def _host(store: Store, name: str) -> HostRecord | None:

@@ -111,8 +111,9 @@ def version_json(v: ConfigVersion, with_doc: bool = False) -> dict[str, Any]:
 
 
 def _reject(rej: dict[str, Any], running: int) -> dict[str, Any]:
-    """A reject, marked `past` once the host runs a newer version: it was fixed since, not a problem now."""
-    return {**rej, "past": running > int(rej.get("version", 0))}
+    """A reject, marked `past` once the host runs that version or a newer one (e.g. after the restart the
+    reject asked for): it was dealt with since, and is no problem now."""
+    return {**rej, "past": running >= int(rej.get("version", 0))}
 
 
 async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
