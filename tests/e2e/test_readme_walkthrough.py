@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
@@ -23,18 +22,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.harness import REPO, Mesh, Proc, fresh_ip, wait_port
 from tests.e2e.test_control_join import free_port
 
 README = REPO / "README.md"
 SECTION = "## Put your own services in the mesh"
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(x) for x in ("nginx", "redis-server", "redis-cli", "curl"))
-    or not (BIN / "gunicorn").exists(),
-    reason="needs nginx, redis-server, redis-cli and curl (scripts/install-test-deps.sh) and gunicorn (the test extra)")
 
 
 def section() -> str:
