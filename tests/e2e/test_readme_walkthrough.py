@@ -256,3 +256,38 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
     assert r.returncode == 0, r.stderr
     assert w.mode("host9") == 0o700 and w.mode("host9/certs") == 0o700 and w.mode("host9/certs/web.key") == 0o600
     assert (w.dir / "host9/certs/ca.pem").read_bytes() == (w.dir / "host1/certs/ca.pem").read_bytes()
+
+
+def test_hand_issued_certificates_make_a_working_certs_dir(mesh: Mesh) -> None:
+    """The README's way without joining: `ca issue --dir control/ca --out DIR/certs/SVC`, then a proxy over http://.
+
+    Before, `--out` into a missing certs/ failed, and a certs/ made by hand
+    lacked ca.pem (`cannot load trust bundle`). Here the proxy starts from
+    exactly what `ca issue` wrote and carries a request over mutual TLS.
+    """
+    w = Walkthrough(mesh)
+    ip = w.ip1
+    w.start("control", ["glassmesh", "control", "--data", "control", "--listen", f"127.0.0.1:{w.api_port}",
+                        "--proxy-listen", f"127.0.0.1:{w.proxy_port}"])
+    wait_port(f"127.0.0.1:{w.api_port}", w.procs["control"])
+    (w.dir / "mesh.yaml").write_text(f"services:\n  - {{name: web, calls: [api]}}\n  - {{name: api, port: 9000}}\n"
+                                     f"hosts:\n  - {{name: solo, address: \"{ip}:4143\", services: [web, api]}}\n")
+    assert w.run("glassmesh apply -f mesh.yaml").returncode == 0
+    (line,) = readme_block_with("glassmesh ca issue --dir control/ca")
+    assert line == "glassmesh ca issue --dir control/ca --service web --out host1/certs/web"
+    for svc in ("web", "api"):
+        r = w.run(line.replace("web", svc).replace("host1", "solo"))
+        assert r.returncode == 0, r.stderr
+        assert "  trust:       solo/certs/ca.pem (the CA's root, SHA256 " in r.stdout
+    assert sorted(p.name for p in (w.dir / "solo/certs").iterdir()) == ["api.key", "api.pem", "ca.pem", "web.key",
+                                                                        "web.pem"]
+    mesh.start_app("http", f"{ip}:9000", "api-solo")
+    w.start("proxy solo", ["glassmesh", "proxy", "--control", w.control_url, "--host", "solo", "--data", "solo"])
+    w.wait_log("proxy solo", r"^glassmesh proxy: host solo serving snapshot version \d+: ")
+
+    def called() -> bool:
+        r = w.run(f"curl -s -H 'Host: api' http://{ip}:4140/hi")
+        return r.stdout.startswith("{") and ["glassmesh-source", "spiffe://glassmesh.local/service/web"] in \
+            json.loads(r.stdout)["headers"]
+
+    until(called, "web calling api through solo's proxy over mutual TLS")
