@@ -345,10 +345,13 @@ class Identity:
         return urls
 
     async def list_hosts(self, store: Store) -> dict[str, Any]:
-        """Joined hosts (admitted services, earliest cert expiry) and pending tokens (never the token)."""
+        """Joined hosts (admitted services, and all it may serve with the config's; earliest cert expiry)
+        and pending tokens (never the token)."""
         now = time.time()
         revoked = await store.records(REVOKED_KIND)
-        joined = [{"name": h.name, "services": list(h.services), "inbound": h.inbound,
+        cfg = await _config(store)
+        joined = [{"name": h.name, "services": list(h.services), "may_serve": [*h.services, *sorted(may_serve(h, cfg) - set(h.services))],
+                   "inbound": h.inbound,
                    "cert_not_after": h.cert_not_after or None, "removed": h.name in revoked}
                   for h in await store.hosts() if h.cert_not_after > 0 or h.name in revoked]
         pending = [{"host": v["host"], "services": v["services"], "expires_in_s": round(v["expires"] - now, 1),

@@ -231,6 +231,7 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
                                          rf"listener addresses changed \(added: api outbound {ip1}:4141\); "
                                          r"that needs a proxy restart$").group(1)
     assert (w.dir / "host1/certs/api.pem").exists() and w.mode("host1/certs/api.key") == 0o600
+    assert re.search(r"^ host1 +web, api \(config\) ", w.run("glassmesh host list").stdout, re.M)
 
     until(lambda: any(x.startswith(" host1 ") and f"v{rejected}: listener addresses chang" in x
                       for x in w.status_lines()), "host1's reject in status")
