@@ -49,16 +49,8 @@ def control(data_dir: str, listen: str, store_spec: str, trust_domain: str, dns_
     import os
 
     from glassmesh.ca import CAError
-    from glassmesh.ca.signer import make_private_dirs
     from glassmesh.control.identity import Identity, open_ca
 
-    # DIR holds the CA's key twice (DIR/ca/ca.key, and the store record every replica shares, in
-    # DIR/control.sqlite): everything this process creates is for its owner only.
-    os.umask(0o077)
-    try:
-        make_private_dirs(data_dir)
-    except OSError as e:
-        raise click.ClickException(f"cannot create --data {data_dir}: {e.strerror or e}") from None
     try:
         # The CA lives with the control plane's state for now (an offline root is a later issue).
         identity = Identity(open_ca(os.path.join(data_dir, "ca"), trust_domain), leaf_hours=leaf_hours)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -272,13 +271,3 @@ def test_status_keeps_a_row_per_host_and_shows_fixed_rejects_as_past(control: Co
     doc = json.loads(control.cli("status", "--json").stdout)
     host1 = next(h for h in doc["hosts"] if h["name"] == "host1")
     assert host1["last_reject"]["past"] is True and host1["last_reject"]["reason"] == reason
-
-
-def test_the_data_dir_holding_the_ca_key_is_private(control: Control, tmp_path: Path) -> None:
-    """DATA/control.sqlite holds the CA's private key (the record replicas share): no one else may read it."""
-    data = tmp_path / "data"
-    assert (data / "control.sqlite").exists()
-    assert stat.S_IMODE(data.stat().st_mode) == 0o700
-    for f in data.glob("control.sqlite*"):
-        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
-    assert stat.S_IMODE((data / "ca" / "ca.key").stat().st_mode) == 0o600
