@@ -312,7 +312,7 @@ def init_ca(
             "(pass force=True / --force to replace it, which invalidates every certificate it issued)"
         )
     try:
-        make_private_dirs(d)
+        d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CAError(f"cannot create CA directory {d}: {e.strerror or e}") from e
     cert, key = _build_root(trust_domain, days)
@@ -411,49 +411,6 @@ def save_ca(directory: str | Path, ca: CA) -> None:
         write_atomic(d / TRUST_DOMAIN_FILE, (ca.trust_domain + "\n").encode())
     except OSError as e:
         raise CAError(f"cannot write CA files in {d}: {e.strerror or e}") from e
-
-
-def make_private_dirs(directory: str | Path) -> None:
-    """Create `directory` and any missing parents with mode 0700 (they will hold private keys).
-
-    Directories that exist already keep their mode: they are the operator's.
-    """
-    d = Path(directory)
-    missing = []
-    while not d.is_dir():
-        missing.append(d)
-        if d.parent == d:
-            break
-        d = d.parent
-    for m in reversed(missing):
-        m.mkdir(mode=0o700)
-        m.chmod(0o700)  # mkdir's mode is cut by the umask
-
-
-def write_trust_bundle(directory: str | Path, ca: CA) -> Path:
-    """Put `ca`'s root next to leaves it issued (DIR/ca.pem), where a proxy's `trust_bundle` looks for it.
-
-    A ca.pem already there from another CA is refused, not replaced: the
-    certificates beside it were issued by that CA and would stop verifying.
-    """
-    path = Path(directory) / CERT_FILE
-    try:
-        there = path.read_bytes()
-    except FileNotFoundError:
-        write_atomic(path, ca.cert_pem)
-        return path
-    except OSError as e:
-        raise CAError(f"cannot read {path}: {e.strerror or e}") from e
-    try:
-        other = fingerprint(x509.load_pem_x509_certificate(there))
-    except ValueError:
-        other = None
-    if other != ca.fingerprint:
-        what = f"another CA (SHA256 {other})" if other else "something that is not a PEM certificate"
-        raise CAError(f"{path} holds {what}, not this one (SHA256 {ca.fingerprint}): the certificates in "
-                      f"{path.parent} would not verify against one bundle. Issue them all from one CA (the "
-                      f"control plane's is its DATA/ca), or remove {path} first")
-    return path
 
 
 def ca_key_pem(ca: CA) -> bytes:

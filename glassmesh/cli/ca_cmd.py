@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from glassmesh.ca import CA, CAError, init_ca, load_ca
-from glassmesh.ca.signer import Kind, make_private_dirs, write_trust_bundle
+from glassmesh.ca.bundle import make_private_dirs, write_trust_bundle
+from glassmesh.ca.signer import Kind
 
 
 class CACommandError(click.ClickException):
