@@ -205,6 +205,8 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
 
         def check() -> bool:
             got = w.curl()
+            if "error" in got:  # the mesh's own answer (no healthy endpoint yet): try again
+                return False
             assert got["service"] == "api" and got["path"] == "/hello"
             assert got["caller"] == "spiffe://glassmesh.local/service/web"
             seen.add(got["host"])
@@ -287,8 +289,8 @@ def test_hand_issued_certificates_make_a_working_certs_dir(mesh: Mesh) -> None:
     w.wait_log("proxy solo", r"^glassmesh proxy: host solo serving snapshot version \d+: ")
 
     def called() -> bool:
-        r = w.run(f"curl -s -H 'Host: api' http://{ip}:4140/hi")
+        r = w.run(f"curl -s -H 'Host: api' http://{ip}:4140/hi")  # a mesh error (no endpoints yet) has no headers
         return r.stdout.startswith("{") and ["glassmesh-source", "spiffe://glassmesh.local/service/web"] in \
-            json.loads(r.stdout)["headers"]
+            json.loads(r.stdout).get("headers", [])
 
     until(called, "web calling api through solo's proxy over mutual TLS")
