@@ -9,8 +9,18 @@ command -v etcd >/dev/null || need+=(etcd-server)
 # A real DNS server for the DNS discovery tests (tests/e2e/test_control_dns.py). dnsmasq-base, not
 # dnsmasq: the latter installs and starts a system service that would take port 53.
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+# Real nginx, redis-server and redis-cli for the README walkthrough (tests/e2e/test_readme_walkthrough.py).
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
+  # The tests start nginx and redis themselves: keep their packages from starting system services
+  # (nginx on port 80, redis on 6379) while they install.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   echo wireshark-common wireshark-common/install-setuid boolean false | debconf-set-selections
   apt-get install -y -qq "${need[@]}" >/dev/null

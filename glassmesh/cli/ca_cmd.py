@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from glassmesh.ca import CA, CAError, init_ca, load_ca
+from glassmesh.ca.bundle import make_private_dirs, write_trust_bundle
 from glassmesh.ca.signer import Kind
 
 
@@ -71,23 +72,38 @@ def init_cmd(directory: Path, trust_domain: str, days: int, force: bool) -> None
 
 
 @ca.command("issue")
-@_dir_option
+@click.option(
+    "--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="The CA to sign with: for a mesh run by `glassmesh control --data DATA`, its DATA/ca (the CA the "
+         "control plane made on first start, whose root every proxy trusts), not one of your own.",
+)
 @click.option("--service", metavar="NAME", help="Issue a service identity: spiffe://TD/service/NAME.")
 @click.option("--host", metavar="NAME", help="Issue a host (proxy) identity: spiffe://TD/host/NAME.")
 @click.option("--out", "prefix", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write PREFIX.pem and PREFIX.key [default: DIR/<kind>-<name>].")
+              help="Write PREFIX.pem and PREFIX.key, and the CA's root as ca.pem beside them, creating missing "
+                   "directories (mode 0700): --out PROXYDATA/certs/web leaves a certs dir a proxy can use "
+                   "[default: DIR/<kind>-<name>].")
 @click.option("--hours", default=24.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Leaf lifetime in hours.")
 def issue_cmd(directory: Path, service: str | None, host: str | None, prefix: Path | None, hours: float) -> None:
-    """Issue a leaf certificate and key signed by the CA in DIR."""
+    """Issue a leaf certificate and key signed by the CA in DIR (and put the CA's ca.pem beside them).
+
+    For hosts that join with a token (`glassmesh host add`), the proxy gets its certificates itself:
+    this is for proxies given certificate files by hand (tests, the demo, `--control http://...`).
+    """
     if (service is None) == (host is None):
         raise click.UsageError("give exactly one of --service NAME or --host NAME")
     kind: Kind = "service" if service is not None else "host"
     name = service if service is not None else host
     assert name is not None
+    bundle = None
     try:
         authority = load_ca(directory)
         leaf = authority.issue(kind, name, hours=hours)
+        if prefix is not None:
+            make_private_dirs(prefix.parent)
+            if prefix.parent.resolve() != directory.resolve():
+                bundle = write_trust_bundle(prefix.parent, authority)
         cert_path, key_path = leaf.write(prefix if prefix is not None else directory / f"{kind}-{name}")
     except (CAError, ValueError) as e:
         raise _fail(e) from None
@@ -96,6 +112,8 @@ def issue_cmd(directory: Path, service: str | None, host: str | None, prefix: Pa
     click.echo(f"issued {leaf.spiffe_id}")
     click.echo(f"  certificate: {cert_path}")
     click.echo(f"  private key: {key_path} (mode 0600)")
+    if bundle is not None:
+        click.echo(f"  trust:       {bundle} (the CA's root, SHA256 {authority.fingerprint[:23]}...)")
     click.echo(f"  expires:     {_expiry(leaf.not_after)}")
 
 

@@ -77,9 +77,11 @@ def list_(as_json: bool, control: str) -> None:
     if as_json:
         out.print_json(data=doc)
         return
-    t = Table("host", "services", "inbound", "certificates until", box=None, title="joined", title_justify="left")
+    t = Table("host", "may serve", "inbound", "certificates until", box=None, title="joined", title_justify="left")
     for h in doc["hosts"]:
-        t.add_row(h["name"] + (" (removed)" if h["removed"] else ""), ", ".join(h["services"]) or "-",
+        # Admitted at join, plus what the config in force runs there (marked: it comes and goes with the config).
+        serves = [s if s in h["services"] else f"{s} (config)" for s in h.get("may_serve", h["services"])]
+        t.add_row(h["name"] + (" (removed)" if h["removed"] else ""), ", ".join(serves) or "-",
                   h["inbound"] or "-", _until(h["cert_not_after"]))
     out.print(t)
     if doc["pending"]:

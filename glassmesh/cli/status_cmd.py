@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 from rich.text import Text
 
 from glassmesh.cli._control_client import author_option, call, control_option, default_author, expect_ok, out
@@ -17,6 +16,52 @@ def _age(s: float | None) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
 
 
+REASON_WIDTH = 80  # the last-reject column at most, "v12: " included
+REASON_MIN = 24  # ... and at least, on a terminal too narrow for the rest
+
+
+def _one_line(reason: str) -> str:
+    """A reason with its line breaks made spaces: one reject, one line."""
+    return " ".join(str(reason).split())
+
+
+def _reject_cell(h: dict[str, Any]) -> Text:
+    """The host's last reject while it still matters; once it runs a newer version, only that it happened."""
+    rej = h.get("last_reject")
+    if not rej:
+        return Text("")
+    if rej.get("past"):
+        return Text(f"v{rej['version']} rejected earlier", style="dim")
+    n = h.get("rejects", 0)
+    return Text(f"v{rej['version']}" + (f" ({n} rejects in all)" if n > 1 else "") + f": {_one_line(rej['reason'])}",
+                style="yellow")
+
+
+def _one_line_rows(header: list[str], rows: list[list[Text]], width: int) -> list[Text]:
+    """A table whose rows never wrap: every column as wide as its widest cell, the last one cut to fit.
+
+    A host's row must stay one line however long a reject reason is (the
+    list below the table has it whole); a narrow terminal cuts the reason, not
+    the host name or the versions.
+    """
+    widths = [max([len(name), *(r[i].cell_len for r in rows)]) for i, name in enumerate(header[:-1])]
+    room = max(REASON_MIN, min(REASON_WIDTH, width - sum(w + 2 for w in widths) - 1))
+    lines = []
+    for cells in [[Text(x) for x in header], *rows]:
+        line = Text(" ")
+        for cell, w in zip(cells, widths, strict=False):
+            line.append_text(cell)
+            line.append(" " * (w - cell.cell_len + 2))
+        last = cells[-1]
+        if last.cell_len > room:
+            last = last[: room - 1]
+            last.append("…")
+        line.append_text(last)
+        line.rstrip()
+        lines.append(line)
+    return lines
+
+
 def _print_status(doc: dict[str, Any]) -> None:
     out.print(f"config version {doc['config_version']}  store revision {doc['revision']}  "
               f"answered by replica {doc['replica']}")
@@ -24,22 +69,23 @@ def _print_status(doc: dict[str, Any]) -> None:
         out.print(Text(f"compile error: {doc['compile_error']}", style="red"))
     replicas = ", ".join(f"{r['id']} ({r.get('listen') or '?'})" for r in doc["replicas"]) or "none"
     out.print(f"replicas: {replicas}")
-    hosts = Table("host", "running", "latest", "snapshot age", "last seen", "last reject", box=None,
-                  title="hosts", title_justify="left")
-    for h in doc["hosts"]:
-        running = Text(str(h["running"] or "-"), style="green" if h["in_sync"] else "yellow")
-        rej = h.get("last_reject") or {}
-        n = h.get("rejects", 0)
-        hosts.add_row(h["name"], running, str(h["latest"]), _age(h["snapshot_age_s"]), _age(h["last_seen_s"]),
-                      f"v{rej['version']}: {rej['reason']}" + (f" ({n} rejects in all)" if n > 1 else "")
-                      if rej else "")
-    out.print(hosts)
-    recent = [(r["at"], h["name"], r) for h in doc["hosts"] for r in h.get("recent_rejects", [])]
+    out.print("hosts")
+    rows = [[Text(h["name"]), Text(str(h["running"] or "-"), style="green" if h["in_sync"] else "yellow"),
+             Text(str(h["latest"])), Text(_age(h["snapshot_age_s"])), Text(_age(h["last_seen_s"])), _reject_cell(h)]
+            for h in doc["hosts"]]
+    for line in _one_line_rows(["host", "running", "latest", "snapshot age", "last seen", "last reject"], rows,
+                               out.width):
+        out.print(line)
+    recent = [(r["at"], h, r) for h in doc["hosts"] for r in h.get("recent_rejects", [])]
     if recent:
         out.print(Text("recent rejects (newest last; `glassmesh status --json` has the last 10 per host):",
                        style="bold yellow"))
-        for _, name, r in sorted(recent, key=lambda x: x[0])[-10:]:
-            out.print(Text(f"  {name} refused v{r['version']}: {r['reason']}", style="yellow"))
+        for _, h, r in sorted(recent, key=lambda x: x[0])[-10:]:
+            line = f"  {h['name']} refused v{r['version']}: {_one_line(r['reason'])}"
+            if r.get("past"):
+                out.print(Text(f"{line} (past: it runs v{h['running']} now)", style="dim"))
+            else:
+                out.print(Text(line, style="yellow"))
     if doc["held"]:
         out.print(Text("held changes (glassmesh release SERVICE lets one through):", style="bold yellow"))
         for h in doc["held"]:

@@ -21,6 +21,7 @@ import msgspec
 import yaml
 
 from glassmesh.control import yamlpos
+from glassmesh.control.collect import collect
 from glassmesh.control.rules import check_meaning
 from glassmesh.model.snapshot import NAME_RE, Address, Name, Protocol
 
@@ -115,23 +116,15 @@ class ConfigError(ValueError):
         super().__init__("\n".join(p.format(filename) for p in problems))
 
 
-_MSGSPEC_AT = re.compile(r"^(.*?)(?: - at `\$\.?(.*)`)?$", re.S)
-
-
 def _friendly(msg: str) -> str:
     msg = msg.replace(f"matching regex '{NAME_RE}'", "that is a lowercase DNS label (a-z, 0-9, -)")
     msg = re.sub(r"matching regex '[^']*'", "in the form host:port", msg) if "regex" in msg else msg
     return msg.replace("`", "").replace(" | null", "")
 
 
-def _schema_problem(err: msgspec.ValidationError, root: yaml.Node | None) -> Problem:
-    m = _MSGSPEC_AT.match(str(err))
-    assert m is not None
-    msg, path = m.group(1), m.group(2) or ""
-    field = re.search(r"(?:unknown|missing required) field `([^`]+)`", msg)
-    if field:  # name the field itself (an unknown key's line; a missing one's parent line)
-        path = f"{path}.{field.group(1)}" if path else field.group(1)
-    return Problem(yamlpos.line_of(root, path), path, _friendly(msg))
+def _problem(root: yaml.Node | None, path: str, message: str) -> Problem:
+    """A schema problem at the line of its field (an unknown key's own line; a missing one's parent)."""
+    return Problem(yamlpos.line_of(root, path), path, _friendly(message))
 
 
 def parse_config(text: str, filename: str = "mesh.yaml") -> MeshConfig:
@@ -142,20 +135,21 @@ def parse_config(text: str, filename: str = "mesh.yaml") -> MeshConfig:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise ConfigError(filename, [Problem(line, "", f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
-    dups = [Problem(line, path, "duplicate key") for path, line in yamlpos.duplicate_keys(root)]
-    if dups:
-        raise ConfigError(filename, dups)
+    problems = [Problem(line, path, "duplicate key") for path, line in yamlpos.duplicate_keys(root)]
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(filename, [Problem(1, "", "the config must be a mapping (services:, hosts:, tcp_links:)")])
-    try:
-        cfg = msgspec.convert(data, MeshConfig, strict=True)
-    except msgspec.ValidationError as e:
-        raise ConfigError(filename, [_schema_problem(e, root)]) from None
-    problems = [Problem(yamlpos.line_of(root, p), p, m) for p, m in check_meaning(cfg)]
-    if problems:
+        raise ConfigError(filename, [*problems, Problem(1, "", "the config must be a mapping (services:, hosts:, "
+                                                               "tcp_links:)")])
+    # Section by section, item by item: every schema problem, not only the first msgspec meets.
+    found = collect(data, MeshConfig)
+    problems += [_problem(root, path, msg) for path, msg in found.problems]
+    if found.lossy:  # an item could not be read: references to it would be reported wrongly
         raise ConfigError(filename, problems)
+    cfg = msgspec.convert(found.value, MeshConfig, strict=True)
+    problems += [Problem(yamlpos.line_of(root, p), p, m) for p, m in check_meaning(cfg)]
+    if problems:
+        raise ConfigError(filename, sorted(problems, key=lambda p: p.line))
     return cfg
 
 

@@ -17,7 +17,8 @@ afterwards is decided here, in one place:
   SHA-256 (a leaked store dump does not leak usable tokens), with a TTL, and
   is consumed with `Store.delete_record`, which returns True exactly once;
 - a CSR is signed only for the SPIFFE ID the caller is entitled to (its own
-  host ID, or a service it was admitted for), and must ask for exactly that
+  host ID, or a service it was admitted for or that the config in force runs
+  on it, see `may_serve`), and must ask for exactly that
   ID, so a mistake or a forgery on the proxy side is refused, not corrected;
 - every issued certificate's expiry is recorded per host, and the host's
   earliest one goes into `HostRecord.cert_not_after`, which `status` turns
@@ -55,6 +56,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from glassmesh.ca import CA, CAError, ca_from_pem, ca_key_pem, init_ca, load_ca, save_ca
 from glassmesh.ca.signer import CLOCK_SKEW, key_is_encrypted, validate_name
+from glassmesh.control.config import MeshConfig, from_doc
+from glassmesh.control.layout import local_services
 from glassmesh.control.store import HostRecord, Store, StoreError
 from glassmesh.files import write_atomic, write_private
 from glassmesh.model.snapshot import Address, split_address
@@ -378,10 +381,13 @@ class Identity:
         return urls
 
     async def list_hosts(self, store: Store) -> dict[str, Any]:
-        """Joined hosts (admitted services, earliest cert expiry) and pending tokens (never the token)."""
+        """Joined hosts (admitted services, and all it may serve with the config's; earliest cert expiry)
+        and pending tokens (never the token)."""
         now = time.time()
         revoked = await store.records(REVOKED_KIND)
-        joined = [{"name": h.name, "services": list(h.services), "inbound": h.inbound,
+        cfg = await _config(store)
+        joined = [{"name": h.name, "services": list(h.services), "may_serve": [*h.services, *sorted(may_serve(h, cfg) - set(h.services))],
+                   "inbound": h.inbound,
                    "cert_not_after": h.cert_not_after or None, "removed": h.name in revoked}
                   for h in await store.hosts() if h.cert_not_after > 0 or h.name in revoked]
         pending = [{"host": v["host"], "services": v["services"], "expires_in_s": round(v["expires"] - now, 1),
@@ -450,9 +456,11 @@ class Identity:
     async def issue_service(self, store: Store, host: str, service: str, csr_pem: str) -> dict[str, Any]:
         """A service certificate, only for a service `host` was admitted for when it joined."""
         rec = await self._admitted(store, host)
-        if service not in rec.services:
-            allowed = ", ".join(rec.services) or "no services"
-            raise Forbidden(f"host {host!r} may not serve {service!r}: it was admitted for {allowed}")
+        allowed = may_serve(rec, await _config(store))
+        if service not in allowed:
+            raise Forbidden(f"host {host!r} may not serve {service!r}: it was admitted for "
+                            f"{', '.join(rec.services) or 'no services'}, and the mesh config in force does not "
+                            f"put {service!r} on it (hosts[].services)")
         try:
             expected = self.ca.spiffe_id("service", service)
         except ValueError as e:
@@ -469,11 +477,33 @@ class Identity:
         exp[what] = not_after.timestamp()
         rec = await _host(store, host)
         if rec is not None:
-            services = set(rec.services)
+            services = may_serve(rec, await _config(store))
             exp = {k: v for k, v in exp.items() if k == "host" or k.removeprefix("service/") in services}
         await store.put_record(CERTS_KIND, host, exp)
         if rec is not None:
             await store.put_host(dataclasses.replace(rec, cert_not_after=min(exp.values())))
+
+
+def may_serve(rec: HostRecord, cfg: MeshConfig | None) -> set[str]:
+    """The services a joined host may get certificates for and report instances of: those it was
+    admitted for when it joined, and those the mesh config in force runs on it.
+
+    The config counts because whoever may apply it already decides what runs
+    where (the same operator API admits hosts), so a service added to a
+    joined host by `glassmesh apply` gets its certificate at the host's next
+    snapshot, without admitting the host again. The join-time list stays, so
+    a host admitted before its services are in the config can start at once.
+    """
+    allowed = set(rec.services)
+    host = cfg.host(rec.name) if cfg is not None else None
+    if cfg is not None and host is not None:
+        allowed.update(local_services(cfg, host))
+    return allowed
+
+
+async def _config(store: Store) -> MeshConfig | None:
+    cur = await store.current()
+    return from_doc(cur.doc) if cur is not None else None
 
 
 async def _host(store: Store, name: str) -> HostRecord | None:

@@ -110,6 +110,12 @@ def version_json(v: ConfigVersion, with_doc: bool = False) -> dict[str, Any]:
     return out
 
 
+def _reject(rej: dict[str, Any], running: int) -> dict[str, Any]:
+    """A reject, marked `past` once the host runs that version or a newer one (e.g. after the restart the
+    reject asked for): it was dealt with since, and is no problem now."""
+    return {**rej, "past": running >= int(rej.get("version", 0))}
+
+
 async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
     """Everything `glassmesh status` shows, from the store plus this replica's memory."""
     now = time.time()
@@ -126,9 +132,9 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
             "snapshot_age_s": round(now - born[running], 1) if running in born else None,
             "behind_s": 0.0 if running >= snap.version else round(now - born.get(snap.version, now), 1),
             "last_seen_s": round(now - seen, 1) if seen else None,
-            "last_reject": (rec.last_reject if rec else {}) or None,
+            "last_reject": _reject(rec.last_reject, running) if rec and rec.last_reject else None,
             "rejects": rec.rejects if rec else 0,
-            "recent_rejects": list(rec.recent_rejects) if rec else [],
+            "recent_rejects": [_reject(r, running) for r in rec.recent_rejects] if rec else [],
         })
     expiries = [h.cert_not_after for h in records if h.cert_not_after > 0]
     earliest = min(expiries) if expiries else None

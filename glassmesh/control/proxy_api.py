@@ -15,6 +15,7 @@ from aiohttp import web
 
 from glassmesh.api.wire import HASH_HEADER, KIND_HEADER, VERSION_HEADER, Ack, Report
 from glassmesh.control.api import PLANE, STORE, decode, error, json_response
+from glassmesh.control.identity import may_serve
 from glassmesh.control.identity_api import authorize, is_tls
 from glassmesh.control.layout import local_services
 from glassmesh.control.store import HostRecord, InstanceRecord
@@ -82,10 +83,10 @@ async def instances(request: web.Request) -> web.Response:
     runs = set(local_services(plane.config, cfg_host)) if cfg_host else set()
     now = time.time()
     reported = req.instances
-    if is_tls(request):  # identity: a joined host reports only the services it was admitted for
-        admitted = set((await _host_record(request, host)).services)
-        runs = (runs | admitted) if cfg_host is None else (runs & admitted)
-        reported = [i for i in reported if i.service in admitted]
+    if is_tls(request):  # identity: a joined host reports only what it may serve (admitted, or put there by config)
+        allowed = may_serve(await _host_record(request, host), plane.config)
+        runs = (runs | allowed) if cfg_host is None else (runs & allowed)
+        reported = [i for i in reported if i.service in allowed]
     recs = [InstanceRecord(service=i.service, host=host, address=i.address, healthy=i.healthy, source="proxy",
                            checked_at=now, detail=i.detail) for i in reported]
     await request.app[STORE].put_instances(host, recs, req.ttl_s)

@@ -59,8 +59,9 @@ class Control:
                     raise RuntimeError((root / "control.log").read_text()) from None
                 time.sleep(0.05)
 
-    def cli(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, GLASSMESH_CONTROL=self.url, COLUMNS="200")
+    def cli(self, *args: str, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "GLASSMESH_CONTROL": self.url, "COLUMNS": "200", **(env or {})}
         return subprocess.run([*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +110,9 @@ def test_apply_diff_get_history_rollback(control: Control, tmp_path: Path) -> No
                                                                                           "  - name: a\n    wieght: 1\n"))
     r = control.cli("apply", "-f", "bad.yaml", cwd=tmp_path)
     assert r.returncode == 2
-    assert "bad.yaml:3: services[0].wieght: Object contains unknown field wieght" in r.stderr
+    assert r.stderr.splitlines() == ["bad.yaml:3: services[0].wieght: Object contains unknown field wieght",
+                                     "bad.yaml:6: services[1].port: Expected int, got str",
+                                     "bad.yaml: 2 problems, nothing applied"]
     assert "Traceback" not in r.stderr
     (tmp_path / "bad2.yaml").write_text(MESH.replace("port: 8080", 'port: "8080"'))
     r = control.cli("apply", "-f", "bad2.yaml", cwd=tmp_path)
@@ -234,3 +237,37 @@ def _ignore(fn: Any) -> None:
         fn()
     except OSError:
         pass
+
+
+def test_status_keeps_a_row_per_host_and_shows_fixed_rejects_as_past(control: Control, tmp_path: Path) -> None:
+    """host1 refuses v4 with a long reason, then runs v5: the reject is history, not a problem on its row."""
+    (tmp_path / "mesh.yaml").write_text(MESH)
+    assert control.cli("apply", "-f", "mesh.yaml", cwd=tmp_path).returncode == 0
+    reason = "listener addresses changed (a outbound 127.0.0.11:4140 -> 127.0.0.11:4150); " * 4 + "\nrestart it"
+    control.post("/v1/hosts/host1/ack", {"version": 4, "accepted": False, "reason": reason})
+    control.post("/v1/hosts/host2/ack", {"version": 6, "accepted": False, "reason": "bad"})
+
+    def status_lines(want: str) -> list[str]:
+        deadline = time.monotonic() + 10
+        while True:  # acks are written in batches
+            r = control.cli("status", env={"COLUMNS": "100"})
+            assert r.returncode == 0, r.stderr
+            if want in r.stdout or time.monotonic() > deadline:
+                return r.stdout.splitlines()
+            time.sleep(0.1)
+
+    lines = status_lines("host2 refused v6")
+    rows = [x for x in lines if x.startswith((" host1", " host2", " host3"))]
+    assert len(rows) == 3 and all(len(x) <= 100 for x in lines if not x.startswith("  host")), lines
+    assert "v4: listener addresses changed" in rows[0] and rows[0].rstrip().endswith("…"), rows
+    assert "  host1 refused v4: " + " ".join(reason.split()) in lines  # the whole reason, in the list
+    control.post("/v1/hosts/host1/ack", {"version": 5, "accepted": True, "reason": ""})
+    lines = status_lines("it runs v5 now")
+    rows = [x for x in lines if x.startswith((" host1", " host2", " host3"))]
+    assert len(rows) == 3 and rows[0].rstrip().endswith("v4 rejected earlier"), lines
+    assert rows[1].rstrip().endswith("v6: bad"), rows  # host2 still runs an older version: it stands
+    assert any(x.startswith("  host1 refused v4: ") and x.endswith("(past: it runs v5 now)") for x in lines), lines
+    assert "  host2 refused v6: bad" in lines
+    doc = json.loads(control.cli("status", "--json").stdout)
+    host1 = next(h for h in doc["hosts"] if h["name"] == "host1")
+    assert host1["last_reject"]["past"] is True and host1["last_reject"]["reason"] == reason

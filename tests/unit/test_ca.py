@@ -397,3 +397,41 @@ def test_cli_init_force(tmp_path: Path) -> None:
     assert runner.invoke(ca_group, ["init", "--dir", str(tmp_path), "--force"]).exit_code == 0
     assert load_ca(tmp_path).fingerprint != before
     assert os.path.exists(tmp_path / "trust-domain")
+
+
+def test_cli_issue_out_makes_a_certs_dir_a_proxy_can_use(tmp_path: Path) -> None:
+    """`--out DATA/certs/web` with no certs/ yet: the dirs (0700), the leaf, its key (0600) and ca.pem."""
+    runner = CliRunner()
+    ca_dir = tmp_path / "control" / "ca"
+    assert runner.invoke(ca_group, ["init", "--dir", str(ca_dir)]).exit_code == 0
+    certs = tmp_path / "host1" / "certs"
+    for svc in ("web", "api"):
+        r = runner.invoke(ca_group, ["issue", "--dir", str(ca_dir), "--service", svc, "--out", str(certs / svc)])
+        assert r.exit_code == 0, r.output
+        assert f"trust:       {certs / 'ca.pem'}" in r.output
+    assert _mode(tmp_path / "host1") == 0o700 and _mode(certs) == 0o700
+    assert _mode(certs / "web.key") == 0o600 and _mode(certs / "api.key") == 0o600
+    authority = load_ca(ca_dir)
+    assert (certs / "ca.pem").read_bytes() == authority.cert_pem
+    # What a proxy does with them: its trust bundle verifies the leaf, the key matches it.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(certs / "web.pem"), str(certs / "web.key"))
+    ctx.load_verify_locations(str(certs / "ca.pem"))
+    x509.load_pem_x509_certificate((certs / "web.pem").read_bytes()).verify_directly_issued_by(authority.cert)
+    # The default (--out omitted) writes into the CA's own dir and leaves its ca.pem alone.
+    assert runner.invoke(ca_group, ["issue", "--dir", str(ca_dir), "--service", "x"]).exit_code == 0
+    assert load_ca(ca_dir).fingerprint == authority.fingerprint
+
+
+def test_cli_issue_refuses_to_mix_cas_in_one_certs_dir(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for d in ("ca1", "ca2"):
+        assert runner.invoke(ca_group, ["init", "--dir", str(tmp_path / d)]).exit_code == 0
+    certs = tmp_path / "certs"
+    assert runner.invoke(ca_group, ["issue", "--dir", str(tmp_path / "ca1"), "--service", "web",
+                                    "--out", str(certs / "web")]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in certs.iterdir()}
+    r = runner.invoke(ca_group, ["issue", "--dir", str(tmp_path / "ca2"), "--service", "api",
+                                 "--out", str(certs / "api")])
+    _assert_clean_error(r, "holds another CA")
+    assert {p.name: p.read_bytes() for p in certs.iterdir()} == before  # nothing written, nothing lost

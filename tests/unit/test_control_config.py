@@ -102,3 +102,47 @@ def test_canonical_hash_ignores_key_order_and_defaults() -> None:
 
 def test_empty_config_is_valid() -> None:
     assert to_doc(parse_config("")) == {}
+
+
+def test_every_problem_is_reported_not_only_the_first() -> None:
+    """Unknown fields in two places, a bad reference and a clashing address: four lines, in file order."""
+    text = """\
+services:
+  - name: web
+    port: 8080
+    calls: [api, cahce]
+  - name: api
+    port: 9000
+    helth: {http: /healthz}
+hosts:
+  - {name: host1, address: "127.0.0.11:4143", services: [web]}
+  - name: host2
+    address: "127.0.0.11:4143"
+    services: [api]
+    admn: "127.0.0.12:4191"
+"""
+    assert problems(text) == [
+        "mesh.yaml:4: services[0].calls[1]: 'cahce' is not a service",
+        "mesh.yaml:7: services[1].helth: Object contains unknown field helth",
+        "mesh.yaml:11: hosts[1].address: 127.0.0.11:4143 is already the inbound of host1",
+        "mesh.yaml:13: hosts[1].admn: Object contains unknown field admn",
+    ]
+
+
+def test_schema_problems_in_one_item_are_all_reported() -> None:
+    text = "services:\n  - name: a\n    port: x\n    weight: 3\n    health: {tcp: true, timout_ms: 5}\n"
+    assert problems(text) == [
+        "mesh.yaml:3: services[0].port: Expected int, got str",
+        "mesh.yaml:4: services[0].weight: Object contains unknown field weight",
+        "mesh.yaml:5: services[0].health.timout_ms: Object contains unknown field timout_ms",
+    ]
+
+
+def test_an_unreadable_item_stops_the_reference_checks() -> None:
+    """A service whose name is wrong cannot be referred to; 'not a service' elsewhere would be noise."""
+    text = "services:\n  - name: Web\n  - {name: api, calls: [web], prot: 1}\nhosts:\n  - {name: h, address: bad}\n"
+    assert problems(text) == [
+        "mesh.yaml:2: services[0].name: Expected str that is a lowercase DNS label (a-z, 0-9, -)",
+        "mesh.yaml:3: services[1].prot: Object contains unknown field prot",
+        "mesh.yaml:5: hosts[0].address: Expected str in the form host:port",
+    ]

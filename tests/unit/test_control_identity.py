@@ -21,6 +21,7 @@ from glassmesh.ca import CAError, init_ca, load_ca, spiffe_id_of
 from glassmesh.control.identity import (
     CA_KEY,
     CA_KIND,
+    CERTS_KIND,
     JOIN_KIND,
     BadRequest,
     Forbidden,
@@ -165,6 +166,29 @@ def test_service_certs_only_for_admitted_services(tmp_path: Path) -> None:
             await ident.renew_host(store, "host1", host_csr("host1")[1])
         with pytest.raises(UnknownHost):
             await ident.remove_host(store, "nobody")
+
+    run(tmp_path, body)
+
+
+def test_a_service_the_config_puts_on_a_joined_host_gets_its_certificate(tmp_path: Path) -> None:
+    """host1 joined for web; `glassmesh apply` later runs api there too: no second join needed."""
+    from glassmesh.control import ops
+
+    async def body(store: SqliteStore, ident: Identity, clock: Clock) -> None:
+        token = (await ident.add_host(store, "host1", ["web"], ttl_s=60))["token"]
+        await ident.join(store, token, host_csr("host1")[1])
+        mesh = "services: [{name: web}, {name: api}, {name: cache}]\nhosts:\n  - {name: host1, address: " \
+               "127.0.0.11:4143, services: [SVCS]}\n"
+        await ops.apply(store, mesh.replace("SVCS", "web"), "t@h")
+        with pytest.raises(Forbidden, match="may not serve 'api'.*does not put 'api' on it"):
+            await ident.issue_service(store, "host1", "api", make_csr(generate_key(), f"spiffe://{TD}/service/api"))
+        await ops.apply(store, mesh.replace("SVCS", "web, api"), "t@h")
+        got = await ident.issue_service(store, "host1", "api", make_csr(generate_key(), f"spiffe://{TD}/service/api"))
+        assert spiffe_id_of(x509.load_pem_x509_certificate(got["cert_pem"].encode())) == f"spiffe://{TD}/service/api"
+        assert "service/api" in (await store.get_record(CERTS_KIND, "host1") or {})
+        with pytest.raises(Forbidden, match="may not serve 'cache'"):  # in the config, but not on host1
+            await ident.issue_service(store, "host1", "cache",
+                                      make_csr(generate_key(), f"spiffe://{TD}/service/cache"))
 
     run(tmp_path, body)
 
