@@ -129,6 +129,7 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
             "last_reject": (rec.last_reject if rec else {}) or None,
             "rejects": rec.rejects if rec else 0,
             "recent_rejects": list(rec.recent_rejects) if rec else [],
+            "insecure": name in plane.insecure,  # its proxy talks plain HTTP (--insecure-proxy-listen)
         })
     expiries = [h.cert_not_after for h in records if h.cert_not_after > 0]
     earliest = min(expiries) if expiries else None
