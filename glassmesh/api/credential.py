@@ -11,9 +11,12 @@ it presents. The CLI looks for it the way kubectl looks for a kubeconfig:
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import ssl
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -115,3 +118,30 @@ def write(path: str | Path, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, comm
     head = b"".join(b"# " + line.encode() + b"\n" for line in comment.splitlines())
     write_private(p, head + cert_pem + key_pem + ca_pem)
     return p
+
+
+def call(url: str, cred: Credential, method: str, path: str, body: object = None,
+         timeout: float = 30.0) -> tuple[int, bytes]:
+    """One request to the operator API at `url` (https://host:port) as `cred`: (status, raw body).
+
+    The server must prove it is this mesh's control plane (its CA, its SPIFFE
+    ID) before the request body leaves. OSError and ssl.SSLError when it
+    cannot be reached, CredentialError when it is not the control plane.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise CredentialError(f"the operator API speaks TLS: give an https:// control-plane URL, not {url!r}")
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
+                                       context=cred.client_context())
+    try:
+        conn.connect()
+        try:
+            cred.expect_control(conn.sock.getpeercert())  # type: ignore[union-attr]
+        except CredentialError as e:
+            raise CredentialError(f"{url}: {e}") from None
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, parts.path.rstrip("/") + path, body=data, headers={"content-type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()

@@ -15,12 +15,10 @@ nothing, and commits are compare-and-set on the version.
 from __future__ import annotations
 
 import getpass
-import http.client
 import json
 import os
 import socket
 import ssl
-import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -132,29 +130,16 @@ def call(control: str, method: str, path: str, payload: dict[str, Any] | None = 
 
 def _call_one(control: str, method: str, path: str, payload: dict[str, Any] | None,
               timeout: float) -> tuple[int, dict[str, Any]]:
-    parts = urllib.parse.urlsplit(control)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ControlError(f"the operator API speaks TLS: give an https:// control-plane URL, not {control!r}")
     cred = operator_credential()
-    data = None if payload is None else json.dumps(payload).encode()
-    conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
-                                       context=cred.client_context())
     try:
-        conn.request(method, (parts.path.rstrip("/") or "") + path, body=data,
-                     headers={"content-type": "application/json"})
-        assert conn.sock is not None
-        cred.expect_control(conn.sock.getpeercert())  # type: ignore[union-attr]
-        resp = conn.getresponse()
-        status, body = resp.status, resp.read()
+        status, body = credential.call(control, cred, method, path, payload, timeout)
     except credential.CredentialError as e:
-        raise ControlError(f"{control}: {e}") from None
+        raise ControlError(str(e)) from None
     except ssl.SSLError as e:
         raise ControlError(f"TLS with the control plane at {control} failed: {e.reason or e} (is {cred.path} a "
                            f"credential of this mesh?)") from None
     except OSError as e:
         raise ControlError(f"cannot reach the control plane at {control}: {e.strerror or e}") from None
-    finally:
-        conn.close()
     try:
         doc = json.loads(body) if body else {}
     except ValueError:

@@ -6,10 +6,8 @@ the API directly (to check a status code or a raw document) use this.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +16,13 @@ from glassmesh.api import credential
 
 def api(url: str, method: str, path: str, body: Any = None, cred: str | Path | None = None,
         timeout: float = 10) -> tuple[int, Any]:
-    """(status, JSON body) of one call to the operator API at `url` (https://host:port) with `cred`."""
-    parts = urllib.parse.urlsplit(url)
-    c = credential.load(cred or os.environ[credential.ENV])
-    conn = http.client.HTTPSConnection(parts.hostname or "127.0.0.1", parts.port or 443, timeout=timeout,
-                                       context=c.client_context())
+    """(status, JSON body, or text) of one call to the operator API at `url` (https://host:port) with `cred`."""
+    status, data = credential.call(url, credential.load(cred or os.environ[credential.ENV]), method, path, body,
+                                   timeout)
     try:
-        conn.request(method, path, None if body is None else json.dumps(body).encode(),
-                     {"content-type": "application/json"})
-        c.expect_control(conn.sock.getpeercert())  # type: ignore[union-attr]
-        r = conn.getresponse()
-        data = r.read()
-        try:
-            return r.status, json.loads(data) if data else None
-        except ValueError:
-            return r.status, data.decode(errors="replace")
-    finally:
-        conn.close()
+        return status, json.loads(data) if data else None
+    except ValueError:
+        return status, data.decode(errors="replace")
 
 
 def cli_env(url: str, cred: str | Path) -> dict[str, str]:
