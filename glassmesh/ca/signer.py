@@ -32,10 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from glassmesh.api.certs import CLOCK_SKEW, spiffe_id_of
+from glassmesh.api.certs import CLOCK_SKEW, OPERATOR_ROLES, ROLE_PREFIX, spiffe_id_of
 from glassmesh.files import InsecureFile, check_private, private_dir, write_atomic, write_private
 
-Kind = Literal["service", "host"]
+Kind = Literal["service", "host", "operator"]
 KINDS: tuple[str, ...] = get_args(Kind)
 
 # A lowercase DNS label, the same rule the snapshot uses for service and host names.
@@ -185,8 +185,14 @@ class CA:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         public_key: ec.EllipticCurvePublicKey | None = None,
+        role: str | None = None,
     ) -> Leaf:
         """Sign a leaf for `spiffe://<td>/<kind>/<name>`, valid `hours` from now.
+
+        An operator's leaf carries its role (`admin` or `read-only`) as its
+        subject's organization, `glassmesh:<role>`, the way Kubernetes reads
+        a client certificate's groups; it is a client certificate only, and
+        no proxy takes it for a service (they accept only `/service/` IDs).
 
         `not_before`/`not_after` override the window (naive datetimes are UTC);
         `public_key` signs a key held elsewhere (the CSR path) and the leaf then
@@ -194,6 +200,10 @@ class CA:
         the leaf would outlive the CA.
         """
         spiffe_id = self.spiffe_id(kind, name)
+        if (kind == "operator") != (role is not None):
+            raise ValueError("an operator certificate needs a role, and only an operator certificate has one")
+        if role is not None and role not in OPERATOR_ROLES:
+            raise ValueError(f"invalid role {role!r}: must be one of {', '.join(OPERATOR_ROLES)}")
         if not (isinstance(hours, int | float) and math.isfinite(hours) and hours > 0):
             raise ValueError(f"invalid hours {hours!r}: must be a positive number")
         now = datetime.now(UTC)
@@ -215,9 +225,17 @@ class CA:
             raise ValueError("invalid public_key: must be an ECDSA P-256 public key")
 
         ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
+        if role is not None:
+            subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, ROLE_PREFIX + role))
+        usages = ([ExtendedKeyUsageOID.CLIENT_AUTH] if kind == "operator"
+                  else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
+        if kind != "operator":
+            sans.append(x509.DNSName(name))
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .subject_name(x509.Name(subject))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
@@ -232,14 +250,8 @@ class CA:
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id), x509.DNSName(name)]),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
             .sign(self.key, hashes.SHA256())

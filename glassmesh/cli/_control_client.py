@@ -18,8 +18,7 @@ import getpass
 import json
 import os
 import socket
-import urllib.error
-import urllib.request
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,7 +26,10 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-DEFAULT_CONTROL = "http://127.0.0.1:4200"
+from glassmesh.api import credential
+
+DEFAULT_CONTROL = "https://127.0.0.1:4200"
+_credential_flag: list[str] = []  # --credential as given to this command (control_option's callback)
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -51,10 +53,31 @@ class InvalidConfig(click.ClickException):
         err.print(Text(self.message, style="red"))
 
 
+def _remember_credential(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        _credential_flag[:] = [value]
+
+
 def control_option(f: F) -> F:
+    f = click.option("--credential", metavar="FILE", expose_value=False, callback=_remember_credential,
+                     help="Operator credential (certificate, key and mesh CA in one PEM file) [default: "
+                          "$GLASSMESH_CREDENTIAL, else ~/.config/glassmesh/operator.pem].")(f)
     return click.option("--control", envvar="GLASSMESH_CONTROL", default=DEFAULT_CONTROL, show_default=True,
                         help="Control-plane API URL, or several replicas' comma-separated, tried in order "
                              "(env GLASSMESH_CONTROL).")(f)
+
+
+def operator_credential() -> credential.Credential:
+    """The credential this command presents; ControlError saying where to get one when there is none."""
+    path = credential.find(_credential_flag[0] if _credential_flag else None)
+    if path is None:
+        raise ControlError(f"no operator credential: give --credential FILE, set {credential.ENV}, or put one at "
+                           f"{credential.default_path()} (the control plane writes the first one to DIR/admin.pem; "
+                           f"`glassmesh ca issue --operator NAME` makes more)")
+    try:
+        return credential.load(path)
+    except credential.CredentialError as e:
+        raise ControlError(str(e)) from None
 
 
 def default_author() -> str:
@@ -107,17 +130,16 @@ def call(control: str, method: str, path: str, payload: dict[str, Any] | None = 
 
 def _call_one(control: str, method: str, path: str, payload: dict[str, Any] | None,
               timeout: float) -> tuple[int, dict[str, Any]]:
-    url = control.rstrip("/") + path
-    data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    cred = operator_credential()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, body = resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        status, body = e.code, e.read()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ControlError(f"cannot reach the control plane at {control}: {reason}") from None
+        status, body = credential.call(control, cred, method, path, payload, timeout)
+    except credential.CredentialError as e:
+        raise ControlError(str(e)) from None
+    except ssl.SSLError as e:
+        raise ControlError(f"TLS with the control plane at {control} failed: {e.reason or e} (is {cred.path} a "
+                           f"credential of this mesh?)") from None
+    except OSError as e:
+        raise ControlError(f"cannot reach the control plane at {control}: {e.strerror or e}") from None
     try:
         doc = json.loads(body) if body else {}
     except ValueError:

@@ -79,20 +79,38 @@ def init_cmd(directory: Path, trust_domain: str, days: int, force: bool) -> None
 )
 @click.option("--service", metavar="NAME", help="Issue a service identity: spiffe://TD/service/NAME.")
 @click.option("--host", metavar="NAME", help="Issue a host (proxy) identity: spiffe://TD/host/NAME.")
+@click.option("--operator", metavar="NAME",
+              help="Issue an operator credential (spiffe://TD/operator/NAME, with --role) for the CLI: one file "
+                   "with the certificate, its key and the CA [default --out: DIR/operator-NAME.pem].")
+@click.option("--role", type=click.Choice(["admin", "read-only"]), default=None,
+              help="An operator's role: admin changes the mesh, read-only reads it.")
 @click.option("--out", "prefix", type=click.Path(dir_okay=False, path_type=Path),
               help="Write PREFIX.pem and PREFIX.key, and the CA's root as ca.pem beside them, creating missing "
                    "directories (mode 0700): --out PROXYDATA/certs/web leaves a certs dir a proxy can use "
-                   "[default: DIR/<kind>-<name>].")
-@click.option("--hours", default=24.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Leaf lifetime in hours.")
-def issue_cmd(directory: Path, service: str | None, host: str | None, prefix: Path | None, hours: float) -> None:
+                   "[default: DIR/<kind>-<name>]. With --operator: the credential file [default: "
+                   "DIR/operator-NAME.pem].")
+@click.option("--hours", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Leaf lifetime in hours [default: 24; operators 720].")
+def issue_cmd(directory: Path, service: str | None, host: str | None, operator: str | None, role: str | None,
+              prefix: Path | None, hours: float | None) -> None:
     """Issue a leaf certificate and key signed by the CA in DIR (and put the CA's ca.pem beside them).
 
     For hosts that join with a token (`glassmesh host add`), the proxy gets its certificates itself:
-    this is for proxies given certificate files by hand (tests, the demo, `--control http://...`).
+    this is for proxies given certificate files by hand (tests, `--control http://...`), and for
+    operators' credentials (--operator NAME --role ROLE).
     """
+    if operator is not None:
+        if service is not None or host is not None:
+            raise click.UsageError("give exactly one of --service NAME, --host NAME or --operator NAME")
+        if role is None:
+            raise click.UsageError("--operator needs --role admin or --role read-only")
+        _issue_operator(directory, operator, role, prefix, hours or 720.0)
+        return
+    if role is not None:
+        raise click.UsageError("--role goes with --operator")
+    hours = hours or 24.0
     if (service is None) == (host is None):
-        raise click.UsageError("give exactly one of --service NAME or --host NAME")
+        raise click.UsageError("give exactly one of --service NAME, --host NAME or --operator NAME")
     kind: Kind = "service" if service is not None else "host"
     name = service if service is not None else host
     assert name is not None
@@ -115,6 +133,26 @@ def issue_cmd(directory: Path, service: str | None, host: str | None, prefix: Pa
     if bundle is not None:
         click.echo(f"  trust:       {bundle} (the CA's root, SHA256 {authority.fingerprint[:23]}...)")
     click.echo(f"  expires:     {_expiry(leaf.not_after)}")
+
+
+def _issue_operator(directory: Path, name: str, role: str, out: Path | None, hours: float) -> None:
+    from glassmesh.api import credential
+
+    try:
+        authority = load_ca(directory)
+        leaf = authority.issue("operator", name, hours=hours, role=role)
+        assert leaf.key_pem is not None
+        path = credential.write(out if out is not None else directory / f"operator-{name}.pem", leaf.fullchain_pem,
+                                leaf.key_pem, authority.cert_pem,
+                                f"glassmesh operator credential: {leaf.spiffe_id} ({role})")
+    except (CAError, ValueError) as e:
+        raise _fail(e) from None
+    except OSError as e:
+        raise _fail(f"cannot write the credential: {e.strerror or e}") from None
+    click.echo(f"issued {leaf.spiffe_id} ({role})")
+    click.echo(f"  credential: {path} (mode 0600: certificate, key and CA; point --credential or "
+               f"GLASSMESH_CREDENTIAL at it, or copy it to {credential.default_path()})")
+    click.echo(f"  expires:    {_expiry(leaf.not_after)}")
 
 
 @ca.command("show")

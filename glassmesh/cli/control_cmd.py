@@ -9,7 +9,9 @@ import click
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for this replica's files: the SQLite file, and in DIR/ca a copy of the CA "
                    "the replicas share through the store (created by the first replica to start).")
-@click.option("--listen", default="127.0.0.1:4200", show_default=True, help="Address of the HTTP API.")
+@click.option("--listen", default="127.0.0.1:4200", show_default=True,
+              help="Address of the operator API (TLS; callers need an operator credential, see --help of "
+                   "`glassmesh ca issue`). The first admin credential is written to DIR/admin.pem.")
 @click.option("--store", "store_spec", default="sqlite", show_default=True,
               help="'sqlite' (one replica), or etcds://host:port[,host:port...] (several replicas; etcd over TLS "
                    "with --etcd-ca/--etcd-cert/--etcd-key); plain etcd:// only with every member on loopback.")
@@ -28,12 +30,16 @@ import click
 @click.option("--proxy-listen", default=None, metavar="ADDR",
               help="Address of the proxies' listener (mutual TLS: joins, certificates, snapshots) "
                    "[default: --listen's address, port + 1, i.e. 127.0.0.1:4201].")
+@click.option("--insecure-proxy-listen", default=None, metavar="ADDR",
+              help="Also serve the proxy routes over plain HTTP on ADDR (loopback only), for proxies started with "
+                   "an http:// --control URL and certificates put in DIR/certs by hand. INSECURE: any local "
+                   "process can then read the snapshot of, and report instances for, any host that never joined.")
 @click.option("--leaf-hours", default=24.0, type=click.FloatRange(0.001, 24 * 365), hidden=True,
               help="Lifetime of the host and service certificates it signs (tests shorten it).")
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 def control(data_dir: str, listen: str, store_spec: str, etcd_ca: str | None, etcd_cert: str | None,
             etcd_key: str | None, ca_passphrase_file: str | None, trust_domain: str, dns_servers: tuple[str, ...],
-            proxy_listen: str | None, leaf_hours: float, verbose: bool) -> None:
+            proxy_listen: str | None, insecure_proxy_listen: str | None, leaf_hours: float, verbose: bool) -> None:
     """Run the control plane: keeps the mesh config, compiles and serves each host's snapshot."""
     import asyncio
     import logging
@@ -87,6 +93,7 @@ def control(data_dir: str, listen: str, store_spec: str, etcd_ca: str | None, et
         store = open_store(store_spec, data_dir, EtcdTls(etcd_ca, etcd_cert, etcd_key) if etcd_ca else None)
         asyncio.run(serve(store, listen, trust_domain, dns_servers, identity=identity, proxy_listen=proxy_listen,
                           proxy_listen_explicit=explicit, tls_dir=os.path.join(data_dir, "ca"),
-                          ca_passphrase=passphrase))
+                          ca_passphrase=passphrase, insecure_proxy_listen=insecure_proxy_listen or "",
+                          admin_credential=os.path.join(data_dir, "admin.pem")))
     except (StartupError, StoreError, CAError, ValueError, InsecureFile, OSError, ssl.SSLError) as e:
         raise click.ClickException(str(e)) from None

@@ -14,6 +14,7 @@ from aiohttp import web
 from glassmesh.control import metrics as control_metrics
 from glassmesh.control import ops
 from glassmesh.control.config import canonical_yaml
+from glassmesh.control.operator_auth import author
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Store
 
@@ -25,7 +26,7 @@ REPLICA = web.AppKey("replica", str)
 
 class ApplyReq(msgspec.Struct, **_S):
     yaml: str
-    author: str = "unknown"
+    author: str = "unknown"  # accepted from older clients, never recorded: the credential names the author
     dry_run: bool = False
     filename: str = "mesh.yaml"
     expected_version: int | None = None
@@ -63,7 +64,7 @@ async def decode(request: web.Request, typ: type[Any]) -> Any:
 async def apply(request: web.Request) -> web.Response:
     req: ApplyReq = await decode(request, ApplyReq)
     plane = request.app[PLANE]
-    out = await ops.apply(request.app[STORE], req.yaml, req.author, filename=req.filename, dry_run=req.dry_run,
+    out = await ops.apply(request.app[STORE], req.yaml, author(request), filename=req.filename, dry_run=req.dry_run,
                           expected_version=req.expected_version, trust_domain=plane.trust_domain)
     return json_response(out)
 
@@ -85,7 +86,7 @@ async def history(request: web.Request) -> web.Response:
 
 async def rollback(request: web.Request) -> web.Response:
     req: RollbackReq = await decode(request, RollbackReq)
-    return json_response(await ops.rollback(request.app[STORE], req.version, req.author))
+    return json_response(await ops.rollback(request.app[STORE], req.version, author(request)))
 
 
 async def status(request: web.Request) -> web.Response:
@@ -107,7 +108,7 @@ async def drain(request: web.Request) -> web.Response:
     req: ServiceReq = await decode(request, ServiceReq)
     if not req.undo and request.app[PLANE].config.service(req.service) is None:
         return error(404, f"{req.service!r} is not a service in the current config")
-    return json_response(await ops.drain(request.app[STORE], req.service, req.author, req.undo))
+    return json_response(await ops.drain(request.app[STORE], req.service, author(request), req.undo))
 
 
 def add_routes(app: web.Application) -> None:

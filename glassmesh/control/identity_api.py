@@ -2,9 +2,11 @@
 
 The control plane listens twice:
 
-- the operator listener (`--listen`, plain HTTP): the operator API, `POST /v1/hosts`
-  included, and, for now, the proxy routes for proxies without a host identity
-  (the ones provisioned with certificate files, as before joins existed);
+- the operator listener (`--listen`, TLS): the operator API, `POST /v1/hosts`
+  included, for operators with a credential (operator_auth.py);
+- optionally (`--insecure-proxy-listen`, plain HTTP, loopback only): the proxy
+  routes for proxies without a host identity (certificate files put in
+  DIR/certs by hand, as before joins existed), never a certificate;
 - the proxy listener (`--proxy-listen`, TLS with the CA's own server certificate):
   `GET /v1/ca` and `POST /v1/join` for anyone (a joining proxy has no certificate
   yet; the join token is the credential), every other route only with a client
@@ -23,6 +25,7 @@ from aiohttp import web
 
 from glassmesh.control.api import STORE, decode, error, json_response
 from glassmesh.control.identity import DEFAULT_TOKEN_TTL_S, Forbidden, Identity
+from glassmesh.control.operator_auth import OPERATOR_KEY, authenticate
 
 _S = {"forbid_unknown_fields": True, "kw_only": True}
 IDENTITY = web.AppKey("identity", Identity)
@@ -111,16 +114,44 @@ def _forbidden(message: str) -> web.HTTPForbidden:
     return web.HTTPForbidden(body=msgspec.json.encode({"error": message}), content_type="application/json")
 
 
+# Which listener a connection came in on, by its local port (set by server.serve).
+LISTENERS = web.AppKey("listeners", dict)
+OPERATOR_LISTENER, PROXY_LISTENER, INSECURE_LISTENER = "operator", "proxy", "insecure-proxy"
+
+
+def listener_of(request: web.Request) -> str:
+    t = request.transport
+    sockname = t.get_extra_info("sockname") if t is not None else None
+    port = sockname[1] if isinstance(sockname, tuple) and len(sockname) > 1 else None
+    return str(request.app.get(LISTENERS, {}).get(port, OPERATOR_LISTENER))
+
+
 @web.middleware
 async def listener_guard(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Operator routes only on the operator listener; certificate routes only over TLS."""
+    """Each route on its own listener; every operator call authenticated (operator_auth.py).
+
+    - the proxy listener (mTLS): the proxy routes, each checked by `authorize`;
+    - the insecure proxy listener (plain HTTP, loopback, only with --insecure-proxy-listen): the proxy
+      routes for hosts that never joined, and never a certificate;
+    - the operator listener (TLS): everything else, for operators with a credential.
+    """
     info = request.match_info
     route = info.route.resource.canonical if info.route.resource is not None else None
-    if is_tls(request):
+    kind = listener_of(request)
+    if kind == PROXY_LISTENER:
         if route not in PROXY_ROUTES:
             return error(404, f"{request.path} is not served on the proxy listener")
-    elif route in TLS_ONLY_ROUTES:
-        return error(403, f"{request.path} is served only over TLS on the proxy listener (--proxy-listen)")
+    elif kind == INSECURE_LISTENER:
+        if route in TLS_ONLY_ROUTES:
+            return error(403, f"{request.path} is served only over TLS on the proxy listener (--proxy-listen)")
+        if route not in PROXY_ROUTES:
+            return error(404, f"{request.path} is not served on the insecure proxy listener")
+    else:
+        if route in PROXY_ROUTES and route != "/v1/ca":
+            return error(404, f"{request.path} is served to proxies on the proxy listener (--proxy-listen)")
+        ident = request.app.get(IDENTITY)
+        if ident is not None:
+            request[OPERATOR_KEY] = authenticate(request, ident.trust_domain)
     return await handler(request)  # type: ignore[no-any-return]
 
 

@@ -135,6 +135,7 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
             "last_reject": _reject(rec.last_reject, running) if rec and rec.last_reject else None,
             "rejects": rec.rejects if rec else 0,
             "recent_rejects": [_reject(r, running) for r in rec.recent_rejects] if rec else [],
+            "insecure": name in plane.insecure,  # its proxy talks plain HTTP (--insecure-proxy-listen)
         })
     expiries = [h.cert_not_after for h in records if h.cert_not_after > 0]
     earliest = min(expiries) if expiries else None

@@ -99,6 +99,8 @@ class Plane:
         self.snapshots: dict[str, Snapshot] = {}
         self.born: dict[str, dict[int, float]] = {}  # host -> version -> when this replica made it
         self.polled: dict[str, float] = {}  # host -> last long-poll seen by this replica
+        # Hosts this replica last heard from over the insecure plain listener (status marks them).
+        self.insecure: set[str] = set()
         self.revision = -1  # the store revision the snapshots were compiled at
         self.config = MeshConfig()
         self.config_version = 0

@@ -1,14 +1,17 @@
 """The proxy-facing API: watch a snapshot (long-poll), acknowledge it, report instances.
 
-Served on both listeners: over mutual TLS on the proxy listener, where
-`{host}` must match the client certificate's host identity, and (for now)
-over plain HTTP on the operator listener for hosts that never joined. The
+Served over mutual TLS on the proxy listener, where `{host}` must match the
+client certificate's host identity, and, only when the operator asked for
+it (`--insecure-proxy-listen`, loopback), over plain HTTP for hosts that
+never joined. The
 handlers take the host from `host_of(request)`, which is where that check
 lives (identity_api.authorize).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import time
 
 from aiohttp import web
@@ -21,13 +24,23 @@ from glassmesh.control.layout import local_services
 from glassmesh.control.store import HostRecord, InstanceRecord
 
 MAX_WAIT_S = 300.0
+log = logging.getLogger("glassmesh.control")
 
 
 
 
 async def host_of(request: web.Request) -> str:
-    """The host a request speaks for: the path's, once `identity_api.authorize` has checked the caller (403)."""
-    return await authorize(request)
+    """The host a request speaks for: the path's, once `identity_api.authorize` has checked the caller (403).
+
+    Also notes how the host talks to us: `status` marks a host heard over the insecure plain listener.
+    """
+    host = await authorize(request)
+    insecure = request.app[PLANE].insecure
+    if is_tls(request):
+        insecure.discard(host)
+    else:
+        insecure.add(host)
+    return host
 
 
 async def snapshot(request: web.Request) -> web.Response:
@@ -87,11 +100,38 @@ async def instances(request: web.Request) -> web.Response:
         allowed = may_serve(await _host_record(request, host), plane.config)
         runs = (runs | allowed) if cfg_host is None else (runs & allowed)
         reported = [i for i in reported if i.service in allowed]
+    own = _own_ips(cfg_host.address if cfg_host else (await _host_record(request, host)).inbound)
+    refused = [i for i in reported if not _on_host(i.address, own)]
+    if refused:
+        log.warning("host %s reported instances that are not on it, refused: %s", host,
+                    ", ".join(f"{i.service} {i.address}" for i in refused))
+        reported = [i for i in reported if _on_host(i.address, own)]
     recs = [InstanceRecord(service=i.service, host=host, address=i.address, healthy=i.healthy, source="proxy",
                            checked_at=now, detail=i.detail) for i in reported]
     await request.app[STORE].put_instances(host, recs, req.ttl_s)
     ignored = sorted({i.service for i in req.instances if i.service not in runs})
-    return json_response({"host": host, "instances": len(recs), "ignored_services": ignored})
+    return json_response({"host": host, "instances": len(recs), "ignored_services": ignored,
+                          "refused": [{"service": i.service, "address": i.address,
+                                       "reason": "not on this host (loopback or its own address only)"}
+                                      for i in refused]})
+
+
+def _own_ips(inbound: str) -> set[str]:
+    """The addresses an instance of this host may have besides loopback: its inbound address's IP."""
+    return {inbound.rpartition(":")[0].strip("[]")} if inbound else set()
+
+
+def _on_host(address: str, own: set[str]) -> bool:
+    """An inbound proxy delivers only on its own host: loopback, or its own IP.
+
+    A report naming another machine's address would have the host's inbound
+    deliver its callers' authenticated requests there.
+    """
+    ip = address.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(ip).is_loopback or ip in own
+    except ValueError:
+        return False
 
 
 def add_routes(app: web.Application) -> None:

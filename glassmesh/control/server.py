@@ -35,6 +35,7 @@ from glassmesh.control import api, identity_api, proxy_api
 from glassmesh.control.config import ConfigError
 from glassmesh.control.identity import Identity, IdentityError, shared_ca
 from glassmesh.control.metrics import HoldCounter
+from glassmesh.control.operators import ensure_admin_credential
 from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
@@ -251,7 +252,8 @@ async def _heartbeat(store: Store, replica_id: str, listen: str, identity: Ident
 
 async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Sequence[str] = (),
                 identity: Identity | None = None, proxy_listen: str = "", proxy_listen_explicit: bool = True,
-                tls_dir: str = "", ca_passphrase: bytes | None = None) -> None:
+                tls_dir: str = "", ca_passphrase: bytes | None = None, insecure_proxy_listen: str = "",
+                admin_credential: str = "") -> None:
     """Run until SIGINT/SIGTERM. dns_servers: "ip[:port]" for DNS discovery (default: /etc/resolv.conf).
 
     With `identity`, a second listener on `proxy_listen` serves the proxy routes
@@ -260,6 +262,9 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
     the replica runs without it (and says so) rather than not at all.
     """
     host, _, port = listen.rpartition(":")
+    if insecure_proxy_listen and not _loopback(insecure_proxy_listen):
+        raise StartupError(f"--insecure-proxy-listen {insecure_proxy_listen}: only a loopback address may serve "
+                           f"proxies without mutual TLS")
     if identity is not None:
         # Before anything listens: every replica on this store signs with (and serves) the same CA.
         try:
@@ -268,17 +273,42 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
             await store.close()  # the replica does not start: leave no connection to the store open
             raise
     app = make_app(store, trust_domain, listen=listen, dns_servers=dns_servers, identity=identity)
+    listeners = app[identity_api.LISTENERS] = {int(port): identity_api.OPERATOR_LISTENER}
+    if proxy_listen:
+        listeners[int(proxy_listen.rpartition(":")[2])] = identity_api.PROXY_LISTENER
+    if insecure_proxy_listen:
+        listeners[int(insecure_proxy_listen.rpartition(":")[2])] = identity_api.INSECURE_LISTENER
     # Long-polls are answered at once on shutdown (end_long_polls); a second is for anything else in flight.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
+    ctx = identity.server_ssl(tls_dir) if identity is not None else None
+    scheme = "https" if ctx is not None else "http"
+    if identity is not None and admin_credential:  # before the port opens: whoever sees it open can call
+        where = ensure_admin_credential(identity, admin_credential, f"{scheme}://{listen}")
+        if where:
+            print(f"glassmesh control: wrote the first operator's credential (admin) to {where}; copy it to "
+                  f"~/.config/glassmesh/operator.pem, or set GLASSMESH_CREDENTIAL={where}", flush=True)
     try:
-        site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), reuse_address=True)
+        site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), reuse_address=True, ssl_context=ctx)
         await site.start()
     except OSError as e:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {listen}: {e.strerror or e}") from None
-    log.info("control plane listening on http://%s (replica %s)", listen, app[api.REPLICA])
-    print(f"glassmesh control: listening on http://{listen}", flush=True)
+    log.info("control plane listening on %s://%s (replica %s)", scheme, listen, app[api.REPLICA])
+    print(f"glassmesh control: operator API on {scheme}://{listen} (TLS; an operator credential is required)",
+          flush=True)
+    if insecure_proxy_listen:
+        ihost, _, iport = insecure_proxy_listen.rpartition(":")
+        try:
+            await web.TCPSite(runner, ihost.strip("[]"), int(iport), reuse_address=True).start()
+        except OSError as e:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen on {insecure_proxy_listen}: {e.strerror or e}") from None
+        log.warning("INSECURE proxy listener on http://%s: any local process can read the snapshot of, and "
+                    "report instances for, any host that never joined; join hosts with tokens instead",
+                    insecure_proxy_listen)
+        print(f"glassmesh control: INSECURE plain-HTTP proxy listener on http://{insecure_proxy_listen} "
+              f"(loopback only; hosts without a join)", flush=True)
     if identity is not None and proxy_listen:
         await _serve_proxy_listener(runner, identity, proxy_listen, proxy_listen_explicit, tls_dir)
         app[BEAT_NOW].set()  # announce the proxy listener's URL now, for `host add` on other replicas

@@ -37,11 +37,6 @@ def proxy_argv(config: str, *extra: str) -> list[str]:
     return glassmesh_argv("proxy", "--config", config, *extra)
 
 
-def controlled_proxy_argv(control_url: str, host: str, data_dir: str, *extra: str) -> list[str]:
-    """`glassmesh proxy --control URL --host NAME --data DIR`: a proxy that watches the control plane."""
-    return glassmesh_argv("proxy", "--control", control_url, "--host", host, "--data", data_dir, *extra)
-
-
 def control_argv(data_dir: str, listen: str, *extra: str) -> list[str]:
     """`glassmesh control --data DIR --listen ADDR`."""
     return glassmesh_argv("control", "--data", data_dir, "--listen", listen, *extra)

@@ -40,8 +40,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from glassmesh.api.credential import CredentialError
 from glassmesh.ca import CAError
 from glassmesh.demo import metrics as m
+from glassmesh.demo.operator import Operator, install_credential
 from glassmesh.demo.procs import (
     Child,
     PortBusy,
@@ -50,7 +52,7 @@ from glassmesh.demo.procs import (
     can_connect,
     check_bindable,
     control_argv,
-    controlled_proxy_argv,
+    glassmesh_argv,
     http_get,
     http_json,
     wait_until,
@@ -60,8 +62,9 @@ from glassmesh.demo.topology import HostSpec, LocalSpec, Topology, build_control
 FRONT_HOST = "host1"
 LINKS = [("a", "b"), ("a", "c")]
 CONTROL_LISTEN = "127.0.0.1:4200"
-CONTROL_URL = f"http://{CONTROL_LISTEN}"
+CONTROL_URL = f"https://{CONTROL_LISTEN}"  # the operator API: TLS, with the admin credential
 CONTROL_PROXY_LISTEN = "127.0.0.1:4201"  # what `glassmesh control` also binds by default (joins, mTLS)
+CONTROL_PROXY_URL = f"https://{CONTROL_PROXY_LISTEN}"
 # Each proxy checks the instances next to it twice a second (a refused connect counts at once).
 HEALTH = {"tcp": True, "interval_ms": 500, "timeout_ms": 250}
 BOUNCE = ("b", "host2")  # the instance stopped and started again during the run
@@ -70,7 +73,8 @@ MIN_BOUNCE_DURATION = 10.0
 MESH_HEADER = """\
 The demo mesh, written by `glassmesh demo` and applied with the equivalent of
 `glassmesh apply -f mesh.yaml`. Edit it and apply it again while the demo runs
-(GLASSMESH_CONTROL defaults to http://127.0.0.1:4200)."""
+(GLASSMESH_CONTROL defaults to https://127.0.0.1:4200; the demo puts its operator
+credential where the CLI looks, ~/.config/glassmesh/operator.pem, unless one is there)."""
 
 
 def demo_hosts() -> list[HostSpec]:
@@ -327,14 +331,16 @@ class Demo:
         assert topo.control_dir is not None and topo.mesh_yaml is not None
         t0 = time.monotonic()
         control = procs.start("control", control_argv(topo.control_dir, CONTROL_LISTEN))
-        failing = wait_until({f"control plane ({CONTROL_URL}/v1/status)": _control_up}, self.opts.startup_timeout,
-                             give_up=lambda: self.stop.is_set() or bool(procs.dead()))
+        self.operator = op = Operator(CONTROL_URL, os.path.join(topo.control_dir, "admin.pem"))
+        failing = wait_until({f"control plane ({CONTROL_URL}/v1/status, as the admin in {op.path})": op.up},
+                             self.opts.startup_timeout, give_up=lambda: self.stop.is_set() or bool(procs.dead()))
         if self.stop.is_set():
             return 0
         if failing or procs.dead():
             self._startup_failed(failing)
             return 1
         say(f"control plane up on {CONTROL_URL} in {time.monotonic() - t0:.1f} s (pid {control.pid})")
+        say(install_credential(op.path), markup=False)
         if not self._apply(topo.mesh_yaml):
             return 1
 
@@ -349,12 +355,18 @@ class Demo:
                         argv += ["--proxy", h.outbound["a"], "--call", "b", "--call", "c"]
                     self.instances[(svc, h.name)] = procs.start(f"app-{name}", argv)
                     app_checks[f"app {name} on {addr}"] = lambda a=addr: can_connect(a)
-        for h in topo.hosts.values():
-            procs.start(f"{h.name}-proxy", controlled_proxy_argv(CONTROL_URL, h.name, h.dir))
+        for h in topo.hosts.values():  # each host joins with a single-use token, as a real host does
+            try:
+                join = op.join_args(h.name, h.local_services, h.dir, CONTROL_PROXY_URL)
+            except (OSError, RuntimeError, CredentialError) as e:
+                say(f"[red]cannot admit {h.name}: {e}")
+                return 1
+            procs.start(f"{h.name}-proxy", glassmesh_argv("proxy", *join))
         checks = {f"{h.name} proxy (admin {h.admin}/ready: has its snapshot, listeners up)":
                   (lambda a=h.admin: admin_ready(a)) for h in topo.hosts.values()}
         checks.update(app_checks)
-        say(f"starting {len(topo.hosts)} proxies (--control {CONTROL_URL} --host HOST --data {state}/HOST) "
+        say(f"starting {len(topo.hosts)} proxies (--control {CONTROL_PROXY_URL} --join TOKEN --ca-sha256 ... "
+            f"--data {state}/HOST: each joins with its own token) "
             f"and {len(app_checks)} apps ...", markup=False)
         t0 = time.monotonic()
         failing = wait_until(checks, self.opts.startup_timeout,
@@ -388,9 +400,8 @@ class Demo:
         with open(path) as f:
             text = f.read()
         try:
-            status, doc = http_json(CONTROL_LISTEN, "POST", "/v1/apply",
-                                    {"yaml": text, "author": "glassmesh demo", "filename": path})
-        except (OSError, http.client.HTTPException) as e:
+            status, doc = self.operator.call("POST", "/v1/apply", {"yaml": text, "filename": path})
+        except (OSError, http.client.HTTPException, CredentialError) as e:
             self.console.print(f"[red]cannot apply {path}: {e}")
             return False
         if status != 200 or not doc:
@@ -687,13 +698,6 @@ class Demo:
 
 
 # --- helpers (pure or nearly) -------------------------------------------------------------------------
-
-
-def _control_up() -> bool:
-    try:
-        return http_json(CONTROL_LISTEN, "GET", "/v1/status", timeout=1.0)[0] == 200
-    except (OSError, http.client.HTTPException):
-        return False
 
 
 def _front_endpoints(topo: Topology) -> dict[str, list[str]]:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from glassmesh.files import private_dir
 from glassmesh.model.snapshot import load_snapshot
 
 DEFAULT_PORTS = (4140, 4143, 4191)  # outbound (first), inbound, admin
@@ -457,14 +458,17 @@ def build_control_topology(
     trust_domain: str = "glassmesh.local",
     header: str = "",
 ) -> Topology:
-    """Files for a mesh run by a control plane: mesh.yaml, a CA, each host's data dir, topology.json.
+    """Files for a mesh run by a control plane: mesh.yaml, its CA, each host's data dir, topology.json.
 
-    Each host's data dir (state_dir/HOST, given to `glassmesh proxy --data`)
-    gets certs/ca.pem and certs/SERVICE.pem/.key for its services; the proxy
-    writes its last-known-good snapshot there (snapshot.json) once it has one.
-    Addresses (outbound, admin) are computed by the control plane's own
-    layout code from the mesh.yaml, so topology.json says where the proxies
-    will listen. Nothing is applied or started here.
+    The one CA is the control plane's own (control/ca, which `glassmesh
+    control --data control` loads instead of making another). Each host's
+    data dir (state_dir/HOST, given to `glassmesh proxy --data`) starts
+    empty: its proxy joins with a token and writes its host identity, its
+    services' certificates (certs/SERVICE.pem, .key, certs/ca.pem: the paths
+    topology.json names) and its last-known-good snapshot there itself; no
+    key is made for it ahead. Addresses (outbound, admin) are computed by the
+    control plane's own layout code from the mesh.yaml, so topology.json
+    says where the proxies will listen. Nothing is applied or started here.
     """
     from glassmesh.ca import init_ca
     from glassmesh.control.config import parse_config
@@ -479,20 +483,20 @@ def build_control_topology(
     with open(mesh_path, "w") as f:
         f.write(text)
 
-    ca_dir = os.path.join(state_dir, "ca")
+    control_dir = os.path.join(state_dir, "control")
+    private_dir(control_dir)
+    ca_dir = os.path.join(control_dir, "ca")
     ca = init_ca(ca_dir, trust_domain)
-    ca_pem: bytes = ca.cert_pem
     services: dict[str, ServiceInfo] = {}
     infos: dict[str, HostInfo] = {}
     for h, hc in zip(hosts, cfg.hosts, strict=True):
         lay = host_layout(cfg, hc)
         hdir = os.path.join(state_dir, h.name)
+        private_dir(hdir)
         cdir = os.path.join(hdir, "certs")
-        os.makedirs(cdir, exist_ok=True)
         bundle = os.path.join(cdir, "ca.pem")
-        with open(bundle, "wb") as f:
-            f.write(ca_pem)
-        certs = {name: _issue_service_cert(ca, name, os.path.join(cdir, name)) for name in lay.local_services}
+        certs = {name: (os.path.join(cdir, name + ".pem"), os.path.join(cdir, name + ".key"))
+                 for name in lay.local_services}
         instances: dict[str, list[str]] = {}
         for ls in h.services:
             instances[ls.name] = [_addr(h.address, p) for p in ls.instances]
@@ -506,11 +510,8 @@ def build_control_topology(
     topo = Topology(
         state_dir=state_dir, trust_domain=trust_domain, ca_dir=ca_dir, ca_cert=os.path.join(ca_dir, "ca.pem"),
         path=os.path.join(state_dir, "topology.json"), hosts=infos, services=services, ca=ca,
-        control=control_url, control_dir=os.path.join(state_dir, "control"), mesh_yaml=mesh_path,
+        control=control_url, control_dir=control_dir, mesh_yaml=mesh_path,
     )
-    if not os.path.isfile(topo.ca_cert):
-        with open(topo.ca_cert, "wb") as f:
-            f.write(ca_pem)
     with open(topo.path, "w") as f:
         json.dump(topo.to_json(), f, indent=2)
         f.write("\n")

@@ -32,14 +32,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from tests.e2e.harness import PROXY_CMD, Mesh, Proc, wait_port
+from tests.e2e.operator import api, cli_env
 from tests.e2e.test_control_watch import (
     APP_PORT,
     HEALTH_INTERVAL_S,
@@ -47,6 +48,7 @@ from tests.e2e.test_control_watch import (
     FakeControl,
     Traffic,
     b_hosts,
+    free_port,
     http_json,
     wait_for,
 )
@@ -96,16 +98,21 @@ class Replica:
     def __init__(self, mesh: Mesh, name: str, store: str) -> None:
         self.mesh, self.name, self.store = mesh, name, store
         self.port = free_port_pair()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.iport = free_port()
+        self.url = f"http://127.0.0.1:{self.iport}"  # what proxies without a join are given (insecure, loopback)
+        self.api_url = f"https://127.0.0.1:{self.port}"
         self.data = mesh.root / f"control-{name}"
+        self.cred = self.data / "admin.pem"
         self.proc: Proc | None = None
 
     def start(self) -> None:
         self.proc = self.mesh.spawn(f"control {self.name}", [
             *CLI, "control", "--store", self.store, "--data", str(self.data),
-            "--listen", f"127.0.0.1:{self.port}", "--proxy-listen", f"127.0.0.1:{self.port + 1}"],
+            "--listen", f"127.0.0.1:{self.port}", "--proxy-listen", f"127.0.0.1:{self.port + 1}",
+            "--insecure-proxy-listen", f"127.0.0.1:{self.iport}"],
             env=ETCD_PASSPHRASE_ENV)
         wait_port(f"127.0.0.1:{self.port}", self.proc, timeout=20)
+        wait_port(f"127.0.0.1:{self.iport}", self.proc, timeout=20)
 
     def kill(self) -> None:
         """SIGKILL by PID: no goodbye to etcd, its replica record expires on its own."""
@@ -118,12 +125,12 @@ class Replica:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                out = http_json(self.url + "/v1/apply", {"yaml": text, "author": "test"})
-                assert out is not None and out["committed"], out
-                return out  # type: ignore[no-any-return]
-            except urllib.error.HTTPError as e:
-                if e.code < 500 or time.monotonic() > deadline:
-                    raise AssertionError(f"apply through {self.name}: HTTP {e.code}: {e.read()[:500]!r}") from None
+                status, out = api(self.api_url, "POST", "/v1/apply", {"yaml": text}, self.cred)
+                if status == 200:
+                    assert out is not None and out["committed"], out
+                    return out  # type: ignore[no-any-return]
+                if status < 500 or time.monotonic() > deadline:
+                    raise AssertionError(f"apply through {self.name}: HTTP {status}: {str(out)[:500]}")
                 time.sleep(0.1)
             except OSError as e:
                 if time.monotonic() > deadline:
@@ -180,9 +187,9 @@ class BoundedTraffic(Traffic):
             self._stop.wait(0.05)
 
 
-def history(urls: list[str]) -> list[dict[str, str]]:
+def history(urls: list[str], cred: Path) -> list[dict[str, str]]:
     """`glassmesh history` through GLASSMESH_CONTROL=URL1,URL2, as rows of its table."""
-    env = dict(os.environ, GLASSMESH_CONTROL=",".join(urls), COLUMNS="200")
+    env = cli_env(",".join(urls), cred)
     r = subprocess.run([*CLI, "history", "--limit", "50"], capture_output=True, text=True, timeout=30, env=env)
     assert r.returncode == 0, r.stderr
     rows = []
@@ -264,7 +271,7 @@ def test_two_replicas_on_etcd_fail_over_without_losing_a_request_or_a_change(mes
 
     # No config change lost: every version applied, before and after the kills, is in the history,
     # asked through both replicas in order (replica 1 is dead: the CLI moves on to replica 2).
-    rows = history([r1.url, r2.url])
+    rows = history([r1.api_url, r2.api_url], r2.cred)
     got = {row["version"]: row["sha256"] for row in rows}
     for a in applied:
         assert got.get(str(a["version"])) == a["sha256"][:12], (a, rows)

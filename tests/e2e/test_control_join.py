@@ -27,6 +27,7 @@ from cryptography import x509
 from glassmesh.ca import spiffe_id_of
 from tests.e2e.client import eventually
 from tests.e2e.harness import PROXY_CMD, HttpConn, Mesh, Proc, fresh_ip, get, wait_port
+from tests.e2e.operator import api, cli_env
 
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
 APP_PORT = 18080
@@ -52,27 +53,38 @@ def free_port() -> int:
 
 
 class Control:
-    """`glassmesh control` with its operator API (plain) and proxy listener (mTLS) on free ports."""
+    """`glassmesh control` with its operator API (TLS, the admin credential it writes), its proxy listener
+    (mTLS) and, for the few proxies here that never join, its insecure plain listener, on free ports."""
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        self.port, self.pport = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port, self.pport, self.iport = free_port(), free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.iport}"  # proxies without a join (insecure, loopback)
+        self.api_url = f"https://127.0.0.1:{self.port}"
         self.purl = f"https://127.0.0.1:{self.pport}"
         self.data = mesh.root / "control"
+        self.cred = self.data / "admin.pem"
         self.proc = mesh.spawn("control", [*CLI, "control", "--data", str(self.data), "--listen",
                                            f"127.0.0.1:{self.port}", "--proxy-listen", f"127.0.0.1:{self.pport}",
+                                           "--insecure-proxy-listen", f"127.0.0.1:{self.iport}",
                                            "--leaf-hours", str(LEAF_HOURS)])
         wait_port(f"127.0.0.1:{self.port}", self.proc)
         wait_port(f"127.0.0.1:{self.pport}", self.proc)
+        wait_port(f"127.0.0.1:{self.iport}", self.proc)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CLI, *args, "--control", self.url], capture_output=True, text=True, timeout=30)
+        return subprocess.run([*CLI, *args], env=cli_env(self.api_url, self.cred), capture_output=True, text=True,
+                              timeout=30)
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(self.url + path, json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
+        """An operator call over the API, or a proxy report (`/v1/hosts/H/...`) as a host without a join sends it."""
+        if path.startswith("/v1/hosts/") and path.count("/") == 4:
+            req = urllib.request.Request(self.url + path, json.dumps(body).encode(), method="POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())
+        status, doc = api(self.api_url, "POST", path, body, self.cred)
+        assert status == 200, (path, status, doc)
+        return doc
 
     def add_host(self, name: str, services: str, ttl: str = "10m") -> dict[str, Any]:
         r = self.cli("host", "add", name, "--services", services, "--ttl", ttl, "--json")
@@ -80,8 +92,10 @@ class Control:
         return json.loads(r.stdout)  # type: ignore[no-any-return]
 
     def status(self) -> Any:
-        with urllib.request.urlopen(self.url + "/v1/status", timeout=10) as r:
-            return json.loads(r.read())
+        return api(self.api_url, "GET", "/v1/status", cred=self.cred)[1]
+
+    def metrics(self) -> str:
+        return str(api(self.api_url, "GET", "/metrics", cred=self.cred)[1])
 
 
 def join_args(cp: Control, doc: dict[str, Any], data: Path) -> list[str]:

@@ -43,8 +43,7 @@ def metric(text: str, name: str, service: str) -> float | None:
 
 
 def scrape(cp: Control) -> str:
-    with urllib.request.urlopen(cp.url + "/metrics", timeout=10) as r:
-        return r.read().decode()
+    return cp.metrics()
 
 
 def report(cp: Control, host: str, address: str, healthy: bool) -> None:
@@ -107,7 +106,7 @@ def test_sigterm_with_a_watching_proxy_and_open_long_polls_exits_0_within_3s(mes
         time.sleep(0.1)
     assert resp.status == 200, resp
 
-    # Plain-HTTP long-polls too, as host3 (which never joined, so it may watch on the operator listener).
+    # Plain-HTTP long-polls too, as host3 (which never joined, so it may watch on the insecure listener).
     version = next(int(h["latest"]) for h in cp.status()["hosts"] if h["name"] == "host3")
     answers: list[Any] = []
 

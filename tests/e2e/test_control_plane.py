@@ -9,7 +9,6 @@ apply or an instance report, and that wiping out a service is held, shown in
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.e2e.operator import api, cli_env
 
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
 MESH = """\
@@ -44,15 +45,22 @@ def free_port() -> int:
 
 
 class Control:
+    """`glassmesh control` with its operator API (TLS, the admin credential it writes) and, for the
+    proxy routes these tests drive by hand, the insecure plain listener on loopback."""
+
     def __init__(self, root: Path, extra: list[str] | None = None) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
+        port, iport = free_port(), free_port()
+        self.url = f"https://127.0.0.1:{port}"
+        self.insecure = f"http://127.0.0.1:{iport}"
+        self.cred = root / "data" / "admin.pem"
         self.log = open(root / "control.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([*CLI, "control", "--data", str(root / "data"), "--listen", self.url[7:],
-                                      *(extra or [])], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*CLI, "control", "--data", str(root / "data"), "--listen", f"127.0.0.1:{port}",
+                                      "--insecure-proxy-listen", f"127.0.0.1:{iport}", *(extra or [])],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
             try:
-                socket.create_connection(("127.0.0.1", int(self.url.rsplit(":", 1)[1])), timeout=1).close()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -61,16 +69,20 @@ class Control:
 
     def cli(self, *args: str, cwd: Path | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "GLASSMESH_CONTROL": self.url, "COLUMNS": "200", **(env or {})}
-        return subprocess.run([*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
+        return subprocess.run([*CLI, *args], env={**cli_env(self.url, self.cred), **(env or {})}, cwd=cwd,
+                              capture_output=True, text=True, timeout=30)
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return api(self.url, method, path, body, self.cred)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(self.url + path, json.dumps(body).encode(), method="POST")
+        """A proxy route, as a proxy without a host identity sends it (the insecure listener)."""
+        req = urllib.request.Request(self.insecure + path, json.dumps(body).encode(), method="POST")
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())  # type: ignore[no-any-return]
 
     def poll(self, host: str, after: int, wait: float) -> tuple[int, dict[str, Any] | None]:
-        with urllib.request.urlopen(f"{self.url}/v1/hosts/{host}/snapshot?after={after}&wait={wait}",
+        with urllib.request.urlopen(f"{self.insecure}/v1/hosts/{host}/snapshot?after={after}&wait={wait}",
                                     timeout=wait + 10) as r:
             return r.status, (json.loads(r.read()) if r.status == 200 else None)
 
@@ -94,7 +106,7 @@ def control(tmp_path: Path) -> Iterator[Control]:
 
 def test_apply_diff_get_history_rollback(control: Control, tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text(MESH)
-    r = control.cli("apply", "-f", "mesh.yaml", "--author", "ann@laptop", cwd=tmp_path)
+    r = control.cli("apply", "-f", "mesh.yaml", "--author", "mallory@laptop", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "+  name: b" in r.stdout and "applied: version 1" in r.stdout
     assert "no changes against version 1" in control.cli("diff", "-f", "mesh.yaml", cwd=tmp_path).stdout
@@ -118,15 +130,17 @@ def test_apply_diff_get_history_rollback(control: Control, tmp_path: Path) -> No
     r = control.cli("apply", "-f", "bad2.yaml", cwd=tmp_path)
     assert r.returncode == 2 and "bad2.yaml:5: services[1].port: Expected int, got str" in r.stderr
 
-    r = control.cli("rollback", "1", "--author", "bob@laptop")
+    r = control.cli("rollback", "1")
     assert r.returncode == 0 and "now version 3" in r.stdout and "+  port: 8080" in r.stdout
     hist = control.cli("history").stdout
-    assert "ann@laptop" in hist and "bob@laptop (rollback to 1)" in hist and "rollback to version 1" in hist
+    # The author is the operator credential's name; what the client claims (--author) is not recorded.
+    assert "admin (rollback to 1)" in hist and "rollback to version 1" in hist, hist
+    assert "mallory" not in hist
     assert control.cli("rollback", "99").returncode == 1
 
 
-def test_unreachable_control_plane_is_one_line_exit_1(tmp_path: Path) -> None:
-    env = dict(os.environ, GLASSMESH_CONTROL=f"http://127.0.0.1:{free_port()}")
+def test_unreachable_control_plane_is_one_line_exit_1(control: Control) -> None:
+    env = cli_env(f"https://127.0.0.1:{free_port()}", control.cred)  # a valid credential, nobody listening
     r = subprocess.run([*CLI, "status"], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error: cannot reach the control plane") and len(r.stderr.splitlines()) == 1
@@ -199,7 +213,7 @@ def test_watchers_get_changes_within_2s_and_wipe_out_is_held(control: Control, t
         assert "connect refused" in st.stdout  # host3's sick instance is listed
         st_json = json.loads(control.cli("status", "--json").stdout)
         assert [h["service"] for h in st_json["held"]] == ["b"]
-        metrics = urllib.request.urlopen(control.url + "/metrics", timeout=10).read().decode()
+        metrics = control.api("GET", "/metrics")[1]
         assert 'glassmesh_control_held_changes{service="b"} 1.0' in metrics, metrics
         assert "glassmesh_control_held_changes_total 1.0" in metrics
         assert "glassmesh_control_unhealthy_instances 1.0" in metrics
@@ -209,7 +223,7 @@ def test_watchers_get_changes_within_2s_and_wipe_out_is_held(control: Control, t
         assert r.returncode == 0, r.stderr
         w.wait_for(lambda s: b_endpoints(s) == [], t)
         assert "held changes: none" in control.cli("status").stdout
-        metrics = urllib.request.urlopen(control.url + "/metrics", timeout=10).read().decode()
+        metrics = control.api("GET", "/metrics")[1]
         assert "glassmesh_control_held_changes_total 0.0" in metrics
         assert 'glassmesh_control_host_snapshot_version{host="host1",kind="latest"}' in metrics
     finally:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 
 from glassmesh.ca import spiffe_id_of
 from tests.e2e.harness import PROXY_CMD, Mesh, Proc, fresh_ip, get, wait_port
+from tests.e2e.operator import cli_env
 from tests.e2e.test_control_ha import CLI, BoundedTraffic, Replica
 from tests.e2e.test_control_watch import APP_PORT, wait_for
 from tests.etcd_cluster import ETCD_PASSPHRASE_ENV, EtcdCluster
@@ -110,8 +111,8 @@ class JoinedHost:
 
 def host_add(replica: Replica, name: str, services: str) -> dict[str, Any]:
     """`glassmesh host add` through one replica's operator API."""
-    r = subprocess.run([*CLI, "host", "add", name, "--services", services, "--json", "--control", replica.url],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run([*CLI, "host", "add", name, "--services", services, "--json"],
+                       env=cli_env(replica.api_url, replica.cred), capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 

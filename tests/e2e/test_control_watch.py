@@ -46,6 +46,7 @@ from tests.e2e.harness import (
     parse_metrics,
     wait_port,
 )
+from tests.e2e.operator import api
 
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
 APP_PORT = 18080
@@ -79,19 +80,27 @@ def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10)
 
 
 class Control:
-    """A `glassmesh control` process that can be SIGKILLed and started again on the same port and data."""
+    """A `glassmesh control` process that can be SIGKILLed and started again on the same ports and data.
+
+    `url` is what these proxies (certificate files by hand, no join) are given: the insecure plain
+    listener on loopback; `api_url` is the operator API (TLS, the admin credential it writes).
+    """
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port, self.iport = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.iport}"
+        self.api_url = f"https://127.0.0.1:{self.port}"
         self.data = mesh.root / "control"
+        self.cred = self.data / "admin.pem"
         self.proc: Proc | None = None
 
     def start(self) -> None:
         self.proc = self.mesh.spawn("control", [*CLI, "control", "--data", str(self.data),
-                                                "--listen", f"127.0.0.1:{self.port}"])
+                                                "--listen", f"127.0.0.1:{self.port}",
+                                                "--insecure-proxy-listen", f"127.0.0.1:{self.iport}"])
         wait_port(f"127.0.0.1:{self.port}", self.proc)
+        wait_port(f"127.0.0.1:{self.iport}", self.proc)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -99,12 +108,12 @@ class Control:
         self.proc.popen.wait(10)
 
     def apply(self, text: str) -> dict[str, Any]:
-        out = http_json(self.url + "/v1/apply", {"yaml": text, "author": "test"})
-        assert out is not None
+        status, out = api(self.api_url, "POST", "/v1/apply", {"yaml": text}, self.cred)
+        assert status == 200 and out is not None, (status, out)
         return out  # type: ignore[no-any-return]
 
     def status(self) -> dict[str, Any]:
-        return http_json(self.url + "/v1/status")  # type: ignore[no-any-return]
+        return api(self.api_url, "GET", "/v1/status", cred=self.cred)[1]  # type: ignore[no-any-return]
 
     def snapshot(self, host: str) -> dict[str, Any]:
         return http_json(f"{self.url}/v1/hosts/{host}/snapshot?after=0&wait=0")  # type: ignore[no-any-return]

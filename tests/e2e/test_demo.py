@@ -40,15 +40,38 @@ def _bindable(ip: str, port: int) -> bool:
 
 def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    r = subprocess.run([*CLI, "demo", "--duration", "15", "--state-dir", str(state)], capture_output=True,
-                       text=True, timeout=180, env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"})
-    out = r.stdout + r.stderr
+    # The user's own config dir, empty: the demo puts its operator credential there, where the CLI looks.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLASSMESH_")}
+    env.update(PYTHONUNBUFFERED="1", COLUMNS="250", XDG_CONFIG_HOME=str(tmp_path / "config"))
+    demo = subprocess.Popen([*CLI, "demo", "--duration", "15", "--state-dir", str(state)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    got: list[str] = []
+    status: subprocess.CompletedProcess[str] | None = None
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            got.append(line)
+            if status is None and "instances registered and healthy" in line:
+                # While it runs, `glassmesh status` works with no flag and no variable: nothing but the demo.
+                status = subprocess.run([*CLI, "status"], env=env, capture_output=True, text=True, timeout=60)
+        code = demo.wait(180)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+    out = "".join(got)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((state / "logs").glob("*.log")))
-    assert r.returncode == 0, f"{out}\n{logs}"
+    assert code == 0, f"{out}\n{logs}"
     lines = out.splitlines()
+    assert status is not None and status.returncode == 0, status
+    assert "host1" in status.stdout and "host3" in status.stdout, status.stdout
 
-    # Set up through the control plane.
-    assert "control plane up on http://127.0.0.1:4200" in out
+    # Set up through the control plane, as an operator, with hosts that join with tokens.
+    assert "control plane up on https://127.0.0.1:4200" in out
+    cred = tmp_path / "config" / "glassmesh" / "operator.pem"
+    assert f"copied to {cred}, where `glassmesh` finds it" in out, out
+    assert oct(cred.stat().st_mode & 0o777) == "0o600"
+    assert "--join TOKEN" in out
     assert f"applied {state}/mesh.yaml: config version 1" in out
     assert "instances registered and healthy" in out
     assert "glassmesh status" in out  # the hint

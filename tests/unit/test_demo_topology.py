@@ -9,9 +9,7 @@ import os
 import socket
 
 import pytest
-from cryptography import x509
 
-from glassmesh.ca import spiffe_id_of
 from glassmesh.demo import metrics as m
 from glassmesh.demo.apps import Backend, Frontend
 from glassmesh.demo.httpio import Connection, serve_connection
@@ -42,7 +40,8 @@ def _demo_snapshots(topo, healthy=None):
 
 def test_demo_mesh_yaml_compiles_to_the_three_host_snapshots(tmp_path):
     topo = build_demo_topology(str(tmp_path))
-    assert topo.control == "http://127.0.0.1:4200" and topo.control_dir == str(tmp_path / "control")
+    assert topo.control == "https://127.0.0.1:4200" and topo.control_dir == str(tmp_path / "control")
+    assert topo.ca_dir == str(tmp_path / "control" / "ca")  # the control plane's own CA: there is one
     text = (tmp_path / "mesh.yaml").read_text()
     assert "calls: [b, c]" in text and "health: {tcp: true, interval_ms: 500, timeout_ms: 250}" in text
     snaps = _demo_snapshots(topo)
@@ -76,6 +75,11 @@ def test_demo_snapshots_load_in_a_proxy(tmp_path):
     from glassmesh.proxy.routing import compile_table
 
     topo = build_demo_topology(str(tmp_path))
+    for h in topo.hosts.values():  # what each proxy's join writes (by CSR), where the snapshot names it
+        os.makedirs(os.path.dirname(h.trust_bundle), exist_ok=True)
+        open(h.trust_bundle, "wb").write(topo.ca.cert_pem)
+        for svc, (cert, _key) in h.certs.items():
+            topo.ca.issue("service", svc).write(cert[: -len(".pem")])
     for snap in _demo_snapshots(topo).values():
         compile_table(snap)  # certificates and keys load, as the proxy does before it accepts a snapshot
 
@@ -93,22 +97,22 @@ def test_stopped_instance_leaves_host1s_snapshot_and_the_guard_lets_it(tmp_path)
     assert d.held == {} and d.push["b"] == [("host3", "127.0.0.13:8080")]
 
 
-def test_certs_name_each_service(tmp_path):
+def test_certs_are_named_where_the_join_puts_them_and_none_is_made_ahead(tmp_path):
+    """Hosts join with tokens: their keys are made by their proxies, never by the demo beforehand."""
     topo = build_demo_topology(str(tmp_path))
     for h in topo.hosts.values():
         assert sorted(h.certs) == sorted(h.local_services)
         for svc, (cert, key) in h.certs.items():
-            assert os.path.dirname(cert) == os.path.join(h.dir, "certs")
-            leaf = x509.load_pem_x509_certificate(open(cert, "rb").read())
-            assert spiffe_id_of(leaf) == f"spiffe://glassmesh.local/service/{svc}"
-            assert open(key, "rb").read().startswith(b"-----BEGIN")
+            assert (cert, key) == (os.path.join(h.dir, "certs", f"{svc}.pem"), os.path.join(h.dir, "certs", f"{svc}.key"))
+            assert not os.path.exists(cert) and not os.path.exists(key)
+        assert oct(os.stat(h.dir).st_mode & 0o777) == "0o700"
 
 
 def test_topology_json_lists_addresses_and_instances(tmp_path):
     topo = build_demo_topology(str(tmp_path))
     doc = json.loads((tmp_path / "topology.json").read_text())
     assert doc == topo.to_json()
-    assert doc["control"] == {"url": "http://127.0.0.1:4200", "data": str(tmp_path / "control"),
+    assert doc["control"] == {"url": "https://127.0.0.1:4200", "data": str(tmp_path / "control"),
                               "mesh_yaml": str(tmp_path / "mesh.yaml")}
     h1 = doc["hosts"]["host1"]
     assert h1["outbound"] == {"a": "127.0.0.11:4140"} and h1["data"] == str(tmp_path / "host1")
@@ -195,11 +199,13 @@ def test_tcp_link_and_per_host_ports(tmp_path):
 def test_rebuild_in_place_and_refuse_foreign_directory(tmp_path):
     build_demo_topology(str(tmp_path / "s"))
     # What the last run's processes left: the control plane's store, a proxy's last-known-good snapshot.
-    (tmp_path / "s" / "control").mkdir()
+    old_ca = (tmp_path / "s" / "control" / "ca" / "ca.pem").read_bytes()
     (tmp_path / "s" / "control" / "control.sqlite").write_text("old")
     (tmp_path / "s" / "host1" / "snapshot.json").write_text("{}")
     build_demo_topology(str(tmp_path / "s"))  # a second run replaces the first, starting from nothing
-    assert not (tmp_path / "s" / "control").exists() and not (tmp_path / "s" / "host1" / "snapshot.json").exists()
+    assert not (tmp_path / "s" / "control" / "control.sqlite").exists()
+    assert not (tmp_path / "s" / "host1" / "snapshot.json").exists()
+    assert (tmp_path / "s" / "control" / "ca" / "ca.pem").read_bytes() != old_ca  # a new mesh, a new CA
     assert (tmp_path / "s" / "mesh.yaml").is_file()
     foreign = tmp_path / "mine"
     foreign.mkdir()

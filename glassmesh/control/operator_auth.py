@@ -1,0 +1,68 @@
+"""Who calls the operator API, and what they may do: an operator certificate from the mesh CA, by role.
+
+The operator listener (`--listen`, default 127.0.0.1:4200) speaks TLS only.
+A caller proves who it is with a client certificate from the mesh CA whose
+SPIFFE ID is `spiffe://<td>/operator/<name>` and whose subject organization
+names its role, `glassmesh:admin` or `glassmesh:read-only` (see
+api/certs.py). Without one the answer is 401; with a certificate that is not
+an operator's (a host's, a service's) or a read-only one asking to change
+something, 403. Nothing is changed by a refused call, and what is recorded
+as the author of a change is the credential's name, never a field the
+client sends.
+
+The handshake itself asks for a certificate but does not require one, so a
+caller without one gets a readable 401 that says what to do instead of a
+bare TLS alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from glassmesh.api.certs import role_of
+
+OPERATOR_KEY = "glassmesh_operator"  # request[OPERATOR_KEY]: the Operator who made the call
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    role: str
+    spiffe_id: str
+
+
+def _refuse(status: int, message: str) -> web.HTTPException:
+    cls = web.HTTPUnauthorized if status == 401 else web.HTTPForbidden
+    return cls(body=msgspec.json.encode({"error": message}), content_type="application/json")
+
+
+def authenticate(request: web.Request, trust_domain: str) -> Operator:
+    """The operator behind this request, allowed to do what it asks; 401 or 403 (raised) otherwise."""
+    t = request.transport
+    if t is None or t.get_extra_info("sslcontext") is None:
+        raise _refuse(401, "the operator API speaks TLS only: call it with https:// and an operator credential")
+    cert: dict[str, Any] | None = t.get_extra_info("peercert")
+    if not cert:
+        raise _refuse(401, "no operator credential: present an operator certificate from the mesh CA "
+                           "(glassmesh --credential FILE, GLASSMESH_CREDENTIAL, or ~/.config/glassmesh/operator.pem)")
+    spiffe = next((v for k, v in cert.get("subjectAltName", ()) if k == "URI" and v.startswith("spiffe://")), "")
+    prefix = f"spiffe://{trust_domain}/operator/"
+    name = spiffe[len(prefix):] if spiffe.startswith(prefix) else ""
+    role = role_of(cert.get("subject"))
+    if not name or "/" in name or role is None:
+        raise _refuse(403, f"the client certificate ({spiffe or 'no SPIFFE ID'}) is not an operator credential")
+    op = Operator(name, role, spiffe)
+    if role != "admin" and request.method not in READ_METHODS:
+        raise _refuse(403, f"operator {name!r} is {role}: {request.method} {request.path} needs the admin role")
+    return op
+
+
+def author(request: web.Request) -> str:
+    """Who a change is recorded as: the authenticated operator (an `author` the client sends is ignored)."""
+    op: Operator | None = request.get(OPERATOR_KEY)
+    return op.name if op is not None else "unknown"
