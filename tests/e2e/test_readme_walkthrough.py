@@ -60,8 +60,8 @@ class Walkthrough:
         self.dir.mkdir()
         self.ips = {"127.0.0.21": fresh_ip(), "127.0.0.22": fresh_ip(), "127.0.0.23": fresh_ip()}
         self.ip1, self.ip2, self.ip3 = self.ips.values()
-        self.api_port, self.proxy_port = free_port(), free_port()
-        self.control_url = f"http://127.0.0.1:{self.api_port}"
+        self.api_port, self.proxy_port, self.insecure_port = free_port(), free_port(), free_port()
+        self.control_url = f"https://127.0.0.1:{self.api_port}"
         self.procs: dict[str, Proc] = {}
 
     def sub(self, text: str) -> str:
@@ -76,7 +76,9 @@ class Walkthrough:
 
     def run(self, cmd: str) -> subprocess.CompletedProcess[str]:
         """A command that ends, as the README writes it, with this test's addresses."""
-        env = {**os.environ, "GLASSMESH_CONTROL": self.control_url, "COLUMNS": "80"}
+        # The README's `export GLASSMESH_CREDENTIAL=$PWD/control/admin.pem`.
+        env = {**os.environ, "GLASSMESH_CONTROL": self.control_url, "COLUMNS": "80",
+               "GLASSMESH_CREDENTIAL": str(self.dir / "control" / "admin.pem")}
         return subprocess.run(self.argv(shlex.split(self.sub(cmd))), cwd=self.dir, env=env, capture_output=True,
                               text=True, timeout=60)
 
@@ -140,7 +142,13 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
     w.start("control", ["glassmesh", "control", "--data", "control", "--listen", f"127.0.0.1:{w.api_port}",
                         "--proxy-listen", f"127.0.0.1:{w.proxy_port}"])
     wait_port(f"127.0.0.1:{w.proxy_port}", w.procs["control"])
-    w.wait_log("control", rf"^glassmesh control: listening on http://127\.0\.0\.1:{w.api_port}$")
+    (export,) = [x for x in readme_block_with("glassmesh control --data control &") if x.startswith("export")]
+    assert export == "export GLASSMESH_CREDENTIAL=$PWD/control/admin.pem"
+    w.wait_log("control", r"^glassmesh control: wrote the first operator's credential \(admin\) to "
+                          r"control/admin\.pem; copy it to ~/\.config/glassmesh/operator\.pem, or set "
+                          r"GLASSMESH_CREDENTIAL=control/admin\.pem$")
+    w.wait_log("control", rf"^glassmesh control: operator API on https://127\.0\.0\.1:{w.api_port} \(TLS; an "
+                          r"operator credential is required\)$")
     fp = w.wait_log("control", rf"^glassmesh control: proxies join and watch on https://127\.0\.0\.1:{w.proxy_port} "
                                r"\(mutual TLS, CA sha256 ([0-9a-f]{64})\)$").group(1)
     assert (w.dir / "control" / "ca" / "ca.pem").exists()
@@ -271,8 +279,10 @@ def test_hand_issued_certificates_make_a_working_certs_dir(mesh: Mesh) -> None:
     w = Walkthrough(mesh)
     ip = w.ip1
     w.start("control", ["glassmesh", "control", "--data", "control", "--listen", f"127.0.0.1:{w.api_port}",
-                        "--proxy-listen", f"127.0.0.1:{w.proxy_port}"])
+                        "--proxy-listen", f"127.0.0.1:{w.proxy_port}",
+                        "--insecure-proxy-listen", f"127.0.0.1:{w.insecure_port}"])
     wait_port(f"127.0.0.1:{w.api_port}", w.procs["control"])
+    wait_port(f"127.0.0.1:{w.insecure_port}", w.procs["control"])
     (w.dir / "mesh.yaml").write_text(f"services:\n  - {{name: web, calls: [api]}}\n  - {{name: api, port: 9000}}\n"
                                      f"hosts:\n  - {{name: solo, address: \"{ip}:4143\", services: [web, api]}}\n")
     assert w.run("glassmesh apply -f mesh.yaml").returncode == 0
@@ -285,7 +295,8 @@ def test_hand_issued_certificates_make_a_working_certs_dir(mesh: Mesh) -> None:
     assert sorted(p.name for p in (w.dir / "solo/certs").iterdir()) == ["api.key", "api.pem", "ca.pem", "web.key",
                                                                         "web.pem"]
     mesh.start_app("http", f"{ip}:9000", "api-solo")
-    w.start("proxy solo", ["glassmesh", "proxy", "--control", w.control_url, "--host", "solo", "--data", "solo"])
+    w.start("proxy solo", ["glassmesh", "proxy", "--control", f"http://127.0.0.1:{w.insecure_port}", "--host",
+                           "solo", "--data", "solo"])
     w.wait_log("proxy solo", r"^glassmesh proxy: host solo serving snapshot version \d+: ")
 
     def called() -> bool:
