@@ -59,7 +59,25 @@ def test_local_instances_and_listeners() -> None:
     local = {s.name: s for s in h3.local_services}
     assert local["b"].instances == ["127.0.0.13:8080"] and local["db"].protocol == "tcp"
     assert local["c"].instances == ["127.0.0.13:8081"]  # a static instance makes c local to host3
-    assert len({s.outbound for s in h3.local_services}) == 3
+    # b and c call everything (no calls:); db is tcp and lists no calls, so it calls nothing and gets
+    # no outbound listener, but keeps its place in the port order (c's listener does not move).
+    assert {n: s.outbound for n, s in local.items()} == {
+        "b": "127.0.0.13:4140", "db": None, "c": "127.0.0.13:4142"}
+    assert {n: s.calls for n, s in local.items()} == {"b": None, "db": [], "c": None}
+
+
+def test_a_service_that_calls_nothing_gets_no_outbound_listener() -> None:
+    snaps = build(UP)
+    assert [(s.name, s.outbound, s.calls) for s in snaps["host4"].local_services] == [("lonely", None, [])]
+    assert [(s.name, s.outbound, s.calls) for s in snaps["host1"].local_services] == [
+        ("a", "127.0.0.11:4140", ["b"])]
+
+
+def test_a_host_that_may_not_call_everything_knows_the_rest_by_name() -> None:
+    snaps = build(UP)
+    assert snaps["host1"].withheld_services == ["a", "c", "db", "lonely"]  # a calls only b
+    assert snaps["host4"].withheld_services == ["a", "b", "c", "lonely"]  # only its tcp link's db
+    assert snaps["host2"].withheld_services == []  # b calls everything: nothing withheld
 
 
 def test_every_snapshot_passes_the_proxy_checks() -> None:
