@@ -24,12 +24,13 @@ REASONS: dict[str, tuple[int, str]] = {
     "bad_request": (400, "the request is malformed or ambiguous and was not forwarded"),
     "head_too_large": (431, "the request head is larger than this proxy accepts"),
     "forbidden": (403, "policy does not allow this caller to reach this service"),
-    "call_not_allowed": (403, "the calling service's `calls` list does not include this service"),
     "misdirected": (421, "this proxy does not serve the requested service"),
     "method_not_allowed": (405, "this method cannot be proxied"),
     "not_implemented": (501, "the request uses a feature this proxy does not implement"),
     "request_timeout": (408, "the request head did not arrive in time"),
     "overloaded": (503, "the proxy is at its connection limit"),
+    "call_not_allowed": (403, "the calling service's `calls` list does not include this service"),
+    "http2_not_supported": (505, "HTTP/2 (and so gRPC) is not carried yet; a tcp link carries it"),
 }
 
 

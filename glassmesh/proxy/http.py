@@ -38,8 +38,10 @@ from glassmesh.protocols.http1 import (
     new_traceparent,
     status_line,
 )
+from glassmesh.protocols.http2 import Refusal
 from glassmesh.proxy.mux import StreamUser
 from glassmesh.proxy.pool import ConnectError, Pool
+from glassmesh.proxy.refusal import Http2Refuser
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 _mono = time.monotonic
 HIGH_WATER = 256 * 1024
 _FORWARD_1XX = (100, 102, 103)
+_PRI_LINE = b"PRI * HTTP/2.0\r\n\r\n"  # what llhttp reads of the HTTP/2 preface before it stops
 MAX_TRIES = 3
 # A request is replayed after a reset (its connection closed before any byte of the answer) at
 # most this many times per side: one attempt more, as nginx and Envoy do by default.
@@ -209,6 +212,9 @@ class ServerConn(StreamUser):
         except httptools.HttpParserUpgrade as e:
             self._start_tunnel_request(data[e.args[0]:])
         except httptools.HttpParserError as e:
+            if self._is_http2(e):
+                self._refuse_http2(data)
+                return
             self._parse_error(e)
         self.flush()
 
@@ -354,6 +360,30 @@ class ServerConn(StreamUser):
         self.flush()
 
     # --- request handling -------------------------------------------------
+    def _is_http2(self, e: Exception) -> bool:
+        """The client sent the HTTP/2 preface (llhttp stops at its PRI line) as its first request."""
+        ex = self.parsing
+        return (ex is not None and ex.url == b"*" and len(self.queue) == 1 and self.queue[0] is ex
+                and self.p_method() == b"PRI")
+
+    def _refuse_http2(self, data: bytes) -> None:
+        """Hand the connection to a responder that tells the HTTP/2 client why it cannot be served."""
+        rt = self.rt
+        side = self.side.name
+        rt.stats.error(side, "http2_not_supported")
+        self.parsing = None
+        self.closing = True
+        i = data.find(_PRI_LINE)
+        rest = data[i + len(_PRI_LINE):] if i >= 0 else data
+        hop = f"http2_not_supported; hop={rt.host}/{side}".encode()
+        refusal = Refusal(headers=[(ERROR_HEADER, hop)])
+        transport = self.transport
+        self.detach()
+        responder = Http2Refuser(transport, refusal, rt.timeouts.head_ms / 1000)
+        transport.set_protocol(responder)
+        if rest:
+            responder.data_received(rest)
+
     def _parse_error(self, e: Exception) -> None:
         ex = self.parsing
         cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
