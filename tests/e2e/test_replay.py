@@ -27,11 +27,17 @@ def closing_app(mesh: Mesh, host: Host, service: str, mode: str) -> App:
     return App(p, addr, name)
 
 
-def test_a_get_on_a_kept_alive_connection_the_app_closed_is_answered(mesh: Mesh) -> None:
+def a_calls_a_closing_b(mesh: Mesh) -> tuple[Host, Host]:
+    """a on host1 calls b on host2, whose app closes each kept-alive connection at its second request."""
     h1, h2 = mesh.add_host("host1"), mesh.add_host("host2")
     h1.client("a")
     closing_app(mesh, h2, "b", "second")
     mesh.start()
+    return h1, h2
+
+
+def test_a_get_on_a_kept_alive_connection_the_app_closed_is_answered(mesh: Mesh) -> None:
+    h1, h2 = a_calls_a_closing_b(mesh)
     with HttpConn(h1.outbound("a")) as c:
         for i, method in enumerate(["GET", "GET", "HEAD", "DELETE", "GET"]):
             r = c.request(method, f"/{i}", {"Host": "b"})
@@ -40,10 +46,7 @@ def test_a_get_on_a_kept_alive_connection_the_app_closed_is_answered(mesh: Mesh)
 
 
 def test_a_post_the_app_may_have_seen_is_not_replayed(mesh: Mesh) -> None:
-    h1, h2 = mesh.add_host("host1"), mesh.add_host("host2")
-    h1.client("a")
-    closing_app(mesh, h2, "b", "second")
-    mesh.start()
+    h1, h2 = a_calls_a_closing_b(mesh)
     with HttpConn(h1.outbound("a")) as c:
         assert c.request("GET", "/warm", {"Host": "b"}).status == 200  # leaves a kept-alive connection to the app
         for body in (b"", b"order=1"):
