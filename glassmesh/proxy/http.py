@@ -138,6 +138,7 @@ class Exchange:
     up_head: bytes | None = None  # built once, so that a retry sends the same head
     tried: set[tuple[str, int]] | None = None  # endpoints this request was already sent toward
     replays = 0  # times this request was sent again after a reset (bounded by MAX_REPLAYS)
+    body_sent = False  # whether any of its body went to the next hop (a body is never kept to be sent again)
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
@@ -775,6 +776,7 @@ class UpstreamConn(StreamUser):
         ex = self.ex
         assert ex is not None and ex.routed is not None
         ex.routed.link.bytes_req += len(body)
+        ex.body_sent = True
         if self.tunnel:
             self.wbuf.append(body)
         elif ex.up_chunked:
@@ -1027,11 +1029,13 @@ class _HeadDone(Exception):
 def replayable(ex: Exchange) -> bool:
     """Whether ex may be sent again after it may have reached an app (its connection reset before any answer).
 
-    The request must be whole and without a body (nothing of it is kept once sent), not an
-    upgrade, idempotent, and not replayed already.
+    Idempotent, not an upgrade, not replayed already, and either without a body or with none
+    of its body sent yet (nothing of a body is kept once sent; one still to come, as after
+    `Expect: 100-continue`, follows the new head).
     """
-    return (ex.replays < MAX_REPLAYS and ex.req_done and ex.framing == Framing.NONE and not ex.upgrade
-            and ex.method in IDEMPOTENT)
+    if ex.replays >= MAX_REPLAYS or ex.upgrade or ex.method not in IDEMPOTENT:
+        return False
+    return ex.req_done if ex.framing == Framing.NONE else not ex.body_sent
 
 
 def peer_error(rh: ResponseHead) -> bytes | None:

@@ -28,6 +28,10 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name
                 return
             n += 1
             line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            print(f"[{name}] request {n} on this connection: {line}", flush=True)
+            if mode == "never" or n > 1:  # at the head: a body still to come is never read
+                print(f"[{name}] closing without an answer", flush=True)
+                return
             length = 0
             for h in head.split(b"\r\n")[1:]:
                 k, _, v = h.partition(b":")
@@ -35,10 +39,6 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name
                     length = int(v.strip())
             if length:
                 await reader.readexactly(length)
-            print(f"[{name}] request {n} on this connection: {line}", flush=True)
-            if mode == "never" or n > 1:
-                print(f"[{name}] closing without an answer", flush=True)
-                return
             body = json.dumps({"app": name, "request": line}).encode()
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                          % (len(body), b"" if line.startswith("HEAD ") else body))

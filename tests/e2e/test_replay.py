@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.e2e.harness import App, Host, HttpConn, Mesh, mesh_error, metric, wait_port
+from tests.e2e.harness import App, Host, HttpConn, Mesh, eventually, mesh_error, metric, wait_port
 
 CLOSING_APP = Path(__file__).resolve().with_name("closing_app.py")
 
@@ -74,3 +74,25 @@ def test_an_app_that_never_answers_is_routed_around(mesh: Mesh) -> None:
         assert [mesh_error(r) for r in posts if r.status == 502] == [("upstream_reset", "host2/inbound")]
     assert metric(h1.metrics(), "glassmesh_mesh_errors_total", side="outbound",
                   reason="retried_upstream_reset") >= 4
+
+
+def test_a_put_whose_body_was_not_sent_yet_is_replayed(mesh: Mesh) -> None:
+    h1, h2 = a_calls_a_closing_b(mesh)
+
+    def replays() -> float:
+        return metric(h2.metrics(), "glassmesh_mesh_errors_total", side="inbound", reason="retried_upstream_reset")
+
+    with HttpConn(h1.outbound("a")) as c:
+        assert c.request("GET", "/warm", {"Host": "b"}).status == 200
+        before = replays()
+        # The head goes out at once; the body waits (as a client waits after Expect: 100-continue).
+        c.send_request("PUT", "/doc", {"Host": "b", "Content-Length": "5", "Expect": "100-continue"})
+
+        def replayed() -> None:
+            assert replays() > before
+
+        eventually(replayed, timeout=10)  # the app closed at the head; host2 sent the head again
+        c.send(b"hello")
+        r = c.read_final("PUT")
+    assert r.status == 200, r
+    assert r.json()["request"] == "PUT /doc HTTP/1.1"
