@@ -372,6 +372,10 @@ class ServerConn(StreamUser):
         rt = self.rt
         side = self.side.name
         rt.stats.error(side, "http2_not_supported")
+        ex = self.parsing
+        if ex is not None and self.logging:
+            ex.method = b"PRI"
+            rt.access_log(ex, 505, "http2_not_supported")
         self.parsing = None
         self.closing = True
         i = data.find(_PRI_LINE)

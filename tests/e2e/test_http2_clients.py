@@ -10,6 +10,7 @@ server.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import grpc
 import pytest
 
 from glassmesh.protocols.http2 import MESSAGE
-from tests.e2e.harness import HttpConn, Mesh, metric, wait_port
+from tests.e2e.harness import HttpConn, Mesh, eventually, metric, wait_port
 
 GRPC_APP = Path(__file__).resolve().with_name("grpc_app.py")
 
@@ -38,6 +39,8 @@ def test_http2_clients_are_told_why_and_grpc_goes_through_a_tcp_link(mesh: Mesh)
     wait_port(grpc_addr, mesh.spawn("app greeter@host2", [sys.executable, str(GRPC_APP), "--listen", grpc_addr]))
     h2.add_instance("greeter", grpc_addr, "tcp")
     link = h1.tcp_link("a", "greeter")
+    access_log = mesh.root / "host1-access.log"
+    h1.proxy_args = ["--access-log", str(access_log)]
     mesh.start()
     outbound = h1.outbound("a")
 
@@ -58,6 +61,13 @@ def test_http2_clients_are_told_why_and_grpc_goes_through_a_tcp_link(mesh: Mesh)
 
     m = h1.metrics()
     assert metric(m, "glassmesh_mesh_errors_total", side="outbound", reason="http2_not_supported") >= 3
+
+    def logged() -> None:
+        lines = [json.loads(line) for line in access_log.read_text().splitlines()]
+        assert len([x for x in lines if x.get("mesh_error") == "http2_not_supported"]) >= 3, lines
+        assert all((x["method"], x["status"], x["side"]) == ("PRI", 505, "outbound") for x in lines), lines
+
+    eventually(logged)
     with HttpConn(outbound) as c:
         assert c.request("GET", "/after", {"Host": "b"}).status == 200
 
