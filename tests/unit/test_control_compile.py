@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from glassmesh.control.compile import compile_snapshots, healthy_instances
 from glassmesh.control.config import parse_config
+from glassmesh.control.layout import host_layout
 from glassmesh.control.store import InstanceRecord
 from glassmesh.model.snapshot import encode_snapshot, parse_snapshot
 
@@ -119,3 +120,20 @@ def test_guarded_endpoints_replace_the_computed_ones() -> None:
     snaps = compile_snapshots(CFG, [], trust_domain="glassmesh.local", versions={},
                               endpoints={"b": [("host2", "127.0.0.12:8080")]})
     assert eps(snaps["host1"], "b") == [("host2", "127.0.0.12:4143")]
+
+
+def test_layout_keeps_the_port_of_a_service_without_a_listener() -> None:
+    """A listener never moves because a service before it calls nothing (or starts calling something)."""
+    def outbound(cache_calls: str) -> dict[str, str]:
+        cfg = parse_config(f"""\
+services:
+  - {{name: cache, protocol: tcp{cache_calls}}}
+  - {{name: api}}
+  - {{name: web, calls: []}}
+hosts:
+  - {{name: host3, address: 127.0.0.13:4143, services: [cache, api, web]}}
+""")
+        return host_layout(cfg, cfg.hosts[0]).outbound
+
+    assert outbound("") == {"api": "127.0.0.13:4141"}
+    assert outbound(", calls: [api]") == {"cache": "127.0.0.13:4140", "api": "127.0.0.13:4141"}
