@@ -4,6 +4,8 @@ set -euo pipefail
 need=()
 command -v tshark >/dev/null || need+=(tshark)
 command -v curl >/dev/null || need+=(curl)
+# A real HTTP load generator for the failover test (tests/e2e/test_failover_gunicorn.py).
+command -v hey >/dev/null || need+=(hey)
 # A real 3-member etcd 3.4 cluster backs the etcd store tests (tests/etcd_cluster.py).
 command -v etcd >/dev/null || need+=(etcd-server)
 # A real DNS server for the DNS discovery tests (tests/e2e/test_control_dns.py). dnsmasq-base, not

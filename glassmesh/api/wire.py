@@ -120,6 +120,7 @@ class SnapshotDelta(msgspec.Struct, **_S, frozen=True):
     admin: Address | UnsetType = UNSET
     local_services: list[LocalService] | UnsetType = UNSET
     tcp_links: list[TcpLink] | UnsetType = UNSET
+    withheld_services: list[Name] | UnsetType = UNSET
     timeouts: Timeouts | UnsetType = UNSET
     limits: Limits | UnsetType = UNSET
 

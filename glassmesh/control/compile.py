@@ -20,7 +20,7 @@ import msgspec
 
 from glassmesh.control.config import HostConfig, MeshConfig, ServiceConfig
 from glassmesh.control.discovery import SOURCE_DNS, is_external
-from glassmesh.control.layout import host_layout, index, join
+from glassmesh.control.layout import effective_calls, host_layout, index, join
 from glassmesh.control.store import HostRecord, InstanceRecord
 from glassmesh.model.snapshot import Endpoint, LocalService, Service, Snapshot, TcpLink, split_address
 
@@ -159,29 +159,36 @@ def compile_snapshots(
     # Hosts that may call the same services share one list object: in an all-to-all mesh that is
     # every host, so 200 hosts do not each build, sort and compare a list of 1,000 services.
     lists: dict[frozenset[str] | None, list[Service]] = {}
+    withheld_lists: dict[frozenset[str] | None, list[str]] = {}
     for h in all_hosts:
         lay = host_layout(cfg, h, idx)
         local = _local_instances(svcs, h, lay.local_services, by_host.get(h.name, []))
         links = [TcpLink(source=t.source, listen=t.listen, destination=t.destination)
                  for t in cfg.tcp_links if t.host == h.name]
+        calls = {n: effective_calls(svcs.get(n)) for n in lay.local_services}
         key: frozenset[str] | None = None  # None: every service
-        if all(svcs.get(n) is not None and svcs[n].calls is not None for n in lay.local_services):
+        if all(svcs.get(n) is not None and c is not None for n, c in calls.items()):
             wanted: set[str] = {t.destination for t in links}
-            for name in lay.local_services:
-                wanted.update(svcs[name].calls or ())
+            for c in calls.values():
+                wanted.update(c or ())
             key = frozenset(wanted)
         listed = lists.get(key)
         if listed is None:
             listed = lists[key] = [services[n] for n in sorted(services if key is None else key)]
+        # The rest of the mesh by name, so that a refused call says so instead of "unknown".
+        withheld = withheld_lists.get(key)
+        if withheld is None:
+            withheld = withheld_lists[key] = [] if key is None else sorted(n for n in services if n not in key)
         snap = Snapshot(
             version=0, host=h.name, trust_domain=trust_domain, trust_bundle=trust_bundle,
             inbound=lay.inbound, admin=lay.admin,
             local_services=[
-                LocalService(name=n, protocol=_protocol(svcs, n), instances=local[n], outbound=lay.outbound[n],
-                             cert=f"certs/{n}.pem", key=f"certs/{n}.key", **_health(svcs.get(n)))
+                LocalService(name=n, protocol=_protocol(svcs, n), instances=local[n], outbound=lay.outbound.get(n),
+                             calls=calls[n], cert=f"certs/{n}.pem", key=f"certs/{n}.key", **_health(svcs.get(n)))
                 for n in lay.local_services
             ],
             services=listed,
+            withheld_services=withheld,
             tcp_links=links,
         )
         prev = versions.get(h.name)

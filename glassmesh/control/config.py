@@ -58,7 +58,8 @@ class ServiceConfig(msgspec.Struct, **_S):
     health: Health | None = None  # None: a TCP connect check
     instances: list[StaticInstance] = []
     dns: Dns | None = None
-    # Services this one may call; None means every service. A host's snapshot lists only these.
+    # Services this one may call; None means every service for an http one and none for a tcp one.
+    # A host's snapshot lists only these; one that calls nothing (`calls: []`) gets no outbound listener.
     calls: list[Name] | None = None
     # Share of endpoints one change may remove before it is held for an operator.
     max_endpoint_drop: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5

@@ -30,7 +30,7 @@ class HostLayout:
     inbound: str
     admin: str
     local_services: tuple[str, ...]  # listed services, then services with static instances here
-    outbound: dict[str, str]  # local service -> its outbound listener
+    outbound: dict[str, str]  # local service -> its outbound listener (none for one that calls nothing)
     tcp_listens: tuple[str, ...]
 
 
@@ -48,6 +48,19 @@ def index(cfg: MeshConfig) -> Index:
         for i in s.instances:
             static.setdefault(i.host, []).append((s.name, i.address))
     return Index({s.name: s for s in cfg.services}, static)
+
+
+def effective_calls(svc: ServiceConfig | None) -> list[str] | None:
+    """What a service may call: its `calls:`; without one, every service (http) or nothing (tcp).
+
+    A tcp service's apps speak their own protocol, not HTTP through an outbound listener; one
+    that calls through the mesh lists what it calls (and uses tcp links or HTTP for it).
+    """
+    if svc is None:
+        return None
+    if svc.calls is None and svc.protocol == "tcp":
+        return []
+    return svc.calls
 
 
 def local_services(cfg: MeshConfig, host: HostConfig, idx: Index | None = None) -> tuple[str, ...]:
@@ -79,7 +92,11 @@ def host_layout(cfg: MeshConfig, host: HostConfig, idx: Index | None = None) -> 
             continue
         while join(ip, port) in taken:
             port += 1
-        outbound[name] = join(ip, port)
-        taken.add(outbound[name])
+        addr = join(ip, port)
+        taken.add(addr)
         port += 1
+        # A service that calls nothing gets no listener; its port stays counted, so that the
+        # listeners after it do not move (and it gets this one back if it later calls something).
+        if effective_calls(idx.services.get(name)) != []:
+            outbound[name] = addr
     return HostLayout(host.name, host.address, admin, locals_, outbound, listens)

@@ -47,6 +47,10 @@ class LocalService(msgspec.Struct, **_STRUCT):
     outbound_socket: str | None = None
     outbound_socket_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
     outbound_socket_group: str | None = None
+    # What this service may call (None: every service). A host's `services` lists what any of its
+    # local services may call; the outbound side refuses a call outside the caller's own list
+    # (403 call_not_allowed), even when another local service may make it.
+    calls: list[Name] | None = None
     # The service's certificate chain and key (PEM files), presented on both
     # sides: as the client cert when it calls, as the server cert when called.
     cert: str
@@ -122,6 +126,9 @@ class Snapshot(msgspec.Struct, **_STRUCT):
     local_services: list[LocalService] = []
     services: list[Service] = []
     tcp_links: list[TcpLink] = []
+    # The mesh's other services, by name only: none of this host's services may call them. A call
+    # to one is answered 403 call_not_allowed, not 404 unknown_service.
+    withheld_services: list[Name] = []
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
 

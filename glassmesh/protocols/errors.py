@@ -29,6 +29,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "not_implemented": (501, "the request uses a feature this proxy does not implement"),
     "request_timeout": (408, "the request head did not arrive in time"),
     "overloaded": (503, "the proxy is at its connection limit"),
+    "call_not_allowed": (403, "the calling service's `calls` list does not include this service"),
+    "http2_not_supported": (505, "HTTP/2 (and so gRPC) is not carried yet; a tcp link carries it"),
 }
 
 

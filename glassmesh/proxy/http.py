@@ -24,6 +24,7 @@ import httptools
 from glassmesh.protocols.errors import REASONS as ERROR_REASONS
 from glassmesh.protocols.errors import error_response
 from glassmesh.protocols.http1 import (
+    ERROR_HEADER,
     HOP_BY_HOP,
     LAST_CHUNK,
     TRAIL_HEADER,
@@ -37,8 +38,10 @@ from glassmesh.protocols.http1 import (
     new_traceparent,
     status_line,
 )
+from glassmesh.protocols.http2 import Refusal
 from glassmesh.proxy.mux import StreamUser
 from glassmesh.proxy.pool import ConnectError, Pool
+from glassmesh.proxy.refusal import Http2Refuser
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
 if TYPE_CHECKING:
@@ -51,9 +54,22 @@ if TYPE_CHECKING:
 _mono = time.monotonic
 HIGH_WATER = 256 * 1024
 _FORWARD_1XX = (100, 102, 103)
+_PRI_LINE = b"PRI * HTTP/2.0\r\n\r\n"  # what llhttp reads of the HTTP/2 preface before it stops
 MAX_TRIES = 3
-# Errors a peer's inbound side makes before anything reached an app: safe to send elsewhere.
-_RETRYABLE_AT_INBOUND = (b"connect_refused", b"connect_timeout", b"no_endpoints", b"misdirected")
+# A request is replayed after a reset (its connection closed before any byte of the answer) at
+# most this many times per side: one attempt more, as nginx and Envoy do by default.
+MAX_REPLAYS = 1
+# Methods that mean the same when sent twice (RFC 9110 9.2.2): only these are replayed once they
+# may have reached an app. A POST that met a reset gets its 502: the app may have acted on it.
+IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+# A peer inbound side's errors (glassmesh-error reason, then whether it may have reached an app):
+# the first four are made before anything reached an app and are safe to send elsewhere for
+# any method; upstream_reset (the app closed without answering, after the inbound's own replay)
+# only for an idempotent one.
+_RETRYABLE_AT_INBOUND: Final = {
+    b"connect_refused": False, b"connect_timeout": False, b"no_endpoints": False, b"misdirected": False,
+    b"upstream_reset": True,
+}
 
 
 class Routed:
@@ -121,6 +137,8 @@ class Exchange:
     head_size = 0
     up_head: bytes | None = None  # built once, so that a retry sends the same head
     tried: set[tuple[str, int]] | None = None  # endpoints this request was already sent toward
+    replays = 0  # times this request was sent again after a reset (bounded by MAX_REPLAYS)
+    body_sent = False  # whether any of its body went to the next hop (a body is never kept to be sent again)
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
@@ -195,6 +213,9 @@ class ServerConn(StreamUser):
         except httptools.HttpParserUpgrade as e:
             self._start_tunnel_request(data[e.args[0]:])
         except httptools.HttpParserError as e:
+            if self._is_http2(e):
+                self._refuse_http2(data)
+                return
             self._parse_error(e)
         self.flush()
 
@@ -340,6 +361,34 @@ class ServerConn(StreamUser):
         self.flush()
 
     # --- request handling -------------------------------------------------
+    def _is_http2(self, e: Exception) -> bool:
+        """The client sent the HTTP/2 preface (llhttp stops at its PRI line) as its first request."""
+        ex = self.parsing
+        return (ex is not None and ex.url == b"*" and len(self.queue) == 1 and self.queue[0] is ex
+                and self.p_method() == b"PRI")
+
+    def _refuse_http2(self, data: bytes) -> None:
+        """Hand the connection to a responder that tells the HTTP/2 client why it cannot be served."""
+        rt = self.rt
+        side = self.side.name
+        rt.stats.error(side, "http2_not_supported")
+        ex = self.parsing
+        if ex is not None and self.logging:
+            ex.method = b"PRI"
+            rt.access_log(ex, 505, "http2_not_supported")
+        self.parsing = None
+        self.closing = True
+        i = data.find(_PRI_LINE)
+        rest = data[i + len(_PRI_LINE):] if i >= 0 else data
+        hop = f"http2_not_supported; hop={rt.host}/{side}".encode()
+        refusal = Refusal(headers=[(ERROR_HEADER, hop)])
+        transport = self.transport
+        self.detach()
+        responder = Http2Refuser(transport, refusal, rt.timeouts.head_ms / 1000)
+        transport.set_protocol(responder)
+        if rest:
+            responder.data_received(rest)
+
     def _parse_error(self, e: Exception) -> None:
         ex = self.parsing
         cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
@@ -394,6 +443,7 @@ class ServerConn(StreamUser):
             self.rt.spawn(self._connect_and_start(ex, r))
 
     async def _connect_and_start(self, ex: Exchange, r: Routed) -> None:
+        """A new connection for ex (no pooled one was idle, or a replay, which never takes a pooled one)."""
         tried = ex.tried
         if tried is None:
             tried = ex.tried = set()
@@ -630,15 +680,35 @@ class UpstreamConn(StreamUser):
                 client.flush()
                 client.transport.close()
             return
-        if self.used > 1 and not self.got_bytes and ex.framing == Framing.NONE and ex.req_done:
-            # A pooled connection closed by the peer as we reused it: try once on a new one.
-            ex.upstream = None
-            assert ex.routed is not None
-            self.rt.spawn(client._connect_and_start(ex, ex.routed))
+        if not self.got_bytes and replayable(ex) and self._replay(ex, client):
             return
         client._mesh_error(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
                            "connection before answering")
         client.flush()
+
+    def _replay(self, ex: Exchange, client: ServerConn) -> bool:
+        """Send a request whose connection closed before any byte of the answer once more.
+
+        Typically a kept-alive connection that the app closed as the request went out (an app
+        restarting or stopping, an idle timeout), or a connection that an app on its way out
+        accepted and never served. Another place when the side has one (outbound: another
+        endpoint; inbound: another local instance), else the same one on a fresh connection: an
+        app that is gone refuses it, and a caller's outbound proxy then sends it elsewhere.
+        """
+        routed = ex.routed
+        assert routed is not None
+        tried = ex.tried
+        if tried is None:
+            tried = ex.tried = set()
+        key = self.pool.key
+        tried.add((key.host, key.port))
+        ex.replays += 1
+        ex.upstream = None
+        nxt = client.side.reroute(ex, tried) or routed
+        ex.routed = nxt
+        self.rt.stats.error(client.side.name, "retried_upstream_reset")
+        self.rt.spawn(client._connect_and_start(ex, nxt))
+        return True
 
     def pause_read(self) -> None:
         # Tracked here: an unconditional resume_reading() on a TLS transport
@@ -710,6 +780,7 @@ class UpstreamConn(StreamUser):
         ex = self.ex
         assert ex is not None and ex.routed is not None
         ex.routed.link.bytes_req += len(body)
+        ex.body_sent = True
         if self.tunnel:
             self.wbuf.append(body)
         elif ex.up_chunked:
@@ -833,14 +904,18 @@ class UpstreamConn(StreamUser):
         self._complete(ex, reusable=self.p_keep_alive())
 
     def _retry_elsewhere(self, ex: Exchange, rh: ResponseHead) -> bool:
-        """The peer proxy could not reach its app: nothing reached an app, so another endpoint may have it.
+        """The peer proxy could not get an answer from its app: another endpoint may have it.
 
-        Only for requests without a body (a body already streamed cannot be sent again).
+        Only for requests without a body (a body already streamed cannot be sent again), and
+        after a reset at the peer (upstream_reset) only for an idempotent method, once.
         """
         if ex.framing != Framing.NONE or not ex.req_done or ex.upgrade:
             return False
-        err = next((v for n, v in header_pairs(rh.forward) if n.lower() == b"glassmesh-error"), None)
-        if err is None or not err.endswith(b"/inbound") or err.split(b";", 1)[0] not in _RETRYABLE_AT_INBOUND:
+        reason = peer_error(rh)
+        if reason is None:
+            return False
+        after_reset = _RETRYABLE_AT_INBOUND.get(reason)
+        if after_reset is None or after_reset and not replayable(ex):
             return False
         tried = ex.tried
         if tried is None:
@@ -849,8 +924,10 @@ class UpstreamConn(StreamUser):
         nxt = ex.conn.side.reroute(ex, tried) if len(tried) < MAX_TRIES else None
         if nxt is None:
             return False
+        if after_reset:
+            ex.replays += 1
         self.retry_to = nxt
-        self.rt.stats.error("outbound", "retried_" + err.split(b";", 1)[0].decode())
+        self.rt.stats.error("outbound", "retried_" + reason.decode())
         return True
 
     def _resend(self, ex: Exchange) -> None:
@@ -951,6 +1028,30 @@ class UpstreamConn(StreamUser):
 
 class _HeadDone(Exception):
     pass
+
+
+def replayable(ex: Exchange) -> bool:
+    """Whether ex may be sent again after it may have reached an app (its connection reset before any answer).
+
+    Idempotent, not an upgrade, not replayed already, and either without a body or with none
+    of its body sent yet (nothing of a body is kept once sent; one still to come, as after
+    `Expect: 100-continue`, follows the new head).
+    """
+    if ex.replays >= MAX_REPLAYS or ex.upgrade or ex.method not in IDEMPOTENT:
+        return False
+    return ex.req_done if ex.framing == Framing.NONE else not ex.body_sent
+
+
+def peer_error(rh: ResponseHead) -> bytes | None:
+    """The reason code of an error a peer's inbound side made (its glassmesh-error header), or None.
+
+    Read only from 502, 503, 504 and 421 responses of peer proxies, never on a success.
+    """
+    for name, value in header_pairs(rh.forward):
+        if name.lower() == ERROR_HEADER:
+            reason, _, hop = value.partition(b";")
+            return reason.strip() if hop.endswith(b"/inbound") else None
+    return None
 
 
 def _no_write(data: bytes) -> None:

@@ -45,6 +45,7 @@ class Local:
     name: str
     protocol: str
     instances: RoundRobin  # of PoolKey
+    calls: list[str] | None = None  # what it may call, in its config's order; None: everything
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Table:
     mux: bool
     client_ctx_tcp: dict[str, ssl.SSLContext]
     server_ctx: dict[str, ssl.SSLContext]  # inbound context by local service (SNI)
+    withheld: frozenset[str] = frozenset()  # the mesh's services none of ours may call (names only)
 
     def expected_peer(self, service: str) -> str:
         return f"spiffe://{self.trust_domain}/service/{service}"
@@ -96,7 +98,7 @@ def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
     locals_: dict[str, Local] = {}
     for ls in snap.local_services:
         inst = [PoolKey(*split_address(a), None, None) for a in ls.instances]
-        locals_[ls.name] = Local(ls.name, ls.protocol, RoundRobin(inst))
+        locals_[ls.name] = Local(ls.name, ls.protocol, RoundRobin(inst), ls.calls)
     return Table(
         version=snap.version,
         host=snap.host,
@@ -107,4 +109,5 @@ def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
         mux=snap.peer_protocol == "mux",
         client_ctx_tcp=client_ctx_tcp,
         server_ctx=server_ctx,
+        withheld=frozenset(snap.withheld_services),
     )

@@ -20,7 +20,7 @@ from glassmesh.protocols.http1 import (
     split_target,
 )
 from glassmesh.proxy.http import Exchange, Routed, Side
-from glassmesh.proxy.routing import Live, PoolKey
+from glassmesh.proxy.routing import Live, PoolKey, Remote
 
 if TYPE_CHECKING:
     from glassmesh.proxy.linkstats import LinkStats
@@ -41,6 +41,8 @@ class OutboundSide(Side):
         self.source = source
         self._cache: dict[tuple[str, int, str], Routed] = {}
         self._gen = -1
+        # The services this source may call (the table's own dict when it may call every one).
+        self._remotes: dict[str, Remote] = {}
         # authority -> service name, bounded: parsing and decoding it cost ~1,700 instructions per request.
         self._services: dict[bytes, str] = {}
 
@@ -62,9 +64,11 @@ class OutboundSide(Side):
             if len(services) < 256 and len(authority) <= 255:
                 services[authority] = svc
         ex.service = svc
-        remote = self.live.table.remotes.get(svc)
+        if self._gen != self.live.generation:
+            self._renew()
+        remote = self._remotes.get(svc)
         if remote is None:
-            return ("unknown_service", f"no service named {svc!r} is known to {self.rt.host}")
+            return self._unroutable(svc)
         if remote.protocol != "http":
             return ("bad_request", f"{svc!r} is a tcp service; reach it through its tcp link")
         ep = remote.endpoints.pick()
@@ -76,10 +80,32 @@ class OutboundSide(Side):
                 head.set_host(authority)
         return self._routed(svc, ep)
 
+    def _renew(self) -> None:
+        """A new table is in force: forget its predecessor's routes, take this source's services from it."""
+        live = self.live
+        self._gen = live.generation
+        self._cache = {}
+        table = live.table
+        local = table.locals.get(self.source)
+        calls = local.calls if local is not None else None
+        remotes = table.remotes
+        self._remotes = remotes if calls is None else {n: remotes[n] for n in calls if n in remotes}
+
+    def _unroutable(self, svc: str) -> tuple[str, str]:
+        """Why a call to svc has nowhere to go: not allowed for this caller, or not in the mesh."""
+        table = self.live.table
+        local = table.locals.get(self.source)
+        calls = local.calls if local is not None else None
+        if calls is not None and (svc in table.remotes or svc in table.withheld):
+            return ("call_not_allowed", f"{self.source!r} may not call {svc!r} (calls: [{', '.join(calls)}])")
+        return ("unknown_service", f"no service named {svc!r} is known to {self.rt.host}")
+
     def reroute(self, ex: Exchange, tried: set[tuple[str, int]]) -> Routed | None:
-        """Another endpoint of the same service, after a connect failure (nothing was sent)."""
+        """Another endpoint of the same service, after a connect failure or a reset."""
         svc = ex.service
-        remote = self.live.table.remotes.get(svc) if svc is not None else None
+        if self._gen != self.live.generation:
+            self._renew()
+        remote = self._remotes.get(svc) if svc is not None else None
         if svc is None or remote is None:
             return None
         for _ in range(len(remote.endpoints.items)):
@@ -90,10 +116,6 @@ class OutboundSide(Side):
 
     def _routed(self, svc: str, ep: tuple[str, int, str, bool]) -> Routed:
         rt = self.rt
-        gen = self.live.generation
-        if self._gen != gen:
-            self._cache = {}
-            self._gen = gen
         key = (ep[0], ep[1], svc)
         r = self._cache.get(key)
         if r is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from glassmesh.control.compile import compile_snapshots, healthy_instances
 from glassmesh.control.config import parse_config
+from glassmesh.control.layout import host_layout
 from glassmesh.control.store import InstanceRecord
 from glassmesh.model.snapshot import encode_snapshot, parse_snapshot
 
@@ -59,7 +60,25 @@ def test_local_instances_and_listeners() -> None:
     local = {s.name: s for s in h3.local_services}
     assert local["b"].instances == ["127.0.0.13:8080"] and local["db"].protocol == "tcp"
     assert local["c"].instances == ["127.0.0.13:8081"]  # a static instance makes c local to host3
-    assert len({s.outbound for s in h3.local_services}) == 3
+    # b and c call everything (no calls:); db is tcp and lists no calls, so it calls nothing and gets
+    # no outbound listener, but keeps its place in the port order (c's listener does not move).
+    assert {n: s.outbound for n, s in local.items()} == {
+        "b": "127.0.0.13:4140", "db": None, "c": "127.0.0.13:4142"}
+    assert {n: s.calls for n, s in local.items()} == {"b": None, "db": [], "c": None}
+
+
+def test_a_service_that_calls_nothing_gets_no_outbound_listener() -> None:
+    snaps = build(UP)
+    assert [(s.name, s.outbound, s.calls) for s in snaps["host4"].local_services] == [("lonely", None, [])]
+    assert [(s.name, s.outbound, s.calls) for s in snaps["host1"].local_services] == [
+        ("a", "127.0.0.11:4140", ["b"])]
+
+
+def test_a_host_that_may_not_call_everything_knows_the_rest_by_name() -> None:
+    snaps = build(UP)
+    assert snaps["host1"].withheld_services == ["a", "c", "db", "lonely"]  # a calls only b
+    assert snaps["host4"].withheld_services == ["a", "b", "c", "lonely"]  # only its tcp link's db
+    assert snaps["host2"].withheld_services == []  # b calls everything: nothing withheld
 
 
 def test_every_snapshot_passes_the_proxy_checks() -> None:
@@ -101,3 +120,20 @@ def test_guarded_endpoints_replace_the_computed_ones() -> None:
     snaps = compile_snapshots(CFG, [], trust_domain="glassmesh.local", versions={},
                               endpoints={"b": [("host2", "127.0.0.12:8080")]})
     assert eps(snaps["host1"], "b") == [("host2", "127.0.0.12:4143")]
+
+
+def test_layout_keeps_the_port_of_a_service_without_a_listener() -> None:
+    """A listener never moves because a service before it calls nothing (or starts calling something)."""
+    def outbound(cache_calls: str) -> dict[str, str]:
+        cfg = parse_config(f"""\
+services:
+  - {{name: cache, protocol: tcp{cache_calls}}}
+  - {{name: api}}
+  - {{name: web, calls: []}}
+hosts:
+  - {{name: host3, address: 127.0.0.13:4143, services: [cache, api, web]}}
+""")
+        return host_layout(cfg, cfg.hosts[0]).outbound
+
+    assert outbound("") == {"api": "127.0.0.13:4141"}
+    assert outbound(", calls: [api]") == {"cache": "127.0.0.13:4140", "api": "127.0.0.13:4141"}

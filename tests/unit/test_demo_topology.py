@@ -63,7 +63,7 @@ def test_demo_mesh_yaml_compiles_to_the_three_host_snapshots(tmp_path):
     for h, snap in snaps.items():
         info = topo.host(h)
         assert snap.trust_bundle == str(tmp_path / h / "certs" / "ca.pem") == info.trust_bundle
-        assert {ls.name: ls.outbound for ls in snap.local_services} == info.outbound
+        assert {ls.name: ls.outbound for ls in snap.local_services if ls.outbound} == info.outbound
         assert (snap.inbound, snap.admin) == (info.inbound, info.admin)
         for ls in snap.local_services:
             assert (ls.cert, ls.key) == info.certs[ls.name]
@@ -118,7 +118,7 @@ def test_topology_json_lists_addresses_and_instances(tmp_path):
     assert h1["outbound"] == {"a": "127.0.0.11:4140"} and h1["data"] == str(tmp_path / "host1")
     assert (h1["inbound"], h1["admin"]) == ("127.0.0.11:4143", "127.0.0.11:4191")
     assert doc["hosts"]["host3"]["instances"] == {"b": ["127.0.0.13:8080"], "c": ["127.0.0.13:8081"]}
-    assert doc["hosts"]["host3"]["outbound"] == {"b": "127.0.0.13:4140", "c": "127.0.0.13:4141"}
+    assert doc["hosts"]["host3"]["outbound"] == {}  # b and c call nothing (calls: []): no outbound listener
     assert doc["services"]["b"]["instances"] == [
         {"host": "host2", "address": "127.0.0.12:8080"},
         {"host": "host3", "address": "127.0.0.13:8080"},
