@@ -34,7 +34,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from glassmesh.model.snapshot import Snapshot, SnapshotError, split_address
@@ -92,6 +92,7 @@ def wanted(snap: Snapshot, admin: bool = True) -> dict[str, Spec]:
 class Plan:
     added: list[Spec]
     removed: list[Spec]
+    drains: list[asyncio.Task[None]] = field(default_factory=list)  # of the removed ones, once under way
 
     def __str__(self) -> str:
         parts = [f"added: {', '.join(map(str, self.added))}"] * bool(self.added)
@@ -293,8 +294,7 @@ class Listeners:
         meanwhile waits in the queue).
         """
         p = plan(self.specs(), new)
-        for spec in p.removed:
-            self.retire(self.by_key.pop(spec.key))
+        p.drains = [self.retire(self.by_key.pop(spec.key)) for spec in p.removed]
         for key, lst in self.by_key.items():  # kept: the new meaning (e.g. a tcp link's destination)
             lst.spec = new[key]
             lst.factory = self.make(lst.spec)
@@ -311,10 +311,11 @@ class Listeners:
             if self.by_key.get(lst.spec.key) is lst:  # not removed again meanwhile
                 await self._serve(lst)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self.draining.add(task)
         task.add_done_callback(self.draining.discard)
+        return task
 
     def _stop_accepting(self, lst: Listener) -> None:
         if lst.server is not None:
@@ -323,10 +324,10 @@ class Listeners:
         if self.owns_paths:
             unlink_unix(lst.spec.key)
 
-    def retire(self, lst: Listener, drain_s: float = DRAIN_S) -> None:
+    def retire(self, lst: Listener, drain_s: float = DRAIN_S) -> asyncio.Task[None]:
         """Stop accepting on `lst` now; its connections finish (HTTP ones close when idle), up to drain_s."""
         self._stop_accepting(lst)
-        self._spawn(self._drain(lst, drain_s))
+        return self._spawn(self._drain(lst, drain_s))
 
     async def _drain(self, lst: Listener, drain_s: float) -> None:
         deadline = time.monotonic() + drain_s
@@ -355,11 +356,12 @@ class Listeners:
         after the parent closed it.
         """
         for lst in self.by_key.values():
+            fds = {lst.sock.detach()}
             if lst.server is not None:
-                for s in lst.server.sockets:
-                    with contextlib.suppress(OSError):
-                        os.close(s.fileno())
-            lst.sock.close()
+                fds.update(s.fileno() for s in lst.server.sockets)
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def close(self) -> None:
         """Stop accepting on every listener (the proxy stops); connections are the caller's to close."""

@@ -190,15 +190,24 @@ class Worker:
             new = self.wanted(snap)
             change = plan(self.listeners.specs(), new)
             socks = self._sockets(change.added)
+            # Pools of a local service that goes away would be closed by the swap, requests in flight
+            # included: they are set aside and closed once its listeners have drained.
+            gone = {ls.name for ls in self.rt.snapshot.local_services} - {ls.name for ls in snap.local_services}
+            aside = {k: p for k, p in self.rt.pools.items() if k.source in gone}
+            for k in aside:
+                del self.rt.pools[k]
             try:
                 self.rt.apply(snap)
             except BaseException:
+                self.rt.pools.update(aside)
                 close_all(socks.values())
                 if not self.supervised:
                     for key in socks:
                         unlink_unix(key)
                 raise
-            self.listeners.update(new, socks)
+            drains = self.listeners.update(new, socks).drains
+            if aside:
+                self.rt.spawn(self._close_after(drains, list(aside.values())))
         except Exception as e:
             self._rejected(snap.version, e)
             raise
@@ -206,6 +215,13 @@ class Worker:
         if change.added or change.removed:
             log(f"listeners {change}")
         log(f"snapshot version {snap.version} accepted")
+
+    @staticmethod
+    async def _close_after(drains: list[asyncio.Task[None]], pools: list[Any]) -> None:
+        if drains:
+            await asyncio.wait(drains)
+        for p in pools:
+            p.close()
 
     def _rejected(self, version: int | None, e: Exception) -> None:
         self.last_reload = {"version": version, "accepted": False, "reason": str(e), "at": time.time()}

@@ -10,12 +10,16 @@ connections, ports that open and close as mesh.yaml changes, the acks in
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
+import time
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import HttpConn, Mesh, get, mesh_error
-from tests.e2e.test_control_watch import APP_PORT, CHost, Control, wait_for
+from tests.e2e.harness import HttpConn, Mesh, get, mesh_error, split
+from tests.e2e.test_control_watch import APP_PORT, CLI, CHost, Control, wait_for
 
 MESH = """\
 services:
@@ -112,3 +116,171 @@ def test_access_log_under_a_control_plane(pair: Pair, workers: int) -> None:
     assert all(x["host"] == "host1" and x["side"] == "outbound" for x in ours)
     # The request path logs through the batched writer, not a plain file: nothing about that in the log.
     assert "Traceback" not in pair.h1.proxy.log_text() and "AttributeError" not in pair.h1.proxy.log_text()  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- point 5: listeners follow mesh.yaml
+
+
+def refused(addr: str) -> bool:
+    try:
+        socket.create_connection(split(addr), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def in_step(p: Pair, h: CHost, services: tuple[str, ...] | None = None) -> int:
+    """Wait until host `h` runs the latest snapshot compiled for it (and the control plane knows); its version.
+
+    `services`: first wait until the control plane has compiled one with these local services.
+    """
+    if services is not None:
+        wait_for(lambda: sorted(ls["name"] for ls in p.cp.snapshot(h.name)["local_services"]) == sorted(services),
+                 10, f"the control plane compiles {services} for {h.name}")
+    want = p.cp.snapshot(h.name)["version"]
+    wait_for(lambda: h.ready()["snapshot_version"] == want, 10, f"{h.name} runs version {want}")
+    wait_for(lambda: p.host_status(h.name)["running"] == want, 5, f"{h.name}'s ack of version {want}")
+    return int(want)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_service_added_and_removed_opens_and_closes_its_listener(pair: Pair, workers: int) -> None:
+    """The issue: adding a service to a running host needed a restart, and the restart came back stuck."""
+    h1 = pair.h1
+    pair.up(workers_args(workers))
+    c_out = f"{h1.ip}:4141"  # c comes second in host1's services: the next outbound port
+    assert refused(c_out)
+
+    pair.cp.apply(pair.yaml(("a", "c")))
+    in_step(pair, h1, ("a", "c"))
+    r = get(c_out, "/via-c", headers={"Host": "b"})
+    assert r.status == 200 and r.header("x-app") == "b2", r
+    assert f"c outbound {c_out}" in h1.ready()["listeners"]
+    if workers > 1:  # every worker serves it: connections spread over both
+        assert all(f"c outbound {c_out}" in w["listeners"] for w in h1.ready()["workers"])
+
+    # A request in flight on c's port (its body not all sent yet) and an idle kept-alive connection.
+    busy = HttpConn(c_out)
+    idle = HttpConn(c_out)
+    try:
+        assert idle.request("GET", "/idle", {"Host": "b"}).status == 200
+        busy.send_request("POST", "/in-flight", {"Host": "b", "Content-Length": "10"})
+        busy.send(b"12345")
+        time.sleep(0.3)
+
+        pair.cp.apply(pair.yaml(("a",)))
+        in_step(pair, h1, ("a",))
+        wait_for(lambda: refused(c_out), 5, f"{c_out} closed")
+        assert idle.closed_by_peer(5)  # an idle connection of a removed listener is closed at once
+        busy.send(b"67890")
+        r = busy.read_final("POST")
+        assert r.status == 200 and r.json()["body_length"] == 10, r  # the request in flight finishes
+        assert (r.header("connection") or "").lower() == "close"
+        assert busy.closed_by_peer(5)
+    finally:
+        busy.close()
+        idle.close()
+    assert f"c outbound {c_out}" not in h1.ready()["listeners"]
+    assert get(h1.outbound, "/still", headers={"Host": "b"}).status == 200  # a's port never moved
+    assert "listeners added: c outbound" in h1.proxy.log_text()  # type: ignore[union-attr]
+    assert "listeners removed: c outbound" in h1.proxy.log_text()  # type: ignore[union-attr]
+
+
+def test_a_port_taken_rejects_changes_nothing_and_is_retried_once_free(pair: Pair) -> None:
+    h1 = pair.h1
+    pair.up([])
+    before = h1.ready()["snapshot_version"]
+    c_out = f"{h1.ip}:4141"
+    squatter = socket.create_server(split(c_out))  # another process on the port c's listener will want
+    try:
+        pair.cp.apply(pair.yaml(("a", "c")))
+        rej = wait_for(lambda: pair.host_status("host1")["last_reject"], 10, "host1 rejects")
+        assert rej
+        reason = pair.host_status("host1")["last_reject"]["reason"]
+        assert f"cannot listen on {c_out}: Address already in use" in reason and "retrying" in reason, reason
+        doc = h1.ready()
+        assert doc["snapshot_version"] == before and f"c outbound {c_out}" not in doc["listeners"]
+        assert doc["pending_retry"]["version"] == pair.cp.snapshot("host1")["version"]
+        assert get(h1.outbound, "/x", headers={"Host": "b"}).status == 200  # nothing changed
+        time.sleep(1.5)  # a retry or two, still refused
+        assert h1.ready()["pending_retry"]["attempts"] >= 1
+    finally:
+        squatter.close()
+    # Freed: the next try takes it, without any change to mesh.yaml.
+    in_step(pair, h1, ("a", "c"))
+    assert h1.ready()["pending_retry"] is None
+    assert get(c_out, "/x", headers={"Host": "b"}).status == 200
+    assert "applied on retry" in h1.proxy.log_text()  # type: ignore[union-attr]
+
+
+def test_a_restart_from_an_older_lkg_serves_at_once_then_takes_the_newer_listeners(pair: Pair) -> None:
+    h1 = pair.h1
+    pair.up([])
+    old = h1.ready()["snapshot_version"]
+    h1.stop()
+    pair.cp.apply(pair.yaml(("a", "c")))  # meanwhile: a new service on host1
+    h1.start(pair.cp.url)
+    h1.wait_ready()
+    assert "serving last-known-good snapshot version" in h1.proxy.log_text()  # type: ignore[union-attr]
+    in_step(pair, h1, ("a", "c"))
+    assert h1.ready()["snapshot_version"] > old
+    assert get(f"{h1.ip}:4141", "/x", headers={"Host": "b"}).status == 200
+
+
+# --------------------------------------------------------------------------- point 4: local rejects are retried
+
+
+def status_text(p: Pair) -> str:
+    r = subprocess.run([*CLI, "status", "--control", p.cp.url], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_a_first_snapshot_rejected_for_a_missing_ca_is_taken_once_the_file_is_there(pair: Pair) -> None:
+    """The issue: host1 stayed on its rejected first snapshot, unbound, until an unrelated change came."""
+    h1 = pair.h1
+    ca = h1.data / "certs" / "ca.pem"
+    ca.unlink()
+    pair.cp.start()
+    pair.cp.apply(pair.yaml())
+    pair.h2.start(pair.cp.url)
+    h1.start(pair.cp.url)
+    wait_for(lambda: (pair.host_status("host1")["last_reject"] or {}).get("reason"), 10, "host1 rejects")
+    reason = pair.host_status("host1")["last_reject"]["reason"]
+    assert "ca.pem" in reason and "retrying" in reason, reason
+    assert "host1" in status_text(pair) and "ca.pem" in status_text(pair)
+    time.sleep(2)
+    assert refused(h1.admin)  # no listener bound on a snapshot it cannot use
+    log = h1.proxy.log_text()  # type: ignore[union-attr]
+    assert "still cannot be applied" in log, log
+
+    shutil.copy(pair.mesh.ca_pem, ca)  # the fix: nothing changes in mesh.yaml
+    copied = time.monotonic()
+    h1.wait_ready(15)
+    took = time.monotonic() - copied
+    assert took < 10, took
+    version = in_step(pair, h1, ("a",))
+    st = pair.host_status("host1")
+    assert st["running"] == version and st["in_sync"], st
+    pair.wait_b(h1.outbound)
+    assert "applied on retry" in h1.proxy.log_text()  # type: ignore[union-attr]
+    print(f"ca.pem copied in: host1 serving {took:.1f}s later")
+
+
+def test_a_later_snapshot_rejected_for_a_missing_certificate_is_retried(pair: Pair) -> None:
+    """A new service on a running host whose certificate is not there yet: taken once the files are copied in."""
+    h1 = pair.h1
+    pem, key = h1.data / "certs" / "c.pem", h1.data / "certs" / "c.key"
+    hidden = pair.mesh.root / "c-cert"
+    hidden.mkdir()
+    shutil.move(pem, hidden / "c.pem")
+    shutil.move(key, hidden / "c.key")
+    pair.up([])
+    pair.cp.apply(pair.yaml(("a", "c")))
+    wait_for(lambda: h1.ready()["pending_retry"], 10, "host1 holds the snapshot for a retry")
+    assert "c.pem" in h1.ready()["pending_retry"]["reason"]
+    assert refused(f"{h1.ip}:4141")
+    shutil.move(hidden / "c.pem", pem)
+    shutil.move(hidden / "c.key", key)
+    in_step(pair, h1, ("a", "c"))
+    assert get(f"{h1.ip}:4141", "/x", headers={"Host": "b"}).status == 200
