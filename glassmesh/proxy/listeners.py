@@ -113,6 +113,20 @@ def plan(old: dict[str, Spec], new: dict[str, Spec]) -> Plan:
     return Plan([new[k] for k in new if k not in old], [old[k] for k in old if k not in new])
 
 
+def set_modes(old: dict[str, Spec], new: dict[str, Spec]) -> None:
+    """Kept unix sockets whose mode or group changed get the new ones (by the process that bound them)."""
+    for key in sorted(old.keys() & new.keys()):
+        a, b = old[key], new[key]
+        if b.unix and (a.mode, a.group) != (b.mode, b.group):
+            try:
+                os.chmod(key, int(b.mode, 8))
+                if b.group is not None:
+                    os.chown(key, -1, grp.getgrnam(b.group).gr_gid)
+            except (OSError, KeyError) as e:
+                raise StartupError(f"cannot give {key} mode {b.mode}" + (f" and group {b.group}" if b.group else "")
+                                   + f": {e}") from None
+
+
 # --------------------------------------------------------------------------- binding
 
 

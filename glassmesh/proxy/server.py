@@ -44,6 +44,7 @@ from glassmesh.proxy.listeners import (
     bind_all,
     close_all,
     plan,
+    set_modes,
     unlink_unix,
     wanted,
 )
@@ -189,6 +190,8 @@ class Worker:
         try:
             new = self.wanted(snap)
             change = plan(self.listeners.specs(), new)
+            if not self.supervised:
+                set_modes(self.listeners.specs(), new)
             socks = self._sockets(change.added)
             # Pools of a local service that goes away would be closed by the swap, requests in flight
             # included: they are set aside and closed once its listeners have drained.
@@ -212,7 +215,7 @@ class Worker:
             self._rejected(snap.version, e)
             raise
         self.last_reload = {"version": snap.version, "accepted": True, "at": time.time()}
-        if change.added or change.removed:
+        if (change.added or change.removed) and not self.supervised:  # the supervisor says it once for all
             log(f"listeners {change}")
         log(f"snapshot version {snap.version} accepted")
 
@@ -417,13 +420,13 @@ class _SupervisorTarget:
     reads_file = True
 
     def __init__(self, current: dict[str, Snapshot], apply: Callable[[Snapshot], None]) -> None:
-        self._current, self.apply_snapshot = current, apply  # type: ignore[method-assign]
+        self._current, self._apply = current, apply
 
     def current(self) -> Snapshot:
         return self._current["snap"]
 
-    def apply_snapshot(self, snap: Snapshot) -> None:  # replaced in __init__
-        raise NotImplementedError
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        self._apply(snap)
 
 
 async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: ControlLink | None = None,
@@ -480,6 +483,7 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
         compile_table(new)  # certificates load, before the workers are told to read it
         specs = wanted(new, admin=False)
         change = plan(held.specs, specs)
+        set_modes(held.specs, specs)
         moved = new.admin != current["snap"].admin
         new_admin = bind_all([Spec(new.admin, "admin")]) if moved else {}
         try:
