@@ -21,13 +21,7 @@ def test_calls_through_the_service_socket_carry_its_identity(mesh: Mesh) -> None
     mesh.start()
     st = os.stat(path)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(b"GET http://b/via-socket HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
+    data = call_via(path)
     assert data.startswith(b"HTTP/1.1 200 "), data[:300]
     assert b"spiffe://glassmesh.local/service/a" in data  # the echo app shows glassmesh-source
     assert b.requests() == 1
