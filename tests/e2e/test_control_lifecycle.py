@@ -13,12 +13,13 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import HttpConn, Mesh, get, mesh_error, split
+from tests.e2e.harness import HttpConn, Mesh, fresh_ip, get, mesh_error, split, wait_port
 from tests.e2e.test_control_watch import APP_PORT, CLI, CHost, Control, wait_for
 
 MESH = """\
@@ -114,8 +115,75 @@ def test_access_log_under_a_control_plane(pair: Pair, workers: int) -> None:
     posts = [x for x in ours if x["method"] == "POST"]
     assert len(posts) == n // 3 and all(x["status"] == 200 and x["destination"] == "b" for x in posts)
     assert all(x["host"] == "host1" and x["side"] == "outbound" for x in ours)
+    # A WebSocket through the same proxy: upgraded, echoed both ways, logged.
+    with HttpConn(pair.h1.outbound) as c:
+        r = c.request("GET", "/ws", {"Host": "b", "Connection": "Upgrade", "Upgrade": "websocket",
+                                     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"})
+        assert r.status == 101, r
+        for i in range(5):
+            msg = b"frame %d" % i
+            c.send(msg)
+            assert c.recv_exact(len(msg)) == msg
+    wait_for(lambda: any(x["path"] == "/ws" and x["status"] == 101 for x in lines()), 5, "the upgrade is logged")
     # The request path logs through the batched writer, not a plain file: nothing about that in the log.
     assert "Traceback" not in pair.h1.proxy.log_text() and "AttributeError" not in pair.h1.proxy.log_text()  # type: ignore[union-attr]
+
+
+NGINX_CONF = """\
+worker_processes 1;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp_b; proxy_temp_path {d}/tmp_p; fastcgi_temp_path {d}/tmp_f;
+  uwsgi_temp_path {d}/tmp_u; scgi_temp_path {d}/tmp_s;
+  upstream mesh {{ server {outbound}; keepalive 8; }}
+  server {{
+    listen {listen};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    location /api/ {{ proxy_pass http://mesh; proxy_set_header Host b; }}
+    location /gone/ {{ proxy_pass http://mesh; proxy_set_header Host nosuch; }}
+  }}
+}}
+"""
+
+
+def test_nginx_in_front_of_a_controlled_proxy_with_an_access_log(pair: Pair) -> None:
+    """The issue's set-up: nginx (keep-alive upstream) -> host1's outbound, POST load, --access-log, one worker."""
+    log = pair.mesh.root / "host1-access.log"
+    pair.up(["--access-log", str(log)])
+    d = pair.mesh.root / "nginx"
+    d.mkdir()
+    listen = f"{fresh_ip()}:8088"
+    conf = d / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=d, outbound=pair.h1.outbound, listen=listen))
+    ngx = pair.mesh.spawn("nginx", ["nginx", "-p", f"{d}/", "-e", f"{d}/stderr.log", "-c", str(conf),
+                                    "-g", "daemon off;"])
+    wait_port(listen, ngx)
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        with HttpConn(listen) as c:
+            for i in range(100):
+                gone = i % 10 == 9
+                r = c.request("POST", f"/{'gone' if gone else 'api'}/{k}/{i}", {"Host": "front"},
+                              body=b"p" * 2000)
+                ok = r.status == 404 and json.loads(r.body)["error"] == "unknown_service" if gone else (
+                    r.status == 200 and r.json()["body_length"] == 2000)
+                with lock:
+                    statuses[r.status if ok else -r.status] = statuses.get(r.status if ok else -r.status, 0) + 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == {200: 360, 404: 40}, statuses  # no 502, every mesh error with its JSON body
+    wait_for(lambda: log.exists() and len([x for x in log.read_text().splitlines() if '"source":"a"' in x]) >= 400,
+             5, "400 access-log lines")
 
 
 # --------------------------------------------------------------------------- point 5: listeners follow mesh.yaml
