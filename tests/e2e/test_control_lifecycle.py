@@ -21,6 +21,7 @@ import pytest
 
 from tests.e2e.harness import HttpConn, Mesh, fresh_ip, get, mesh_error, split, wait_port
 from tests.e2e.test_control_watch import APP_PORT, CLI, CHost, Control, wait_for
+from tests.e2e.test_listeners import refused
 
 MESH = """\
 services:
@@ -199,14 +200,6 @@ def test_nginx_in_front_of_a_controlled_proxy_with_an_access_log(pair: Pair) -> 
 
 
 # --------------------------------------------------------------------------- point 5: listeners follow mesh.yaml
-
-
-def refused(addr: str) -> bool:
-    try:
-        socket.create_connection(split(addr), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def in_step(p: Pair, h: CHost, services: tuple[str, ...] | None = None) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import socket
@@ -10,7 +9,8 @@ import stat
 import time
 from collections.abc import Callable
 
-from tests.e2e.harness import Host, Mesh, get, metric, split
+from tests.e2e.harness import Host, Mesh, get, metric
+from tests.e2e.test_listeners import refused
 
 
 def test_calls_through_the_service_socket_carry_its_identity(mesh: Mesh) -> None:
@@ -70,8 +70,7 @@ def test_a_socket_added_and_removed_by_sighup_with_workers(mesh: Mesh) -> None:
     for _ in range(20):  # each call a connection of its own: both workers accept on the socket
         data = call_via(path)
         assert data.startswith(b"HTTP/1.1 200 ") and b"spiffe://glassmesh.local/service/a" in data, data[:300]
-    with socket.socket() as s:
-        assert s.connect_ex(split(tcp)) == errno.ECONNREFUSED  # the port it had is closed
+    assert refused(tcp)  # the port it had is closed
     assert h1.proxy is not None and f"listeners added: a outbound {path}" in h1.proxy.log_text()
 
     h1.locals["a"].socket, h1.locals["a"].outbound = None, tcp  # and back
