@@ -10,6 +10,7 @@ connections, ports that open and close as mesh.yaml changes, the acks in
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -68,7 +69,9 @@ class Pair:
         wait_for(ok, timeout, f"b answers through {outbound}")
 
     def host_status(self, name: str) -> dict[str, Any]:
-        return next(h for h in self.cp.status()["hosts"] if h["name"] == name)
+        """The host's row in `glassmesh status --json` (empty until the control plane has compiled for it)."""
+        return next((h for h in self.cp.status()["hosts"] if h["name"] == name),
+                    {"running": 0, "last_reject": None, "in_sync": False})
 
 
 @pytest.fixture
@@ -304,7 +307,8 @@ def test_a_restart_from_an_older_lkg_serves_at_once_then_takes_the_newer_listene
 
 
 def status_text(p: Pair) -> str:
-    r = subprocess.run([*CLI, "status", "--control", p.cp.url], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([*CLI, "status", "--control", p.cp.url], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, COLUMNS="400"))  # one row per host, not wrapped
     assert r.returncode == 0, r.stderr
     return r.stdout
 
