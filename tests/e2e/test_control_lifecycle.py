@@ -339,6 +339,8 @@ def test_a_first_snapshot_rejected_for_a_missing_ca_is_taken_once_the_file_is_th
     version = in_step(pair, h1, ("a",))
     st = pair.host_status("host1")
     assert st["running"] == version and st["in_sync"], st
+    row = next(x.split() for x in status_text(pair).splitlines() if x.split()[:1] == ["host1"])
+    assert row[1:3] == [str(version), str(version)], row  # running = latest
     pair.wait_b(h1.outbound)
     assert "applied on retry" in h1.proxy.log_text()  # type: ignore[union-attr]
     print(f"ca.pem copied in: host1 serving {took:.1f}s later")
