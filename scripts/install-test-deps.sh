@@ -9,8 +9,16 @@ command -v etcd >/dev/null || need+=(etcd-server)
 # A real DNS server for the DNS discovery tests (tests/e2e/test_control_dns.py). dnsmasq-base, not
 # dnsmasq: the latter installs and starts a system service that would take port 53.
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+# nginx as the frontend of a proxy under a control plane (tests/e2e/test_control_lifecycle.py), started
+# by the test on its own address; the package's own service is kept from starting (port 80) while installing.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
+  if [[ " ${need[*]} " == *" nginx "* ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   echo wireshark-common wireshark-common/install-setuid boolean false | debconf-set-selections
   apt-get install -y -qq "${need[@]}" >/dev/null
