@@ -446,9 +446,6 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
     except StartupError:
         close_all(admin_socks[snap.admin])
         raise
-    runtime_mod.PROCESS_WORKERS = workers
-    await admin.start(admin_spec, {snap.admin: admin_socks[snap.admin][0]})
-    pids = [_fork_worker(config_path, snap, opts, s, held, i, admin) for i, s in enumerate(socks)]
 
     async def dump() -> dict[str, Any]:
         dumps = []
@@ -477,6 +474,11 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
         if attach is not None:
             doc.update(attach.ready_detail())
         return doc
+
+    routes.update(_admin_routes(lambda: current["snap"], dump, ready))
+    runtime_mod.PROCESS_WORKERS = workers
+    await admin.start(admin_spec, {snap.admin: admin_socks[snap.admin][0]})
+    pids = [_fork_worker(config_path, snap, opts, s, held, i, admin) for i, s in enumerate(socks)]
 
     def apply(new: Snapshot, write: bool = True) -> None:
         """Check, bind (before anything changes), write the file the workers read, tell them; raises on reject."""
@@ -516,7 +518,6 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
         except Exception as e:  # noqa: BLE001 - any reason to refuse it is logged, the old one serves on
             log(f"snapshot rejected: {e}")
 
-    routes.update(_admin_routes(lambda: current["snap"], dump, ready))
     log(f"host {snap.host}: {workers} workers on " + ", ".join(sorted(map(str, held.specs.values())))
         + f"; admin {snap.admin}")
     stop = asyncio.Event()
