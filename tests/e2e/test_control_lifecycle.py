@@ -90,7 +90,8 @@ def workers_args(workers: int) -> list[str]:
 def test_access_log_under_a_control_plane(pair: Pair, workers: int) -> None:
     """The issue: with --control and one worker, --access-log emptied every mesh error and reset connections."""
     log = pair.mesh.root / "host1-access.log"
-    pair.up(["--access-log", str(log), *workers_args(workers)])
+    keylog = pair.mesh.root / "host1-keys.log"
+    pair.up(["--access-log", str(log), "--tls-keylog", str(keylog), *workers_args(workers)])
     n = 60
     with HttpConn(pair.h1.outbound) as c:  # one connection throughout: keep-alive must survive every answer
         for i in range(n):
@@ -119,6 +120,7 @@ def test_access_log_under_a_control_plane(pair: Pair, workers: int) -> None:
     posts = [x for x in ours if x["method"] == "POST"]
     assert len(posts) == n // 3 and all(x["status"] == 200 and x["destination"] == "b" for x in posts)
     assert all(x["host"] == "host1" and x["side"] == "outbound" for x in ours)
+    assert "CLIENT_TRAFFIC_SECRET_0" in keylog.read_text()  # --tls-keylog too: host1's TLS to host2
     # A WebSocket through the same proxy: upgraded, echoed both ways, logged.
     with HttpConn(pair.h1.outbound) as c:
         r = c.request("GET", "/ws", {"Host": "b", "Connection": "Upgrade", "Upgrade": "websocket",
