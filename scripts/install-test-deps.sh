@@ -11,7 +11,8 @@ command -v etcd >/dev/null || need+=(etcd-server)
 # A real DNS server for the DNS discovery tests (tests/e2e/test_control_dns.py). dnsmasq-base, not
 # dnsmasq: the latter installs and starts a system service that would take port 53.
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
-# Real nginx, redis-server and redis-cli for the README walkthrough (tests/e2e/test_readme_walkthrough.py).
+# Real nginx, redis-server and redis-cli for the README walkthrough (tests/e2e/test_readme_walkthrough.py)
+# and nginx in front of a controlled proxy (tests/e2e/test_control_lifecycle.py).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)

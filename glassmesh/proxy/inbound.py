@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 class InboundHandshake(asyncio.Protocol):
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.transport: Any = None  # kept so that a listener being removed can find its connections
 
     def connection_made(self, transport: Any) -> None:
+        self.transport = transport
         rt = self.rt
         table = rt.table
         sslobj = transport.get_extra_info("ssl_object")

@@ -1,9 +1,14 @@
-"""Starting a proxy: listeners, workers, admin, signals.
+"""Starting a proxy: listeners, workers, admin, signals; the one start-up path of every proxy.
 
-With one worker the process does everything. With N, a supervisor forks N
-workers that share each listening port through SO_REUSEPORT (the kernel
-spreads connections), restarts a worker that dies, and serves the admin
-port itself, merging every worker's counters so that /metrics is one proxy.
+`serve` is how a proxy runs, whether `run` loaded its snapshot from a file or
+the control-plane watch (watch.py) got it from the disk or the control plane.
+
+With one worker the process does everything. With N, a supervisor binds
+every listener, forks N workers that share each port through SO_REUSEPORT
+(the kernel spreads connections; see listeners.py), restarts a worker that
+dies, and serves the admin port itself, merging every worker's counters so
+that /metrics is one proxy. Listeners follow the snapshot in force: a swap
+binds the ones it adds and drains the ones it removes, without a restart.
 """
 
 from __future__ import annotations
@@ -12,26 +17,37 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import grp
 import json
 import os
 import signal
 import socket
-import stat
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import uvloop
 
 from glassmesh.buildinfo import hot_path
-from glassmesh.model.snapshot import Snapshot, SnapshotError, encode_snapshot, load_snapshot, split_address
+from glassmesh.model.snapshot import Snapshot, encode_snapshot, load_snapshot
 from glassmesh.protocols.http1 import reseed
 from glassmesh.proxy import runtime as runtime_mod
 from glassmesh.proxy import stats as stats_mod
 from glassmesh.proxy.admin import AdminProtocol, json_body
 from glassmesh.proxy.http import ServerConn
 from glassmesh.proxy.inbound import InboundHandshake
+from glassmesh.proxy.listeners import (
+    Listeners,
+    Spec,
+    StartupError,
+    bind_all,
+    close_all,
+    plan,
+    set_modes,
+    unlink_unix,
+    wanted,
+)
 from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.runtime import AccessLog, Runtime, log
 from glassmesh.proxy.sides import OutboundSide
@@ -41,109 +57,115 @@ from glassmesh.proxy.tls import listener_context
 if TYPE_CHECKING:  # the control-plane watch (aiohttp) is only imported by proxies started with --control
     from glassmesh.proxy.watch import ControlLink
 
-
-class StartupError(Exception):
-    pass
+__all__ = ["Options", "StartupError", "Worker", "launch", "run", "serve"]
 
 
-def _listen_set(s: Snapshot) -> list[str]:
-    return sorted([s.inbound] + [x.outbound for x in s.local_services if x.outbound]
-                  + [x.outbound_socket for x in s.local_services if x.outbound_socket]
-                  + [t.listen for t in s.tcp_links])
+@dataclass(frozen=True)
+class Options:
+    """The `glassmesh proxy` flags that shape how it serves, whether its snapshot came from a file or a control plane.
 
+    Both start-ups go through `serve`, so a flag is handled in one place: a
+    second copy of this code once opened --access-log as a plain file for a
+    proxy under a control plane, and every mesh error there became an empty
+    reply.
+    """
 
-def _bind_unix(path: str, mode: str, group: str | None) -> socket.socket:
-    """A unix socket whose permissions say who may call as its service."""
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)  # left by an earlier run
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        os.chmod(path, int(mode, 8))
-        if group is not None:
-            os.chown(path, -1, grp.getgrnam(group).gr_gid)
-    except (OSError, KeyError) as e:
-        sock.close()
-        raise StartupError(f"cannot listen on {path}: {e}") from None
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
-
-
-def bind_unix_sockets(snap: Snapshot) -> dict[str, socket.socket]:
-    return {ls.name: _bind_unix(ls.outbound_socket, ls.outbound_socket_mode, ls.outbound_socket_group)
-            for ls in snap.local_services if ls.outbound_socket}
-
-
-def _bind(addr: str, reuse_port: bool) -> socket.socket:
-    host, port = split_address(addr)
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(fam, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise StartupError(f"cannot listen on {addr}: {e.strerror}") from None
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
+    workers: int = 1
+    keylog: str | None = None
+    access_log: str | None = None
 
 
 class Worker:
-    """One serving process: all data-plane listeners of the snapshot."""
+    """One serving process: the Runtime, and the listeners of the snapshot in force.
 
-    def __init__(self, config_path: str, snap: Snapshot, keylog: str | None, access_log: AccessLog | None) -> None:
+    Alone (one worker) it binds its listeners itself, admin included; under a
+    supervisor it gets its sockets from the supervisor (`offer`) and serves
+    admin on a unix socket of its own.
+    """
+
+    def __init__(self, config_path: str, snap: Snapshot, keylog: str | None, access_log: AccessLog | None,
+                 supervised: bool = False) -> None:
         self.config_path = config_path
         self.rt = Runtime(snap, keylog=keylog, access_log=access_log)
-        self.servers: list[asyncio.AbstractServer] = []
+        self.supervised = supervised
+        self.routes: dict[str, Any] = {}  # the admin routes (alone only), set once the worker exists
+        self.listeners = Listeners(self._factory, self._tls, owns_paths=not supervised,
+                                   handshake_timeout=lambda: self.rt.timeouts.connect_ms / 1000)
+        self.offered: dict[str, socket.socket] = {}  # sockets from the supervisor, not yet served
         self.started = time.time()
         self.last_reload: dict[str, Any] = {"version": snap.version, "accepted": True, "at": time.time()}
 
-    async def start(self, reuse_port: bool, unix: dict[str, socket.socket]) -> None:
-        loop = asyncio.get_running_loop()
+    def wanted(self, snap: Snapshot) -> dict[str, Spec]:
+        return wanted(snap, admin=not self.supervised)
+
+    def _factory(self, spec: Spec) -> Callable[[], Any]:
+        """What a connection to `spec` is, by the snapshot in force (called again at every swap)."""
         rt = self.rt
-        snap = rt.snapshot
-        socks = []
-        for name, usock in unix.items():
-            socks.append((usock, lambda n=name: ServerConn(rt, OutboundSide(rt, n)), None))
-        try:
-            for ls in snap.local_services:
-                if ls.outbound:
-                    socks.append((_bind(ls.outbound, reuse_port), lambda n=ls.name: ServerConn(rt, OutboundSide(rt, n)),
-                                  None))
-            for t in snap.tcp_links:
-                socks.append((_bind(t.listen, reuse_port),
-                              lambda t=t: TcpLinkClient(rt, t.source, t.destination), None))
-            if snap.local_services:
-                ctx = listener_context(snap.trust_bundle, lambda name: rt.table.server_ctx.get(name), rt.keylog)
-                socks.append((_bind(snap.inbound, reuse_port), lambda: InboundHandshake(rt), ctx))
-        except StartupError:
-            for s, _, _ in socks:
-                s.close()
-            raise
-        for sock, factory, ctx in socks:
-            kw: dict[str, Any] = {}
-            if ctx is not None:
-                kw = {"ssl": ctx, "ssl_handshake_timeout": rt.timeouts.connect_ms / 1000}
-            self.servers.append(await loop.create_server(factory, sock=sock, **kw))
+        if spec.kind == "outbound":
+            return lambda: ServerConn(rt, OutboundSide(rt, spec.name))
+        if spec.kind == "tcp":
+            link = next(t for t in rt.snapshot.tcp_links if t.listen == spec.key)
+            return lambda: TcpLinkClient(rt, link.source, link.destination)
+        if spec.kind == "inbound":
+            return lambda: InboundHandshake(rt)
+        routes = self.routes
+        return lambda: AdminProtocol(routes)
+
+    def _tls(self) -> Any:
+        rt = self.rt
+        return listener_context(rt.snapshot.trust_bundle, lambda name: rt.table.server_ctx.get(name), rt.keylog)
+
+    async def start(self, socks: dict[str, socket.socket] | None = None) -> None:
+        """Serve the snapshot's listeners: bound here (StartupError when one is taken) unless given."""
+        rt = self.rt
+        specs = self.wanted(rt.snapshot)
+        if socks is None:
+            socks = {k: v[0] for k, v in bind_all(specs.values()).items()}
+        await self.listeners.start(specs, socks)
         rt.spawn(rt.sweeper())
         rt.ready = True
 
-    def reload(self) -> None:
-        """SIGHUP: read the snapshot file again and swap it in whole, or keep the old one."""
+    def reload(self, version: int | None = None) -> None:
+        """SIGHUP (or the supervisor's word): read the snapshot file again and swap it in whole, or keep the old one.
+
+        `version`: the supervisor wrote at least this version and sent its
+        sockets; a later one in the file has its own message on the way.
+        """
         try:
             snap = load_snapshot(self.config_path)
         except Exception as e:
             self._rejected(None, e)
             return
+        if version is not None and snap.version > version:
+            return
         with contextlib.suppress(Exception):  # apply_snapshot logged and recorded why
             self.apply_snapshot(snap)
+        if version is not None:
+            close_all(self.offered.values())  # offered for a snapshot this worker did not take
+            self.offered.clear()
+
+    def offer(self, chan: socket.socket) -> None:
+        """The supervisor's message (reader callback): sockets of listeners it bound, then reload."""
+        top = None
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(chan, 65536, 1024)
+            except BlockingIOError:
+                break
+            except OSError:
+                msg, fds = b"", []
+            if not msg:  # the supervisor is gone: it stops this worker too
+                asyncio.get_running_loop().remove_reader(chan.fileno())
+                break
+            doc = json.loads(msg)
+            for key, fd in zip(doc["keys"], fds, strict=True):
+                old = self.offered.pop(key, None)
+                if old is not None:
+                    old.close()
+                self.offered[key] = socket.socket(fileno=fd)
+            top = max(top or 0, int(doc["version"]))
+        if top is not None:
+            self.reload(top)
 
     # --- the control-plane watch's Target (glassmesh.proxy.watch) ---
     reads_file = False
@@ -151,25 +173,65 @@ class Worker:
     def current(self) -> Snapshot:
         return self.rt.snapshot
 
+    def _sockets(self, added: list[Spec]) -> dict[str, socket.socket]:
+        if not self.supervised:
+            return {k: v[0] for k, v in bind_all(added).items()}
+        missing = [str(s) for s in added if s.key not in self.offered]
+        if missing:
+            raise StartupError(f"no socket from the supervisor for {', '.join(missing)}")
+        return {s.key: self.offered.pop(s.key) for s in added}
+
     def apply_snapshot(self, snap: Snapshot) -> None:
-        """Swap in a snapshot whole; raises (keeping the old one) when it cannot be used."""
+        """Swap in a snapshot whole; raises (keeping the old one) when it cannot be used.
+
+        New listeners are bound first (a port taken changes nothing), then
+        the table is swapped, then they are served and removed ones drain.
+        """
         try:
-            if _listen_set(snap) != _listen_set(self.rt.snapshot):
-                raise SnapshotError("listener addresses changed; that needs a restart")
-            self.rt.apply(snap)
+            new = self.wanted(snap)
+            change = plan(self.listeners.specs(), new)
+            if not self.supervised:
+                set_modes(self.listeners.specs(), new)
+            socks = self._sockets(change.added)
+            # Pools of a local service that goes away would be closed by the swap, requests in flight
+            # included: they are set aside and closed once its listeners have drained.
+            gone = {ls.name for ls in self.rt.snapshot.local_services} - {ls.name for ls in snap.local_services}
+            aside = {k: p for k, p in self.rt.pools.items() if k.source in gone}
+            for k in aside:
+                del self.rt.pools[k]
+            try:
+                self.rt.apply(snap)
+            except BaseException:
+                self.rt.pools.update(aside)
+                close_all(socks.values())
+                if not self.supervised:
+                    for key in socks:
+                        unlink_unix(key)
+                raise
+            drains = self.listeners.update(new, socks).drains
+            if aside:
+                self.rt.spawn(self._close_after(drains, list(aside.values())))
         except Exception as e:
             self._rejected(snap.version, e)
             raise
         self.last_reload = {"version": snap.version, "accepted": True, "at": time.time()}
+        if (change.added or change.removed) and not self.supervised:  # the supervisor says it once for all
+            log(f"listeners {change}")
         log(f"snapshot version {snap.version} accepted")
+
+    @staticmethod
+    async def _close_after(drains: list[asyncio.Task[None]], pools: list[Any]) -> None:
+        if drains:
+            await asyncio.wait(drains)
+        for p in pools:
+            p.close()
 
     def _rejected(self, version: int | None, e: Exception) -> None:
         self.last_reload = {"version": version, "accepted": False, "reason": str(e), "at": time.time()}
         log(f"snapshot rejected, keeping version {self.rt.snapshot.version}: {e}")
 
     async def stop(self) -> None:
-        for s in self.servers:
-            s.close()
+        self.listeners.close()
         await self.rt.close()
 
     def ready_doc(self) -> dict[str, Any]:
@@ -179,7 +241,7 @@ class Worker:
             "host": snap.host,
             "snapshot_version": snap.version,
             "last_reload": self.last_reload,
-            "listeners": _listen_set(snap),
+            "listeners": self.listeners.addresses(),
         }
 
 
@@ -205,11 +267,12 @@ def _admin_routes(
     return {"/metrics": metrics, "/config": config, "/healthz": healthz, "/ready": ready_, "/stats.json": stats_json}
 
 
-async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, access_log: AccessLog | None,
-                        admin_addr: str | None, admin_unix: str | None, reuse_port: bool,
-                        unix: dict[str, socket.socket], attach: ControlLink | None = None) -> None:
+async def _serve_single(config_path: str, snap: Snapshot, opts: Options, access_log: AccessLog | None,
+                        admin_unix: str | None = None, supervised: tuple[socket.socket, dict[str, socket.socket]] |
+                        None = None, attach: ControlLink | None = None) -> None:
+    """One process serving: alone (binding everything, admin included) or as a supervisor's worker."""
     loop = asyncio.get_running_loop()
-    w = Worker(config_path, snap, keylog, access_log)
+    w = Worker(config_path, snap, opts.keylog, access_log, supervised=supervised is not None)
 
     async def dump() -> dict[str, Any]:
         d = w.rt.stats.dump()
@@ -223,15 +286,18 @@ async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, ac
             doc.update(attach.ready_detail())
         return doc
 
-    routes = _admin_routes(lambda: w.rt.snapshot, dump, ready)
-    if admin_unix:
+    w.routes = routes = _admin_routes(lambda: w.rt.snapshot, dump, ready)
+    admin = None
+    if supervised is not None:
+        chan, socks = supervised
         admin = await loop.create_unix_server(lambda: AdminProtocol(routes), admin_unix)
+        await w.start(socks)
+        chan.setblocking(False)
+        loop.add_reader(chan.fileno(), w.offer, chan)
     else:
-        admin = await loop.create_server(lambda: AdminProtocol(routes), sock=_bind(admin_addr, False))
-    await w.start(reuse_port, unix)
-    if not admin_unix:
-        log(f"host {snap.host} serving snapshot version {snap.version}: " + ", ".join(_listen_set(snap))
-            + f"; admin {admin_addr}; hot path: {hot_path()}")
+        await w.start()
+        log(f"host {snap.host} serving snapshot version {snap.version}: " + ", ".join(w.listeners.addresses())
+            + f"; hot path: {hot_path()}")
     if attach is not None:
         await attach.start(w)
     stop = asyncio.Event()
@@ -241,7 +307,8 @@ async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, ac
     await stop.wait()
     if attach is not None:
         await attach.stop()
-    admin.close()
+    if admin is not None:
+        admin.close()
     await w.stop()
 
 
@@ -258,50 +325,127 @@ async def _get_unix(path: str, target: str) -> bytes:
     return body
 
 
-def _fork_worker(config_path: str, snap: Snapshot, keylog: str | None, access_path: str | None, sock: str,
-                 unix: dict[str, socket.socket]) -> int:
+class _Held:
+    """The supervisor's data-plane sockets (see listeners.py) and its channel to each worker.
+
+    A port has one SO_REUSEPORT socket per worker, a unix path one socket for
+    all. A worker gets its own at fork (closing every other one it
+    inherited: a copy left open in a process that never accepts would keep a
+    removed port listening) and later ones over its channel, a SEQPACKET
+    socketpair carrying `{"version": V, "keys": [...]}` with the sockets.
+    """
+
+    def __init__(self, workers: int, specs: dict[str, Spec]) -> None:
+        self.workers = workers
+        self.specs = specs
+        self.socks = bind_all(specs.values(), copies=workers)
+        self.chans: list[socket.socket | None] = [None] * workers
+
+    def mine(self, i: int) -> dict[str, socket.socket]:
+        return {k: v[i % len(v)] for k, v in self.socks.items()}
+
+    def channel(self, i: int) -> socket.socket:
+        """A new channel to worker i (one that is about to be forked); returns the worker's end."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        old, self.chans[i] = self.chans[i], ours
+        if old is not None:
+            old.close()
+        ours.setblocking(False)
+        return theirs
+
+    def in_child(self, i: int) -> dict[str, socket.socket]:
+        """In worker i just forked: close what is not its own; returns its sockets."""
+        mine = self.mine(i)
+        keep = {id(s) for s in mine.values()}
+        for socks in self.socks.values():
+            for s in socks:
+                if id(s) not in keep:
+                    s.close()
+        for c in self.chans:
+            if c is not None:
+                c.close()
+        return mine
+
+    def commit(self, version: int, new: dict[str, Spec], fresh: dict[str, list[socket.socket]],
+               removed: list[Spec]) -> None:
+        """A snapshot is on disk: give every worker its new sockets and the word to reload; let go of removed ones."""
+        self.socks.update(fresh)
+        keys = list(fresh)
+        for i, chan in enumerate(self.chans):
+            if chan is None:
+                continue
+            msg = json.dumps({"version": version, "keys": keys}).encode()
+            try:
+                socket.send_fds(chan, [msg], [fresh[k][i % len(fresh[k])].fileno() for k in keys])
+            except OSError as e:  # a worker being restarted: it forks with the sockets held here
+                log(f"cannot reach worker {i}: {e}")
+        for spec in removed:
+            close_all(self.socks.pop(spec.key, []))
+            unlink_unix(spec.key)
+        self.specs = new
+
+    def close(self) -> None:
+        for key, socks in self.socks.items():
+            close_all(socks)
+            unlink_unix(key)
+        for c in self.chans:
+            if c is not None:
+                c.close()
+
+
+def _fork_worker(config_path: str, snap: Snapshot, opts: Options, sock: str, held: _Held, i: int,
+                 admin: Listeners) -> int:
+    theirs = held.channel(i)
     pid = os.fork()
     if pid == 0:  # child
         code = 0
         reseed()
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            access = AccessLog(access_path) if access_path else None
-            uvloop.run(_serve_single(config_path, snap, keylog, access, None, sock, True, unix))
+            admin.forget()  # the supervisor's admin port is not ours to keep open
+            mine = held.in_child(i)
+            access = AccessLog(opts.access_log) if opts.access_log else None
+            uvloop.run(_serve_single(config_path, snap, opts, access, sock, (theirs, mine)))
         except BaseException as e:  # noqa: BLE001 - a child must never return into the parent's code
             log(f"worker failed: {e}")
             code = 1
         os._exit(code)
+    theirs.close()
     return pid
 
 
 class _SupervisorTarget:
-    """The control-plane watch's view of a supervisor: it writes the file, then the workers reload it."""
+    """The control-plane watch's view of a supervisor: it checks, binds, writes the file, then the workers reload it."""
 
     reads_file = True
 
-    def __init__(self, current: dict[str, Snapshot], reload: Any) -> None:
-        self._current, self._reload = current, reload
+    def __init__(self, current: dict[str, Snapshot], apply: Callable[[Snapshot], None]) -> None:
+        self._current, self._apply = current, apply
 
     def current(self) -> Snapshot:
         return self._current["snap"]
 
     def apply_snapshot(self, snap: Snapshot) -> None:
-        self._reload()
+        self._apply(snap)
 
 
-async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str | None,
-                     access_path: str | None, attach: ControlLink | None = None) -> None:
+async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: ControlLink | None = None,
+                     persist: Callable[[Snapshot], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
+    workers = opts.workers
     rundir = tempfile.mkdtemp(prefix="glassmesh-proxy-")
     socks = [os.path.join(rundir, f"worker-{i}.sock") for i in range(workers)]
     current = {"snap": snap}
-    # Bind the admin port first: a busy port fails before any worker starts.
-    admin_sock = _bind(snap.admin, False)
-    # Unix sockets cannot be shared by SO_REUSEPORT: bind once, every worker accepts on it.
-    unix = bind_unix_sockets(snap)
-    runtime_mod.PROCESS_WORKERS = workers
-    pids = [_fork_worker(config_path, snap, keylog, access_path, s, unix) for s in socks]
+    routes: dict[str, Any] = {}
+    admin = Listeners(lambda spec: (lambda: AdminProtocol(routes)), lambda: None)
+    # Bind everything first: a busy port fails before any worker starts.
+    admin_spec = {snap.admin: Spec(snap.admin, "admin")}
+    admin_socks = bind_all(admin_spec.values())
+    try:
+        held = _Held(workers, wanted(snap, admin=False))
+    except StartupError:
+        close_all(admin_socks[snap.admin])
+        raise
 
     async def dump() -> dict[str, Any]:
         dumps = []
@@ -324,30 +468,64 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
             "ready": all(d.get("ready") for d in docs),
             "host": snap.host,
             "snapshot_version": current["snap"].version,
+            "listeners": sorted(map(str, [*held.specs.values(), *admin.specs().values()])),
             "workers": docs,
         }
         if attach is not None:
             doc.update(attach.ready_detail())
         return doc
 
-    def reload() -> None:
-        try:
-            current["snap"] = load_snapshot(config_path)
-        except SnapshotError as e:
-            log(f"snapshot rejected: {e}")
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)
+    routes.update(_admin_routes(lambda: current["snap"], dump, ready))
+    runtime_mod.PROCESS_WORKERS = workers
+    await admin.start(admin_spec, {snap.admin: admin_socks[snap.admin][0]})
+    pids = [_fork_worker(config_path, snap, opts, s, held, i, admin) for i, s in enumerate(socks)]
 
-    routes = _admin_routes(lambda: current["snap"], dump, ready)
-    admin = await loop.create_server(lambda: AdminProtocol(routes), sock=admin_sock)
-    log(f"host {snap.host}: {workers} workers on " + ", ".join(_listen_set(snap)) + f"; admin {snap.admin}")
+    def apply(new: Snapshot, write: bool = True) -> None:
+        """Check, bind (before anything changes), write the file the workers read, tell them; raises on reject."""
+        compile_table(new)  # certificates load, before the workers are told to read it
+        specs = wanted(new, admin=False)
+        change = plan(held.specs, specs)
+        set_modes(held.specs, specs)
+        moved = new.admin != current["snap"].admin
+        new_admin = bind_all([Spec(new.admin, "admin")]) if moved else {}
+        try:
+            fresh = bind_all(change.added, copies=workers)
+        except StartupError:
+            for s in new_admin.values():
+                close_all(s)
+            raise
+        try:
+            if write and persist is not None:
+                persist(new)
+        except BaseException:
+            for s in [*fresh.values(), *new_admin.values()]:
+                close_all(s)
+            for key in fresh:
+                unlink_unix(key)
+            raise
+        current["snap"] = new
+        held.commit(new.version, specs, fresh, change.removed)
+        if moved:
+            admin.update({new.admin: Spec(new.admin, "admin")}, {new.admin: new_admin[new.admin][0]})
+            log(f"admin moved to {new.admin}")
+        if change.added or change.removed:
+            log(f"listeners {change}")
+
+    def reload() -> None:
+        """SIGHUP: the snapshot file again, for every worker."""
+        try:
+            apply(load_snapshot(config_path), write=False)
+        except Exception as e:  # noqa: BLE001 - any reason to refuse it is logged, the old one serves on
+            log(f"snapshot rejected: {e}")
+
+    log(f"host {snap.host}: {workers} workers on " + ", ".join(sorted(map(str, held.specs.values())))
+        + f"; admin {snap.admin}")
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     if attach is not None:
-        await attach.start(_SupervisorTarget(current, reload))
+        await attach.start(_SupervisorTarget(current, apply))
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -362,7 +540,7 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
                     log(f"worker {i} (pid {pid}) exited with status {status}; restarting it")
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(socks[i])
-                    pids[i] = _fork_worker(config_path, current["snap"], keylog, access_path, socks[i], unix)
+                    pids[i] = _fork_worker(config_path, current["snap"], opts, socks[i], held, i, admin)
     finally:
         if attach is not None:
             await attach.stop()
@@ -382,6 +560,7 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
             else:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        held.close()
         for s in socks:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(s)
@@ -408,23 +587,33 @@ def _tune_malloc() -> None:
         pass  # not glibc: nothing to tune
 
 
-def run(config_path: str, workers: int = 1, keylog: str | None = None, access_log: str | None = None) -> None:
-    """Load, check and serve; raises SnapshotError/StartupError with a clear message on bad config."""
-    snap = load_snapshot(config_path)
+async def serve(config_path: str, snap: Snapshot, opts: Options, attach: ControlLink | None = None,
+                persist: Callable[[Snapshot], None] | None = None) -> None:
+    """Serve `snap` until SIGTERM: the one start-up of every proxy, from a file or under a control plane.
+
+    `config_path` is the file SIGHUP (and, with workers, every swap) reads
+    again; `attach` the control-plane watch, started once the listeners are
+    up; `persist` writes a snapshot the watch accepted to that file (with
+    workers, the supervisor writes it before they are told to read it).
+    """
+    if opts.workers <= 1:
+        access = AccessLog(opts.access_log) if opts.access_log else None
+        await _serve_single(config_path, snap, opts, access, attach=attach)
+    else:
+        await _supervise(config_path, snap, opts, attach=attach, persist=persist)
+
+
+def launch(main: Coroutine[Any, Any, None]) -> None:
+    """Run a proxy's event loop (uvloop), with the allocator tuned for its TLS buffers."""
     _tune_malloc()
+    uvloop.run(main)
+
+
+def run(config_path: str, workers: int = 1, keylog: str | None = None, access_log: str | None = None) -> None:
+    """`glassmesh proxy --config FILE`: load, check and serve; SnapshotError/StartupError with a clear message."""
+    snap = load_snapshot(config_path)
     try:
         compile_table(snap)  # certificates load, or we stop here with a clear message
     except Exception as e:
         raise StartupError(str(e)) from None
-    try:
-        if workers <= 1:
-            access = AccessLog(access_log) if access_log else None
-            uvloop.run(_serve_single(config_path, snap, keylog, access, snap.admin, None, False,
-                                     bind_unix_sockets(snap)))
-        else:
-            uvloop.run(_supervise(config_path, snap, workers, keylog, access_log))
-    finally:
-        for ls in snap.local_services:
-            if ls.outbound_socket:
-                with contextlib.suppress(OSError):
-                    os.unlink(ls.outbound_socket)
+    launch(serve(config_path, snap, Options(workers, keylog, access_log)))

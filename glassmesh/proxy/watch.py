@@ -3,10 +3,19 @@
 One asyncio task (in the process that owns the Runtime, or in the
 supervisor with --workers N) long-polls `GET /v1/hosts/{host}/snapshot?after=V`.
 A new snapshot is parsed and checked exactly as a snapshot file is, then
-checked against the one in force (same host, same listeners, and the
-proxy's own blast-radius guard), swapped in through the same path SIGHUP
-uses, written to DIR/snapshot.json as last-known-good, and acknowledged
-with accept or reject and the reason. A rejected one changes nothing.
+checked against the one in force (same host, and the proxy's own
+blast-radius guard), swapped in through the same path SIGHUP uses (which
+binds the listeners it adds and drains the ones it removes: listeners.py),
+written to DIR/snapshot.json as last-known-good, and acknowledged with
+accept or reject and the reason. A rejected one changes nothing.
+
+A snapshot rejected for a reason on this host (a file it names cannot be
+read, a certificate does not load, a port is taken) is kept and applied
+again with backoff (RETRY_MIN_S growing to RETRY_MAX_S), first snapshot or
+later: copying the missing file in is enough, no config change is needed.
+The reject is acked once, the accept when it finally goes in; a newer
+snapshot from the control plane replaces the one pending. Reasons that no
+retry can change (another host's snapshot, invalid content) are not retried.
 
 The data plane never depends on the control plane being up: every call has
 a timeout, every failure is logged once and retried with backoff, and the
@@ -46,6 +55,7 @@ import contextlib
 import os
 import random
 import signal
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,7 +63,6 @@ from typing import Any, Protocol
 
 import aiohttp
 import msgspec
-import uvloop
 
 from glassmesh.api.wire import (
     HASH_HEADER,
@@ -85,14 +94,18 @@ from glassmesh.model.snapshot import (
 from glassmesh.proxy import lkg
 from glassmesh.proxy.enroll import ProxyIdentity
 from glassmesh.proxy.health import HealthReporter
+from glassmesh.proxy.listeners import StartupError
 from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.runtime import log
+from glassmesh.proxy.tls import TlsConfigError
 
 POLL_WAIT_S = 30.0  # how long the control plane may hold a long-poll open
 CALL_TIMEOUT_S = 5.0  # connect timeout, and total timeout of acks and reports
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0  # a control plane coming back is seen within this
 MAX_PENDING_ACKS = 16
+RETRY_MIN_S = 1.0  # a snapshot rejected for a local reason is tried again after this...
+RETRY_MAX_S = 30.0  # ... doubling up to this
 
 
 class ControlError(Exception):
@@ -105,6 +118,10 @@ class ControlError(Exception):
 
 class _Moved(Exception):
     """The link moved to another replica while a long-poll was open on the old one: poll the new one now."""
+
+
+class _RetryDue(Exception):
+    """The snapshot held for a retry is due while a long-poll is open: the poll is dropped, the retry runs."""
 
 
 @dataclass
@@ -128,6 +145,27 @@ class Decoded:
     error: Exception | None = None
     kind: str = KIND_FULL
     how: str = ""  # for the log: "full snapshot, 475 KiB" or "delta from version 4: 1 service changed, 0 removed"
+
+
+@dataclass
+class Pending:
+    """A snapshot rejected for a local reason, held to be applied again."""
+
+    decoded: Decoded
+    reason: str
+    since: float  # unix time of the first reject
+    due: float  # monotonic time of the next try
+    attempts: int = 0
+    backoff: float = RETRY_MIN_S
+
+    def doc(self) -> dict[str, Any]:
+        return {"version": self.decoded.version, "reason": self.reason, "since": self.since,
+                "attempts": self.attempts, "next_retry_s": round(max(0.0, self.due - time.monotonic()), 3)}
+
+
+def local_reason(e: BaseException) -> bool:
+    """A reject a retry may cure: something on this host (a file, a key, a port), not the snapshot's content."""
+    return isinstance(e, OSError | TlsConfigError | StartupError | ssl.SSLError)
 
 
 def split_urls(spec: str | Sequence[str]) -> list[str]:
@@ -162,7 +200,7 @@ def _retryable(e: BaseException) -> bool:
 class Target(Protocol):
     """What the watch applies snapshots to: a Worker (in process) or a supervisor (workers read the file)."""
 
-    reads_file: bool  # True: apply_snapshot re-reads DIR/snapshot.json, so it must be written first
+    reads_file: bool  # True: apply_snapshot writes DIR/snapshot.json itself (a supervisor's workers read it)
 
     def current(self) -> Snapshot: ...
 
@@ -171,25 +209,6 @@ class Target(Protocol):
 
 
 # --------------------------------------------------------------------------- pure checks
-
-
-def listeners(s: Snapshot) -> list[str]:
-    """Every address the proxy binds for a snapshot: these cannot change without a restart."""
-    return sorted([f"inbound {s.inbound}", f"admin {s.admin}"]
-                  + [f"{x.name} outbound {x.outbound}" for x in s.local_services if x.outbound]
-                  + [f"{x.name} outbound_socket {x.outbound_socket}" for x in s.local_services if x.outbound_socket]
-                  + [f"tcp link {t.listen}" for t in s.tcp_links])
-
-
-def check_listeners(old: Snapshot, new: Snapshot) -> None:
-    """Listeners are bound from the first snapshot; a later one that moves them is refused, naming them."""
-    a, b = listeners(old), listeners(new)
-    if a != b:
-        gone = [x for x in a if x not in b]
-        added = [x for x in b if x not in a]
-        raise SnapshotError("listener addresses changed (" + "; ".join(
-            [f"removed: {', '.join(gone)}"] * bool(gone) + [f"added: {', '.join(added)}"] * bool(added))
-            + "); that needs a proxy restart")
 
 
 def keep_emptied(old: Snapshot, new: Snapshot) -> tuple[Snapshot, list[str]]:
@@ -244,6 +263,7 @@ class ControlLink:
         self.after = 0  # highest version seen, accepted or not: the next long-poll asks for later ones
         self.last_ack: dict[str, Any] | None = None
         self.last_reject: dict[str, Any] | None = None
+        self.pending: Pending | None = None  # rejected for a local reason, to be tried again
         self.warnings: list[str] = []
         self.health: HealthReporter | None = None
         self._pending: list[Ack] = []
@@ -341,6 +361,7 @@ class ControlLink:
                 "last_reject": self.last_reject,
                 "warnings": self.warnings,
             },
+            "pending_retry": self.pending.doc() if self.pending is not None else None,
             "snapshot_updates": {**self.updates, "last": self.last_update},
         }
 
@@ -423,15 +444,20 @@ class ControlLink:
         self._moved.clear()
         call = asyncio.ensure_future(self._poll_at(url))
         moved = asyncio.ensure_future(self._moved.wait())
+        waits = [call, moved]
+        if self.pending is not None:
+            waits.append(asyncio.ensure_future(asyncio.sleep(max(0.0, self.pending.due - time.monotonic()))))
         try:
-            await asyncio.wait({call, moved}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (call, moved):
+            for t in waits:
                 if not t.done():
                     t.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await t
         if not call.done() or call.cancelled():
+            if len(waits) > 2 and waits[2].done() and not waits[2].cancelled():
+                raise _RetryDue()
             raise _Moved(url)
         try:
             status, answer = call.result()
@@ -559,8 +585,8 @@ class ControlLink:
         self.updates["delta_fallbacks"] += 1
         self.set_base(None)
 
-    def _reject(self, version: int | None, e: Exception) -> None:
-        reason = _short(e)
+    def _reject(self, version: int | None, e: Exception, retry: bool = False) -> None:
+        reason = _short(e) + (f" (retrying every {RETRY_MIN_S:.0f} s to {RETRY_MAX_S:.0f} s)" if retry else "")
         cur = self._target.current().version if self._target else None
         log(f"snapshot version {version} rejected, keeping " + (f"version {cur}" if cur is not None else
                                                                   "waiting") + f": {reason}")
@@ -583,42 +609,87 @@ class ControlLink:
             return False
         return self.apply(decoded)
 
-    def apply(self, decoded: Decoded) -> bool:
-        """Apply a decoded answer (see handle); a snapshot that is not usable is rejected with the reason."""
+    def apply(self, decoded: Decoded, retry: bool = False) -> bool:
+        """Apply a decoded answer (see handle); a snapshot that is not usable is rejected with the reason.
+
+        One rejected for a local reason is held (`pending`) and tried again
+        by `retry_pending`; `retry`: this is such a try (its reject was acked
+        already). A new answer replaces whatever was pending.
+        """
         target = self._target
         assert target is not None
+        if not retry:
+            self.pending = None
         if decoded.snap is None or decoded.wire is None:
             self._reject(decoded.version, decoded.error or SnapshotError("no snapshot"))
             return False
         got = decoded.snap
         old = target.current()
         try:
-            check_listeners(old, got)
             snap, warnings = keep_emptied(old, got)
-            if target.reads_file:
-                compile_table(snap)  # certificates load, before the workers are told to read it
-                lkg.save(self.data_dir, snap)
-                target.apply_snapshot(snap)
-            else:
-                target.apply_snapshot(snap)
+            target.apply_snapshot(snap)  # a supervisor also writes DIR/snapshot.json before its workers read it
+            if not target.reads_file:
                 try:
                     lkg.save(self.data_dir, snap)
                 except OSError as e:
                     warnings.append(f"serving it, but cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}")
         except Exception as e:  # noqa: BLE001 - whatever makes it unusable is the reason in the ack
-            self._reject(got.version, e)
+            self._failed_apply(decoded, e, retry)
             return False
         for w in warnings:
             log(f"guard: {w}")
         self.warnings = warnings
+        self._accepted(decoded, got)
+        log(f"snapshot version {got.version} came as a {decoded.how}")  # the swap itself logs "accepted"
+        self._ack(got.version, True, ("accepted with a warning: " + "; ".join(warnings)) if warnings else "")
+        return True
+
+    def _accepted(self, decoded: Decoded, got: Snapshot) -> None:
+        """Book-keeping of a snapshot taken (its ack is the caller's)."""
+        p = self.pending
+        if p is not None and p.decoded is decoded:
+            log(f"snapshot version {got.version} applied on retry {p.attempts}, "
+                f"{time.time() - p.since:.1f} s after it was rejected ({p.reason})")
+        self.pending = None
         self.after = max(self.after, got.version)
         self.source, self.fresh_at = "control", time.time()
         self.set_base(decoded.wire if decoded.digest else None, decoded.digest)
         self.updates[decoded.kind] = self.updates.get(decoded.kind, 0) + 1
         self.last_update = f"version {got.version}: {decoded.how}"
-        log(f"snapshot version {got.version} came as a {decoded.how}")  # the swap itself logs "accepted"
-        self._ack(got.version, True, ("accepted with a warning: " + "; ".join(warnings)) if warnings else "")
-        return True
+
+    def _failed_apply(self, decoded: Decoded, e: Exception, retry: bool) -> None:
+        """Reject (acked once), and hold it for another try when the reason is local."""
+        version = decoded.version
+        p = self.pending
+        if retry and p is not None and local_reason(e):
+            p.reason = _short(e)
+            p.backoff = min(RETRY_MAX_S, p.backoff * 2)
+            p.due = time.monotonic() + p.backoff * random.uniform(0.9, 1.1)
+            log(f"snapshot version {version} still cannot be applied (try {p.attempts}): {p.reason}; "
+                f"next try in {p.backoff:.0f} s")
+            return
+        if retry:
+            self.pending = None
+        self._reject(version, e, retry=local_reason(e) and not retry)
+        if local_reason(e) and not retry and version is not None:
+            self.pending = Pending(decoded, _short(e), time.time(), time.monotonic() + RETRY_MIN_S)
+
+    async def retry_pending(self) -> Snapshot | None:
+        """Try the held snapshot again; the snapshot when it went in (None: still held, or dropped)."""
+        p = self.pending
+        if p is None or p.decoded.snap is None:
+            return None
+        p.attempts += 1
+        try:
+            await self._prepare(p.decoded.snap)
+        except (ControlError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            p.due = time.monotonic() + p.backoff
+            log(f"snapshot version {p.decoded.version}: certificates not ready ({_short(e)}); next try in "
+                f"{p.backoff:.0f} s")
+            return None
+        if self._target is None:  # waiting for the first snapshot: it only has to load
+            return self._take_first(p.decoded, retry=True)
+        return p.decoded.snap if self.apply(p.decoded, retry=True) else None
 
     def _pause(self, backoff: float, misses: int) -> tuple[float, float]:
         """(how long to wait now, the next backoff): it grows only once every replica has failed in a row."""
@@ -657,6 +728,10 @@ class ControlLink:
                 raise
             except _Moved:
                 continue  # a call beside the watch (report, ack) failed on that replica: poll the next now
+            except _RetryDue:
+                await self.retry_pending()
+                self._send_acks()
+                continue
             except ControlError as e:  # it answers, but not usefully (host unknown, 5xx): not an outage
                 if _short(e) != self.last_error:
                     log(f"control plane {url}: {e}")
@@ -693,29 +768,17 @@ class ControlLink:
                     except DeltaMismatch as e:  # not asked for (no base yet): ask again
                         self._delta_failed(e)
                         continue
-                    version = decoded.version
-                    got: Snapshot | Exception = (decoded.snap if decoded.snap is not None
-                                                 else decoded.error or SnapshotError("no snapshot"))
-                    if isinstance(got, Snapshot):
-                        await self._prepare(got)
-                        try:
-                            compile_table(got)
-                        except Exception as e:  # noqa: BLE001 - the reason goes in the ack
-                            got = SnapshotError(f"cannot load its certificates: {_short(e)}")
-                    if isinstance(got, Exception):
-                        self._reject(version, got)
-                        continue
-                    try:
-                        lkg.save(self.data_dir, got)
-                    except OSError as e:
-                        log(f"cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}")
-                    self.after, self.source, self.fresh_at = got.version, "control", time.time()
-                    self.set_base(decoded.wire if decoded.digest else None, decoded.digest)
-                    self.updates[KIND_FULL] += 1
-                    self.last_update = f"version {got.version}: {decoded.how}"
-                    self._ack(got.version, True, "")  # sent once the listeners are up
-                    log(f"got snapshot version {got.version} from {url}")
-                    return got
+                    if decoded.snap is not None:
+                        await self._prepare(decoded.snap)
+                    got = self._take_first(decoded)
+                    if got is not None:
+                        return got
+                    continue
+                except _RetryDue:
+                    got = await self.retry_pending()
+                    if got is not None:
+                        return got
+                    continue
                 except _Moved:
                     continue
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
@@ -729,6 +792,28 @@ class ControlLink:
                 await asyncio.sleep(wait)
         finally:
             await self.close()  # workers fork after this: they must not inherit its connections
+
+    def _take_first(self, decoded: Decoded, retry: bool = False) -> Snapshot | None:
+        """The first snapshot, if its certificates load: saved, its ack queued (sent once listeners are up)."""
+        if not retry:
+            self.pending = None
+        got = decoded.snap
+        if got is None:
+            self._reject(decoded.version, decoded.error or SnapshotError("no snapshot"))
+            return None
+        try:
+            compile_table(got)
+        except Exception as e:  # noqa: BLE001 - the reason goes in the ack
+            self._failed_apply(decoded, e, retry)
+            return None
+        try:
+            lkg.save(self.data_dir, got)
+        except OSError as e:
+            log(f"cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}")
+        self._accepted(decoded, got)
+        self._ack(got.version, True, "")
+        log(f"got snapshot version {got.version} from {self.url}")
+        return got
 
 
 # --------------------------------------------------------------------------- running a proxy
@@ -766,7 +851,7 @@ def _initial(link: ControlLink, data_dir: str, seed: str | None) -> Snapshot | N
 async def _main(url: str, host: str | None, data_dir: str, seed: str | None, workers: int, keylog: str | None,
                 access_log: str | None, join: str | None = None, ca_sha256: str | None = None) -> None:
     from glassmesh.proxy import enroll
-    from glassmesh.proxy.server import _serve_single, _supervise, bind_unix_sockets
+    from glassmesh.proxy.server import Options, serve
 
     identity = None
     urls = split_urls(url)
@@ -789,20 +874,11 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    path = lkg.lkg_path(data_dir)
     try:
-        if workers <= 1:
-            access = open(access_log, "a", buffering=1) if access_log else None  # noqa: SIM115
-            await _serve_single(path, snap, keylog, access, snap.admin, None, False, bind_unix_sockets(snap),
-                                attach=link)
-        else:
-            await _supervise(path, snap, workers, keylog, access_log, attach=link)
+        await serve(lkg.lkg_path(data_dir), snap, Options(workers, keylog, access_log), attach=link,
+                    persist=lambda s: lkg.save(data_dir, s))
     finally:
         await link.close()
-        for ls in snap.local_services:
-            if ls.outbound_socket:
-                with contextlib.suppress(OSError):
-                    os.unlink(ls.outbound_socket)
 
 
 def run_controlled(url: str, host: str | None, data_dir: str, seed: str | None = None, workers: int = 1,
@@ -815,8 +891,7 @@ def run_controlled(url: str, host: str | None, data_dir: str, seed: str | None =
     identity (raising enroll.EnrollError when it cannot), then uses mTLS.
     Several URLs are replicas of one control plane, tried in that order.
     """
-    from glassmesh.proxy.server import _tune_malloc
+    from glassmesh.proxy.server import launch
 
     os.makedirs(data_dir, exist_ok=True)
-    _tune_malloc()
-    uvloop.run(_main(url, host, os.path.abspath(data_dir), seed, workers, keylog, access_log, join, ca_sha256))
+    launch(_main(url, host, os.path.abspath(data_dir), seed, workers, keylog, access_log, join, ca_sha256))

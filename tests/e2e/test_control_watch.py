@@ -44,6 +44,7 @@ from tests.e2e.harness import (
     has_series,
     metric,
     parse_metrics,
+    split,
     wait_port,
 )
 from tests.e2e.operator import api
@@ -356,8 +357,7 @@ def test_first_snapshot_instances_come_and_go(topo: Topo) -> None:
                 in h1.proxy.log_text()) and ": 1 service changed, 0 removed" in h1.proxy.log_text()  # type: ignore[union-attr]
 
         # A removed instance (host3 no longer runs b): out of rotation within 2 s, 0 failed requests.
-        # host3's own snapshot would drop its b listener, so host3 refuses it (listeners need a restart)
-        # and says why; host1 takes its new one.
+        # host3's own snapshot drops its b listeners (outbound and inbound): it takes it and closes them.
         cut = time.monotonic()
         cp.apply(topo.yaml(host3_runs_b=False))
         wait_for(lambda: "host3" not in b_hosts(cp.snapshot("host1")), 2, "host1's snapshot drops b@host3")
@@ -368,13 +368,14 @@ def test_first_snapshot_instances_come_and_go(topo: Topo) -> None:
         assert traffic.failures() == [], traffic.failures()[:5]
         assert_same_snapshot(h1, cp)
         assert h1.ready()["snapshot_updates"]["delta_fallbacks"] == 0
-        rej = wait_for(lambda: any(h["name"] == "host3" and h["last_reject"] for h in cp.status()["hosts"]), 3,
-                       "host3's reject reaches the control plane")
-        assert rej
-        host3 = next(h for h in cp.status()["hosts"] if h["name"] == "host3")
-        assert "listener addresses changed" in host3["last_reject"]["reason"]
-        assert "b outbound" in host3["last_reject"]["reason"]
-        assert h3.ready()["control_plane"]["last_reject"]["reason"] == host3["last_reject"]["reason"]
+        want3 = cp.snapshot("host3")["version"]
+        wait_for(lambda: h3.ready()["snapshot_version"] == want3, 3, "host3 takes its snapshot without b")
+        assert h3.ready()["listeners"] == [f"admin {h3.admin}"]
+        for addr in (h3.inbound, h3.outbound):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(split(addr), timeout=2).close()
+        wait_for(lambda: next(h for h in cp.status()["hosts"] if h["name"] == "host3")["in_sync"], 3,
+                 "host3's ack reaches the control plane")
         assert h2.ready()["control_plane"]["connected"] is True
     finally:
         traffic.stop()
@@ -578,19 +579,22 @@ def test_bad_snapshots_are_rejected_with_the_reason_and_the_old_one_serves(mesh:
             (4, {**good, "version": 4, "local_services": [
                 {**good["local_services"][0], "cert": "certs/missing.pem"}, good["local_services"][1]]},
              "missing.pem"),
-            (5, {**good, "version": 5, "local_services": [
+            (5, {**good, "version": 5, "local_services": [  # a port another process holds (below)
                 {**good["local_services"][0], "outbound": f"{h.ip}:4150"}, good["local_services"][1]]},
-             "listener addresses changed"),
+             f"cannot listen on {h.ip}:4150: Address already in use"),
             (6, {**good, "version": 6, "host": "host9"}, "snapshot is for host 'host9'"),
         ]
+        taken = socket.create_server((h.ip, 4150))
         for version, doc, why in bad_cases:
             fake.push(version, doc)
             ack = fake.ack_for(version)
             assert ack["accepted"] is False and why in ack["reason"], (version, ack)
             r = get(h.outbound, "/x", headers={"Host": "b"})
             assert r.status == 200 and r.header("x-app") == "b1"
+        taken.close()
         doc = h.ready()
         assert doc["snapshot_version"] == 1 and doc["control_plane"]["last_reject"]["version"] == 6
+        assert doc["pending_retry"] is None  # 5 was held for a retry (a port is local); 6 replaced it
         assert json.loads((h.data / "snapshot.json").read_text())["version"] == 1
 
         # A snapshot that empties b (not drained) is taken with b's old endpoints, and says so.

@@ -13,7 +13,8 @@ import pytest
 
 from glassmesh.model.snapshot import Snapshot, SnapshotError, parse_snapshot
 from glassmesh.proxy import health, lkg
-from glassmesh.proxy.watch import ControlLink, check_listeners, keep_emptied
+from glassmesh.proxy.listeners import plan, wanted
+from glassmesh.proxy.watch import RETRY_MAX_S, ControlLink, keep_emptied
 
 DOC: dict[str, Any] = {
     "version": 3, "host": "host1", "trust_domain": "glassmesh.local", "trust_bundle": "certs/ca.pem",
@@ -97,13 +98,21 @@ def test_guard_keeps_the_endpoints_of_a_service_emptied_but_not_drained(tmp_path
 
 def test_listener_changes_are_named(tmp_path: Path) -> None:
     old = snap(tmp_path)
-    check_listeners(old, snap(tmp_path, version=4, services=[]))
+    assert str(plan(wanted(old), wanted(snap(tmp_path, version=4, services=[])))) == ""
     moved = doc(version=4)
     moved["local_services"][0]["outbound"] = "127.0.0.11:5140"
-    with pytest.raises(SnapshotError, match=r"removed: a outbound 127.0.0.11:4140; added: a outbound 127.0.0.11:5140"):
-        check_listeners(old, parse_snapshot(json.dumps(moved).encode(), str(tmp_path)))
-    with pytest.raises(SnapshotError, match="admin"):
-        check_listeners(old, snap(tmp_path, admin="127.0.0.11:4192"))
+    change = plan(wanted(old), wanted(parse_snapshot(json.dumps(moved).encode(), str(tmp_path))))
+    assert str(change) == "added: a outbound 127.0.0.11:5140; removed: a outbound 127.0.0.11:4140"
+    assert str(plan(wanted(old), wanted(snap(tmp_path, admin="127.0.0.11:4192")))) == (
+        "added: admin 127.0.0.11:4192; removed: admin 127.0.0.11:4191")
+    # No local service left: no inbound port either.
+    assert str(plan(wanted(old), wanted(snap(tmp_path, local_services=[])))) == (
+        "removed: inbound 127.0.0.11:4143, a outbound 127.0.0.11:4140")
+    # The one change a running proxy cannot make: a TLS port turning into a plain one on the same address.
+    swapped = doc(version=5, inbound="127.0.0.11:4140")
+    swapped["local_services"][0]["outbound"] = "127.0.0.11:4143"
+    with pytest.raises(SnapshotError, match="127.0.0.11:4140 changes from a outbound to inbound; that needs a proxy restart"):
+        plan(wanted(old), wanted(parse_snapshot(json.dumps(swapped).encode(), str(tmp_path))))
 
 
 class FakeTarget:
@@ -142,7 +151,7 @@ def test_handle_accepts_persists_and_acks(tmp_path: Path) -> None:
     (b"{not json", "8", 8, "not valid JSON"),
     (json.dumps(doc(version=8, weight=1)).encode(), "8", 8, "unknown field `weight`"),
     (json.dumps(doc(version=8, host="host2")).encode(), "8", 8, "snapshot is for host 'host2'"),
-    (json.dumps(doc(version=8, inbound="127.0.0.11:5143")).encode(), "8", 8, "listener addresses changed"),
+    (json.dumps(doc(version=8, inbound="127.0.0.11:70000")).encode(), "8", 8, "port out of range"),
 ])
 def test_handle_rejects_with_the_reason_and_changes_nothing(tmp_path: Path, body: bytes, header: str, version: int,
                                                             why: str) -> None:
@@ -161,6 +170,39 @@ def test_handle_rejects_what_the_target_cannot_apply(tmp_path: Path) -> None:
     link = link_for(tmp_path, t)
     assert not link.handle(json.dumps(doc(version=9)).encode(), "9")
     assert "cannot load certs/a.pem" in link._pending[-1].reason and not (tmp_path / "snapshot.json").exists()
+
+
+def test_a_local_reject_is_held_and_retried_until_it_goes_in(tmp_path: Path) -> None:
+    """A file it names cannot be read: rejected (acked once), held, tried with backoff; accepted once it loads."""
+    t = FakeTarget(snap(tmp_path), fail="No such file: certs/ca.pem")
+    link = link_for(tmp_path, t)
+    assert not link.handle(json.dumps(doc(version=9)).encode(), "9")
+    assert link._pending[-1].accepted is False and "retrying" in link._pending[-1].reason
+    p = link.pending
+    assert p is not None and p.decoded.version == 9 and link.ready_detail()["pending_retry"]["version"] == 9
+    backoffs = []
+    for _ in range(7):
+        assert asyncio.run(link.retry_pending()) is None
+        backoffs.append(p.backoff)
+    assert backoffs == [2, 4, 8, 16, RETRY_MAX_S, RETRY_MAX_S, RETRY_MAX_S] and len(link._pending) == 1  # one ack
+    t.fail = ""
+    assert asyncio.run(link.retry_pending()) is not None
+    assert t.snap.version == 9 and link.pending is None and link.ready_detail()["pending_retry"] is None
+    assert msgspec.to_builtins(link._pending[-1]) == {"version": 9, "accepted": True, "reason": ""}
+    assert json.loads((tmp_path / "snapshot.json").read_text())["version"] == 9
+
+
+def test_a_newer_snapshot_replaces_the_one_held_and_content_rejects_are_not_held(tmp_path: Path) -> None:
+    t = FakeTarget(snap(tmp_path), fail="cannot load certificate certs/a.pem")
+    link = link_for(tmp_path, t)
+    assert not link.handle(json.dumps(doc(version=9)).encode(), "9")
+    assert link.pending is not None and link.pending.decoded.version == 9
+    assert not link.handle(json.dumps(doc(version=10, host="host2")).encode(), "10")
+    assert link.pending is None  # not for this host: no retry makes it usable, and 9 is out of date
+    assert not link.handle(json.dumps(doc(version=11)).encode(), "11")
+    t.fail = ""
+    assert link.handle(json.dumps(doc(version=12)).encode(), "12")  # the control plane moved on: 12 replaces 11
+    assert link.pending is None and t.snap.version == 12
 
 
 def test_an_unreadable_version_is_not_acked_but_backs_off(tmp_path: Path) -> None:
@@ -291,11 +333,16 @@ def test_a_delta_whose_result_fails_the_checks_is_rejected_like_a_full_one(tmp_p
     link = link_for(tmp_path, t)
     d7 = doc(version=7)
     assert link.handle(json.dumps(d7).encode(), "7")
-    moved = doc(version=8, inbound="127.0.0.11:5143")
-    body, h8 = delta_from(d7, moved)
+    from glassmesh.api.wire import make_delta
+    from glassmesh.model.snapshot import decode_snapshot, snapshot_digest
+
+    bad = msgspec.json.decode(json.dumps(doc(version=8, inbound="127.0.0.11:70000")).encode(), type=Snapshot)
+    base = decode_snapshot(json.dumps(d7).encode())
+    h8 = snapshot_digest(bad)
+    body = msgspec.json.encode(make_delta(base, bad, snapshot_digest(base), h8))
     assert not link.handle(body, "8", KIND_DELTA, h8)
     ack = link._pending[-1]
-    assert ack.version == 8 and not ack.accepted and "listener addresses changed" in ack.reason
+    assert ack.version == 8 and not ack.accepted and "port out of range" in ack.reason
     assert link.poll_params(30)["base"] == "7"  # still the one it holds
 
 

@@ -1,0 +1,386 @@
+"""The sockets a proxy accepts on, kept in step with the snapshot in force (as nginx and Envoy do on reload).
+
+A snapshot names its listeners (`wanted`): admin, inbound (while the host
+has local services), one outbound port or unix socket per local service, one
+port per tcp link. When a new snapshot comes, the listeners it adds are bound
+*before* anything is swapped, so a port that is taken rejects the snapshot
+with the reason and changes nothing; then the table is swapped and the new
+listeners are served. A listener it removes stops accepting at once (its port
+refuses connections, its unix socket file is removed) and its open
+connections finish: an HTTP connection closes after the response in flight
+(an idle one at once), anything else (a tcp link, a WebSocket) is closed after
+DRAIN_S. A listener is keyed by what is bound (address or path); one whose
+meaning changes (another service's outbound on the same port, a tcp link to
+another destination) keeps its socket and serves the new meaning.
+
+With --workers N the supervisor binds every listener and gives each worker its
+own sockets: one SO_REUSEPORT socket per worker for a port (the kernel spreads
+connections over the workers, as before) and one shared socket for a unix path
+(unix sockets cannot be shared by SO_REUSEPORT). Workers forked later inherit
+theirs; running workers get the new ones over a unix socket (SCM_RIGHTS, see
+server.py). Binding in one place means one decision per snapshot (bound, or
+rejected with the reason, before any worker is told), and a socket outlives a
+worker that dies: connections waiting in its queue are taken by the worker
+started in its place instead of being reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from glassmesh.model.snapshot import Snapshot, SnapshotError, split_address
+
+DRAIN_S = 30.0  # how long connections of a removed listener may run on before they are closed
+_HANDSHAKE_S = 60.0  # a protocol made for a connection that never came up is forgotten after this
+
+
+class StartupError(Exception):
+    """A listener cannot be bound (or some other local reason stops the proxy from serving)."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One listener: what is bound (`key`, an address or a unix socket path) and what it is for."""
+
+    key: str
+    kind: str  # admin | inbound | outbound | tcp
+    name: str = ""  # outbound: the local service; tcp: "source -> destination"
+    mode: str = "0660"  # unix sockets only
+    group: str | None = None
+
+    @property
+    def unix(self) -> bool:
+        return self.key.startswith("/")
+
+    @property
+    def tls(self) -> bool:
+        return self.kind == "inbound"
+
+    @property
+    def role(self) -> str:
+        return {"outbound": f"{self.name} outbound", "tcp": "tcp link"}.get(self.kind, self.kind)
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.key}"
+
+
+def wanted(snap: Snapshot, admin: bool = True) -> dict[str, Spec]:
+    """Every listener `snap` asks for, by key (admin only for the process that serves it)."""
+    specs = [Spec(snap.admin, "admin")] if admin else []
+    if snap.local_services:
+        specs.append(Spec(snap.inbound, "inbound"))
+    for ls in snap.local_services:
+        if ls.outbound:
+            specs.append(Spec(ls.outbound, "outbound", ls.name))
+        if ls.outbound_socket:
+            specs.append(Spec(ls.outbound_socket, "outbound", ls.name, ls.outbound_socket_mode,
+                              ls.outbound_socket_group))
+    specs += [Spec(t.listen, "tcp", f"{t.source} -> {t.destination}") for t in snap.tcp_links]
+    return {s.key: s for s in specs}
+
+
+@dataclass
+class Plan:
+    added: list[Spec]
+    removed: list[Spec]
+    drains: list[asyncio.Task[None]] = field(default_factory=list)  # of the removed ones, once under way
+
+    def __str__(self) -> str:
+        parts = [f"added: {', '.join(map(str, self.added))}"] * bool(self.added)
+        parts += [f"removed: {', '.join(map(str, self.removed))}"] * bool(self.removed)
+        return "; ".join(parts)
+
+
+def plan(old: dict[str, Spec], new: dict[str, Spec]) -> Plan:
+    """What changes from `old` to `new`; SnapshotError for the one change a running proxy cannot make.
+
+    An address that turns from a TLS listener (inbound) into a plain one or
+    back would have to be closed and bound again, and a port cannot be
+    bound twice: that one needs a restart (it is never retried).
+    """
+    for key in sorted(old.keys() & new.keys()):
+        if old[key].tls != new[key].tls:
+            raise SnapshotError(f"{key} changes from {old[key].role} to {new[key].role}; that needs a proxy restart")
+    return Plan([new[k] for k in new if k not in old], [old[k] for k in old if k not in new])
+
+
+def set_modes(old: dict[str, Spec], new: dict[str, Spec]) -> None:
+    """Kept unix sockets whose mode or group changed get the new ones (by the process that bound them)."""
+    for key in sorted(old.keys() & new.keys()):
+        a, b = old[key], new[key]
+        if b.unix and (a.mode, a.group) != (b.mode, b.group):
+            try:
+                os.chmod(key, int(b.mode, 8))
+                if b.group is not None:
+                    os.chown(key, -1, grp.getgrnam(b.group).gr_gid)
+            except (OSError, KeyError) as e:
+                raise StartupError(f"cannot give {key} mode {b.mode}" + (f" and group {b.group}" if b.group else "")
+                                   + f": {e}") from None
+
+
+# --------------------------------------------------------------------------- binding
+
+
+def _bind_unix(spec: Spec) -> socket.socket:
+    """A unix socket whose permissions say who may call as its service."""
+    path = spec.key
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # left by an earlier run
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, int(spec.mode, 8))
+        if spec.group is not None:
+            os.chown(path, -1, grp.getgrnam(spec.group).gr_gid)
+    except (OSError, KeyError) as e:
+        sock.close()
+        raise StartupError(f"cannot listen on {path}: {e}") from None
+    return sock
+
+
+def bind_address(addr: str, reuse_port: bool) -> socket.socket:
+    """A listening TCP socket on `addr`; StartupError naming the address when it is taken."""
+    host, port = split_address(addr)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"cannot listen on {addr}: {e.strerror}") from None
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def bind(spec: Spec, copies: int = 1) -> list[socket.socket]:
+    """`copies` sockets for one listener: SO_REUSEPORT ones for a port when copies > 1, one for a unix path."""
+    if spec.unix:
+        sock = _bind_unix(spec)
+        sock.listen(4096)
+        sock.setblocking(False)
+        return [sock]
+    out: list[socket.socket] = []
+    try:
+        for _ in range(copies):
+            out.append(bind_address(spec.key, copies > 1))
+    except StartupError:
+        close_all(out)
+        raise
+    return out
+
+
+def bind_all(specs: Iterable[Spec], copies: int = 1) -> dict[str, list[socket.socket]]:
+    """Bind every listener or none: on the first failure the ones bound are closed and it raises."""
+    done: dict[str, list[socket.socket]] = {}
+    try:
+        for spec in specs:
+            done[spec.key] = bind(spec, copies)
+    except StartupError:
+        for socks in done.values():
+            close_all(socks)
+        for key in done:
+            unlink_unix(key)
+        raise
+    return done
+
+
+def close_all(socks: Iterable[socket.socket]) -> None:
+    for s in socks:
+        s.close()
+
+
+def unlink_unix(key: str) -> None:
+    if key.startswith("/"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(key).st_mode):
+                os.unlink(key)
+
+
+# --------------------------------------------------------------------------- serving
+
+
+Factory = Callable[[], Any]
+
+
+def _open(proto: Any) -> bool:
+    t = getattr(proto, "transport", None)
+    return t is not None and not t.is_closing()
+
+
+def _graceful(proto: Any) -> None:
+    """Close an HTTP client connection after the response in flight (at once when idle); others run on."""
+    from glassmesh.proxy.http import ServerConn  # the compiled connection class (import cost: none here)
+
+    t = getattr(proto, "transport", None)
+    if t is None or t.is_closing():
+        return
+    conn = t.get_protocol() if hasattr(t, "get_protocol") else proto  # the inbound handshake hands over
+    if isinstance(conn, ServerConn):
+        conn.closing = True  # its next response says `connection: close`
+        if not conn.queue:
+            conn.flush()
+
+
+class Listener:
+    """A bound socket this process serves, the meaning it has now, and the connections it accepted."""
+
+    def __init__(self, spec: Spec, sock: socket.socket, factory: Factory) -> None:
+        self.spec, self.sock, self.factory = spec, sock, factory
+        self.server: asyncio.AbstractServer | None = None
+        self.conns: list[tuple[float, Any]] = []  # (accepted at, protocol), pruned as it grows
+        self._prune_at = 64
+
+    def accept(self) -> Any:
+        proto = self.factory()
+        conns = self.conns
+        conns.append((time.monotonic(), proto))
+        if len(conns) > self._prune_at:  # amortized: a prune at each doubling
+            now = time.monotonic()
+            conns[:] = [(t, p) for t, p in conns if _open(p) or (now - t < _HANDSHAKE_S
+                                                                 and getattr(p, "transport", None) is None)]
+            self._prune_at = 2 * len(conns) + 64
+        return proto
+
+    def open_conns(self) -> list[Any]:
+        return [p for _, p in self.conns if _open(p)]
+
+
+class Listeners:
+    """The listeners one process serves; `update` moves them to a new snapshot's set.
+
+    `make(spec)` gives the protocol factory of a listener (asked again at
+    every update, so a kept listener serves its new meaning); `tls()` the
+    context of a TLS one (inbound); `owns_paths`: this process bound the unix
+    sockets and removes their files.
+    """
+
+    def __init__(self, make: Callable[[Spec], Factory], tls: Callable[[], Any], owns_paths: bool = True,
+                 handshake_timeout: Callable[[], float] = lambda: 10.0) -> None:
+        self.make = make
+        self.tls = tls
+        self.owns_paths = owns_paths
+        self.handshake_timeout = handshake_timeout
+        self.by_key: dict[str, Listener] = {}
+        self.draining: set[asyncio.Task[None]] = set()
+
+    def specs(self) -> dict[str, Spec]:
+        return {k: lst.spec for k, lst in self.by_key.items()}
+
+    def addresses(self) -> list[str]:
+        return sorted(str(lst.spec) for lst in self.by_key.values())
+
+    async def _serve(self, lst: Listener) -> None:
+        kw: dict[str, Any] = {}
+        if lst.spec.tls:
+            kw = {"ssl": self.tls(), "ssl_handshake_timeout": self.handshake_timeout()}
+        loop = asyncio.get_running_loop()
+        if lst.spec.unix:
+            lst.server = await loop.create_unix_server(lst.accept, sock=lst.sock, **kw)
+        else:
+            lst.server = await loop.create_server(lst.accept, sock=lst.sock, **kw)
+
+    async def start(self, new: dict[str, Spec], socks: dict[str, socket.socket]) -> None:
+        """Serve every listener of `new` now (the first snapshot): sockets bound, one per key."""
+        for key, spec in new.items():
+            lst = self.by_key[key] = Listener(spec, socks[key], self.make(spec))
+            await self._serve(lst)
+
+    def update(self, new: dict[str, Spec], socks: dict[str, socket.socket]) -> Plan:
+        """Move to `new`: serve the added ones (bound already, in `socks`), drain the removed ones.
+
+        Called once the snapshot is swapped in; the added ones are served by
+        a task (their sockets already listen, so a connection that comes
+        meanwhile waits in the queue).
+        """
+        p = plan(self.specs(), new)
+        p.drains = [self.retire(self.by_key.pop(spec.key)) for spec in p.removed]
+        for key, lst in self.by_key.items():  # kept: the new meaning (e.g. a tcp link's destination)
+            lst.spec = new[key]
+            lst.factory = self.make(lst.spec)
+        fresh = []
+        for spec in p.added:
+            lst = self.by_key[spec.key] = Listener(spec, socks[spec.key], self.make(spec))
+            fresh.append(lst)
+        if fresh:
+            self._spawn(self._serve_all(fresh))
+        return p
+
+    async def _serve_all(self, fresh: list[Listener]) -> None:
+        for lst in fresh:
+            if self.by_key.get(lst.spec.key) is lst:  # not removed again meanwhile
+                await self._serve(lst)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.draining.add(task)
+        task.add_done_callback(self.draining.discard)
+        return task
+
+    def _stop_accepting(self, lst: Listener) -> None:
+        if lst.server is not None:
+            lst.server.close()
+        lst.sock.close()
+        if self.owns_paths:
+            unlink_unix(lst.spec.key)
+
+    def retire(self, lst: Listener, drain_s: float = DRAIN_S) -> asyncio.Task[None]:
+        """Stop accepting on `lst` now; its connections finish (HTTP ones close when idle), up to drain_s."""
+        self._stop_accepting(lst)
+        return self._spawn(self._drain(lst, drain_s))
+
+    async def _drain(self, lst: Listener, drain_s: float) -> None:
+        deadline = time.monotonic() + drain_s
+        conns = lst.open_conns()
+        for p in conns:
+            _graceful(p)
+        while time.monotonic() < deadline:
+            conns = [p for p in conns if _open(p)]
+            if not conns:
+                return
+            await asyncio.sleep(0.2)
+        from glassmesh.proxy.runtime import log
+
+        conns = [p for p in conns if _open(p)]
+        if conns:
+            log(f"closing {len(conns)} connection{'s' * (len(conns) != 1)} of removed listener {lst.spec} "
+                f"after {drain_s:.0f}s")
+        for p in conns:
+            p.transport.close()
+
+    def forget(self) -> None:
+        """In a process just forked: close its copies of these sockets (the parent serves them).
+
+        The event loop's own duplicate of each (uvloop dups a socket it
+        serves) is closed too: a copy left open would keep a port listening
+        after the parent closed it.
+        """
+        for lst in self.by_key.values():
+            fds = {lst.sock.detach()}
+            if lst.server is not None:
+                fds.update(s.fileno() for s in lst.server.sockets)
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def close(self) -> None:
+        """Stop accepting on every listener (the proxy stops); connections are the caller's to close."""
+        for lst in self.by_key.values():
+            self._stop_accepting(lst)
+        self.by_key.clear()
+        for t in list(self.draining):
+            t.cancel()
