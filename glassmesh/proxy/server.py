@@ -37,6 +37,7 @@ from glassmesh.proxy.runtime import AccessLog, Runtime, log
 from glassmesh.proxy.sides import OutboundSide
 from glassmesh.proxy.tcp import TcpLinkClient
 from glassmesh.proxy.tls import listener_context
+from glassmesh.stopping import StopDeadline, on_stop_signals
 
 if TYPE_CHECKING:  # the control-plane watch (aiohttp) is only imported by proxies started with --control
     from glassmesh.proxy.watch import ControlLink
@@ -235,8 +236,7 @@ async def _serve_single(config_path: str, snap: Snapshot, keylog: str | None, ac
     if attach is not None:
         await attach.start(w)
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    on_stop_signals(loop, stop.set, StopDeadline("worker" if admin_unix else "proxy", log))
     loop.add_signal_handler(signal.SIGHUP, w.reload)
     await stop.wait()
     if attach is not None:
@@ -343,8 +343,7 @@ async def _supervise(config_path: str, snap: Snapshot, workers: int, keylog: str
     admin = await loop.create_server(lambda: AdminProtocol(routes), sock=admin_sock)
     log(f"host {snap.host}: {workers} workers on " + ", ".join(_listen_set(snap)) + f"; admin {snap.admin}")
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    on_stop_signals(loop, stop.set, StopDeadline("supervisor", log))
     loop.add_signal_handler(signal.SIGHUP, reload)
     if attach is not None:
         await attach.start(_SupervisorTarget(current, reload))

@@ -87,12 +87,14 @@ from glassmesh.proxy.enroll import ProxyIdentity
 from glassmesh.proxy.health import HealthReporter
 from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.runtime import log
+from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
 
 POLL_WAIT_S = 30.0  # how long the control plane may hold a long-poll open
 CALL_TIMEOUT_S = 5.0  # connect timeout, and total timeout of acks and reports
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0  # a control plane coming back is seen within this
 MAX_PENDING_ACKS = 16
+STOP_TASKS_S = 5.0  # on stop, how long the watch, checks and renewals get to end once cancelled
 
 
 class ControlError(Exception):
@@ -306,12 +308,8 @@ class ControlLink:
         if self._acking is not None:
             self._tasks.append(self._acking)
             self._acking = None
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks, timeout=STOP_TASKS_S, log=log)
         await self.close()
 
     async def close(self) -> None:
@@ -426,11 +424,7 @@ class ControlLink:
         try:
             await asyncio.wait({call, moved}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (call, moved):
-                if not t.done():
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
+            await cancel_and_wait(call, moved)  # a stop of this task while it waits here is not lost
         if not call.done() or call.cancelled():
             raise _Moved(url)
         try:
@@ -780,8 +774,7 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, main.cancel)
+        on_stop_signals(loop, main.cancel, StopDeadline("proxy", log))
         try:
             snap = await link.first_snapshot()
         except asyncio.CancelledError:
