@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -35,6 +34,7 @@ from glassmesh.control.metrics import HoldCounter
 from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
+from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
 
 log = logging.getLogger("glassmesh.control")
 HEARTBEAT_S = 5.0
@@ -102,11 +102,7 @@ async def end_long_polls(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stop.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+        await cancel_and_wait(stop, work)  # this handler's own cancellation (client gone) is not swallowed
     if work.cancelled():
         return _shutting_down()
     return work.result()
@@ -144,11 +140,9 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
         plane.start()
         beat = asyncio.create_task(_heartbeat(store, replica_id, listen, identity, beat_now))
         yield
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
+        await cancel_and_wait(beat)
         await plane.stop()
-        with contextlib.suppress(StoreError, asyncio.CancelledError):
+        with contextlib.suppress(StoreError):
             await store.delete_record("replica", replica_id)
         await store.close()
 
@@ -230,9 +224,7 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
         await _serve_proxy_listener(runner, identity, proxy_listen, proxy_listen_explicit, tls_dir)
         app[BEAT_NOW].set()  # announce the proxy listener's URL now, for `host add` on other replicas
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signals(asyncio.get_running_loop(), stop.set, StopDeadline("control plane", log.warning))
     try:
         await stop.wait()
     finally:
