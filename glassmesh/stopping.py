@@ -139,10 +139,23 @@ def _main_thread_at() -> str:
     return " <- ".join(f"{_short_path(s.filename)}:{s.lineno} in {s.name}" for s in reversed(stack))
 
 
-def on_stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], object], deadline: StopDeadline) -> None:
-    """SIGTERM and SIGINT call `stop` and arm `deadline` (the first one does; later ones only call `stop`)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        def handler(sig: signal.Signals = sig) -> None:
-            deadline.arm(loop, sig.name)
-            stop()
-        loop.add_signal_handler(sig, handler)
+def on_stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], object],
+                    deadline: StopDeadline) -> Callable[[], None]:
+    """SIGTERM and SIGINT arm `deadline` and call `stop` on the loop; returns a function that undoes this.
+
+    A Python-level handler (signal.signal), not loop.add_signal_handler: it
+    runs even while the loop's thread is stuck in a system call (a write to
+    a full pipe), so the deadline is armed when the loop cannot answer.
+    """
+    def handler(signum: int, frame: object) -> None:
+        deadline.arm(loop, signal.Signals(signum).name)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+            loop.call_soon_threadsafe(stop)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def undo() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return undo

@@ -45,7 +45,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -774,14 +773,13 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
-        on_stop_signals(loop, main.cancel, StopDeadline("proxy", log))
+        undo = on_stop_signals(loop, main.cancel, StopDeadline("proxy", log))
         try:
             snap = await link.first_snapshot()
         except asyncio.CancelledError:
             log("stopped while waiting for the first snapshot")
             return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        undo()
     path = lkg.lkg_path(data_dir)
     try:
         if workers <= 1:
