@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import random
+import signal
 import sys
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -339,8 +340,11 @@ async def _main(args: argparse.Namespace) -> None:
         tcp = TcpApp(args.mode, args.banner.encode())
         server = await asyncio.start_server(tcp.serve, host, int(port), reuse_address=True)
     print(f"listening {args.kind} on {args.listen}", flush=True)
+    stop = asyncio.Event()  # SIGTERM ends the app with status 0, as a well-behaved service stops
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with server:
-        await server.serve_forever()
+        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
