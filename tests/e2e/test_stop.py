@@ -1,0 +1,99 @@
+"""Stopping: a proxy exits 0 soon after SIGTERM in every state, and within a deadline even when it cannot.
+
+- SIGTERM while a controlled proxy waits for its first snapshot from a
+  control plane that has just stopped (connection refused), at moments
+  spread over its retry backoff: it says so and exits 0.
+- The demo's case: the control plane and the proxies are SIGTERMed together
+  (the proxies' long-polls end with the control plane), over and again with
+  the proxy's signal a little earlier or later: every proxy exits 0.
+- A proxy whose event loop is stuck (its access log is a pipe nobody reads)
+  still exits once the stop deadline (GLASSMESH_STOP_DEADLINE_S) has passed,
+  with status 1 and a log line naming where it was stuck.
+
+Teardown (harness.Proc) also fails any test here whose processes do not exit
+0 within a few seconds of SIGTERM or log a traceback.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import time
+
+from tests.e2e.harness import PROXY_CMD, Mesh, dead_address, get
+from tests.e2e.test_control_watch import Topo, wait_for
+
+F_SETPIPE_SZ = 1031  # linux/fcntl.h
+
+
+def test_sigterm_while_waiting_for_the_first_snapshot_exits_0(mesh: Mesh) -> None:
+    gone = f"http://{dead_address()}"  # nothing listens there: a control plane that has just stopped
+    for i, after in enumerate((0.3, 0.9, 1.6, 2.7)):  # backoff 0.2 s doubling: before, in and after retries
+        data = mesh.root / f"h{i}"
+        p = mesh.spawn(f"proxy waiting {i}", [*PROXY_CMD, "--control", gone, "--host", "host2", "--data", str(data)])
+        wait_for(lambda p=p: "waiting for the first snapshot" in p.log_text(), 15, "the proxy says it waits")
+        time.sleep(after)
+        t0 = time.monotonic()
+        code = p.stop()
+        took = time.monotonic() - t0
+        assert code == 0 and took < 3.0, f"SIGTERM {after} s in: status {code} after {took:.1f} s\n{p.log_text()}"
+        assert "stopped while waiting for the first snapshot" in p.log_text()
+
+
+def test_control_plane_and_proxies_sigtermed_together_all_exit_0(mesh: Mesh) -> None:
+    topo = Topo(mesh)
+    topo.up()
+    proxies = [h.proxy for h in topo.hosts()]
+    cp = topo.cp.proc
+    assert cp is not None and all(p is not None for p in proxies)
+    # As the demo's runner stops everything: one SIGTERM each, the control plane's among them.
+    for p in [*proxies, cp]:
+        os.kill(p.pid, signal.SIGTERM)  # type: ignore[union-attr]
+    t0 = time.monotonic()
+    for p in [*proxies, cp]:
+        assert p is not None
+        try:
+            code = p.popen.wait(max(0.1, t0 + 5.0 - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0, f"{p.name}: status {code} {time.monotonic() - t0:.1f} s after SIGTERM\n{p.log_text()}"
+
+
+def test_a_proxy_stuck_in_a_write_exits_at_the_stop_deadline(mesh: Mesh) -> None:
+    h1 = mesh.add_host("host1")
+    h2 = mesh.add_host("host2")
+    h1.client("a")
+    h2.http_app("b")
+    mesh.start()
+    pipe = mesh.root / "access.pipe"
+    os.mkfifo(pipe, 0o600)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # open, never read: the pipe fills up
+    try:
+        fcntl.fcntl(reader, F_SETPIPE_SZ, 4096)
+        h1.proxy_args = ["--access-log", str(pipe)]
+        path = h1.write_snapshot()
+        assert h1.proxy is not None
+        h1.proxy.stop()
+        h1.proxy = p = mesh.spawn("proxy host1 stuck", [*PROXY_CMD, "--config", str(path), "--access-log", str(pipe)],
+                                  env={"GLASSMESH_STOP_DEADLINE_S": "2"})
+        p.expect_exit()  # it is meant to be forced out, with status 1
+        mesh.wait_ready(h1)
+        for _ in range(200):  # each request adds a line; once 4 KiB wait in the pipe the write blocks
+            try:
+                get(h1.outbound("a"), "/", headers={"Host": "b"}, timeout=0.5)
+            except OSError:
+                break  # the proxy no longer answers: its loop is stuck in the write
+        t0 = time.monotonic()
+        os.kill(p.pid, signal.SIGTERM)
+        p.popen.wait(10)
+        took = time.monotonic() - t0
+        log = p.log_text()
+        assert p.popen.returncode == 1, log
+        assert 1.5 < took < 5.0, f"exited {took:.1f} s after SIGTERM\n{log}"
+        line = next((x for x in log.splitlines() if "still stopping" in x), "")
+        assert "still stopping 2 s after SIGTERM" in line and "exiting now (status 1)" in line, log
+        assert "event loop, which does not answer" in line and "glassmesh/proxy/runtime.py" in line, line
+    finally:
+        os.close(reader)
