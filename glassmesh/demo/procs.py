@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import http.client
 import json
 import os
@@ -47,13 +48,20 @@ def control_argv(data_dir: str, listen: str, *extra: str) -> list[str]:
     return glassmesh_argv("control", "--data", data_dir, "--listen", listen, *extra)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (Linux), so no orphans."""
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux), so no orphans.
+
+    SIGTERM, not SIGKILL: a proxy then stops as on any SIGTERM (within its
+    stop deadline, see glassmesh.stopping). A parent that died between the
+    fork and the prctl sent nothing: the child ends itself then.
+    """
     with contextlib.suppress(Exception):
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 @dataclass
@@ -107,7 +115,8 @@ class ProcessGroup:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
+                preexec_fn=(functools.partial(_die_with_parent, os.getpid())
+                            if die_with_parent and sys.platform == "linux" else None),
             )
         child = Child(name, list(argv), log, proc)
         self.children.append(child)

@@ -9,6 +9,9 @@
 - A proxy whose event loop is stuck (its access log is a pipe nobody reads)
   still exits once the stop deadline (GLASSMESH_STOP_DEADLINE_S) has passed,
   with status 1 and a log line naming where it was stuck.
+- `glassmesh demo` SIGKILLed a few seconds in: every child exits within
+  seconds (they get SIGTERM when it dies) and its ports are free again;
+  Ctrl-C: it stops every process, none logs a traceback.
 
 Teardown (harness.Proc) also fails any test here whose processes do not exit
 0 within a few seconds of SIGTERM or log a traceback.
@@ -16,16 +19,24 @@ Teardown (harness.Proc) also fails any test here whose processes do not exit
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from tests.e2e.harness import PROXY_CMD, Mesh, dead_address, get
+import pytest
+
+from tests.e2e.harness import PROXY_CMD, Mesh, _children, dead_address, get
 from tests.e2e.test_control_watch import Topo, wait_for
 
 F_SETPIPE_SZ = 1031  # linux/fcntl.h
+CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
 
 
 def test_sigterm_while_waiting_for_the_first_snapshot_exits_0(mesh: Mesh) -> None:
@@ -97,3 +108,93 @@ def test_a_proxy_stuck_in_a_write_exits_at_the_stop_deadline(mesh: Mesh) -> None
         assert "event loop, which does not answer" in line and "glassmesh/proxy/runtime.py" in line, line
     finally:
         os.close(reader)
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+DEMO_PORTS = [("127.0.0.1", 4200), ("127.0.0.11", 4143), ("127.0.0.12", 4143), ("127.0.0.13", 4143),
+              ("127.0.0.11", 4191), ("127.0.0.12", 4191), ("127.0.0.13", 4191)]
+
+
+def _bindable(ip: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((ip, port))
+            return True
+        except OSError:
+            return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class _Demo:
+    """`glassmesh demo` (until Ctrl-C) as a user runs it, its output in a file."""
+
+    def __init__(self, root: Path) -> None:
+        self.state, self.out = root / "state", root / "demo.out"
+        with open(self.out, "wb") as out:
+            self.popen = subprocess.Popen([*CLI, "demo", "--state-dir", str(self.state)], stdout=out,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+
+    def text(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def logs(self) -> dict[str, str]:
+        return {p.name: p.read_text(errors="replace") for p in sorted((self.state / "logs").glob("*.log"))}
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[_Demo]:
+    busy = [f"{ip}:{port}" for ip, port in DEMO_PORTS if not _bindable(ip, port)]
+    if busy:
+        pytest.skip(f"the demo's addresses are in use ({', '.join(busy)}): another demo runs")
+    d = _Demo(tmp_path)
+    try:
+        yield d
+    finally:
+        kids = _children(d.popen.pid)
+        d.kill()
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_demo_sigkilled_while_starting_takes_every_child_with_it(demo: _Demo) -> None:
+    # The issue's case: interrupted a few seconds in, the control plane up, the proxies just started.
+    wait_for(lambda: "starting 3 proxies" in demo.text(), 60, "the demo starts its proxies")
+    time.sleep(1.0)
+    kids = _children(demo.popen.pid)
+    assert len(kids) >= 7, demo.text()  # control plane, apps, proxies
+    demo.kill()  # SIGKILL: no chance to stop anything itself
+    try:
+        wait_for(lambda: not any(_pid_alive(p) for p in kids), 12, "every child of the killed demo exits")
+    except AssertionError:
+        raise AssertionError(f"still running: {[p for p in kids if _pid_alive(p)]}\n{demo.logs()}") from None
+    assert all(_bindable(ip, port) for ip, port in DEMO_PORTS), "a port of the demo is still held"
+    for name, text in demo.logs().items():
+        assert "Traceback" not in text and "still stopping" not in text, f"{name}:\n{text}"
+
+
+def test_demo_ctrl_c_stops_every_process_cleanly(demo: _Demo) -> None:
+    wait_for(lambda: "all ready" in demo.text(), 90, "the demo is ready")
+    kids = _children(demo.popen.pid)
+    os.kill(demo.popen.pid, signal.SIGINT)  # Ctrl-C
+    assert demo.popen.wait(20) == 0, demo.text()
+    assert not any(_pid_alive(p) for p in kids)
+    assert "stopping every process" in demo.text() and " processes" in demo.text().split("stopping every")[-1]
+    for name, text in demo.logs().items():
+        assert "Traceback" not in text and "still stopping" not in text, f"{name}:\n{text}"
