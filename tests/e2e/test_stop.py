@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -175,7 +176,9 @@ def demo(tmp_path: Path) -> Iterator[_Demo]:
 
 def test_demo_sigkilled_while_starting_takes_every_child_with_it(demo: _Demo) -> None:
     # The case: interrupted a few seconds in, the control plane up, the proxies just started.
-    wait_for(lambda: "starting 3 proxies" in demo.text(), 60, "the demo starts its proxies")
+    wait_for(lambda: "starting 3 proxies" in demo.text() or demo.popen.poll() is not None, 60,
+             "the demo starts its proxies")
+    assert demo.popen.poll() is None, demo.text()
     time.sleep(1.0)
     kids = _children(demo.popen.pid)
     assert len(kids) >= 7, demo.text()  # control plane, apps, proxies
@@ -190,11 +193,16 @@ def test_demo_sigkilled_while_starting_takes_every_child_with_it(demo: _Demo) ->
 
 
 def test_demo_ctrl_c_stops_every_process_cleanly(demo: _Demo) -> None:
-    wait_for(lambda: "all ready" in demo.text(), 90, "the demo is ready")
+    try:
+        wait_for(lambda: "all ready" in demo.text() or demo.popen.poll() is not None, 90, "the demo is ready")
+    except AssertionError:
+        raise AssertionError(f"the demo is not ready after 90 s:\n{demo.text()}") from None
+    assert "all ready" in demo.text(), demo.text()
     kids = _children(demo.popen.pid)
+    time.sleep(2.0)  # some traffic
     os.kill(demo.popen.pid, signal.SIGINT)  # Ctrl-C
-    assert demo.popen.wait(20) == 0, demo.text()
-    assert not any(_pid_alive(p) for p in kids)
-    assert "stopping every process" in demo.text() and " processes" in demo.text().split("stopping every")[-1]
+    demo.popen.wait(30)  # its status says whether the run was clean (B bounced...): not judged here
+    assert not any(_pid_alive(p) for p in kids), demo.text()
+    assert re.search(r"stopped \d+ processes", demo.text()), demo.text()
     for name, text in demo.logs().items():
         assert "Traceback" not in text and "still stopping" not in text, f"{name}:\n{text}"
