@@ -141,10 +141,17 @@ class _Demo:
 
     def __init__(self, root: Path) -> None:
         self.state, self.out = root / "state", root / "demo.out"
+        self.seen: set[int] = set()
         with open(self.out, "wb") as out:
             self.popen = subprocess.Popen([*CLI, "demo", "--state-dir", str(self.state)], stdout=out,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                           env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+
+    def children(self) -> list[int]:
+        """Its child processes now (remembered, so that the fixture ends any left behind, by PID)."""
+        kids = _children(self.popen.pid)
+        self.seen.update(kids)
+        return kids
 
     def text(self) -> str:
         return self.out.read_text(errors="replace")
@@ -167,11 +174,13 @@ def demo(tmp_path: Path) -> Iterator[_Demo]:
     try:
         yield d
     finally:
-        kids = _children(d.popen.pid)
+        d.children()
         d.kill()
-        for pid in kids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        for pid in d.seen:  # still ours: its command line names the demo's state dir or module
+            with contextlib.suppress(OSError):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if str(d.state).encode() in cmd or b"glassmesh.demo" in cmd:
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_demo_sigkilled_while_starting_takes_every_child_with_it(demo: _Demo) -> None:
@@ -180,7 +189,7 @@ def test_demo_sigkilled_while_starting_takes_every_child_with_it(demo: _Demo) ->
              "the demo starts its proxies")
     assert demo.popen.poll() is None, demo.text()
     time.sleep(1.0)
-    kids = _children(demo.popen.pid)
+    kids = demo.children()
     assert len(kids) >= 7, demo.text()  # control plane, apps, proxies
     demo.kill()  # SIGKILL: no chance to stop anything itself
     try:
@@ -198,7 +207,7 @@ def test_demo_ctrl_c_stops_every_process_cleanly(demo: _Demo) -> None:
     except AssertionError:
         raise AssertionError(f"the demo is not ready after 90 s:\n{demo.text()}") from None
     assert "all ready" in demo.text(), demo.text()
-    kids = _children(demo.popen.pid)
+    kids = demo.children()
     time.sleep(2.0)  # some traffic
     os.kill(demo.popen.pid, signal.SIGINT)  # Ctrl-C
     demo.popen.wait(30)  # its status says whether the run was clean (B bounced...): not judged here
