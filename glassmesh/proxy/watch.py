@@ -85,7 +85,7 @@ from glassmesh.proxy import lkg
 from glassmesh.proxy.enroll import ProxyIdentity
 from glassmesh.proxy.health import HealthReporter
 from glassmesh.proxy.routing import compile_table
-from glassmesh.proxy.runtime import log
+from glassmesh.proxy.runtime import AccessLog, log
 from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
 
 POLL_WAIT_S = 30.0  # how long the control plane may hold a long-poll open
@@ -783,7 +783,7 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
     path = lkg.lkg_path(data_dir)
     try:
         if workers <= 1:
-            access = open(access_log, "a", buffering=1) if access_log else None  # noqa: SIM115
+            access = AccessLog(access_log) if access_log else None
             await _serve_single(path, snap, keylog, access, snap.admin, None, False, bind_unix_sockets(snap),
                                 attach=link)
         else:
