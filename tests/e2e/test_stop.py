@@ -24,7 +24,6 @@ import fcntl
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import pytest
 
 from tests.e2e.harness import PROXY_CMD, Mesh, _children, dead_address, get
 from tests.e2e.test_control_watch import Topo, wait_for
+from tests.e2e.test_demo import _bindable
 
 F_SETPIPE_SZ = 1031  # linux/fcntl.h
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
@@ -116,16 +116,6 @@ def test_a_proxy_stuck_in_a_write_exits_at_the_stop_deadline(mesh: Mesh) -> None
 
 DEMO_PORTS = [("127.0.0.1", 4200), ("127.0.0.11", 4143), ("127.0.0.12", 4143), ("127.0.0.13", 4143),
               ("127.0.0.11", 4191), ("127.0.0.12", 4191), ("127.0.0.13", 4191)]
-
-
-def _bindable(ip: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((ip, port))
-            return True
-        except OSError:
-            return False
 
 
 def _pid_alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from glassmesh.proxy import watch
@@ -56,22 +57,26 @@ class _Target:
         self.snap = snap
 
 
+async def _lost_turns(start: Callable[[], Awaitable[object]], after: Callable[[], Awaitable[None]] | None = None
+                      ) -> list[int]:
+    """The loop turns (0..TURNS-1) at which a cancellation of `start()`'s task did not end it within 3 s."""
+    lost = []
+    for turns in range(TURNS):
+        task = asyncio.ensure_future(start())
+        await _cancel_after(task, turns)
+        done, _ = await asyncio.wait({task}, timeout=3.0)
+        if not done:
+            lost.append(turns)
+            await cancel_and_wait(task, timeout=3.0)
+        if after is not None:
+            await after()
+    return lost
+
+
 def test_every_cancellation_of_the_first_snapshot_wait_ends_it(tmp_path: Path) -> None:
     url = _refusing_url()
-
-    async def run() -> list[int]:
-        lost = []
-        for turns in range(TURNS):
-            link = watch.ControlLink(url, "host2", str(tmp_path))
-            task = asyncio.ensure_future(link.first_snapshot())
-            await _cancel_after(task, turns)
-            done, _ = await asyncio.wait({task}, timeout=3.0)
-            if not done:
-                lost.append(turns)
-                await cancel_and_wait(task, timeout=3.0)
-        return lost
-
-    assert asyncio.run(run()) == [], "cancellations swallowed at these loop turns (the watch polled on)"
+    lost = asyncio.run(_lost_turns(lambda: watch.ControlLink(url, "host2", str(tmp_path)).first_snapshot()))
+    assert lost == [], "cancellations swallowed at these loop turns (the watch polled on)"
 
 
 def test_every_cancellation_of_the_running_watch_ends_it(tmp_path: Path) -> None:
@@ -79,19 +84,16 @@ def test_every_cancellation_of_the_running_watch_ends_it(tmp_path: Path) -> None
 
     url = _refusing_url()
     snap = Snapshot(version=1, host="host2", trust_domain="t", trust_bundle="ca.pem")
+    links: list[watch.ControlLink] = []
 
-    async def run() -> list[int]:
-        lost = []
-        for turns in range(TURNS):
-            link = watch.ControlLink(url, "host2", str(tmp_path))
-            link._target = _Target(snap)  # type: ignore[assignment]
-            task = asyncio.ensure_future(link._watch())
-            await _cancel_after(task, turns)
-            done, _ = await asyncio.wait({task}, timeout=3.0)
-            if not done:
-                lost.append(turns)
-                await cancel_and_wait(task, timeout=3.0)
-            await link.close()
-        return lost
+    def start() -> Awaitable[None]:
+        link = watch.ControlLink(url, "host2", str(tmp_path))
+        link._target = _Target(snap)  # type: ignore[assignment]
+        links.append(link)
+        return link._watch()
 
-    assert asyncio.run(run()) == [], "cancellations swallowed at these loop turns (the watch polled on)"
+    async def close() -> None:
+        await links[-1].close()
+
+    lost = asyncio.run(_lost_turns(start, close))
+    assert lost == [], "cancellations swallowed at these loop turns (the watch polled on)"
