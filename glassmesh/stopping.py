@@ -65,11 +65,25 @@ async def cancel_and_wait(*tasks: asyncio.Future[object] | None, timeout: float 
 
 
 def _where(task: asyncio.Task[object]) -> str:
-    frames = task.get_stack()
-    if not frames:
+    """Where a suspended task waits: the innermost glassmesh frame of its await chain, and the way there."""
+    chain = []
+    c: object = task.get_coro()
+    while c is not None:
+        frame = getattr(c, "cr_frame", None) or getattr(c, "gi_frame", None)
+        if frame is None:
+            break
+        chain.append(frame)
+        c = getattr(c, "cr_await", None) or getattr(c, "gi_yieldfrom", None)
+    ours = [f for f in chain if "glassmesh/" in f.f_code.co_filename] or chain[-1:]
+    if not ours:
         return ""
-    f = frames[-1]
-    return f" at {_short_path(f.f_code.co_filename)}:{f.f_lineno} in {f.f_code.co_name}"
+    f = ours[-1]
+    via = " < ".join(x.f_code.co_name for x in reversed(ours[:-1]))
+    inner = chain[-1]
+    deeper = f", in {_short_path(inner.f_code.co_filename)}:{inner.f_lineno} {inner.f_code.co_name}" \
+        if inner is not f else ""
+    return (f" at {_short_path(f.f_code.co_filename)}:{f.f_lineno} in {f.f_code.co_name}" + (f" < {via}" if via else "")
+            + deeper + (f", awaiting {type(c).__name__}" if c is not None else ""))
 
 
 def _short_path(path: str) -> str:

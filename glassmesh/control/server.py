@@ -38,6 +38,10 @@ from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
 
 log = logging.getLogger("glassmesh.control")
 HEARTBEAT_S = 5.0
+# On stop, how long removing this replica's record may take. Shorter than the etcd client's request
+# timeout (2 s) on purpose: with aiohttp 3.14 an outer timeout that fires in the same loop turn as the
+# request's own is lost (aiohttp turns both into its TimeoutError), and the client retries on.
+GOODBYE_S = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CLOSING = web.AppKey("closing", asyncio.Event)  # set when the replica starts to shut down
 BEAT_NOW = web.AppKey("beat_now", asyncio.Event)  # set to announce this replica again at once
@@ -142,8 +146,11 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
         yield
         await cancel_and_wait(beat)
         await plane.stop()
-        with contextlib.suppress(StoreError):
-            await store.delete_record("replica", replica_id)
+        # A goodbye, best effort: the record expires anyway, and a store that does not answer
+        # (etcd frozen) must not hold the stop for its whole retry deadline.
+        with contextlib.suppress(StoreError, TimeoutError):
+            async with asyncio.timeout(GOODBYE_S):
+                await store.delete_record("replica", replica_id)
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -205,3 +205,34 @@ def test_demo_ctrl_c_stops_every_process_cleanly(demo: _Demo) -> None:
     assert re.search(r"stopped \d+ processes", demo.text()), demo.text()
     for name, text in demo.logs().items():
         assert "Traceback" not in text and "still stopping" not in text, f"{name}:\n{text}"
+
+
+# --------------------------------------------------------------------------- the control plane
+
+
+def test_control_plane_whose_etcd_froze_still_stops_promptly(mesh: Mesh) -> None:
+    """Its goodbye to the store (the replica record) is best effort: a frozen etcd does not hold the stop."""
+    from tests.e2e.test_control_ha import Replica
+    from tests.etcd_cluster import EtcdCluster
+
+    with EtcdCluster.started(size=1) as etcd:
+        r = Replica(mesh, "r1", etcd.url)
+        r.start()
+        assert r.proc is not None
+        wait_for(lambda: "listening on" in r.proc.log_text(), 10, "the replica listens")  # type: ignore[union-attr]
+        time.sleep(1.0)  # its heartbeat has written its replica record
+        frozen = [m.pid for m in etcd.members if m.pid is not None]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)  # etcd hangs: connections open, nothing answers
+        try:
+            t0 = time.monotonic()
+            os.kill(r.proc.pid, signal.SIGTERM)
+            try:
+                code = r.proc.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                code = None
+            took = time.monotonic() - t0
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        assert code == 0 and took < 6.0, f"status {code} {took:.1f} s after SIGTERM\n{r.proc.log_text()}"
