@@ -266,6 +266,7 @@ def _fork_worker(config_path: str, snap: Snapshot, keylog: str | None, access_pa
         reseed()
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler, until the worker's own
             access = AccessLog(access_path) if access_path else None
             uvloop.run(_serve_single(config_path, snap, keylog, access, None, sock, True, unix))
         except BaseException as e:  # noqa: BLE001 - a child must never return into the parent's code
