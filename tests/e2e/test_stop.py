@@ -9,6 +9,10 @@
 - A proxy whose event loop is stuck (its access log is a pipe nobody reads)
   still exits once the stop deadline (GLASSMESH_STOP_DEADLINE_S) has passed,
   with status 1 and a log line naming where it was stuck.
+- A `--workers 2` proxy with a worker restarted after a crash: SIGTERM to the
+  supervisor ends it and every worker, status 0.
+- A control plane whose etcd froze (SIGSTOP) still exits 0 within seconds:
+  its goodbye to the store is bounded.
 - `glassmesh demo` SIGKILLed a few seconds in: every child exits within
   seconds (they get SIGTERM when it dies) and its ports are free again;
   Ctrl-C: it stops every process, none logs a traceback.
@@ -236,3 +240,21 @@ def test_control_plane_whose_etcd_froze_still_stops_promptly(mesh: Mesh) -> None
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
         assert code == 0 and took < 6.0, f"status {code} {took:.1f} s after SIGTERM\n{r.proc.log_text()}"
+
+
+def test_supervisor_with_a_restarted_worker_stops_all_with_status_0(mesh: Mesh) -> None:
+    h1, h2 = mesh.add_host("host1"), mesh.add_host("host2")
+    h1.client("a")
+    h2.http_app("b")
+    mesh.start(workers=2)
+    sup = h1.proxy
+    assert sup is not None
+    first = _children(sup.pid)
+    os.kill(first[0], signal.SIGKILL)  # a worker dies; the supervisor starts another
+    wait_for(lambda: "restarting it" in sup.log_text() and len(_children(sup.pid)) == 2, 10, "a new worker")
+    workers = _children(sup.pid)
+    assert get(h1.outbound("a"), "/", headers={"Host": "b"}).status == 200
+    t0 = time.monotonic()
+    assert sup.stop() == 0, sup.log_text()
+    assert time.monotonic() - t0 < 5.0 and not sup.problems, sup.problems
+    assert not any(_pid_alive(p) for p in workers)
