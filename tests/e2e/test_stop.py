@@ -177,6 +177,17 @@ def demo(tmp_path: Path) -> Iterator[_Demo]:
                     os.kill(pid, signal.SIGKILL)
 
 
+def _all_gone(demo: _Demo, kids: list[int]) -> None:
+    """Every child of a killed demo exits within seconds (by its own SIGTERM), freeing the ports, cleanly."""
+    try:
+        wait_for(lambda: not any(_pid_alive(p) for p in kids), 12, "every child of the killed demo exits")
+    except AssertionError:
+        raise AssertionError(f"still running: {[p for p in kids if _pid_alive(p)]}\n{demo.logs()}") from None
+    assert all(_bindable(ip, port) for ip, port in DEMO_PORTS), "a port of the demo is still held"
+    for name, text in demo.logs().items():
+        assert "Traceback" not in text and "still stopping" not in text, f"{name}:\n{text}"
+
+
 def test_demo_sigkilled_while_starting_takes_every_child_with_it(demo: _Demo) -> None:
     # The issue's case: interrupted a few seconds in, the control plane up, the proxies just started.
     wait_for(lambda: "starting 3 proxies" in demo.text() or demo.popen.poll() is not None, 60,
@@ -186,13 +197,19 @@ def test_demo_sigkilled_while_starting_takes_every_child_with_it(demo: _Demo) ->
     kids = demo.children()
     assert len(kids) >= 7, demo.text()  # control plane, apps, proxies
     demo.kill()  # SIGKILL: no chance to stop anything itself
-    try:
-        wait_for(lambda: not any(_pid_alive(p) for p in kids), 12, "every child of the killed demo exits")
-    except AssertionError:
-        raise AssertionError(f"still running: {[p for p in kids if _pid_alive(p)]}\n{demo.logs()}") from None
-    assert all(_bindable(ip, port) for ip, port in DEMO_PORTS), "a port of the demo is still held"
-    for name, text in demo.logs().items():
-        assert "Traceback" not in text and "still stopping" not in text, f"{name}:\n{text}"
+    _all_gone(demo, kids)
+
+
+def test_demo_killed_while_stopping_every_process_leaves_none_behind(demo: _Demo) -> None:
+    # The issue's exact steps: Ctrl-C a few seconds in, then the runner killed while it stops its children.
+    wait_for(lambda: "starting 3 proxies" in demo.text() or demo.popen.poll() is not None, 60,
+             "the demo starts its proxies")
+    time.sleep(1.0)
+    kids = demo.children()
+    os.kill(demo.popen.pid, signal.SIGINT)
+    wait_for(lambda: "stopping every process" in demo.text(), 10, "the demo stops its processes")
+    demo.kill()
+    _all_gone(demo, kids)
 
 
 def test_demo_ctrl_c_stops_every_process_cleanly(demo: _Demo) -> None:
