@@ -149,8 +149,8 @@ class ProcessGroup:
             raise RuntimeError(f"{child.name} (pid {child.pid}) is still running")
         return self.start(child.name, child.argv, append=True)
 
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM every child (newest first), wait up to `grace`, then SIGKILL what is left.
+    def stop(self, grace: float = 5.0) -> list[Child]:
+        """SIGTERM every child (newest first), wait up to `grace`, then SIGKILL what is left; returns those.
 
         A child leads its own process group, so the group id reaches its workers
         too (and nothing else): leftovers get SIGTERM, then SIGKILL.
@@ -163,10 +163,10 @@ class ProcessGroup:
         for c in self.children:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 c.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for c in self.children:
-            if c.alive():
-                _signal_group(c.pid, signal.SIGKILL)
-                c.proc.wait(timeout=5)
+        forced = [c for c in self.children if c.alive()]
+        for c in forced:
+            _signal_group(c.pid, signal.SIGKILL)
+            c.proc.wait(timeout=5)
         leftovers = [c.pid for c in self.children if _signal_group(c.pid, signal.SIGTERM)]
         end = time.monotonic() + 2.0
         while leftovers and time.monotonic() < end:
@@ -174,6 +174,7 @@ class ProcessGroup:
             leftovers = [g for g in leftovers if _signal_group(g, 0)]
         for g in leftovers:
             _signal_group(g, signal.SIGKILL)
+        return forced
 
     def __enter__(self) -> ProcessGroup:
         return self
