@@ -47,6 +47,7 @@ import dns.resolver
 from glassmesh.control.discovery import EXTERNAL_HOST, SOURCE_DNS
 from glassmesh.control.layout import join
 from glassmesh.control.store import InstanceRecord, Store, StoreError
+from glassmesh.stopping import cancel_and_wait
 
 if TYPE_CHECKING:
     from glassmesh.control.config import MeshConfig
@@ -275,11 +276,7 @@ class DnsDiscovery:
         tasks = [st.task for st in self._states.values() if st.task is not None]
         if self._main is not None:
             tasks.append(self._main)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(*tasks)  # a cancellation of the caller goes through
         for st in self._states.values():
             st.task = None
         self._main = None

@@ -44,6 +44,7 @@ from glassmesh.control.dns import DnsDiscovery, Resolver
 from glassmesh.control.guard import Decision, InstanceKey, guard
 from glassmesh.control.store import RECENT_REJECTS, HostRecord, Store, StoreError
 from glassmesh.model.snapshot import DigestCache, Snapshot, snapshot_digest
+from glassmesh.stopping import cancel_and_wait
 
 log = logging.getLogger("glassmesh.control")
 DEBOUNCE_S = 0.02  # let a burst of writes (200 acks) settle into one compile
@@ -131,14 +132,7 @@ class Plane:
 
     async def stop(self) -> None:
         await self.dns.stop()
-        if self._ack_task is not None:
-            self._ack_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ack_task
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._ack_task, self._task)  # a cancellation of the caller goes through
 
     async def _run(self) -> None:
         rev = -1

@@ -22,7 +22,6 @@ import dataclasses
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import ssl
 import time
@@ -40,9 +39,14 @@ from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
 from glassmesh.files import check_private, private_dir
+from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
 
 log = logging.getLogger("glassmesh.control")
 HEARTBEAT_S = 5.0
+# On stop, how long removing this replica's record may take. Shorter than the etcd client's request
+# timeout (2 s) on purpose: with aiohttp 3.14 an outer timeout that fires in the same loop turn as the
+# request's own is lost (aiohttp turns both into its TimeoutError), and the client retries on.
+GOODBYE_S = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CLOSING = web.AppKey("closing", asyncio.Event)  # set when the replica starts to shut down
 BEAT_NOW = web.AppKey("beat_now", asyncio.Event)  # set to announce this replica again at once
@@ -152,11 +156,7 @@ async def end_long_polls(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stop.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+        await cancel_and_wait(stop, work)  # this handler's own cancellation (client gone) is not swallowed
     if work.cancelled():
         return _shutting_down()
     return work.result()
@@ -194,12 +194,13 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
         plane.start()
         beat = asyncio.create_task(_heartbeat(store, replica_id, listen, identity, beat_now))
         yield
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
+        await cancel_and_wait(beat)
         await plane.stop()
-        with contextlib.suppress(StoreError, asyncio.CancelledError):
-            await store.delete_record("replica", replica_id)
+        # A goodbye, best effort: the record expires anyway, and a store that does not answer
+        # (etcd frozen) must not hold the stop for its whole retry deadline.
+        with contextlib.suppress(StoreError, TimeoutError):
+            async with asyncio.timeout(GOODBYE_S):
+                await store.delete_record("replica", replica_id)
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -313,9 +314,7 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
         await _serve_proxy_listener(runner, identity, proxy_listen, proxy_listen_explicit, tls_dir)
         app[BEAT_NOW].set()  # announce the proxy listener's URL now, for `host add` on other replicas
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signals(asyncio.get_running_loop(), stop.set, StopDeadline("control plane", log.warning))
     try:
         await stop.wait()
     finally:

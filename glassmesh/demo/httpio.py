@@ -14,6 +14,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from glassmesh.stopping import cancel_and_wait
+
 MAX_HEAD = 64 * 1024
 
 
@@ -176,10 +178,7 @@ async def _next_head(reader: asyncio.StreamReader, drain: Drain | None, served: 
         done, _ = await asyncio.wait({read}, timeout=drain.idle_grace_s if served else drain.fresh_grace_s)
         return read.result() if done else None
     finally:
-        if not read.done():
-            read.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await read
+        await cancel_and_wait(read)  # a cancellation of this connection's task is not swallowed
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import http.client
 import json
 import os
@@ -42,13 +43,20 @@ def control_argv(data_dir: str, listen: str, *extra: str) -> list[str]:
     return glassmesh_argv("control", "--data", data_dir, "--listen", listen, *extra)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (Linux), so no orphans."""
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux), so no orphans.
+
+    SIGTERM, not SIGKILL: a proxy then stops as on any SIGTERM (within its
+    stop deadline, see glassmesh.stopping). A parent that died between the
+    fork and the prctl sent nothing: the child ends itself then.
+    """
     with contextlib.suppress(Exception):
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 @dataclass
@@ -102,7 +110,8 @@ class ProcessGroup:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
+                preexec_fn=(functools.partial(_die_with_parent, os.getpid())
+                            if die_with_parent and sys.platform == "linux" else None),
             )
         child = Child(name, list(argv), log, proc)
         self.children.append(child)
@@ -135,8 +144,8 @@ class ProcessGroup:
             raise RuntimeError(f"{child.name} (pid {child.pid}) is still running")
         return self.start(child.name, child.argv, append=True)
 
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM every child (newest first), wait up to `grace`, then SIGKILL what is left.
+    def stop(self, grace: float = 5.0) -> list[Child]:
+        """SIGTERM every child (newest first), wait up to `grace`, then SIGKILL what is left; returns those.
 
         A child leads its own process group, so the group id reaches its workers
         too (and nothing else): leftovers get SIGTERM, then SIGKILL.
@@ -149,10 +158,10 @@ class ProcessGroup:
         for c in self.children:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 c.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for c in self.children:
-            if c.alive():
-                _signal_group(c.pid, signal.SIGKILL)
-                c.proc.wait(timeout=5)
+        forced = [c for c in self.children if c.alive()]
+        for c in forced:
+            _signal_group(c.pid, signal.SIGKILL)
+            c.proc.wait(timeout=5)
         leftovers = [c.pid for c in self.children if _signal_group(c.pid, signal.SIGTERM)]
         end = time.monotonic() + 2.0
         while leftovers and time.monotonic() < end:
@@ -160,6 +169,7 @@ class ProcessGroup:
             leftovers = [g for g in leftovers if _signal_group(g, 0)]
         for g in leftovers:
             _signal_group(g, signal.SIGKILL)
+        return forced
 
     def __enter__(self) -> ProcessGroup:
         return self

@@ -288,8 +288,12 @@ class Demo:
                 self.watch.stop()
             if self.procs is not None:
                 self.console.print("stopping every process (control plane included) ...")
-                self.procs.stop()
+                forced = self.procs.stop()
                 self.console.print(f"stopped {len(self.procs.children)} processes")
+                for c in forced:  # it hung on SIGTERM: its log says what it was doing
+                    self.console.print(f"[yellow]{c.name} (pid {c.pid}) did not exit within 5 s of SIGTERM and was "
+                                       f"killed (SIGKILL); last lines of {c.log}:[/]")
+                    self.console.print(c.log_tail(5), markup=False)
             self._restore_signals(old)
             if not keep:
                 shutil.rmtree(state, ignore_errors=True)

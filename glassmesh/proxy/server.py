@@ -53,6 +53,7 @@ from glassmesh.proxy.runtime import AccessLog, Runtime, log
 from glassmesh.proxy.sides import OutboundSide
 from glassmesh.proxy.tcp import TcpLinkClient
 from glassmesh.proxy.tls import listener_context
+from glassmesh.stopping import StopDeadline, on_stop_signals
 
 if TYPE_CHECKING:  # the control-plane watch (aiohttp) is only imported by proxies started with --control
     from glassmesh.proxy.watch import ControlLink
@@ -301,8 +302,7 @@ async def _serve_single(config_path: str, snap: Snapshot, opts: Options, access_
     if attach is not None:
         await attach.start(w)
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    on_stop_signals(loop, stop.set, StopDeadline("worker" if admin_unix else "proxy", log))
     loop.add_signal_handler(signal.SIGHUP, w.reload)
     await stop.wait()
     if attach is not None:
@@ -402,6 +402,7 @@ def _fork_worker(config_path: str, snap: Snapshot, opts: Options, sock: str, hel
         reseed()
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler, until the worker's own
             admin.forget()  # the supervisor's admin port is not ours to keep open
             mine = held.in_child(i)
             access = AccessLog(opts.access_log) if opts.access_log else None
@@ -521,8 +522,7 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
     log(f"host {snap.host}: {workers} workers on " + ", ".join(sorted(map(str, held.specs.values())))
         + f"; admin {snap.admin}")
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    on_stop_signals(loop, stop.set, StopDeadline("supervisor", log))
     loop.add_signal_handler(signal.SIGHUP, reload)
     if attach is not None:
         await attach.start(_SupervisorTarget(current, apply))

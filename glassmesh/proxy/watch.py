@@ -54,7 +54,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -98,6 +97,7 @@ from glassmesh.proxy.listeners import StartupError
 from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.runtime import log
 from glassmesh.proxy.tls import TlsConfigError
+from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
 
 POLL_WAIT_S = 30.0  # how long the control plane may hold a long-poll open
 CALL_TIMEOUT_S = 5.0  # connect timeout, and total timeout of acks and reports
@@ -106,6 +106,7 @@ BACKOFF_MAX_S = 5.0  # a control plane coming back is seen within this
 MAX_PENDING_ACKS = 16
 RETRY_MIN_S = 1.0  # a snapshot rejected for a local reason is tried again after this...
 RETRY_MAX_S = 30.0  # ... doubling up to this
+STOP_TASKS_S = 5.0  # on stop, how long the watch, checks and renewals get to end once cancelled
 
 
 class ControlError(Exception):
@@ -326,12 +327,8 @@ class ControlLink:
         if self._acking is not None:
             self._tasks.append(self._acking)
             self._acking = None
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks, timeout=STOP_TASKS_S, log=log)
         await self.close()
 
     async def close(self) -> None:
@@ -450,11 +447,7 @@ class ControlLink:
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in waits:
-                if not t.done():
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
+            await cancel_and_wait(*waits)  # a stop of this task while it waits here is not lost
         if not call.done() or call.cancelled():
             if len(waits) > 2 and waits[2].done() and not waits[2].cancelled():
                 raise _RetryDue()
@@ -865,15 +858,13 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, main.cancel)
+        undo = on_stop_signals(loop, main.cancel, StopDeadline("proxy", log))
         try:
             snap = await link.first_snapshot()
         except asyncio.CancelledError:
             log("stopped while waiting for the first snapshot")
             return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        undo()
     try:
         await serve(lkg.lkg_path(data_dir), snap, Options(workers, keylog, access_log), attach=link,
                     persist=lambda s: lkg.save(data_dir, s))

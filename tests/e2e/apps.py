@@ -26,8 +26,10 @@ import functools
 import hashlib
 import json
 import random
+import signal
 import sys
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 # The download pattern repeats with a period that is not a power of two, so a
@@ -330,17 +332,32 @@ class TcpApp:
 # --------------------------------------------------------------------------- main
 
 
+def _quietly(serve: Any) -> Any:
+    """A connection handler that ends quietly when the app stops (3.11 logs a cancelled one as an error)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await serve(reader, writer)
+        except asyncio.CancelledError:
+            writer.close()
+
+    return handler
+
+
 async def _main(args: argparse.Namespace) -> None:
     host, _, port = args.listen.rpartition(":")
     if args.kind == "http":
         app = HttpApp(args.name)
-        server = await asyncio.start_server(app.serve, host, int(port), limit=MAX_HEAD, reuse_address=True)
+        server = await asyncio.start_server(_quietly(app.serve), host, int(port), limit=MAX_HEAD,
+                                            reuse_address=True)
     else:
         tcp = TcpApp(args.mode, args.banner.encode())
-        server = await asyncio.start_server(tcp.serve, host, int(port), reuse_address=True)
+        server = await asyncio.start_server(_quietly(tcp.serve), host, int(port), reuse_address=True)
     print(f"listening {args.kind} on {args.listen}", flush=True)
+    stop = asyncio.Event()  # SIGTERM ends the app with status 0, as a well-behaved service stops
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with server:
-        await server.serve_forever()
+        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

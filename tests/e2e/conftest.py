@@ -26,8 +26,10 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     try:
         yield m
     finally:
-        m.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            m.stop()  # fails the test when a process did not stop cleanly (see harness.Proc)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

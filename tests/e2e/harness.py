@@ -5,7 +5,8 @@ addresses, picked at random in 127.77.0.0/16 (one address per host), so tests
 never collide with each other or with a running demo (127.0.0.11-13). Every
 process is started in its own session and stopped by PID (with whatever
 children it has) in `Mesh.stop`, which the fixtures call even when a test
-fails.
+fails; it fails the test when a process does not exit 0 within a few seconds
+of SIGTERM or its log holds a traceback.
 
 The client side (raw HTTP, TLS clients, metrics, the relay) is in client.py;
 its names are re-exported here so tests import one module.
@@ -135,8 +136,19 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
+STOP_GRACE_S = 5.0  # teardown: a process exits within this of SIGTERM, with status 0
+TRACEBACK = "Traceback (most recent call last)"
+
+
 class Proc:
-    """A child process with its output in a log file; stopped by PID with its descendants."""
+    """A child process with its output in a log file; stopped by PID with its descendants.
+
+    `stop` judges how it ended, and `Mesh.stop` fails the test on what it
+    found: a process that needed more than STOP_GRACE_S after SIGTERM, or
+    exited with a status other than 0, or whose log holds a Python traceback.
+    A test that ends a process on purpose in another way (SIGKILL, or a
+    start that must fail) says so with `kill()` or `expect_exit()`.
+    """
 
     def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
@@ -149,9 +161,23 @@ class Proc:
             start_new_session=True, cwd=REPO, env=full_env,
         )
         self.pid = self.popen.pid
+        self.exit_judged = True  # False after kill()/expect_exit(): how it ends is the test's business
+        self.problems: list[str] = []
+        self._stopped = False
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def expect_exit(self) -> None:
+        """This process is meant to end otherwise than by a clean SIGTERM (it must fail, or is killed)."""
+        self.exit_judged = False
+
+    def kill(self) -> None:
+        """SIGKILL it by PID (on purpose: teardown does not count that against it) and reap it."""
+        self.expect_exit()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.popen.wait(10)
 
     def log_text(self, tail: int = 150) -> str:
         try:
@@ -165,22 +191,68 @@ class Proc:
     def pids(self) -> list[int]:
         return [self.pid, *_children(self.pid)] if self.alive() else []
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = STOP_GRACE_S) -> int | None:
+        """SIGTERM by PID, up to `timeout` s, then SIGKILL to it and its descendants; its exit status.
+
+        What went wrong (judged unless expect_exit/kill) goes into `problems`.
+        """
         if self.alive():
             pids = self.pids()
-            for p in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            t0 = time.monotonic()
             try:
                 self.popen.wait(timeout)
+                if self.exit_judged and self.popen.returncode != 0:
+                    self.problems.append(f"{self.name} (pid {self.pid}) exited with status {self.popen.returncode} "
+                                         f"{time.monotonic() - t0:.1f} s after SIGTERM")
             except subprocess.TimeoutExpired:
-                pass
-            for p in [self.pid, *_children(self.pid), *pids]:
+                if self.exit_judged:
+                    self.problems.append(f"{self.name} (pid {self.pid}) still running {timeout:g} s after SIGTERM "
+                                         "(SIGKILLed)")
+            left = [p for p in [*_children(self.pid), *pids] if p != self.pid and _alive(p)]
+            for p in [self.pid, *left]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
-        self._log.close()
+        elif self.exit_judged and self.popen.returncode != 0 and not self._stopped:
+            self.problems.append(f"{self.name} (pid {self.pid}) had exited with status {self.popen.returncode} "
+                                 "before it was stopped")
+        self._stopped = True  # a second stop() does not judge the same exit again
+        if not self._log.closed:
+            self._log.close()
+        return self.popen.returncode
+
+    def traceback(self) -> str | None:
+        """The first Python traceback in its log (a few lines of it), if any."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return None
+        i = text.find(TRACEBACK)
+        if i < 0:
+            return None
+        lines = text[i:].splitlines()
+        # Up to the exception's own line: the first one after the header that is not indented.
+        end = next((k for k, line in enumerate(lines[1:], 1) if line and not line.startswith(" ")), len(lines) - 1)
+        return "\n".join(lines[:min(end + 1, 40)])
+
+    def judge(self) -> list[str]:
+        """What teardown holds against it: problems at stop, and a traceback in its log."""
+        out = list(self.problems)
+        tb = self.traceback()
+        if tb is not None:
+            out.append(f"{self.name}: its log {self.log_path} holds a traceback:\n{tb}")
+        return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def wait_port(addr: str, proc: Proc | None = None, timeout: float = 10.0) -> None:
@@ -487,9 +559,17 @@ class Mesh:
         return [(p.name, p.log_text()) for p in self.procs]
 
     def stop(self) -> None:
+        """Stop everything (newest first); AssertionError naming each process that did not stop cleanly.
+
+        Clean: exit status 0 within STOP_GRACE_S of SIGTERM, and no Python
+        traceback in its log (see Proc).
+        """
         for c in self._closers:
             with contextlib.suppress(Exception):
                 c()
         for p in reversed(self.procs):
             with contextlib.suppress(Exception):
                 p.stop()
+        problems = [x for p in self.procs for x in p.judge()]
+        if problems:
+            raise AssertionError("teardown: not every process stopped cleanly:\n" + "\n".join(problems))

@@ -31,3 +31,24 @@ def test_access_log_has_a_line_per_request(mesh: Mesh) -> None:
     assert "mesh_error" not in first
     assert second["status"] == 404 and second["mesh_error"] == "unknown_service"
     assert second["destination"] == "nosuch" and second["source"] == "a" and second["request_id"]
+
+
+def test_access_log_of_a_proxy_under_the_control_plane(mesh: Mesh) -> None:
+    """`--control ... --access-log FILE` writes the same lines (it once crashed on each request instead)."""
+    from tests.e2e.test_control_watch import Topo
+
+    topo = Topo(mesh)
+    log = mesh.root / "host1-access.log"
+    topo.up(h1_args=["--access-log", str(log)])
+    with HttpConn(topo.h1.outbound) as c:
+        assert c.request("GET", "http://b/controlled", {"Host": "b"}).status == 200
+
+    def one_line() -> None:
+        lines = log.read_text().splitlines() if log.exists() else []
+        assert len(lines) == 1, lines
+
+    eventually(one_line)
+    rec = json.loads(log.read_text())
+    assert (rec["host"], rec["side"], rec["destination"], rec["path"], rec["status"]) == (
+        "host1", "outbound", "b", "/controlled", 200)
+    assert "Traceback" not in topo.h1.proxy.log_text()  # type: ignore[union-attr]

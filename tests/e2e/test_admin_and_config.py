@@ -85,6 +85,7 @@ def _run_proxy(mesh: Mesh, snap: dict[str, Any] | str, name: str) -> tuple[int |
     path = mesh.root / f"{name}.json"
     path.write_text(snap if isinstance(snap, str) else json.dumps(snap))
     p = mesh.spawn(f"proxy {name}", [*PROXY_CMD, "--config", str(path)])
+    p.expect_exit()  # a bad config: it is meant to exit with an error
     try:
         code = p.popen.wait(20)
     except subprocess.TimeoutExpired:

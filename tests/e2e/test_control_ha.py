@@ -25,8 +25,6 @@ next one at once, and `--control` refuses URLs of mixed schemes.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -117,8 +115,7 @@ class Replica:
     def kill(self) -> None:
         """SIGKILL by PID: no goodbye to etcd, its replica record expires on its own."""
         assert self.proc is not None and self.proc.alive()
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.popen.wait(10)
+        self.proc.kill()
 
     def apply(self, text: str, timeout: float = 15.0) -> dict[str, Any]:
         """Apply through this replica, retrying while its store answers 503 (an etcd election)."""

@@ -104,6 +104,8 @@ def join_args(cp: Control, doc: dict[str, Any], data: Path) -> list[str]:
 
 
 def wait_exit(proc: Proc, timeout: float = 15) -> int:
+    """Wait for a process that is meant to exit on its own (with an error: teardown does not judge it)."""
+    proc.expect_exit()
     proc.popen.wait(timeout)
     return int(proc.popen.returncode)
 

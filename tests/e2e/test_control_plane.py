@@ -87,12 +87,23 @@ class Control:
             return r.status, (json.loads(r.read()) if r.status == 200 else None)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        """SIGTERM; AssertionError unless it exits 0 within 5 s and its log holds no traceback."""
+        problem = ""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                if self.proc.wait(5) != 0:
+                    problem = f"exited with status {self.proc.returncode} after SIGTERM"
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                problem = "still running 5 s after SIGTERM (SIGKILLed)"
+        if not self.log.closed:
+            self.log.close()
+        text = Path(self.log.name).read_text(errors="replace")
+        if not problem and "Traceback" in text:
+            problem = "its log holds a traceback"
+        assert not problem, f"control plane {problem}:\n{text[-4000:]}"
 
 
 @pytest.fixture

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -105,8 +103,7 @@ class Control:
 
     def kill(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.popen.wait(10)
+        self.proc.kill()
 
     def apply(self, text: str) -> dict[str, Any]:
         status, out = api(self.api_url, "POST", "/v1/apply", {"yaml": text}, self.cred)
@@ -397,7 +394,7 @@ def test_killed_instance_leaves_rotation(topo: Topo) -> None:
         wait_for(lambda: traffic.served_by("b3") and traffic.served_by("b2"), 5, "traffic to both")
         assert topo.b3 is not None
         killed = time.monotonic()
-        os.kill(topo.b3.proc.pid, signal.SIGKILL)
+        topo.b3.proc.kill()
         gone = wait_for(lambda: "host3" not in b_hosts(cp.snapshot("host1")), HEALTH_INTERVAL_S + 2,
                         "b@host3 leaves host1's snapshot")
         time.sleep(1.0)

@@ -117,3 +117,17 @@ def test_snapshot_watch_reports_new_versions_with_what_moved():
         w.stop()
     finally:
         srv.shutdown()
+
+
+def test_stop_names_the_children_that_had_to_be_killed(tmp_path):
+    """A child that ignores SIGTERM is SIGKILLed after the grace period, and stop() says which one it was."""
+    g = ProcessGroup(str(tmp_path / "logs"))
+    ok = g.start("polite", [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"])
+    stuck = g.start("stuck", [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                              "signal.SIG_IGN); print('up', flush=True); time.sleep(60)"])
+    deadline = time.monotonic() + 10
+    while not ("up" in ok.log_tail() and "up" in stuck.log_tail()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    forced = g.stop(grace=1.0)
+    assert [c.name for c in forced] == ["stuck"] and not ok.alive() and not stuck.alive()
+    assert stuck.proc.returncode == -9 and ok.proc.returncode == -15
