@@ -229,6 +229,10 @@ class RequestHead:
             value = headers[i + 1]
             kind = _kind(name, cache, kinds)
             if kind == _FORWARD:
+                if 95 in name:  # b"_": an int is found by memchr, a bytes needle costs a buffer per name
+                    # CGI, WSGI and many frameworks read `Transfer_Encoding` or `glassmesh_source` as
+                    # their dashed twins: dropped, as nginx does by default (underscores_in_headers).
+                    continue
                 forward.append(name)
                 forward.append(value)
             elif kind == _H_DROP:

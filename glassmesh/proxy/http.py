@@ -177,6 +177,12 @@ class ServerConn(StreamUser):
         self.paused = 0  # bit 1: pipelining, bit 2: body backpressure
         self.now = self.last_active = _mono()
         self.head_started = 0.0
+        # Bytes fed to the parser since it last gave a body chunk or ended a head or a message: while
+        # a head is arriving, this is its size so far. llhttp reports a header only when its line
+        # ends, and httptools grows one value (or the URL) in memory until then, so a limit checked
+        # per header never sees a value that never ends (6.5 MB in one value gave no callback).
+        self.head_fed = 0
+        self.write_blocked = 0.0  # when the client stopped reading what we write (0: it reads)
         self.trail_prefix = rt.host_b + b"/" + side.name_b + b";dur="
 
     # --- asyncio plumbing -------------------------------------------------
@@ -208,6 +214,7 @@ class ServerConn(StreamUser):
 
     def data_received(self, data: bytes) -> None:
         self.now = self.last_active = _mono()
+        self.head_fed += len(data)
         try:
             self.feed(data)
         except httptools.HttpParserUpgrade as e:
@@ -217,6 +224,10 @@ class ServerConn(StreamUser):
                 self._refuse_http2(data)
                 return
             self._parse_error(e)
+        else:
+            if self.head_fed > self.max_head and not self.closing:
+                # Bounded by max_head_bytes plus at most the read in which the head began.
+                self._parse_error(BadMessage("request head too large", "head_too_large", 431))
         self.flush()
 
     def eof_received(self) -> bool | None:
@@ -227,11 +238,13 @@ class ServerConn(StreamUser):
         return True
 
     def pause_writing(self) -> None:
+        self.write_blocked = _mono()
         for ex in self.queue:
             if ex.upstream is not None:
                 ex.upstream.pause_read()
 
     def resume_writing(self) -> None:
+        self.write_blocked = 0.0
         for ex in self.queue:
             if ex.upstream is not None:
                 ex.upstream.resume_read()
@@ -264,6 +277,7 @@ class ServerConn(StreamUser):
 
     # --- llhttp callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
+        self.head_fed = 0
         ex = Exchange(self)
         self.parsing = ex
         self.queue.append(ex)
@@ -298,6 +312,7 @@ class ServerConn(StreamUser):
         assert ex is not None
         ex.head_done = True
         self.head_started = 0.0
+        self.head_fed = 0
         ex.method = self.p_method()
         ka = ex.keep_alive = self.p_keep_alive()
         ex.upgrade = self.p_upgrade()
@@ -317,6 +332,7 @@ class ServerConn(StreamUser):
             self._dispatch(ex)
 
     def on_body(self, body: bytes) -> None:
+        self.head_fed = 0
         ex = self.parsing
         assert ex is not None
         up = ex.upstream
@@ -329,6 +345,7 @@ class ServerConn(StreamUser):
                 self.pause(2)
 
     def on_message_complete(self) -> None:
+        self.head_fed = 0
         ex = self.parsing
         assert ex is not None
         self.parsing = None
@@ -391,7 +408,8 @@ class ServerConn(StreamUser):
 
     def _parse_error(self, e: Exception) -> None:
         ex = self.parsing
-        cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
+        cause = e if isinstance(e, BadMessage) else (
+            e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None)
         if isinstance(cause, BadMessage):
             reason, msg, status = cause.reason, str(cause), cause.status
         else:
@@ -640,6 +658,8 @@ class UpstreamConn(StreamUser):
         self.interim = False
         self.tunnel = False
         self.got_bytes = False
+        self.head_fed = 0  # as ServerConn.head_fed: a response head that never ends is cut at the limit
+        self.max_head = rt.limits.max_head_bytes
         self.link: LinkStats | None = pool.link if pool.count_conns else None
 
     def _new_parser(self) -> None:
@@ -802,6 +822,7 @@ class UpstreamConn(StreamUser):
             self.transport.abort()
             return
         self.now = _mono()
+        self.head_fed += len(data)
         try:
             self.feed(data)
         except httptools.HttpParserUpgrade as e:
@@ -816,6 +837,9 @@ class UpstreamConn(StreamUser):
                 self._protocol_error(str(e.__context__ or e))
         except httptools.HttpParserError as e:
             self._protocol_error(str(e))
+        else:
+            if self.head_fed > self.max_head:
+                self._protocol_error(f"response head larger than {self.max_head} bytes")
         if c is not None:
             c.flush()
         if not self.lost:
@@ -847,6 +871,7 @@ class UpstreamConn(StreamUser):
             raise BadMessage("too many response headers", "upstream_protocol_error", 502)
 
     def on_headers_complete(self) -> None:
+        self.head_fed = 0
         ex = self.ex
         status = self.p_status()
         c = self.client
@@ -876,6 +901,7 @@ class UpstreamConn(StreamUser):
             raise _HeadDone()
 
     def on_body(self, body: bytes) -> None:
+        self.head_fed = 0
         ex = self.ex
         if self.retry_to is not None:
             return  # the peer's error, being replaced by another endpoint's answer
@@ -888,6 +914,7 @@ class UpstreamConn(StreamUser):
             c.write(body)
 
     def on_message_complete(self) -> None:
+        self.head_fed = 0
         if self.hdrs:
             self.hdrs = []  # trailers: not forwarded
         if self.interim:

@@ -8,7 +8,10 @@ than the rest of the request path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import struct
 import sys
 import time
 from collections.abc import Coroutine
@@ -147,6 +150,11 @@ class Runtime:
             q = c.queue
             if c.head_started and now - c.head_started > head:
                 c.request_timeout()
+            elif c.write_blocked and now - c.write_blocked > idle:
+                # The client stopped reading what it asked for: its connection (and the upstream
+                # it holds paused) would stay forever. Reset, so the kernel drops what it still
+                # holds for it too, instead of trickling it out to a reader that may never come.
+                reset(c.transport)
             elif q:
                 ex = q[0]
                 up = ex.upstream
@@ -191,6 +199,15 @@ class Runtime:
         for c in list(self.conns):
             if c.transport is not None:
                 c.transport.close()
+
+
+def reset(transport: Any) -> None:
+    """Close with a TCP reset (SO_LINGER 0): nothing queued for the peer is kept or sent."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def log(msg: str) -> None:

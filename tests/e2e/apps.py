@@ -10,6 +10,7 @@ Continue), independent of the proxy's own parser.
 
 HTTP endpoints (any method):
     /download?bytes=N[&chunked=1]   N bytes of `pattern_chunks`, content-length or chunked
+    /endless-header?bytes=N         a response head whose one header value runs N bytes and never ends
     /status/<code>                  that status; 204 and 304 without a body
     /ws                             with `Upgrade`: 101, then echo raw bytes until EOF
     /__stats                        {"requests": n, "paths": [...]}, not itself counted
@@ -171,6 +172,21 @@ class HttpApp:
                     extra.append(("etag", '"v1"'))
                 return await self._respond(writer, method, code, extra, None, keep)
             return await self._respond(writer, method, code, extra, f"status {code}\n".encode(), keep)
+
+        if path == "/endless-header":
+            # A response head that never ends: one header value, up to `bytes` long (bounded), no CRLF.
+            n = int(query.get("bytes", ["0"])[0])
+            writer.write(b"HTTP/1.1 200 OK\r\nx-big: ")
+            block = b"a" * 65536
+            try:
+                while n > 0:
+                    writer.write(block[: min(n, len(block))])
+                    n -= len(block)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            writer.close()
+            return False
 
         if path == "/download":
             n = int(query.get("bytes", ["0"])[0])
