@@ -8,7 +8,7 @@
 `bench` makes calls on one connection for SECONDS (a payload of --size bytes, 64 by default) and
 prints one JSON line: calls, calls/s, p50/p99 in microseconds. `echo` sends BYTES of random
 data once and prints a JSON line saying whether the answer is byte-identical. The server listens
-on 127.0.0.1 only; both sides use thriftpy2's Cython protocols where it has them.
+on 127.0.0.1 (or --host) only; both sides use thriftpy2's Cython protocols where it has them.
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ def factories(a: argparse.Namespace) -> dict:
 
 
 def serve(a: argparse.Namespace) -> None:
-    server = make_server(echo_thrift.Echo, Handler(), "127.0.0.1", a.port, client_timeout=None, **factories(a))
-    print(f"thrift echo on 127.0.0.1:{a.port} ({a.protocol}, {a.transport})", flush=True)
+    server = make_server(echo_thrift.Echo, Handler(), a.host, a.port, client_timeout=None, **factories(a))
+    print(f"thrift echo on {a.host}:{a.port} ({a.protocol}, {a.transport})", flush=True)
     server.serve()
 
 
 def client(a: argparse.Namespace):
-    return make_client(echo_thrift.Echo, "127.0.0.1", a.port, timeout=a.timeout * 1000, **factories(a))
+    return make_client(echo_thrift.Echo, a.host, a.port, timeout=a.timeout * 1000, **factories(a))
 
 
 def bench(a: argparse.Namespace) -> None:
@@ -105,6 +105,7 @@ def main() -> None:
         p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="binary")
         p.add_argument("--transport", choices=sorted(TRANSPORTS), default="buffered")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+        p.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
     a = ap.parse_args()
     {"serve": serve, "bench": bench, "echo": echo}[a.cmd](a)
 
