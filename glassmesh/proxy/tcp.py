@@ -25,8 +25,10 @@ import asyncio
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from glassmesh.proxy.mux import StreamUser
 from glassmesh.proxy.pool import ConnectError, Pool
 from glassmesh.proxy.routing import PoolKey
 from glassmesh.proxy.runtime import log
@@ -90,7 +92,7 @@ def encode(data: bytes) -> list[bytes]:
 
 
 class Relay:
-    """Joins a plain side and a framed (TLS) side; closes both once both directions are done."""
+    """An HTTP Upgrade tunnel (http.py): a plain side and a framed side; both close once both directions are done."""
 
     def __init__(self, link: LinkStats | None) -> None:
         self.plain: PlainSide | None = None
@@ -108,18 +110,22 @@ class Relay:
         if self.closed:
             return
         self.closed = True
-        for s in (self.plain, self.framed):
-            if s is not None and s.transport is not None:
-                s.transport.close()
+        for t in (self.plain.transport if self.plain else None, self.framed.transport if self.framed else None):
+            if t is not None:
+                t.close()
+
+    def plain_transport(self) -> Any:
+        return self.plain.transport if self.plain is not None else None
+
+    def framed_transport(self) -> Any:
+        return self.framed.transport if self.framed is not None else None
 
 
 class PlainSide(asyncio.Protocol):
-    def __init__(self, relay: Relay, outbound: bool, ready: bool = True) -> None:
+    def __init__(self, relay: Relay, outbound: bool) -> None:
         self.relay = relay
         self.transport: Any = None
         self.outbound = outbound
-        self.pending: list[bytes] = []
-        self.ready = ready  # False until the framed side exists and has our pending bytes
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -128,24 +134,17 @@ class PlainSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         r = self.relay
-        f = r.framed
         if r.link is not None:
             if self.outbound:
                 r.link.bytes_req += len(data)
             else:
                 r.link.bytes_resp += len(data)
-        if not self.ready:
-            self.pending.append(data)
-            return
-        f.transport.writelines(encode(data))
+        r.framed_transport().writelines(encode(data))
 
     def eof_received(self) -> bool:
         r = self.relay
         r.plain_done = True
-        if self.ready:
-            r.framed.transport.write(FIN)
-        else:
-            self.pending.append(b"")
+        r.framed_transport().write(FIN)
         r.maybe_close()
         return True
 
@@ -153,30 +152,22 @@ class PlainSide(asyncio.Protocol):
         self.relay.close()
 
     def pause_writing(self) -> None:
-        f = self.relay.framed
-        if f is not None and f.transport is not None:
-            f.transport.pause_reading()
+        t = self.relay.framed_transport()
+        if t is not None:
+            t.pause_reading()
 
     def resume_writing(self) -> None:
-        f = self.relay.framed
-        if f is not None and f.transport is not None:
-            f.transport.resume_reading()
-
-    def flush_pending_to(self, framed: FramedSide) -> None:
-        for d in self.pending:
-            framed.transport.write(FIN if d == b"" else b"".join(encode(d)))
-        self.pending = []
-        self.ready = True
+        t = self.relay.framed_transport()
+        if t is not None:
+            t.resume_reading()
 
 
 class FramedSide(asyncio.Protocol):
-    def __init__(self, relay: Relay, outbound: bool, ready: bool = True) -> None:
+    def __init__(self, relay: Relay, outbound: bool) -> None:
         self.relay = relay
         self.transport: Any = None
         self.decoder = FrameDecoder()
         self.outbound = outbound
-        self.pending: list[bytes | None] = []
-        self.ready = ready  # False until the plain side is connected and has our pending frames
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -186,24 +177,19 @@ class FramedSide(asyncio.Protocol):
             self.relay.link.open_conns += 1
 
     def data_received(self, data: bytes) -> None:
+        r = self.relay
         try:
             frames = self.decoder.feed(data)
         except ValueError:
-            self.relay.close()
+            r.close()
             return
-        if not self.ready:
-            self.pending += frames
-            return
-        self._deliver(frames, self.relay.plain)
-
-    def _deliver(self, frames: list[bytes | None], p: PlainSide) -> None:
-        r = self.relay
         link = r.link
+        pt = r.plain_transport()
         for fr in frames:
             if fr is None:
                 r.framed_done = True
-                if p.transport.can_write_eof():
-                    p.transport.write_eof()
+                if pt.can_write_eof():
+                    pt.write_eof()
                 r.maybe_close()
             elif r.framed_done:
                 r.close()  # data after the peer said it was done: a broken peer
@@ -214,7 +200,7 @@ class FramedSide(asyncio.Protocol):
                         link.bytes_resp += len(fr)
                     else:
                         link.bytes_req += len(fr)
-                p.transport.write(fr)
+                pt.write(fr)
 
     def eof_received(self) -> bool | None:
         return None
@@ -225,14 +211,14 @@ class FramedSide(asyncio.Protocol):
         self.relay.close()
 
     def pause_writing(self) -> None:
-        p = self.relay.plain
-        if p is not None and p.transport is not None:
-            p.transport.pause_reading()
+        t = self.relay.plain_transport()
+        if t is not None:
+            t.pause_reading()
 
     def resume_writing(self) -> None:
-        p = self.relay.plain
-        if p is not None and p.transport is not None:
-            p.transport.resume_reading()
+        t = self.relay.plain_transport()
+        if t is not None:
+            t.resume_reading()
 
 
 # --------------------------------------------------------------------------- tcp links
@@ -269,11 +255,12 @@ class FramedWriter:
         self.transport.write(FIN)
 
 
-class End(asyncio.Protocol):
+class End(StreamUser):
     """One end of a Pipe: a client's or an app's socket, a stream, or a framed TLS connection.
 
     What it reads goes to `out`, the other end's writer; a half-close it
-    reads goes there as write_eof.
+    reads goes there as write_eof. A StreamUser, so that a stream calls it
+    natively (compiled with the hot path).
     """
 
     def __init__(self, pipe: Pipe, toward_app: bool, kind: str) -> None:
@@ -406,14 +393,13 @@ class Pipe:
     reset, as a TCP connection would be.
     """
 
-    side = ""
-
-    def __init__(self, rt: Runtime, source: str, destination: str) -> None:
+    def __init__(self, rt: Runtime, side: str, source: str, destination: str) -> None:
         self.rt = rt
+        self.side = side
         self.source = source
         self.destination = destination
-        self.key = (self.side, source, destination)
-        self.link = rt.stats.tcp_link(self.side, source, destination)
+        self.key = (side, source, destination)
+        self.link = rt.stats.tcp_link(side, source, destination)
         self.near: End | None = None
         self.far: End | None = None
         self.opened = False  # counted as an open connection of the link
@@ -482,7 +468,8 @@ DELIVERY_REASONS = frozenset({"connect_refused", "connect_timeout", "no_instance
 
 
 class OutboundPipe(Pipe):
-    side = "outbound"
+    def __init__(self, rt: Runtime, source: str, destination: str) -> None:
+        super().__init__(rt, "outbound", source, destination)
 
     def made(self, end: End) -> None:
         if end is self.near:
@@ -547,8 +534,8 @@ class OutboundPipe(Pipe):
             return True
         if not conn.peer_tcp or not conn.usable():
             return False
-        self.far = End(self, toward_app=False, kind="stream")
-        conn.open(lambda: self.far, tcp=True)
+        far = self.far = End(self, toward_app=False, kind="stream")
+        conn.open(lambda: far, tcp=True)
         self.join()
         return True
 
@@ -566,7 +553,8 @@ class OutboundPipe(Pipe):
 
 
 class InboundPipe(Pipe):
-    side = "inbound"
+    def __init__(self, rt: Runtime, source: str, destination: str) -> None:
+        super().__init__(rt, "inbound", source, destination)
 
     async def connect(self) -> None:
         rt = self.rt
@@ -581,7 +569,7 @@ class InboundPipe(Pipe):
             far = End(self, toward_app=False, kind="socket")
             try:
                 async with asyncio.timeout(timeout):
-                    await loop.create_connection(lambda f=far: f, k.host, k.port)
+                    await loop.create_connection(_factory(far), k.host, k.port)
             except TimeoutError:
                 reason, message = "connect_timeout", f"no connection to {k.host}:{k.port} within {timeout:g}s"
             except OSError as e:
@@ -598,6 +586,10 @@ class InboundPipe(Pipe):
                 return
         if not self.closing:
             self.fail(reason, message)
+
+
+def _factory(end: End) -> Callable[[], End]:
+    return lambda: end
 
 
 class TcpLinkClient(End):
