@@ -15,10 +15,8 @@ counters zeroed, then N round trips on the same connection; the total is divided
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tcplinks  # noqa: E402
+from instructions import measure  # noqa: E402
 from stack import Procs, glassmesh_cmd, make_certs, wait_port  # noqa: E402
 
 PORT_OFFSET = 9500  # clear of make bench's ports, of bench/instructions.py's and of the demo's
@@ -44,37 +43,6 @@ def pings(port: int, n: int) -> None:
                 got += chunk
             if got != b"+PONG\r\n":
                 raise SystemExit(f"tcp_instructions: redis answered {got!r}")
-
-
-def callgrind_control(*args: str) -> None:
-    subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=60)
-
-
-def measure(procs: Procs, run: Path, name: str, argv: list[str], other: tuple[str, list[str]],
-            wait: list[int], port: int, n: int, warm: int) -> float:
-    out = run / f"cg.{name}"
-    procs.start(other[0], other[1])
-    p = procs.start(name, ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                           f"--callgrind-out-file={out}.%p"] + argv)
-    try:
-        until = time.time() + 120
-        for w in wait:
-            if not wait_port(w, until):
-                raise SystemExit(f"tcp_instructions: port {w} did not open; see {run}/{name}.log")
-        pings(port, warm)
-        callgrind_control("-i", "on", str(p.pid))
-        pings(port, warm)
-        callgrind_control("-z", str(p.pid))
-        pings(port, n)
-        callgrind_control("-d", str(p.pid))
-        dumps = sorted(run.glob(f"cg.{name}.*.*"), key=lambda f: f.stat().st_size, reverse=True)
-        text = dumps[0].read_text(errors="replace")
-        totals = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M)
-        if not totals:
-            raise SystemExit(f"tcp_instructions: no totals in {dumps[0]}")
-        return int(totals.group(1)) / n
-    finally:
-        procs.stop([name, other[0]])
 
 
 def main() -> None:
@@ -105,7 +73,7 @@ def main() -> None:
             wait = [q["TL_REDIS"], q["TL_IN"]]
             for side, name, argv, other in (("outbound", f"gm_out_{mode}", out_cmd, (f"gm_in_{mode}", in_cmd)),
                                             ("inbound", f"gm_in_{mode}", in_cmd, (f"gm_out_{mode}", out_cmd))):
-                ir = measure(procs, run, name, argv, other, wait, q["TL_REDIS"], a.n, a.warm)
+                ir = measure(procs, run, name, argv, other, wait, q["TL_REDIS"], a.n, a.warm, False, load=pings)["Ir"]
                 rows.append((mode, side, ir))
                 print(f"{mode:6s} {side:8s} {ir:,.0f} instructions per round trip", flush=True)
     finally:
