@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from tests.e2e.harness import REPO, Host, Mesh, eventually, has_series, metric, split, wait_port
+from tests.e2e.harness import REPO, Host, Mesh, RssSampler, eventually, has_series, metric, split, wait_port
 
 THRIFT = REPO / "bench" / "tools" / "thrift_echo.py"
 
@@ -171,3 +174,39 @@ def test_peers_carrying_http1_use_a_tls_connection_per_client(mesh: Mesh) -> Non
     assert metric(m1, "glassmesh_tls_handshakes_total", side="outbound", destination="redis") == 6
     assert has_series(m2, "glassmesh_link_mtls", side="inbound", source="a", destination="redis")
     assert not has_series(m2, "glassmesh_requests_total", destination="redis")
+
+
+def test_a_client_that_does_not_read_holds_up_only_its_own_connection(mesh: Mesh) -> None:
+    """Each client connection is a stream with its own window: a stalled one neither stalls the
+    others on the link's shared TLS connection nor piles up in the proxies' memory."""
+    h1, h2 = mesh.add_host("host1"), mesh.add_host("host2")
+    h2.tcp_app("db", mode="echo")
+    link = h1.tcp_link("a", "db")
+    mesh.start()
+    size = 96 << 20
+    data = os.urandom(1 << 20) * (size >> 20)
+    sent = [0]
+    with socket.create_connection(split(link), timeout=60) as stalled, RssSampler(mesh.proxies()) as rss:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        writer = threading.Thread(target=lambda: sent.__setitem__(0, stalled.sendall(data) or size), daemon=True)
+        writer.start()  # the echo comes back and nobody reads it: the writer soon blocks
+        time.sleep(2)
+        assert writer.is_alive(), "96 MB went through a link whose client reads nothing: no backpressure"
+        t0 = time.monotonic()
+        for _ in range(50):  # another connection of the same link meanwhile
+            with socket.create_connection(split(link), timeout=10) as s:
+                s.sendall(b"ping")
+                assert s.recv(16) == b"ping"
+        took = time.monotonic() - t0
+        got = hashlib.sha256()
+        n = 0
+        while n < size:
+            chunk = stalled.recv(1 << 20)
+            assert chunk, f"closed after {n} bytes"
+            got.update(chunk)
+            n += len(chunk)
+        writer.join(30)
+    assert sent[0] == size and got.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert took < 10, f"50 round trips on other connections took {took:.1f} s beside a stalled one"
+    peak = {pid: kb for pid, kb in rss.peak_kb.items() if rss.names[pid].startswith("proxy")}
+    assert peak and max(peak.values()) < 100 * 1024, rss.report()
