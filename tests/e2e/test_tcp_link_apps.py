@@ -70,11 +70,12 @@ def test_redis_through_a_tcp_link_shares_one_tls_connection(mesh: Mesh) -> None:
     assert handshakes == 1, f"{handshakes:.0f} TLS handshakes for {conns:.0f} client connections"
 
 
-def test_metrics_with_200_clients_connected(mesh: Mesh) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_with_200_clients_connected(mesh: Mesh, workers: int) -> None:
     h1, h2 = mesh.add_host("host1"), mesh.add_host("host2")
     redis(mesh, h2)
     link = h1.tcp_link("a", "redis")
-    mesh.start()
+    mesh.start(workers=workers)  # with 2, /metrics is both workers' counters merged
     clients = []
     try:
         for _ in range(200):
