@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,9 +56,8 @@ def callgrind_control(*args: str) -> None:
 
 
 def measure(procs: Procs, run: Path, name: str, argv: list[str], other: tuple[str, list[str]],
-            wait: list[int], client_port: int, n: int, warm: int, cache_sim: bool,
-            load: Callable[[int, int], None] = requests) -> dict[str, float]:
-    """Per-request counts of `argv` under callgrind while `other` runs normally (`load(port, n)` sends them)."""
+            wait: list[int], client_port: int, n: int, warm: int, cache_sim: bool) -> dict[str, float]:
+    """Per-request counts of `argv` under callgrind while `other` runs normally."""
     out = run / f"cg.{name}"
     procs.start(other[0], other[1])
     vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
@@ -71,11 +69,11 @@ def measure(procs: Procs, run: Path, name: str, argv: list[str], other: tuple[st
         for port in wait:
             if not wait_port(port, until):
                 raise SystemExit(f"instructions: port {port} did not open; see {run}/{name}.log")
-        load(client_port, warm)
+        requests(client_port, warm)
         callgrind_control("-i", "on", str(p.pid))
-        load(client_port, warm)
+        requests(client_port, warm)
         callgrind_control("-z", str(p.pid))
-        load(client_port, n)
+        requests(client_port, n)
         callgrind_control("-d", str(p.pid))
         dumps = sorted(run.glob(f"cg.{name}.*.*"), key=lambda f: f.stat().st_size, reverse=True)
         text = dumps[0].read_text(errors="replace")

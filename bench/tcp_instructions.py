@@ -15,6 +15,7 @@ counters zeroed, then N round trips on the same connection; the total is divided
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import socket
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tcplinks  # noqa: E402
-from instructions import measure  # noqa: E402
+from instructions import callgrind_control  # noqa: E402
 from stack import Procs, glassmesh_cmd, make_certs, wait_port  # noqa: E402
 
 PORT_OFFSET = 9500  # clear of make bench's ports, of bench/instructions.py's and of the demo's
@@ -43,6 +44,34 @@ def pings(port: int, n: int) -> None:
                 got += chunk
             if got != b"+PONG\r\n":
                 raise SystemExit(f"tcp_instructions: redis answered {got!r}")
+
+
+def measure(procs: Procs, run: Path, name: str, argv: list[str], other: tuple[str, list[str]],
+            wait: list[int], port: int, n: int, warm: int) -> float:
+    """Instructions per round trip of `argv` under callgrind while `other` runs normally.
+
+    As bench/instructions.py's measure, with PINGs through the link for HTTP requests.
+    """
+    procs.start(other[0], other[1])
+    p = procs.start(name, ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                           f"--callgrind-out-file={run}/cg.{name}.%p"] + argv)
+    try:
+        until = time.time() + 120
+        if not all(wait_port(w, until) for w in wait):
+            raise SystemExit(f"tcp_instructions: ports {wait} did not all open; see {run}/{name}.log")
+        pings(port, warm)
+        callgrind_control("-i", "on", str(p.pid))
+        pings(port, warm)
+        callgrind_control("-z", str(p.pid))
+        pings(port, n)
+        callgrind_control("-d", str(p.pid))
+        dump = max(run.glob(f"cg.{name}.*.*"), key=lambda f: f.stat().st_size)
+        totals = re.search(r"^(?:summary|totals):\s*(\d+)", dump.read_text(errors="replace"), re.M)
+        if not totals:
+            raise SystemExit(f"tcp_instructions: no totals in {dump}")
+        return int(totals.group(1)) / n
+    finally:
+        procs.stop([name, other[0]])
 
 
 def main() -> None:
@@ -73,7 +102,7 @@ def main() -> None:
             wait = [q["TL_REDIS"], q["TL_IN"]]
             for side, name, argv, other in (("outbound", f"gm_out_{mode}", out_cmd, (f"gm_in_{mode}", in_cmd)),
                                             ("inbound", f"gm_in_{mode}", in_cmd, (f"gm_out_{mode}", out_cmd))):
-                ir = measure(procs, run, name, argv, other, wait, q["TL_REDIS"], a.n, a.warm, False, load=pings)["Ir"]
+                ir = measure(procs, run, name, argv, other, wait, q["TL_REDIS"], a.n, a.warm)
                 rows.append((mode, side, ir))
                 print(f"{mode:6s} {side:8s} {ir:,.0f} instructions per round trip", flush=True)
     finally:

@@ -9,10 +9,6 @@ command -v etcd >/dev/null || need+=(etcd-server)
 # A real DNS server for the DNS discovery tests (tests/e2e/test_control_dns.py). dnsmasq-base, not
 # dnsmasq: the latter installs and starts a system service that would take port 53.
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
-# A real redis-server and redis-cli behind tcp links (tests/e2e/test_tcp_link_apps.py); the tests
-# start their own redis-server on a test address, never the system one.
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v redis-cli >/dev/null || need+=(redis-tools)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
