@@ -291,6 +291,9 @@ class End(StreamUser):
         self.pipe.made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.eof:  # bytes after the peer said it was done (a stream of a broken peer): drop the connection
+            self.abort("protocol_error")
+            return
         n = len(data)
         self.n += n
         if self.toward_app:

@@ -12,7 +12,19 @@ import time
 
 import pytest
 
-from tests.e2e.harness import REPO, Host, Mesh, RssSampler, eventually, has_series, metric, split, wait_port
+from glassmesh.protocols import mux as mx
+from tests.e2e.harness import (
+    REPO,
+    Host,
+    Mesh,
+    RssSampler,
+    client_context,
+    eventually,
+    has_series,
+    metric,
+    split,
+    wait_port,
+)
 
 THRIFT = REPO / "bench" / "tools" / "thrift_echo.py"
 
@@ -211,3 +223,38 @@ def test_a_client_that_does_not_read_holds_up_only_its_own_connection(mesh: Mesh
     assert took < 10, f"50 round trips on other connections took {took:.1f} s beside a stalled one"
     peak = {pid: kb for pid, kb in rss.peak_kb.items() if rss.names[pid].startswith("proxy")}
     assert peak and max(peak.values()) < 100 * 1024, rss.report()
+
+
+def test_a_peer_that_breaks_the_protocol_loses_only_its_stream(mesh: Mesh) -> None:
+    """A hand-written mux peer (real mTLS, the caller's certificate) sends bytes after its FIN on a tcp
+    stream: that stream is reset, the connection and its other streams go on."""
+    h1, h2 = mesh.add_host("host1"), mesh.add_host("host2")
+    h2.tcp_app("db", mode="echo")
+    h1.tcp_link("a", "db")  # so that "a" is a service with a certificate
+    mesh.start()
+    cert, key = mesh.cert_for("a")
+    ctx = client_context(mesh.ca_pem, cert, key, alpn=[mx.ALPN_MUX])
+    ctx.check_hostname = False
+    dec = mx.Decoder()
+    with socket.create_connection(split(h2.inbound), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="db") as s:
+
+        def frames_until(pred) -> list:
+            got: list = []
+            deadline = time.monotonic() + 10
+            while not any(pred(f) for f in got):
+                assert time.monotonic() < deadline, f"not the frame expected within 10 s: {got}"
+                data = s.recv(65536)
+                assert data, f"the inbound proxy closed the whole connection (frames before: {got})"
+                got += dec.feed(data)
+            return got
+
+        settings = frames_until(lambda f: f[0] == mx.SETTINGS)
+        assert any(f[0] == mx.SETTINGS and f[1] & mx.SETTINGS_TCP_STREAMS for f in settings)
+        s.sendall(b"".join(mx.data(1, b"ping", mx.FLAG_OPEN | mx.FLAG_TCP | mx.FLAG_FIN)))
+        frames_until(lambda f: f[0] == mx.DATA and f[2] == 1 and f[3] == b"ping")
+        s.sendall(b"".join(mx.data(1, b"late")))  # after our FIN: a broken peer
+        reset = frames_until(lambda f: f[0] == mx.RESET and f[2] == 1)
+        assert [bytes(f[3]) for f in reset if f[0] == mx.RESET] == [b"protocol_error"]
+        s.sendall(b"".join(mx.data(3, b"still here", mx.FLAG_OPEN | mx.FLAG_TCP)))
+        frames_until(lambda f: f[0] == mx.DATA and f[2] == 3 and f[3] == b"still here")

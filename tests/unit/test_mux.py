@@ -321,3 +321,4 @@ def test_a_tcp_stream_opens_at_once_and_a_server_without_tcp_resets_it(pair):
     pump()
     assert len(tcp_servers) == 1 and servers == []
     assert s2.reset_reason == "tcp streams not accepted" and isinstance(rec2.lost, ConnectionResetError)
+
