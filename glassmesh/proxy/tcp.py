@@ -272,8 +272,8 @@ class End(StreamUser):
         self.n = 0  # bytes read
         self.eof = False  # its peer is done sending
         self.lost = False
-        # Read before `out` was there: uvloop starts reading an accepted socket right after
-        # connection_made, even when that paused it.
+        # Read before `out` was there: uvloop starts reading a socket right after connection_made,
+        # even when that paused it (reading is paused again on the first read).
         self.early: list[bytes] = []
 
     def writer(self) -> Any:
@@ -303,6 +303,7 @@ class End(StreamUser):
         out = self.out
         if out is None:
             self.early.append(data)
+            self.transport.pause_reading()  # effective now that reading has started: one read held at most
         else:
             out.write(data)
 
@@ -311,6 +312,8 @@ class End(StreamUser):
         return True
 
     def flush_early(self) -> None:
+        if not self.early and not self.eof:
+            return
         early, self.early = self.early, []
         for data in early:
             self.out.write(data)
@@ -427,8 +430,11 @@ class Pipe:
         assert near is not None and far is not None
         near.out = far.writer()
         far.out = near.writer()
-        near.flush_early()
+        # Reading resumed first: flushing may fill a window and pause it again, which must hold.
         near.transport.resume_reading()
+        far.transport.resume_reading()
+        near.flush_early()
+        far.flush_early()  # e.g. an app's greeting, read while its connection was being made
 
     def fin(self, end: End) -> None:
         end.eof = True
