@@ -28,6 +28,7 @@ HOT = [
     "glassmesh/proxy/linkstats.py",
     "glassmesh/proxy/roundrobin.py",
     "glassmesh/proxy/routing.py",
+    "glassmesh/proxy/tcp.py",
 ]
 STRICT = os.environ.get("GLASSMESH_REQUIRE_COMPILED", "") not in ("", "0")
 

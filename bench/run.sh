@@ -12,6 +12,8 @@ command -v haproxy >/dev/null || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
 command -v openssl >/dev/null || need+=(openssl)
 command -v taskset >/dev/null || need+=(util-linux)   # the scaling section pins wrk
+command -v redis-server >/dev/null || need+=(redis-server)   # the tcp section's app
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bench: installing ${need[*]} (apt)"
   if [ "$(id -u)" != 0 ]; then

@@ -6,7 +6,9 @@
   are never called, beside the benchmarked service): req/s, latency and RSS;
 - scaling: --workers 1 against --workers N (N = the cores the runner may use), as a pair, and the
   outbound proxy alone in front of an nginx inbound, pinned with sched_setaffinity to one core
-  (the client, nginx and the app on the others) or free on all of them.
+  (the client, nginx and the app on the others) or free on all of them;
+- tcp: redis-benchmark and a Thrift client through a tcp link, beside direct and an nginx stream
+  pair (bench/tcplinks.py; ratios there are to the nginx pair).
 
 Every section starts its own processes (on its own ports), runs its configurations alternately in
 each repetition (order rotating) so that drift on the shared machine hits them alike, reports
@@ -25,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import measure
+import tcplinks
 from stack import Procs, filler_services, glassmesh_cmd, glassmesh_snapshots, http_get, log, render, wait_port
 
-SECTIONS = ["features", "mesh", "scaling"]
+SECTIONS = ["features", "mesh", "scaling", "tcp"]
 GM_KEYS = ["GM_OUT", "GM_IN", "GM_ADMIN_IN", "GM_OUT_INBOUND", "GM_ADMIN_OUT", "GM_TOUT"]
 SLOT_BASE = 2000          # section slot k: every glassmesh port + 2000 + 10k (20411.., 21411..)
 NGX_ISO = {"NGX_IN": 20602, "NGX_TIN": 21602}
@@ -44,7 +47,7 @@ def slot_ports(pp: dict[str, int], k: int) -> dict[str, int]:
 
 
 # Slots per section (fixed, so that ports can be checked before anything starts).
-SLOTS = {"features": [1, 2, 3, 4], "mesh": [5, 6], "scaling": [7, 8, 9, 10]}
+SLOTS = {"features": [1, 2, 3, 4], "mesh": [5, 6], "scaling": [7, 8, 9, 10], "tcp": []}
 
 
 def ports_needed(pp: dict[str, int], sections: list[str]) -> dict[str, int]:
@@ -55,6 +58,8 @@ def ports_needed(pp: dict[str, int], sections: list[str]) -> dict[str, int]:
             out.update({f"{key}_{k}": q[key] for key in GM_KEYS})
         if s == "scaling":
             out.update({f"ISO_{key}": slot_ports(pp, 0)[key] for key in NGX_ISO})
+        if s == "tcp":
+            out.update(tcplinks.ports(pp))
     return out
 
 
@@ -330,6 +335,9 @@ def _add_us(runs: dict) -> None:
         for r in per:
             if r.get("p50_ms") is not None:
                 r["p50_us"] = round(r["p50_ms"] * 1000, 1)
+
+
+run_tcp = tcplinks.run   # the tcp section lives in its own module
 
 
 # ------------------------------------------------------------------ features

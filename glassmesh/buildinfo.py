@@ -20,6 +20,7 @@ HOT_MODULES = (
     "glassmesh.proxy.linkstats",
     "glassmesh.proxy.roundrobin",
     "glassmesh.proxy.routing",
+    "glassmesh.proxy.tcp",
 )
 
 

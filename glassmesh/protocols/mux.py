@@ -12,12 +12,19 @@ Frame: a 10-byte header, then `length` bytes of payload.
     length u32 | type u8 | flags u8 | stream u32
 
     DATA    payload: stream bytes. flags: OPEN (first frame of a stream),
-            FIN (the sender will send no more on this stream).
+            FIN (the sender will send no more on this stream), TCP (with OPEN: the
+            stream carries the raw bytes of a tcp link to the service the connection's
+            SNI names, not HTTP; the accepting side connects to an instance at once).
     WINDOW  payload: u32, more bytes the receiver can take on this stream.
-    RESET   payload: a reason (utf-8); the stream is gone both ways.
+    RESET   payload: a reason (utf-8); the stream is gone both ways. A tcp stream whose
+            instance could not be reached is reset with the reason code
+            (connect_refused, connect_timeout, no_instances).
     SETTINGS stream 0, sent once by the accepting side first: payload u32, how many
             worker processes share its port. The connecting side opens more than one
             connection per link only when there are several workers to spread over.
+            flags: TCP_STREAMS, the accepting side takes tcp streams (older proxies send
+            no flags and ignore them, so a caller falls back to a TLS connection per
+            tcp-link connection, ALPN glassmesh-tcp/1, toward them).
 
 Streams are opened only by the side that made the TLS connection (odd ids,
 growing). Every stream starts with a send window of INITIAL_WINDOW bytes.
@@ -38,6 +45,8 @@ SETTINGS: Final = 3
 
 FLAG_OPEN: Final = 1
 FLAG_FIN: Final = 2
+FLAG_TCP: Final = 4
+SETTINGS_TCP_STREAMS: Final = 1  # SETTINGS flag
 
 HEADER = struct.Struct("!IBBI")
 HEADER_SIZE: Final = 10  # HEADER.size
@@ -76,8 +85,8 @@ def window(stream: int, increment: int) -> bytes:
     return _pack(4, WINDOW, 0, stream) + _U32.pack(increment)
 
 
-def settings(workers: int) -> bytes:
-    return HEADER.pack(4, SETTINGS, 0, 0) + _U32.pack(workers)
+def settings(workers: int, flags: int = 0) -> bytes:
+    return HEADER.pack(4, SETTINGS, flags, 0) + _U32.pack(workers)
 
 
 def settings_workers(payload: bytes) -> int:

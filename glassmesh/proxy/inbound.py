@@ -13,7 +13,7 @@ from glassmesh.protocols.errors import error_response
 from glassmesh.proxy.http import ServerConn
 from glassmesh.proxy.mux import MuxConnection
 from glassmesh.proxy.sides import InboundSide
-from glassmesh.proxy.tcp import InboundTcp
+from glassmesh.proxy.tcp import inbound_tcp
 from glassmesh.proxy.tls import ALPN_MUX, ALPN_TCP, peer_spiffe_id, service_of_spiffe
 
 if TYPE_CHECKING:
@@ -47,22 +47,26 @@ class InboundHandshake(asyncio.Protocol):
                 ))
             transport.close()
             return
-        link = rt.stats.link("inbound", source, destination)
+        local = table.locals.get(destination)
+        if alpn == ALPN_TCP or (local is not None and local.protocol == "tcp"):
+            link = rt.stats.tcp_link("inbound", source, destination)
+        else:
+            link = rt.stats.link("inbound", source, destination)
+        link.handshakes += 1
+        link.tls_version = sslobj.version() or "TLS"
         if alpn == ALPN_TCP:
-            proto: asyncio.Protocol = InboundTcp(rt, source, destination)
+            # An older peer: a TLS connection per tcp-link connection, framed (see tcp.py).
+            proto: asyncio.Protocol = inbound_tcp(rt, source, destination, framed=True)
         elif alpn == ALPN_MUX:
-            link.handshakes += 1
-            link.tls_version = sslobj.version() or "TLS"
             link.open_conns += 1
             side = InboundSide(rt, source, peer, destination)
 
             def lost(_conn: MuxConnection) -> None:
                 link.open_conns -= 1
 
-            proto = MuxConnection(on_stream=lambda: ServerConn(rt, side), on_lost=lost, workers=rt.workers)
+            proto = MuxConnection(on_stream=lambda: ServerConn(rt, side), on_lost=lost, workers=rt.workers,
+                                  on_tcp_stream=lambda: inbound_tcp(rt, source, destination, framed=False))
         else:
-            link.handshakes += 1
-            link.tls_version = sslobj.version() or "TLS"
             proto = ServerConn(rt, InboundSide(rt, source, peer, destination), link)
         transport.set_protocol(proto)
         proto.connection_made(transport)

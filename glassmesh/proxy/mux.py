@@ -5,6 +5,10 @@ not know whether it talks over a dedicated TLS connection or a stream.
 Many requests in flight share one TLS connection (one handshake, one set of
 buffers) with per-stream flow control, so that a slow reader holds up only
 its own stream.
+
+Streams also carry tcp links (a stream opened with FLAG_TCP): each client
+connection of a link is a stream of the link's one TLS connection, so it
+costs no handshake, and its bytes share the TLS writes of the others.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ class Stream:
 
     __slots__ = (
         "conn", "id", "protocol", "user", "send_window", "pending", "recv_buf", "read_paused",
-        "write_paused", "local_fin", "remote_fin", "closing", "lost", "unacked", "opened",
+        "write_paused", "local_fin", "remote_fin", "closing", "lost", "unacked", "opened", "open_flag",
+        "reset_reason",
     )
 
     def __init__(self, conn: MuxConnection, sid: int, protocol: Any, opened: bool) -> None:
@@ -68,6 +73,8 @@ class Stream:
         self.lost = False
         self.unacked = 0  # bytes delivered to our protocol not yet granted back to the sender
         self.opened = opened  # False until our first frame (with OPEN) has gone out
+        self.open_flag = m.FLAG_OPEN  # the flags of that first frame (FLAG_TCP too for a tcp stream)
+        self.reset_reason = ""  # the peer's reason, once it reset the stream
 
     # --- transport API -------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -106,12 +113,12 @@ class Stream:
                 self._send(b"", m.FLAG_FIN)
         self.conn.loop.call_soon(self._lose, None)
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "abort") -> None:
         if self.lost:
             return
         self.pending = []
         if self.opened:
-            self.conn.queue(m.reset(self.id, "abort"))
+            self.conn.queue(m.reset(self.id, reason))
         self.conn.forget(self)
         self._lose(None)
 
@@ -149,7 +156,7 @@ class Stream:
     # --- internals -------------------------------------------------------------
     def _send(self, data: bytes, flags: int) -> None:
         if not self.opened:
-            flags |= m.FLAG_OPEN
+            flags |= self.open_flag
             self.opened = True
         self.conn.queue_many(m.data(self.id, data, flags))
 
@@ -250,6 +257,7 @@ class Stream:
         self.protocol.connection_lost(exc)
 
     def _reset(self, reason: str) -> None:
+        self.reset_reason = reason
         self.pending = []
         self.conn.forget(self)
         self._lose(ConnectionResetError(f"stream reset by peer: {reason}"))
@@ -259,8 +267,10 @@ class MuxConnection(asyncio.Protocol):
     """One TLS connection carrying streams. The client side opens them; the server side accepts them."""
 
     def __init__(self, on_stream: Callable[[], Any] | None = None,
-                 on_lost: Callable[[MuxConnection], None] | None = None, workers: int = 1) -> None:
+                 on_lost: Callable[[MuxConnection], None] | None = None, workers: int = 1,
+                 on_tcp_stream: Callable[[], Any] | None = None) -> None:
         self.on_stream = on_stream  # server side: makes the protocol of a new stream
+        self.on_tcp_stream = on_tcp_stream  # server side: ... of a new tcp stream (None: refused)
         self.on_lost = on_lost
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] | None = None  # transport.write, bound once
@@ -276,15 +286,37 @@ class MuxConnection(asyncio.Protocol):
         self.lost = False
         self.workers = workers  # server side: what SETTINGS tells the peer
         self.peer_workers = 1  # client side: what the peer's SETTINGS said
+        self.peer_tcp = False  # client side: the peer takes tcp streams (its SETTINGS said so)
+        self.settings_seen = False
+        self.settings_waiters: list[asyncio.Future[bool]] = []
 
     # --- client side -------------------------------------------------------------
-    def open(self, factory: Callable[[], Any]) -> tuple[Stream, Any]:
+    def open(self, factory: Callable[[], Any], tcp: bool = False) -> tuple[Stream, Any]:
+        """A new stream; a tcp stream is announced at once, so that the peer connects to its app now."""
         sid = self.next_id
         self.next_id += 2
         proto = factory()
         s = self.streams[sid] = Stream(self, sid, proto, opened=False)
+        if tcp:
+            s.open_flag = m.FLAG_OPEN | m.FLAG_TCP
+            s._send(b"", 0)
         proto.connection_made(s)
         return s, proto
+
+    def settled(self) -> asyncio.Future[bool]:
+        """Resolves once the peer's SETTINGS arrived (True), or the connection went first (False)."""
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        if self.settings_seen or self.lost:
+            fut.set_result(self.settings_seen)
+        else:
+            self.settings_waiters.append(fut)
+        return fut
+
+    def _settle(self) -> None:
+        waiters, self.settings_waiters = self.settings_waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(self.settings_seen)
 
     def usable(self) -> bool:
         return not self.lost and not self.transport.is_closing() and len(self.streams) < m.MAX_STREAMS
@@ -338,7 +370,7 @@ class MuxConnection(asyncio.Protocol):
         self.t_write = transport.write
         transport.set_write_buffer_limits(high=1 << 20)
         if self.on_stream is not None:
-            self.out.append(m.settings(self.workers))
+            self.out.append(m.settings(self.workers, m.SETTINGS_TCP_STREAMS if self.on_tcp_stream else 0))
             self._write()
 
     def data_received(self, data: bytes) -> None:
@@ -355,7 +387,13 @@ class MuxConnection(asyncio.Protocol):
                         if len(self.streams) >= m.MAX_STREAMS:
                             self.queue(m.reset(sid, "too many streams"))
                             continue
-                        proto = self.on_stream()
+                        if flags & m.FLAG_TCP:
+                            if self.on_tcp_stream is None:
+                                self.queue(m.reset(sid, "tcp streams not accepted"))
+                                continue
+                            proto = self.on_tcp_stream()
+                        else:
+                            proto = self.on_stream()
                         s = self.streams[sid] = Stream(self, sid, proto, opened=True)
                         proto.connection_made(s)
                     s._received(payload, bool(flags & m.FLAG_FIN))
@@ -364,6 +402,9 @@ class MuxConnection(asyncio.Protocol):
                         s._credit(m.window_increment(payload))
                 elif ftype == m.SETTINGS:
                     self.peer_workers = m.settings_workers(payload)
+                    self.peer_tcp = bool(flags & m.SETTINGS_TCP_STREAMS)
+                    self.settings_seen = True
+                    self._settle()
                 elif s is not None:  # RESET
                     s._reset(payload.decode("utf-8", "replace"))
         except m.MuxError:
@@ -382,6 +423,7 @@ class MuxConnection(asyncio.Protocol):
         for s in streams:
             s.pending = []
             s._lose(err)
+        self._settle()
         if self.on_lost is not None:
             self.on_lost(self)
 

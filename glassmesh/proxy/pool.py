@@ -111,6 +111,10 @@ class Pool:
         for m in self.muxes:
             m.transport.close()
 
+    async def mux_connection(self) -> MuxConnection:
+        """The link's least busy multiplexed connection (or a new one), for a caller that opens its own stream."""
+        return await self._mux_connection()
+
     async def _mux_connection(self) -> MuxConnection:
         best: MuxConnection | None = None
         for c in self.muxes:

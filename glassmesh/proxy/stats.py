@@ -29,6 +29,11 @@ class Stats:
         self.errors: dict[tuple[str, str], int] = {}
         self.snapshot_version = 0
         self.client_conns = 0
+        # tcp links: which links carry tcp (they have no requests), their open client connections,
+        # and the connections that could not be delivered, by reason.
+        self.tcp: set[tuple[str, str, str]] = set()
+        self.tcp_open: dict[tuple[str, str, str], int] = {}
+        self.tcp_failures: dict[tuple[str, str, str, str], int] = {}
 
     def link(self, side: str, source: str, destination: str) -> LinkStats:
         key = (side, source, destination)
@@ -41,12 +46,28 @@ class Stats:
         key = (side, reason)
         self.errors[key] = self.errors.get(key, 0) + 1
 
+    def tcp_link(self, side: str, source: str, destination: str) -> LinkStats:
+        """The counters of a link that carries tcp: it gets tcp series and no request series."""
+        key = (side, source, destination)
+        self.tcp.add(key)
+        return self.link(side, source, destination)
+
+    def tcp_opened(self, key: tuple[str, str, str], n: int) -> None:
+        self.tcp_open[key] = self.tcp_open.get(key, 0) + n
+
+    def tcp_failure(self, side: str, source: str, destination: str, reason: str) -> None:
+        key = (side, source, destination, reason)
+        self.tcp_failures[key] = self.tcp_failures.get(key, 0) + 1
+
     def dump(self) -> dict[str, Any]:
         return {
             "links": [ls.dump() for ls in self.links.values()],
             "errors": [[s, r, n] for (s, r), n in self.errors.items()],
             "snapshot_version": self.snapshot_version,
             "client_conns": self.client_conns,
+            "tcp_links": [list(k) for k in self.tcp],
+            "tcp_open": [[*k, n] for k, n in self.tcp_open.items()],
+            "tcp_failures": [[*k, n] for k, n in self.tcp_failures.items()],
         }
 
 
@@ -56,9 +77,17 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     errors: dict[tuple[str, str], int] = {}
     version = 0
     conns = 0
+    tcp: set[tuple[str, ...]] = set()
+    tcp_open: dict[tuple[str, ...], int] = {}
+    tcp_failures: dict[tuple[str, ...], int] = {}
     for d in dumps:
         version = max(version, d["snapshot_version"])
         conns += d["client_conns"]
+        tcp.update(tuple(k) for k in d.get("tcp_links", ()))
+        for *k, n in d.get("tcp_open", ()):
+            tcp_open[tuple(k)] = tcp_open.get(tuple(k), 0) + n
+        for *k, n in d.get("tcp_failures", ()):
+            tcp_failures[tuple(k)] = tcp_failures.get(tuple(k), 0) + n
         for s, r, n in d["errors"]:
             errors[(s, r)] = errors.get((s, r), 0) + n
         for ls in d["links"]:
@@ -77,6 +106,9 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "errors": [[s, r, n] for (s, r), n in errors.items()],
         "snapshot_version": version,
         "client_conns": conns,
+        "tcp_links": [list(k) for k in tcp],
+        "tcp_open": [[*k, n] for k, n in tcp_open.items()],
+        "tcp_failures": [[*k, n] for k, n in tcp_failures.items()],
     }
 
 
@@ -96,13 +128,20 @@ class _Collector:
         conns = GaugeMetricFamily("glassmesh_open_connections", "Open proxy-to-proxy connections", labels=lk)
         hs = CounterMetricFamily("glassmesh_tls_handshakes", "Completed mutual TLS handshakes", labels=lk)
         tcp = CounterMetricFamily("glassmesh_tcp_connections", "TCP link connections carried", labels=lk)
+        tcp_open = GaugeMetricFamily("glassmesh_tcp_open_connections", "TCP link connections open now", labels=lk)
+        tcp_fail = CounterMetricFamily(
+            "glassmesh_tcp_connect_failures", "TCP link connections that could not be delivered, by reason",
+            labels=[*lk, "reason"])
+        tcp_links = {tuple(k) for k in self.d.get("tcp_links", ())}
         mtls = GaugeMetricFamily(
             "glassmesh_link_mtls", "1 when the link's connections are mutual TLS", labels=[*lk, "tls_version"]
         )
         for ls in self.d["links"]:
             lv = [ls["side"], ls["source"], ls["destination"]]
+            is_tcp = tuple(lv) in tcp_links
             for i, n in enumerate(ls["status"]):
-                if i and (n or i in (2, 5)):
+                # A tcp link has no requests: no all-zero series for it, its tcp series say what it carries.
+                if i and (n or (i in (2, 5) and not is_tcp)):
                     req.add_metric([*lv, f"{i}xx"], n)
             if sum(ls["status"]):
                 acc = 0
@@ -115,10 +154,14 @@ class _Collector:
             byt.add_metric([*lv, "response"], ls["bytes_resp"])
             conns.add_metric(lv, ls["open_conns"])
             hs.add_metric(lv, ls["handshakes"])
-            if ls["tcp_conns"]:
+            if ls["tcp_conns"] or is_tcp:
                 tcp.add_metric(lv, ls["tcp_conns"])
             if ls["tls_version"]:
                 mtls.add_metric([*lv, ls["tls_version"]], 1)
+        for *k, n in self.d.get("tcp_open", ()):
+            tcp_open.add_metric(k, n)
+        for *k, n in self.d.get("tcp_failures", ()):
+            tcp_fail.add_metric(k, n)
         errs = CounterMetricFamily("glassmesh_mesh_errors", "Responses made by the mesh itself", labels=["side", "reason"])
         for s, r, n in self.d["errors"]:
             errs.add_metric([s, r], n)
@@ -129,7 +172,7 @@ class _Collector:
         info = GaugeMetricFamily("glassmesh_build_info", "Version, and whether the hot path is mypyc-compiled",
                                  labels=["version", "hot_path"])
         info.add_metric([__version__, hot_path()], 1)
-        yield from (req, dur, byt, conns, hs, tcp, mtls, errs, ver, cc, info)
+        yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, ver, cc, info)
         ctl = self.d.get("control")  # set by proxies that watch a control plane (glassmesh.proxy.watch)
         if ctl is not None:
             age = GaugeMetricFamily("glassmesh_snapshot_age_seconds",

@@ -262,3 +262,63 @@ def test_http_connections_are_called_natively_and_a_relay_by_name(pair):
     assert other.data == b"to the relay"
     s.set_protocol(u)
     assert s.user is u
+
+
+def _settings_from(server: MuxConnection) -> MuxConnection:
+    """A connecting side that has read `server`'s first frames."""
+    client = MuxConnection()
+    client.connection_made(Wire())
+    sw = Wire()
+    server.connection_made(sw)
+    assert not client.settings_seen
+    for b in sw.buf:
+        client.data_received(b)
+    return client
+
+
+def test_tcp_streams_are_offered_in_settings_and_older_peers_are_told_apart():
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        new = _settings_from(MuxConnection(on_stream=Recorder, on_tcp_stream=Recorder, workers=2))
+        assert new.settings_seen and new.peer_tcp and new.peer_workers == 2
+        # An older proxy: SETTINGS without flags; a caller then uses a TLS connection per tcp connection.
+        old = _settings_from(MuxConnection(on_stream=Recorder, workers=2))
+        assert old.settings_seen and not old.peer_tcp and old.peer_workers == 2
+        fut = new.settled()
+        assert fut.done() and fut.result() is True
+        waiting = MuxConnection()
+        waiting.connection_made(Wire())
+        pending = waiting.settled()
+        waiting.connection_lost(None)
+        assert pending.done() and pending.result() is False
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def test_a_tcp_stream_opens_at_once_and_a_server_without_tcp_resets_it(pair):
+    client, server, servers, pump = pair
+    tcp_servers: list[Recorder] = []
+
+    def on_tcp() -> Recorder:
+        r = Recorder()
+        tcp_servers.append(r)
+        return r
+
+    server.on_tcp_stream = on_tcp
+    s, rec = client.open(Recorder, tcp=True)
+    pump()
+    assert len(tcp_servers) == 1 and servers == []  # announced before any byte, as a tcp stream
+    s.write(b"PING\r\n")
+    pump()
+    assert tcp_servers[0].data == b"PING\r\n"
+    tcp_servers[0].transport.abort("connect_refused")
+    pump()
+    assert s.reset_reason == "connect_refused" and isinstance(rec.lost, ConnectionResetError)
+    server.on_tcp_stream = None  # a proxy that takes no tcp streams
+    s2, rec2 = client.open(Recorder, tcp=True)
+    pump()
+    assert len(tcp_servers) == 1 and servers == []
+    assert s2.reset_reason == "tcp streams not accepted" and isinstance(rec2.lost, ConnectionResetError)
+

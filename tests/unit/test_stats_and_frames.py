@@ -124,3 +124,20 @@ def test_tls_contexts_hand_uvloop_the_c_read_and_write(tmp_path):
         raise AssertionError("a read before the handshake must raise")
     except ssl.SSLError:
         pass
+
+
+def test_tcp_links_render_their_own_series_and_merge():
+    a, b = Stats(), Stats()
+    for s in (a, b):
+        ls = s.tcp_link("inbound", "a", "db")
+        ls.tcp_conns += 2
+        ls.tls_version = "TLSv1.3"
+        s.tcp_opened(("inbound", "a", "db"), 1)
+        s.tcp_failure("inbound", "a", "db", "connect_refused")
+    text = render(merge([a.dump(), b.dump()])).decode()
+    assert 'glassmesh_tcp_connections_total{destination="db",side="inbound",source="a"} 4.0' in text
+    assert 'glassmesh_tcp_open_connections{destination="db",side="inbound",source="a"} 2.0' in text
+    assert ('glassmesh_tcp_connect_failures_total{destination="db",reason="connect_refused",side="inbound",'
+            'source="a"} 2.0') in text
+    assert 'glassmesh_link_mtls{destination="db",side="inbound",source="a",tls_version="TLSv1.3"} 1.0' in text
+    assert "glassmesh_requests_total{" not in text
