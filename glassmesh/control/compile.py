@@ -20,9 +20,9 @@ import msgspec
 
 from glassmesh.control.config import HostConfig, MeshConfig, ServiceConfig
 from glassmesh.control.discovery import SOURCE_DNS, is_external
-from glassmesh.control.layout import effective_calls, host_layout, index, join
+from glassmesh.control.layout import effective_calls, host_layout, index, join, local_ip
 from glassmesh.control.store import HostRecord, InstanceRecord
-from glassmesh.model.snapshot import Endpoint, LocalService, Service, Snapshot, TcpLink, split_address
+from glassmesh.model.snapshot import Endpoint, LocalService, Service, Snapshot, TcpLink
 
 InstanceKey = tuple[str, str]  # (host, app address): one instance of a service
 
@@ -75,7 +75,7 @@ def healthy_instances(cfg: MeshConfig, instances: Iterable[InstanceRecord],
 def _local_instances(svcs: dict[str, ServiceConfig], host: HostConfig, names: Iterable[str],
                      instances: list[InstanceRecord]) -> dict[str, list[str]]:
     """Addresses the inbound side delivers to: healthy ones, or every known one when none is healthy."""
-    ip, _ = split_address(host.address)
+    ip = local_ip(host.address)
     reported: dict[str, list[InstanceRecord]] = {}  # by service: a host runs ~50 services in a big mesh
     for r in instances:
         if r.host == host.name:

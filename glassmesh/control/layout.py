@@ -4,10 +4,19 @@ Outbound listeners are what apps are configured with (HTTP_PROXY), so they
 must not move when an unrelated service is added: they are derived from the
 order of `hosts[].services` (append new ones at the end) or pinned with
 `hosts[].outbound`, and never depend on instances or health.
+
+Only the inbound port faces the network. Outbound listeners, the admin port
+and the apps (`port:`) are on the host's loopback (`local_ip`): an outbound
+listener calls as its service, with its certificate, and an app reached on
+the network could be sent a forged `glassmesh-source` past the mTLS check.
+A host whose own address is a loopback one (several hosts on one machine,
+as in the demo and the tests) uses that address instead, which is just as
+private to the machine.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +31,18 @@ ADMIN_PORT = 4191
 
 def join(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def local_ip(host_address: str) -> str:
+    """The address a host's private listeners and apps use: its loopback (see the module docstring)."""
+    ip, _ = split_address(host_address)
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return "127.0.0.1"  # a name: loopback
+    if addr.is_loopback:
+        return ip
+    return "::1" if addr.version == 6 else "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -74,7 +95,7 @@ def local_services(cfg: MeshConfig, host: HostConfig, idx: Index | None = None) 
 
 def host_layout(cfg: MeshConfig, host: HostConfig, idx: Index | None = None) -> HostLayout:
     idx = idx or index(cfg)
-    ip, _ = split_address(host.address)
+    ip = local_ip(host.address)
     admin = host.admin or join(ip, ADMIN_PORT)
     locals_ = local_services(cfg, host, idx)
     listens = tuple(t.listen for t in cfg.tcp_links if t.host == host.name)

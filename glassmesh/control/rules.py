@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from glassmesh.control.layout import Index, host_layout, index, join
-from glassmesh.model.snapshot import split_address
+from glassmesh.control.layout import Index, host_layout, index, join, local_ip
 
 if TYPE_CHECKING:
     from glassmesh.control.config import MeshConfig
@@ -54,7 +53,7 @@ def _hosts(cfg: MeshConfig, idx: Index, out: Found) -> None:
         if h.address in inbound:
             out.append((f"{p}.address", f"{h.address} is already the inbound of {inbound[h.address]}"))
         inbound[h.address] = h.name
-        ip = split_address(h.address)[0]
+        ip = local_ip(h.address)
         apps: dict[str, str] = {}
         for j, s in enumerate(h.services):
             port = svc.port if (svc := idx.services.get(s)) is not None else None

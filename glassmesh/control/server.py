@@ -263,6 +263,9 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
     the replica runs without it (and says so) rather than not at all.
     """
     host, _, port = listen.rpartition(":")
+    # First of all: a SIGTERM while the replica starts (its port may be open already) stops it cleanly.
+    stop = asyncio.Event()
+    on_stop_signals(asyncio.get_running_loop(), stop.set, StopDeadline("control plane", log.warning))
     if insecure_proxy_listen and not _loopback(insecure_proxy_listen):
         raise StartupError(f"--insecure-proxy-listen {insecure_proxy_listen}: only a loopback address may serve "
                            f"proxies without mutual TLS")
@@ -313,8 +316,6 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
     if identity is not None and proxy_listen:
         await _serve_proxy_listener(runner, identity, proxy_listen, proxy_listen_explicit, tls_dir)
         app[BEAT_NOW].set()  # announce the proxy listener's URL now, for `host add` on other replicas
-    stop = asyncio.Event()
-    on_stop_signals(asyncio.get_running_loop(), stop.set, StopDeadline("control plane", log.warning))
     try:
         await stop.wait()
     finally:

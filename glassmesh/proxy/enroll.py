@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from glassmesh.api.certs import CLOCK_SKEW, spiffe_id_of
-from glassmesh.files import write_atomic, write_private
+from glassmesh.files import private_dir, write_atomic, write_private
 from glassmesh.model.snapshot import Snapshot
 from glassmesh.proxy.runtime import log
 from glassmesh.tlsdefaults import harden
@@ -198,7 +198,7 @@ class ProxyIdentity:
         doc = await self._post(session, url, f"/v1/hosts/{self.host}/certs",
                                {"service": service, "csr_pem": make_csr(key, want)})
         _check_leaf(doc["cert_pem"], key, want)
-        os.makedirs(os.path.dirname(cert_path), exist_ok=True)
+        private_dir(os.path.dirname(cert_path))
         write_private(key_path, key_pem(key))
         write_atomic(cert_path, doc["cert_pem"].encode())
         log(f"certificate for service {service} issued, valid until {time.ctime(doc['not_after'])}")
@@ -339,7 +339,7 @@ async def join(url: str, token: str, ca_sha256: str, data_dir: str, host: str | 
     if der_sha256(doc["ca_pem"]) != pin:
         raise EnrollError("the join answer carries a different CA than the one pinned")
     os.makedirs(ident.dir, mode=0o700, exist_ok=True)
-    os.makedirs(os.path.join(ident.data_dir, "certs"), exist_ok=True)
+    private_dir(os.path.join(ident.data_dir, "certs"))
     write_private(ident.path("host.key"), key_pem(key))
     write_atomic(ident.path("host.pem"), doc["cert_pem"].encode())
     write_atomic(ident.path("ca.pem"), doc["ca_pem"].encode())

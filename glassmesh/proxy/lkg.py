@@ -16,7 +16,7 @@ import os
 
 import msgspec
 
-from glassmesh.files import write_atomic
+from glassmesh.files import write_private
 from glassmesh.model.snapshot import Snapshot, SnapshotError, encode_snapshot, load_snapshot
 
 FILENAME = "snapshot.json"
@@ -55,7 +55,7 @@ def as_sent(data_dir: str, snap: Snapshot) -> Snapshot:
 
 def save(data_dir: str, snap: Snapshot) -> None:
     """Record an accepted snapshot (as it is in force, guard included) as the last-known-good one."""
-    write_atomic(lkg_path(data_dir), encode_snapshot(_relative(snap, data_dir)) + b"\n")
+    write_private(lkg_path(data_dir), encode_snapshot(_relative(snap, data_dir)) + b"\n")  # the topology: 0600
 
 
 def load(data_dir: str) -> Snapshot | None:
@@ -66,4 +66,4 @@ def load(data_dir: str) -> Snapshot | None:
     return load_snapshot(path)
 
 
-__all__ = ["FILENAME", "SnapshotError", "as_sent", "load", "lkg_path", "save", "write_atomic"]
+__all__ = ["FILENAME", "SnapshotError", "as_sent", "load", "lkg_path", "save"]

@@ -44,7 +44,10 @@ class AccessLog:
     """
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # Who called what, with request ids: the owner's only (an existing file is narrowed).
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if os.fstat(self.fd).st_mode & 0o077:
+            os.fchmod(self.fd, 0o600)
         self.buf: list[bytes] = []
         self.size = 0
         self.timer: asyncio.TimerHandle | None = None

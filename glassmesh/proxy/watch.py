@@ -80,6 +80,7 @@ from glassmesh.api.wire import (
     instances_path,
     snapshot_path,
 )
+from glassmesh.files import private_dir
 from glassmesh.model.snapshot import (
     DigestCache,
     Snapshot,
@@ -644,6 +645,10 @@ class ControlLink:
             log(f"snapshot version {got.version} applied on retry {p.attempts}, "
                 f"{time.time() - p.since:.1f} s after it was rejected ({p.reason})")
         self.pending = None
+        r = self.last_reject
+        if r is not None and r.get("version") is not None and got.version >= r["version"] and not r.get("past"):
+            # Still shown (the reason may matter), but as history: the proxy runs this version or a newer one.
+            self.last_reject = {**r, "past": True, "running": got.version}
         self.after = max(self.after, got.version)
         self.source, self.fresh_at = "control", time.time()
         self.set_base(decoded.wire if decoded.digest else None, decoded.digest)
@@ -884,5 +889,5 @@ def run_controlled(url: str, host: str | None, data_dir: str, seed: str | None =
     """
     from glassmesh.proxy.server import launch
 
-    os.makedirs(data_dir, exist_ok=True)
+    private_dir(data_dir)  # keys, certificates and snapshots: the proxy's user only
     launch(_main(url, host, os.path.abspath(data_dir), seed, workers, keylog, access_log, join, ca_sha256))

@@ -40,9 +40,9 @@ def gunicorn_app(mesh: Mesh, host: Host, service: str) -> App:
     return App(p, addr, name)
 
 
-@pytest.mark.skipif(shutil.which("hey") is None, reason="hey is not installed (scripts/install-test-deps.sh)")
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_stopping_one_gunicorn_under_load_fails_no_get(mesh: Mesh, how: str) -> None:
+    assert shutil.which("hey"), "hey is not installed: run scripts/install-test-deps.sh (make test does)"
     h1, h2, h3 = mesh.add_host("host1"), mesh.add_host("host2"), mesh.add_host("host3")
     h1.client("a")
     gunicorn_app(mesh, h2, "b")

@@ -169,7 +169,7 @@ class _Demo:
 def demo(tmp_path: Path) -> Iterator[_Demo]:
     busy = [f"{ip}:{port}" for ip, port in DEMO_PORTS if not _bindable(ip, port)]
     if busy:
-        pytest.skip(f"the demo's addresses are in use ({', '.join(busy)}): another demo runs")
+        pytest.fail(f"the demo's addresses are in use ({', '.join(busy)}): stop the demo (or test) holding them")
     d = _Demo(tmp_path)
     try:
         yield d

@@ -103,3 +103,18 @@ def test_proxy_refuses_a_service_key_others_can_read(mesh: Mesh) -> None:
     assert "is accessible by group or others (mode 0640)" in out and "chmod 600" in out, out
     assert "Traceback" not in out
     assert PROXY_CMD  # the proxy ran as a user runs it: glassmesh proxy --config
+
+
+def test_a_proxys_data_dir_certs_and_access_log_are_private(mesh: Mesh) -> None:
+    """A controlled proxy's DIR (keys, snapshots) and certs/ are 0700, its access log 0600, even if made wider."""
+    from tests.e2e.test_control_lifecycle import Pair
+
+    pair = Pair(mesh)
+    os.chmod(pair.h1.data, 0o755)
+    os.chmod(pair.h1.data / "certs", 0o755)
+    log = mesh.root / "access.log"
+    log.touch(mode=0o644)
+    os.chmod(log, 0o644)
+    pair.up(["--access-log", str(log)])
+    assert _mode(pair.h1.data) == 0o700 and _mode(log) == 0o600, (oct(_mode(pair.h1.data)), oct(_mode(log)))
+    assert _mode(pair.h1.data / "snapshot.json") == 0o600

@@ -137,3 +137,30 @@ hosts:
 
     assert outbound("") == {"api": "127.0.0.13:4141"}
     assert outbound(", calls: [api]") == {"cache": "127.0.0.13:4140", "api": "127.0.0.13:4141"}
+
+
+REAL_HOSTS = """
+services:
+  - {name: web, port: 8080, calls: [api]}
+  - {name: api, port: 9000}
+hosts:
+  - {name: h1, address: "10.0.0.1:4143", services: [web]}
+  - {name: h2, address: "[fd00::2]:4143", services: [api]}
+  - {name: h3, address: "10.0.0.3:4143", services: [api], admin: "10.0.0.3:4191"}
+"""
+
+
+def test_only_the_inbound_port_faces_the_network() -> None:
+    """On a real host, outbound listeners, admin and apps are on loopback; the inbound port is the host's."""
+    cfg = parse_config(REAL_HOSTS, "mesh.yaml")
+    up = [InstanceRecord("api", "h2", "[::1]:9000", True), InstanceRecord("api", "h3", "127.0.0.1:9000", True)]
+    snaps = compile_snapshots(cfg, up, trust_domain="glassmesh.local", versions={}, version=1)
+    h1, h2, h3 = snaps["h1"], snaps["h2"], snaps["h3"]
+    assert (h1.inbound, h1.admin) == ("10.0.0.1:4143", "127.0.0.1:4191")
+    assert [(s.name, s.outbound, s.instances) for s in h1.local_services] == [
+        ("web", "127.0.0.1:4140", ["127.0.0.1:8080"])]
+    assert (h2.admin, h2.local_services[0].outbound, h2.local_services[0].instances) == (
+        "[::1]:4191", "[::1]:4140", ["[::1]:9000"])
+    assert h3.admin == "10.0.0.3:4191"  # pinned by the operator: their choice
+    # Callers reach api through each host's inbound (network) address, never its app port.
+    assert [e.address for e in h1.services[0].endpoints] == ["[fd00::2]:4143", "10.0.0.3:4143"]
