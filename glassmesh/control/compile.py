@@ -96,6 +96,37 @@ def _local_instances(svcs: dict[str, ServiceConfig], host: HostConfig, names: It
     return out
 
 
+def _callers(cfg: MeshConfig) -> dict[str, list[str] | None]:
+    """service -> the services that may call it (their `calls:`, or a tcp link to it); None: every one.
+
+    Enforced at the destination's inbound proxy, so that a service whose own
+    proxy does not hold it back (a compromised host, a hand-made client with
+    a stolen certificate) still cannot reach what it may not call. One list
+    object per distinct set: in an all-to-all mesh every entry is None.
+    """
+    names = [s.name for s in cfg.services]
+    everyone: set[str] = set()
+    specific: dict[str, set[str]] = {}
+    for svc in cfg.services:
+        c = effective_calls(svc)
+        if c is None:
+            everyone.add(svc.name)
+        else:
+            for x in c:
+                specific.setdefault(x, set()).add(svc.name)
+    for t in cfg.tcp_links:
+        specific.setdefault(t.destination, set()).add(t.source)
+    shared: dict[frozenset[str], list[str]] = {}
+    out: dict[str, list[str] | None] = {}
+    for x in names:
+        allowed = frozenset(everyone | specific.get(x, set()))
+        if len(allowed) == len(names):
+            out[x] = None
+        else:
+            out[x] = shared.setdefault(allowed, sorted(allowed))
+    return out
+
+
 def _service_structs(cfg: MeshConfig, endpoints: Mapping[str, Iterable[InstanceKey]],
                      inbound: dict[str, str], versions: Mapping[str, Snapshot],
                      drained: frozenset[str] = frozenset()) -> dict[str, Service]:
@@ -155,6 +186,7 @@ def compile_snapshots(
         by_host.setdefault(r.host, []).append(r)
     idx = index(cfg)
     svcs = idx.services
+    callers = _callers(cfg)
     out: dict[str, Snapshot] = {}
     # Hosts that may call the same services share one list object: in an all-to-all mesh that is
     # every host, so 200 hosts do not each build, sort and compare a list of 1,000 services.
@@ -184,7 +216,8 @@ def compile_snapshots(
             inbound=lay.inbound, admin=lay.admin,
             local_services=[
                 LocalService(name=n, protocol=_protocol(svcs, n), instances=local[n], outbound=lay.outbound.get(n),
-                             calls=calls[n], cert=f"certs/{n}.pem", key=f"certs/{n}.key", **_health(svcs.get(n)))
+                             calls=calls[n], callers=callers.get(n), cert=f"certs/{n}.pem", key=f"certs/{n}.key",
+                             **_health(svcs.get(n)))
                 for n in lay.local_services
             ],
             services=listed,

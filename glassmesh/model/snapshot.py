@@ -51,6 +51,9 @@ class LocalService(msgspec.Struct, **_STRUCT):
     # local services may call; the outbound side refuses a call outside the caller's own list
     # (403 call_not_allowed), even when another local service may make it.
     calls: list[Name] | None = None
+    # Who may call this service (None: any service identity of the trust domain): the inbound side
+    # answers any other caller 403 `forbidden`, whatever its own proxy allowed.
+    callers: list[Name] | None = None
     # The service's certificate chain and key (PEM files), presented on both
     # sides: as the client cert when it calls, as the server cert when called.
     cert: str

@@ -46,6 +46,7 @@ class Local:
     protocol: str
     instances: RoundRobin  # of PoolKey
     calls: list[str] | None = None  # what it may call, in its config's order; None: everything
+    callers: frozenset[str] | None = None  # who may call it; None: every service of the mesh
 
 
 @dataclass
@@ -63,6 +64,17 @@ class Table:
 
     def expected_peer(self, service: str) -> str:
         return f"spiffe://{self.trust_domain}/service/{service}"
+
+    def authorized(self, source: str, destination: str) -> bool:
+        """The inbound authorize step: may `source` call local `destination` (HTTP or a tcp link)?
+
+        A local service without a `callers` list takes every caller with a
+        service identity of the trust domain (checked at the handshake), as a
+        snapshot written by hand does; the control plane lists the callers of
+        each service that not every service may call.
+        """
+        local = self.locals.get(destination)
+        return local is None or local.callers is None or source in local.callers
 
 
 class Live:
@@ -98,7 +110,8 @@ def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
     locals_: dict[str, Local] = {}
     for ls in snap.local_services:
         inst = [PoolKey(*split_address(a), None, None) for a in ls.instances]
-        locals_[ls.name] = Local(ls.name, ls.protocol, RoundRobin(inst), ls.calls)
+        locals_[ls.name] = Local(ls.name, ls.protocol, RoundRobin(inst), ls.calls,
+                                 frozenset(ls.callers) if ls.callers is not None else None)
     return Table(
         version=snap.version,
         host=snap.host,

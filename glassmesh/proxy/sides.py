@@ -142,6 +142,8 @@ class InboundSide(Side):
         self.link = rt.stats.link("inbound", source, destination)
         self._cache: dict[PoolKey, Routed] = {}
         self._gen = self.live.generation
+        # The authorize step, decided once per table (caller and callee are fixed per connection).
+        self._allowed = self.live.table.authorized(source, destination)
 
     def link_for(self, service: str | None) -> LinkStats:
         return self.link
@@ -149,16 +151,20 @@ class InboundSide(Side):
     def route(self, ex: Exchange) -> Routed | tuple[str, str]:
         live = self.live
         ex.service = self.destination
+        gen = live.generation
+        if self._gen != gen:
+            self._cache = {}
+            self._gen = gen
+            self._allowed = live.table.authorized(self.source, self.destination)
+        if not self._allowed:
+            return ("forbidden", f"{self.source!r} may not call {self.destination!r} (its callers are set in "
+                                 f"mesh.yaml by each service's calls:)")
         local = live.table.locals.get(self.destination)
         if local is None:
             return ("misdirected", f"{self.rt.host} no longer serves {self.destination!r}")
         key = local.instances.pick()
         if key is None:
             return ("no_endpoints", f"{self.rt.host} has no instance of {self.destination!r}")
-        gen = live.generation
-        if self._gen != gen:
-            self._cache = {}
-            self._gen = gen
         r = self._cache.get(key)
         if r is None:
             r = self._cache[key] = Routed(self.rt.pool(key, None), self.link, self.destination, self.extra)

@@ -567,7 +567,17 @@ class InboundPipe(Pipe):
 
     async def connect(self) -> None:
         rt = self.rt
-        local = rt.table.locals.get(self.destination)
+        table = rt.table
+        local = table.locals.get(self.destination)
+        if local is not None and local.protocol != "tcp":
+            # Raw bytes to an HTTP app would skip every header rule (a forged glassmesh-source with them).
+            rt.stats.error("inbound", "not_a_tcp_service")
+            self.fail("not_a_tcp_service", f"{self.destination!r} is an http service: it takes no raw tcp")
+            return
+        if not table.authorized(self.source, self.destination):
+            rt.stats.error("inbound", "forbidden")
+            self.fail("forbidden", f"{self.source!r} may not call {self.destination!r}")
+            return
         n = len(local.instances.items) if local is not None else 0
         reason, message = "no_instances", f"{self.destination!r} has no instances here"
         loop = asyncio.get_running_loop()

@@ -164,3 +164,27 @@ def test_only_the_inbound_port_faces_the_network() -> None:
     assert h3.admin == "10.0.0.3:4191"  # pinned by the operator: their choice
     # Callers reach api through each host's inbound (network) address, never its app port.
     assert [e.address for e in h1.services[0].endpoints] == ["[fd00::2]:4143", "10.0.0.3:4143"]
+
+
+CALLERS = """
+services:
+  - {name: web, port: 8080, calls: [api]}
+  - {name: batch, port: 8081, calls: [cache]}
+  - {name: api, port: 9000}
+  - {name: cache, port: 6379, protocol: tcp}
+  - {name: open, port: 9100, calls: []}
+hosts:
+  - {name: h1, address: "127.0.0.21:4143", services: [web, batch]}
+  - {name: h2, address: "127.0.0.22:4143", services: [api, cache, open]}
+tcp_links:
+  - {host: h1, source: web, listen: "127.0.0.21:16379", destination: cache}
+"""
+
+
+def test_each_service_names_who_may_call_it() -> None:
+    """The inbound authorize step's input: calls: lists (and tcp links) turned around per destination."""
+    cfg = parse_config(CALLERS, "mesh.yaml")
+    snaps = compile_snapshots(cfg, [], trust_domain="glassmesh.local", versions={}, version=1)
+    callers = {s.name: s.callers for s in snaps["h2"].local_services}
+    # api calls everything (no calls:), so it may call itself and the others; web lists api.
+    assert callers == {"api": ["api", "web"], "cache": ["api", "batch", "web"], "open": ["api"]}
