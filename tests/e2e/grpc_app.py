@@ -8,6 +8,8 @@ No generated code: raw bytes in and out through a generic handler.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +31,10 @@ def main() -> None:
     server.add_insecure_port(a.listen)
     server.start()
     print(f"grpc server on {a.listen}", flush=True)
-    server.wait_for_termination()
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())  # a clean stop: exit 0, as the harness expects
+    stopped.wait()
+    server.stop(grace=1).wait()
 
 
 if __name__ == "__main__":

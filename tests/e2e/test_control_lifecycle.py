@@ -10,7 +10,6 @@ connections, ports that open and close as mesh.yaml changes, the acks in
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import HttpConn, Mesh, fresh_ip, get, mesh_error, split, wait_port
+from tests.e2e.operator import cli_env
 from tests.e2e.test_control_watch import APP_PORT, CLI, CHost, Control, wait_for
 from tests.e2e.test_listeners import refused
 
@@ -309,8 +309,8 @@ def test_a_restart_from_an_older_lkg_serves_at_once_then_takes_the_newer_listene
 
 
 def status_text(p: Pair) -> str:
-    r = subprocess.run([*CLI, "status", "--control", p.cp.url], capture_output=True, text=True, timeout=30,
-                       env=dict(os.environ, COLUMNS="400"))  # one row per host, not wrapped
+    r = subprocess.run([*CLI, "status"], capture_output=True, text=True, timeout=30,
+                       env={**cli_env(p.cp.api_url, p.cp.cred), "COLUMNS": "400"})  # one row per host, not wrapped
     assert r.returncode == 0, r.stderr
     return r.stdout
 
