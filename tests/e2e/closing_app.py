@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str, mode: str) -> None:
@@ -55,8 +56,10 @@ async def main() -> None:
     a = ap.parse_args()
     host, _, port = a.listen.rpartition(":")
     server = await asyncio.start_server(lambda r, w: serve(r, w, a.name, a.mode), host, int(port))
+    stop = asyncio.Event()  # SIGTERM ends it with status 0, as the harness expects of every process
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with server:
-        await server.serve_forever()
+        await stop.wait()
 
 
 if __name__ == "__main__":
