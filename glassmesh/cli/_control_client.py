@@ -14,10 +14,7 @@ nothing, and commits are compare-and-set on the version.
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -78,18 +75,6 @@ def operator_credential() -> credential.Credential:
         return credential.load(path)
     except credential.CredentialError as e:
         raise ControlError(str(e)) from None
-
-
-def default_author() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # no passwd entry (containers)
-        user = os.environ.get("USER", "unknown")
-    return f"{user}@{socket.gethostname()}"
-
-
-def author_option(f: F) -> F:
-    return click.option("--author", default=None, help="Who makes the change [default: $USER@hostname].")(f)
 
 
 def control_urls(control: str) -> list[str]:

@@ -8,10 +8,8 @@ import click
 from rich.table import Table
 
 from glassmesh.cli._control_client import (
-    author_option,
     call,
     control_option,
-    default_author,
     expect_ok,
     out,
     print_diff,
@@ -57,11 +55,10 @@ def history(limit: int, show_diff: bool, control: str) -> None:
 
 @click.command()
 @click.argument("version", type=int)
-@author_option
 @control_option
-def rollback(version: int, author: str | None, control: str) -> None:
+def rollback(version: int, control: str) -> None:
     """Restore config VERSION (recorded as a new version; history is kept)."""
-    doc = expect_ok(*call(control, "POST", "/v1/rollback", {"version": version, "author": author or default_author()}))
+    doc = expect_ok(*call(control, "POST", "/v1/rollback", {"version": version}))
     print_diff(doc["diff"])
     if doc["committed"]:
         out.print(f"rolled back to version {version}: now version {doc['version']}")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.text import Text
 
-from glassmesh.cli._control_client import author_option, call, control_option, default_author, expect_ok, out
+from glassmesh.cli._control_client import call, control_option, expect_ok, out
 
 
 def _age(s: float | None) -> str:
@@ -127,10 +127,9 @@ def release(service: str, control: str) -> None:
 @click.command()
 @click.argument("service")
 @click.option("--undo", is_flag=True, help="Clear the drain mark (the guard protects SERVICE again).")
-@author_option
 @control_option
-def drain(service: str, undo: bool, author: str | None, control: str) -> None:
+def drain(service: str, undo: bool, control: str) -> None:
     """Mark SERVICE as emptied on purpose: its endpoints may go to none without being held."""
     doc = expect_ok(*call(control, "POST", "/v1/drain",
-                          {"service": service, "undo": undo, "author": author or default_author()}))
+                          {"service": service, "undo": undo}))
     out.print(f"{service}: {'drained' if doc['drained'] else 'no longer drained'}")

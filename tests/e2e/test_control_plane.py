@@ -117,7 +117,7 @@ def control(tmp_path: Path) -> Iterator[Control]:
 
 def test_apply_diff_get_history_rollback(control: Control, tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text(MESH)
-    r = control.cli("apply", "-f", "mesh.yaml", "--author", "mallory@laptop", cwd=tmp_path)
+    r = control.cli("apply", "-f", "mesh.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "+  name: b" in r.stdout and "applied: version 1" in r.stdout
     assert "no changes against version 1" in control.cli("diff", "-f", "mesh.yaml", cwd=tmp_path).stdout
@@ -144,7 +144,8 @@ def test_apply_diff_get_history_rollback(control: Control, tmp_path: Path) -> No
     r = control.cli("rollback", "1")
     assert r.returncode == 0 and "now version 3" in r.stdout and "+  port: 8080" in r.stdout
     hist = control.cli("history").stdout
-    # The author is the operator credential's name; what the client claims (--author) is not recorded.
+    # The author is the operator credential's name (an `author` a client sends is not recorded:
+    # tests/security/test_operator_api.py sends one).
     assert "admin (rollback to 1)" in hist and "rollback to version 1" in hist, hist
     assert "mallory" not in hist
     assert control.cli("rollback", "99").returncode == 1
