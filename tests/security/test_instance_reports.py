@@ -8,23 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-from typing import Any
 
-import pytest
-
-from tests.e2e.test_control_plane import MESH, Control
-
-
-@pytest.fixture
-def control(tmp_path: Path) -> Any:
-    c = Control(tmp_path)
-    try:
-        (tmp_path / "mesh.yaml").write_text(MESH)
-        assert c.cli("apply", "-f", str(tmp_path / "mesh.yaml")).returncode == 0
-        yield c
-    finally:
-        c.stop()
+from tests.e2e.test_control_plane import Control
 
 
 def _local_instances(c: Control, host: str) -> list[str]:

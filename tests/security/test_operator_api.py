@@ -20,17 +20,6 @@ from tests.e2e.operator import api, cli_env
 from tests.e2e.test_control_plane import CLI, MESH, Control
 
 
-@pytest.fixture
-def control(tmp_path: Path) -> Any:
-    c = Control(tmp_path)
-    try:
-        (tmp_path / "mesh.yaml").write_text(MESH)
-        assert c.cli("apply", "-f", str(tmp_path / "mesh.yaml")).returncode == 0
-        yield c
-    finally:
-        c.stop()
-
-
 def _raw(c: Control, method: str, path: str, body: Any = None, cert: tuple[Path, Path] | None = None,
          ca: Path | None = None) -> tuple[int, Any]:
     """A TLS client that trusts the mesh CA and presents `cert` (or nothing)."""
