@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sys
 import time
 
@@ -48,6 +49,8 @@ def factories(a: argparse.Namespace) -> dict:
 def serve(a: argparse.Namespace) -> None:
     server = make_server(echo_thrift.Echo, Handler(), a.host, a.port, client_timeout=None, **factories(a))
     print(f"thrift echo on {a.host}:{a.port} ({a.protocol}, {a.transport})", flush=True)
+    # SIGTERM is a clean stop (status 0): the test harness checks every process it started exits so.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.serve()
 
 
