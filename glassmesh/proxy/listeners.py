@@ -139,9 +139,16 @@ def _bind_unix(spec: Spec) -> socket.socket:
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mode = int(spec.mode, 8)
     try:
-        sock.bind(path)
-        os.chmod(path, int(spec.mode, 8))
+        # Created with its final mode (the umask narrows bind's 0777): between a bind and a chmod,
+        # any local process could connect and call as the service.
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)
         if spec.group is not None:
             os.chown(path, -1, grp.getgrnam(spec.group).gr_gid)
     except (OSError, KeyError) as e:

@@ -54,6 +54,7 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -864,11 +865,15 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
         main = asyncio.current_task()
         assert main is not None
         undo = on_stop_signals(loop, main.cancel, StopDeadline("proxy", log))
+        # A reload asked for before there is anything to reload (its default action would kill the proxy).
+        loop.add_signal_handler(signal.SIGHUP, log, "SIGHUP: no snapshot yet to reload; still waiting for the first")
         try:
             snap = await link.first_snapshot()
         except asyncio.CancelledError:
             log("stopped while waiting for the first snapshot")
             return
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
         undo()
     try:
         await serve(lkg.lkg_path(data_dir), snap, Options(workers, keylog, access_log), attach=link,
