@@ -111,6 +111,9 @@ def _without_listed(conn: bytes | None, headers: list[bytes]) -> list[bytes]:
     return _without(headers, names)
 
 
+_ERROR_ONLY: Final = frozenset((ERROR_HEADER,))
+
+
 def _without(headers: list[bytes], names: set[bytes] | frozenset[bytes]) -> list[bytes]:
     out: list[bytes] = []
     for i in range(0, len(headers) - 1, 2):
@@ -151,6 +154,7 @@ _H_TP: Final = 6
 _H_UPGRADE: Final = 7
 _H_TRAIL: Final = 8
 _H_PCONN: Final = 9  # Proxy-Connection: dropped, but llhttp reads it as Connection (see says_connection)
+_H_ERR: Final = 10  # glassmesh-error in a response: forwarded, and kept apart (a peer's reason, or an app's forgery)
 _REQUEST_KIND: Final = {n: _H_DROP for n in HOP_BY_HOP | {SOURCE_HEADER, TRAIL_HEADER}}
 _REQUEST_KIND.update({
     b"content-length": _H_CL,
@@ -170,6 +174,7 @@ _RESPONSE_KIND.update({
     REQUEST_ID: _H_RID,
     b"upgrade": _H_UPGRADE,
     TRAIL_HEADER: _H_TRAIL,
+    ERROR_HEADER: _H_ERR,
 })
 
 
@@ -316,14 +321,14 @@ class ResponseHead:
     object per response, and freeing it, cost about 1,500 instructions.
     """
 
-    __slots__ = ("forward", "cl", "te", "conn", "has_rid", "upgrade", "trail")
+    __slots__ = ("forward", "cl", "te", "conn", "has_rid", "upgrade", "trail", "error")
 
     def __init__(self, headers: list[bytes]) -> None:
         self.parse(headers)
 
     def parse(self, headers: list[bytes]) -> None:
         forward: list[bytes] = []
-        cl = te = conn = upgrade = trail = None
+        cl = te = conn = upgrade = trail = error = None
         has_rid = False
         kinds = _RESPONSE_KIND
         cache = _response_kind_cache
@@ -354,6 +359,11 @@ class ResponseHead:
                 upgrade = value
             elif kind == _H_TRAIL:
                 trail = value
+            elif kind == _H_ERR:
+                error = value
+                forward.append(name)
+                forward.append(value)
+        self.error = error
         self.forward = forward
         self.cl = cl
         self.te = te
@@ -375,6 +385,11 @@ class ResponseHead:
                 raise BadMessage("response has an invalid Content-Length", "upstream_protocol_error", 502)
             return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
         return Framing.CLOSE, 0
+
+    def drop_error(self) -> None:
+        """An app's own glassmesh-error header: never passed on as if a mesh hop had made it."""
+        self.forward = _without(self.forward, _ERROR_ONLY)
+        self.error = None
 
     def drop_connection_listed(self) -> None:
         self.forward = _without_listed(self.conn, self.forward)

@@ -33,7 +33,6 @@ from glassmesh.protocols.http1 import (
     RequestHead,
     ResponseHead,
     chunk,
-    header_pairs,
     new_request_id,
     new_traceparent,
     status_line,
@@ -585,14 +584,18 @@ class ServerConn(StreamUser):
         side = self.side
         if rh.conn is not None:
             rh.drop_connection_listed()
+        routed = ex.routed
+        assert routed is not None
+        # Only a peer proxy's trail and error reason are ours to pass on: an app (behind an inbound
+        # side, or found by DNS) may say anything, and a forged reason would make callers retry.
+        from_peer = side.trust_trail and routed.pool.ssl_ctx is not None
+        if rh.error is not None and not from_peer:
+            rh.drop_error()
         lines = _lines(status_line(status), rh.forward)
         if not rh.has_rid and ex.request_id:
             lines.append(b"x-request-id: " + ex.request_id)
         mine = self.trail_prefix + duration_ms(now - ex.t0)
-        # Only a peer proxy's trail is ours to extend; an app outside the mesh may say anything.
-        routed = ex.routed
-        assert routed is not None
-        prev = rh.trail if side.trust_trail and routed.pool.ssl_ctx is not None else None
+        prev = rh.trail if from_peer else None
         lines.append(b"glassmesh-trail: " + mine + b", " + prev if prev else b"glassmesh-trail: " + mine)
         if framing == Framing.LENGTH:
             lines.append(_CONTENT_LENGTH[length] if length < 1024 else b"content-length: %d" % length)
@@ -1074,11 +1077,11 @@ def peer_error(rh: ResponseHead) -> bytes | None:
 
     Read only from 502, 503, 504 and 421 responses of peer proxies, never on a success.
     """
-    for name, value in header_pairs(rh.forward):
-        if name.lower() == ERROR_HEADER:
-            reason, _, hop = value.partition(b";")
-            return reason.strip() if hop.endswith(b"/inbound") else None
-    return None
+    value = rh.error
+    if value is None:
+        return None
+    reason, _, hop = value.partition(b";")
+    return reason.strip() if hop.endswith(b"/inbound") else None
 
 
 def _no_write(data: bytes) -> None:

@@ -54,7 +54,7 @@ class Stream:
     __slots__ = (
         "conn", "id", "protocol", "user", "send_window", "pending", "recv_buf", "read_paused",
         "write_paused", "local_fin", "remote_fin", "closing", "lost", "unacked", "opened", "open_flag",
-        "reset_reason",
+        "reset_reason", "recv_window",
     )
 
     def __init__(self, conn: MuxConnection, sid: int, protocol: Any, opened: bool) -> None:
@@ -72,6 +72,9 @@ class Stream:
         self.closing = False
         self.lost = False
         self.unacked = 0  # bytes delivered to our protocol not yet granted back to the sender
+        # What the peer may still send before we grant more: data beyond it is a peer that ignores flow
+        # control (and would make recv_buf, filled while reading is paused, grow without bound).
+        self.recv_window = m.INITIAL_WINDOW
         self.opened = opened  # False until our first frame (with OPEN) has gone out
         self.open_flag = m.FLAG_OPEN  # the flags of that first frame (FLAG_TCP too for a tcp stream)
         self.reset_reason = ""  # the peer's reason, once it reset the stream
@@ -194,9 +197,14 @@ class Stream:
             self.protocol.resume_writing()
 
     def _received(self, data: bytes, fin: bool) -> None:
+        n = len(data)
+        self.recv_window -= n
+        if self.recv_window < 0:
+            raise m.MuxError(f"stream {self.id}: {-self.recv_window} bytes sent beyond the window granted")
         if self.closing or self.lost:
             if data:
-                self.conn.queue(m.window(self.id, len(data)))
+                self.recv_window += n
+                self.conn.queue(m.window(self.id, n))
             if fin:
                 self.remote_fin = True
                 self._maybe_done()
@@ -233,6 +241,7 @@ class Stream:
         self.unacked += n
         if self.unacked >= m.INITIAL_WINDOW // 4:
             self.conn.queue(m.window(self.id, self.unacked))
+            self.recv_window += self.unacked
             self.unacked = 0
 
     def _eof(self) -> None:

@@ -12,6 +12,7 @@ HTTP endpoints (any method):
     /download?bytes=N[&chunked=1]   N bytes of `pattern_chunks`, content-length or chunked
     /endless-header?bytes=N         a response head whose one header value runs N bytes and never ends
     /status/<code>                  that status; 204 and 304 without a body
+    /forge-error?reason=R           502 with a glassmesh-error header, as if a mesh hop had made it
     /ws                             with `Upgrade`: 101, then echo raw bytes until EOF
     /__stats                        {"requests": n, "paths": [...]}, not itself counted
     anything else                   JSON echo: method, path, headers, body length and sha256
@@ -163,6 +164,11 @@ class HttpApp:
             body = json.dumps({"name": self.name, "requests": self.requests, "paths": self.paths,
                                "connections": self.connections}).encode()
             return await self._respond(writer, method, 200, [("content-type", "application/json")], body, keep)
+
+        if path == "/forge-error":
+            # What a mesh hop would say it made: an app must not be able to pass for one.
+            hdr = ("glassmesh-error", f"{query.get('reason', ['connect_refused'])[0]}; hop=host2/inbound")
+            return await self._respond(writer, method, 502, [hdr, ("x-app", self.name)], b"forged\n", keep)
 
         if path.startswith("/status/"):
             code = int(path.split("/")[2])

@@ -7,11 +7,12 @@ client is served at the same time.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 
 from tests.e2e.conftest import AB
-from tests.e2e.harness import HttpConn, Mesh, RssSampler, app_headers, mesh_error, split
+from tests.e2e.harness import HttpConn, Mesh, RssSampler, app_headers, client_context, mesh_error, split
 
 MB = 1024 * 1024
 
@@ -118,3 +119,51 @@ def test_a_client_that_stops_reading_is_cut_after_the_idle_timeout(mesh: Mesh) -
     assert "ConnectionResetError" in how, f"the proxy did not reset the stalled connection ({how}, {got} bytes)"
     assert got < 20 * MB, f"{got / MB:.0f} MB were still queued for a client that had stopped reading"
     assert time.monotonic() - t0 < 15
+
+
+def test_a_peer_that_ignores_the_mux_window_is_cut_off(ab: AB) -> None:
+    """A peer (any mesh identity) pipelines two requests on one stream, so that the stream stops reading,
+    then pushes data past the window it was granted: the connection ends, memory stays bounded."""
+    import struct as st
+
+    if ab.mesh.peer_protocol != "mux":
+        return  # the same attack on http1 peers is the head/body limits above
+    cert, key = ab.mesh.cert_for("a")
+    ctx = client_context(ab.mesh.ca_pem, cert, key, alpn=("glassmesh-mux/1",))
+    pushed = 0
+    with RssSampler(ab.mesh.proxies()) as rss, socket.create_connection(split(ab.h2.inbound), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="b") as s:
+        assert s.selected_alpn_protocol() == "glassmesh-mux/1"
+        head = (b"GET /download?bytes=100000000 HTTP/1.1\r\nHost: b\r\n\r\n"  # its answer fills our window
+                b"GET /second HTTP/1.1\r\nHost: b\r\n\r\n")  # pipelined: the stream stops reading
+        s.sendall(st.pack("!IBBI", len(head), 0, 1, 1) + head)  # DATA, OPEN, stream 1
+        junk = b"x" * (256 * 1024)
+        frame = st.pack("!IBBI", len(junk), 0, 0, 1) + junk
+        s.settimeout(5)
+        try:
+            while pushed < 1024 * MB:
+                s.sendall(frame)
+                pushed += len(junk)
+        except (OSError, ssl.SSLError):
+            pass
+    assert pushed < 32 * MB, f"the inbound took {pushed / MB:.0f} MB beyond a 1 MiB window before ending it"
+    peak = max(rss.peak_kb.values()) / 1024
+    assert peak < 100, f"proxy RSS reached {peak:.0f} MB ({rss.report()})"
+    with HttpConn(ab.outbound) as c:  # everyone else is still served
+        assert c.request("GET", "http://b/after", {"Host": "b"}).status == 200
+
+
+def test_an_apps_own_glassmesh_error_is_not_a_mesh_error(mesh: Mesh) -> None:
+    """An app answering 502 with `glassmesh-error: connect_refused; hop=host2/inbound` would make the caller's
+    proxy send the POST, which the app already took, to another endpoint. It is the app's answer, as is."""
+    h1, h2, h3 = mesh.add_host("host1"), mesh.add_host("host2"), mesh.add_host("host3")
+    h1.client("a")
+    b2, b3 = h2.http_app("b"), h3.http_app("b")
+    mesh.start()
+    for _ in range(4):  # round robin: both instances get asked
+        with HttpConn(h1.outbound("a")) as c:
+            r = c.request("POST", "http://b/forge-error", {"Host": "b", "Content-Length": "0"})
+        assert r.status == 502 and r.body == b"forged\n", r
+        assert "glassmesh-error" not in {k.lower() for k, _ in r.headers}, r.headers
+    hits = b2.stats()["paths"].count("/forge-error") + b3.stats()["paths"].count("/forge-error")
+    assert hits == 4, f"4 POSTs reached the apps {hits} times: a forged reason made the mesh resend them"
