@@ -303,6 +303,23 @@ def resolve_paths(snap: Snapshot, base_dir: str) -> Snapshot:
     return _resolve_paths(snap, base_dir)
 
 
+def confined_to(snap: Snapshot, base_dir: str) -> None:
+    """SnapshotError unless every file the snapshot names (trust bundle, certificates, keys) is in base_dir.
+
+    A snapshot from the control plane is data, not a licence to read any file
+    on the host: a wrong or hostile one naming /etc/... or another service's
+    key must be refused, not followed. Symlinks are resolved before judging.
+    """
+    root = os.path.realpath(base_dir)
+    named = [("trust_bundle", snap.trust_bundle)]
+    for i, ls in enumerate(snap.local_services):
+        named += [(f"local_services[{i}].cert", ls.cert), (f"local_services[{i}].key", ls.key)]
+    for field, path in named:
+        real = os.path.realpath(path if os.path.isabs(path) else os.path.join(base_dir, path))
+        if os.path.commonpath([root, real]) != root:
+            raise SnapshotError(f"{field} names {path}, outside this proxy's data dir {base_dir}")
+
+
 class DigestCache:
     """Per-service digests, remembered per name together with the object they were computed from.
 

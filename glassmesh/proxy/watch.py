@@ -87,6 +87,7 @@ from glassmesh.model.snapshot import (
     Snapshot,
     SnapshotError,
     check_snapshot,
+    confined_to,
     decode_snapshot,
     load_snapshot,
     resolve_paths,
@@ -572,6 +573,10 @@ class ControlLink:
         if wire.host != self.host:
             return Decoded(wire.version, error=SnapshotError(
                 f"snapshot is for host {wire.host!r}, this proxy is {self.host!r}"))
+        try:
+            confined_to(wire, self.data_dir)  # names no file outside DIR (not retried: the content is wrong)
+        except SnapshotError as e:
+            return Decoded(wire.version, error=e)
         return Decoded(wire.version, wire, resolve_paths(wire, self.data_dir), digest, kind=answer.kind, how=how)
 
     def _delta_failed(self, e: DeltaMismatch) -> None:
