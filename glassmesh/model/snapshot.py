@@ -111,7 +111,11 @@ class Timeouts(msgspec.Struct, **_STRUCT):
 class Limits(msgspec.Struct, **_STRUCT):
     max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 64 * 1024
     max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 100
-    max_client_connections: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    max_client_connections: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # local apps, all together
+    # What one caller (a peer service identity) may hold open at this proxy's inbound, apart from the
+    # local apps' budget above: HTTP connections and mux streams, and multiplexed TLS connections.
+    max_peer_streams: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    max_peer_connections: Annotated[int, msgspec.Meta(ge=1)] = 64
 
 
 class Snapshot(msgspec.Struct, **_STRUCT):

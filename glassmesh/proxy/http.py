@@ -38,6 +38,7 @@ from glassmesh.protocols.http1 import (
     status_line,
 )
 from glassmesh.protocols.http2 import Refusal
+from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.mux import StreamUser
 from glassmesh.proxy.pool import ConnectError, Pool
 from glassmesh.proxy.refusal import Http2Refuser
@@ -94,6 +95,7 @@ class Side:
     drop_response: frozenset[bytes] = HOP_BY_HOP | {TRAIL_HEADER}
     # Whether the next hop's glassmesh-trail is ours to extend (it is when the next hop is a mesh proxy).
     trust_trail = False
+    budget: Budget  # the connections this side's callers may hold (set by each side; see budget.py)
 
     def route(self, ex: Exchange) -> Routed | tuple[str, str]:
         """A Routed, or (reason, message) for a mesh error. May rewrite ex.url and ex.headers."""
@@ -191,7 +193,9 @@ class ServerConn(StreamUser):
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self.rt.conns.add(self)
         self.rt.stats.client_conns += 1
-        if self.rt.stats.client_conns > self.rt.limits.max_client_connections:
+        b = self.side.budget
+        b.count += 1  # counted even when over, so that connection_lost's decrement stays exact
+        if b.count > b.limit:
             self.rt.stats.error(self.side.name, "overloaded")
             transport.write(error_response("overloaded", host=self.rt.host, side=self.side.name, close=True))
             transport.close()
@@ -200,6 +204,8 @@ class ServerConn(StreamUser):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closing = True
+        if self in self.rt.conns:  # not handed to a relay (detach, below, counted it out already)
+            self.side.budget.count -= 1
         self.rt.conns.discard(self)
         self.rt.stats.client_conns -= 1
         if self.link is not None:
@@ -621,6 +627,7 @@ class ServerConn(StreamUser):
         self.queue.clear()
         self.rt.conns.discard(self)
         self.rt.stats.client_conns -= 1
+        self.side.budget.count -= 1
         if self.link is not None:
             self.link.open_conns -= 1
         self.link = None

@@ -58,14 +58,23 @@ class InboundHandshake(asyncio.Protocol):
             # An older peer: a TLS connection per tcp-link connection, framed (see tcp.py).
             proto: asyncio.Protocol = inbound_tcp(rt, source, destination, framed=True)
         elif alpn == ALPN_MUX:
+            conns = rt.peer_connections(source)
+            if not conns.take():
+                # One caller's connections have a cap of their own: it cannot crowd out the others.
+                rt.stats.error("inbound", "overloaded")
+                transport.abort()
+                return
             link.open_conns += 1
             side = InboundSide(rt, source, peer, destination)
 
-            def lost(_conn: MuxConnection) -> None:
+            def lost(conn: MuxConnection) -> None:
                 link.open_conns -= 1
+                conns.count -= 1
+                rt.muxes.discard(conn)
 
             proto = MuxConnection(on_stream=lambda: ServerConn(rt, side), on_lost=lost, workers=rt.workers,
                                   on_tcp_stream=lambda: inbound_tcp(rt, source, destination, framed=False))
+            rt.muxes.add(proto)
         else:
             proto = ServerConn(rt, InboundSide(rt, source, peer, destination), link)
         transport.set_protocol(proto)

@@ -297,6 +297,10 @@ class MuxConnection(asyncio.Protocol):
         self.peer_workers = 1  # client side: what the peer's SETTINGS said
         self.peer_tcp = False  # client side: the peer takes tcp streams (its SETTINGS said so)
         self.settings_seen = False
+        # For the sweeper (inbound side): data came since its last look, and since when it has been
+        # idle with no stream open; an idle peer connection is closed after the idle timeout.
+        self.active = True
+        self.idle_since = 0.0
         self.settings_waiters: list[asyncio.Future[bool]] = []
 
     # --- client side -------------------------------------------------------------
@@ -383,6 +387,7 @@ class MuxConnection(asyncio.Protocol):
             self._write()
 
     def data_received(self, data: bytes) -> None:
+        self.active = True
         try:
             frames = self.decoder.feed(data)
             for ftype, flags, sid, payload in frames:

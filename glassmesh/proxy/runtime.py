@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from glassmesh.model.snapshot import Snapshot
+from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.pool import Pool
 from glassmesh.proxy.routing import Live, PoolKey, Table, compile_table
 from glassmesh.proxy.stats import LinkStats, Stats
@@ -77,12 +78,16 @@ class Runtime:
         self.stats = Stats()
         self.pools: dict[PoolKey, Pool] = {}
         self.conns: set[Any] = set()
+        self.muxes: set[Any] = set()  # multiplexed connections from peers (inbound): closed when idle
         self.tasks: set[asyncio.Task] = set()
         self.keylog = keylog
         self._access = access_log
         self.logging = access_log is not None  # checked on the request path before calling access_log
         self.ready = False
         self.workers = PROCESS_WORKERS
+        self.local_budget = Budget(snapshot.limits.max_client_connections)  # local apps, together
+        self.peer_streams: dict[str, Budget] = {}  # by caller service: its HTTP connections and mux streams
+        self.peer_conns: dict[str, Budget] = {}  # by caller service: its multiplexed TLS connections
         self.apply(snapshot)
 
     def apply(self, snap: Snapshot) -> None:
@@ -93,6 +98,12 @@ class Runtime:
         self.host_b = snap.host.encode()
         self.limits = snap.limits
         self.timeouts = snap.timeouts
+        if hasattr(self, "local_budget"):  # a new snapshot's limits hold for what is open already
+            self.local_budget.limit = snap.limits.max_client_connections
+            for b in self.peer_streams.values():
+                b.limit = snap.limits.max_peer_streams
+            for b in self.peer_conns.values():
+                b.limit = snap.limits.max_peer_connections
         self.stats.snapshot_version = snap.version
         live: Live | None = getattr(self, "live", None)
         if live is None:
@@ -117,6 +128,21 @@ class Runtime:
     def table(self) -> Table:
         """The table in force (held by `live`, which the compiled sides read)."""
         return self.live.table
+
+    # --- budgets ---------------------------------------------------------------
+    def peer_budget(self, source: str) -> Budget:
+        """The HTTP connections and mux streams `source` (a peer service) holds at this inbound."""
+        b = self.peer_streams.get(source)
+        if b is None:
+            b = self.peer_streams[source] = Budget(self.limits.max_peer_streams)
+        return b
+
+    def peer_connections(self, source: str) -> Budget:
+        """The multiplexed TLS connections `source` holds at this inbound."""
+        b = self.peer_conns.get(source)
+        if b is None:
+            b = self.peer_conns[source] = Budget(self.limits.max_peer_connections)
+        return b
 
     # --- pools ---------------------------------------------------------------
     def pool(self, key: PoolKey, link: LinkStats | None) -> Pool:
@@ -165,6 +191,12 @@ class Runtime:
                     c.response_timeout(ex)
             elif now - c.last_active > idle:
                 c.transport.close()
+        for m in list(self.muxes):
+            if m.streams or m.active:
+                m.active, m.idle_since = False, now
+            elif now - m.idle_since > idle:
+                # A peer connection with nothing open and nothing said: peers reconnect at will.
+                m.transport.close()
         pool_idle = to.pool_idle_ms / 1000
         for p in self.pools.values():
             if p.idle:

@@ -37,6 +37,7 @@ class OutboundSide(Side):
 
     def __init__(self, rt: Runtime, source: str) -> None:
         self.rt = rt
+        self.budget = rt.local_budget
         self.live: Live = rt.live  # the table in force, read natively (rt is not compiled)
         self.source = source
         self._cache: dict[tuple[str, int, str], Routed] = {}
@@ -135,6 +136,7 @@ class InboundSide(Side):
 
     def __init__(self, rt: Runtime, source: str, source_id: str, destination: str) -> None:
         self.rt = rt
+        self.budget = rt.peer_budget(source)  # apart from local apps', and from other peers'
         self.live: Live = rt.live
         self.source = source
         self.destination = destination

@@ -484,7 +484,9 @@ class OutboundPipe(Pipe):
         if end is self.near:
             stats = self.rt.stats
             stats.client_conns += 1
-            if stats.client_conns > self.rt.limits.max_client_connections:
+            b = self.rt.local_budget  # tcp-link clients are local apps: their budget, not peers'
+            b.count += 1
+            if b.count > b.limit:
                 stats.error("outbound", "overloaded")
                 self.closing = True
                 end.abort("overloaded")
@@ -494,6 +496,7 @@ class OutboundPipe(Pipe):
     def lost(self, end: End) -> None:
         if end is self.near:
             self.rt.stats.client_conns -= 1
+            self.rt.local_budget.count -= 1
         elif not self.closing and end.n == 0 and not end.eof:
             # Gone before a byte came back: the far proxy could not deliver. It says why when it
             # resets a stream; an older proxy (glassmesh-tcp/1) just closes.

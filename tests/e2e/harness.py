@@ -333,6 +333,7 @@ class Host:
         self.tcp_links: list[dict[str, str]] = []
         self.service_overrides: dict[str, dict[str, Any]] = {}
         self.timeouts: dict[str, int] = {}
+        self.limits: dict[str, int] = {}
         self.proxy_args: list[str] = []  # extra `glassmesh proxy` flags
         self.version = 1
         self.proxy: Proc | None = None
@@ -421,6 +422,8 @@ class Host:
                     svc["endpoints"].append({"address": h.inbound, "host": h.name})
         services.update(self.service_overrides)
         extra: dict[str, Any] = {"timeouts": self.timeouts} if self.timeouts else {}
+        if self.limits:
+            extra["limits"] = self.limits
         if m.peer_protocol:
             extra["peer_protocol"] = m.peer_protocol
         return {
