@@ -165,9 +165,12 @@ def open_ca(directory: str | Path, trust_domain: str) -> CA:
 
 
 def _ca_record(ca: CA, passphrase: bytes | None) -> dict[str, Any]:
-    return {"trust_domain": ca.trust_domain, "cert_pem": ca.cert_pem.decode(),
-            "key_pem": ca_key_pem(ca, passphrase).decode(), "ca_sha256": ca_sha256(ca), "created": time.time(),
-            "by": f"{socket.gethostname()} pid {os.getpid()}"}
+    """The store's record of the CA: its key only when encrypted (without a passphrase, DIR/ca keeps it)."""
+    rec = {"trust_domain": ca.trust_domain, "cert_pem": ca.cert_pem.decode(), "ca_sha256": ca_sha256(ca),
+           "created": time.time(), "by": f"{socket.gethostname()} pid {os.getpid()}"}
+    if passphrase is not None:
+        rec["key_pem"] = ca_key_pem(ca, passphrase).decode()
+    return rec
 
 
 async def shared_ca(store: Store, local: CA, directory: str | Path | None = None,
@@ -185,10 +188,12 @@ async def shared_ca(store: Store, local: CA, directory: str | Path | None = None
     prefix>/ and the replacement is logged as a warning. A store CA for
     another trust domain is an error (CAError), as for DIR/ca.
 
-    With a `passphrase`, the key in the store is encrypted with it (PKCS8,
-    the best encryption `cryptography` offers), and a key an older version
-    stored in the clear is encrypted in place; an encrypted one cannot be
-    read without it (CAError naming the flag).
+    The key is in the store only encrypted: with a `passphrase` (PKCS8, the
+    best encryption `cryptography` offers; a key an older version stored in
+    the clear is encrypted in place), and not at all without one (a clear one
+    is removed), so a copy of the store alone never mints anything. Replicas
+    that share a key through the store need the passphrase (the CLI requires
+    it with etcd); without one, each replica must hold the CA in its DIR/ca.
     """
     rec = await store.get_record(CA_KIND, CA_KEY)
     if rec is None:
@@ -199,6 +204,16 @@ async def shared_ca(store: Store, local: CA, directory: str | Path | None = None
         if rec is None:
             raise CAError("the store refused to hold this CA but has none either; is another control plane "
                           "writing under the same store prefix?")
+    if "key_pem" not in rec:
+        # Stored without its key (no passphrase): this replica must hold the same CA in DIR/ca.
+        if "cert_pem" not in rec or rec["cert_pem"].strip() != local.cert_pem.decode().strip():
+            raise CAError(f"the store holds CA sha256 {rec.get('ca_sha256', '?')} without its key (stored only "
+                          f"encrypted, with --ca-passphrase-file): copy that CA's DIR/ca here, or start every "
+                          f"replica with the passphrase")
+        if passphrase is not None:  # a passphrase given now: the replicas to come can share the key
+            await store.put_record(CA_KIND, CA_KEY, {**rec, "key_pem": ca_key_pem(local, passphrase).decode()})
+            log.info("the CA key is now in the store, encrypted with the passphrase given")
+        return local
     try:
         key_pem = str(rec["key_pem"]).encode()
         shared = ca_from_pem(str(rec["cert_pem"]).encode(), key_pem, rec.get("trust_domain"),
@@ -209,9 +224,11 @@ async def shared_ca(store: Store, local: CA, directory: str | Path | None = None
     if passphrase is not None and not key_is_encrypted(key_pem):
         await store.put_record(CA_KIND, CA_KEY, {**rec, "key_pem": ca_key_pem(shared, passphrase).decode()})
         log.warning("the CA key in the store was not encrypted: it is now, with the passphrase given")
-    elif passphrase is None:
-        log.info("the CA key in the store is not encrypted (no --ca-passphrase-file): a copy of the store "
-                 "can mint any identity")
+    elif passphrase is None and not key_is_encrypted(key_pem):
+        # An older version stored it in the clear: a copy of the store alone would mint any identity.
+        await store.put_record(CA_KIND, CA_KEY, {k: v for k, v in rec.items() if k != "key_pem"})
+        log.warning("removed the unencrypted CA key from the store (DIR/ca keeps it; give "
+                    "--ca-passphrase-file to share it encrypted with other replicas)")
     if shared.trust_domain != local.trust_domain:
         raise CAError(f"the store's CA is for trust domain {shared.trust_domain!r}, not {local.trust_domain!r} "
                       f"(--trust-domain must match the CA the mesh was built with)")

@@ -255,7 +255,7 @@ def test_replicas_starting_at_once_share_one_ca(cluster: EtcdCluster, tmp_path: 
 
     async def body(*stores: EtcdStore) -> None:
         local = [open_ca(tmp_path / f"r{i}" / "ca", "glassmesh.local") for i in range(len(stores))]
-        got = await asyncio.gather(*(shared_ca(s, ca, tmp_path / f"r{i}" / "ca")
+        got = await asyncio.gather(*(shared_ca(s, ca, tmp_path / f"r{i}" / "ca", b"a passphrase for the CA key")
                                      for i, (s, ca) in enumerate(zip(stores, local, strict=True))))
         assert len({ca.fingerprint for ca in got}) == 1
         assert sum(g is ca for g, ca in zip(got, local, strict=True)) == 1

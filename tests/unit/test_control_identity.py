@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from glassmesh.ca import CAError, init_ca, load_ca, spiffe_id_of
+from glassmesh.ca import CAError, ca_key_pem, init_ca, load_ca, spiffe_id_of
 from glassmesh.control.identity import (
     CA_KEY,
     CA_KIND,
@@ -227,6 +227,34 @@ def test_open_ca_creates_once_and_refuses_another_trust_domain(tmp_path: Path) -
         open_ca(tmp_path / "data" / "ca", TD)
 
 
+PASS = b"a passphrase for the shared CA"
+
+
+def test_without_a_passphrase_the_store_never_holds_the_ca_key(tmp_path: Path) -> None:
+    """A copy of the store alone (a backup of control.sqlite) mints nothing: the key stays in DIR/ca."""
+
+    async def main() -> None:
+        store = SqliteStore(str(tmp_path / "s.sqlite"))
+        try:
+            ca = open_ca(tmp_path / "r1" / "ca", TD)
+            assert (await shared_ca(store, ca, tmp_path / "r1" / "ca")) is ca
+            rec = await store.get_record(CA_KIND, CA_KEY)
+            assert rec is not None and "key_pem" not in rec
+            assert b"PRIVATE KEY" not in (tmp_path / "s.sqlite").read_bytes()
+            assert (await shared_ca(store, open_ca(tmp_path / "r1" / "ca", TD), tmp_path / "r1" / "ca")) \
+                .fingerprint == ca.fingerprint  # a restart: the same CA from DIR/ca
+            with pytest.raises(CAError, match="without its key"):  # another replica has no way to get it
+                await shared_ca(store, open_ca(tmp_path / "r2" / "ca", TD), tmp_path / "r2" / "ca")
+            # A clear key an older version stored is taken out.
+            await store.put_record(CA_KIND, CA_KEY, {**rec, "key_pem": ca_key_pem(ca).decode()})
+            await shared_ca(store, ca, tmp_path / "r1" / "ca")
+            assert "key_pem" not in (await store.get_record(CA_KIND, CA_KEY) or {})
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 def test_shared_ca_first_replica_stores_its_own_the_others_adopt_it(tmp_path: Path) -> None:
     """What makes several replicas one CA: the store's wins, each DIR/ca becomes a copy of it."""
 
@@ -234,28 +262,29 @@ def test_shared_ca_first_replica_stores_its_own_the_others_adopt_it(tmp_path: Pa
         store = SqliteStore(str(tmp_path / "s.sqlite"))
         try:
             first = open_ca(tmp_path / "r1" / "ca", TD)
-            assert (await shared_ca(store, first, tmp_path / "r1" / "ca")) is first
+            assert (await shared_ca(store, first, tmp_path / "r1" / "ca", PASS)) is first
             rec = await store.get_record(CA_KIND, CA_KEY)
             assert rec is not None and rec["cert_pem"] == first.cert_pem.decode() and rec["trust_domain"] == TD
+            assert rec["key_pem"].startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
             # A second replica's brand-new CA (made by open_ca in this process) is replaced without a copy kept.
             fresh = open_ca(tmp_path / "r2" / "ca", TD)
-            got = await shared_ca(store, fresh, tmp_path / "r2" / "ca")
+            got = await shared_ca(store, fresh, tmp_path / "r2" / "ca", PASS)
             assert got.fingerprint == first.fingerprint
             assert load_ca(tmp_path / "r2" / "ca").fingerprint == first.fingerprint
             assert (tmp_path / "r2" / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
             assert not list((tmp_path / "r2" / "ca").glob("replaced-*"))
             # A CA from before (it may have signed certificates) is kept aside, not lost.
             old = init_ca(tmp_path / "r3" / "ca", TD)
-            got = await shared_ca(store, old, tmp_path / "r3" / "ca")
+            got = await shared_ca(store, old, tmp_path / "r3" / "ca", PASS)
             assert got.fingerprint == first.fingerprint
             kept = list((tmp_path / "r3" / "ca").glob("replaced-*"))
             assert len(kept) == 1 and load_ca(kept[0]).fingerprint == old.fingerprint
             # Restarting with the shared copy on disk changes nothing.
             again = open_ca(tmp_path / "r2" / "ca", TD)
-            assert (await shared_ca(store, again, tmp_path / "r2" / "ca")).fingerprint == first.fingerprint
+            assert (await shared_ca(store, again, tmp_path / "r2" / "ca", PASS)).fingerprint == first.fingerprint
             # A replica started for another trust domain is refused, not given the mesh's CA.
             with pytest.raises(CAError, match="not 'other.td'"):
-                await shared_ca(store, init_ca(tmp_path / "r4" / "ca", "other.td"), tmp_path / "r4" / "ca")
+                await shared_ca(store, init_ca(tmp_path / "r4" / "ca", "other.td"), tmp_path / "r4" / "ca", PASS)
         finally:
             await store.close()
 
@@ -269,7 +298,8 @@ def test_shared_ca_replicas_starting_at_once_agree(tmp_path: Path) -> None:
         store = SqliteStore(str(tmp_path / "s.sqlite"))
         try:
             cas = [open_ca(tmp_path / f"r{i}" / "ca", TD) for i in range(4)]
-            got = await asyncio.gather(*(shared_ca(store, ca, tmp_path / f"r{i}" / "ca") for i, ca in enumerate(cas)))
+            got = await asyncio.gather(*(shared_ca(store, ca, tmp_path / f"r{i}" / "ca", PASS)
+                                         for i, ca in enumerate(cas)))
             assert len({ca.fingerprint for ca in got}) == 1
             assert sum(g is ca for g, ca in zip(got, cas, strict=True)) == 1  # exactly one replica's own CA won
             rec = await store.get_record(CA_KIND, CA_KEY)
