@@ -322,7 +322,8 @@ class DnsDiscovery:
             self._spawn(st)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), LEASE_S / 3)
+                async with asyncio.timeout(LEASE_S / 3):  # not wait_for: in 3.11 it can swallow a cancel
+                    await self._dirty.wait()
             self._dirty.clear()
             try:
                 await self.publish()

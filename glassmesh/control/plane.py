@@ -374,4 +374,5 @@ class Plane:
                 if left <= 0:
                     return None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), left)
+                    async with asyncio.timeout(left):  # not wait_for: in 3.11 it can swallow a cancel
+                        await self._wake.wait()

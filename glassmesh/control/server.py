@@ -247,7 +247,10 @@ async def _heartbeat(store: Store, replica_id: str, listen: str, identity: Ident
             await asyncio.sleep(HEARTBEAT_S)
             continue
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(now.wait(), HEARTBEAT_S)
+            # Not wait_for: in 3.11 a cancel arriving as the event is set is swallowed, and the stop
+            # that cancelled this task then waits for it forever (seen: SIGTERM during start-up).
+            async with asyncio.timeout(HEARTBEAT_S):
+                await now.wait()
         now.clear()
 
 

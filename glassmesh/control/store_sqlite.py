@@ -260,7 +260,8 @@ class SqliteStore(Store):
                 if self._rev() > after_revision:
                     continue
                 try:
-                    await asyncio.wait_for(cond.wait(), left)
+                    async with asyncio.timeout(left):  # not wait_for: in 3.11 it can swallow a cancel
+                        await cond.wait()
                 except TimeoutError:
                     pass
 

@@ -281,3 +281,28 @@ def test_supervisor_with_a_restarted_worker_stops_all_with_status_0(mesh: Mesh) 
     assert sup.stop() == 0, sup.log_text()
     assert time.monotonic() - t0 < 5.0 and not sup.problems, sup.problems
     assert not any(_pid_alive(p) for p in workers)
+
+
+def test_control_plane_sigtermed_as_it_starts_exits_0(tmp_path: Path) -> None:
+    """A SIGTERM as soon as the API port opens (the heartbeat's first announcement under way): status 0, at once.
+
+    asyncio.wait_for in Python 3.11 swallows a cancel that arrives as its event is set; the stop then
+    waited forever for the heartbeat it had cancelled (2 starts in 15), until the 10 s deadline.
+    """
+    from tests.e2e.test_control_plane import Control
+
+    for i in range(20):
+        (tmp_path / f"r{i}").mkdir()
+        c = Control(tmp_path / f"r{i}")
+        t0 = time.monotonic()
+        c.proc.terminate()
+        try:
+            code = c.proc.wait(8)
+        except subprocess.TimeoutExpired:
+            code = None
+            c.proc.kill()
+            c.proc.wait(5)
+        c.log.close()
+        took = time.monotonic() - t0
+        assert code == 0 and took < 3, f"start {i}: status {code} after {took:.1f} s:\n" \
+                                       f"{(tmp_path / f'r{i}' / 'control.log').read_text()[-2000:]}"
