@@ -98,12 +98,12 @@ class Runtime:
         self.host_b = snap.host.encode()
         self.limits = snap.limits
         self.timeouts = snap.timeouts
-        if hasattr(self, "local_budget"):  # a new snapshot's limits hold for what is open already
-            self.local_budget.limit = snap.limits.max_client_connections
-            for b in self.peer_streams.values():
-                b.limit = snap.limits.max_peer_streams
-            for b in self.peer_conns.values():
-                b.limit = snap.limits.max_peer_connections
+        # A new snapshot's limits hold for what is open already.
+        self.local_budget.limit = snap.limits.max_client_connections
+        for b in self.peer_streams.values():
+            b.limit = snap.limits.max_peer_streams
+        for b in self.peer_conns.values():
+            b.limit = snap.limits.max_peer_connections
         self.stats.snapshot_version = snap.version
         live: Live | None = getattr(self, "live", None)
         if live is None:
