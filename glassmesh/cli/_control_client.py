@@ -2,8 +2,8 @@
 
 The commands are thin clients of the HTTP API, so that they behave the same
 against any replica. They use urllib (no event loop to start for one request)
-and turn every failure into one line on stderr: exit 1 when the control plane
-cannot be reached or refuses, exit 2 when the config is invalid.
+and turn every failure into one line on stderr, with the exit status of its
+kind (glassmesh/cli/exits.py: 3 invalid config, 4 refused, 5 unreachable).
 
 `--control URL1,URL2` (or GLASSMESH_CONTROL=URL1,URL2) names replicas of one
 control plane: each call tries them in order and takes the first real answer,
@@ -24,30 +24,16 @@ from rich.console import Console
 from rich.text import Text
 
 from glassmesh.api import credential
+from glassmesh.cli.exits import InvalidConfig, LocalProblem, Refused, Unreachable
+
+__all__ = ["InvalidConfig", "LocalProblem", "Refused", "Unreachable", "call", "control_option", "err", "expect_ok",
+           "out", "print_diff", "print_problems"]
 
 DEFAULT_CONTROL = "https://127.0.0.1:4200"
 _credential_flag: list[str] = []  # --credential as given to this command (control_option's callback)
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class ControlError(click.ClickException):
-    """The control plane is unreachable or said no: one line, exit 1."""
-
-    exit_code = 1
-
-    def show(self, file: Any = None) -> None:
-        err.print(Text(f"error: {self.message}", style="red"))
-
-
-class InvalidConfig(click.ClickException):
-    """The config was refused; each problem was printed already. Exit 2."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        err.print(Text(self.message, style="red"))
 
 
 def _remember_credential(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -65,16 +51,16 @@ def control_option(f: F) -> F:
 
 
 def operator_credential() -> credential.Credential:
-    """The credential this command presents; ControlError saying where to get one when there is none."""
+    """The credential this command presents; LocalProblem saying where to get one when there is none."""
     path = credential.find(_credential_flag[0] if _credential_flag else None)
     if path is None:
-        raise ControlError(f"no operator credential: give --credential FILE, set {credential.ENV}, or put one at "
+        raise LocalProblem(f"no operator credential: give --credential FILE, set {credential.ENV}, or put one at "
                            f"{credential.default_path()} (the control plane writes the first one to DIR/admin.pem; "
                            f"`glassmesh ca issue --operator NAME` makes more)")
     try:
         return credential.load(path)
     except credential.CredentialError as e:
-        raise ControlError(str(e)) from None
+        raise LocalProblem(str(e)) from None
 
 
 def control_urls(control: str) -> list[str]:
@@ -84,13 +70,16 @@ def control_urls(control: str) -> list[str]:
         if u and u not in urls:
             urls.append(u)
     if not urls:
-        raise ControlError("no control-plane URL given (--control or GLASSMESH_CONTROL)")
+        raise LocalProblem("no control-plane URL given (--control or GLASSMESH_CONTROL)")
+    for u in urls:
+        if not u.startswith("https://"):
+            raise LocalProblem(f"the operator API speaks TLS: give an https:// control-plane URL, not {u!r}")
     return urls
 
 
 def call(control: str, method: str, path: str, payload: dict[str, Any] | None = None,
          timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
-    """(status, JSON body) from the first replica that gives a real answer; ControlError when none does.
+    """(status, JSON body) from the first replica that gives a real answer; Unreachable when none does.
 
     A 5xx is returned as is when no later replica answers better, so the
     caller prints the control plane's own reason (e.g. its store is down).
@@ -101,7 +90,7 @@ def call(control: str, method: str, path: str, payload: dict[str, Any] | None = 
     for base in urls:
         try:
             status, doc = _call_one(base, method, path, payload, timeout)
-        except ControlError as e:
+        except Unreachable as e:
             errors.append(e.message)
             continue
         if status < 500:
@@ -110,7 +99,7 @@ def call(control: str, method: str, path: str, payload: dict[str, Any] | None = 
         errors.append(f"{base} answered {status}")
     if answer is not None:
         return answer
-    raise ControlError(errors[0] if len(errors) == 1 else "; ".join(errors))
+    raise Unreachable(errors[0] if len(errors) == 1 else "; ".join(errors))
 
 
 def _call_one(control: str, method: str, path: str, payload: dict[str, Any] | None,
@@ -119,22 +108,25 @@ def _call_one(control: str, method: str, path: str, payload: dict[str, Any] | No
     try:
         status, body = credential.call(control, cred, method, path, payload, timeout)
     except credential.CredentialError as e:
-        raise ControlError(str(e)) from None
+        raise Unreachable(str(e)) from None
     except ssl.SSLError as e:
-        raise ControlError(f"TLS with the control plane at {control} failed: {e.reason or e} (is {cred.path} a "
+        raise Unreachable(f"TLS with the control plane at {control} failed: {e.reason or e} (is {cred.path} a "
                            f"credential of this mesh?)") from None
     except OSError as e:
-        raise ControlError(f"cannot reach the control plane at {control}: {e.strerror or e}") from None
+        raise Unreachable(f"cannot reach the control plane at {control}: {e.strerror or e}") from None
     try:
         doc = json.loads(body) if body else {}
     except ValueError:
-        raise ControlError(f"{control} answered {status} with something that is not JSON") from None
+        raise Unreachable(f"{control} answered {status} with something that is not JSON") from None
     return status, doc
 
 
 def expect_ok(status: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """doc when the call succeeded; else Refused (4xx: the control plane said no) or Unreachable (5xx)."""
+    if status >= 500:
+        raise Unreachable(str(doc.get("error", f"the control plane answered HTTP {status}")))
     if status >= 400:
-        raise ControlError(str(doc.get("error", f"HTTP {status}")))
+        raise Refused(str(doc.get("error", f"HTTP {status}")))
     return doc
 
 

@@ -44,12 +44,12 @@ def control(data_dir: str, listen: str, store_spec: str, etcd_ca: str | None, et
     import asyncio
     import logging
 
+    from glassmesh.cli.output import utc_logging
     from glassmesh.control.dns import parse_server
     from glassmesh.control.server import StartupError, open_store, serve
     from glassmesh.control.store import StoreError
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    utc_logging(logging.DEBUG if verbose else logging.INFO)
     if ":" not in listen or not listen.rpartition(":")[2].isdigit():
         raise click.UsageError(f"--listen must be host:port, got {listen!r}")
     for spec in dns_servers:

@@ -15,13 +15,14 @@ from rich.table import Table
 from rich.text import Text
 
 from glassmesh.cli._control_client import call, control_option, expect_ok, out
+from glassmesh.cli.output import FORMATS, emit, utc
 
 
 def _until(ts: float | None) -> str:
     if not ts:
         return "-"
     left = ts - time.time()
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    when = utc(ts)
     if left <= 0:
         return f"{when} (expired)"
     return f"{when} (in {left / 3600:.1f} h)" if left >= 7200 else f"{when} (in {left / 60:.0f} min)"
@@ -69,14 +70,17 @@ def add(name: str, services: str, ttl: str, address: str, data_dir: str, as_json
 
 
 @host.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.option("-o", "--output", "output", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="table: for people; json or yaml: the control plane's answer, for scripts.")
+@click.option("--json", "output", flag_value="json", hidden=True, help="Same as -o json.")
 @control_option
-def list_(as_json: bool, control: str) -> None:
+def list_(output: str, control: str) -> None:
     """Joined hosts (services, earliest certificate expiry) and join tokens not used yet."""
     doc = expect_ok(*call(control, "GET", "/v1/hosts"))
-    if as_json:
-        out.print_json(data=doc)
-        return
+    emit(doc, output, lambda: _print_hosts(doc))
+
+
+def _print_hosts(doc: dict) -> None:  # type: ignore[type-arg]
     t = Table("host", "may serve", "inbound", "certificates until", box=None, title="joined", title_justify="left")
     for h in doc["hosts"]:
         # Admitted at join, plus what the config in force runs there (marked: it comes and goes with the config).

@@ -7,10 +7,12 @@ Each subcommand lives in its own module and is imported when used, so that
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
 from glassmesh import __version__
+from glassmesh.cli import exits
 
 # name -> (module, attribute); loaded lazily.
 _COMMANDS = {
@@ -27,6 +29,8 @@ _COMMANDS = {
     "release": ("glassmesh.cli.status_cmd", "release"),
     "drain": ("glassmesh.cli.status_cmd", "drain"),
     "host": ("glassmesh.cli.host_cmd", "host"),
+    "version": ("glassmesh.cli.version_cmd", "version"),
+    "completion": ("glassmesh.cli.completion_cmd", "completion"),
 }
 
 
@@ -41,11 +45,11 @@ class _LazyGroup(click.Group):
         return getattr(importlib.import_module(mod), attr)
 
 
-@click.group(cls=_LazyGroup)
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=exits.EPILOG)
 @click.version_option(__version__, prog_name="glassmesh")
 def cli() -> None:
     """glassmesh: per-host mTLS proxies, a built-in CA, and the tools to see through them."""
 
 
 def main() -> None:
-    cli()
+    sys.exit(exits.run(cli))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import click
 from rich.table import Table
 
@@ -14,17 +12,22 @@ from glassmesh.cli._control_client import (
     out,
     print_diff,
 )
+from glassmesh.cli.output import emit, output_option, utc
 
 
 @click.command()
+@output_option(default="yaml", formats=("yaml", "json"))
 @control_option
-def get(control: str) -> None:
-    """Print the current mesh config (canonical YAML)."""
+def get(output: str, control: str) -> None:
+    """Print the current mesh config: yaml (canonical, with a version comment) or json (the API's answer)."""
     doc = expect_ok(*call(control, "GET", "/v1/config"))
+    if output == "json":
+        emit(doc, "json", lambda: None)
+        return
     if not doc["version"]:
         out.print("# no config applied yet")
         return
-    out.print(f"# version {doc['version']} by {doc['author']} sha256 {doc['sha256'][:12]}")
+    out.print(f"# version {doc['version']} by {doc['author']} at {utc(doc.get('at'))} sha256 {doc['sha256'][:12]}")
     out.print(doc["yaml"], end="", markup=False)
 
 
@@ -37,20 +40,25 @@ def _counts(diff: str) -> str:
 
 @click.command()
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--diff", "show_diff", is_flag=True, help="Show each version's diff too.")
+@click.option("--diff", "show_diff", is_flag=True, help="Show each version's diff too (table output).")
+@output_option()
 @control_option
-def history(limit: int, show_diff: bool, control: str) -> None:
-    """List config versions, newest first: who, when, what changed."""
+def history(limit: int, show_diff: bool, output: str, control: str) -> None:
+    """List config versions, newest first: who, when (UTC), what changed."""
     doc = expect_ok(*call(control, "GET", f"/v1/history?limit={limit}"))
-    table = Table("version", "when", "author", "sha256", "change", "message", box=None)
-    for v in doc["versions"]:
-        when = datetime.fromtimestamp(v["at"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(v["version"]), when, v["author"], v["sha256"][:12], _counts(v["diff"]), v["message"])
-    out.print(table)
-    if show_diff:
+
+    def table() -> None:
+        t = Table("version", "when (UTC)", "author", "sha256", "change", "message", box=None)
         for v in doc["versions"]:
-            out.print(f"\n[bold]version {v['version']}[/bold]")
-            print_diff(v["diff"])
+            t.add_row(str(v["version"]), utc(v["at"]), v["author"], v["sha256"][:12], _counts(v["diff"]),
+                      v["message"])
+        out.print(t)
+        if show_diff:
+            for v in doc["versions"]:
+                out.print(f"\n[bold]version {v['version']}[/bold]")
+                print_diff(v["diff"])
+
+    emit(doc, output, table)
 
 
 @click.command()

@@ -8,6 +8,7 @@ import click
 from rich.text import Text
 
 from glassmesh.cli._control_client import call, control_option, expect_ok, out
+from glassmesh.cli.output import FORMATS, emit, utc
 
 
 def _age(s: float | None) -> str:
@@ -78,7 +79,7 @@ def _print_status(doc: dict[str, Any]) -> None:
         out.print(line)
     recent = [(r["at"], h, r) for h in doc["hosts"] for r in h.get("recent_rejects", [])]
     if recent:
-        out.print(Text("recent rejects (newest last; `glassmesh status --json` has the last 10 per host):",
+        out.print(Text("recent rejects (newest last; `glassmesh status -o json` has the last 10 per host):",
                        style="bold yellow"))
         for _, h, r in sorted(recent, key=lambda x: x[0])[-10:]:
             line = f"  {h['name']} refused v{r['version']}: {_one_line(r['reason'])}"
@@ -100,19 +101,18 @@ def _print_status(doc: dict[str, Any]) -> None:
             out.print(Text(f"  {i['service']} {i['host']}/{i['address']}: {i['detail']}", style="red"))
     budget = doc["outage_budget"]
     out.print(f"outage budget: {budget['text']}" + ("" if budget["seconds"] is None else
-                                                    " (earliest certificate expiry)"))
+                                                    f" (earliest certificate expiry {utc(budget['earliest_cert_expiry'])})"))
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.option("-o", "--output", "output", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="table: for people; json or yaml: the control plane's answer, for scripts.")
+@click.option("--json", "output", flag_value="json", hidden=True, help="Same as -o json.")
 @control_option
-def status(as_json: bool, control: str) -> None:
+def status(output: str, control: str) -> None:
     """Replicas, hosts and their snapshot versions, held changes, unhealthy instances, outage budget."""
     doc = expect_ok(*call(control, "GET", "/v1/status"))
-    if as_json:
-        out.print_json(data=doc)
-    else:
-        _print_status(doc)
+    emit(doc, output, lambda: _print_status(doc))
 
 
 @click.command()

@@ -73,7 +73,7 @@ async def get_config(request: web.Request) -> web.Response:
     cur = await request.app[STORE].current()
     if cur is None:
         return json_response({"version": 0, "yaml": "", "sha256": None})
-    return json_response({**ops.version_json(cur), "yaml": canonical_yaml(cur.doc)})
+    return json_response({**ops.version_json(cur, with_doc=True), "yaml": canonical_yaml(cur.doc)})
 
 
 async def history(request: web.Request) -> web.Response:
@@ -91,6 +91,16 @@ async def rollback(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     return json_response(await ops.status(request.app[STORE], request.app[PLANE], request.app[REPLICA]))
+
+
+async def version(request: web.Request) -> web.Response:
+    """This replica's release and runtime, for `glassmesh version` (any operator role may read it)."""
+    import platform
+
+    from glassmesh import __version__
+
+    return json_response({"version": __version__, "replica": request.app[REPLICA],
+                          "python": platform.python_version()})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -117,6 +127,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/history", history)
     app.router.add_post("/v1/rollback", rollback)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/version", version)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/release", release)
     app.router.add_post("/v1/drain", drain)

@@ -132,14 +132,14 @@ def test_apply_diff_get_history_rollback(control: Control, tmp_path: Path) -> No
     (tmp_path / "bad.yaml").write_text(MESH.replace("port: 8080", 'port: "8080"').replace("  - name: a\n",
                                                                                           "  - name: a\n    wieght: 1\n"))
     r = control.cli("apply", "-f", "bad.yaml", cwd=tmp_path)
-    assert r.returncode == 2
+    assert r.returncode == 3
     assert r.stderr.splitlines() == ["bad.yaml:3: services[0].wieght: Object contains unknown field wieght",
                                      "bad.yaml:6: services[1].port: Expected int, got str",
                                      "bad.yaml: 2 problems, nothing applied"]
     assert "Traceback" not in r.stderr
     (tmp_path / "bad2.yaml").write_text(MESH.replace("port: 8080", 'port: "8080"'))
     r = control.cli("apply", "-f", "bad2.yaml", cwd=tmp_path)
-    assert r.returncode == 2 and "bad2.yaml:5: services[1].port: Expected int, got str" in r.stderr
+    assert r.returncode == 3 and "bad2.yaml:5: services[1].port: Expected int, got str" in r.stderr
 
     r = control.cli("rollback", "1")
     assert r.returncode == 0 and "now version 3" in r.stdout and "+  port: 8080" in r.stdout
@@ -148,13 +148,13 @@ def test_apply_diff_get_history_rollback(control: Control, tmp_path: Path) -> No
     # tests/security/test_operator_api.py sends one).
     assert "admin (rollback to 1)" in hist and "rollback to version 1" in hist, hist
     assert "mallory" not in hist
-    assert control.cli("rollback", "99").returncode == 1
+    assert control.cli("rollback", "99").returncode == 4  # refused: no such version
 
 
-def test_unreachable_control_plane_is_one_line_exit_1(control: Control) -> None:
+def test_unreachable_control_plane_is_one_line_exit_5(control: Control) -> None:
     env = cli_env(f"https://127.0.0.1:{free_port()}", control.cred)  # a valid credential, nobody listening
     r = subprocess.run([*CLI, "status"], env=env, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1
+    assert r.returncode == 5
     assert r.stderr.strip().startswith("error: cannot reach the control plane") and len(r.stderr.splitlines()) == 1
 
 

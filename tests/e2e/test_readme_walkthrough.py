@@ -160,7 +160,7 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
            .replace(f'host3, address: "{w.ip3}:4143"', f'host3, address: "{w.ip2}:4143"'))
     (w.dir / "mesh.yaml").write_text(bad)
     r = w.run("glassmesh apply -f mesh.yaml")
-    assert r.returncode == 2 and r.stdout == ""
+    assert r.returncode == 3 and r.stdout == ""
     assert r.stderr.splitlines() == [w.sub(x) for x in readme_block_with("problems, nothing applied")]
     (w.dir / "mesh.yaml").write_text(good)
     r = w.run("glassmesh apply -f mesh.yaml")

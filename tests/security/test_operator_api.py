@@ -91,7 +91,7 @@ def test_read_only_operator_reads_and_may_not_change(control: Control, tmp_path:
     (tmp_path / "m.yaml").write_text(MESH.replace("8080", "9999"))
     r = subprocess.run([*CLI, "apply", "-f", str(tmp_path / "m.yaml")], env=cli_env(control.url, out),
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1 and "needs the admin role" in r.stderr, r.stderr
+    assert r.returncode == 4 and "needs the admin role" in r.stderr, r.stderr
     r = subprocess.run([*CLI, "status"], env=cli_env(control.url, out), capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "config version" in r.stdout, r.stderr
 
@@ -140,7 +140,7 @@ def test_cli_without_a_credential_says_where_to_get_one(control: Control, tmp_pa
     env = {**cli_env(control.url, "/nonexistent"), "XDG_CONFIG_HOME": str(tmp_path / "empty")}
     del env["GLASSMESH_CREDENTIAL"]
     r = subprocess.run([*CLI, "status"], env=env, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1 and "no operator credential" in r.stderr and "DIR/admin.pem" in r.stderr, r.stderr
+    assert r.returncode == 2 and "no operator credential" in r.stderr and "DIR/admin.pem" in r.stderr, r.stderr
     r = subprocess.run([*CLI, "status"], env=cli_env(control.url.replace("https", "http"), control.cred),
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1 and "speaks TLS" in r.stderr, r.stderr
+    assert r.returncode == 2 and "speaks TLS" in r.stderr, r.stderr

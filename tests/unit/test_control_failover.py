@@ -128,12 +128,16 @@ def test_renewals_report_failures_against_the_replica_they_used(tmp_path: Path,
 # --------------------------------------------------------------------------- the CLI
 
 
+# The operator API speaks TLS only: the CLI refuses an http:// URL before asking anyone.
+O1, O2, O3 = (u.replace("http://", "https://") for u in (R1, R2, R3))
+
+
 def test_cli_tries_replicas_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     answers: dict[str, Any] = {
-        R1: _control_client.ControlError(f"cannot reach the control plane at {R1}: refused"),
-        R2: (503, {"error": "store unavailable"}),
-        R3: (200, {"ok": True}),
+        O1: _control_client.Unreachable(f"cannot reach the control plane at {O1}: refused"),
+        O2: (503, {"error": "store unavailable"}),
+        O3: (200, {"ok": True}),
     }
 
     def one(base: str, method: str, path: str, payload: Any, timeout: float) -> tuple[int, dict[str, Any]]:
@@ -144,22 +148,22 @@ def test_cli_tries_replicas_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
         return a  # type: ignore[no-any-return]
 
     monkeypatch.setattr(_control_client, "_call_one", one)
-    assert _control_client.call(f"{R1},{R2},{R3}", "GET", "/v1/status") == (200, {"ok": True})
-    assert calls == [R1, R2, R3]
+    assert _control_client.call(f"{O1},{O2},{O3}", "GET", "/v1/status") == (200, {"ok": True})
+    assert calls == [O1, O2, O3]
     calls.clear()
     # No better answer: the 5xx is returned, so the command prints the control plane's reason.
-    assert _control_client.call(f"{R1},{R2}", "GET", "/v1/status") == (503, {"error": "store unavailable"})
+    assert _control_client.call(f"{O1},{O2}", "GET", "/v1/status") == (503, {"error": "store unavailable"})
     # A 4xx is an answer: no other replica is asked.
-    answers[R1] = (404, {"error": "no such version"})
+    answers[O1] = (404, {"error": "no such version"})
     calls.clear()
-    assert _control_client.call(f"{R1},{R3}", "GET", "/v1/x") == (404, {"error": "no such version"})
-    assert calls == [R1]
+    assert _control_client.call(f"{O1},{O3}", "GET", "/v1/x") == (404, {"error": "no such version"})
+    assert calls == [O1]
     # None reachable: one line naming each.
-    answers[R1] = _control_client.ControlError(f"cannot reach the control plane at {R1}: refused")
-    answers[R2] = _control_client.ControlError(f"cannot reach the control plane at {R2}: refused")
-    with pytest.raises(_control_client.ControlError) as e:
-        _control_client.call(f"{R1},{R2}", "GET", "/v1/status")
-    assert R1 in e.value.message and R2 in e.value.message
-    with pytest.raises(_control_client.ControlError) as e:
-        _control_client.call(R1, "GET", "/v1/status")
-    assert e.value.message == f"cannot reach the control plane at {R1}: refused"  # one URL: as before
+    answers[O1] = _control_client.Unreachable(f"cannot reach the control plane at {O1}: refused")
+    answers[O2] = _control_client.Unreachable(f"cannot reach the control plane at {O2}: refused")
+    with pytest.raises(_control_client.Unreachable) as e:
+        _control_client.call(f"{O1},{O2}", "GET", "/v1/status")
+    assert O1 in e.value.message and O2 in e.value.message
+    with pytest.raises(_control_client.Unreachable) as e:
+        _control_client.call(O1, "GET", "/v1/status")
+    assert e.value.message == f"cannot reach the control plane at {O1}: refused"  # one URL: as before
