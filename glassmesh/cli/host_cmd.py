@@ -105,3 +105,67 @@ def remove(name: str, control: str) -> None:
     doc = expect_ok(*call(control, "DELETE", f"/v1/hosts/{name}"))
     out.print(f"host {name} removed ({doc['tokens_dropped']} unused join token(s) dropped); certificates it "
               f"holds stay valid until they expire")
+
+
+@host.command("join")
+@click.option("--control", "control", required=True, metavar="URL[,URL...]",
+              help="The control plane's proxy listener (https://ADDR, default port 4201), as `glassmesh host add` "
+                   "prints it; several replicas comma-separated.")
+@click.option("--token", required=True, help="The single-use join token from `glassmesh host add`.")
+@click.option("--ca-sha256", required=True, metavar="HEX",
+              help="SHA-256 of the control plane's CA, printed by `glassmesh host add`: checked before the join "
+                   "trusts it.")
+@click.option("--host", "host_name", default=None, metavar="NAME",
+              help="This host's name; it must match the token's (default: the token's).")
+@click.option("--config-dir", default=None, type=click.Path(file_okay=False),
+              help="Where to write proxy.yaml [default: $GLASSMESH_CONFIG_DIR or /etc/glassmesh].")
+@click.option("--data", "data_dir", default="/var/lib/glassmesh", show_default=True, type=click.Path(file_okay=False),
+              help="The proxy's state directory (mode 0700): the host identity, certificates, last snapshot.")
+@click.option("--force", is_flag=True, help="Replace an existing proxy.yaml.")
+def join(control: str, token: str, ca_sha256: str, host_name: str | None, config_dir: str | None, data_dir: str,
+         force: bool) -> None:
+    """Join this host with a token and write the proxy's config, so that `glassmesh proxy` alone starts it.
+
+    Gets the host identity (keys made here, only a CSR is sent), creates the
+    data directory (0700) and writes DIR/proxy.yaml (0600) with the control
+    plane's URL, the host's name and the data directory. The token is used
+    once and written nowhere.
+    """
+    import asyncio
+    import os
+
+    import yaml
+
+    from glassmesh.files import private_dir, write_private
+    from glassmesh.proxy.enroll import EnrollError, obtain
+    from glassmesh.proxy.watch import split_urls
+    from glassmesh.settings import config_dir as default_config_dir
+
+    cdir = config_dir or default_config_dir()
+    path = os.path.join(cdir, "proxy.yaml")
+    if os.path.exists(path) and not force:
+        raise click.ClickException(f"{path} exists: this host was set up already (give --force to replace it)")
+    try:
+        urls = split_urls(control)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--control") from None
+    if not urls[0].startswith("https://"):
+        raise click.BadParameter("the join goes over TLS: give the control plane's proxy listener, https://ADDR",
+                                 param_hint="--control")
+    data = os.path.abspath(data_dir)
+    try:
+        private_dir(data)
+        ident = asyncio.run(obtain(urls, data, host_name, token, ca_sha256))
+    except (EnrollError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    doc = {"control": ",".join(urls), "host": ident.host, "data": data}
+    head = (f"# Written by `glassmesh host join`: host {ident.host}, identity in {data}/identity.\n"
+            f"# Keys are the flags of `glassmesh proxy` (see docs/reference/proxy-yaml.md).\n")
+    os.makedirs(cdir, mode=0o700, exist_ok=True)
+    write_private(path, (head + yaml.safe_dump(doc, sort_keys=False)).encode())
+    default = os.path.abspath(path) == os.path.abspath(os.path.join(default_config_dir(), "proxy.yaml"))
+    out.print(f"joined as host {ident.host} (may serve: {', '.join(ident.services) or 'nothing'})")
+    out.print(f"wrote {path} (0600): control, host, data")
+    out.print(f"data directory {data} (0700) holds the host identity")
+    out.print("start the proxy with:")
+    out.print(f"  {shlex.join(['glassmesh', 'proxy'] + ([] if default else ['--config-file', path]))}")
