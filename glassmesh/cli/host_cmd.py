@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from glassmesh.cli._control_client import call, control_option, expect_ok, out
+from glassmesh.settings import config_dir as default_config_dir
 
 
 def _until(ts: float | None) -> str:
@@ -66,6 +67,9 @@ def add(name: str, services: str, ttl: str, address: str, data_dir: str, as_json
     out.print(Text(f"  {doc['token']}", style="bold"))
     out.print("start its proxy with:")
     out.print(f"  {shlex.join(cmd)}")
+    join_cmd = ["glassmesh", "host", "join", "--control", url, "--token", doc["token"], "--ca-sha256", doc["ca_sha256"]]
+    out.print(f"or, to write its config ({default_config_dir()}/proxy.yaml) and then run `glassmesh proxy`:")
+    out.print(f"  {shlex.join(join_cmd)}")
 
 
 @host.command("list")
@@ -139,7 +143,6 @@ def join(control: str, token: str, ca_sha256: str, host_name: str | None, config
     from glassmesh.files import private_dir, write_private
     from glassmesh.proxy.enroll import EnrollError, obtain
     from glassmesh.proxy.watch import split_urls
-    from glassmesh.settings import config_dir as default_config_dir
 
     cdir = config_dir or default_config_dir()
     path = os.path.join(cdir, "proxy.yaml")
