@@ -72,7 +72,7 @@ def file_options(cmd: click.Command) -> list[click.Option]:
             and any(o.startswith("--") for o in p.opts) and p.name != "help"]
 
 
-def _value_type(p: click.Option) -> Any:
+def value_type(p: click.Option) -> Any:
     """The YAML type of an option's value, with the range its click type enforces."""
     t = p.type
     if p.is_flag:
@@ -96,7 +96,7 @@ def schema(cmd: click.Command) -> type[msgspec.Struct]:
     for p in file_options(cmd):
         desc = (p.help or "").strip()
         default = p.default if isinstance(p.default, (int, float, str, bool)) else None
-        typ = _value_type(p)
+        typ = value_type(p)
         if default is None:
             typ = typ | None
         fields.append((file_key(p), Annotated[typ, msgspec.Meta(description=desc)], default))
@@ -169,7 +169,7 @@ def load_file(ctx: click.Context, cmd: click.Command, path: str, secrets: Iterab
             problems.append(Problem(line, str(key), f"unknown key ({hint})"))
             continue
         try:
-            value = msgspec.convert(raw, _value_type(p), strict=True)
+            value = msgspec.convert(raw, value_type(p), strict=True)
         except msgspec.ValidationError as e:
             problems.append(Problem(line, str(key), _friendly(str(e))))
             continue
