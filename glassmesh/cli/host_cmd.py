@@ -17,6 +17,8 @@ from rich.text import Text
 from glassmesh.cli._control_client import call, control_option, expect_ok, out
 from glassmesh.settings import config_dir as default_config_dir
 
+DEFAULT_DATA = "/var/lib/glassmesh"  # the proxy's state directory on a host set up by `host join`
+
 
 def _until(ts: float | None) -> str:
     if not ts:
@@ -41,8 +43,8 @@ def host() -> None:
               help="How long the token can be used (s, m, h, d: 90s, 30m, 1h, 2d).")
 @click.option("--address", default="", metavar="IP:PORT",
               help="The host's inbound address, for a host that mesh.yaml does not list.")
-@click.option("--data", "data_dir", default="/var/lib/glassmesh", show_default=True,
-              help="The proxy's state directory, only for the command line printed.")
+@click.option("--data", "data_dir", default=DEFAULT_DATA, show_default=True,
+              help="The proxy's state directory, only for the command lines printed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON (token included).")
 @control_option
 def add(name: str, services: str, ttl: str, address: str, data_dir: str, as_json: bool, control: str) -> None:
@@ -68,6 +70,8 @@ def add(name: str, services: str, ttl: str, address: str, data_dir: str, as_json
     out.print("start its proxy with:")
     out.print(f"  {shlex.join(cmd)}")
     join_cmd = ["glassmesh", "host", "join", "--control", url, "--token", doc["token"], "--ca-sha256", doc["ca_sha256"]]
+    if data_dir != DEFAULT_DATA:
+        join_cmd += ["--data", data_dir]
     out.print(f"or, to write its config ({default_config_dir()}/proxy.yaml) and then run `glassmesh proxy`:")
     out.print(f"  {shlex.join(join_cmd)}")
 
@@ -123,7 +127,7 @@ def remove(name: str, control: str) -> None:
               help="This host's name; it must match the token's (default: the token's).")
 @click.option("--config-dir", default=None, type=click.Path(file_okay=False),
               help="Where to write proxy.yaml [default: $GLASSMESH_CONFIG_DIR or /etc/glassmesh].")
-@click.option("--data", "data_dir", default="/var/lib/glassmesh", show_default=True, type=click.Path(file_okay=False),
+@click.option("--data", "data_dir", default=DEFAULT_DATA, show_default=True, type=click.Path(file_okay=False),
               help="The proxy's state directory (mode 0700): the host identity, certificates, last snapshot.")
 @click.option("--force", is_flag=True, help="Replace an existing proxy.yaml.")
 def join(control: str, token: str, ca_sha256: str, host_name: str | None, config_dir: str | None, data_dir: str,
