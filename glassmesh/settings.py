@@ -38,9 +38,6 @@ from typing import Annotated, Any
 
 import click
 import msgspec
-import yaml
-
-from glassmesh import yamlpos
 
 ENV_PREFIX = "GLASSMESH"
 CONFIG_DIR_ENV = "GLASSMESH_CONFIG_DIR"
@@ -139,6 +136,10 @@ def _check_mode(path: str, holds_secret: bool) -> list[Problem]:
 def load_file(ctx: click.Context, cmd: click.Command, path: str, secrets: Iterable[str] = ()) -> dict[str, Any]:
     """Read and check `path`: the values it sets, by option name (ctx.default_map); ConfigFileError lists all
     problems."""
+    import yaml  # only with a config file: a proxy started with flags alone does not load it (test_proxy_footprint)
+
+    from glassmesh import yamlpos
+
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
