@@ -50,6 +50,13 @@ def lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+def refused(mesh: Mesh, name: str, args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Start a command that must refuse to start: its exit status and what it printed."""
+    p = mesh.spawn(name, args, env=env)
+    p.expect_exit()
+    return p.popen.wait(20), p.log_text()
+
+
 def write_conf(path: Path, text: str, mode: int = 0o600) -> Path:
     path.write_text(text)
     path.chmod(mode)
@@ -92,10 +99,8 @@ def test_bad_config_file_names_file_line_and_key_and_starts_nothing(mesh: Mesh) 
                       "access_log: [a, b]\n"
                       "workers: 0\n"
                       "control: ftp://nowhere\n")
-    p = mesh.spawn("proxy bad file", [*PROXY_CMD, "--config-file", str(conf)])
-    p.expect_exit()
-    assert p.popen.wait(20) != 0
-    out = p.log_text()
+    rc, out = refused(mesh, "proxy bad file", [*PROXY_CMD, "--config-file", str(conf)])
+    assert rc != 0
     assert f"{conf}:2: workrs: unknown key (did you mean workers?)" in out
     assert f"{conf}:3: access_log: Expected str, got array" in out
     assert f"{conf}:4: workers: Expected int >= 1" in out
@@ -111,25 +116,19 @@ def test_bad_config_file_names_file_line_and_key_and_starts_nothing(mesh: Mesh) 
 def test_unsafe_config_files_are_refused(mesh: Mesh) -> None:
     h1 = ab_without_h1(mesh)
     open_conf = write_conf(mesh.root / "open.yaml", f"config: {h1.snapshot_path}\n", 0o664)
-    p = mesh.spawn("proxy group-writable", [*PROXY_CMD, "--config-file", str(open_conf)])
-    p.expect_exit()
-    assert p.popen.wait(20) != 0
-    assert "writable by group or others (mode 0664)" in p.log_text()
+    rc, out = refused(mesh, "proxy group-writable", [*PROXY_CMD, "--config-file", str(open_conf)])
+    assert rc != 0 and "writable by group or others (mode 0664)" in out
     # A join token inline is a secret: the file must be 0600.
     secret = write_conf(mesh.root / "secret.yaml", "control: https://127.0.0.1:9\ndata: d\njoin: tok\n"
                         "ca_sha256: ab\n", 0o644)
-    p = mesh.spawn("proxy readable secret", [*PROXY_CMD, "--config-file", str(secret)])
-    p.expect_exit()
-    assert p.popen.wait(20) != 0
-    assert "holds a secret and is readable by group or others (mode 0644)" in p.log_text()
+    rc, out = refused(mesh, "proxy readable secret", [*PROXY_CMD, "--config-file", str(secret)])
+    assert rc != 0 and "holds a secret and is readable by group or others (mode 0644)" in out
     assert not (mesh.root / "d").exists()
 
 
 def test_env_values_are_checked_like_flags(mesh: Mesh) -> None:
-    p = mesh.spawn("proxy bad env", [*PROXY_CMD, "--config", "x.json"], env={"GLASSMESH_PROXY_WORKERS": "0"})
-    p.expect_exit()
-    assert p.popen.wait(20) == 2
-    assert "Invalid value for GLASSMESH_PROXY_WORKERS (environment): 0 is not in the range 1<=x<=64" in p.log_text()
+    rc, out = refused(mesh, "proxy bad env", [*PROXY_CMD, "--config", "x.json"], {"GLASSMESH_PROXY_WORKERS": "0"})
+    assert rc == 2 and "Invalid value for GLASSMESH_PROXY_WORKERS (environment): 0 is not in the range 1<=x<=64" in out
 
 
 def test_control_from_config_file_with_env_and_flag(mesh: Mesh) -> None:
@@ -148,10 +147,8 @@ def test_control_from_config_file_with_env_and_flag(mesh: Mesh) -> None:
     assert p.stop() == 0
 
     bad = write_conf(mesh.root / "bad.yaml", "data: cp\nlisten: nowhere\ndns_server: [1.2.3.4:99999]\nstore: 3\n")
-    p = mesh.spawn("control bad file", [*CONTROL_CMD, "--config-file", str(bad)])
-    p.expect_exit()
-    assert p.popen.wait(20) != 0
-    out = p.log_text()
+    rc, out = refused(mesh, "control bad file", [*CONTROL_CMD, "--config-file", str(bad)])
+    assert rc != 0
     assert f"{bad}:2: listen: must be host:port, got 'nowhere'" in out
     assert f"{bad}:3: dns_server: port out of range" in out
     assert f"{bad}:4: store: Expected str, got int" in out
