@@ -226,9 +226,14 @@ class DaemonCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.BadParameter as e:
+            # Name where the bad value came from (click names the flag and its variable whichever it was).
             p = e.param
-            if p is not None and p.name and ctx.get_parameter_source(p.name) is click.core.ParameterSource.ENVIRONMENT:
-                e.param_hint = f"{p.envvar} (environment)"
+            if isinstance(p, click.Option) and p.name:
+                src = ctx.get_parameter_source(p.name)
+                if src is click.core.ParameterSource.ENVIRONMENT:
+                    e.param_hint = f"{p.envvar} (environment)"
+                elif src is click.core.ParameterSource.COMMANDLINE:
+                    e.param_hint = "'" + "' / '".join(p.opts) + "'"
             raise
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from glassmesh.settings import daemon_command
+from glassmesh.settings import config_dir, daemon_command
 
 
 def _control_urls(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -78,7 +78,10 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
             return
         if config is None:
             raise click.UsageError("give --config FILE, or --control URL --host NAME --data DIR (or, to join, "
-                                   "--control https://ADDR --join TOKEN --ca-sha256 HEX --data DIR)")
+                                   "--control https://ADDR --join TOKEN --ca-sha256 HEX --data DIR), as flags, "
+                                   "GLASSMESH_PROXY_* variables or in a config file (--config-file FILE, default "
+                                   f"{config_dir()}/proxy.yaml; "
+                                   "`glassmesh host join` writes one)")
         if host or data_dir or join:
             raise click.UsageError("--host, --data and --join go with --control")
         run(config, workers=workers, keylog=tls_keylog, access_log=access_log)
