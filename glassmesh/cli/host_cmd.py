@@ -160,15 +160,20 @@ def join(control: str, token: str, ca_sha256: str, host_name: str | None, config
         raise click.BadParameter("the join goes over TLS: give the control plane's proxy listener, https://ADDR",
                                  param_hint="--control")
     data = os.path.abspath(data_dir)
-    try:
+    try:  # both directories first: a token is spent by the join, so nothing may fail after it that can fail before
+        os.makedirs(cdir, mode=0o700, exist_ok=True)
+        if not os.access(cdir, os.W_OK):
+            raise PermissionError(f"cannot write in {cdir} (run as its owner, or give --config-dir DIR)")
         private_dir(data)
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
+    try:
         ident = asyncio.run(obtain(urls, data, host_name, token, ca_sha256))
     except (EnrollError, OSError) as e:
         raise click.ClickException(str(e)) from None
     doc = {"control": ",".join(urls), "host": ident.host, "data": data}
     head = (f"# Written by `glassmesh host join`: host {ident.host}, identity in {data}/identity.\n"
             f"# Keys are the flags of `glassmesh proxy` (see docs/reference/proxy-yaml.md).\n")
-    os.makedirs(cdir, mode=0o700, exist_ok=True)
     write_private(path, (head + yaml.safe_dump(doc, sort_keys=False)).encode())
     default = os.path.abspath(path) == os.path.abspath(os.path.join(default_config_dir(), "proxy.yaml"))
     out.print(f"joined as host {ident.host} (may serve: {', '.join(ident.services) or 'nothing'})")

@@ -86,7 +86,8 @@ def test_host_join_writes_config_and_data_then_proxy_runs_from_it(mesh: Mesh) ->
     assert ["glassmesh-source", "spiffe://glassmesh.local/service/a"] in resp.json()["headers"]
 
 
-def test_host_join_with_a_bad_token_writes_nothing(mesh: Mesh) -> None:
+def test_host_join_refusals_write_nothing_and_spend_no_token(mesh: Mesh) -> None:
+    """A wrong token or fingerprint writes no config; a config dir that cannot be made fails before the join."""
     port, pport = free_port(), free_port()
     control = mesh.spawn("control", [*CLI, "control", "--data", str(mesh.root / "control"), "--listen",
                                      f"127.0.0.1:{port}", "--proxy-listen", f"127.0.0.1:{pport}"])
@@ -105,3 +106,14 @@ def test_host_join_with_a_bad_token_writes_nothing(mesh: Mesh) -> None:
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "refusing to join" in r.stderr, r.stderr
     assert not (cdir / "proxy.yaml").exists()
+    blocker = mesh.root / "a-file"
+    blocker.write_text("")
+    r = subprocess.run([*CLI, "host", "join", "--control", doc["proxy_url"], "--token", doc["token"],
+                        "--ca-sha256", doc["ca_sha256"], "--config-dir", str(blocker / "etc"), "--data",
+                        str(mesh.root / "data")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Not a directory" in r.stderr, r.stderr
+    # The token was not spent by any of these.
+    r = subprocess.run([*CLI, "host", "join", "--control", doc["proxy_url"], "--token", doc["token"],
+                        "--ca-sha256", doc["ca_sha256"], "--config-dir", str(cdir), "--data",
+                        str(mesh.root / "data")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "joined as host h " in r.stdout, r.stderr
