@@ -110,8 +110,9 @@ def test_host_join_refusals_write_nothing_and_spend_no_token(mesh: Mesh) -> None
     blocker.write_text("")
     r = subprocess.run([*CLI, "host", "join", "--control", doc["proxy_url"], "--token", doc["token"],
                         "--ca-sha256", doc["ca_sha256"], "--config-dir", str(blocker / "etc"), "--data",
-                        str(mesh.root / "data")], env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0 and "Not a directory" in r.stderr, r.stderr
+                        str(mesh.root / "data-blocked")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Not a directory" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (mesh.root / "data-blocked" / "identity").exists()
     # The token was not spent by any of these.
     r = subprocess.run([*CLI, "host", "join", "--control", doc["proxy_url"], "--token", doc["token"],
                         "--ca-sha256", doc["ca_sha256"], "--config-dir", str(cdir), "--data",
