@@ -103,6 +103,8 @@ def schema(cmd: click.Command) -> type[msgspec.Struct]:
 
 @dataclass(frozen=True)
 class Problem:
+    """One thing wrong with a config file, where the operator will look for it (line 1: the file as a whole)."""
+
     line: int
     key: str
     message: str
