@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv demo test test-deps bench lint clean
+.PHONY: venv demo test test-deps bench lint clean reference
 
 # The hot path is compiled with mypyc in place (setup.py): edits to it must rebuild.
 HOT_SRC := setup.py mypyc.ini glassmesh/protocols/http1.py glassmesh/protocols/mux.py glassmesh/proxy/http.py \
@@ -30,6 +30,10 @@ test: test-deps
 
 bench: venv
 	bash bench/run.sh $(ARGS)
+
+# docs/reference from the click commands and the schemas (a unit test fails when it is stale).
+reference: venv
+	$(PY) -m glassmesh.docs.reference
 
 lint: venv
 	$(PY) -m ruff check glassmesh tests

@@ -2,7 +2,10 @@
 
 The CLI reads (and `glassmesh demo` writes) the operator credential in
 $XDG_CONFIG_HOME/glassmesh; a test must neither depend on what is there on
-the machine nor leave anything behind in it.
+the machine nor leave anything behind in it. Likewise `glassmesh proxy` and
+`glassmesh control` read their config files from $GLASSMESH_CONFIG_DIR
+(/etc/glassmesh when unset): a host's real proxy.yaml must not change what a
+test's proxy does, so it points at an empty directory too.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import pytest
 @pytest.fixture(scope="session", autouse=True)
 def _private_config_home() -> Iterator[None]:
     d = tempfile.mkdtemp(prefix="gm-config-")
-    old = os.environ.get("XDG_CONFIG_HOME")
-    os.environ["XDG_CONFIG_HOME"] = d
+    daemons = os.path.join(d, "daemons")  # never created: no proxy.yaml or control.yaml unless a test writes one
+    old = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "GLASSMESH_CONFIG_DIR")}
+    os.environ.update({"XDG_CONFIG_HOME": d, "GLASSMESH_CONFIG_DIR": daemons})
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("XDG_CONFIG_HOME", None)
-        else:
-            os.environ["XDG_CONFIG_HOME"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         shutil.rmtree(d, ignore_errors=True)

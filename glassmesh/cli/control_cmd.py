@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import click
 
+from glassmesh.settings import daemon_command
 
-@click.command()
+
+def _host_port(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An address option as a callback, so that a config file's bad value is reported with its line."""
+    if value is not None and (":" not in value or not value.rpartition(":")[2].isdigit()):
+        raise click.BadParameter(f"must be host:port, got {value!r}")
+    return value
+
+
+def _dns_servers(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    from glassmesh.control.dns import parse_server
+
+    for spec in value:
+        try:
+            parse_server(spec)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
+@daemon_command()
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for this replica's files: the SQLite file, and in DIR/ca a copy of the CA "
                    "the replicas share through the store (created by the first replica to start).")
-@click.option("--listen", default="127.0.0.1:4200", show_default=True,
+@click.option("--listen", default="127.0.0.1:4200", show_default=True, callback=_host_port,
               help="Address of the operator API (TLS; callers need an operator credential, see --help of "
                    "`glassmesh ca issue`). The first admin credential is written to DIR/admin.pem.")
 @click.option("--store", "store_spec", default="sqlite", show_default=True,
@@ -25,12 +45,12 @@ import click
               help="File (mode 0600) holding the passphrase that encrypts the CA key in the store, so that a "
                    "copy of the store mints nothing; or set GLASSMESH_CA_PASSPHRASE. Required with etcd.")
 @click.option("--trust-domain", default="glassmesh.local", show_default=True, help="SPIFFE trust domain.")
-@click.option("--dns-server", "dns_servers", multiple=True, metavar="IP[:PORT]",
+@click.option("--dns-server", "dns_servers", multiple=True, metavar="IP[:PORT]", callback=_dns_servers,
               help="Nameserver for services discovered by DNS (repeatable; default: those in /etc/resolv.conf).")
-@click.option("--proxy-listen", default=None, metavar="ADDR",
+@click.option("--proxy-listen", default=None, metavar="ADDR", callback=_host_port,
               help="Address of the proxies' listener (mutual TLS: joins, certificates, snapshots) "
                    "[default: --listen's address, port + 1, i.e. 127.0.0.1:4201].")
-@click.option("--insecure-proxy-listen", default=None, metavar="ADDR",
+@click.option("--insecure-proxy-listen", default=None, metavar="ADDR", callback=_host_port,
               help="Also serve the proxy routes over plain HTTP on ADDR (loopback only), for proxies started with "
                    "an http:// --control URL and certificates put in DIR/certs by hand. INSECURE: any local "
                    "process can then read the snapshot of, and report instances for, any host that never joined.")
@@ -45,24 +65,14 @@ def control(data_dir: str, listen: str, store_spec: str, etcd_ca: str | None, et
     import logging
 
     from glassmesh.cli.output import utc_logging
-    from glassmesh.control.dns import parse_server
     from glassmesh.control.server import StartupError, open_store, serve
     from glassmesh.control.store import StoreError
 
     utc_logging(logging.DEBUG if verbose else logging.INFO)
-    if ":" not in listen or not listen.rpartition(":")[2].isdigit():
-        raise click.UsageError(f"--listen must be host:port, got {listen!r}")
-    for spec in dns_servers:
-        try:
-            parse_server(spec)
-        except ValueError as e:
-            raise click.UsageError(f"--dns-server: {e}") from None
     explicit = proxy_listen is not None
     if proxy_listen is None:
         lhost, _, lport = listen.rpartition(":")
         proxy_listen = f"{lhost}:{int(lport) + 1}"
-    elif ":" not in proxy_listen or not proxy_listen.rpartition(":")[2].isdigit():
-        raise click.UsageError(f"--proxy-listen must be host:port, got {proxy_listen!r}")
     import os
     import ssl
 

@@ -16,6 +16,9 @@ from rich.text import Text
 
 from glassmesh.cli._control_client import call, control_option, expect_ok, out
 from glassmesh.cli.output import FORMATS, emit, utc
+from glassmesh.settings import config_dir as default_config_dir
+
+DEFAULT_DATA = "/var/lib/glassmesh"  # the proxy's state directory on a host set up by `host join`
 
 
 def _until(ts: float | None) -> str:
@@ -41,8 +44,8 @@ def host() -> None:
               help="How long the token can be used (s, m, h, d: 90s, 30m, 1h, 2d).")
 @click.option("--address", default="", metavar="IP:PORT",
               help="The host's inbound address, for a host that mesh.yaml does not list.")
-@click.option("--data", "data_dir", default="/var/lib/glassmesh", show_default=True,
-              help="The proxy's state directory, only for the command line printed.")
+@click.option("--data", "data_dir", default=DEFAULT_DATA, show_default=True,
+              help="The proxy's state directory, only for the command lines printed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON (token included).")
 @control_option
 def add(name: str, services: str, ttl: str, address: str, data_dir: str, as_json: bool, control: str) -> None:
@@ -67,6 +70,11 @@ def add(name: str, services: str, ttl: str, address: str, data_dir: str, as_json
     out.print(Text(f"  {doc['token']}", style="bold"))
     out.print("start its proxy with:")
     out.print(f"  {shlex.join(cmd)}")
+    join_cmd = ["glassmesh", "host", "join", "--control", url, "--token", doc["token"], "--ca-sha256", doc["ca_sha256"]]
+    if data_dir != DEFAULT_DATA:
+        join_cmd += ["--data", data_dir]
+    out.print(f"or, to write its config ({default_config_dir()}/proxy.yaml) and then run `glassmesh proxy`:")
+    out.print(f"  {shlex.join(join_cmd)}")
 
 
 @host.command("list")
@@ -109,3 +117,71 @@ def remove(name: str, control: str) -> None:
     doc = expect_ok(*call(control, "DELETE", f"/v1/hosts/{name}"))
     out.print(f"host {name} removed ({doc['tokens_dropped']} unused join token(s) dropped); certificates it "
               f"holds stay valid until they expire")
+
+
+@host.command("join")
+@click.option("--control", "control", required=True, metavar="URL[,URL...]",
+              help="The control plane's proxy listener (https://ADDR, default port 4201), as `glassmesh host add` "
+                   "prints it; several replicas comma-separated.")
+@click.option("--token", required=True, help="The single-use join token from `glassmesh host add`.")
+@click.option("--ca-sha256", required=True, metavar="HEX",
+              help="SHA-256 of the control plane's CA, printed by `glassmesh host add`: checked before the join "
+                   "trusts it.")
+@click.option("--host", "host_name", default=None, metavar="NAME",
+              help="This host's name; it must match the token's (default: the token's).")
+@click.option("--config-dir", default=None, type=click.Path(file_okay=False),
+              help="Where to write proxy.yaml [default: $GLASSMESH_CONFIG_DIR or /etc/glassmesh].")
+@click.option("--data", "data_dir", default=DEFAULT_DATA, show_default=True, type=click.Path(file_okay=False),
+              help="The proxy's state directory (mode 0700): the host identity, certificates, last snapshot.")
+@click.option("--force", is_flag=True, help="Replace an existing proxy.yaml.")
+def join(control: str, token: str, ca_sha256: str, host_name: str | None, config_dir: str | None, data_dir: str,
+         force: bool) -> None:
+    """Join this host with a token and write the proxy's config, so that `glassmesh proxy` alone starts it.
+
+    Gets the host identity (keys made here, only a CSR is sent), creates the
+    data directory (0700) and writes DIR/proxy.yaml (0600) with the control
+    plane's URL, the host's name and the data directory. The token is used
+    once and written nowhere.
+    """
+    import asyncio
+    import os
+
+    import yaml
+
+    from glassmesh.files import private_dir, write_private
+    from glassmesh.proxy.enroll import EnrollError, obtain
+    from glassmesh.proxy.watch import split_urls
+
+    cdir = config_dir or default_config_dir()
+    path = os.path.join(cdir, "proxy.yaml")
+    if os.path.exists(path) and not force:
+        raise click.ClickException(f"{path} exists: this host was set up already (give --force to replace it)")
+    try:
+        urls = split_urls(control)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--control") from None
+    if not urls[0].startswith("https://"):
+        raise click.BadParameter("the join goes over TLS: give the control plane's proxy listener, https://ADDR",
+                                 param_hint="--control")
+    data = os.path.abspath(data_dir)
+    try:  # both directories first: a token is spent by the join, so nothing may fail after it that can fail before
+        os.makedirs(cdir, mode=0o700, exist_ok=True)
+        if not os.access(cdir, os.W_OK):
+            raise PermissionError(f"cannot write in {cdir} (run as its owner, or give --config-dir DIR)")
+        private_dir(data)
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        ident = asyncio.run(obtain(urls, data, host_name, token, ca_sha256))
+    except (EnrollError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    doc = {"control": ",".join(urls), "host": ident.host, "data": data}
+    head = (f"# Written by `glassmesh host join`: host {ident.host}, identity in {data}/identity.\n"
+            f"# Keys are the flags of `glassmesh proxy` (see docs/reference/proxy-yaml.md).\n")
+    write_private(path, (head + yaml.safe_dump(doc, sort_keys=False)).encode())
+    default = os.path.abspath(path) == os.path.abspath(os.path.join(default_config_dir(), "proxy.yaml"))
+    out.print(f"joined as host {ident.host} (may serve: {', '.join(ident.services) or 'nothing'})")
+    out.print(f"wrote {path} (0600): control, host, data")
+    out.print(f"data directory {data} (0700) holds the host identity")
+    out.print("start the proxy with:")
+    out.print(f"  {shlex.join(['glassmesh', 'proxy'] + ([] if default else ['--config-file', path]))}")

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import click
 
+from glassmesh.settings import config_dir, daemon_command
 
-@click.command()
+
+def _control_urls(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Checked as the option is read, so that a config file's bad URL is reported with its line."""
+    if value is not None:
+        from glassmesh.proxy.watch import split_urls
+
+        try:
+            split_urls(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
+@daemon_command(secrets={"join"})
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
               help="Snapshot file (JSON) this proxy serves; SIGHUP reloads it. With --control: the snapshot "
                    "to start from when DIR has no last-known-good one.")
-@click.option("--control", "control", default=None, metavar="URL[,URL...]",
+@click.option("--control", "control", default=None, metavar="URL[,URL...]", callback=_control_urls,
               help="Control plane to watch for this host's snapshot: its proxy listener "
                    "(https://127.0.0.1:4201, mutual TLS with the host identity from --join), or, for a host "
                    "provisioned with certificate files, its API over plain HTTP (http://127.0.0.1:4200). "
@@ -48,10 +62,7 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
             errors = (*errors, EnrollError)
             from glassmesh.proxy.watch import split_urls
 
-            try:
-                urls = split_urls(control)
-            except ValueError as e:
-                raise click.UsageError(f"--control {e}") from None
+            urls = split_urls(control)  # checked by _control_urls
             if urls[0].startswith("http://"):
                 if join:
                     raise click.UsageError("--join goes over TLS: give --control https://ADDR, the control "
@@ -67,7 +78,10 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
             return
         if config is None:
             raise click.UsageError("give --config FILE, or --control URL --host NAME --data DIR (or, to join, "
-                                   "--control https://ADDR --join TOKEN --ca-sha256 HEX --data DIR)")
+                                   "--control https://ADDR --join TOKEN --ca-sha256 HEX --data DIR), as flags, "
+                                   "GLASSMESH_PROXY_* variables or in a config file (--config-file FILE, default "
+                                   f"{config_dir()}/proxy.yaml; "
+                                   "`glassmesh host join` writes one)")
         if host or data_dir or join:
             raise click.UsageError("--host, --data and --join go with --control")
         run(config, workers=workers, keylog=tls_keylog, access_log=access_log)

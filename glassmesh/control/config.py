@@ -33,31 +33,35 @@ DnsName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,2
 class Health(msgspec.Struct, **_S):
     """How the proxy on an instance's host checks it: TCP connect, or an HTTP GET expecting 2xx."""
 
-    tcp: bool = False
-    http: str | None = None
-    interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 2_000
-    timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000
+    tcp: bool = False  # check by TCP connect (the default when `http` is not set)
+    http: str | None = None  # check by an HTTP GET of this path, expecting 2xx
+    interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 2_000  # time between two checks
+    timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000  # a check that takes longer fails
 
 
 class StaticInstance(msgspec.Struct, **_S):
-    host: Name
-    address: Address
+    """An instance listed by hand."""
+
+    host: Name  # the host it runs on (its proxy checks it and carries its traffic)
+    address: Address  # where it listens on that host
 
 
 class Dns(msgspec.Struct, **_S):
     """Instances found by resolving a name (A: host ip + service port; SRV: targets and ports)."""
 
-    name: DnsName
-    type: Literal["A", "SRV"] = "A"
+    name: DnsName  # the DNS name to resolve
+    type: Literal["A", "SRV"] = "A"  # the record type
 
 
 class ServiceConfig(msgspec.Struct, **_S):
-    name: Name
-    protocol: Protocol = "http"
+    """A service: what it speaks, where its instances are, and whom it may call."""
+
+    name: Name  # the service's name, also its identity (spiffe://TRUST_DOMAIN/service/NAME)
+    protocol: Protocol = "http"  # http (requests routed, retried, counted) or tcp (bytes carried as they are)
     port: Port | None = None  # where instances listen on their host
-    health: Health | None = None  # None: a TCP connect check
-    instances: list[StaticInstance] = []
-    dns: Dns | None = None
+    health: Health | None = None  # how instances are checked; unset: a TCP connect check
+    instances: list[StaticInstance] = []  # instances listed by hand
+    dns: Dns | None = None  # instances found by DNS
     # Services this one may call; None means every service for an http one and none for a tcp one.
     # A host's snapshot lists only these; one that calls nothing (`calls: []`) gets no outbound listener.
     calls: list[Name] | None = None
@@ -66,25 +70,29 @@ class ServiceConfig(msgspec.Struct, **_S):
 
 
 class HostConfig(msgspec.Struct, **_S):
-    name: Name
+    """A host that runs a proxy."""
+
+    name: Name  # the host's name, also its identity (spiffe://TRUST_DOMAIN/host/NAME)
     address: Address  # its proxy's inbound (mTLS) port
     admin: Address | None = None  # default: the inbound ip, port 4191
-    services: list[Name] = []
+    services: list[Name] = []  # the services with instances (or callers) on this host
     # Pin a local service's outbound listener; default: the inbound ip, ports 4140, 4141, ... in list order.
     outbound: dict[Name, Address] = {}
 
 
 class TcpLinkConfig(msgspec.Struct, **_S):
-    host: Name
-    source: Name
-    listen: Address
-    destination: Name
+    """A local port on a host that carries raw TCP from a local service to a destination service."""
+
+    host: Name  # the host whose proxy listens
+    source: Name  # the local service that connects (the identity the destination sees)
+    listen: Address  # where the proxy listens for it
+    destination: Name  # the service it reaches
 
 
 class MeshConfig(msgspec.Struct, **_S):
-    services: list[ServiceConfig] = []
-    hosts: list[HostConfig] = []
-    tcp_links: list[TcpLinkConfig] = []
+    services: list[ServiceConfig] = []  # every service of the mesh
+    hosts: list[HostConfig] = []  # every host that runs a proxy (hosts that join with a token may be left out)
+    tcp_links: list[TcpLinkConfig] = []  # local ports that carry raw TCP to a service (redis, a database)
 
     def service(self, name: str) -> ServiceConfig | None:
         return next((s for s in self.services if s.name == name), None)

@@ -35,8 +35,8 @@ class SnapshotError(ValueError):
 class LocalService(msgspec.Struct, **_STRUCT):
     """A service with instances (or callers) on this host."""
 
-    name: Name
-    protocol: Protocol = "http"
+    name: Name  # the service, and the identity its certificate carries
+    protocol: Protocol = "http"  # http (requests) or tcp (bytes)
     # Where this host's instances of the service listen (the app processes).
     instances: list[Address] = []
     # The outbound listener that this service's apps use to call the mesh.
@@ -45,8 +45,8 @@ class LocalService(msgspec.Struct, **_STRUCT):
     # A unix socket for the same purpose. Unlike a port, its file permissions
     # decide which local processes may call as this service.
     outbound_socket: str | None = None
-    outbound_socket_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
-    outbound_socket_group: str | None = None
+    outbound_socket_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"  # the socket file's mode
+    outbound_socket_group: str | None = None  # the socket file's group (None: the proxy's)
     # What this service may call (None: every service). A host's `services` lists what any of its
     # local services may call; the outbound side refuses a call outside the caller's own list
     # (403 call_not_allowed), even when another local service may make it.
@@ -57,7 +57,7 @@ class LocalService(msgspec.Struct, **_STRUCT):
     # The service's certificate chain and key (PEM files), presented on both
     # sides: as the client cert when it calls, as the server cert when called.
     cert: str
-    key: str
+    key: str  # its private key (mode 0600)
     # How this host's proxy checks the instances above before reporting them to
     # the control plane: an HTTP GET of this path expecting 2xx, or (None) a TCP connect.
     health_http: str | None = None
@@ -72,17 +72,17 @@ class Endpoint(msgspec.Struct, **_REPEATED):
     in front of it): reached in plain HTTP or TCP, and shown as such.
     """
 
-    address: Address
-    host: Name
+    address: Address  # its host's inbound port (or, with mesh false, the instance itself)
+    host: Name  # the host whose proxy serves it
     mesh: bool = True
 
 
 class Service(msgspec.Struct, **_REPEATED):
     """A service that local services may call."""
 
-    name: Name
-    protocol: Protocol = "http"
-    endpoints: list[Endpoint] = []
+    name: Name  # the service, and the identity its instances' proxies must present
+    protocol: Protocol = "http"  # http (requests) or tcp (bytes)
+    endpoints: list[Endpoint] = []  # where it is served, spread round robin
     # Emptied on purpose by an operator (`glassmesh drain`). A proxy keeps the old
     # endpoints of a service that a snapshot empties unless this is set.
     drained: bool = False
@@ -91,13 +91,15 @@ class Service(msgspec.Struct, **_REPEATED):
 class TcpLink(msgspec.Struct, **_STRUCT):
     """A local port that carries raw TCP from a local service to a destination service."""
 
-    source: Name
-    listen: Address
-    destination: Name
+    source: Name  # the local service that connects (the identity the destination sees)
+    listen: Address  # where this proxy listens for it
+    destination: Name  # the service it reaches
 
 
 class Timeouts(msgspec.Struct, **_STRUCT):
-    connect_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 3_000
+    """How long the proxy waits, in milliseconds."""
+
+    connect_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 3_000  # to connect (and shake hands) to a peer or an app
     # From the request head being forwarded to the response head arriving.
     response_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 30_000
     # A client connection with nothing in flight is closed after this.
@@ -109,8 +111,10 @@ class Timeouts(msgspec.Struct, **_STRUCT):
 
 
 class Limits(msgspec.Struct, **_STRUCT):
-    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 64 * 1024
-    max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 100
+    """What one request, and the callers together, may hold at this proxy."""
+
+    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 64 * 1024  # a larger request head: 431
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 100  # more header fields: 431
     max_client_connections: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # local apps, all together
     # What one caller (a peer service identity) may hold open at this proxy's inbound, apart from the
     # local apps' budget above: HTTP connections and mux streams, and multiplexed TLS connections.
@@ -119,20 +123,22 @@ class Limits(msgspec.Struct, **_STRUCT):
 
 
 class Snapshot(msgspec.Struct, **_STRUCT):
-    version: Annotated[int, msgspec.Meta(ge=0)]
-    host: Name
-    trust_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]+$")]
+    """Everything one host's proxy serves, replaced whole (or by a delta that rebuilds a whole one)."""
+
+    version: Annotated[int, msgspec.Meta(ge=0)]  # the mesh config version it was compiled from
+    host: Name  # the host it is for (a proxy refuses another host's)
+    trust_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]+$")]  # of every SPIFFE id it names
     # PEM file of the CA certificates that peer certificates must chain to.
     trust_bundle: str
     # How this proxy carries HTTP to peer proxies: "mux" (many requests share one
     # TLS connection, fewer system calls) or "http1" (a TLS connection per
     # request in flight, like most proxies). Inbound ports accept both.
     peer_protocol: Literal["mux", "http1"] = "mux"
-    inbound: Address = "127.0.0.1:4143"
-    admin: Address = "127.0.0.1:4191"
-    local_services: list[LocalService] = []
-    services: list[Service] = []
-    tcp_links: list[TcpLink] = []
+    inbound: Address = "127.0.0.1:4143"  # the mTLS port peers call this host's services on
+    admin: Address = "127.0.0.1:4191"  # /ready, /metrics and the other admin pages
+    local_services: list[LocalService] = []  # services with instances or callers here
+    services: list[Service] = []  # services they may call, with their endpoints
+    tcp_links: list[TcpLink] = []  # raw TCP ports on this host
     # The mesh's other services, by name only: none of this host's services may call them. A call
     # to one is answered 403 call_not_allowed, not 404 unknown_service.
     withheld_services: list[Name] = []

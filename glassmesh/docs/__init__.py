@@ -1,0 +1,1 @@
+"""Generated documentation (docs/reference) and the code that writes it."""
