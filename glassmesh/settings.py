@@ -111,13 +111,25 @@ class Problem:
 
 
 class ConfigFileError(click.ClickException):
-    """A config file that cannot be used: each problem as FILE:LINE: KEY: MESSAGE, and nothing started."""
+    """A config file that cannot be used: each problem as FILE:LINE: KEY: MESSAGE, and nothing started.
+
+    Exit status 3, invalid config, as `glassmesh apply` gives for mesh.yaml (glassmesh/cli/exits.py).
+    """
+
+    exit_code = 3
 
     def __init__(self, path: str, problems: list[Problem]) -> None:
         self.path = path
         self.problems = problems
-        lines = [f"{path}:{p.line}: {p.key or '(top)'}: {p.message}" for p in sorted(problems, key=lambda p: p.line)]
-        super().__init__("invalid config file " + path + "\n" + "\n".join(lines))
+        self.lines = [f"{path}:{p.line}: {p.key or '(top)'}: {p.message}"
+                      for p in sorted(problems, key=lambda p: p.line)]
+        n = len(problems)
+        super().__init__(f"{path}: {n} problem{'s' if n != 1 else ''}, nothing started")
+
+    def show(self, file: Any = None) -> None:
+        for line in self.lines:
+            click.echo(line, err=True)
+        click.echo(f"error: {self.message}", err=True)
 
 
 def _friendly(msg: str) -> str:

@@ -65,7 +65,7 @@ def test_default_file_is_read_from_the_config_dir(tmp_path: Path) -> None:
 ])
 def test_file_errors_name_file_line_and_key(tmp_path: Path, text: str, expect: str) -> None:
     r = run(["--config-file", conf(tmp_path, text)])
-    assert r.exit_code == 1 and expect in r.output, r.output
+    assert r.exit_code == 3 and expect in r.output, r.output
 
 
 def test_every_flag_of_both_daemons_has_a_key_and_a_variable() -> None:
