@@ -11,6 +11,7 @@ release does not know, or claims another major version.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import struct
@@ -36,7 +37,7 @@ services:
   - name: b
     port: {port}
   - name: c
-    port: {port}
+    port: {cport}
 hosts:
   - {{name: host1, address: "{ip}:4143", services: [a, b{more}]}}
 """
@@ -46,8 +47,8 @@ class NewerControl:
     """A relay in front of a real control plane's plain proxy listener that rewrites its snapshots.
 
     `mutate(doc)` changes each full snapshot (JSON) on its way to the proxy; `wire` is the wire
-    version the answers claim. The control plane's digest header is passed on as it was, so the proxy
-    sees, as it would with a newer release, a snapshot that hashes otherwise than it decodes.
+    version the answers claim. A newer release hashes the fields it added too, so its digest is not
+    the one this proxy computes over the fields it knows: the relay sends a digest of the body instead.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -76,6 +77,7 @@ class NewerControl:
                 self.mutate(doc)
                 body = json.dumps(doc).encode()
                 headers["glassmesh-wire"] = self.wire
+                headers["glassmesh-snapshot-hash"] = hashlib.sha256(body).hexdigest()
             return web.Response(status=r.status, body=body, headers=headers,
                                 content_type=r.content_type or "application/json")
 
@@ -83,7 +85,7 @@ class NewerControl:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._pass)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)  # long-polls in flight are cut at close
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
         self._started.set()
@@ -99,12 +101,20 @@ def _host1(status: dict[str, Any]) -> dict[str, Any]:
     return next(h for h in status["hosts"] if h["name"] == "host1")
 
 
+def _apply(cp: Control, text: str, after: int) -> int:
+    """Apply `text`; the version of host1's snapshot it makes (read from status: a GET of the snapshot
+    itself would speak for host1 without its proxy's headers)."""
+    cp.apply(text)
+    wait_for(lambda: _host1(cp.status())["latest"] > after, 10, "the new snapshot compiled")
+    return int(_host1(cp.status())["latest"])
+
+
 def test_a_proxy_takes_a_newer_control_planes_snapshot_and_refuses_one_it_cannot_honour(mesh: Mesh) -> None:
     cp = Control(mesh)
     cp.start()
-    h = CHost(mesh, "host1", ["a", "b"])
+    h = CHost(mesh, "host1", ["a", "b", "c"])
     mesh.start_app("http", f"{h.ip}:{APP_PORT}", "b1")
-    cp.apply(MESH.format(port=APP_PORT, ip=h.ip, more=""))
+    cp.apply(MESH.format(port=APP_PORT, cport=APP_PORT + 1, ip=h.ip, more=""))
     newer = NewerControl(cp.url)
     try:
         # A newer control plane (wire 2) adds a top-level field and one in every service.
@@ -116,13 +126,15 @@ def test_a_proxy_takes_a_newer_control_planes_snapshot_and_refuses_one_it_cannot
         newer.mutate = more_fields
         h.start(newer.url)
         h.wait_ready()
+        # b's instance is reported (a health round), then in a snapshot the proxy takes: then it is served.
+        wait_for(lambda: get(h.outbound, "/x", headers={"Host": "b"}).status == 200, 15, "b served")
         r = get(h.outbound, "/x", headers={"Host": "b"})
         assert r.status == 200 and r.header("x-app") == "b1", r
-        latest = cp.snapshot("host1")["version"]
+        latest = _host1(cp.status())["latest"]
         wait_for(lambda: _host1(cp.status())["running"] == latest, 10, "the proxy acked the newer snapshot")
         row = _host1(cp.status())
         assert row["last_reject"] is None, row
-        assert row["proxy"]["wire"] == 1 and row["proxy"]["build"] == __version__, row
+        assert row["proxy"]["wire"] == 1 and row["proxy"]["build"] == __version__, (row, newer.seen_headers)
         assert newer.seen_headers["glassmesh-wire"] == "1" and newer.seen_headers["glassmesh-build"] == __version__
         assert h.proxy is not None
         said = [ln for ln in h.proxy.log_text().splitlines() if "does not know" in ln]
@@ -130,9 +142,7 @@ def test_a_proxy_takes_a_newer_control_planes_snapshot_and_refuses_one_it_cannot
 
         # The next version requires a feature this proxy does not have: refused, the one in force kept.
         newer.mutate = lambda doc: (more_fields(doc), doc.__setitem__("requires", ["teleport"]))  # type: ignore[func-returns-value]
-        cp.apply(MESH.format(port=APP_PORT, ip=h.ip, more=", c"))
-        refused = cp.snapshot("host1")["version"]
-        assert refused > latest
+        refused = _apply(cp, MESH.format(port=APP_PORT, cport=APP_PORT + 1, ip=h.ip, more=", c"), latest)
         wait_for(lambda: (_host1(cp.status())["last_reject"] or {}).get("version") == refused, 10, "the reject")
         row = _host1(cp.status())
         assert row["running"] == latest and "requires feature teleport" in row["last_reject"]["reason"], row
@@ -148,8 +158,7 @@ def test_a_proxy_takes_a_newer_control_planes_snapshot_and_refuses_one_it_cannot
         # Two wire versions ahead: refused with both versions named, still serving what it has.
         newer.mutate = more_fields
         newer.wire = "3"
-        cp.apply(MESH.format(port=APP_PORT, ip=h.ip, more=""))
-        far = cp.snapshot("host1")["version"]
+        far = _apply(cp, MESH.format(port=APP_PORT, cport=APP_PORT + 1, ip=h.ip, more=""), refused)
         wait_for(lambda: (_host1(cp.status())["last_reject"] or {}).get("version") == far, 10, "the reject")
         reason = _host1(cp.status())["last_reject"]["reason"]
         assert "wire version 3" in reason and "wire 1" in reason and "more than one release apart" in reason, reason
@@ -157,8 +166,7 @@ def test_a_proxy_takes_a_newer_control_planes_snapshot_and_refuses_one_it_cannot
 
         # One ahead again: taken.
         newer.wire = "2"
-        cp.apply(MESH.format(port=APP_PORT, ip=h.ip, more=", c"))
-        last = cp.snapshot("host1")["version"]
+        last = _apply(cp, MESH.format(port=APP_PORT, cport=APP_PORT + 1, ip=h.ip, more=", c"), far)
         wait_for(lambda: _host1(cp.status())["running"] == last, 10, "the proxy took the next one")
     finally:
         newer.close()
