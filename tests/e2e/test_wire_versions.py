@@ -18,10 +18,13 @@ import struct
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from glassmesh import __version__
@@ -168,6 +171,16 @@ def test_a_proxy_takes_a_newer_control_planes_snapshot_and_refuses_one_it_cannot
         newer.wire = "2"
         last = _apply(cp, MESH.format(port=APP_PORT, cport=APP_PORT + 1, ip=h.ip, more=", c"), far)
         wait_for(lambda: _host1(cp.status())["running"] == last, 10, "the proxy took the next one")
+
+        # The other way round: a proxy two wire versions ahead is answered 426 with the reason, shown in status.
+        req = urllib.request.Request(f"{cp.url}/v1/hosts/host1/snapshot?after=0&wait=0",
+                                     headers={"glassmesh-wire": "3", "glassmesh-build": "9.9.9"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 426 and e.value.headers["glassmesh-wire"] == "1"
+        reason = json.loads(e.value.read())["error"]
+        assert reason.startswith("the proxy of host host1 speaks wire version 3, this control plane wire 1"), reason
+        assert _host1(cp.status())["proxy"] == {"wire": 3, "build": "9.9.9", "features": [], "refused": reason}
     finally:
         newer.close()
 
