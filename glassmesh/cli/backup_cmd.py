@@ -78,14 +78,22 @@ def backup(file: str, data_dir: str, store_spec: str, etcd_ca: str | None, etcd_
     Reads the store and DIR/ca directly (the same access the control plane has), so it runs while the
     control plane serves. The CA key is encrypted with the passphrase; keep the two apart.
     """
-    from glassmesh.control.backup import check_passphrase, make_backup
+    from glassmesh.control.backup import BackupError, check_passphrase, make_backup
 
     if os.path.exists(file) and not force:
         raise click.ClickException(f"{file} exists; give --force to overwrite it")
     passphrase = _passphrase(passphrase_file)
+    try:
+        check_passphrase(passphrase)
+    except BackupError as e:
+        raise click.ClickException(str(e)) from None
+    # A backup reads; it never makes a data dir or a store where there was none.
+    for need in ([os.path.join(data_dir, "ca")] +
+                 ([os.path.join(data_dir, "control.sqlite")] if store_spec == "sqlite" else [])):
+        if not os.path.exists(need):
+            raise click.ClickException(f"no control plane state to back up: {need} does not exist")
 
     async def job(store: Any) -> tuple[bytes, dict[str, Any]]:
-        check_passphrase(passphrase)
         data = await make_backup(store, os.path.join(data_dir, "ca"), passphrase, store_spec.split("://")[0])
         return data, await store.export_state()
 
@@ -146,4 +154,5 @@ class _ControlGroup(click.Group):
 
 run_control.epilog = ("Also: `glassmesh control backup FILE` and `glassmesh control restore FILE` "
                       "(each with --help).")
-control = _ControlGroup(name="control", commands={"backup": backup, "restore": restore}, help=run_control.help)
+control = _ControlGroup(name="control", commands={"backup": backup, "restore": restore}, help=run_control.help,
+                        epilog=run_control.epilog)
