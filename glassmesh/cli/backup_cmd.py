@@ -143,16 +143,25 @@ def restore(file: str, data_dir: str, store_spec: str, etcd_ca: str | None, etcd
 
 
 class _ControlGroup(click.Group):
-    """`glassmesh control [OPTIONS]` runs a replica as before; `control backup|restore` are subcommands."""
+    """`glassmesh control [OPTIONS]` runs a replica as before; `control backup|restore` are subcommands.
+
+    It shows the replica's options (in --help and in whatever lists commands and flags) but parses
+    nothing itself: a subcommand goes through a bare group, anything else to the replica's command.
+    """
+
+    def __init__(self, run: click.Command, commands: dict[str, click.Command]) -> None:
+        super().__init__(name=run.name, commands=commands, help=run.help, epilog=run.epilog,
+                         params=run.params, context_settings=dict(run.context_settings))
+        self.run = run
+        self.bare = click.Group(name=run.name, commands=commands)
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
         if args and args[0] in self.commands:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        return run_control.make_context(info_name, args, parent=parent, **extra)
+            return self.bare.make_context(info_name, args, parent=parent, **extra)
+        return self.run.make_context(info_name, args, parent=parent, **extra)
 
 
 run_control.epilog = ("Also: `glassmesh control backup FILE` and `glassmesh control restore FILE` "
                       "(each with --help).")
-control = _ControlGroup(name="control", commands={"backup": backup, "restore": restore}, help=run_control.help,
-                        epilog=run_control.epilog)
+control = _ControlGroup(run_control, {"backup": backup, "restore": restore})
