@@ -16,8 +16,38 @@ result as it would a full snapshot, and on any mismatch asks again without
 `base`, which always gets the full snapshot. A control plane or proxy that
 knows nothing of deltas simply never sends them or never asks for them.
 
-The structs match glassmesh.control.proxy_api field for field (decoded there
-strictly, so a misspelt field is a 400, never silently dropped).
+Wire versions: the rule for a fleet that runs two releases at once.
+
+Every request a proxy makes carries WIRE_HEADER (the wire protocol version
+it speaks, WIRE, which is not the package version) and BUILD_HEADER (its
+package version); every snapshot answer carries the control plane's
+WIRE_HEADER. A message without one comes from a release before this rule
+(wire 0). The rule:
+
+1. Two sides whose wire versions are at most one apart work together,
+   whichever is newer: that is what a rolling upgrade needs. Further apart,
+   the reader refuses with a reason naming both versions (the proxy rejects
+   the snapshot and keeps the one in force; the control plane answers 426)
+   instead of guessing.
+2. A wire version grows only by adding: a new optional field (with a
+   default that means "as before"), a new header, a new endpoint. Never a
+   renamed field or a changed meaning; that would be a new major wire, a new
+   path (/v2/...).
+3. Between glassmesh processes, fields a reader does not know are ignored
+   (Ack, Report, snapshot, delta: these structs do not forbid unknown
+   fields). A proxy notices by the digest: what it decoded hashes
+   differently from what the control plane hashed, so it names the fields it
+   ignored once at debug level and takes full snapshots only (deltas could
+   not be verified) until both sides agree again. Never a desync: a delta
+   that does not rebuild the control plane's digest is asked again in full.
+4. What an older proxy must not ignore is marked must-understand: the
+   snapshot's `requires` lists features (model.snapshot.FEATURES); a proxy
+   lacking one rejects the snapshot with a reason naming it, keeps its
+   last-known-good one, and acks the reject; the control plane shows it in
+   `glassmesh status`, beside each proxy's build and wire version, which it
+   learns from these headers (FEATURES_HEADER: the proxy's features).
+5. What a user writes (mesh.yaml, a snapshot file given with --config, the
+   operator API) stays strict: an unknown field there is a typo, an error.
 """
 
 from __future__ import annotations
@@ -28,6 +58,7 @@ from urllib.parse import quote
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from glassmesh import __version__
 from glassmesh.model.snapshot import (
     Address,
     DigestCache,
@@ -45,7 +76,26 @@ VERSION_HEADER = "glassmesh-snapshot-version"
 KIND_HEADER = "glassmesh-snapshot-kind"  # "full" or "delta"; absent (an older control plane): full
 HASH_HEADER = "glassmesh-snapshot-hash"  # snapshot_digest of the version answered (the delta's result)
 KIND_FULL, KIND_DELTA = "full", "delta"
-_S = {"forbid_unknown_fields": True, "kw_only": True}
+WIRE_HEADER = "glassmesh-wire"  # the wire version of the sender (see the rule above); absent: 0
+BUILD_HEADER = "glassmesh-build"  # the proxy's package version, for `glassmesh status`
+FEATURES_HEADER = "glassmesh-features"  # the proxy's must-understand features, comma-separated
+WIRE = 1  # this build's wire version: 1 is the first with the rule above
+_S = {"kw_only": True}  # no forbid_unknown_fields: a newer peer's fields are ignored (rule 3)
+
+
+def wire_of(header: str | None) -> int:
+    """The peer's wire version from WIRE_HEADER: absent (a release before the rule) is 0, garbage is -1."""
+    if header is None:
+        return 0
+    return int(header) if header.isdigit() and len(header) < 6 else -1
+
+
+def wire_mismatch(peer: int, who: str) -> str:
+    """Why a peer at wire `peer` cannot be served (rule 1), or "" when it can."""
+    if abs(peer - WIRE) <= 1:
+        return ""
+    return (f"{who} speaks wire version {peer}, this {'proxy' if who.startswith('control') else 'control plane'} "
+            f"wire {WIRE} (glassmesh {__version__}): more than one release apart; upgrade the older side")
 
 
 class Ack(msgspec.Struct, **_S):
@@ -123,6 +173,7 @@ class SnapshotDelta(msgspec.Struct, **_S, frozen=True):
     withheld_services: list[Name] | UnsetType = UNSET
     timeouts: Timeouts | UnsetType = UNSET
     limits: Limits | UnsetType = UNSET
+    requires: list[str] | UnsetType = UNSET
 
 
 _delta_decoder = msgspec.json.Decoder(SnapshotDelta)
@@ -162,7 +213,7 @@ def make_delta(base: Snapshot, new: Snapshot, base_hash: str, new_hash: str,
 
 
 def decode_delta(body: bytes) -> SnapshotDelta:
-    """Decode a delta strictly; a malformed one is a DeltaMismatch (ask for the full snapshot), not a reject."""
+    """Decode a delta (unknown fields ignored, rule 3); a malformed one is a DeltaMismatch (ask for the full snapshot), not a reject."""
     try:
         return _delta_decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:

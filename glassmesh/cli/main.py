@@ -19,7 +19,7 @@ _COMMANDS = {
     "proxy": ("glassmesh.cli.proxy_cmd", "proxy"),
     "ca": ("glassmesh.cli.ca_cmd", "ca"),
     "demo": ("glassmesh.cli.demo_cmd", "demo"),
-    "control": ("glassmesh.cli.control_cmd", "control"),
+    "control": ("glassmesh.cli.backup_cmd", "control"),  # the replica, and its backup/restore subcommands
     "apply": ("glassmesh.cli.apply_cmd", "apply"),
     "diff": ("glassmesh.cli.apply_cmd", "diff"),
     "get": ("glassmesh.cli.state_cmd", "get"),

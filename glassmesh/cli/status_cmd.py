@@ -77,6 +77,7 @@ def _print_status(doc: dict[str, Any]) -> None:
     for line in _one_line_rows(["host", "running", "latest", "snapshot age", "last seen", "last reject"], rows,
                                out.width):
         out.print(line)
+    _print_proxies(doc["hosts"])
     recent = [(r["at"], h, r) for h in doc["hosts"] for r in h.get("recent_rejects", [])]
     if recent:
         out.print(Text("recent rejects (newest last; `glassmesh status -o json` has the last 10 per host):",
@@ -102,6 +103,24 @@ def _print_status(doc: dict[str, Any]) -> None:
     budget = doc["outage_budget"]
     out.print(f"outage budget: {budget['text']}" + ("" if budget["seconds"] is None else
                                                     f" (earliest certificate expiry {utc(budget['earliest_cert_expiry'])})"))
+
+
+def _print_proxies(hosts: list[dict[str, Any]]) -> None:
+    """The proxies' builds and wire versions (several during a rolling upgrade), and what they cannot take."""
+    builds: dict[str, list[str]] = {}
+    for h in hosts:
+        p = h.get("proxy")
+        if p:
+            builds.setdefault(f"glassmesh {p['build']} (wire {p['wire']})", []).append(h["name"])
+    if builds:
+        out.print("proxies: " + "; ".join(f"{b}: {', '.join(names)}" for b, names in sorted(builds.items())))
+    for h in hosts:
+        p = h.get("proxy") or {}
+        if p.get("refused"):
+            out.print(Text(f"  {h['name']}: refused: {p['refused']}", style="red"))
+        if h.get("lacks"):
+            out.print(Text(f"  {h['name']}: its snapshot requires {', '.join(h['lacks'])}, which its proxy "
+                           f"lacks: it keeps its last-known-good snapshot until upgraded", style="yellow"))
 
 
 @click.command()

@@ -136,6 +136,10 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
             "rejects": rec.rejects if rec else 0,
             "recent_rejects": [_reject(r, running) for r in rec.recent_rejects] if rec else [],
             "insecure": name in plane.insecure,  # its proxy talks plain HTTP (--insecure-proxy-listen)
+            # Its proxy's build and wire version, and the features its snapshot requires that it lacks.
+            "proxy": plane.proxies.get(name),
+            "lacks": [f for f in snap.requires if name in plane.proxies
+                      and f not in plane.proxies[name]["features"]],
         })
     expiries = [h.cert_not_after for h in records if h.cert_not_after > 0]
     earliest = min(expiries) if expiries else None

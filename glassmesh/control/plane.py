@@ -102,6 +102,8 @@ class Plane:
         self.polled: dict[str, float] = {}  # host -> last long-poll seen by this replica
         # Hosts this replica last heard from over the insecure plain listener (status marks them).
         self.insecure: set[str] = set()
+        # Each host's proxy as its last call described it (api/wire.py WIRE_HEADER...): wire, build, features.
+        self.proxies: dict[str, dict[str, Any]] = {}
         self.revision = -1  # the store revision the snapshots were compiled at
         self.config = MeshConfig()
         self.config_version = 0

@@ -11,12 +11,25 @@ lives (identity_api.authorize).
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 
 from aiohttp import web
 
-from glassmesh.api.wire import HASH_HEADER, KIND_HEADER, VERSION_HEADER, Ack, Report
+from glassmesh.api.wire import (
+    BUILD_HEADER,
+    FEATURES_HEADER,
+    HASH_HEADER,
+    KIND_HEADER,
+    VERSION_HEADER,
+    WIRE,
+    WIRE_HEADER,
+    Ack,
+    Report,
+    wire_mismatch,
+    wire_of,
+)
 from glassmesh.control.api import PLANE, STORE, decode, error, json_response
 from glassmesh.control.identity import may_serve
 from glassmesh.control.identity_api import authorize, is_tls
@@ -32,14 +45,26 @@ log = logging.getLogger("glassmesh.control")
 async def host_of(request: web.Request) -> str:
     """The host a request speaks for: the path's, once `identity_api.authorize` has checked the caller (403).
 
-    Also notes how the host talks to us: `status` marks a host heard over the insecure plain listener.
+    Also notes how the host talks to us: `status` marks a host heard over the insecure plain listener,
+    and shows the wire version, build and features its proxy sent (api/wire.py, the versions rule). A
+    proxy more than one wire version away is answered 426 with the reason, which status shows too.
     """
     host = await authorize(request)
-    insecure = request.app[PLANE].insecure
+    plane = request.app[PLANE]
     if is_tls(request):
-        insecure.discard(host)
+        plane.insecure.discard(host)
     else:
-        insecure.add(host)
+        plane.insecure.add(host)
+    h = request.headers
+    wire = wire_of(h.get(WIRE_HEADER))
+    refused = wire_mismatch(wire, f"the proxy of host {host}")
+    plane.proxies[host] = {"wire": wire, "build": h.get(BUILD_HEADER, "") or "before 0.1 (no wire version)",
+                           "features": [f for f in h.get(FEATURES_HEADER, "").split(",") if f],
+                           "refused": refused or None}
+    if refused:
+        log.warning("%s", refused)
+        raise web.HTTPUpgradeRequired(text=json.dumps({"error": refused}), content_type="application/json",
+                                      headers={WIRE_HEADER: str(WIRE)})
     return host
 
 
@@ -65,7 +90,8 @@ async def snapshot(request: web.Request) -> web.Response:
     # still has that version with that digest; the whole snapshot otherwise (see api/wire.py).
     kind, body, digest = plane.answer(host, snap, base, base_hash)
     return web.Response(body=body, content_type="application/json",
-                        headers={VERSION_HEADER: str(snap.version), KIND_HEADER: kind, HASH_HEADER: digest})
+                        headers={VERSION_HEADER: str(snap.version), KIND_HEADER: kind, HASH_HEADER: digest,
+                                 WIRE_HEADER: str(WIRE)})
 
 
 async def _host_record(request: web.Request, host: str) -> HostRecord:

@@ -139,6 +139,28 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    # --- backup and restore (glassmesh.control.backup) -----------------------------
+    @abc.abstractmethod
+    async def export_state(self) -> dict[str, Any]:
+        """The durable state, read at one point in time: {"versions", "hosts", "records"}.
+
+        versions: every ConfigVersion (dataclass fields), oldest first; hosts: every HostRecord; records:
+        {kind: {key: value}} of the records without a TTL. Leased state (instances, join tokens, replicas,
+        anything with a TTL) is left out: it is live, and it comes back by itself within seconds.
+        """
+
+    @abc.abstractmethod
+    async def import_state(self, state: dict[str, Any], replace: bool = False) -> None:
+        """Write what export_state returned, versions keeping their numbers; replace: clear this store first.
+
+        Not for a store a control plane is running on: restore is an offline step.
+        """
+
+    async def is_empty(self) -> bool:
+        """No config version, no host, no durable record: nothing a restore would overwrite."""
+        state = await self.export_state()
+        return not (state["versions"] or state["hosts"] or state["records"])
+
 
 class StoreTap(Store):
     """A Store that hands every call to another one: subclass it to watch some calls on their way.
@@ -201,3 +223,9 @@ class StoreTap(Store):
 
     async def close(self) -> None:
         await self.inner.close()
+
+    async def export_state(self) -> dict[str, Any]:
+        return await self.inner.export_state()
+
+    async def import_state(self, state: dict[str, Any], replace: bool = False) -> None:
+        await self.inner.import_state(state, replace)

@@ -412,6 +412,39 @@ class EtcdStore(Store):
         raise _WatchBroke("watch ended") if created else EtcdUnavailable("watch ended")
 
     # --- lifecycle -------------------------------------------------------------------
+    async def export_state(self) -> dict[str, Any]:
+        # One range over the whole prefix: etcd answers it at one revision, so it is one point in time.
+        top = self._p + "/"
+        versions, hosts, records = [], [], {}
+        for kv in await self._list(top):
+            if int(kv.get("lease", 0) or 0):
+                continue  # live state (instances, tokens, replicas): it comes back by itself
+            parts = [unquote(p) for p in unb64(kv["key"]).decode()[len(top):].split("/")]
+            if parts[:2] == ["config", "v"] and len(parts) == 3:
+                v = self._json(kv)
+                v.pop("nonce", None)
+                versions.append(v)
+            elif parts[0] == "hosts" and len(parts) == 2:
+                hosts.append(self._json(kv))
+            elif parts[0] == "rec" and len(parts) == 3:
+                records.setdefault(parts[1], {})[parts[2]] = self._record(kv)
+        versions.sort(key=lambda v: int(v["version"]))
+        return {"versions": versions, "hosts": hosts, "records": records}
+
+    async def import_state(self, state: dict[str, Any], replace: bool = False) -> None:
+        if replace:
+            top = self._p + "/"
+            await self._call(self._client.call("kv/deleterange", {"key": b64(top), "range_end": b64(prefix_end(top))}))
+        for kind, recs in state["records"].items():
+            for key, value in recs.items():
+                await self._call(self._client.put(self._k("rec", kind, key), _dumps(value)))
+        for h in state["hosts"]:
+            await self._call(self._client.put(self._k("hosts", h["name"]), _dumps(h)))
+        for v in state["versions"]:
+            await self._call(self._client.put(self._vkey(int(v["version"])), _dumps(v)))
+        if state["versions"]:  # the pointer last: a half-done restore has no current version past what it wrote
+            await self._call(self._client.put(self._k("config", "current"), str(state["versions"][-1]["version"])))
+
     async def close(self) -> None:
         """Close every open watch stream and connection; waiting calls end with StoreError."""
         await self._client.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -264,6 +265,38 @@ class SqliteStore(Store):
                         await cond.wait()
                 except TimeoutError:
                     pass
+
+    async def export_state(self) -> dict[str, Any]:
+        try:
+            self._db.execute("BEGIN")  # one read transaction: one point in time, while a control plane writes
+            try:
+                versions = [dataclasses.asdict(_version(r))
+                            for r in self._db.execute("SELECT * FROM versions ORDER BY version")]
+                hosts = [json.loads(d) for (d,) in self._db.execute("SELECT data FROM hosts ORDER BY name")]
+                records: dict[str, dict[str, Any]] = {}
+                for kind, key, value in self._db.execute(
+                        "SELECT kind, key, value FROM records WHERE expires_at IS NULL ORDER BY kind, key"):
+                    records.setdefault(kind, {})[key] = json.loads(value)
+            finally:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"sqlite: {e}") from None
+        return {"versions": versions, "hosts": hosts, "records": records}
+
+    async def import_state(self, state: dict[str, Any], replace: bool = False) -> None:
+        stmts: list[tuple[str, tuple[Any, ...]]] = []
+        if replace:
+            stmts += [(f"DELETE FROM {t}", ()) for t in ("versions", "hosts", "records", "instances")]
+        for v in state["versions"]:
+            stmts.append(("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (v["version"], json.dumps(v["doc"]), v["sha256"], v["author"], v["at"], v["diff"],
+                           v.get("message", ""))))
+        for h in state["hosts"]:
+            stmts.append(("INSERT OR REPLACE INTO hosts VALUES (?, ?)", (h["name"], json.dumps(h))))
+        for kind, recs in state["records"].items():
+            for key, value in recs.items():
+                stmts.append(("INSERT OR REPLACE INTO records VALUES (?, ?, ?, NULL)", (kind, key, json.dumps(value))))
+        self._write(*stmts)
 
     async def close(self) -> None:
         self._db.close()

@@ -1,10 +1,29 @@
 """The snapshot: the complete, versioned config of one proxy, replaced whole.
 
-This is the contract between the control plane and a proxy. Today a proxy
-reads it from a JSON file; later the control plane streams the same document.
-It is decoded strictly (unknown fields are errors, every error names the
-field), then checked for meaning (names resolve, addresses parse) so that a
-proxy either swaps in a snapshot that is whole or keeps the one it has.
+This is the contract between the control plane and a proxy: the control
+plane streams it (glassmesh.api.wire), and a user may hand one to a proxy as
+a file (`--config`). It is decoded, then checked for meaning (names resolve,
+addresses parse) so that a proxy either swaps in a snapshot that is whole or
+keeps the one it has.
+
+Two decoders, one schema, because the two readers need opposite things:
+
+- A file a user wrote (`load_snapshot`, `parse_snapshot`) is decoded
+  strictly: a field this glassmesh does not know is an error naming it
+  (`wieght` is a typo, and a typo silently ignored is a setting silently not
+  applied).
+- A snapshot from the control plane (`decode_snapshot`, and the deltas of
+  api/wire.py) is decoded tolerantly: during a rolling upgrade the control
+  plane may be one release newer than this proxy, and a field it added is
+  ignored here (the proxy logs once, at debug, which ones). Fields a proxy
+  must not ignore are made must-understand instead: the snapshot's
+  `requires` lists the features it needs, and a proxy missing one of them
+  (not in FEATURES) rejects the snapshot with a reason naming the feature,
+  keeps the one in force, and acks the reject, which `glassmesh status`
+  shows. See the wire versions rule in glassmesh.api.wire.
+
+The last-known-good copy on disk is read tolerantly as well: a proxy rolled
+back one release must still start from what the newer one wrote.
 """
 
 from __future__ import annotations
@@ -16,16 +35,27 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from glassmesh import __version__
+
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_RE)]
 Protocol = Literal["http", "tcp"]
 # "host:port", with IPv6 hosts bracketed: "[::1]:4143".
 Address = Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")]
 
-_STRUCT = {"forbid_unknown_fields": True, "frozen": True, "kw_only": True}
+# No forbid_unknown_fields: the schema is shared by the strict decoder (user files; strict_unknown below
+# finds unknown fields there) and the tolerant one (the wire), and msgspec cannot do both from one struct.
+_STRUCT = {"frozen": True, "kw_only": True}
 # Endpoints and services repeat by the thousand in a large mesh's snapshots:
 # leaving their default fields out saved a fifth of every push.
 _REPEATED = {**_STRUCT, "omit_defaults": True}
+
+
+# Must-understand features this build implements: a snapshot whose `requires` names one not in here is
+# rejected, never half-applied. A control plane that starts using a field an older proxy would ignore
+# to its users' harm (a deny rule, a traffic policy) adds the feature's name to the snapshot's
+# `requires` when (and only when) the config uses it, and the proxy that implements it adds the name here.
+FEATURES: frozenset[str] = frozenset()
 
 
 class SnapshotError(ValueError):
@@ -144,6 +174,8 @@ class Snapshot(msgspec.Struct, **_STRUCT):
     withheld_services: list[Name] = []
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
+    # The must-understand features this snapshot uses (see FEATURES); empty for almost every snapshot.
+    requires: list[Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9.-]*$")]] = []
 
     def local(self, name: str) -> LocalService | None:
         for s in self.local_services:
@@ -191,6 +223,10 @@ def _check(snap: Snapshot, checked: set[int] | None = None) -> None:
         if not 0 < split_address(addr)[1] < 65536:
             fail(path, f"port out of range in {addr!r}")
 
+    missing = [f for f in snap.requires if f not in FEATURES]
+    if missing:
+        fail("requires", f"this snapshot requires feature{'s' * (len(missing) > 1)} {', '.join(missing)}, "
+                         f"which this proxy (glassmesh {__version__}) does not have: upgrade it")
     port_ok("inbound", snap.inbound)
     port_ok("admin", snap.admin)
     seen: dict[str, str] = {}
@@ -253,19 +289,27 @@ def _resolve_paths(snap: Snapshot, base: str) -> Snapshot:
     )
 
 
-def parse_snapshot(data: bytes, base_dir: str = ".") -> Snapshot:
-    """Decode and check a snapshot; relative file paths are taken from base_dir."""
-    return _resolve_paths(decode_snapshot(data), base_dir)
+def parse_snapshot(data: bytes, base_dir: str = ".", strict: bool = True) -> Snapshot:
+    """Decode and check a snapshot; relative file paths are taken from base_dir.
+
+    strict (a file a user wrote): a field this glassmesh does not know is an error; not strict: ignored.
+    """
+    snap = decode_snapshot(data)
+    if strict:
+        unknown = strict_unknown(data)
+        if unknown:
+            raise SnapshotError(unknown)
+    return _resolve_paths(snap, base_dir)
 
 
-def load_snapshot(path: str) -> Snapshot:
+def load_snapshot(path: str, strict: bool = True) -> Snapshot:
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise SnapshotError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return parse_snapshot(data, os.path.dirname(os.path.abspath(path)))
+        return parse_snapshot(data, os.path.dirname(os.path.abspath(path)), strict)
     except SnapshotError as e:
         raise SnapshotError(f"{path}: {e}") from None
 
@@ -293,9 +337,9 @@ def _friendly(msg: str) -> str:
 
 
 def decode_snapshot(data: bytes) -> Snapshot:
-    """Decode and check a snapshot without resolving its file paths: the form it has on the wire.
+    """Decode (tolerantly: unknown fields are ignored) and check a snapshot without resolving its file paths.
 
-    A proxy keeps this form (not the resolved one in force) as the base that
+    This is the form it has on the wire. A proxy keeps this form (not the resolved one in force) as the base that
     deltas apply to, because it is the form the control plane hashed.
     """
     try:
@@ -306,6 +350,57 @@ def decode_snapshot(data: bytes) -> Snapshot:
         raise SnapshotError(f"not valid JSON: {e}") from None
     _check(snap)
     return snap
+
+
+def unknown_fields(data: bytes, typ: type = Snapshot) -> list[str]:
+    """The JSON paths of the fields in `data` that the schema `typ` does not have (`$.services[0].weight`).
+
+    For the strict decoder, and for a proxy to say which fields a newer control plane sent that it ignored.
+    """
+    try:
+        doc = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return []
+    out: list[str] = []
+    _walk(doc, msgspec.inspect.type_info(typ), "$", out)
+    return out
+
+
+def strict_unknown(data: bytes, typ: type = Snapshot) -> str:
+    """The error (msgspec's words) for the first field `typ` does not have, or ""."""
+    unknown = unknown_fields(data, typ)
+    if not unknown:
+        return ""
+    path, _, name = unknown[0].rpartition(".")
+    return f"Object contains unknown field `{name}` - at `{path}`"
+
+
+def _walk(value: object, t: msgspec.inspect.Type, path: str, out: list[str]) -> None:
+    mi = msgspec.inspect
+    while isinstance(t, mi.Metadata):
+        t = t.type
+    if isinstance(t, mi.UnionType):
+        for option in t.types:  # the option that fits the value's shape (Struct | None, list | Unset)
+            if (isinstance(value, dict) and isinstance(option, mi.StructType | mi.DictType)) or (
+                    isinstance(value, list) and isinstance(option, mi.ListType)):
+                t = option
+                break
+        else:
+            return
+    if isinstance(t, mi.StructType) and isinstance(value, dict):
+        fields = {f.encode_name: f for f in t.fields}
+        for k, v in value.items():
+            f = fields.get(k)
+            if f is None:
+                out.append(f"{path}.{k}")
+            else:
+                _walk(v, f.type, f"{path}.{k}", out)
+    elif isinstance(t, mi.ListType) and isinstance(value, list):
+        for i, v in enumerate(value):
+            _walk(v, t.item_type, f"{path}[{i}]", out)
+    elif isinstance(t, mi.DictType) and isinstance(value, dict):
+        for k, v in value.items():
+            _walk(v, t.value_type, f"{path}.{k}", out)
 
 
 def resolve_paths(snap: Snapshot, base_dir: str) -> Snapshot:

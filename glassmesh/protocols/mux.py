@@ -19,12 +19,26 @@ Frame: a 10-byte header, then `length` bytes of payload.
     RESET   payload: a reason (utf-8); the stream is gone both ways. A tcp stream whose
             instance could not be reached is reset with the reason code
             (connect_refused, connect_timeout, no_instances).
-    SETTINGS stream 0, sent once by the accepting side first: payload u32, how many
-            worker processes share its port. The connecting side opens more than one
-            connection per link only when there are several workers to spread over.
+    SETTINGS stream 0, sent once by each side, the accepting side's first (the connecting
+            side's goes out with its first stream). payload: u32, how many worker
+            processes share the sender's port (the connecting side opens more than one
+            connection per link only when there are several workers to spread over), then
+            settings, each `id u16 | value u32`: SETTING_VERSION = major << 16 | minor.
             flags: TCP_STREAMS, the accepting side takes tcp streams (older proxies send
             no flags and ignore them, so a caller falls back to a TLS connection per
             tcp-link connection, ALPN glassmesh-tcp/1, toward them).
+
+Versions, for a fleet that runs two releases at once. The major version is in
+the ALPN token (glassmesh-mux/1): a proxy offers the majors it speaks and TLS
+picks one both speak, or http/1.1, so two proxies never hold a mux connection
+that one of them cannot read. Within a major, a release adds, never changes,
+and a reader ignores what it does not know: a frame type (skipped whole, its
+length says how far), a setting id, a flag, bytes after the last whole
+setting. So a peer one release newer can send what it likes; it uses a new
+frame only once the peer's SETTINGS show a minor version that knows it. A
+peer whose SETTINGS name another major (it broke the rule above) is refused:
+a RESET on stream 0 with the reason, logged on both sides, then the
+connection is closed; requests over it fail with that reason.
 
 Streams are opened only by the side that made the TLS connection (odd ids,
 growing). Every stream starts with a send window of INITIAL_WINDOW bytes.
@@ -47,6 +61,10 @@ FLAG_OPEN: Final = 1
 FLAG_FIN: Final = 2
 FLAG_TCP: Final = 4
 SETTINGS_TCP_STREAMS: Final = 1  # SETTINGS flag
+SETTING_VERSION: Final = 1  # SETTINGS id: major << 16 | minor
+MAJOR: Final = 1  # must match the ALPN token's
+MINOR: Final = 1  # 1: SETTINGS carry settings and come from both sides; unknown frames and settings are skipped
+_SETTING = struct.Struct("!HI")
 
 HEADER = struct.Struct("!IBBI")
 HEADER_SIZE: Final = 10  # HEADER.size
@@ -85,15 +103,39 @@ def window(stream: int, increment: int) -> bytes:
     return _pack(4, WINDOW, 0, stream) + _U32.pack(increment)
 
 
-def settings(workers: int, flags: int = 0) -> bytes:
-    return HEADER.pack(4, SETTINGS, flags, 0) + _U32.pack(workers)
+def settings(workers: int, flags: int = 0, extra: dict[int, int] | None = None) -> bytes:
+    """A SETTINGS frame: workers, this build's version, and `extra` settings (a test's, or a newer release's)."""
+    pairs = {SETTING_VERSION: MAJOR << 16 | MINOR, **(extra or {})}
+    payload = _U32.pack(workers) + b"".join(_SETTING.pack(k, v) for k, v in pairs.items())
+    return HEADER.pack(len(payload), SETTINGS, flags, 0) + payload
 
 
 def settings_workers(payload: bytes) -> int:
-    if len(payload) != 4:
-        raise MuxError("SETTINGS frame payload must be 4 bytes")
-    (n,) = _U32.unpack(payload)
-    return max(1, min(n, 1024))
+    return parse_settings(payload)[0]
+
+
+def parse_settings(payload: bytes) -> tuple[int, dict[int, int]]:
+    """(workers, settings by id) of a SETTINGS payload; ids this build does not know are kept, and ignored.
+
+    A peer from before versions (minor 0) sends the workers only: version (1, 0).
+    """
+    if len(payload) < 4:
+        raise MuxError("SETTINGS frame payload must be at least 4 bytes")
+    (n,) = _U32.unpack_from(payload)
+    found = {SETTING_VERSION: MAJOR << 16}
+    for pos in range(4, len(payload) - _SETTING.size + 1, _SETTING.size):
+        k, v = _SETTING.unpack_from(payload, pos)
+        found[k] = v
+    return max(1, min(n, 1024)), found
+
+
+def version_refusal(settings: dict[int, int]) -> str:
+    """Why a peer with these settings cannot share a mux connection with this build, or ""."""
+    v = settings.get(SETTING_VERSION, MAJOR << 16)
+    if v >> 16 == MAJOR:
+        return ""
+    return (f"peer speaks glassmesh-mux {v >> 16}.{v & 0xFFFF}, this proxy {MAJOR}.{MINOR}: "
+            f"incompatible major version (set peer_protocol: http1 to carry HTTP/1.1 over TLS between them)")
 
 
 def reset(stream: int, reason: str = "") -> bytes:
@@ -102,7 +144,10 @@ def reset(stream: int, reason: str = "") -> bytes:
 
 
 class Decoder:
-    """Bytes in, (type, flags, stream, payload) out; frames may arrive split anywhere."""
+    """Bytes in, (type, flags, stream, payload) out; frames may arrive split anywhere.
+
+    Frames of a type this build does not know come out too: the connection skips them (see Versions).
+    """
 
     __slots__ = ("buf",)
 
@@ -123,8 +168,6 @@ class Decoder:
             stream = (buf[pos + 6] << 24) | (buf[pos + 7] << 16) | (buf[pos + 8] << 8) | buf[pos + 9]
             if length > MAX_PAYLOAD:
                 raise MuxError(f"frame of {length} bytes is over the {MAX_PAYLOAD} limit")
-            if ftype > SETTINGS:
-                raise MuxError(f"unknown frame type {ftype}")
             stop = pos + HEADER_SIZE + length
             if stop > end:
                 break

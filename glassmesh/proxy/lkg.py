@@ -63,7 +63,7 @@ def load(data_dir: str) -> Snapshot | None:
     path = lkg_path(data_dir)
     if not os.path.exists(path):
         return None
-    return load_snapshot(path)
+    return load_snapshot(path, strict=False)  # written by this proxy, maybe by a newer release before a rollback
 
 
 __all__ = ["FILENAME", "SnapshotError", "as_sent", "load", "lkg_path", "save"]

@@ -14,6 +14,7 @@ costs no handshake, and its bytes share the TLS writes of the others.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,12 @@ from glassmesh.protocols import mux as m
 BATCH = 8  # under load, writes held back at most this many, or to the end of the loop turn
 BUSY_GAP_S = 100e-6  # writes closer together than this mean the link is busy
 _perf = time.perf_counter
+
+
+def _log(msg: str) -> None:
+    # runtime.log's format; runtime imports this module (through pool), so it cannot be imported here.
+    sys.stderr.write(f"glassmesh proxy: {msg}\n")
+    sys.stderr.flush()
 
 
 class StreamUser(asyncio.Protocol):
@@ -297,6 +304,9 @@ class MuxConnection(asyncio.Protocol):
         self.peer_workers = 1  # client side: what the peer's SETTINGS said
         self.peer_tcp = False  # client side: the peer takes tcp streams (its SETTINGS said so)
         self.settings_seen = False
+        self.peer_version = 0  # major << 16 | minor, from the peer's SETTINGS (0 until they come)
+        self.refused = ""  # why this connection was refused (an incompatible major version), by either side
+        self.skipped = 0  # frames of types this build does not know (a newer peer's), skipped
         # For the sweeper (inbound side): data came since its last look, and since when it has been
         # idle with no stream open; an idle peer connection is closed after the idle timeout.
         self.active = True
@@ -385,6 +395,8 @@ class MuxConnection(asyncio.Protocol):
         if self.on_stream is not None:
             self.out.append(m.settings(self.workers, m.SETTINGS_TCP_STREAMS if self.on_tcp_stream else 0))
             self._write()
+        else:  # ours (the version) goes out with the first stream's frames: no write of its own
+            self.out.append(m.settings(1))
 
     def data_received(self, data: bytes) -> None:
         self.active = True
@@ -415,16 +427,40 @@ class MuxConnection(asyncio.Protocol):
                     if s is not None:
                         s._credit(m.window_increment(payload))
                 elif ftype == m.SETTINGS:
-                    self.peer_workers = m.settings_workers(payload)
+                    workers, settings = m.parse_settings(payload)
+                    refused = m.version_refusal(settings)
+                    if refused:
+                        self._refuse(refused)
+                        return
+                    self.peer_workers = workers
                     self.peer_tcp = bool(flags & m.SETTINGS_TCP_STREAMS)
+                    self.peer_version = settings[m.SETTING_VERSION]
                     self.settings_seen = True
                     self._settle()
-                elif s is not None:  # RESET
-                    s._reset(payload.decode("utf-8", "replace"))
+                elif ftype == m.RESET:
+                    if s is not None:
+                        s._reset(payload.decode("utf-8", "replace"))
+                    elif sid == 0:  # the peer refused the connection
+                        self.refused = payload.decode("utf-8", "replace")
+                        _log(f"mux connection {self._peer()} refused by the peer: {self.refused}")
+                else:
+                    self.skipped += 1  # a frame type of a newer release: skipped (protocols/mux.py, Versions)
         except m.MuxError:
             self.transport.abort()
         if self.out:
             self._write()
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername")
+        return f"{'from' if self.on_stream is not None else 'to'} {peer[0]}:{peer[1]}" if peer else ""
+
+    def _refuse(self, reason: str) -> None:
+        """An incompatible peer: say why (to it and in our log), then close; no stream is carried."""
+        self.refused = reason
+        _log(f"mux connection {self._peer()} refused: {reason}")
+        self.out.append(m.reset(0, reason))
+        self._write()
+        self.transport.close()
 
     def eof_received(self) -> bool | None:
         return None
@@ -433,7 +469,8 @@ class MuxConnection(asyncio.Protocol):
         self.lost = True
         streams = list(self.streams.values())
         self.streams.clear()
-        err = exc or ConnectionResetError("mux connection closed")
+        err = exc or ConnectionResetError(f"mux connection refused: {self.refused}" if self.refused
+                                          else "mux connection closed")
         for s in streams:
             s.pending = []
             s._lose(err)

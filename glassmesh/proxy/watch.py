@@ -64,13 +64,18 @@ from typing import Any, Protocol
 import aiohttp
 import msgspec
 
+from glassmesh import __version__
 from glassmesh.api.wire import (
+    BUILD_HEADER,
+    FEATURES_HEADER,
     HASH_HEADER,
     HEAD_FIELDS,
     KIND_DELTA,
     KIND_FULL,
     KIND_HEADER,
     VERSION_HEADER,
+    WIRE,
+    WIRE_HEADER,
     Ack,
     DeltaMismatch,
     Report,
@@ -80,9 +85,12 @@ from glassmesh.api.wire import (
     decode_delta,
     instances_path,
     snapshot_path,
+    wire_mismatch,
+    wire_of,
 )
 from glassmesh.files import private_dir
 from glassmesh.model.snapshot import (
+    FEATURES,
     DigestCache,
     Snapshot,
     SnapshotError,
@@ -92,6 +100,7 @@ from glassmesh.model.snapshot import (
     load_snapshot,
     resolve_paths,
     snapshot_digest,
+    unknown_fields,
 )
 from glassmesh.proxy import lkg
 from glassmesh.proxy.enroll import ProxyIdentity
@@ -136,6 +145,7 @@ class Answer:
     version: str | None  # VERSION_HEADER
     kind: str = KIND_FULL
     digest: str = ""  # HASH_HEADER: the control plane's digest of the version answered
+    wire: int = WIRE  # WIRE_HEADER: the control plane's wire version (0: a release before versions)
 
 
 @dataclass
@@ -283,6 +293,7 @@ class ControlLink:
         self._digests = DigestCache()
         self.updates = {KIND_FULL: 0, KIND_DELTA: 0, "delta_fallbacks": 0}  # accepted snapshots by kind
         self.last_update = ""
+        self._ignored_logged = False  # the fields a newer control plane sent that this proxy ignores: said once
 
     @property
     def url(self) -> str:
@@ -310,7 +321,10 @@ class ControlLink:
     # --- lifecycle -------------------------------------------------------------
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers={"user-agent": f"glassmesh-proxy/{self.host}"})
+            # Every call says which wire version and build this proxy is (api/wire.py: the versions rule).
+            self._session = aiohttp.ClientSession(headers={
+                "user-agent": f"glassmesh-proxy/{self.host}", WIRE_HEADER: str(WIRE), BUILD_HEADER: __version__,
+                FEATURES_HEADER: ",".join(sorted(FEATURES))})
         return self._session
 
     async def start(self, target: Target) -> None:
@@ -478,7 +492,7 @@ class ControlLink:
                                     **self._tls()) as r:
             h = r.headers
             return r.status, Answer(await r.read(), h.get(VERSION_HEADER), h.get(KIND_HEADER, KIND_FULL),
-                                    h.get(HASH_HEADER, ""))
+                                    h.get(HASH_HEADER, ""), wire_of(h.get(WIRE_HEADER)))
 
     async def _post(self, path: str, body: bytes) -> None:
         url = self.url
@@ -545,6 +559,9 @@ class ControlLink:
         """A full snapshot or a delta made into a checked snapshot; DeltaMismatch when a delta does not fit."""
         header = answer.version
         version = int(header) if header and header.isdigit() else None
+        too_far = wire_mismatch(answer.wire, "control plane")
+        if too_far:
+            return Decoded(version, error=SnapshotError(too_far))
         if answer.kind == KIND_DELTA:
             if self._base is None:
                 raise DeltaMismatch("a delta came, but this proxy holds no base snapshot")
@@ -565,9 +582,9 @@ class ControlLink:
                 return Decoded(version, error=e)
             digest = snapshot_digest(wire, self._digests)
             if answer.digest and answer.digest != digest:
-                # The control plane hashes it otherwise (another encoder?): deltas would never fit.
-                log(f"snapshot version {wire.version}: digest {digest[:12]} is not the control plane's "
-                    f"{answer.digest[:12]}; asking for full snapshots only")
+                # The control plane hashed something else: fields of a newer release that this proxy ignores
+                # (rule 3 in api/wire.py). Deltas could not be verified: full snapshots only, meanwhile.
+                self._ignoring(wire.version, answer.body, digest, answer.digest)
                 digest = ""
             how = f"full snapshot, {len(answer.body) / 1024:.0f} KiB"
         if wire.host != self.host:
@@ -578,6 +595,19 @@ class ControlLink:
         except SnapshotError as e:
             return Decoded(wire.version, error=e)
         return Decoded(wire.version, wire, resolve_paths(wire, self.data_dir), digest, kind=answer.kind, how=how)
+
+    def _ignoring(self, version: int, body: bytes, digest: str, theirs: str) -> None:
+        """Say once which fields of the control plane's snapshot this proxy does not know (and so ignores).
+
+        Once per process, not per snapshot: during an upgrade every snapshot carries them.
+        """
+        if self._ignored_logged:
+            return
+        self._ignored_logged = True
+        names = unknown_fields(body)
+        log(f"snapshot version {version}: ignoring fields this proxy (glassmesh {__version__}, wire {WIRE}) does "
+            f"not know: {', '.join(names[:20]) or 'none found (another encoder?)'}; its digest {digest[:12]} is not "
+            f"the control plane's {theirs[:12]}, so full snapshots only (said once)")
 
     def _delta_failed(self, e: DeltaMismatch) -> None:
         """A delta that does not fit: forget the base, so the next poll (at once) gets the full snapshot."""

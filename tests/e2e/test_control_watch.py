@@ -572,7 +572,7 @@ def test_bad_snapshots_are_rejected_with_the_reason_and_the_old_one_serves(mesh:
 
         bad_cases: list[tuple[int, dict[str, Any] | bytes, str]] = [
             (2, b'{"version": 2, "host": "host1", ', "not valid JSON"),
-            (3, {**good, "version": 3, "wieght": 1}, "unknown field `wieght`"),
+            (3, {**good, "version": 3, "requires": ["teleport"]}, "requires feature teleport"),
             (4, {**good, "version": 4, "local_services": [
                 {**good["local_services"][0], "cert": "certs/missing.pem"}, good["local_services"][1]]},
              "missing.pem"),

@@ -192,3 +192,25 @@ def test_every_reject_is_counted_and_the_last_ten_are_kept(tmp_path: Path) -> No
         await store.close()
 
     asyncio.run(main())
+
+
+def test_status_names_features_a_hosts_snapshot_needs_that_its_proxy_lacks(tmp_path: Path) -> None:
+    """What the control plane learnt from each proxy's headers (api/wire.py) against what its snapshot requires."""
+    import msgspec
+
+    async def main() -> None:
+        store = SqliteStore(str(tmp_path / "s.sqlite"))
+        plane = Plane(store, "glassmesh.local")
+        await ops.apply(store, MESH, "t@h")
+        await plane.compile_once()
+        plane.snapshots["host1"] = msgspec.structs.replace(plane.snapshots["host1"], requires=["teleport"])
+        plane.proxies["host1"] = {"wire": 1, "build": "0.1.0", "features": [], "refused": None}
+        plane.proxies["host2"] = {"wire": 1, "build": "0.1.0", "features": ["teleport"], "refused": None}
+        plane.snapshots["host2"] = msgspec.structs.replace(plane.snapshots["host2"], requires=["teleport"])
+        rows = {h["name"]: h for h in (await ops.status(store, plane, "r1"))["hosts"]}
+        assert rows["host1"]["lacks"] == ["teleport"] and rows["host2"]["lacks"] == []
+        assert rows["host3"]["lacks"] == [] and rows["host3"]["proxy"] is None  # never heard from: nothing known
+        assert rows["host1"]["proxy"]["build"] == "0.1.0"
+        await store.close()
+
+    asyncio.run(main())

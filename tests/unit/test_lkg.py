@@ -147,9 +147,28 @@ def test_handle_accepts_persists_and_acks(tmp_path: Path) -> None:
     assert [msgspec.to_builtins(a) for a in link._pending] == [{"version": 7, "accepted": True, "reason": ""}]
 
 
+def test_fields_of_a_newer_control_plane_are_ignored_and_the_snapshot_taken(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The versions rule (api/wire.py): unknown fields are ignored, said once, and deltas stop until they agree."""
+    t = FakeTarget(snap(tmp_path))
+    link = link_for(tmp_path, t)
+    newer = doc(version=8, weight=1, services=[{**DOC["services"][0], "retry_budget": {"ratio": 0.2}},
+                                              DOC["services"][1]])
+    assert link.handle(json.dumps(newer).encode(), "8", digest="0" * 64)
+    assert t.snap.version == 8 and msgspec.to_builtins(link._pending[-1]) == {
+        "version": 8, "accepted": True, "reason": ""}
+    assert link._base is None  # what it holds hashes otherwise than the control plane's: full snapshots only
+    assert link.handle(json.dumps({**newer, "version": 9}).encode(), "9", digest="0" * 64)
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "does not know" in ln]
+    assert len(said) == 1 and "$.services[0].retry_budget, $.weight" in said[0], said
+    # What it saved is what it runs: the fields it ignored are not on disk, so a strict read of it works.
+    assert lkg.load(str(tmp_path)) == t.snap
+
+
 @pytest.mark.parametrize(("body", "header", "version", "why"), [
     (b"{not json", "8", 8, "not valid JSON"),
-    (json.dumps(doc(version=8, weight=1)).encode(), "8", 8, "unknown field `weight`"),
+    (json.dumps(doc(version=8, requires=["teleport"])).encode(), "8", 8,
+     "requires feature teleport, which this proxy (glassmesh"),
     (json.dumps(doc(version=8, host="host2")).encode(), "8", 8, "snapshot is for host 'host2'"),
     (json.dumps(doc(version=8, inbound="127.0.0.11:70000")).encode(), "8", 8, "port out of range"),
 ])

@@ -36,9 +36,35 @@ def test_protocol_errors_are_refused():
     with pytest.raises(m.MuxError):
         m.Decoder().feed(m.HEADER.pack(m.MAX_PAYLOAD + 1, m.DATA, 0, 1))
     with pytest.raises(m.MuxError):
-        m.Decoder().feed(m.HEADER.pack(0, 9, 0, 1))
-    with pytest.raises(m.MuxError):
         m.window_increment(b"\0\0\0\0")
+    with pytest.raises(m.MuxError):
+        m.parse_settings(b"\0\0\1")
+
+
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 2**32 - 1),
+                          st.binary(max_size=300)), max_size=12),
+       st.integers(min_value=1, max_value=40))
+def test_frames_of_any_type_come_out_whole_so_unknown_ones_can_be_skipped(frames, step):
+    """A newer peer's frame types are framed like any other: the decoder hands them out, in step."""
+    wire = b"".join(m.HEADER.pack(len(p), t, f, s) + p for t, f, s, p in frames)
+    dec = m.Decoder()
+    got = []
+    for i in range(0, len(wire), step):
+        got += dec.feed(wire[i:i + step])
+    assert [(t, f, s, bytes(p)) for t, f, s, p in got] == frames
+
+
+@given(st.integers(0, 2**32 - 1), st.dictionaries(st.integers(2, 2**16 - 1), st.integers(0, 2**32 - 1), max_size=8),
+       st.binary(max_size=5))
+def test_settings_keep_what_they_know_and_skip_the_rest(workers, extra, tail):
+    frame = m.settings(workers, 0, extra) + tail  # a newer peer: settings ids unknown here, odd bytes at the end
+    payload = frame[m.HEADER_SIZE:]
+    n, found = m.parse_settings(payload)
+    assert n == max(1, min(workers, 1024)) and found[m.SETTING_VERSION] == m.MAJOR << 16 | m.MINOR
+    assert m.version_refusal(found) == ""
+    assert m.parse_settings(payload[:4]) == (n, {m.SETTING_VERSION: m.MAJOR << 16})  # a peer from before versions
+    refusal = m.version_refusal({m.SETTING_VERSION: (m.MAJOR + 1) << 16 | 3})
+    assert f"glassmesh-mux {m.MAJOR + 1}.3" in refusal and "incompatible major version" in refusal
 
 
 class Wire:
@@ -217,6 +243,37 @@ def m_batch() -> int:
     from glassmesh.proxy import mux as pm
 
     return pm.BATCH
+
+
+def test_unknown_frames_and_settings_from_a_newer_peer_are_skipped(pair):
+    client, server, servers, pump = pair
+    s1, c1 = client.open(Recorder)
+    s1.write(b"before")
+    pump()
+    assert client.peer_version == m.MAJOR << 16 | m.MINOR and server.peer_version == client.peer_version
+    for conn in (client, server):  # both ways: frame types 4..255 and a setting nobody knows
+        conn.queue(m.HEADER.pack(3, 9, 0, 0) + b"new")
+        conn.queue(m.HEADER.pack(2, 250, 0xFF, s1.id) + b"xx")
+        conn.queue(m.settings(1, 0x80, {4242: 1}))
+    s1.write(b" after")
+    pump()
+    assert servers[0].data == b"before after" and not client.lost and not server.lost
+    assert client.skipped == 2 and server.skipped == 2
+    servers[0].transport.write(b"back")
+    pump()
+    assert c1.data == b"back"
+
+
+def test_a_peer_of_another_major_version_is_refused_and_both_sides_say_why(pair, capsys):
+    client, server, servers, pump = pair
+    client.out[:] = [m.settings(1, 0, {m.SETTING_VERSION: 2 << 16 | 1})]  # a client of major version 2
+    s1, c1 = client.open(Recorder)
+    s1.write(b"hello")
+    pump()
+    assert server.refused.startswith("peer speaks glassmesh-mux 2.1, this proxy 1.")
+    assert client.refused == server.refused and not servers  # no stream was carried
+    err = capsys.readouterr().err
+    assert "refused: peer speaks glassmesh-mux 2.1" in err and "refused by the peer: peer speaks" in err, err
 
 
 def test_the_accepting_side_says_how_many_workers_share_its_port():

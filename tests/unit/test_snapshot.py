@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from glassmesh.model.snapshot import SnapshotError, encode_snapshot, load_snapshot, parse_snapshot
 
@@ -78,3 +80,46 @@ def test_not_json_and_missing_file(tmp_path):
         load_snapshot(str(tmp_path / "missing.json"))
     with pytest.raises(SnapshotError, match="Object missing required field `trust_bundle`"):
         parse({k: v for k, v in GOOD.items() if k != "trust_bundle"})
+
+
+# --------------------------------------------------------------------------- strict files, tolerant wire
+
+# Where a newer release might add a field: the top level, and each kind of object under it.
+PLACES = [[], ["local_services", 0], ["services", 0], ["services", 1, "endpoints", 0], ["tcp_links", 0],
+          ["timeouts"], ["limits"]]
+
+
+@given(st.lists(st.tuples(st.sampled_from(range(len(PLACES))),
+                          st.from_regex(r"\Ax_[a-z_]{1,12}\Z"),
+                          st.one_of(st.integers(), st.text(max_size=8), st.none(),
+                                    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+                                    st.lists(st.integers(), max_size=3))),
+                min_size=1, max_size=6))
+def test_unknown_fields_are_ignored_on_the_wire_and_errors_in_a_file(added):
+    from glassmesh.model.snapshot import decode_snapshot, unknown_fields
+
+    doc = json.loads(json.dumps(GOOD))
+    want = []
+    for place, name, value in added:
+        obj = doc
+        for k in PLACES[place]:
+            obj = obj.setdefault(k, {}) if isinstance(k, str) and k in ("timeouts", "limits") else obj[k]
+        if name not in obj:
+            want.append("$" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in PLACES[place])
+                        + f".{name}")
+        obj[name] = value
+    data = json.dumps(doc).encode()
+    assert decode_snapshot(data) == decode_snapshot(json.dumps(GOOD).encode())  # the wire: ignored, nothing else
+    assert sorted(unknown_fields(data)) == sorted(want)
+    with pytest.raises(SnapshotError, match="unknown field"):  # a file: an error naming one of them
+        parse_snapshot(data, "/etc/gm")
+
+
+def test_requires_names_the_feature_this_proxy_lacks():
+    from glassmesh.model.snapshot import FEATURES
+
+    assert "teleport" not in FEATURES
+    with pytest.raises(SnapshotError, match=r"requires feature teleport, which this proxy \(glassmesh .*\) does not "
+                                            r"have: upgrade it - at `\$.requires`"):
+        parse({**GOOD, "requires": ["teleport"]})
+    assert parse({**GOOD, "requires": []}).requires == []
