@@ -14,8 +14,6 @@ import sys
 from typing import IO, Any
 
 import click
-from rich.console import Console
-from rich.text import Text
 
 OK = 0
 DIFFERENT = 1  # `diff`: the file differs from the config in force (an answer, not an error)
@@ -24,11 +22,12 @@ INVALID_CONFIG = 3  # the config was refused by validation: each problem printed
 REFUSED = 4  # the control plane answered and said no (not allowed, not found, conflict), or a host rejected
 UNREACHABLE = 5  # no control-plane replica could be reached or answered (network, TLS, 5xx)
 TIMED_OUT = 6  # `apply --wait`: not every affected host ran the new version in time
-FAILED = 1  # a daemon (proxy, control) that could not start or stop cleanly
+FAILED = 1  # any other failure: a daemon that could not start or stop cleanly, a backup that cannot be read
 
 TABLE = (
     (OK, "success"),
-    (DIFFERENT, "`diff` found differences; `proxy`/`control`: could not start or stop cleanly"),
+    (DIFFERENT, "`diff` found differences; any other command: it failed, for none of the reasons below "
+                "(a daemon could not start, a backup could not be read)"),
     (USAGE, "usage error: a flag, an argument, or a local file (credential, config) missing or unreadable"),
     (INVALID_CONFIG, "the config is invalid (every problem printed as file:line: field: message)"),
     (REFUSED, "the control plane refused (not allowed, not found, conflict), or a host rejected the change"),
@@ -40,8 +39,13 @@ TABLE = (
 EPILOG = "\b\nExit statuses:\n" + "\n".join(f"  {code}  {text}" for code, text in TABLE)
 
 
-def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+def _say(text: str, style: str = "red") -> None:
+    """One line on stderr, red on a terminal. rich is imported here only: `glassmesh proxy` goes through
+    this module, and a proxy loads no presentation library (tests/unit/test_proxy_footprint.py)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text(text, style=style))
 
 
 def _err(message: str, file: IO[Any] | None = None) -> None:
@@ -54,7 +58,7 @@ class CliError(click.ClickException):
     exit_code = USAGE
 
     def show(self, file: IO[Any] | None = None) -> None:
-        _stderr().print(Text(f"error: {self.message}", style="red"))
+        _say(f"error: {self.message}")
 
 
 class Refused(CliError):
@@ -81,7 +85,7 @@ class InvalidConfig(CliError):
     exit_code = INVALID_CONFIG
 
     def show(self, file: IO[Any] | None = None) -> None:
-        _stderr().print(Text(self.message, style="red"))
+        _say(self.message)
 
 
 def run(group: click.Command, args: list[str] | None = None) -> int:
@@ -98,7 +102,10 @@ def run(group: click.Command, args: list[str] | None = None) -> int:
         _err(f"{e.format_message().rstrip('.')} (see `{cmd} --help`)")
         return USAGE
     except click.ClickException as e:
-        e.show()
+        if type(e).show is click.ClickException.show:  # click's own wording is "Error: ..."
+            _err(e.format_message())
+        else:
+            e.show()
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code

@@ -229,6 +229,10 @@ def daemon_doc(cmd: click.Command) -> str:
 
 
 def _commands(cmd: click.Command, ctx: click.Context) -> Iterator[tuple[click.Command, click.Context]]:
+    # click caches a command's help option from the first context that asked; one made by a direct call
+    # (a test invoking a subcommand alone) lacks the group's `-h`: ask again with this context's names.
+    if hasattr(cmd, "_help_option"):
+        cmd._help_option = None
     yield cmd, ctx
     if isinstance(cmd, click.Group):
         for name in cmd.list_commands(ctx):
@@ -244,7 +248,8 @@ def cli_doc() -> str:
            "Every `glassmesh` command and flag, as `--help` shows them. The daemons (`glassmesh proxy`, "
            "`glassmesh control`) also read each flag from the environment and a config file: see "
            "[proxy-yaml.md](proxy-yaml.md) and [control-yaml.md](control-yaml.md).\n"]
-    for cmd, ctx in _commands(cli, click.Context(cli, info_name="glassmesh", terminal_width=100, max_content_width=100)):
+    for cmd, ctx in _commands(cli, click.Context(cli, info_name="glassmesh", terminal_width=100,
+                                                    max_content_width=100, **cli.context_settings)):
         out.append(f"## `{ctx.command_path}`\n")
         out.append(f"```\n{cmd.get_usage(ctx)}\n```\n")
         if cmd.help:
