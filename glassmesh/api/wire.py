@@ -54,6 +54,9 @@ class Ack(msgspec.Struct, **_S):
     version: int
     accepted: bool
     reason: str = ""
+    # The proxy's build of the request path (buildinfo.hot_path_doc: "mypyc", "python", "mixed" or "stale"),
+    # for `glassmesh status`; "" from a proxy that does not say.
+    hot_path: str = ""
 
 
 class Reported(msgspec.Struct, **_S):

@@ -121,6 +121,7 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
     now = time.time()
     records = await store.hosts()
     by_name = {h.name: h for h in records}
+    builds = await store.records("build")
     hosts = []
     for name, snap in sorted(plane.snapshots.items()):
         rec = by_name.get(name)
@@ -136,6 +137,8 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
             "rejects": rec.rejects if rec else 0,
             "recent_rejects": [_reject(r, running) for r in rec.recent_rejects] if rec else [],
             "insecure": name in plane.insecure,  # its proxy talks plain HTTP (--insecure-proxy-listen)
+            # Its proxy's request path: "mypyc" (compiled), "python", "mixed" or "stale"; None: not said yet.
+            "hot_path": builds.get(name, {}).get("hot_path"),
         })
     expiries = [h.cert_not_after for h in records if h.cert_not_after > 0]
     earliest = min(expiries) if expiries else None

@@ -102,6 +102,7 @@ class Plane:
         self.polled: dict[str, float] = {}  # host -> last long-poll seen by this replica
         # Hosts this replica last heard from over the insecure plain listener (status marks them).
         self.insecure: set[str] = set()
+        self.builds: dict[str, str] = {}  # host -> the hot-path build its acks name, as last written to the store
         self.revision = -1  # the store revision the snapshots were compiled at
         self.config = MeshConfig()
         self.config_version = 0

@@ -82,7 +82,11 @@ async def ack(request: web.Request) -> web.Response:
     """Record a host's ack; the plane writes acks in batches (200 acks follow every push)."""
     host = await host_of(request)
     req: Ack = await decode(request, Ack)
-    await request.app[PLANE].record_ack(host, req.version, req.accepted, req.reason)
+    plane = request.app[PLANE]
+    await plane.record_ack(host, req.version, req.accepted, req.reason)
+    if req.hot_path and plane.builds.get(host) != req.hot_path:  # in the store, for every replica's status
+        await request.app[STORE].put_record("build", host, {"hot_path": req.hot_path, "at": time.time()})
+        plane.builds[host] = req.hot_path
     return json_response({"host": host, "version": req.version, "accepted": req.accepted})
 
 
