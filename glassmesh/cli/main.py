@@ -27,6 +27,7 @@ _COMMANDS = {
     "release": ("glassmesh.cli.status_cmd", "release"),
     "drain": ("glassmesh.cli.status_cmd", "drain"),
     "host": ("glassmesh.cli.host_cmd", "host"),
+    "install-units": ("glassmesh.cli.units_cmd", "install_units"),
 }
 
 
