@@ -33,12 +33,10 @@ HOT_MODULES = (
 
 def compiled_modules() -> list[str]:
     """The hot-path modules loaded from a compiled extension."""
-    out = []
-    for name in HOT_MODULES:
-        f = getattr(importlib.import_module(name), "__file__", "") or ""
-        if not f.endswith(".py"):
-            out.append(name)
-    return out
+    # All imported first, then looked at: a compiled module pulls the others of its mypyc group in
+    # compiled, replacing a plain one imported before it (one whose own compiled module is missing).
+    mods = [importlib.import_module(name) for name in HOT_MODULES]
+    return [m.__name__ for m in mods if not (getattr(sys.modules[m.__name__], "__file__", "") or "").endswith(".py")]
 
 
 @cache
