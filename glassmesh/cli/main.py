@@ -15,6 +15,7 @@ from glassmesh import __version__
 # name -> (module, attribute); loaded lazily.
 _COMMANDS = {
     "proxy": ("glassmesh.cli.proxy_cmd", "proxy"),
+    "install-units": ("glassmesh.cli.units_cmd", "install_units"),
     "ca": ("glassmesh.cli.ca_cmd", "ca"),
     "demo": ("glassmesh.cli.demo_cmd", "demo"),
     "control": ("glassmesh.cli.control_cmd", "control"),
@@ -27,7 +28,6 @@ _COMMANDS = {
     "release": ("glassmesh.cli.status_cmd", "release"),
     "drain": ("glassmesh.cli.status_cmd", "drain"),
     "host": ("glassmesh.cli.host_cmd", "host"),
-    "install-units": ("glassmesh.cli.units_cmd", "install_units"),
 }
 
 
