@@ -34,12 +34,16 @@ def render(name: str, exe: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    """Write a root-owned, world-readable file (systemd reads units as any user), replacing it whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """Write a world-readable file (systemd reads units as any user), replacing it whole; one line if it cannot."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        hint = " (run it as root, or give --prefix DIR)" if isinstance(e, PermissionError) else ""
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}{hint}") from None
 
 
 @click.command("install-units")

@@ -203,3 +203,11 @@ def test_a_broken_unit_fails_verify(tmp_path: Path) -> None:
     _install(tmp_path, "--exec", str(tmp_path / "no-such-glassmesh"))
     done = verify(tmp_path / "etc" / "systemd" / "system" / "glassmesh-proxy.service")
     assert done.returncode != 0 and "no-such-glassmesh" in done.stdout + done.stderr, done
+
+
+def test_install_units_that_cannot_write_says_where_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "etc").write_text("a file where the units' directory would go\n")
+    r = subprocess.run([str(GLASSMESH), "install-units", "--prefix", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot write {tmp_path}/etc/systemd/system/glassmesh-control.service: " in r.stderr, r.stderr
