@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv demo test test-deps bench lint clean reference
+.PHONY: venv demo test test-deps bench lint clean dist reference
 
 # The hot path is compiled with mypyc in place (setup.py): edits to it must rebuild.
 HOT_SRC := setup.py mypyc.ini glassmesh/protocols/http1.py glassmesh/protocols/mux.py glassmesh/proxy/http.py \
@@ -17,6 +17,12 @@ $(VENV)/.installed: pyproject.toml $(HOT_SRC)
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The wheel (the hot path compiled: a failed C build is an error here) and the sdist, in dist/.
+# python -m build makes the sdist, then the wheel from it: the sdist is proved to build.
+dist: venv
+	rm -rf dist
+	GLASSMESH_REQUIRE_COMPILED=1 $(PY) -m build --outdir dist .
 
 demo: venv
 	$(VENV)/bin/glassmesh demo $(ARGS)

@@ -63,8 +63,22 @@ class AllOrNothingBuildExt(build_ext):
         return {} if self.failed else super().get_output_mapping()
 
 
+def _builds_in_place() -> bool:
+    """An editable install or `build_ext --inplace`: the compiled modules go into the source tree.
+
+    Only then are the tree's compiled modules this build's business: `make dist`
+    (python -m build) runs this file in the tree for the sdist too, and must
+    leave the developer's in-place build alone.
+    """
+    argv = sys.argv[1:]
+    return bool({"editable_wheel", "develop"} & set(argv)) or (
+        "build_ext" in argv and bool({"--inplace", "-i"} & set(argv)))
+
+
 def _clear_inplace() -> None:
     """Remove compiled modules left in the tree by an earlier build: they would shadow the source."""
+    if not _builds_in_place():
+        return
     here = os.path.dirname(os.path.abspath(__file__))
     stale = glob.glob(os.path.join(here, "glassmesh_hot__mypyc.*.so"))
     for src in HOT:

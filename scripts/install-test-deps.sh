@@ -16,6 +16,10 @@ command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
+# The package tests (tests/e2e/test_package.py) install the wheel into a venv made by Debian's own python3,
+# and the unit files are checked with systemd-analyze verify (tests/e2e/test_units.py).
+[ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # The tests start nginx and redis themselves: keep their packages from starting system services

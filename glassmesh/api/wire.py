@@ -104,6 +104,9 @@ class Ack(msgspec.Struct, **_S):
     version: int
     accepted: bool
     reason: str = ""
+    # The proxy's build of the request path (buildinfo.hot_path_doc: "mypyc", "python", "mixed" or "stale"),
+    # for `glassmesh status`; "" from a proxy that does not say. One short word: it is stored per host.
+    hot_path: Annotated[str, msgspec.Meta(max_length=32, pattern=r"^[a-z]*$")] = ""
 
 
 class Reported(msgspec.Struct, **_S):

@@ -88,6 +88,12 @@ def _print_status(doc: dict[str, Any]) -> None:
                 out.print(Text(f"{line} (past: it runs v{h['running']} now)", style="dim"))
             else:
                 out.print(Text(line, style="yellow"))
+    slow = [h for h in doc["hosts"] if h.get("hot_path") not in (None, "mypyc")]
+    if slow:
+        out.print(Text("hosts whose proxy runs its request path interpreted or stale (slower, or not the code "
+                       "installed; its /ready names the modules):", style="bold red"))
+        for h in slow:
+            out.print(Text(f"  {h['name']}: hot path {h['hot_path']}", style="red"))
     if doc["held"]:
         out.print(Text("held changes (glassmesh release SERVICE lets one through):", style="bold yellow"))
         for h in doc["held"]:

@@ -34,8 +34,11 @@ def _mesh(control: str) -> tuple[dict[str, Any] | None, CliError | None]:
         status = expect_ok(*call(control, "GET", "/v1/status"))
     except CliError as e:
         return None, e
-    proxies = [{"host": h["name"], "version": h.get("version") or "unknown",
-                "build": h.get("build") or "unknown", "snapshot": h.get("running")} for h in status["hosts"]]
+    proxies = []
+    for h in status["hosts"]:
+        p = h.get("proxy") or {}  # what the proxy said of itself on its last call (api/wire.py headers)
+        proxies.append({"host": h["name"], "version": p.get("build") or "unknown", "wire": p.get("wire"),
+                        "build": h.get("hot_path") or "unknown", "snapshot": h.get("running")})
     return {"control_plane": ctl, "proxies": proxies}, None
 
 
@@ -64,9 +67,10 @@ def version(client_only: bool, output: str, control: str) -> None:
         if cp is None:
             return
         out.print(f"control plane  glassmesh {cp['version']} (replica {cp['replica']}, Python {cp['python']})")
-        t = Table("host", "version", "build", "snapshot", box=None, title="proxies", title_justify="left")
+        t = Table("host", "version", "wire", "hot path", "snapshot", box=None, title="proxies", title_justify="left")
         for p in doc["proxies"]:
-            t.add_row(p["host"], p["version"], p["build"], str(p["snapshot"] or "-"))
+            t.add_row(p["host"], p["version"], str(p["wire"] if p["wire"] is not None else "-"), p["build"],
+                      str(p["snapshot"] or "-"))
         out.print(t)
 
     emit(doc, output, table)

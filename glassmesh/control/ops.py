@@ -121,6 +121,7 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
     now = time.time()
     records = await store.hosts()
     by_name = {h.name: h for h in records}
+    builds = await store.records("build")
     hosts = []
     for name, snap in sorted(plane.snapshots.items()):
         rec = by_name.get(name)
@@ -140,6 +141,8 @@ async def status(store: Store, plane: Plane, replica_id: str) -> dict[str, Any]:
             "proxy": plane.proxies.get(name),
             "lacks": [f for f in snap.requires if name in plane.proxies
                       and f not in plane.proxies[name]["features"]],
+            # Its proxy's request path: "mypyc" (compiled), "python", "mixed" or "stale"; None: not said yet.
+            "hot_path": builds.get(name, {}).get("hot_path"),
         })
     expiries = [h.cert_not_after for h in records if h.cert_not_after > 0]
     earliest = min(expiries) if expiries else None

@@ -104,6 +104,7 @@ class Plane:
         self.insecure: set[str] = set()
         # Each host's proxy as its last call described it (api/wire.py WIRE_HEADER...): wire, build, features.
         self.proxies: dict[str, dict[str, Any]] = {}
+        self.builds: dict[str, str] = {}  # host -> the hot-path build its acks name, as last written to the store
         self.revision = -1  # the store revision the snapshots were compiled at
         self.config = MeshConfig()
         self.config_version = 0

@@ -10,6 +10,7 @@ lives (identity_api.authorize).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -34,7 +35,7 @@ from glassmesh.control.api import PLANE, STORE, decode, error, json_response
 from glassmesh.control.identity import may_serve
 from glassmesh.control.identity_api import authorize, is_tls
 from glassmesh.control.layout import local_services
-from glassmesh.control.store import HostRecord, InstanceRecord
+from glassmesh.control.store import HostRecord, InstanceRecord, StoreError
 
 MAX_WAIT_S = 300.0
 log = logging.getLogger("glassmesh.control")
@@ -108,7 +109,12 @@ async def ack(request: web.Request) -> web.Response:
     """Record a host's ack; the plane writes acks in batches (200 acks follow every push)."""
     host = await host_of(request)
     req: Ack = await decode(request, Ack)
-    await request.app[PLANE].record_ack(host, req.version, req.accepted, req.reason)
+    plane = request.app[PLANE]
+    await plane.record_ack(host, req.version, req.accepted, req.reason)
+    if req.hot_path and plane.builds.get(host) != req.hot_path:  # in the store, for every replica's status
+        with contextlib.suppress(StoreError):  # the ack is in; the next one says it again
+            await request.app[STORE].put_record("build", host, {"hot_path": req.hot_path, "at": time.time()})
+            plane.builds[host] = req.hot_path
     return json_response({"host": host, "version": req.version, "accepted": req.accepted})
 
 

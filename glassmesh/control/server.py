@@ -40,6 +40,7 @@ from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
 from glassmesh.files import check_private, private_dir
 from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
+from glassmesh.systemd import notify as sd
 
 log = logging.getLogger("glassmesh.control")
 HEARTBEAT_S = 5.0
@@ -319,7 +320,9 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
     if identity is not None and proxy_listen:
         await _serve_proxy_listener(runner, identity, proxy_listen, proxy_listen_explicit, tls_dir)
         app[BEAT_NOW].set()  # announce the proxy listener's URL now, for `host add` on other replicas
+    sd.ready(f"serving on {listen}")  # every listener accepts, the store is open
     try:
         await stop.wait()
+        sd.stopping()
     finally:
         await runner.cleanup()

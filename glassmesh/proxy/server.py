@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvloop
 
-from glassmesh.buildinfo import hot_path
+from glassmesh.buildinfo import hot_path, hot_path_doc, warn_if_interpreted
 from glassmesh.model.snapshot import Snapshot, encode_snapshot, load_snapshot
 from glassmesh.protocols.http1 import reseed
 from glassmesh.proxy import runtime as runtime_mod
@@ -54,6 +54,7 @@ from glassmesh.proxy.sides import OutboundSide
 from glassmesh.proxy.tcp import TcpLinkClient
 from glassmesh.proxy.tls import listener_context
 from glassmesh.stopping import StopDeadline, on_stop_signals
+from glassmesh.systemd import notify as sd
 
 if TYPE_CHECKING:  # the control-plane watch (aiohttp) is only imported by proxies started with --control
     from glassmesh.proxy.watch import ControlLink
@@ -243,6 +244,7 @@ class Worker:
             "snapshot_version": snap.version,
             "last_reload": self.last_reload,
             "listeners": self.listeners.addresses(),
+            "hot_path": hot_path_doc(),
         }
 
 
@@ -303,8 +305,10 @@ async def _serve_single(config_path: str, snap: Snapshot, opts: Options, access_
         await attach.start(w)
     stop = asyncio.Event()
     on_stop_signals(loop, stop.set, StopDeadline("worker" if admin_unix else "proxy", log))
-    loop.add_signal_handler(signal.SIGHUP, w.reload)
+    loop.add_signal_handler(signal.SIGHUP, sd.around_reload(w.reload))
+    sd.ready(f"serving snapshot version {w.rt.snapshot.version}")  # a worker's words go nowhere (notify.py)
     await stop.wait()
+    sd.stopping()
     if attach is not None:
         await attach.stop()
     if admin is not None:
@@ -471,6 +475,7 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
             "snapshot_version": current["snap"].version,
             "listeners": sorted(map(str, [*held.specs.values(), *admin.specs().values()])),
             "workers": docs,
+            "hot_path": hot_path_doc(),
         }
         if attach is not None:
             doc.update(attach.ready_detail())
@@ -523,9 +528,10 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
         + f"; admin {snap.admin}")
     stop = asyncio.Event()
     on_stop_signals(loop, stop.set, StopDeadline("supervisor", log))
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, sd.around_reload(reload))
     if attach is not None:
         await attach.start(_SupervisorTarget(current, apply))
+    notified = asyncio.create_task(_ready_once(ready, stop))
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -542,6 +548,8 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
                         os.unlink(socks[i])
                     pids[i] = _fork_worker(config_path, current["snap"], opts, socks[i], held, i, admin)
     finally:
+        notified.cancel()
+        sd.stopping()
         if attach is not None:
             await attach.stop()
         admin.close()
@@ -566,6 +574,15 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
                 os.unlink(s)
         with contextlib.suppress(OSError):
             os.rmdir(rundir)
+
+
+async def _ready_once(ready: Callable[[], Coroutine[Any, Any, dict[str, Any]]], stop: asyncio.Event) -> None:
+    """READY=1 to systemd once every worker answers ready: bound sockets queue, only workers accept."""
+    while not stop.is_set():
+        if (await ready()).get("ready"):
+            sd.ready("serving")
+            return
+        await asyncio.sleep(0.05)
 
 
 def _tune_malloc() -> None:
@@ -606,6 +623,7 @@ async def serve(config_path: str, snap: Snapshot, opts: Options, attach: Control
 def launch(main: Coroutine[Any, Any, None]) -> None:
     """Run a proxy's event loop (uvloop), with the allocator tuned for its TLS buffers."""
     _tune_malloc()
+    warn_if_interpreted()
     uvloop.run(main)
 
 

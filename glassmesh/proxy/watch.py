@@ -88,6 +88,7 @@ from glassmesh.api.wire import (
     wire_mismatch,
     wire_of,
 )
+from glassmesh.buildinfo import hot_path_doc
 from glassmesh.files import private_dir
 from glassmesh.model.snapshot import (
     FEATURES,
@@ -509,7 +510,7 @@ class ControlLink:
             raise
 
     def _ack(self, version: int, accepted: bool, reason: str) -> None:
-        self._pending.append(Ack(version=version, accepted=accepted, reason=reason))
+        self._pending.append(Ack(version=version, accepted=accepted, reason=reason, hot_path=hot_path_doc()["build"]))
         del self._pending[:-MAX_PENDING_ACKS]
         self.last_ack = {"version": version, "accepted": accepted, "reason": reason, "at": time.time()}
 

@@ -65,6 +65,8 @@ def test_every_read_command_speaks_json_and_yaml(topo: Topo) -> None:
     ver = json.loads(run(topo, "version", "-o", "json").stdout)
     assert ver["client"]["version"] == ver["control_plane"]["version"]
     assert sorted(p["host"] for p in ver["proxies"]) == ["host1", "host2", "host3"]
+    for p in ver["proxies"]:  # each proxy's own word: its release, wire version and compiled hot path
+        assert (p["version"], p["wire"], p["build"]) == (ver["client"]["version"], 1, "mypyc"), p
     # Tables are for people; their times are UTC, written with a Z.
     table = run(topo, "history").stdout
     assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", table), table

@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from glassmesh.buildinfo import hot_path_doc
 from tests.e2e.harness import PROXY_CMD, Mesh, Proc, wait_port
 from tests.e2e.operator import api, cli_env
 from tests.e2e.test_control_watch import (
@@ -51,6 +52,8 @@ from tests.e2e.test_control_watch import (
     wait_for,
 )
 from tests.etcd_cluster import ETCD_PASSPHRASE_ENV, EtcdCluster
+
+BUILD = hot_path_doc()["build"]  # what this tree's proxies say in their acks
 
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
 TRAFFIC_RATE = 100.0  # requests/s through host1's outbound
@@ -301,7 +304,7 @@ def test_a_replica_answering_5xx_is_left_for_the_next(mesh: Mesh) -> None:
         })
         h.start(f"{bad.url},{good.url}")
         h.wait_ready()
-        assert good.ack_for(1) == {"version": 1, "accepted": True, "reason": ""}
+        assert good.ack_for(1) == {"version": 1, "accepted": True, "reason": "", "hot_path": BUILD}
         wait_for(lambda: h.ready()["control_plane"]["connected"], 5, "connected to the second replica")
         cp = h.ready()["control_plane"]
         assert cp["url"] == good.url and cp["replicas"] == [bad.url, good.url] and cp["failovers"] == 1, cp

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from glassmesh.buildinfo import hot_path_doc
 from tests.e2e.harness import (
     PROXY_CMD,
     App,
@@ -46,6 +47,8 @@ from tests.e2e.harness import (
     wait_port,
 )
 from tests.e2e.operator import api
+
+BUILD = hot_path_doc()["build"]  # what this tree's proxies say in their acks
 
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
 APP_PORT = 18080
@@ -560,7 +563,7 @@ def test_bad_snapshots_are_rejected_with_the_reason_and_the_old_one_serves(mesh:
         fake.push(1, good)
         h.start(fake.url)
         h.wait_ready()
-        assert fake.ack_for(1) == {"version": 1, "accepted": True, "reason": ""}
+        assert fake.ack_for(1) == {"version": 1, "accepted": True, "reason": "", "hot_path": BUILD}
         r = get(h.outbound, "/x", headers={"Host": "b"})
         assert r.status == 200 and r.header("x-app") == "b1"
         # host1 registers its b instance, checked every 200 ms, with a TTL of three intervals.
@@ -602,7 +605,7 @@ def test_bad_snapshots_are_rejected_with_the_reason_and_the_old_one_serves(mesh:
         assert json.loads((h.data / "snapshot.json").read_text())["services"][0]["endpoints"]
         # Drained on purpose: emptied.
         fake.push(8, {**good, "version": 8, "services": [{"name": "b", "endpoints": [], "drained": True}]})
-        assert fake.ack_for(8) == {"version": 8, "accepted": True, "reason": ""}
+        assert fake.ack_for(8) == {"version": 8, "accepted": True, "reason": "", "hot_path": BUILD}
         r = get(h.outbound, "/x", headers={"Host": "b"})
         assert r.status == 503 and (r.header("glassmesh-error") or "").startswith("no_endpoints")
     finally:

@@ -11,10 +11,13 @@ from typing import Any
 import msgspec
 import pytest
 
+from glassmesh.buildinfo import hot_path_doc
 from glassmesh.model.snapshot import Snapshot, SnapshotError, parse_snapshot
 from glassmesh.proxy import health, lkg
 from glassmesh.proxy.listeners import plan, wanted
 from glassmesh.proxy.watch import RETRY_MAX_S, ControlLink, keep_emptied
+
+BUILD = hot_path_doc()["build"]  # what this tree's proxies say in their acks
 
 DOC: dict[str, Any] = {
     "version": 3, "host": "host1", "trust_domain": "glassmesh.local", "trust_bundle": "certs/ca.pem",
@@ -144,7 +147,7 @@ def test_handle_accepts_persists_and_acks(tmp_path: Path) -> None:
     assert link.handle(json.dumps(doc(version=7)).encode(), "7")
     assert t.snap.version == 7 and link.after == 7 and link.source == "control"
     assert json.loads((tmp_path / "snapshot.json").read_text())["version"] == 7
-    assert [msgspec.to_builtins(a) for a in link._pending] == [{"version": 7, "accepted": True, "reason": ""}]
+    assert [msgspec.to_builtins(a) for a in link._pending] == [{"version": 7, "accepted": True, "reason": "", "hot_path": BUILD}]
 
 
 def test_fields_of_a_newer_control_plane_are_ignored_and_the_snapshot_taken(tmp_path: Path,
@@ -207,7 +210,7 @@ def test_a_local_reject_is_held_and_retried_until_it_goes_in(tmp_path: Path) -> 
     t.fail = ""
     assert asyncio.run(link.retry_pending()) is not None
     assert t.snap.version == 9 and link.pending is None and link.ready_detail()["pending_retry"] is None
-    assert msgspec.to_builtins(link._pending[-1]) == {"version": 9, "accepted": True, "reason": ""}
+    assert msgspec.to_builtins(link._pending[-1]) == {"version": 9, "accepted": True, "reason": "", "hot_path": BUILD}
     assert json.loads((tmp_path / "snapshot.json").read_text())["version"] == 9
 
 
