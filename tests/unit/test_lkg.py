@@ -159,7 +159,7 @@ def test_fields_of_a_newer_control_plane_are_ignored_and_the_snapshot_taken(tmp_
                                               DOC["services"][1]])
     assert link.handle(json.dumps(newer).encode(), "8", digest="0" * 64)
     assert t.snap.version == 8 and msgspec.to_builtins(link._pending[-1]) == {
-        "version": 8, "accepted": True, "reason": ""}
+        "version": 8, "accepted": True, "reason": "", "hot_path": BUILD}
     assert link._base is None  # what it holds hashes otherwise than the control plane's: full snapshots only
     assert link.handle(json.dumps({**newer, "version": 9}).encode(), "9", digest="0" * 64)
     said = [ln for ln in capsys.readouterr().err.splitlines() if "does not know" in ln]
