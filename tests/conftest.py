@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,16 @@ def _private_config_home() -> Iterator[None]:
             else:
                 os.environ[k] = v
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dist_dir() -> Iterator[Path]:
+    """`make dist` of this tree (sdist, then the wheel from it), built once per session for every test that
+    installs glassmesh as an operator would (tests/e2e/test_package.py, tests/fleet)."""
+    from tests.packaging import build, copy_tree
+
+    root = Path(tempfile.mkdtemp(prefix="gm-dist-"))
+    try:
+        yield build(copy_tree(root / "src"), root / "dist")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

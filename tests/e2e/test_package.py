@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -29,60 +28,23 @@ from pathlib import Path
 import pytest
 
 from glassmesh.buildinfo import HOT_MODULES
-from tests.e2e.harness import REPO, Host, Mesh, Proc, get
+from tests.e2e.harness import Host, Mesh, Proc, get
 from tests.e2e.operator import cli_env
 from tests.e2e.test_control_watch import CHost, Control
 from tests.e2e.test_demo import _bindable
 from tests.e2e.test_units import verify
+from tests.packaging import REPO
+from tests.packaging import venv as _make_venv
+from tests.packaging import wheel as _wheel
 
 pytestmark = pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
-
-# Debian's own interpreter: the wheel (built by the venv's python) must not need the one that built it.
-HOST_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-SKIP = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", "*.so",
-                              ".pytest_cache", ".ruff_cache", ".hypothesis")
-
-
-def _run(args: list[str], timeout: float, **kw: object) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
-    assert r.returncode == 0, f"{' '.join(map(str, args))} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
-
-
-@pytest.fixture(scope="session")
-def dist_dir() -> Iterator[Path]:
-    """`make dist` (python -m build, the hot path required compiled) from a copy of the tree: sdist and wheel."""
-    root = Path(tempfile.mkdtemp(prefix="gm-dist-"))
-    try:
-        src = root / "src"
-        shutil.copytree(REPO, src, ignore=SKIP)
-        env = dict(os.environ, GLASSMESH_REQUIRE_COMPILED="1")
-        _run([sys.executable, "-m", "build", "--outdir", str(root / "dist"), str(src)], 900, env=env, cwd=root)
-        yield root / "dist"
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _wheel(dist: Path) -> Path:
-    (whl,) = dist.glob("glassmesh-*.whl")
-    return whl
-
-
-def _venv(root: Path, *install: str, env: dict[str, str] | None = None) -> Path:
-    """A fresh venv made by the host's python3, with `install` pip-installed into it from outside the tree."""
-    venv = root / "venv"
-    _run([HOST_PYTHON, "-m", "venv", str(venv)], 120, cwd=root)
-    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}, **(env or {})}
-    _run([str(venv / "bin" / "pip"), "install", "-q", *install], 900, cwd=root, env=env)
-    return venv
-
 
 @pytest.fixture(scope="session")
 def installed(dist_dir: Path) -> Iterator[Path]:
     """The wheel in a fresh venv: binary packages only, so nothing could be compiled on the way."""
     root = Path(tempfile.mkdtemp(prefix="gm-venv-"))
     try:
-        yield _venv(root, "--only-binary=:all:", str(_wheel(dist_dir)))
+        yield _make_venv(root / "venv", "--only-binary=:all:", str(_wheel(dist_dir)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -215,7 +177,7 @@ def pure(dist_dir: Path) -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="gm-pure-"))
     (sdist,) = dist_dir.glob("glassmesh-*.tar.gz")
     try:
-        yield _venv(root, str(sdist), env={"CC": "false"})
+        yield _make_venv(root / "venv", str(sdist), env={"CC": "false"})
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
