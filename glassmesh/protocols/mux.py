@@ -25,6 +25,13 @@ Frame: a 10-byte header, then `length` bytes of payload.
             flags: TCP_STREAMS, the accepting side takes tcp streams (older proxies send
             no flags and ignore them, so a caller falls back to a TLS connection per
             tcp-link connection, ALPN glassmesh-tcp/1, toward them).
+    GOAWAY  stream 0, sent by the accepting side when it stops (SIGTERM): payload u32, the
+            highest stream id it has opened for the peer, the last it will serve. Streams
+            up to it run to their end; a later one is reset with reason "goaway" and was not
+            seen by any app, so the sender may send it anywhere again. The connecting side
+            opens no new stream on this connection from then on (it connects anew: to
+            another endpoint, or to the proxy that replaced this one on the same port) and
+            closes it once its last stream is done.
 
 Streams are opened only by the side that made the TLS connection (odd ids,
 growing). Every stream starts with a send window of INITIAL_WINDOW bytes.
@@ -42,6 +49,7 @@ DATA: Final = 0
 WINDOW: Final = 1
 RESET: Final = 2
 SETTINGS: Final = 3
+GOAWAY: Final = 4
 
 FLAG_OPEN: Final = 1
 FLAG_FIN: Final = 2
@@ -96,6 +104,20 @@ def settings_workers(payload: bytes) -> int:
     return max(1, min(n, 1024))
 
 
+def goaway(last_stream: int) -> bytes:
+    return HEADER.pack(4, GOAWAY, 0, 0) + _U32.pack(last_stream)
+
+
+def goaway_last(payload: bytes) -> int:
+    if len(payload) != 4:
+        raise MuxError("GOAWAY frame payload must be 4 bytes")
+    (n,) = _U32.unpack(payload)
+    return int(n)
+
+
+REFUSED_GOAWAY: Final = "goaway"  # the RESET reason of a stream opened after the peer's GOAWAY: never served
+
+
 def reset(stream: int, reason: str = "") -> bytes:
     r = reason.encode()[:200]
     return HEADER.pack(len(r), RESET, 0, stream) + r
@@ -123,7 +145,7 @@ class Decoder:
             stream = (buf[pos + 6] << 24) | (buf[pos + 7] << 16) | (buf[pos + 8] << 8) | buf[pos + 9]
             if length > MAX_PAYLOAD:
                 raise MuxError(f"frame of {length} bytes is over the {MAX_PAYLOAD} limit")
-            if ftype > SETTINGS:
+            if ftype > GOAWAY:
                 raise MuxError(f"unknown frame type {ftype}")
             stop = pos + HEADER_SIZE + length
             if stop > end:

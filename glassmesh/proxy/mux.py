@@ -47,6 +47,9 @@ class StreamUser(asyncio.Protocol):
     def resume_writing(self) -> None:
         pass
 
+    def going_away(self) -> None:
+        """The connection this stream is on sent GOAWAY: no new request on it (the one in flight finishes)."""
+
 
 class Stream:
     """One virtual connection; implements the parts of asyncio.Transport the proxy uses."""
@@ -277,10 +280,12 @@ class MuxConnection(asyncio.Protocol):
 
     def __init__(self, on_stream: Callable[[], Any] | None = None,
                  on_lost: Callable[[MuxConnection], None] | None = None, workers: int = 1,
-                 on_tcp_stream: Callable[[], Any] | None = None) -> None:
+                 on_tcp_stream: Callable[[], Any] | None = None,
+                 on_goaway: Callable[[MuxConnection], None] | None = None) -> None:
         self.on_stream = on_stream  # server side: makes the protocol of a new stream
         self.on_tcp_stream = on_tcp_stream  # server side: ... of a new tcp stream (None: refused)
         self.on_lost = on_lost
+        self.on_goaway = on_goaway  # client side: the peer said GOAWAY (the pool stops using this connection)
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] | None = None  # transport.write, bound once
         self.loop = asyncio.get_event_loop()
@@ -302,6 +307,10 @@ class MuxConnection(asyncio.Protocol):
         self.active = True
         self.idle_since = 0.0
         self.settings_waiters: list[asyncio.Future[bool]] = []
+        # GOAWAY, sent (server side, the proxy drains) or received (client side): no new stream on this
+        # connection, which closes once its last stream is done.
+        self.leaving = False
+        self.last_opened = 0  # server side: the highest stream id the peer opened (what GOAWAY names)
 
     # --- client side -------------------------------------------------------------
     def open(self, factory: Callable[[], Any], tcp: bool = False) -> tuple[Stream, Any]:
@@ -332,7 +341,34 @@ class MuxConnection(asyncio.Protocol):
                 f.set_result(self.settings_seen)
 
     def usable(self) -> bool:
-        return not self.lost and not self.transport.is_closing() and len(self.streams) < m.MAX_STREAMS
+        return (not self.lost and not self.leaving and not self.transport.is_closing()
+                and len(self.streams) < m.MAX_STREAMS)
+
+    # --- going away (a proxy that drains; see glassmesh/proxy/drain.py) -------------
+    def go_away(self) -> None:
+        """Server side: serve the streams open now, refuse later ones, close once they are done."""
+        if self.leaving or self.lost:
+            return
+        self.leaving = True
+        self.queue(m.goaway(self.last_opened))
+        for st in list(self.streams.values()):
+            if st.user is not None:
+                st.user.going_away()
+        self._close_if_done()
+
+    def _peer_goes_away(self, last: int) -> None:
+        """Client side: the peer serves streams up to `last` and no new one; later ones it resets (unserved)."""
+        if self.leaving:
+            return
+        self.leaving = True
+        if self.on_goaway is not None:
+            self.on_goaway(self)
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if not self.streams and not self.lost:
+            self._write()
+            self.transport.close()
 
     # --- frames out --------------------------------------------------------------
     def queue(self, frame: bytes) -> None:
@@ -376,6 +412,8 @@ class MuxConnection(asyncio.Protocol):
     def forget(self, s: Stream) -> None:
         if self.streams.get(s.id) is s:
             del self.streams[s.id]
+            if self.leaving:
+                self._close_if_done()
 
     # --- asyncio plumbing ----------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -398,9 +436,13 @@ class MuxConnection(asyncio.Protocol):
                             if not flags & m.FLAG_OPEN:
                                 continue  # late data for a stream we already closed
                             raise m.MuxError(f"stream {sid} opened by the wrong side")
+                        if self.leaving:  # opened after our GOAWAY: never served, the caller sends it again
+                            self.queue(m.reset(sid, m.REFUSED_GOAWAY))
+                            continue
                         if len(self.streams) >= m.MAX_STREAMS:
                             self.queue(m.reset(sid, "too many streams"))
                             continue
+                        self.last_opened = sid
                         if flags & m.FLAG_TCP:
                             if self.on_tcp_stream is None:
                                 self.queue(m.reset(sid, "tcp streams not accepted"))
@@ -419,6 +461,8 @@ class MuxConnection(asyncio.Protocol):
                     self.peer_tcp = bool(flags & m.SETTINGS_TCP_STREAMS)
                     self.settings_seen = True
                     self._settle()
+                elif ftype == m.GOAWAY:
+                    self._peer_goes_away(m.goaway_last(payload))
                 elif s is not None:  # RESET
                     s._reset(payload.decode("utf-8", "replace"))
         except m.MuxError:

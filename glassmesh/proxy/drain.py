@@ -1,0 +1,96 @@
+"""A proxy that stops (SIGTERM) drains: nothing in flight is dropped, and callers move elsewhere.
+
+In order:
+
+1. It stops accepting at once: every listener but admin closes (the
+   connections already in a listener's queue are taken first, see
+   listeners.py). With SO_REUSEPORT a new proxy started on the same ports
+   takes every new connection from then on: a restart is "start the new one,
+   SIGTERM the old one".
+2. It tells its callers to move. An HTTP/1.1 connection (an app's, or a
+   peer's with the http1 peer protocol) gets `connection: close` on its next
+   response and an idle one is closed now. A peer's multiplexed connection
+   gets GOAWAY (glassmesh/protocols/mux.py): the peer opens no new stream
+   there and connects anew, the streams open finish, and the connection
+   closes with its last one. tcp links and upgraded tunnels run on.
+3. It waits until nothing accepted is left open, and exits (status 0) then,
+   or at the drain timeout, when it closes what is left.
+
+Meanwhile `/ready` on the admin port (still served) answers 503, draining,
+so that a health check stops sending here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from glassmesh.proxy.listeners import Listener, Listeners, _graceful
+from glassmesh.proxy.mux import Stream
+from glassmesh.proxy.runtime import Runtime, log
+
+DRAIN_TIMEOUT_S = 30.0  # --drain-timeout: how long a stopping proxy lets what is in flight finish
+# A peer's idle stream is left to the peer to close after GOAWAY (closing it here races a request
+# the peer is sending on it); one still idle this long after is closed here.
+IDLE_STREAM_GRACE_S = 1.0
+_POLL_S = 0.05  # how often it looks whether anything is left (the exit comes at most this late)
+
+
+class Drain:
+    """The state of a drain, for /ready: since when, how long it may take, how much is left."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.left = 0
+
+    def doc(self) -> dict[str, Any]:
+        return {"reason": f"draining: stopping (SIGTERM), {self.left} connection{'s' * (self.left != 1)} "
+                          f"still open, at most {max(0.0, self.started + self.timeout - time.monotonic()):.1f} s "
+                          "more",
+                "connections": self.left, "timeout_s": self.timeout}
+
+
+def _tell(rt: Runtime, stopped: list[Listener], elapsed: float) -> list[Any]:
+    """Ask everything open to finish (again: it is cheap, and connections taken from a queue come late).
+
+    Returns the connections still open.
+    """
+    left: list[Any] = []
+    for lst in stopped:
+        conns = lst.open_conns()
+        for p in conns:
+            _graceful(p)
+        left += conns
+    if elapsed >= IDLE_STREAM_GRACE_S:
+        for c in list(rt.conns):  # a peer that did not close its idle streams on GOAWAY
+            if isinstance(c.transport, Stream) and not c.queue and not c.transport.is_closing():
+                c.transport.close()
+    return left
+
+
+async def drain(rt: Runtime, listeners: Listeners, state: Drain, cut: asyncio.Event) -> None:
+    """Stop accepting, tell callers, wait for what is in flight (up to `state.timeout`, or `cut`)."""
+    stopped = listeners.stop_accepting()
+    rt.ready = False
+    deadline = state.started + state.timeout
+    while True:
+        now = time.monotonic()
+        left = _tell(rt, stopped, now - state.started)
+        state.left = len(left)
+        if not left:
+            log(f"drained in {now - state.started:.1f} s: nothing left in flight")
+            return
+        if now >= deadline or cut.is_set():
+            why = "a second stop signal" if cut.is_set() else f"the drain timeout ({state.timeout:g} s)"
+            log(f"closing {len(left)} connection{'s' * (len(left) != 1)} still open at {why}")
+            for p in left:
+                t = getattr(p, "transport", None)
+                if t is not None:
+                    t.abort()  # a close would wait for a reader that may never read
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(_POLL_S, max(0.0, deadline - now))):
+                await cut.wait()
