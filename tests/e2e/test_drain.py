@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import PROXY_CMD, Host, HttpConn, Mesh, Proc, get
-from tests.e2e.test_control_watch import wait_for
+from tests.e2e.test_control_watch import Topo, b_hosts, wait_for
 
 LOAD_S = 9
 
@@ -231,3 +231,41 @@ def test_the_old_proxy_leaves_the_new_ones_unix_socket_alone(mesh: Mesh) -> None
         c = HttpConn(sock=s)
         r = c.request("GET", "/via-socket", {"Host": "b", "Connection": "close"})
     assert r.status == 200, r
+
+
+def test_restarting_the_control_plane_and_controlled_proxies_under_load_fails_no_request(mesh: Mesh) -> None:
+    """A rolling restart of everything, as an operator does it: each proxy and the control plane in turn.
+
+    Each proxy (under the control plane, sharing its data dir with its
+    replacement) is replaced while `hey` calls through host1; the control
+    plane is SIGTERMed and started again on its ports (its long-polls end at
+    once, the proxies watch it again). A change applied afterwards reaches the
+    new proxies: they follow the restarted control plane.
+    """
+    topo = Topo(mesh)
+    topo.up()
+    h1, cp = topo.h1, topo.cp
+    load = hey(f"http://{h1.outbound}/get", LOAD_S)
+    try:
+        time.sleep(1.0)
+        for h in (topo.h2, topo.h1):
+            old = h.proxy
+            assert old is not None
+            h.start(cp.url)
+            wait_for(lambda h=h: h.proxy is not None and _serving(h.proxy), 20, f"{h.name}'s new proxy serving")
+            sigterm(old, 10)
+            time.sleep(1.0)
+        assert cp.proc is not None
+        sigterm(cp.proc, 5)
+        cp.start()
+        time.sleep(1.0)
+    finally:
+        statuses, out = hey_result(load)
+    assert set(statuses) == {200} and statuses[200] > 200, out
+    assert "Error distribution" not in out, out
+    cp.apply(topo.yaml(host3_runs_b=False))  # b leaves host3: host1 hears it from the restarted control plane
+    wait_for(lambda: b_hosts(get_config(h1.admin)) == ["host2"], 15, "host1 follows the restarted control plane")
+
+
+def get_config(admin: str) -> dict:
+    return json.loads(get(admin, "/config").body)

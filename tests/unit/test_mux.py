@@ -322,3 +322,36 @@ def test_a_tcp_stream_opens_at_once_and_a_server_without_tcp_resets_it(pair):
     assert len(tcp_servers) == 1 and servers == []
     assert s2.reset_reason == "tcp streams not accepted" and isinstance(rec2.lost, ConnectionResetError)
 
+
+
+def test_goaway_serves_open_streams_refuses_later_ones_and_closes_when_done(pair):
+    """A draining proxy's GOAWAY: the caller opens no stream there again; what was open finishes."""
+    client, server, servers, pump = pair
+    told: list[MuxConnection] = []
+    client.on_goaway = told.append
+    s1, c1 = client.open(Recorder)
+    s1.write(b"in flight")
+    pump()
+    assert server.last_opened == s1.id
+    server.go_away()
+    late, c_late = client.open(Recorder)  # sent before the GOAWAY arrives
+    late.write(b"too late")
+    pump()
+    assert told == [client] and not client.usable(), "the caller moves new streams elsewhere"
+    assert c_late.lost is not None and late.reset_reason == m.REFUSED_GOAWAY, "never served: safe to send again"
+    assert [r.data for r in servers] == [b"in flight"]
+    assert not server.transport.closed and not client.transport.closed, "the stream in flight runs on"
+    servers[0].transport.write(b"answer")
+    servers[0].transport.close()
+    pump()
+    assert c1.data == b"answer"
+    s1.close()
+    pump()
+    assert server.transport.closed and client.transport.closed, "both close with the last stream"
+
+
+def test_goaway_frame_round_trip():
+    (ftype, flags, sid, payload), = m.Decoder().feed(m.goaway(41))
+    assert (ftype, flags, sid) == (m.GOAWAY, 0, 0) and m.goaway_last(payload) == 41
+    with pytest.raises(m.MuxError):
+        m.goaway_last(b"\0")
