@@ -53,14 +53,14 @@ class Drain:
                 "connections": self.left, "timeout_s": self.timeout}
 
 
-def _tell(rt: Runtime, stopped: list[Listener], elapsed: float) -> list[Any]:
+def _tell(rt: Runtime, listeners: Listeners, stopped: list[Listener], elapsed: float) -> list[Any]:
     """Ask everything open to finish (again: it is cheap, and connections taken from a queue come late).
 
     Returns the connections still open.
     """
     left: list[Any] = []
     for lst in stopped:
-        conns = lst.open_conns()
+        conns = lst.open_conns(listeners.handshake_timeout() if lst.spec.tls else 1.0)
         for p in conns:
             _graceful(p)
         left += conns
@@ -78,7 +78,7 @@ async def drain(rt: Runtime, listeners: Listeners, state: Drain, cut: asyncio.Ev
     deadline = state.started + state.timeout
     while True:
         now = time.monotonic()
-        left = _tell(rt, stopped, now - state.started)
+        left = _tell(rt, listeners, stopped, now - state.started)
         state.left = len(left)
         if not left:
             log(f"drained in {now - state.started:.1f} s: nothing left in flight")

@@ -281,11 +281,15 @@ class Listener:
             self._prune_at = 2 * len(conns) + 64
         return proto
 
-    def open_conns(self) -> list[Any]:
-        """Its connections still open, and those still in their TLS handshake (not yet given a transport)."""
+    def open_conns(self, handshake_s: float) -> list[Any]:
+        """Its connections still open, and those that may still be in their TLS handshake.
+
+        A connection whose handshake fails is never given to its protocol, so
+        one without a transport counts only until the handshake timeout.
+        """
         now = time.monotonic()
         return [p for t, p in self.conns if _open(p) or (getattr(p, "transport", None) is None
-                                                         and now - t < _HANDSHAKE_S)]
+                                                         and now - t < handshake_s)]
 
 
 class Listeners:
@@ -413,7 +417,7 @@ class Listeners:
     async def _drain(self, lst: Listener, drain_s: float) -> None:
         deadline = time.monotonic() + drain_s
         while time.monotonic() < deadline:
-            conns = lst.open_conns()  # again each time: connections adopted from its queue come late
+            conns = lst.open_conns(self.handshake_timeout())  # again each time: adopted ones come late
             if not conns:
                 return
             for p in conns:
@@ -421,7 +425,7 @@ class Listeners:
             await asyncio.sleep(0.2)
         from glassmesh.proxy.runtime import log
 
-        conns = [p for p in lst.open_conns() if _open(p)]
+        conns = [p for p in lst.open_conns(0.0) if _open(p)]
         if conns:
             log(f"closing {len(conns)} connection{'s' * (len(conns) != 1)} of removed listener {lst.spec} "
                 f"after {drain_s:.0f}s")
