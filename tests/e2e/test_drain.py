@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import PROXY_CMD, Host, HttpConn, Mesh, Proc, get
+from tests.e2e.harness import PROXY_CMD, Host, HttpConn, Mesh, Proc, get, split
 from tests.e2e.test_control_watch import Topo, b_hosts, wait_for
 
 LOAD_S = 9
@@ -127,12 +127,13 @@ def test_restarting_each_proxy_under_load_fails_no_request(mesh: Mesh, peer_prot
     mesh.wait_ready(h2)  # the new ones answer on the admin port they share no longer
 
 
-@pytest.mark.parametrize("stopping", ["outbound", "inbound"])
-@pytest.mark.parametrize("peer_protocol", ["mux", "http1"])
+@pytest.mark.parametrize(("peer_protocol", "stopping", "workers"), [
+    ("mux", "outbound", 1), ("mux", "inbound", 1), ("http1", "outbound", 1), ("http1", "inbound", 1),
+    ("mux", "outbound", 2), ("mux", "inbound", 2)])
 def test_a_slow_request_in_flight_is_answered_and_the_proxy_exits_once_it_is(
-        mesh: Mesh, peer_protocol: str, stopping: str) -> None:
+        mesh: Mesh, peer_protocol: str, stopping: str, workers: int) -> None:
     h1, h2 = two_hosts(mesh, peer_protocol)
-    mesh.start()
+    mesh.start(workers=workers)
     host = h1 if stopping == "outbound" else h2
     proc = host.proxy
     assert proc is not None
@@ -269,3 +270,31 @@ def test_restarting_the_control_plane_and_controlled_proxies_under_load_fails_no
 
 def get_config(admin: str) -> dict:
     return json.loads(get(admin, "/config").body)
+
+
+@pytest.mark.parametrize("stopping", ["host1", "host2"])
+def test_a_tcp_link_runs_on_while_draining_and_is_closed_at_the_drain_timeout(mesh: Mesh, stopping: str) -> None:
+    h1, h2 = mesh.add_host("host1"), mesh.add_host("host2")
+    listen = h1.tcp_link("a", "db")
+    h2.tcp_app("db")
+    (h1 if stopping == "host1" else h2).proxy_args = ["--drain-timeout", "2"]
+    mesh.start()
+    proc = (h1 if stopping == "host1" else h2).proxy
+    assert proc is not None
+    with socket.create_connection(split(listen), timeout=10) as s:
+        s.sendall(b"before\n")
+        assert s.recv(100) == b"before\n"
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(1.0)
+        s.sendall(b"while draining\n")
+        assert s.recv(100) == b"while draining\n", "the link runs on during the drain"
+        s.settimeout(5)
+        try:
+            rest = s.recv(100)
+        except ConnectionResetError:
+            rest = b""
+        cut = time.monotonic() - t0
+    assert rest == b"" and 1.5 < cut < 4.5, (rest, cut)
+    assert proc.popen.wait(5) == 0, proc.log_text()
+    assert "closing 1 connection still open at the drain timeout (2 s)" in proc.log_text(), proc.log_text()
