@@ -28,13 +28,13 @@ import time
 from typing import Any
 
 from glassmesh.proxy.listeners import Listener, Listeners, _graceful
-from glassmesh.proxy.mux import Stream
 from glassmesh.proxy.runtime import Runtime, log
 
 DRAIN_TIMEOUT_S = 30.0  # --drain-timeout: how long a stopping proxy lets what is in flight finish
 # A peer's idle stream is left to the peer to close after GOAWAY (closing it here races a request
-# the peer is sending on it); one still idle this long after is closed here.
-IDLE_STREAM_GRACE_S = 1.0
+# the peer is sending on it), and a connection just accepted gets its first request answered; one
+# still without a request this long after the drain began is closed.
+IDLE_GRACE_S = 1.0
 _POLL_S = 0.05  # how often it looks whether anything is left (the exit comes at most this late)
 
 
@@ -64,10 +64,11 @@ def _tell(rt: Runtime, listeners: Listeners, stopped: list[Listener], elapsed: f
         for p in conns:
             _graceful(p)
         left += conns
-    if elapsed >= IDLE_STREAM_GRACE_S:
-        for c in list(rt.conns):  # a peer that did not close its idle streams on GOAWAY
-            if isinstance(c.transport, Stream) and not c.queue and not c.transport.is_closing():
-                c.transport.close()
+    if elapsed >= IDLE_GRACE_S:
+        for c in list(rt.conns):
+            t = c.transport
+            if t is not None and not c.queue and not t.is_closing():
+                t.close()
     return left
 
 
@@ -80,7 +81,7 @@ async def drain(rt: Runtime, listeners: Listeners, state: Drain, cut: asyncio.Ev
         now = time.monotonic()
         left = _tell(rt, listeners, stopped, now - state.started)
         state.left = len(left)
-        if not left:
+        if not left and not listeners.adopting:
             log(f"drained in {now - state.started:.1f} s: nothing left in flight")
             return
         if now >= deadline or cut.is_set():

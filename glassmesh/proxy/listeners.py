@@ -255,7 +255,9 @@ def _graceful(proto: Any) -> None:
     conn = t.get_protocol() if hasattr(t, "get_protocol") else proto  # the inbound handshake hands over
     if isinstance(conn, ServerConn):
         conn.closing = True  # its next response says `connection: close`
-        if not conn.queue:
+        # Idle after a request: closed now. One that has not sent its first request yet (just accepted,
+        # its request on the way) gets it answered; closing it would reset a request already sent.
+        if not conn.queue and conn.p_version() != "0.0":
             conn.flush()
     elif isinstance(conn, MuxConnection):
         conn.go_away()
@@ -309,6 +311,9 @@ class Listeners:
         self.handshake_timeout = handshake_timeout
         self.by_key: dict[str, Listener] = {}
         self.draining: set[asyncio.Task[None]] = set()
+        # Connections taken from the queue of a listener that stopped accepting, being set up (a drain
+        # that ended before they are would reset them).
+        self.adopting: set[asyncio.Task[None]] = set()
 
     def specs(self) -> dict[str, Spec]:
         return {k: lst.spec for k, lst in self.by_key.items()}
@@ -382,7 +387,9 @@ class Listeners:
         if self.owns_paths:
             unlink_unix(lst.spec.key)
         if waiting:
-            self._spawn(self._adopt(lst, waiting))
+            task = self._spawn(self._adopt(lst, waiting))
+            self.adopting.add(task)
+            task.add_done_callback(self.adopting.discard)
 
     async def _adopt(self, lst: Listener, socks: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
