@@ -36,6 +36,19 @@ DRAIN_TIMEOUT_S = 30.0  # --drain-timeout: how long a stopping proxy lets what i
 # still without a request this long after the drain began is closed.
 IDLE_GRACE_S = 1.0
 _POLL_S = 0.05  # how often it looks whether anything is left (the exit comes at most this late)
+# Linux >= 5.14: when a listening socket closes, connections in its queue or still in their TCP
+# handshake go to another socket on the port (the new proxy's) instead of being reset.
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def _migrate_hint() -> str:
+    try:
+        with open(MIGRATE_REQ) as f:
+            on = f.read().strip() != "0"
+    except OSError:
+        return ""
+    return "" if on else (" (net.ipv4.tcp_migrate_req is 0: a connection whose TCP handshake is under way as a "
+                          "port closes is reset; set it to 1 to hand it to a proxy started on the same port)")
 
 
 class Drain:
@@ -76,6 +89,8 @@ async def drain(rt: Runtime, listeners: Listeners, state: Drain, cut: asyncio.Ev
     """Stop accepting, tell callers, wait for what is in flight (up to `state.timeout`, or `cut`)."""
     stopped = listeners.stop_accepting()
     rt.ready = False
+    log(f"draining: stopped accepting on {len(stopped)} listener{'s' * (len(stopped) != 1)}; what is in flight "
+        f"has up to {state.timeout:g} s{_migrate_hint()}")
     deadline = state.started + state.timeout
     while True:
         now = time.monotonic()
