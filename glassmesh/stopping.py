@@ -14,6 +14,10 @@ minutes and held its ports:
   what it was still waiting for (each pending asyncio task and where it is,
   or where the event loop's thread is stuck when the loop cannot answer) and
   exits with status 1.
+
+A proxy drains before it stops (up to its --drain-timeout, glassmesh/proxy/
+drain.py): its deadline is that drain plus `deadline_s` to close, so a drain
+is never cut by the deadline and a stop still cannot hang for ever.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable
 
-STOP_DEADLINE_S = 10.0  # after SIGTERM, a process exits within this no matter what (status 1 when forced)
-_ENV = "GLASSMESH_STOP_DEADLINE_S"  # overrides it (seconds), e.g. for a longer drain
+# After SIGTERM (and after its drain, for a proxy), a process exits within this no matter what
+# (status 1 when forced).
+STOP_DEADLINE_S = 10.0
+_ENV = "GLASSMESH_STOP_DEADLINE_S"  # overrides it (seconds)
 
 
 def deadline_s() -> float:
@@ -103,10 +109,15 @@ def describe(tasks: Iterable[asyncio.Future[object]]) -> str:
 
 
 class StopDeadline:
-    """Arm once on the first stop signal; past the deadline, log what is pending and exit(1)."""
+    """Arm once on the first stop signal; past the deadline, log what is pending and exit(1).
 
-    def __init__(self, who: str, log: Callable[[str], None]) -> None:
+    The deadline is `drain_s` (the time the process may take to finish what is
+    in flight) plus `deadline_s()` (to close once that is over).
+    """
+
+    def __init__(self, who: str, log: Callable[[str], None], drain_s: float = 0.0) -> None:
         self.who, self.log = who, log
+        self.drain_s = max(0.0, drain_s)
         self.armed_by = ""
         self._lock = threading.Lock()
 
@@ -115,7 +126,7 @@ class StopDeadline:
             if self.armed_by:
                 return
             self.armed_by = why
-        limit = deadline_s()
+        limit = self.drain_s + deadline_s()
         threading.Thread(target=self._expire, args=(loop, limit), name="stop-deadline", daemon=True).start()
 
     def _expire(self, loop: asyncio.AbstractEventLoop, limit: float) -> None:

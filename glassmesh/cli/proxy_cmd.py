@@ -43,12 +43,17 @@ def _control_urls(ctx: click.Context, param: click.Parameter, value: str | None)
                    "join trusts it.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes sharing the listening ports (SO_REUSEPORT).")
+@click.option("--drain-timeout", "drain_timeout", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
+              metavar="SECONDS",
+              help="On SIGTERM the proxy stops accepting, lets what is in flight finish for up to this long "
+                   "(exiting as soon as nothing is left), then closes the rest.")
 @click.option("--access-log", type=click.Path(dir_okay=False), default=None,
               help="Append one JSON line per request to this file.")
 @click.option("--tls-keylog", type=click.Path(dir_okay=False), default=None,
               help="Write TLS session keys here (NSS key log format) so Wireshark/tshark can decrypt captures.")
 def proxy(config: str | None, control: str | None, host: str | None, data_dir: str | None, join: str | None,
-          ca_sha256: str | None, workers: int, access_log: str | None, tls_keylog: str | None) -> None:
+          ca_sha256: str | None, workers: int, drain_timeout: float, access_log: str | None,
+          tls_keylog: str | None) -> None:
     """Run the data plane of one host: outbound listeners, the mTLS inbound port, tcp links and admin."""
     from glassmesh.model.snapshot import SnapshotError
     from glassmesh.proxy.server import StartupError, run
@@ -74,7 +79,7 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
             from glassmesh.proxy.watch import run_controlled
 
             run_controlled(",".join(urls), host, data_dir, seed=config, workers=workers, keylog=tls_keylog,
-                           access_log=access_log, join=join, ca_sha256=ca_sha256)
+                           access_log=access_log, join=join, ca_sha256=ca_sha256, drain_s=drain_timeout)
             return
         if config is None:
             raise click.UsageError("give --config FILE, or --control URL --host NAME --data DIR (or, to join, "
@@ -84,6 +89,6 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
                                    "`glassmesh host join` writes one)")
         if host or data_dir or join:
             raise click.UsageError("--host, --data and --join go with --control")
-        run(config, workers=workers, keylog=tls_keylog, access_log=access_log)
+        run(config, workers=workers, keylog=tls_keylog, access_log=access_log, drain_s=drain_timeout)
     except errors as e:
         raise click.ClickException(str(e)) from None

@@ -27,6 +27,13 @@ Frame: a 10-byte header, then `length` bytes of payload.
             flags: TCP_STREAMS, the accepting side takes tcp streams (older proxies send
             no flags and ignore them, so a caller falls back to a TLS connection per
             tcp-link connection, ALPN glassmesh-tcp/1, toward them).
+    GOAWAY  stream 0, sent by the accepting side when it stops (SIGTERM): payload u32, the
+            highest stream id it has opened for the peer, the last it will serve. Streams
+            up to it run to their end; a later one is reset with reason "goaway" and was not
+            seen by any app, so the sender may send it anywhere again. The connecting side
+            opens no new stream on this connection from then on (it connects anew: to
+            another endpoint, or to the proxy that replaced this one on the same port) and
+            closes it once its last stream is done.
 
 Versions, for a fleet that runs two releases at once. The major version is in
 the ALPN token (glassmesh-mux/1): a proxy offers the majors it speaks and TLS
@@ -56,6 +63,7 @@ DATA: Final = 0
 WINDOW: Final = 1
 RESET: Final = 2
 SETTINGS: Final = 3
+GOAWAY: Final = 4
 
 FLAG_OPEN: Final = 1
 FLAG_FIN: Final = 2
@@ -63,7 +71,10 @@ FLAG_TCP: Final = 4
 SETTINGS_TCP_STREAMS: Final = 1  # SETTINGS flag
 SETTING_VERSION: Final = 1  # SETTINGS id: major << 16 | minor
 MAJOR: Final = 1  # must match the ALPN token's
-MINOR: Final = 1  # 1: SETTINGS carry settings and come from both sides; unknown frames and settings are skipped
+# 1: SETTINGS carry settings and come from both sides; unknown frames and settings are skipped.
+# 2: GOAWAY (sent only to a peer whose SETTINGS say 2 or later).
+MINOR: Final = 2
+MINOR_GOAWAY: Final = 2
 _SETTING = struct.Struct("!HI")
 
 HEADER = struct.Struct("!IBBI")
@@ -136,6 +147,20 @@ def version_refusal(settings: dict[int, int]) -> str:
         return ""
     return (f"peer speaks glassmesh-mux {v >> 16}.{v & 0xFFFF}, this proxy {MAJOR}.{MINOR}: "
             f"incompatible major version (set peer_protocol: http1 to carry HTTP/1.1 over TLS between them)")
+
+
+def goaway(last_stream: int) -> bytes:
+    return HEADER.pack(4, GOAWAY, 0, 0) + _U32.pack(last_stream)
+
+
+def goaway_last(payload: bytes) -> int:
+    if len(payload) != 4:
+        raise MuxError("GOAWAY frame payload must be 4 bytes")
+    (n,) = _U32.unpack(payload)
+    return int(n)
+
+
+REFUSED_GOAWAY: Final = "goaway"  # the RESET reason of a stream opened after the peer's GOAWAY: never served
 
 
 def reset(stream: int, reason: str = "") -> bytes:

@@ -38,6 +38,7 @@ from glassmesh.protocols.http1 import (
     status_line,
 )
 from glassmesh.protocols.http2 import Refusal
+from glassmesh.protocols.mux import REFUSED_GOAWAY
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.mux import StreamUser
 from glassmesh.proxy.pool import ConnectError, Pool
@@ -256,6 +257,14 @@ class ServerConn(StreamUser):
 
     def write(self, data: bytes) -> None:
         self.wbuf.append(data)
+
+    def going_away(self) -> None:
+        """Its peer connection sent GOAWAY (this proxy drains): the response in flight says `connection: close`.
+
+        An idle one stays: the caller closes it on GOAWAY (closing it here would
+        race a request the caller is sending on it).
+        """
+        self.closing = True
 
     def flush(self) -> None:
         wb = self.wbuf
@@ -710,7 +719,7 @@ class UpstreamConn(StreamUser):
                 client.flush()
                 client.transport.close()
             return
-        if not self.got_bytes and replayable(ex) and self._replay(ex, client):
+        if not self.got_bytes and (replayable(ex) or unserved(ex, self.transport)) and self._replay(ex, client):
             return
         client._mesh_error(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
                            "connection before answering")
@@ -1075,6 +1084,17 @@ def replayable(ex: Exchange) -> bool:
     `Expect: 100-continue`, follows the new head).
     """
     if ex.replays >= MAX_REPLAYS or ex.upgrade or ex.method not in IDEMPOTENT:
+        return False
+    return ex.req_done if ex.framing == Framing.NONE else not ex.body_sent
+
+
+def unserved(ex: Exchange, transport: Any) -> bool:
+    """Whether ex's stream was refused by a draining peer (reset after its GOAWAY): no app saw it, any method may go again.
+
+    Only while all of it can still be sent (no body, or none of it sent yet),
+    and a bounded number of times.
+    """
+    if getattr(transport, "reset_reason", "") != REFUSED_GOAWAY or ex.upgrade or ex.replays >= MAX_TRIES:
         return False
     return ex.req_done if ex.framing == Framing.NONE else not ex.body_sent
 

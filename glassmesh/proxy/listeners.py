@@ -40,6 +40,9 @@ from typing import Any
 from glassmesh.model.snapshot import Snapshot, SnapshotError, split_address
 
 DRAIN_S = 30.0  # how long connections of a removed listener may run on before they are closed
+# Unix socket files this process created, as (device, inode): one that a proxy started since (a restart
+# binds the path anew) is no longer ours to remove.
+_made: dict[str, tuple[int, int]] = {}
 _HANDSHAKE_S = 60.0  # a protocol made for a connection that never came up is forgotten after this
 
 
@@ -151,19 +154,26 @@ def _bind_unix(spec: Spec) -> socket.socket:
         os.chmod(path, mode)
         if spec.group is not None:
             os.chown(path, -1, grp.getgrnam(spec.group).gr_gid)
+        st = os.lstat(path)
+        _made[path] = (st.st_dev, st.st_ino)
     except (OSError, KeyError) as e:
         sock.close()
         raise StartupError(f"cannot listen on {path}: {e}") from None
     return sock
 
 
-def bind_address(addr: str, reuse_port: bool) -> socket.socket:
-    """A listening TCP socket on `addr`; StartupError naming the address when it is taken."""
+def bind_address(addr: str) -> socket.socket:
+    """A listening TCP socket on `addr`; StartupError naming the address when it is taken.
+
+    Always SO_REUSEPORT: the workers of one proxy share a port so, and so do
+    an old proxy that drains and the new one started in its place (a restart
+    that refuses no connection). A port held by any other program (without
+    SO_REUSEPORT, or as another user) is still refused.
+    """
     host, port = split_address(addr)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -175,7 +185,7 @@ def bind_address(addr: str, reuse_port: bool) -> socket.socket:
 
 
 def bind(spec: Spec, copies: int = 1) -> list[socket.socket]:
-    """`copies` sockets for one listener: SO_REUSEPORT ones for a port when copies > 1, one for a unix path."""
+    """`copies` sockets for one listener: SO_REUSEPORT ones for a port, one for a unix path."""
     if spec.unix:
         sock = _bind_unix(spec)
         sock.listen(4096)
@@ -184,7 +194,7 @@ def bind(spec: Spec, copies: int = 1) -> list[socket.socket]:
     out: list[socket.socket] = []
     try:
         for _ in range(copies):
-            out.append(bind_address(spec.key, copies > 1))
+            out.append(bind_address(spec.key))
     except StartupError:
         close_all(out)
         raise
@@ -212,10 +222,14 @@ def close_all(socks: Iterable[socket.socket]) -> None:
 
 
 def unlink_unix(key: str) -> None:
+    """Remove a unix socket file this process made (not one a proxy started since made in its place)."""
     if key.startswith("/"):
         with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(key).st_mode):
+            st = os.lstat(key)
+            made = _made.get(key)
+            if stat.S_ISSOCK(st.st_mode) and (made is None or made == (st.st_dev, st.st_ino)):
                 os.unlink(key)
+                _made.pop(key, None)
 
 
 # --------------------------------------------------------------------------- serving
@@ -230,8 +244,10 @@ def _open(proto: Any) -> bool:
 
 
 def _graceful(proto: Any) -> None:
-    """Close an HTTP client connection after the response in flight (at once when idle); others run on."""
+    """Close an HTTP client connection after the response in flight (at once when idle); a peer's
+    multiplexed one once its streams are done (GOAWAY: it opens no more); others run on."""
     from glassmesh.proxy.http import ServerConn  # the compiled connection class (import cost: none here)
+    from glassmesh.proxy.mux import MuxConnection
 
     t = getattr(proto, "transport", None)
     if t is None or t.is_closing():
@@ -239,8 +255,12 @@ def _graceful(proto: Any) -> None:
     conn = t.get_protocol() if hasattr(t, "get_protocol") else proto  # the inbound handshake hands over
     if isinstance(conn, ServerConn):
         conn.closing = True  # its next response says `connection: close`
-        if not conn.queue:
+        # Idle after a request: closed now. One that has not sent its first request yet (just accepted,
+        # its request on the way) gets it answered; closing it would reset a request already sent.
+        if not conn.queue and conn.p_version() != "0.0":
             conn.flush()
+    elif isinstance(conn, MuxConnection):
+        conn.go_away()
 
 
 class Listener:
@@ -263,8 +283,15 @@ class Listener:
             self._prune_at = 2 * len(conns) + 64
         return proto
 
-    def open_conns(self) -> list[Any]:
-        return [p for _, p in self.conns if _open(p)]
+    def open_conns(self, handshake_s: float) -> list[Any]:
+        """Its connections still open, and those that may still be in their TLS handshake.
+
+        A connection whose handshake fails is never given to its protocol, so
+        one without a transport counts only until the handshake timeout.
+        """
+        now = time.monotonic()
+        return [p for t, p in self.conns if _open(p) or (getattr(p, "transport", None) is None
+                                                         and now - t < handshake_s)]
 
 
 class Listeners:
@@ -284,6 +311,9 @@ class Listeners:
         self.handshake_timeout = handshake_timeout
         self.by_key: dict[str, Listener] = {}
         self.draining: set[asyncio.Task[None]] = set()
+        # Connections taken from the queue of a listener that stopped accepting, being set up (a drain
+        # that ended before they are would reset them).
+        self.adopting: set[asyncio.Task[None]] = set()
 
     def specs(self) -> dict[str, Spec]:
         return {k: lst.spec for k, lst in self.by_key.items()}
@@ -339,11 +369,52 @@ class Listeners:
         return task
 
     def _stop_accepting(self, lst: Listener) -> None:
+        """Close the listening socket; connections already in its accept queue are served, not reset.
+
+        Closing a listening socket resets what waits in its queue, even when
+        another process listens on the same port (SO_REUSEPORT keeps one queue
+        per socket): they are taken first, between the event loop's last accept
+        and the close.
+        """
         if lst.server is not None:
-            lst.server.close()
+            lst.server.close()  # the loop's copy: no more accepts there
+        waiting: list[socket.socket] = []
+        with contextlib.suppress(OSError):
+            lst.sock.setblocking(False)
+            while True:
+                waiting.append(lst.sock.accept()[0])
         lst.sock.close()
         if self.owns_paths:
             unlink_unix(lst.spec.key)
+        if waiting:
+            task = self._spawn(self._adopt(lst, waiting))
+            self.adopting.add(task)
+            task.add_done_callback(self.adopting.discard)
+
+    async def _adopt(self, lst: Listener, socks: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        kw: dict[str, Any] = {}
+        if lst.spec.tls:
+            kw = {"ssl": self.tls(), "ssl_handshake_timeout": self.handshake_timeout()}
+
+        async def one(sock: socket.socket) -> None:
+            try:
+                await loop.connect_accepted_socket(lst.accept, sock, **kw)
+            except (TimeoutError, OSError):  # a handshake that failed: as it would have on the listener
+                sock.close()
+
+        await asyncio.gather(*(one(s) for s in socks))
+
+    def stop_accepting(self, keep: tuple[str, ...] = ("admin",)) -> list[Listener]:
+        """The proxy stops (SIGTERM): every listener but those of kinds `keep` stops accepting now.
+
+        Returns them: their open connections are the ones still in flight.
+        """
+        gone = [lst for lst in self.by_key.values() if lst.spec.kind not in keep]
+        for lst in gone:
+            del self.by_key[lst.spec.key]
+            self._stop_accepting(lst)
+        return gone
 
     def retire(self, lst: Listener, drain_s: float = DRAIN_S) -> asyncio.Task[None]:
         """Stop accepting on `lst` now; its connections finish (HTTP ones close when idle), up to drain_s."""
@@ -352,22 +423,22 @@ class Listeners:
 
     async def _drain(self, lst: Listener, drain_s: float) -> None:
         deadline = time.monotonic() + drain_s
-        conns = lst.open_conns()
-        for p in conns:
-            _graceful(p)
         while time.monotonic() < deadline:
-            conns = [p for p in conns if _open(p)]
+            conns = lst.open_conns(self.handshake_timeout())  # again each time: adopted ones come late
             if not conns:
                 return
+            for p in conns:
+                _graceful(p)
             await asyncio.sleep(0.2)
         from glassmesh.proxy.runtime import log
 
-        conns = [p for p in conns if _open(p)]
+        conns = [p for p in lst.open_conns(0.0) if _open(p)]
         if conns:
             log(f"closing {len(conns)} connection{'s' * (len(conns) != 1)} of removed listener {lst.spec} "
                 f"after {drain_s:.0f}s")
         for p in conns:
-            p.transport.close()
+            if _open(p):
+                p.transport.close()
 
     def forget(self) -> None:
         """In a process just forked: close its copies of these sockets (the parent serves them).

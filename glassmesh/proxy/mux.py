@@ -54,6 +54,9 @@ class StreamUser(asyncio.Protocol):
     def resume_writing(self) -> None:
         pass
 
+    def going_away(self) -> None:
+        """The connection this stream is on sent GOAWAY: no new request on it (the one in flight finishes)."""
+
 
 class Stream:
     """One virtual connection; implements the parts of asyncio.Transport the proxy uses."""
@@ -284,10 +287,12 @@ class MuxConnection(asyncio.Protocol):
 
     def __init__(self, on_stream: Callable[[], Any] | None = None,
                  on_lost: Callable[[MuxConnection], None] | None = None, workers: int = 1,
-                 on_tcp_stream: Callable[[], Any] | None = None) -> None:
+                 on_tcp_stream: Callable[[], Any] | None = None,
+                 on_goaway: Callable[[MuxConnection], None] | None = None) -> None:
         self.on_stream = on_stream  # server side: makes the protocol of a new stream
         self.on_tcp_stream = on_tcp_stream  # server side: ... of a new tcp stream (None: refused)
         self.on_lost = on_lost
+        self.on_goaway = on_goaway  # client side: the peer said GOAWAY (the pool stops using this connection)
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] | None = None  # transport.write, bound once
         self.loop = asyncio.get_event_loop()
@@ -312,6 +317,11 @@ class MuxConnection(asyncio.Protocol):
         self.active = True
         self.idle_since = 0.0
         self.settings_waiters: list[asyncio.Future[bool]] = []
+        # GOAWAY, sent (server side, the proxy drains) or received (client side): no new stream on this
+        # connection, which closes once its last stream is done.
+        self.leaving = False
+        self.goaway_sent = False  # leaving, and the peer was told (it knows GOAWAY: mux minor 2 and later)
+        self.last_opened = 0  # server side: the highest stream id the peer opened (what GOAWAY names)
 
     # --- client side -------------------------------------------------------------
     def open(self, factory: Callable[[], Any], tcp: bool = False) -> tuple[Stream, Any]:
@@ -342,7 +352,38 @@ class MuxConnection(asyncio.Protocol):
                 f.set_result(self.settings_seen)
 
     def usable(self) -> bool:
-        return not self.lost and not self.transport.is_closing() and len(self.streams) < m.MAX_STREAMS
+        return (not self.lost and not self.leaving and not self.transport.is_closing()
+                and len(self.streams) < m.MAX_STREAMS)
+
+    # --- going away (a proxy that drains; see glassmesh/proxy/drain.py) -------------
+    def go_away(self) -> None:
+        """Server side: serve the streams open now, refuse later ones, close once they are done."""
+        if self.leaving or self.lost:
+            return
+        self.leaving = True
+        if self.peer_version & 0xFFFF >= m.MINOR_GOAWAY:
+            self.goaway_sent = True
+            self.queue(m.goaway(self.last_opened))
+        # A peer of an older release cannot read GOAWAY nor resend a refused stream: its streams are served
+        # until the connection is idle, then it is closed, and the peer connects anew (to our successor).
+        for st in list(self.streams.values()):
+            if st.user is not None:
+                st.user.going_away()
+        self._close_if_done()
+
+    def _peer_goes_away(self, last: int) -> None:
+        """Client side: the peer serves streams up to `last` and no new one; later ones it resets (unserved)."""
+        if self.leaving:
+            return
+        self.leaving = True
+        if self.on_goaway is not None:
+            self.on_goaway(self)
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if not self.streams and not self.lost:
+            self._write()
+            self.transport.close()
 
     # --- frames out --------------------------------------------------------------
     def queue(self, frame: bytes) -> None:
@@ -386,6 +427,8 @@ class MuxConnection(asyncio.Protocol):
     def forget(self, s: Stream) -> None:
         if self.streams.get(s.id) is s:
             del self.streams[s.id]
+            if self.leaving:
+                self._close_if_done()
 
     # --- asyncio plumbing ----------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -410,9 +453,13 @@ class MuxConnection(asyncio.Protocol):
                             if not flags & m.FLAG_OPEN:
                                 continue  # late data for a stream we already closed
                             raise m.MuxError(f"stream {sid} opened by the wrong side")
+                        if self.goaway_sent:  # opened after our GOAWAY: never served, the caller sends it again
+                            self.queue(m.reset(sid, m.REFUSED_GOAWAY))
+                            continue
                         if len(self.streams) >= m.MAX_STREAMS:
                             self.queue(m.reset(sid, "too many streams"))
                             continue
+                        self.last_opened = sid
                         if flags & m.FLAG_TCP:
                             if self.on_tcp_stream is None:
                                 self.queue(m.reset(sid, "tcp streams not accepted"))
@@ -437,6 +484,8 @@ class MuxConnection(asyncio.Protocol):
                     self.peer_version = settings[m.SETTING_VERSION]
                     self.settings_seen = True
                     self._settle()
+                elif ftype == m.GOAWAY:
+                    self._peer_goes_away(m.goaway_last(payload))
                 elif ftype == m.RESET:
                     if s is not None:
                         s._reset(payload.decode("utf-8", "replace"))

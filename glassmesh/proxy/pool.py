@@ -135,7 +135,7 @@ class Pool:
         waiters: list[asyncio.Future[MuxConnection]] = []
         self._mux_waiters = waiters
         try:
-            _, conn = await self._connect(lambda: MuxConnection(on_lost=self._mux_lost))
+            _, conn = await self._connect(lambda: MuxConnection(on_lost=self._mux_lost, on_goaway=self._mux_goaway))
         except BaseException as e:
             for f in waiters:
                 if not f.done():
@@ -175,6 +175,22 @@ class Pool:
             return
         if self.closed:  # the endpoint left the snapshot while we connected
             conn.transport.close()
+
+    def _mux_goaway(self, conn: MuxConnection) -> None:
+        """The peer drains (GOAWAY): no request goes on `conn` again; those in flight finish.
+
+        The connection is no longer usable (new streams open on another one, which
+        reaches the proxy that replaced the peer on its port, or another endpoint);
+        its idle streams are closed now, so that no kept-alive stream carries a new
+        request there, and the connection closes with its last stream.
+        """
+        keep = []
+        for c in self.idle:
+            if getattr(c.transport, "conn", None) is conn:
+                c.close()
+            else:
+                keep.append(c)
+        self.idle = keep
 
     def _mux_lost(self, conn: MuxConnection) -> None:
         if conn in self.muxes:

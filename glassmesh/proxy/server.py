@@ -35,6 +35,7 @@ from glassmesh.protocols.http1 import reseed
 from glassmesh.proxy import runtime as runtime_mod
 from glassmesh.proxy import stats as stats_mod
 from glassmesh.proxy.admin import AdminProtocol, json_body
+from glassmesh.proxy.drain import DRAIN_TIMEOUT_S, Drain, drain
 from glassmesh.proxy.http import ServerConn
 from glassmesh.proxy.inbound import InboundHandshake
 from glassmesh.proxy.listeners import (
@@ -53,7 +54,7 @@ from glassmesh.proxy.runtime import AccessLog, Runtime, log
 from glassmesh.proxy.sides import OutboundSide
 from glassmesh.proxy.tcp import TcpLinkClient
 from glassmesh.proxy.tls import listener_context
-from glassmesh.stopping import StopDeadline, on_stop_signals
+from glassmesh.stopping import StopDeadline, deadline_s, on_stop_signals
 from glassmesh.systemd import notify as sd
 
 if TYPE_CHECKING:  # the control-plane watch (aiohttp) is only imported by proxies started with --control
@@ -75,6 +76,7 @@ class Options:
     workers: int = 1
     keylog: str | None = None
     access_log: str | None = None
+    drain_s: float = DRAIN_TIMEOUT_S  # after SIGTERM, what is in flight may take this long (drain.py)
 
 
 class Worker:
@@ -95,6 +97,7 @@ class Worker:
                                    handshake_timeout=lambda: self.rt.timeouts.connect_ms / 1000)
         self.offered: dict[str, socket.socket] = {}  # sockets from the supervisor, not yet served
         self.started = time.time()
+        self.draining: Drain | None = None  # once stopping (SIGTERM)
         self.last_reload: dict[str, Any] = {"version": snap.version, "accepted": True, "at": time.time()}
 
     def wanted(self, snap: Snapshot) -> dict[str, Spec]:
@@ -133,6 +136,8 @@ class Worker:
         `version`: the supervisor wrote at least this version and sent its
         sockets; a later one in the file has its own message on the way.
         """
+        if self.draining is not None:
+            return
         try:
             snap = load_snapshot(self.config_path)
         except Exception as e:
@@ -190,6 +195,8 @@ class Worker:
         the table is swapped, then they are served and removed ones drain.
         """
         try:
+            if self.draining is not None:
+                raise StartupError("the proxy is stopping")
             new = self.wanted(snap)
             change = plan(self.listeners.specs(), new)
             if not self.supervised:
@@ -238,14 +245,18 @@ class Worker:
 
     def ready_doc(self) -> dict[str, Any]:
         snap = self.rt.snapshot
-        return {
-            "ready": self.rt.ready,
+        doc = {
+            "ready": self.rt.ready and self.draining is None,
             "host": snap.host,
             "snapshot_version": snap.version,
             "last_reload": self.last_reload,
             "listeners": self.listeners.addresses(),
             "hot_path": hot_path_doc(),
         }
+        if self.draining is not None:
+            doc["draining"] = d = self.draining.doc()
+            doc["reason"] = d["reason"]
+        return doc
 
 
 def _admin_routes(
@@ -303,14 +314,20 @@ async def _serve_single(config_path: str, snap: Snapshot, opts: Options, access_
             + f"; hot path: {hot_path()}")
     if attach is not None:
         await attach.start(w)
-    stop = asyncio.Event()
-    on_stop_signals(loop, stop.set, StopDeadline("worker" if admin_unix else "proxy", log))
+    stop, cut = asyncio.Event(), asyncio.Event()
+    on_stop_signals(loop, lambda: (cut if stop.is_set() else stop).set(),
+                    StopDeadline("worker" if admin_unix else "proxy", log, drain_s=opts.drain_s))
     loop.add_signal_handler(signal.SIGHUP, sd.around_reload(w.reload))
     sd.ready(f"serving snapshot version {w.rt.snapshot.version}")  # a worker's words go nowhere (notify.py)
     await stop.wait()
     sd.stopping()
+    loop.add_signal_handler(signal.SIGHUP, log, "SIGHUP ignored: the proxy is stopping")
+    # Drain first (listeners close now); the control-plane watch ends meanwhile. Admin answers on.
+    w.draining = Drain(opts.drain_s)
+    draining = loop.create_task(drain(w.rt, w.listeners, w.draining, cut))
     if attach is not None:
         await attach.stop()
+    await draining
     if admin is not None:
         admin.close()
     await w.stop()
@@ -388,10 +405,15 @@ class _Held:
             unlink_unix(spec.key)
         self.specs = new
 
-    def close(self) -> None:
+    def stop_listening(self) -> None:
+        """The supervisor stops: let go of its copies of the ports (each worker holds its own until it has drained)."""
         for key, socks in self.socks.items():
             close_all(socks)
             unlink_unix(key)
+        self.socks = {}
+
+    def close(self) -> None:
+        self.stop_listening()
         for c in self.chans:
             if c is not None:
                 c.close()
@@ -441,6 +463,7 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
     rundir = tempfile.mkdtemp(prefix="glassmesh-proxy-")
     socks = [os.path.join(rundir, f"worker-{i}.sock") for i in range(workers)]
     current = {"snap": snap}
+    stopping: dict[str, Drain] = {}  # "drain", once SIGTERMed
     routes: dict[str, Any] = {}
     admin = Listeners(lambda spec: (lambda: AdminProtocol(routes)), lambda: None)
     # Bind everything first: a busy port fails before any worker starts.
@@ -470,7 +493,7 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
             except (OSError, RuntimeError, ValueError):
                 docs.append({"ready": False})
         doc = {
-            "ready": all(d.get("ready") for d in docs),
+            "ready": all(d.get("ready") for d in docs) and "drain" not in stopping,
             "host": snap.host,
             "snapshot_version": current["snap"].version,
             "listeners": sorted(map(str, [*held.specs.values(), *admin.specs().values()])),
@@ -479,6 +502,11 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
         }
         if attach is not None:
             doc.update(attach.ready_detail())
+        if "drain" in stopping:
+            d = stopping["drain"]
+            d.left = sum(w.get("draining", {}).get("connections", 0) for w in docs)
+            doc["draining"] = d.doc()
+            doc["reason"] = doc["draining"]["reason"]
         return doc
 
     routes.update(_admin_routes(lambda: current["snap"], dump, ready))
@@ -526,8 +554,10 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
 
     log(f"host {snap.host}: {workers} workers on " + ", ".join(sorted(map(str, held.specs.values())))
         + f"; admin {snap.admin}")
-    stop = asyncio.Event()
-    on_stop_signals(loop, stop.set, StopDeadline("supervisor", log))
+    stop, cut = asyncio.Event(), asyncio.Event()
+    # Its deadline outlasts its workers' (each drains, then has deadline_s() to close).
+    on_stop_signals(loop, lambda: (cut if stop.is_set() else stop).set(),
+                    StopDeadline("supervisor", log, drain_s=opts.drain_s + deadline_s()))
     loop.add_signal_handler(signal.SIGHUP, sd.around_reload(reload))
     if attach is not None:
         await attach.start(_SupervisorTarget(current, apply))
@@ -550,24 +580,19 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
     finally:
         notified.cancel()
         sd.stopping()
-        if attach is not None:
-            await attach.stop()
-        admin.close()
+        # Each worker drains (drain.py). The ports close with the workers' copies, which take what waits in
+        # their queues first: the supervisor's copies go now. Admin answers until the workers are gone.
+        loop.remove_signal_handler(signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, log, "SIGHUP ignored: the proxy is stopping")
+        stopping["drain"] = Drain(opts.drain_s)
+        held.stop_listening()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for pid in pids:
-            while time.monotonic() < deadline:
-                try:
-                    if os.waitpid(pid, os.WNOHANG)[0]:
-                        break
-                except ChildProcessError:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if attach is not None:
+            await attach.stop()
+        await _reap(pids, opts.drain_s + deadline_s() + 1, cut)
+        admin.close()
         held.close()
         for s in socks:
             with contextlib.suppress(FileNotFoundError):
@@ -583,6 +608,30 @@ async def _ready_once(ready: Callable[[], Coroutine[Any, Any, dict[str, Any]]], 
             sd.ready("serving")
             return
         await asyncio.sleep(0.05)
+
+
+async def _reap(pids: list[int], limit: float, cut: asyncio.Event) -> None:
+    """Wait for the workers (draining) to exit, up to `limit` s; then SIGKILL. A second stop signal is passed on."""
+    deadline = time.monotonic() + limit
+    passed = False
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        if cut.is_set() and not passed:
+            passed = True
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        for pid in list(left):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    left.remove(pid)
+            except ChildProcessError:
+                left.remove(pid)
+        await asyncio.sleep(0.05)
+    for pid in left:
+        log(f"worker pid {pid} still running {limit:g} s after SIGTERM: killing it")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _tune_malloc() -> None:
@@ -627,11 +676,12 @@ def launch(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-def run(config_path: str, workers: int = 1, keylog: str | None = None, access_log: str | None = None) -> None:
+def run(config_path: str, workers: int = 1, keylog: str | None = None, access_log: str | None = None,
+        drain_s: float = DRAIN_TIMEOUT_S) -> None:
     """`glassmesh proxy --config FILE`: load, check and serve; SnapshotError/StartupError with a clear message."""
     snap = load_snapshot(config_path)
     try:
         compile_table(snap)  # certificates load, or we stop here with a clear message
     except Exception as e:
         raise StartupError(str(e)) from None
-    launch(serve(config_path, snap, Options(workers, keylog, access_log)))
+    launch(serve(config_path, snap, Options(workers, keylog, access_log, drain_s)))

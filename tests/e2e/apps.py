@@ -12,6 +12,7 @@ HTTP endpoints (any method):
     /download?bytes=N[&chunked=1]   N bytes of `pattern_chunks`, content-length or chunked
     /endless-header?bytes=N         a response head whose one header value runs N bytes and never ends
     /status/<code>                  that status; 204 and 304 without a body
+    /sleep?s=S                      200 after S seconds (at most an hour)
     /forge-error?reason=R           502 with a glassmesh-error header, as if a mesh hop had made it
     /ws                             with `Upgrade`: 101, then echo raw bytes until EOF
     /__stats                        {"requests": n, "paths": [...]}, not itself counted
@@ -169,6 +170,11 @@ class HttpApp:
             # What a mesh hop would say it made: an app must not be able to pass for one.
             hdr = ("glassmesh-error", f"{query.get('reason', ['connect_refused'])[0]}; hop=host2/inbound")
             return await self._respond(writer, method, 502, [hdr, ("x-app", self.name)], b"forged\n", keep)
+
+        if path == "/sleep":
+            # An answer that takes a while (a slow request in flight when a proxy is told to stop).
+            await asyncio.sleep(min(float(query.get("s", ["1"])[0]), 3600.0))
+            return await self._respond(writer, method, 200, [("x-app", self.name)], b"slept\n", keep)
 
         if path.startswith("/status/"):
             code = int(path.split("/")[2])

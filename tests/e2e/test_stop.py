@@ -7,8 +7,9 @@
   (the proxies' long-polls end with the control plane), over and again with
   the proxy's signal a little earlier or later: every proxy exits 0.
 - A proxy whose event loop is stuck (its access log is a pipe nobody reads)
-  still exits once the stop deadline (GLASSMESH_STOP_DEADLINE_S) has passed,
-  with status 1 and a log line naming where it was stuck.
+  still exits once the stop deadline (its --drain-timeout, then
+  GLASSMESH_STOP_DEADLINE_S to close) has passed, with status 1 and a log
+  line naming where it was stuck.
 - A `--workers 2` proxy with a worker restarted after a crash: SIGTERM to the
   supervisor ends it and every worker, status 0.
 - A control plane whose etcd froze (SIGSTOP) still exits 0 within seconds:
@@ -98,7 +99,8 @@ def test_a_proxy_stuck_in_a_write_exits_at_the_stop_deadline(mesh: Mesh) -> None
         path = h1.write_snapshot()
         assert h1.proxy is not None
         h1.proxy.stop()
-        h1.proxy = p = mesh.spawn("proxy host1 stuck", [*PROXY_CMD, "--config", str(path), "--access-log", str(pipe)],
+        h1.proxy = p = mesh.spawn("proxy host1 stuck", [*PROXY_CMD, "--config", str(path), "--access-log", str(pipe),
+                                                        "--drain-timeout", "1"],
                                   env={"GLASSMESH_STOP_DEADLINE_S": "2"})
         p.expect_exit()  # it is meant to be forced out, with status 1
         mesh.wait_ready(h1)
@@ -113,9 +115,9 @@ def test_a_proxy_stuck_in_a_write_exits_at_the_stop_deadline(mesh: Mesh) -> None
         took = time.monotonic() - t0
         log = p.log_text()
         assert p.popen.returncode == 1, log
-        assert 1.5 < took < 5.0, f"exited {took:.1f} s after SIGTERM\n{log}"
+        assert 2.5 < took < 6.0, f"exited {took:.1f} s after SIGTERM\n{log}"
         line = next((x for x in log.splitlines() if "still stopping" in x), "")
-        assert "still stopping 2 s after SIGTERM" in line and "exiting now (status 1)" in line, log
+        assert "still stopping 3 s after SIGTERM" in line and "exiting now (status 1)" in line, log
         assert "event loop, which does not answer" in line and "glassmesh/proxy/runtime.py" in line, line
     finally:
         os.close(reader)

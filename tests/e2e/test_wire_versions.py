@@ -229,7 +229,7 @@ def test_a_mux_peer_sending_unknown_frames_and_settings_keeps_carrying_requests(
     with s:
         dec = m.Decoder()
         (t, _, _, payload), = _frames_until(s, dec, lambda got: bool(got))  # the proxy's SETTINGS come first
-        assert t == m.SETTINGS and payload[4:10] == struct.pack("!HI", 1, 1 << 16 | 1)  # version 1.1
+        assert t == m.SETTINGS and payload[4:10] == struct.pack("!HI", 1, 1 << 16 | 2)  # version 1.2
         # A newer peer: a setting this release does not know, and frame types it does not know, before
         # and between requests, on stream 0 and on a stream of their own.
         s.sendall(_settings(1, 0x80, {1: 1 << 16 | 7, 77: 5, 9000: 1 << 31}))

@@ -251,7 +251,7 @@ def test_unknown_frames_and_settings_from_a_newer_peer_are_skipped(pair):
     s1.write(b"before")
     pump()
     assert client.peer_version == m.MAJOR << 16 | m.MINOR and server.peer_version == client.peer_version
-    for conn in (client, server):  # both ways: frame types 4..255 and a setting nobody knows
+    for conn in (client, server):  # both ways: frame types past GOAWAY (4) and a setting nobody knows
         conn.queue(m.HEADER.pack(3, 9, 0, 0) + b"new")
         conn.queue(m.HEADER.pack(2, 250, 0xFF, s1.id) + b"xx")
         conn.queue(m.settings(1, 0x80, {4242: 1}))
@@ -379,3 +379,62 @@ def test_a_tcp_stream_opens_at_once_and_a_server_without_tcp_resets_it(pair):
     assert len(tcp_servers) == 1 and servers == []
     assert s2.reset_reason == "tcp streams not accepted" and isinstance(rec2.lost, ConnectionResetError)
 
+
+
+def test_goaway_serves_open_streams_refuses_later_ones_and_closes_when_done(pair):
+    """A draining proxy's GOAWAY: the caller opens no stream there again; what was open finishes."""
+    client, server, servers, pump = pair
+    told: list[MuxConnection] = []
+    client.on_goaway = told.append
+    s1, c1 = client.open(Recorder)
+    s1.write(b"in flight")
+    pump()
+    assert server.last_opened == s1.id
+    server.go_away()
+    late, c_late = client.open(Recorder)  # sent before the GOAWAY arrives
+    late.write(b"too late")
+    pump()
+    assert told == [client] and not client.usable(), "the caller moves new streams elsewhere"
+    assert c_late.lost is not None and late.reset_reason == m.REFUSED_GOAWAY, "never served: safe to send again"
+    assert [r.data for r in servers] == [b"in flight"]
+    assert not server.transport.closed and not client.transport.closed, "the stream in flight runs on"
+    servers[0].transport.write(b"answer")
+    servers[0].transport.close()
+    pump()
+    assert c1.data == b"answer"
+    s1.close()
+    pump()
+    assert server.transport.closed and client.transport.closed, "both close with the last stream"
+
+
+def test_a_peer_of_an_older_release_gets_no_goaway_its_streams_are_served_then_the_idle_link_closes(pair):
+    """Mux 1.1 (before GOAWAY) would read the frame as unknown and could not resend a refused stream: a
+    draining proxy serves what such a peer opens, and closes the connection once nothing is open on it."""
+    client, server, servers, pump = pair
+    client.out[:] = [m.settings(1, 0, {m.SETTING_VERSION: 1 << 16 | 1})]  # a client of release 1.1
+    s1, c1 = client.open(Recorder)
+    s1.write(b"in flight")
+    pump()
+    assert server.peer_version == 1 << 16 | 1
+    server.go_away()
+    later, c_later = client.open(Recorder)
+    later.write(b"opened while draining")
+    pump()
+    assert not server.goaway_sent and client.usable(), "no GOAWAY on the wire to an older peer"
+    assert later.reset_reason in (None, "") and [r.data for r in servers] == [b"in flight", b"opened while draining"]
+    for r in servers:
+        r.transport.write(b"answer")
+        r.transport.close()
+    pump()
+    assert c1.data == b"answer" and c_later.data == b"answer"
+    s1.close()
+    later.close()
+    pump()
+    assert server.transport.closed, "closed once idle: the older peer connects anew, to the successor"
+
+
+def test_goaway_frame_round_trip():
+    (ftype, flags, sid, payload), = m.Decoder().feed(m.goaway(41))
+    assert (ftype, flags, sid) == (m.GOAWAY, 0, 0) and m.goaway_last(payload) == 41
+    with pytest.raises(m.MuxError):
+        m.goaway_last(b"\0")
