@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
@@ -39,8 +39,9 @@ from glassmesh.protocols.http1 import (
 )
 from glassmesh.protocols.http2 import Refusal
 from glassmesh.proxy.budget import Budget
+from glassmesh.proxy.connector import ConnectError
 from glassmesh.proxy.mux import StreamUser
-from glassmesh.proxy.pool import ConnectError, Pool
+from glassmesh.proxy.pool import Pool, PooledConn
 from glassmesh.proxy.refusal import Http2Refuser
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
@@ -459,7 +460,7 @@ class ServerConn(StreamUser):
             self._mesh_error(ex, r[0], r[1])
             return
         ex.routed = r
-        conn = r.pool.take()
+        conn = take(r.pool)
         if conn is not None:
             conn.start(ex)
         else:
@@ -640,7 +641,7 @@ class ServerConn(StreamUser):
         self.pause(1)
 
 
-class UpstreamConn(StreamUser):
+class UpstreamConn(PooledConn):
     """A connection to the next hop (a peer's inbound port, or a local app)."""
 
     def __init__(self, rt: Runtime, pool: Pool) -> None:
@@ -980,7 +981,7 @@ class UpstreamConn(StreamUser):
         else:
             self.close()
         ex.routed = nxt
-        conn = nxt.pool.take()
+        conn = take(nxt.pool)
         if conn is not None:
             conn.start(ex)
             conn.flush()
@@ -1065,6 +1066,12 @@ class UpstreamConn(StreamUser):
 
 class _HeadDone(Exception):
     pass
+
+
+def take(pool: Pool) -> UpstreamConn | None:
+    """An idle connection of an HTTP pool (they hold nothing else), or None."""
+    c = pool.take()
+    return cast(UpstreamConn, c) if c is not None else None
 
 
 def replayable(ex: Exchange) -> bool:

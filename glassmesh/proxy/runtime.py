@@ -12,7 +12,6 @@ import contextlib
 import os
 import socket
 import struct
-import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -243,8 +242,3 @@ def reset(transport: Any) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
-
-
-def log(msg: str) -> None:
-    sys.stderr.write(f"glassmesh proxy: {msg}\n")
-    sys.stderr.flush()
