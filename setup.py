@@ -29,6 +29,7 @@ HOT = [
     "glassmesh/proxy/roundrobin.py",
     "glassmesh/proxy/routing.py",
     "glassmesh/proxy/tcp.py",
+    "glassmesh/proxy/chain.py",
     "glassmesh/proxy/stages/endpoint.py",
     "glassmesh/proxy/stages/eject.py",
     "glassmesh/proxy/stages/balance.py",

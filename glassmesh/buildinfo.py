@@ -21,6 +21,7 @@ HOT_MODULES = (
     "glassmesh.proxy.roundrobin",
     "glassmesh.proxy.routing",
     "glassmesh.proxy.tcp",
+    "glassmesh.proxy.chain",
     "glassmesh.proxy.stages.endpoint",
     "glassmesh.proxy.stages.eject",
     "glassmesh.proxy.stages.balance",

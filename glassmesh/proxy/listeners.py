@@ -360,7 +360,7 @@ class Listeners:
             if not conns:
                 return
             await asyncio.sleep(0.2)
-        from glassmesh.proxy.runtime import log
+        from glassmesh.proxy.log import log
 
         conns = [p for p in conns if _open(p)]
         if conns:

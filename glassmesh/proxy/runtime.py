@@ -12,9 +12,8 @@ import contextlib
 import os
 import socket
 import struct
-import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -83,6 +82,9 @@ class Runtime:
         self.keylog = keylog
         self._access = access_log
         self.logging = access_log is not None  # checked on the request path before calling access_log
+        # Called with (exchange, status, mesh error reason or "") as each exchange finishes, after the
+        # link stats, the endpoint and the access log (http.ServerConn.exchange_done): tap, tracing.
+        self.observers: list[Callable[[Any, int, str], None]] = []
         self.ready = False
         self.workers = PROCESS_WORKERS
         self.local_budget = Budget(snapshot.limits.max_client_connections)  # local apps, together
@@ -92,7 +94,8 @@ class Runtime:
 
     def apply(self, snap: Snapshot) -> None:
         """Swap in a new snapshot whole; raises (and changes nothing) if it cannot be used."""
-        table: Table = compile_table(snap, self.keylog)
+        live: Live | None = getattr(self, "live", None)
+        table: Table = compile_table(snap, self.keylog, live.table if live is not None else None, time.monotonic())
         self.snapshot = snap
         self.host = snap.host
         self.host_b = snap.host.encode()
@@ -105,7 +108,6 @@ class Runtime:
         for b in self.peer_conns.values():
             b.limit = snap.limits.max_peer_connections
         self.stats.snapshot_version = snap.version
-        live: Live | None = getattr(self, "live", None)
         if live is None:
             self.live = Live(table)
         else:
@@ -220,6 +222,13 @@ class Runtime:
             "duration_ms": round((time.monotonic() - ex.t0) * 1000, 3),
             "request_id": (ex.request_id or b"").decode("latin-1"),
         }
+        route = ex.route
+        if route is not None:
+            rec["route"] = route.name.decode()
+            if ex.subset:
+                rec["subset"] = ex.subset.decode()
+            if ex.attempts > 1:
+                rec["attempts"] = ex.attempts
         if reason:
             rec["mesh_error"] = reason
         f.add(_encode(rec) + b"\n")
@@ -243,8 +252,3 @@ def reset(transport: Any) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
-
-
-def log(msg: str) -> None:
-    sys.stderr.write(f"glassmesh proxy: {msg}\n")
-    sys.stderr.flush()

@@ -27,6 +27,7 @@ class Stats:
     def __init__(self) -> None:
         self.links: dict[tuple[str, str, str], LinkStats] = {}
         self.errors: dict[tuple[str, str], int] = {}
+        self.retries: dict[tuple[str, str, str], int] = {}  # (side, destination, reason): tries made again
         self.snapshot_version = 0
         self.client_conns = 0
         # tcp links: which links carry tcp (they have no requests), their open client connections,
@@ -46,6 +47,11 @@ class Stats:
         key = (side, reason)
         self.errors[key] = self.errors.get(key, 0) + 1
 
+    def retry(self, side: str, destination: str, reason: str) -> None:
+        """A try made again (or, reason budget_exhausted, one the retry budget refused): not a mesh error."""
+        key = (side, destination, reason)
+        self.retries[key] = self.retries.get(key, 0) + 1
+
     def tcp_link(self, side: str, source: str, destination: str) -> LinkStats:
         """The counters of a link that carries tcp: it gets tcp series and no request series."""
         key = (side, source, destination)
@@ -63,6 +69,7 @@ class Stats:
         return {
             "links": [ls.dump() for ls in self.links.values()],
             "errors": [[s, r, n] for (s, r), n in self.errors.items()],
+            "retries": [[*k, n] for k, n in self.retries.items()],
             "snapshot_version": self.snapshot_version,
             "client_conns": self.client_conns,
             "tcp_links": [list(k) for k in self.tcp],
@@ -75,6 +82,7 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Sum the dumps of several workers into one."""
     links: dict[tuple[str, str, str], dict[str, Any]] = {}
     errors: dict[tuple[str, str], int] = {}
+    retries: dict[tuple[str, ...], int] = {}
     version = 0
     conns = 0
     tcp: set[tuple[str, ...]] = set()
@@ -90,6 +98,8 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
             tcp_failures[tuple(k)] = tcp_failures.get(tuple(k), 0) + n
         for s, r, n in d["errors"]:
             errors[(s, r)] = errors.get((s, r), 0) + n
+        for *k, n in d.get("retries", ()):
+            retries[tuple(k)] = retries.get(tuple(k), 0) + n
         for ls in d["links"]:
             key = (ls["side"], ls["source"], ls["destination"])
             cur = links.get(key)
@@ -104,6 +114,7 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {
         "links": list(links.values()),
         "errors": [[s, r, n] for (s, r), n in errors.items()],
+        "retries": [[*k, n] for k, n in retries.items()],
         "snapshot_version": version,
         "client_conns": conns,
         "tcp_links": [list(k) for k in tcp],
@@ -165,6 +176,11 @@ class _Collector:
         errs = CounterMetricFamily("glassmesh_mesh_errors", "Responses made by the mesh itself", labels=["side", "reason"])
         for s, r, n in self.d["errors"]:
             errs.add_metric([s, r], n)
+        retries = CounterMetricFamily(
+            "glassmesh_retries", "Tries made again after a failure (reason budget_exhausted: refused by the retry "
+            "budget); not mesh errors", labels=["side", "destination", "reason"])
+        for *k, n in self.d.get("retries", ()):
+            retries.add_metric(k, n)
         ver = GaugeMetricFamily("glassmesh_snapshot_version", "Version of the snapshot in force")
         ver.add_metric([], self.d["snapshot_version"])
         cc = GaugeMetricFamily("glassmesh_client_connections", "Open client connections on all listeners")
@@ -172,7 +188,7 @@ class _Collector:
         info = GaugeMetricFamily("glassmesh_build_info", "Version, and whether the hot path is mypyc-compiled",
                                  labels=["version", "hot_path"])
         info.add_metric([__version__, hot_path()], 1)
-        yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, ver, cc, info)
+        yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, retries, ver, cc, info)
         ctl = self.d.get("control")  # set by proxies that watch a control plane (glassmesh.proxy.watch)
         if ctl is not None:
             age = GaugeMetricFamily("glassmesh_snapshot_age_seconds",

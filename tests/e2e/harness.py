@@ -332,6 +332,8 @@ class Host:
         self.locals: dict[str, LocalSpec] = {}
         self.tcp_links: list[dict[str, str]] = []
         self.service_overrides: dict[str, dict[str, Any]] = {}
+        # Labels of this host's endpoint of a service (its service entry's `labels:` in mesh.yaml).
+        self.labels: dict[str, dict[str, str]] = {}
         self.timeouts: dict[str, int] = {}
         self.limits: dict[str, int] = {}
         self.proxy_args: list[str] = []  # extra `glassmesh proxy` flags
@@ -419,7 +421,13 @@ class Host:
                 for _ in spec.instances:
                     svc = services.setdefault(
                         spec.name, {"name": spec.name, "protocol": spec.protocol, "endpoints": []})
-                    svc["endpoints"].append({"address": h.inbound, "host": h.name})
+                    ep: dict[str, Any] = {"address": h.inbound, "host": h.name}
+                    if spec.name in h.labels:
+                        ep["labels"] = h.labels[spec.name]
+                    svc["endpoints"].append(ep)
+        for name, pol in m.policies.items():
+            if name in services:
+                services[name]["policy"] = pol
         services.update(self.service_overrides)
         extra: dict[str, Any] = {"timeouts": self.timeouts} if self.timeouts else {}
         if self.limits:
@@ -479,6 +487,8 @@ class Mesh:
         self.hosts: dict[str, Host] = {}
         self.peer_protocol: str | None = None  # "mux" | "http1"; None: the proxy's default
         self.protocols: dict[str, str] = {}
+        # Traffic policy by service (a snapshot Policy as JSON: routes, subsets, balance, outlier, limits).
+        self.policies: dict[str, dict[str, Any]] = {}
         self.procs: list[Proc] = []
         self._certs: dict[str, tuple[Path, Path]] = {}
         self._closers: list[Callable[[], None]] = []
