@@ -605,6 +605,9 @@ class Demo:
         assert self.procs is not None and self.watch is not None
         svc, host = b.service, b.host
         other = ", ".join(sorted({i.host for i in self.topo.services[svc].instances} - {host}))  # type: ignore[union-attr]
+        # A retry stays in the subset the split chose: the other instances of the same subset.
+        same = sorted(h for h, sub in _SUBSET_OF.items() if sub == _SUBSET_OF.get(host) and h != host)
+        retried_on = ", ".join(same) if svc == CANARY_SERVICE and same else other
         if self.stop.wait(max(0.0, self.t0 + b.stop_at - time.monotonic())):
             return
         child = self.instances[(svc, host)]
@@ -614,7 +617,7 @@ class Demo:
         rc = self.procs.stop_child(child)
         b.stopped, b.stopped_pid = time.monotonic() - self.t0, child.pid
         self.say(f">>> {svc} on {host} exited (status {rc}) after {time.monotonic() - t_stop:.1f} s; requests "
-                 f"host1 sends there meanwhile are retried on {other}", style="bold")
+                 f"host1 sends there meanwhile are retried on {retried_on}", style="bold")
         push = self.watch.wait_for(lambda v: host not in v.get(FRONT_HOST, {}).get(svc, [host]), 15, self.stop)
         if push is not None:
             b.out, b.out_after = push, push.at - t_stop
