@@ -129,3 +129,18 @@ def test_fault_needs_its_status_and_outlier_its_order() -> None:
         "mesh.yaml:19: services[1].routes[1].fault.delay_ms: delay_percent is set: give the delay",
         "mesh.yaml:21: services[1].outlier.base_ejection_ms: 60000 is more than max_ejection_ms (1000)",
     ]
+
+
+def test_the_readmes_canary_example_is_valid() -> None:
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    (canary,) = [b for b in blocks if "name: reads" in b]
+    cfg = parse_config(canary, "README.md")
+    api = cfg.service("api")
+    assert api is not None and [r.name for r in api.routes] == ["reads", "beta-users", "everything-else"]
+    with pytest.raises(ConfigError):  # and its mistakes are caught, as the README says
+        parse_config(canary.replace("weight: 1}]\n        timeout", "weight: 1}, {subset: v3, weight: 1}]\n"
+                                                                   "        timeout"), "README.md")
