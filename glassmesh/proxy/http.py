@@ -553,6 +553,7 @@ class ServerConn(StreamUser):
             up.abort()
         if ex.resp_started:
             # Part of the answer is out: all that is left is to end the client's connection.
+            self.rt.stats.error(self.side.name, reason)
             self.exchange_done(ex, 504, reason, False)
             self.closing = True
             self.queue.clear()
