@@ -41,6 +41,7 @@ from glassmesh.protocols.http1 import (
 from glassmesh.protocols.http2 import Refusal
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.connector import ConnectError
+from glassmesh.proxy.mirroring import send_copy
 from glassmesh.proxy.mux import StreamUser
 from glassmesh.proxy.pool import Pool, PooledConn
 from glassmesh.proxy.refusal import Http2Refuser
@@ -164,6 +165,7 @@ class Exchange:
     delay = 0.0  # fault injection: seconds to hold the request before sending it
     status_hint = 0  # fault injection: the status of an abort
     timer: asyncio.TimerHandle | None = None  # the route's timeouts, when it sets any
+    mirror: Routed | None = None  # where a copy of this request goes (its route mirrors a share)
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
@@ -945,6 +947,10 @@ class UpstreamConn(PooledConn):
         head = ex.up_head
         if head is None:
             head = ex.up_head = client.build_upstream_head(ex)
+            m = ex.mirror
+            if m is not None:
+                ex.mirror = None
+                self.rt.spawn(send_copy(m.pool, head))
         self.wbuf.append(head)
         ex.sent_at = client.now
         for b in ex.pending:

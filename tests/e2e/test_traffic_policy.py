@@ -388,3 +388,44 @@ def test_fault_injection_aborts_and_delays_a_share_of_a_route(mesh: Mesh) -> Non
         r = c.request("GET", "/d", {"Host": "b"})
         assert r.status == 200 and r.json()["app"] == "b@host2"
         assert 200.0 <= dict(trail(r))["host1/outbound"] < 400.0, r.header("glassmesh-trail")
+
+
+# --------------------------------------------------------------------------- 8. mirroring
+
+
+def test_mirroring_copies_a_share_to_another_subset_without_slowing_the_request(mesh: Mesh) -> None:
+    h1, h2, h3 = mesh.add_host("host1"), mesh.add_host("host2"), mesh.add_host("host3")
+    h1.client("a")
+    v1 = h2.http_app("b")
+    shadow = h3.http_app("b", delay_ms=1000)  # a slow new version: the real requests must not wait for it
+    h2.labels["b"] = {"version": "v1"}
+    h3.labels["b"] = {"version": "v2"}
+    mesh.policies["b"] = {
+        "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+        "routes": [
+            {"name": "all", "match": {"path_prefix": "/m"}, "split": [{"subset": "v1", "weight": 1}],
+             "mirror": {"subset": "v2", "percent": 100}},
+            {"name": "some", "match": {"path_prefix": "/s"}, "split": [{"subset": "v1", "weight": 1}],
+             "mirror": {"subset": "v2", "percent": 25}},
+        ],
+    }
+    mesh.start()
+    n = 20
+    with HttpConn(h1.outbound("a")) as c:
+        t0 = time.monotonic()
+        for i in range(n):
+            r = c.request("GET", f"/m{i}", {"Host": "b"})
+            assert r.status == 200 and r.json()["app"] == "b@host2", r
+            assert trail_params(r, "host1/outbound")["subset"] == "v1"
+        assert time.monotonic() - t0 < n * 0.2, "the real requests waited for their slow copies"
+    wait_until(lambda: shadow.requests() == n, 10, f"{n} copies at the mirror (it has {shadow.requests()})")
+    assert v1.requests() == n
+    paths = get(shadow.addr, "/__stats").json()["paths"]
+    assert sorted(paths) == sorted(f"/m{i}" for i in range(n))
+    with HttpConn(h1.outbound("a")) as c:
+        for i in range(200):
+            assert c.request("GET", f"/s{i}", {"Host": "b"}).status == 200
+    time.sleep(1.5)
+    copies = shadow.requests() - n
+    # Binomial(200, 0.25): 50 +- 4 sd (24).
+    assert abs(copies - 50) <= 24, copies
