@@ -364,6 +364,39 @@ def test_beyond_max_requests_a_request_fails_at_once_naming_the_limit(mesh: Mesh
     assert get(h1.outbound("a"), "/x", headers={"Host": "b"}).status == 200
 
 
+@pytest.mark.parametrize("limit", ["max_connections", "max_pending"])
+def test_connections_and_pending_requests_are_limited_per_destination(mesh: Mesh, limit: str) -> None:
+    h1, h2 = mesh.add_host("host1"), mesh.add_host("host2")
+    h1.client("a")
+    h2.http_app("b")
+    mesh.peer_protocol = "http1"  # a connection per request in flight, so that the limit is met at once
+    mesh.policies["b"] = {"limits": {limit: 1 if limit == "max_connections" else 0}}
+    mesh.start()
+    if limit == "max_pending":
+        # Nothing may wait for a connection: only a request that finds an idle one goes.
+        r = get(h1.outbound("a"), "/x", headers={"Host": "b"})
+        assert r.status == 503 and mesh_error(r) == ("max_pending", "host1/outbound"), r
+        return
+    results: list[Any] = []
+
+    def call() -> None:
+        with HttpConn(h1.outbound("a")) as c:
+            results.append(c.request("GET", "/x?delay_ms=800", {"Host": "b"}))
+
+    first = threading.Thread(target=call)
+    first.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    call()  # the one connection is busy: no second one, at once
+    took = time.monotonic() - t0
+    first.join()
+    refused = [r for r in results if r.status != 200]
+    assert len(refused) == 1 and mesh_error(refused[0]) == ("max_connections", "host1/outbound"), results
+    assert took < 0.5, took
+    # The connection is free again (kept alive in the pool): the next request takes it.
+    assert get(h1.outbound("a"), "/x", headers={"Host": "b"}).status == 200
+
+
 # --------------------------------------------------------------------------- 7. fault injection
 
 
