@@ -41,6 +41,7 @@ from glassmesh.protocols.http1 import (
 from glassmesh.protocols.http2 import Refusal
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.connector import ConnectError
+from glassmesh.proxy.mirroring import send_copy
 from glassmesh.proxy.mux import StreamUser
 from glassmesh.proxy.pool import Pool, PooledConn
 from glassmesh.proxy.refusal import Http2Refuser
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from glassmesh.proxy.runtime import Runtime
     from glassmesh.proxy.stages.balance import Balancer
     from glassmesh.proxy.stages.endpoint import EndpointState
+    from glassmesh.proxy.stages.overload import Limits
     from glassmesh.proxy.stages.route import CompiledRoute
 
 # One clock for everything on the request path, read once per event (a read is
@@ -164,6 +166,7 @@ class Exchange:
     delay = 0.0  # fault injection: seconds to hold the request before sending it
     status_hint = 0  # fault injection: the status of an abort
     timer: asyncio.TimerHandle | None = None  # the route's timeouts, when it sets any
+    mirror: Routed | None = None  # where a copy of this request goes (its route mirrors a share)
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
@@ -498,8 +501,16 @@ class ServerConn(StreamUser):
         conn = take(r.pool)
         if conn is not None:
             conn.start(ex)
-        else:
-            self.rt.spawn(self._connect_and_start(ex, r))
+            return
+        chain = ex.chain
+        if chain is not None:
+            # overload: a request that must wait for a new connection is pending until it has one.
+            refused = chain.limits.wait()
+            if refused is not None:
+                self._mesh_error(ex, refused, f"service {ex.service!r} is at its {refused} limit "
+                                              f"({chain.limits.max_pending})")
+                return
+        self.rt.spawn(self._connect_and_start(ex, r, chain))
 
     def _send_delayed(self, ex: Exchange, r: Routed) -> None:
         """A request that fault injection held: it goes now, unless it ended meanwhile."""
@@ -553,6 +564,7 @@ class ServerConn(StreamUser):
             up.abort()
         if ex.resp_started:
             # Part of the answer is out: all that is left is to end the client's connection.
+            self.rt.stats.error(self.side.name, reason)
             self.exchange_done(ex, 504, reason, False)
             self.closing = True
             self.queue.clear()
@@ -564,14 +576,37 @@ class ServerConn(StreamUser):
         self._mesh_error(ex, reason, msg)
         self.flush()
 
-    async def _connect_and_start(self, ex: Exchange, r: Routed) -> None:
-        """A new connection for ex (no pooled one was idle, or a replay, which never takes a pooled one)."""
+    async def _connect_and_start(self, ex: Exchange, r: Routed, pending: ServiceChain | None = None) -> None:
+        """A new connection for ex (no pooled one was idle, or a replay, which never takes a pooled one).
+
+        pending: the destination whose max_pending counts ex until it has its connection.
+        """
+        try:
+            await self._connect_and_start_counted(ex, r)
+        finally:
+            if pending is not None:
+                pending.limits.waited()
+
+    async def _connect_and_start_counted(self, ex: Exchange, r: Routed) -> None:
+        chain = ex.chain
         while True:
             pool = r.pool
+            if chain is not None:
+                refused = chain.limits.connect()  # overload: the destination's connections, at this proxy
+                if refused is not None:
+                    if not ex.cancelled and ex.routed is r:
+                        self._mesh_error(ex, refused, f"service {ex.service!r} is at its {refused} limit "
+                                                      f"({chain.limits.max_connections})")
+                        self.flush()
+                    return
             try:
                 _, conn = await pool.connect(partial(UpstreamConn, self.rt, pool))
+                if chain is not None:
+                    conn.limits = chain.limits  # counted until the connection closes
                 break
             except ConnectError as e:
+                if chain is not None:
+                    chain.limits.closed()
                 if ex.cancelled or ex.routed is not r:
                     return  # ended meanwhile (a client gone, a route timeout)
                 # Nothing was sent yet, so another endpoint is always safe to try.
@@ -825,6 +860,7 @@ class UpstreamConn(PooledConn):
         self.head_fed = 0  # as ServerConn.head_fed: a response head that never ends is cut at the limit
         self.max_head = rt.limits.max_head_bytes
         self.link: LinkStats | None = pool.link if pool.count_conns else None
+        self.limits: Limits | None = None  # the destination's limits that count this connection (overload)
 
     def _new_parser(self) -> None:
         """A response parser, with the methods called per response bound once."""
@@ -847,6 +883,7 @@ class UpstreamConn(PooledConn):
         self.lost = True
         if self.link is not None:
             self.link.open_conns -= 1
+        self.release_limits()
         self.pool.discard(self)
         ex = self.ex
         if ex is None or ex.cancelled:
@@ -944,6 +981,10 @@ class UpstreamConn(PooledConn):
         head = ex.up_head
         if head is None:
             head = ex.up_head = client.build_upstream_head(ex)
+            m = ex.mirror
+            if m is not None:
+                ex.mirror = None
+                self.rt.spawn(send_copy(m.pool, head))
         self.wbuf.append(head)
         ex.sent_at = client.now
         for b in ex.pending:
@@ -1193,8 +1234,15 @@ class UpstreamConn(PooledConn):
         c.transport.resume_reading()
         self.transport.resume_reading()
 
+    def release_limits(self) -> None:
+        lim = self.limits
+        if lim is not None:
+            self.limits = None
+            lim.closed()
+
     def detach(self) -> None:
         """This connection is handed to a byte relay: stop counting it as ours."""
+        self.release_limits()
         self.lost = True
         self.ex = None
         if self.link is not None:

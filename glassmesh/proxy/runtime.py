@@ -91,6 +91,7 @@ class Runtime:
         self.peer_streams: dict[str, Budget] = {}  # by caller service: its HTTP connections and mux streams
         self.peer_conns: dict[str, Budget] = {}  # by caller service: its multiplexed TLS connections
         self.apply(snapshot)
+        self.stats.endpoint_rows = self.endpoint_rows
 
     def apply(self, snap: Snapshot) -> None:
         """Swap in a new snapshot whole; raises (and changes nothing) if it cannot be used."""
@@ -130,6 +131,23 @@ class Runtime:
     def table(self) -> Table:
         """The table in force (held by `live`, which the compiled sides read)."""
         return self.live.table
+
+    def endpoint_rows(self) -> list[dict[str, Any]]:
+        """What the outbound side knows of each endpoint it sends HTTP to (metrics, /ready): load, latency, ejection."""
+        now = time.monotonic()
+        rows = []
+        for name, remote in sorted(self.live.table.remotes.items()):
+            if remote.protocol != "http":
+                continue
+            for ep in remote.chain.endpoints:
+                rows.append({
+                    "service": name, "host": ep.host_name, "address": f"{ep.host}:{ep.port}",
+                    "ejected": now < ep.ejected_until,
+                    "ejected_for_s": round(max(0.0, ep.ejected_until - now), 3),
+                    "ejections": ep.ejections, "requests": ep.requests, "failures": ep.failures,
+                    "outstanding": ep.outstanding, "latency_ewma_s": round(ep.ewma_s, 6),
+                })
+        return rows
 
     # --- budgets ---------------------------------------------------------------
     def peer_budget(self, source: str) -> Budget:

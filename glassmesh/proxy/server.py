@@ -257,6 +257,7 @@ class Worker:
             "snapshot_version": snap.version,
             "last_reload": self.last_reload,
             "listeners": self.listeners.addresses(),
+            "endpoints": self.rt.endpoint_rows(),  # outlier detection's view: which are ejected, for how long
         }
 
 

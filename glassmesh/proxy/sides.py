@@ -18,6 +18,7 @@ from glassmesh.protocols.http1 import (
     SOURCE_HEADER,
     TRAIL_HEADER,
     BadMessage,
+    Framing,
     service_of,
     split_target,
 )
@@ -123,6 +124,12 @@ class OutboundSide(Side):
         # 8. endpoint
         ep.begin()
         ex.ep = ep
+        mirror = route.mirror
+        if mirror is not None and ex.framing == Framing.NONE and not ex.upgrade:
+            mb = mirror.pick()
+            mep = mb.pick(now, None) if mb is not None else None
+            if mep is not None:
+                ex.mirror = self._routed(svc, mep)
         if ex.url is not path:
             ex.url = path
             if host != authority:

@@ -370,10 +370,15 @@ class Host:
         self._next_app += 1
         return p
 
-    def http_app(self, service: str, name: str | None = None) -> App:
-        """Start an HTTP echo app on this host and register it as an instance of `service`."""
+    def http_app(self, service: str, name: str | None = None, delay_ms: int = 0, fail_status: int = 0) -> App:
+        """Start an HTTP echo app on this host and register it as an instance of `service`.
+
+        delay_ms: it waits this long before each answer; fail_status: it answers every request so.
+        """
         addr = f"{self.ip}:{self.app_port()}"
-        app = self.mesh.start_app("http", addr, name or f"{service}@{self.name}")
+        extra = (["--delay-ms", str(delay_ms)] if delay_ms else []) + (
+            ["--fail-status", str(fail_status)] if fail_status else [])
+        app = self.mesh.start_app("http", addr, name or f"{service}@{self.name}", extra=extra)
         self.add_instance(service, addr, "http")
         return app
 
@@ -513,8 +518,9 @@ class Mesh:
         self.procs.append(p)
         return p
 
-    def start_app(self, kind: str, addr: str, name: str, mode: str = "echo", banner: str = "") -> App:
-        args = [sys.executable, str(APPS), kind, "--listen", addr, "--name", name]
+    def start_app(self, kind: str, addr: str, name: str, mode: str = "echo", banner: str = "",
+                  extra: list[str] | None = None) -> App:
+        args = [sys.executable, str(APPS), kind, "--listen", addr, "--name", name, *(extra or [])]
         if kind == "tcp":
             args += ["--mode", mode]
             if banner:

@@ -9,14 +9,24 @@ An ejection ends by itself when its time passes: the balancer compares
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from glassmesh.proxy.stages.endpoint import EndpointState
+
+class EndpointState(Protocol):
+    """What ejection reads and writes of an endpoint (stages/endpoint.py's EndpointState).
+
+    A Protocol, not an import: endpoint.py holds its Outlier, so an import back would be a circle.
+    Read only when a request failed, or when an endpoint ejected before succeeds: off the common path.
+    """
+
+    consecutive_failures: int
+    ejections: int
+    ejected_until: float
 
 
 class Outlier:
-    def __init__(self, endpoints: list[EndpointState], consecutive_failures: int, base_ejection_s: float,
+    def __init__(self, endpoints: Sequence[EndpointState], consecutive_failures: int, base_ejection_s: float,
                  max_ejection_s: float, max_ejection_percent: int) -> None:
         self.endpoints = endpoints
         self.consecutive_failures = consecutive_failures
