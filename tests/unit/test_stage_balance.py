@@ -153,3 +153,18 @@ def test_endpoint_state_survives_a_new_snapshot_and_a_new_one_starts_at_the_medi
                                            policy=Policy(outlier=None, balance="round_robin")), old, 3.0)
     assert eps3[0].outlier is None
     assert OutlierConfig().max_ejection_percent == 50
+
+
+def test_two_instances_on_one_host_share_one_state_and_new_ones_start_at_the_median() -> None:
+    svc = Service(name="b", endpoints=[Endpoint(address="127.0.0.1:1", host="h1"),
+                                       Endpoint(address="127.0.0.1:1", host="h1"),
+                                       Endpoint(address="127.0.0.1:2", host="h2")])
+    _, eps, _, _ = compile_policy(svc, {}, 0.0)  # all new, one listed twice: none to take a median from
+    assert eps[0] is eps[1] and eps[2] is not eps[0]
+    big = Service(name="b", endpoints=[Endpoint(address=f"127.0.{i // 250}.{i % 250 + 1}:80", host=f"h{i}")
+                                       for i in range(1000)])
+    _, eps, _, _ = compile_policy(big, {}, 0.0)
+    for i, ep in enumerate(eps[:500]):
+        ep.ewma_s = 0.001 * (i + 1)
+    _, eps2, _, _ = compile_policy(big, {ep.key: ep for ep in eps[:500]}, 1.0)
+    assert eps2[:500] == eps[:500] and {ep.ewma_s for ep in eps2[500:]} == {0.251}

@@ -97,9 +97,12 @@ def compile_policy(svc: Service, old: dict[tuple[str, int], EndpointState], now:
     pol = svc.policy if svc.policy is not None else DEFAULT_POLICY
     eps: list[EndpointState] = []
     fresh: list[EndpointState] = []
+    made: dict[tuple[str, int], EndpointState] = {}
     for e in svc.endpoints:
         host, port = split_address(e.address)
-        ep = old.get((host, port))
+        # Two instances on one host are two endpoints with its one address: one state, listed twice
+        # (twice as likely to be drawn, as round robin gave it twice the turns).
+        ep = made.get((host, port)) or old.get((host, port))
         if ep is None:
             ep = EndpointState(host, port, e.host, e.mesh, e.labels, DEFAULT_EWMA_S, now)
             fresh.append(ep)
@@ -107,13 +110,16 @@ def compile_policy(svc: Service, old: dict[tuple[str, int], EndpointState], now:
             ep.host_name = e.host
             ep.mesh = e.mesh
             ep.labels = e.labels
+        made[ep.key] = ep
         eps.append(ep)
-    if fresh and len(fresh) < len(eps):
+    if fresh:
         # A new endpoint starts at the median of the others: tried soon, not flooded.
-        known = sorted(ep.ewma_s for ep in eps if ep not in fresh)
-        median = known[len(known) // 2]
-        for ep in fresh:
-            ep.ewma_s = median
+        new = {ep.key for ep in fresh}  # (a set: `ep not in fresh` was quadratic in a big service)
+        known = sorted(ep.ewma_s for ep in eps if ep.key not in new)
+        if known:
+            median = known[len(known) // 2]
+            for ep in fresh:
+                ep.ewma_s = median
     o = pol.outlier
     outlier = (Outlier(eps, o.consecutive_failures, o.base_ejection_ms / 1000, o.max_ejection_ms / 1000,
                        o.max_ejection_percent) if o is not None else None)
