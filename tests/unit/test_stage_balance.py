@@ -97,7 +97,13 @@ def test_consecutive_failures_eject_for_a_doubling_time_and_the_endpoint_comes_b
     ep.end(False, 0.01, 1.0)
     assert ep.ejected(1.0) and ep.ejected_until == 11.0 and ep.ejections == 1
     assert all(Balancer(eps).pick(5.0) is not ep for _ in range(100))
+    ep.end(False, 0.01, 2.0)  # requests that were in flight when it was ejected fail too ...
+    ep.end(False, 0.01, 2.0)
     assert not ep.ejected(11.0)  # back by itself, no timer
+    ep.end(False, 0.01, 11.0)  # ... but do not count toward the next ejection: it starts clean
+    ep.end(False, 0.01, 11.0)
+    assert not ep.ejected(11.0)
+    ep.end(True, 0.01, 11.0)
     for _ in range(3):
         ep.end(False, 0.01, 12.0)
     assert ep.ejected_until == 32.0  # 20 s: twice the first

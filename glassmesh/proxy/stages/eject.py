@@ -42,7 +42,12 @@ class Outlier:
 
     def failed(self, ep: EndpointState, now: float) -> None:
         """A request to ep failed (its consecutive_failures already counted); eject it if it is time."""
-        if ep.consecutive_failures < self.consecutive_failures or now < ep.ejected_until:
+        if now < ep.ejected_until:
+            # Requests in flight when it was ejected: they do not count toward the next ejection,
+            # so that it comes back with a clean count.
+            ep.consecutive_failures = 0
+            return
+        if ep.consecutive_failures < self.consecutive_failures:
             return
         if self.ejected_count(now) >= self.max_ejected:
             return
