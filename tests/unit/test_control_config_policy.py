@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from glassmesh.control.config import ConfigError, from_doc, parse_config, to_doc
+from tests.unit.test_control_config import problems
 
 CANARY = """\
 services:
@@ -41,12 +42,6 @@ hosts:
         labels: {version: v2}
   - {name: host4, address: 127.0.0.14:4143}
 """
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as e:
-        parse_config(text, "mesh.yaml")
-    return str(e.value).splitlines()
 
 
 def test_canary_parses_and_keeps_the_long_form_in_its_document() -> None:
