@@ -1092,6 +1092,8 @@ class UpstreamConn(PooledConn):
                 c.write(_head(status_line(status), rh.forward))
             return
         if (status >= 500 or status == 421) and self._retry_elsewhere(ex, rh, status):
+            if self.head_only:
+                raise _HeadDone()  # no body will come to end this answer: sent again at once (_head_done)
             return
         self.resp_framing, length = rh.framing(status, ex.method)
         ex.resp_started = True
@@ -1126,7 +1128,7 @@ class UpstreamConn(PooledConn):
         if ex is None:
             return
         if self.retry_to is not None:
-            self._resend(ex)
+            self._resend(ex, self.p_keep_alive())
             return
         self._complete(ex, reusable=self.p_keep_alive())
 
@@ -1151,14 +1153,14 @@ class UpstreamConn(PooledConn):
         self.retry_to = nxt
         return True
 
-    def _resend(self, ex: Exchange) -> None:
+    def _resend(self, ex: Exchange, reusable: bool) -> None:
         nxt = self.retry_to
         self.retry_to = None
         c = self.client
         assert nxt is not None and c is not None
         self.ex = None
         ex.upstream = None
-        if self.parser.should_keep_alive() and not self.lost:
+        if reusable and not self.lost:
             self.client = None
             self.pool.put(self)
         else:
@@ -1177,6 +1179,9 @@ class UpstreamConn(PooledConn):
         # The response to HEAD has no body even if it says Content-Length; llhttp
         # cannot be told so, so the parser is replaced.
         self._new_parser()
+        if self.retry_to is not None:
+            self._resend(ex, data.endswith(b"\r\n\r\n"))
+            return
         self._complete(ex, reusable=data.endswith(b"\r\n\r\n"))
 
     def _complete(self, ex: Exchange, reusable: bool) -> None:

@@ -228,6 +228,10 @@ def test_retries_per_route_for_idempotent_methods_say_how_many_attempts(mesh: Me
             attempts.append(r.header("glassmesh-attempts"))
         # Round robin: every other GET met host2's 503 first, and says it took two attempts.
         assert attempts.count("2") >= 4 and set(attempts) <= {None, "2"}, attempts
+        # HEAD too (its 503 has no body to wait for before the next try).
+        heads = [c.request("HEAD", f"/h{i}", {"Host": "b"}) for i in range(4)]
+        assert [h.status for h in heads] == [200] * 4, heads
+        assert "2" in [h.header("glassmesh-attempts") for h in heads], heads
         # A POST is not idempotent: host2's 503 is its answer.
         posts = [c.request("POST", "/orders", {"Host": "b"}, b"x") for _ in range(4)]
         assert sorted(p.status for p in posts) == [200, 200, 503, 503], posts
