@@ -205,6 +205,9 @@ def _route(r: Route, p: str, subsets: set[str], names: set[str], out: Found) -> 
     for field, path in (("path_prefix", m.path_prefix), ("path_exact", m.path_exact)):
         if path is not None and not path.startswith("/"):
             out.append((f"{p}.match.{field}", f"a path starts with '/', got {path!r}"))
+        elif path is not None and ("?" in path or "#" in path):
+            out.append((f"{p}.match.{field}", f"routes match the path without its query string: {path!r} "
+                                              "has a '?' or '#'"))
     if m.path_regex is not None:
         try:
             re.compile(m.path_regex)

@@ -115,6 +115,12 @@ def test_internal_field_and_tcp_policy_are_refused() -> None:
                              "apply to http services only: a tcp link carries bytes, not requests"]
 
 
+def test_a_path_to_match_has_no_query_string() -> None:
+    bad = CANARY.replace("path_prefix: /api,", "path_prefix: /api?v=2,")
+    assert problems(bad) == ["mesh.yaml:12: services[1].routes[0].match.path_prefix: routes match the path without "
+                             "its query string: '/api?v=2' has a '?' or '#'"]
+
+
 def test_fault_needs_its_status_and_outlier_its_order() -> None:
     bad = (CANARY.replace("delay_ms: 100, ", "").replace("abort_status: 503, ", "")
            .replace("outlier: {consecutive_failures: 3}", "outlier: {base_ejection_ms: 60000, max_ejection_ms: 1000}"))

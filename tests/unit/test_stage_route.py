@@ -69,6 +69,9 @@ def test_first_matching_route_wins_and_the_rest_go_to_the_default() -> None:
 
     assert name(b"GET", b"/health") == b"exact"
     assert name(b"GET", b"/health?full=1") == b"exact"  # the query string is not part of the path
+    assert name(b"GET", b"/api/items/12?x=1") == b"items"
+    assert name(b"PUT", b"/api?/x") == b"writes"  # a prefix that the path has before its query only
+    assert name(b"PUT", b"/ap?i/x") == b"default"
     assert name(b"GET", b"/healthz") == b"default"
     assert name(b"GET", b"/api/x", beta) == b"beta"
     assert name(b"POST", b"/api/x") == b"writes"
@@ -102,3 +105,14 @@ def test_route_settings_compile_and_an_empty_subset_leaves_the_split() -> None:
     only_v2 = Route(name="v2only", split=[Backend(subset="v2", weight=1)])
     table = compile_policy(svc([only_v2], v2=False), {}, 0.0)[0]
     assert table.routes[0].split.pick()[1].pick(0.0) is None
+
+
+def test_prefix_routes_need_no_query_split_and_agree_with_it() -> None:
+    routes = [Route(name=f"r{i}", match=RouteMatch(path_prefix=f"/api/v{i}/")) for i in range(5)]
+    routes.append(Route(name="post", match=RouteMatch(path_prefix="/p", methods=["post"])))
+    table = compile_policy(svc(routes), {}, 0.0)[0]
+    assert not table.bare  # no exact or regex route: the query string is never cut off
+    for path, want in ((b"/api/v3/x?y=/api/v1/", b"r3"), (b"/api/v3?/", b"default"), (b"/api/v1/", b"r1"),
+                       (b"/?/api/v1/", b"default"), (b"/p?q", b"post")):
+        assert table.match(b"POST", path, no_header).name == want, path
+    assert table.match(b"GET", b"/p", no_header).name == b"default"  # methods compared case-blind at compile
