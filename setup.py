@@ -29,6 +29,16 @@ HOT = [
     "glassmesh/proxy/roundrobin.py",
     "glassmesh/proxy/routing.py",
     "glassmesh/proxy/tcp.py",
+    "glassmesh/proxy/chain.py",
+    "glassmesh/proxy/stages/endpoint.py",
+    "glassmesh/proxy/stages/eject.py",
+    "glassmesh/proxy/stages/balance.py",
+    "glassmesh/proxy/stages/split.py",
+    "glassmesh/proxy/stages/route.py",
+    "glassmesh/proxy/stages/retry.py",
+    "glassmesh/proxy/stages/overload.py",
+    "glassmesh/proxy/stages/fault.py",
+    "glassmesh/proxy/stages/mirror.py",
 ]
 STRICT = os.environ.get("GLASSMESH_REQUIRE_COMPILED", "") not in ("", "0")
 

@@ -13,7 +13,7 @@ therefore left out alike for both pairs. nginx runs the same outbound/inbound co
 process that serves the requests. `--cache-sim` adds the simulated L1 misses. The app is a
 1-worker nginx, as in `make bench`; everything on 127.0.0.1.
 
-    .venv/bin/python bench/instructions.py [--pair glassmesh,nginx] [-n 2000] [--cache-sim]
+    .venv/bin/python bench/instructions.py [--pair glassmesh,nginx] [-n 2000] [--cache-sim] [--policy]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import (  # noqa: E402
     Procs,
+    features_policy,
     glassmesh_cmd,
     glassmesh_snapshots,
     make_certs,
@@ -114,6 +115,8 @@ def main() -> None:
     ap.add_argument("--pair", default="glassmesh,nginx", help="comma list of glassmesh,nginx")
     ap.add_argument("-n", type=int, default=2000, help="measured requests (default 2000)")
     ap.add_argument("--warm", type=int, default=300)
+    ap.add_argument("--policy", action="store_true",
+                    help="give the outbound proxy the features section's traffic policy (20 routes, 1%% split, ...)")
     ap.add_argument("--cache-sim", action="store_true", help="also count simulated L1 misses (slower)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the run directory and its callgrind dumps (for callgrind_annotate)")
@@ -137,7 +140,8 @@ def main() -> None:
         if not wait_port(pp["UP"], time.time() + 10):
             raise SystemExit("instructions: the app (nginx) did not start")
         if "glassmesh" in which:
-            p_out, p_in = glassmesh_snapshots(run / "glassmesh", certs, pp, tcp=False)
+            p_out, p_in = glassmesh_snapshots(run / "glassmesh", certs, pp, tcp=False,
+                                              policy=features_policy() if a.policy else None)
             gm = glassmesh_cmd() + ["proxy", "--workers", "1", "--config"]
             out_cmd, in_cmd = gm + [str(p_out)], gm + [str(p_in)]
             wait = [pp["GM_OUT"], pp["GM_IN"]]

@@ -28,9 +28,19 @@ from typing import Any
 
 import measure
 import tcplinks
-from stack import Procs, filler_services, glassmesh_cmd, glassmesh_snapshots, http_get, log, render, wait_port
+from stack import (
+    Procs,
+    features_policy,
+    filler_services,
+    glassmesh_cmd,
+    glassmesh_snapshots,
+    http_get,
+    log,
+    render,
+    wait_port,
+)
 
-SECTIONS = ["features", "mesh", "scaling", "tcp"]
+SECTIONS = ["features", "mesh", "scaling", "tcp", "balance"]
 GM_KEYS = ["GM_OUT", "GM_IN", "GM_ADMIN_IN", "GM_OUT_INBOUND", "GM_ADMIN_OUT", "GM_TOUT"]
 SLOT_BASE = 2000          # section slot k: every glassmesh port + 2000 + 10k (20411.., 21411..)
 NGX_ISO = {"NGX_IN": 20602, "NGX_TIN": 21602}
@@ -47,7 +57,7 @@ def slot_ports(pp: dict[str, int], k: int) -> dict[str, int]:
 
 
 # Slots per section (fixed, so that ports can be checked before anything starts).
-SLOTS = {"features": [1, 2, 3, 4], "mesh": [5, 6], "scaling": [7, 8, 9, 10], "tcp": []}
+SLOTS = {"features": [1, 2, 3, 4, 11], "mesh": [5, 6], "scaling": [7, 8, 9, 10], "tcp": [], "balance": [12, 13]}
 
 
 def ports_needed(pp: dict[str, int], sections: list[str]) -> dict[str, int]:
@@ -342,7 +352,7 @@ run_tcp = tcplinks.run   # the tcp section lives in its own module
 
 # ------------------------------------------------------------------ features
 
-FEATURES = ["default", "access_log", "keylog", "http1"]
+FEATURES = ["default", "access_log", "keylog", "http1", "policy"]
 
 
 def run_features(ctx: Ctx) -> dict:
@@ -365,6 +375,9 @@ def run_features(ctx: Ctx) -> dict:
             lo, li = d / "keylog_bout.txt", d / "keylog_bin.txt"
             v = start_pair(ctx, "f_keylog", "--tls-keylog FILE", slot, extra=["--tls-keylog", str(lo)],
                            extra_in=["--tls-keylog", str(li)])
+        elif f == "policy":
+            v = start_pair(ctx, "f_policy", "traffic policy: 20 routes, 1% split, retry budget, outlier", slot,
+                           policy=features_policy())
         else:
             v = start_pair(ctx, "f_http1", '"peer_protocol": "http1"', slot, peer_protocol="http1")
         log(f"  up {v.key:14s}", "FAILED: " + v.failed if v.failed else f"ok ({v.info.get('listening_s')} s)")
@@ -399,7 +412,10 @@ def run_features(ctx: Ctx) -> dict:
              "repetition. `--access-log` writes one JSON line per request to a file on each proxy (whole lines written in batches), "
              "as a user would run it; `--tls-keylog` writes TLS secrets only at each handshake (pooled links: "
              "almost never); `peer_protocol: http1` is a TLS connection per request in flight between the "
-             "proxies instead of the default multiplexed link."]
+             "proxies instead of the default multiplexed link. The traffic-policy column gives the outbound "
+             "proxy's service 20 routes (each request walks 19 that do not match, on path prefix and method, "
+             "to the last), a 99/1 split over two subsets, retries on 503 under a 20% + 10/s budget and "
+             "outlier detection (the defaults, without a policy, are P2C and outlier detection already)."]
     metrics = LOAD_METRICS + C1_METRICS
     return _finish(ctx, "features", "Features on and off: what a switch costs", intro, variants, runs, metrics, notes)
 
@@ -541,3 +557,73 @@ def _per_worker(runs: dict) -> dict:
                         "requests": r.get("worker_requests", {}).get(n)}
                     for n in (r.get("worker_cpu_shares") or {})}
     return out
+
+
+# ------------------------------------------------------------------ balance: one slow instance among three
+
+APPS = Path(__file__).resolve().parents[1] / "tests" / "e2e" / "apps.py"
+
+
+def run_balance(ctx: Ctx) -> dict:
+    """P2C against round robin, with one of three app instances 20 ms slower (BALANCE_SLOW_MS).
+
+    One outbound proxy per mode sends "up" straight to three instances of the test app (endpoints
+    outside the mesh, plain HTTP, so that the balancing under test is the only one on the way).
+    """
+    import sys
+
+    slow_ms = int(os.environ.get("BALANCE_SLOW_MS", "20"))
+    base = slot_ports(ctx.pp, SLOTS["balance"][0])["GM_OUT"] + 5
+    app_ports = [base, base + 1, base + 2]
+    apps = []
+    for i, port in enumerate(app_ports):
+        name = f"bal_app{i}"
+        extra = ["--delay-ms", str(slow_ms)] if i == 2 else []
+        ctx.procs.start(name, [sys.executable, str(APPS), "http", "--listen", f"127.0.0.1:{port}",
+                               "--name", name, *extra])
+        apps.append(name)
+    for port in app_ports:
+        wait_port(port, time.time() + 20)
+    variants = []
+    for mode, slot in zip(("p2c_ewma", "round_robin"), SLOTS["balance"], strict=True):
+        q = slot_ports(ctx.pp, slot)
+        key = f"b_{mode}"
+        d = ctx.run / key
+        p_out, _ = glassmesh_snapshots(d, ctx.certs, q, tcp=False, up_address="127.0.0.1:1",
+                                       policy={"balance": mode, "outlier": None})
+        snap = json.loads(p_out.read_text())
+        snap["services"][0]["endpoints"] = [{"address": f"127.0.0.1:{p}", "host": f"app{i}", "mesh": False}
+                                            for i, p in enumerate(app_ports)]
+        p_out.write_text(json.dumps(snap, indent=2))
+        name = f"{key}_out"
+        v = Variant(key, f"{'P2C (EWMA)' if mode == 'p2c_ewma' else 'round robin'}, 1 of 3 instances "
+                         f"+{slow_ms} ms", q["GM_OUT"], [name], [q["GM_OUT"], q["GM_ADMIN_OUT"]], app=apps,
+                    admin_ports={name: q["GM_ADMIN_OUT"]})
+        t0 = time.time()
+        ctx.procs.start(name, glassmesh_cmd() + ["proxy", "--config", str(p_out)])
+        until = t0 + 40
+        for port in v.wait_ports:
+            if not wait_port(port, until):
+                v.failed = f"port {port} not listening"
+        variants.append(v)
+        log(f"  up {v.key:14s}", "FAILED: " + v.failed if v.failed else "ok")
+    runs = alternate(ctx, variants, ["c32"])
+    for v in variants:
+        # Each proxy's own count of the tries it sent to each instance (its /stats.json endpoint rows).
+        try:
+            _, _, body = http_get(v.admin_ports[v.proxies[0]], "/stats.json")
+            rows = json.loads(body)["endpoints"]
+            total = sum(r["requests"] for r in rows) or 1
+            v.info["share_of_requests_pct"] = {r["host"]: round(100 * r["requests"] / total, 1) for r in rows}
+        except (OSError, ValueError, KeyError) as e:
+            v.info["share_of_requests_pct"] = f"unreadable: {e}"
+    ctx.procs.stop(apps)
+    notes = [f"share of requests by instance: {v.label.split(',')[0]}: {v.info.get('share_of_requests_pct')}"
+             for v in variants]
+    notes += [f"the slow instance (bal_app2) answers {slow_ms} ms later than the other two; the app is the test "
+             "suite's Python HTTP app (tests/e2e/apps.py), so absolute rates are the app's, not the proxy's; "
+             "what matters is p50/p99 between the columns"]
+    intro = ["One outbound proxy in front of three instances of one service, one of them slow; the same load "
+             "(wrk, 32 connections) with `balance: p2c_ewma` (the default) and `balance: round_robin`."]
+    return _finish(ctx, "balance", "Balancing with one slow instance of three: P2C against round robin", intro,
+                   variants, runs, LOAD_METRICS, notes)

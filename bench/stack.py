@@ -248,18 +248,20 @@ def filler_services(n_endpoints: int, per_service: int = 10, n_hosts: int = 200)
 
 def glassmesh_snapshots(gm_dir: Path, certs: Path, pp: dict[str, int], *, peer_protocol: str = "mux",
                         filler: list[dict] | None = None, up_address: str | None = None,
-                        tcp: bool = True) -> tuple[Path, Path]:
+                        tcp: bool = True, policy: dict | None = None) -> tuple[Path, Path]:
     """Two hosts: "bout" runs the calling service "client"; "bin" runs "up" (http) and "bulk" (tcp).
 
     peer_protocol: bout's "peer_protocol". filler: more services in both hosts' `services` (see
     filler_services). up_address: send "up" to this mTLS inbound instead of bin's (e.g. an nginx
-    inbound, with peer_protocol "http1"). tcp=False leaves the TCP link out.
+    inbound, with peer_protocol "http1"). tcp=False leaves the TCP link out. policy: the traffic
+    policy of "up" at bout (its endpoint is labelled version=v1, track=all, for subsets to select).
     """
     gm_dir.mkdir(parents=True, exist_ok=True)
     a = lambda port: f"127.0.0.1:{port}"  # noqa: E731
     rel = os.path.relpath(certs, gm_dir)
     c = lambda f: f"{rel}/{f}"  # noqa: E731
-    bin_ep = [{"address": a(pp["GM_IN"]), "host": "bin"}]
+    bin_ep = [{"address": a(pp["GM_IN"]), "host": "bin", **({"labels": {"version": "v1", "track": "all"}}
+                                                              if policy else {})}]
     up_ep = [{"address": up_address, "host": "nin"}] if up_address else bin_ep
     filler = list(filler or [])
     bout = {
@@ -268,7 +270,7 @@ def glassmesh_snapshots(gm_dir: Path, certs: Path, pp: dict[str, int], *, peer_p
         "inbound": a(pp["GM_OUT_INBOUND"]), "admin": a(pp["GM_ADMIN_OUT"]),
         "local_services": [{"name": "client", "protocol": "http", "instances": [],
                             "outbound": a(pp["GM_OUT"]), "cert": c("client.crt"), "key": c("client.key")}],
-        "services": [{"name": "up", "protocol": "http", "endpoints": up_ep},
+        "services": [{"name": "up", "protocol": "http", "endpoints": up_ep, **({"policy": policy} if policy else {})},
                      {"name": "bulk", "protocol": "tcp", "endpoints": bin_ep}] + filler,
         "tcp_links": [{"source": "client", "listen": a(pp["GM_TOUT"]), "destination": "bulk"}] if tcp else [],
     }
@@ -289,6 +291,20 @@ def glassmesh_snapshots(gm_dir: Path, certs: Path, pp: dict[str, int], *, peer_p
     p_out.write_text(json.dumps(bout, indent=ind) + "\n")
     p_in.write_text(json.dumps(bin_, indent=ind) + "\n")
     return p_out, p_in
+
+
+def features_policy() -> dict:
+    """The features section's traffic policy: 20 routes (the request takes the last), a 1% split, retries
+    under a budget, outlier detection (on by default). Both subsets hold the one endpoint: the split runs,
+    the endpoint is the same."""
+    routes = [{"name": f"r{i}", "match": {"path_prefix": f"/api/v{i}/", "methods": ["POST"]},
+               "split": [{"subset": "stable", "weight": 1}]} for i in range(19)]
+    routes.append({"name": "canary", "match": {"path_prefix": "/"},
+                   "split": [{"subset": "stable", "weight": 99}, {"subset": "canary", "weight": 1}],
+                   "retry": {"attempts": 2, "on_status": [503]}})
+    return {"subsets": [{"name": "stable", "labels": {"version": "v1"}}, {"name": "canary", "labels": {"track": "all"}}],
+            "routes": routes, "retry_budget": {"percent": 20.0, "min_per_second": 10},
+            "outlier": {"consecutive_failures": 5}}
 
 
 def glassmesh_cmd() -> list[str]:

@@ -28,6 +28,16 @@ HOT_MODULES = (
     "glassmesh.proxy.roundrobin",
     "glassmesh.proxy.routing",
     "glassmesh.proxy.tcp",
+    "glassmesh.proxy.chain",
+    "glassmesh.proxy.stages.endpoint",
+    "glassmesh.proxy.stages.eject",
+    "glassmesh.proxy.stages.balance",
+    "glassmesh.proxy.stages.split",
+    "glassmesh.proxy.stages.route",
+    "glassmesh.proxy.stages.retry",
+    "glassmesh.proxy.stages.overload",
+    "glassmesh.proxy.stages.fault",
+    "glassmesh.proxy.stages.mirror",
 )
 
 

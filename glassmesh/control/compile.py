@@ -21,8 +21,9 @@ import msgspec
 from glassmesh.control.config import HostConfig, MeshConfig, ServiceConfig
 from glassmesh.control.discovery import SOURCE_DNS, is_external
 from glassmesh.control.layout import effective_calls, host_layout, index, join, local_ip
+from glassmesh.control.rules import instance_labels
 from glassmesh.control.store import HostRecord, InstanceRecord
-from glassmesh.model.snapshot import Endpoint, LocalService, Service, Snapshot, TcpLink
+from glassmesh.model.snapshot import Endpoint, LocalService, Policy, Service, Snapshot, TcpLink
 
 InstanceKey = tuple[str, str]  # (host, app address): one instance of a service
 
@@ -144,12 +145,15 @@ def _service_structs(cfg: MeshConfig, endpoints: Mapping[str, Iterable[InstanceK
         for svc in snap.services:
             prev.setdefault(svc.name, svc)
     out: dict[str, Service] = {}
+    labels = instance_labels(cfg)
     for s in cfg.services:
         # A mesh instance is reached through its host's proxy (inbound port); an external (DNS)
         # one has no proxy in front, so its endpoint is its own address.
-        eps = [Endpoint(address=a, host=h, mesh=False) if is_external(h) else Endpoint(address=inbound[h], host=h)
+        eps = [Endpoint(address=a, host=h, mesh=False) if is_external(h)
+               else Endpoint(address=inbound[h], host=h, labels=labels.get((s.name, h), {}))
                for h, a in sorted(endpoints.get(s.name, ())) if is_external(h) or h in inbound]
-        new = Service(name=s.name, protocol=s.protocol, endpoints=eps, drained=s.name in drained)
+        new = Service(name=s.name, protocol=s.protocol, endpoints=eps, drained=s.name in drained,
+                      policy=_policy(s))
         old = prev.get(s.name)
         out[s.name] = old if old is not None and old == new else new
     return out
@@ -223,6 +227,10 @@ def compile_snapshots(
             services=listed,
             withheld_services=withheld,
             tcp_links=links,
+            # A proxy that ignored a policy would spread a 1% canary evenly and never time out, retry or
+            # eject as configured: policy is must-understand, so an older proxy refuses the snapshot and
+            # keeps its last one (and `glassmesh status` says which feature it lacks).
+            requires=["policy"] if any(s.policy is not None for s in listed) else [],
         )
         prev = versions.get(h.name)
         if prev is not None and msgspec.structs.replace(prev, version=0) == snap:
@@ -230,6 +238,22 @@ def compile_snapshots(
         else:
             out[h.name] = msgspec.structs.replace(snap, version=max(version, (prev.version if prev else 0) + 1))
     return out
+
+
+def _policy(svc: ServiceConfig) -> Policy | None:
+    """The service's traffic policy as proxies take it: header names lowercase, methods upper case."""
+    pol = svc.policy()
+    if pol is None or not pol.routes:
+        return pol
+    routes = []
+    for r in pol.routes:
+        m = r.match
+        if m.methods or m.headers:
+            m = msgspec.structs.replace(m, methods=[x.upper() for x in m.methods],
+                                        headers={k.lower(): v for k, v in m.headers.items()})
+            r = msgspec.structs.replace(r, match=m)
+        routes.append(r)
+    return msgspec.structs.replace(pol, routes=routes)
 
 
 def _health(svc: ServiceConfig | None) -> dict[str, Any]:

@@ -22,8 +22,19 @@ import yaml
 
 from glassmesh.control import yamlpos
 from glassmesh.control.collect import collect
-from glassmesh.control.rules import check_meaning
-from glassmesh.model.snapshot import NAME_RE, Address, Name, Protocol
+from glassmesh.control.rules import LABEL_KEY_RE, LABEL_VALUE_RE, check_meaning
+from glassmesh.model.snapshot import (
+    NAME_RE,
+    Address,
+    Name,
+    Outlier,
+    Policy,
+    Protocol,
+    RetryBudget,
+    Route,
+    ServiceLimits,
+    Subset,
+)
 
 _S = {"forbid_unknown_fields": True, "frozen": True, "kw_only": True, "omit_defaults": True}
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -39,11 +50,22 @@ class Health(msgspec.Struct, **_S):
     timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000  # a check that takes longer fails
 
 
+Labels = dict[Annotated[str, msgspec.Meta(pattern=LABEL_KEY_RE)], Annotated[str, msgspec.Meta(pattern=LABEL_VALUE_RE)]]
+
+
 class StaticInstance(msgspec.Struct, **_S):
     """An instance listed by hand."""
 
     host: Name  # the host it runs on (its proxy checks it and carries its traffic)
     address: Address  # where it listens on that host
+    labels: Labels = {}  # labels of this instance, which subsets select it by (routes: split:)
+
+
+class HostService(msgspec.Struct, **_S):
+    """A host's `services:` item in its long form: `{name: b, labels: {version: v2}}`."""
+
+    name: Name
+    labels: Labels = {}
 
 
 class Dns(msgspec.Struct, **_S):
@@ -67,6 +89,19 @@ class ServiceConfig(msgspec.Struct, **_S):
     calls: list[Name] | None = None
     # Share of endpoints one change may remove before it is held for an operator.
     max_endpoint_drop: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+    # Traffic policy toward this service, applied by every calling proxy (http services only).
+    subsets: list[Subset] = []
+    routes: list[Route] = []  # first match wins; a request no route takes goes to every instance
+    balance: Literal["p2c_ewma", "round_robin"] = "p2c_ewma"
+    retry_budget: RetryBudget = RetryBudget()
+    outlier: Outlier | None = Outlier()  # null: never eject
+    limits: ServiceLimits = ServiceLimits()
+
+    def policy(self) -> Policy | None:
+        """The snapshot's policy for this service; None when mesh.yaml sets none of it (today's snapshots)."""
+        pol = Policy(subsets=self.subsets, routes=self.routes, balance=self.balance, retry_budget=self.retry_budget,
+                     outlier=self.outlier, limits=self.limits)
+        return None if pol == _NO_POLICY else pol
 
 
 class HostConfig(msgspec.Struct, **_S):
@@ -75,9 +110,12 @@ class HostConfig(msgspec.Struct, **_S):
     name: Name  # the host's name, also its identity (spiffe://TRUST_DOMAIN/host/NAME)
     address: Address  # its proxy's inbound (mTLS) port
     admin: Address | None = None  # default: the inbound ip, port 4191
+    # In mesh.yaml each item is a name, or {name: b, labels: {version: v2}}; parse_config keeps the
+    # names here and the labels in service_labels (to_doc writes them back in the long form).
     services: list[Name] = []  # the services with instances (or callers) on this host
     # Pin a local service's outbound listener; default: the inbound ip, ports 4140, 4141, ... in list order.
     outbound: dict[Name, Address] = {}
+    service_labels: dict[Name, Labels] = {}
 
 
 class TcpLinkConfig(msgspec.Struct, **_S):
@@ -99,6 +137,9 @@ class MeshConfig(msgspec.Struct, **_S):
 
     def host(self, name: str) -> HostConfig | None:
         return next((h for h in self.hosts if h.name == name), None)
+
+
+_NO_POLICY = Policy()
 
 
 @dataclass(frozen=True)
@@ -127,6 +168,10 @@ class ConfigError(ValueError):
 
 def _friendly(msg: str) -> str:
     msg = msg.replace(f"matching regex '{NAME_RE}'", "that is a lowercase DNS label (a-z, 0-9, -)")
+    msg = msg.replace(f"matching regex '{LABEL_KEY_RE}'", "that is a label name (letters, digits, - _ . /; "
+                                                           "at most 63)")
+    msg = msg.replace(f"matching regex '{LABEL_VALUE_RE}'", "that is a label value (letters, digits, - _ .; "
+                                                             "at most 63)")
     msg = re.sub(r"matching regex '[^']*'", "in the form host:port", msg) if "regex" in msg else msg
     return msg.replace("`", "").replace(" | null", "")
 
@@ -151,9 +196,10 @@ def parse_config(text: str, filename: str = "mesh.yaml") -> MeshConfig:
         raise ConfigError(filename, [*problems, Problem(1, "", "the config must be a mapping (services:, hosts:, "
                                                                "tcp_links:)")])
     # Section by section, item by item: every schema problem, not only the first msgspec meets.
-    found = collect(data, MeshConfig)
+    short, lossy = _short_host_services(data, problems, root)
+    found = collect(short, MeshConfig)
     problems += [_problem(root, path, msg) for path, msg in found.problems]
-    if found.lossy:  # an item could not be read: references to it would be reported wrongly
+    if found.lossy or lossy:  # an item could not be read: references to it would be reported wrongly
         raise ConfigError(filename, problems)
     cfg = msgspec.convert(found.value, MeshConfig, strict=True)
     problems += [Problem(yamlpos.line_of(root, p), p, m) for p, m in check_meaning(cfg)]
@@ -162,14 +208,70 @@ def parse_config(text: str, filename: str = "mesh.yaml") -> MeshConfig:
     return cfg
 
 
+def _short_host_services(data: dict[str, Any], problems: list[Problem] | None = None,
+                         root: yaml.Node | None = None) -> tuple[dict[str, Any], bool]:
+    """The document with each host's long `services:` items made names, their labels moved to service_labels.
+
+    Problems in the long items (and a `service_labels:` written by hand, which
+    is internal) are added to `problems`; True when an item could not be read.
+    """
+    hosts = data.get("hosts")
+    if not isinstance(hosts, list) or not any(isinstance(h, dict) and (
+            "service_labels" in h or any(isinstance(x, dict) for x in h.get("services") or [])) for h in hosts):
+        return data, False
+    lossy = False
+    out_hosts: list[Any] = []
+    for i, h in enumerate(hosts):
+        if not isinstance(h, dict):
+            out_hosts.append(h)
+            continue
+        h = dict(h)
+        if problems is not None and "service_labels" in h:
+            problems.append(_problem(root, f"hosts[{i}].service_labels",
+                                     "Object contains unknown field `service_labels` (give labels in services: "
+                                     "as {name: b, labels: {version: v2}})"))
+            del h["service_labels"]
+        items = h.get("services")
+        if isinstance(items, list):
+            names: list[Any] = []
+            labels: dict[str, Any] = {}
+            for j, item in enumerate(items):
+                if not isinstance(item, dict):
+                    names.append(item)
+                    continue
+                got = collect(item, HostService)
+                if problems is not None:
+                    problems += [_problem(root, f"hosts[{i}].services[{j}].{p}" if p else f"hosts[{i}].services[{j}]",
+                                          m) for p, m in got.problems]
+                if got.lossy:
+                    lossy = True
+                    continue
+                names.append(got.value["name"])
+                if got.value.get("labels"):
+                    labels[got.value["name"]] = got.value["labels"]
+            h["services"] = names
+            if labels:
+                h["service_labels"] = labels
+        out_hosts.append(h)
+    return {**data, "hosts": out_hosts}, lossy
+
+
 def from_doc(doc: dict[str, Any]) -> MeshConfig:
     """A stored (already validated) document back into a MeshConfig."""
-    return msgspec.convert(doc, MeshConfig, strict=True)
+    return msgspec.convert(_short_host_services(doc)[0], MeshConfig, strict=True)
 
 
 def to_doc(cfg: MeshConfig) -> dict[str, Any]:
-    """The JSON-able document stored for a config (defaults omitted, so they can change later)."""
-    return msgspec.to_builtins(cfg)
+    """The JSON-able document stored for a config (defaults omitted, so they can change later).
+
+    A host's service labels go back into its `services:` items, as the operator wrote them.
+    """
+    doc: dict[str, Any] = msgspec.to_builtins(cfg)
+    for h in doc.get("hosts", ()):
+        labels = h.pop("service_labels", None)
+        if labels:
+            h["services"] = [{"name": n, "labels": labels[n]} if n in labels else n for n in h["services"]]
+    return doc
 
 
 def canonical_yaml(doc: dict[str, Any] | None) -> str:

@@ -111,13 +111,19 @@ def parse_links(text: str, side: str = "outbound") -> dict[Link, LinkSample]:
 
 
 def parse_mesh_errors(text: str, side: str = "outbound") -> dict[str, float]:
-    """`glassmesh_mesh_errors_total` of one side by reason (`retried_*`: requests sent to another endpoint)."""
+    """`glassmesh_mesh_errors_total` of one side by reason, with `glassmesh_retries_total` as `retried_<reason>`
+    (requests sent again, to another endpoint or on a fresh connection; a budget's refusals left out)."""
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "glassmesh_mesh_errors_total" and s.labels.get("side") == side:
-                reason = s.labels.get("reason", "?")
-                out[reason] = out.get(reason, 0.0) + float(s.value)
+            if s.labels.get("side") != side:
+                continue
+            reason = s.labels.get("reason", "?")
+            if s.name == "glassmesh_retries_total" and reason != "budget_exhausted":
+                reason = "retried_" + reason
+            elif s.name != "glassmesh_mesh_errors_total":
+                continue
+            out[reason] = out.get(reason, 0.0) + float(s.value)
     return out
 
 

@@ -1,7 +1,8 @@
 """`glassmesh demo`: the three-host mesh of every mesh article, live, on one machine, run by the control plane.
 
-host1 (127.0.0.11) runs A; host2 (127.0.0.12) runs an instance of B; host3
-(127.0.0.13) runs the other instance of B and C. The runner starts
+host1 (127.0.0.11) runs A; host2 (127.0.0.12) and host4 (127.0.0.14) run B's
+v1 (labelled version: v1 in mesh.yaml); host3 (127.0.0.13) runs B's v2 and C.
+The runner starts
 `glassmesh control` (state in state_dir/control, API on 127.0.0.1:4200),
 writes a mesh.yaml for that topology and applies it, issues each host's
 certificates into its data dir, and starts one `glassmesh proxy --control
@@ -17,6 +18,13 @@ moving to host3 with no failed request (host1's proxy retries what host2
 could not deliver, then the control plane pushes host1 a snapshot without
 host2), starts it again and shows it coming back.
 
+Meanwhile B's v2 is rolled out as a canary: mesh.yaml starts with a route that
+sends it 0% of B's traffic, and the runner rewrites that route's weights and
+runs `glassmesh apply -f mesh.yaml` (the real CLI, with the demo's operator
+credential) to give v2 1%, then 10%, then 50%. The live view counts what each
+subset served (each host's proxy reports what its instance answered, and a
+host's instance is in one subset), and so does the summary.
+
 Everything is a child process with a log in state_dir/logs; Ctrl-C or
 SIGTERM stops them all, the control plane included.
 """
@@ -26,8 +34,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -57,7 +67,14 @@ from glassmesh.demo.procs import (
     http_json,
     wait_until,
 )
-from glassmesh.demo.topology import HostSpec, LocalSpec, Topology, build_control_topology
+from glassmesh.demo.topology import (
+    HostSpec,
+    LocalSpec,
+    Topology,
+    build_control_topology,
+    mesh_config,
+    mesh_yaml_text,
+)
 
 FRONT_HOST = "host1"
 LINKS = [("a", "b"), ("a", "c")]
@@ -77,20 +94,65 @@ The demo mesh, written by `glassmesh demo` and applied with the equivalent of
 credential where the CLI looks, ~/.config/glassmesh/operator.pem, unless one is there)."""
 
 
+# The canary: B's v2 (host3) gets this share of A's calls, one `glassmesh apply` per step; v1 (host2, host4)
+# the rest. The demo starts at 0%.
+CANARY_SERVICE = "b"
+CANARY_STEPS = (1, 10, 50)
+UNTIMED_CANARY = (20.0, 30.0, 40.0)  # without --duration: seconds into the traffic of each step
+V1 = {"version": "v1"}
+V2 = {"version": "v2"}
+
+
 def demo_hosts() -> list[HostSpec]:
     return [
         HostSpec("host1", "127.0.0.11", [LocalSpec("a", instances=[8080])]),
-        HostSpec("host2", "127.0.0.12", [LocalSpec("b", instances=[8080])]),
-        HostSpec("host3", "127.0.0.13", [LocalSpec("b", instances=[8080]), LocalSpec("c", instances=[8081])]),
+        HostSpec("host2", "127.0.0.12", [LocalSpec("b", instances=[8080], labels=V1)]),
+        HostSpec("host3", "127.0.0.13", [LocalSpec("b", instances=[8080], labels=V2),
+                                         LocalSpec("c", instances=[8081])]),
+        HostSpec("host4", "127.0.0.14", [LocalSpec("b", instances=[8080], labels=V1)]),
     ]
+
+
+def canary_policy(percent: int) -> dict[str, dict[str, Any]]:
+    """B's traffic policy with v2 at `percent`% of its calls: two subsets by label, one weighted route."""
+    return {CANARY_SERVICE: {
+        "subsets": [{"name": "v1", "labels": V1}, {"name": "v2", "labels": V2}],
+        "routes": [{"name": "canary", "split": [{"subset": "v1", "weight": 100 - percent},
+                                                {"subset": "v2", "weight": percent}]}],
+    }}
 
 
 def build_demo_topology(state_dir: str) -> Topology:
     """mesh.yaml, the CA, each host's data dir with its certificates, and topology.json."""
     return build_control_topology(
         state_dir, demo_hosts(), control_url=CONTROL_URL, calls={"a": ["b", "c"]},
-        health={s: HEALTH for s in ("a", "b", "c")}, header=MESH_HEADER,
+        health={s: HEALTH for s in ("a", "b", "c")}, header=MESH_HEADER, policy=canary_policy(0),
     )
+
+
+def canary_yaml(percent: int) -> str:
+    """The demo's mesh.yaml with v2 at `percent`%: what an operator would edit before `glassmesh apply`."""
+    doc = mesh_config(demo_hosts(), calls={"a": ["b", "c"]}, health={s: HEALTH for s in ("a", "b", "c")},
+                      policy=canary_policy(percent))
+    return mesh_yaml_text(doc, MESH_HEADER)
+
+
+def subsets_by_host(topo_hosts: list[HostSpec], service: str = CANARY_SERVICE) -> dict[str, str]:
+    """host -> the subset its instance of `service` is in (labels are per host, so this is exact)."""
+    names = {tuple(sorted(V1.items())): "v1", tuple(sorted(V2.items())): "v2"}
+    out = {}
+    for h in topo_hosts:
+        for ls in h.services:
+            if ls.name == service and tuple(sorted(ls.labels.items())) in names:
+                out[h.name] = names[tuple(sorted(ls.labels.items()))]
+    return out
+
+
+def canary_schedule(duration: float) -> list[tuple[float, int]]:
+    """(seconds into the traffic, v2's percent) of each canary step: at 25%, 50% and 75% of a timed run."""
+    if duration <= 0:
+        return list(zip(UNTIMED_CANARY, CANARY_STEPS, strict=True))
+    return [(duration * (i + 1) / (len(CANARY_STEPS) + 1), p) for i, p in enumerate(CANARY_STEPS)]
 
 
 def bounce_schedule(duration: float) -> tuple[float, float] | None:
@@ -137,6 +199,8 @@ class Push:
     version: int
     endpoints: dict[str, list[str]]  # service -> hosts of its endpoints, as in this snapshot
     before: dict[str, list[str]] | None
+    splits: dict[str, str] = field(default_factory=dict)  # service -> "v1 99%, v2 1%" (its first route's split)
+    splits_before: dict[str, str] | None = None
 
 
 def _endpoints(snapshot: dict[str, Any]) -> dict[str, list[str]]:
@@ -144,8 +208,21 @@ def _endpoints(snapshot: dict[str, Any]) -> dict[str, list[str]]:
             for s in snapshot.get("services", [])}
 
 
+def _splits(snapshot: dict[str, Any]) -> dict[str, str]:
+    """service -> its first weighted route's split as "v1 99%, v2 1%" (services without one left out)."""
+    out = {}
+    for s in snapshot.get("services", []):
+        for r in (s.get("policy") or {}).get("routes", []):
+            split = r.get("split") or []
+            total = sum(b.get("weight", 0) for b in split)
+            if total:
+                out[s["name"]] = ", ".join(f"{b['subset']} {100 * b.get('weight', 0) / total:g}%" for b in split)
+                break
+    return out
+
+
 def describe_push(p: Push) -> str:
-    """'b now host3 (was host2, host3)' for what changed; '' when no endpoint moved."""
+    """'b now host3 (was host2, host3)' for what changed; '' when no endpoint moved and no split changed."""
     if p.before is None:
         return ", ".join(f"{s} on {', '.join(h) or 'nothing'}" for s, h in sorted(p.endpoints.items()))
     parts = []
@@ -153,6 +230,10 @@ def describe_push(p: Push) -> str:
         new, old = p.endpoints.get(svc, []), p.before.get(svc, [])
         if new != old:
             parts.append(f"{svc} now {', '.join(new) or 'nothing'} (was {', '.join(old) or 'nothing'})")
+    before = p.splits_before or {}
+    for svc in sorted(set(p.splits) | set(before)):
+        if p.splits.get(svc) != before.get(svc):
+            parts.append(f"{svc} split {p.splits.get(svc, 'none')} (was {before.get(svc, 'none')})")
     return "; ".join(parts)
 
 
@@ -168,6 +249,7 @@ class SnapshotWatch:
         self.admins, self.on_push, self.interval = admins, on_push, interval
         self.versions: dict[str, int] = {}
         self.endpoints: dict[str, dict[str, list[str]]] = {}
+        self.splits: dict[str, dict[str, str]] = {}
         self.pushes: list[Push] = []
         self._cv = threading.Condition()
         self._stop = threading.Event()
@@ -187,12 +269,14 @@ class SnapshotWatch:
             except (OSError, http.client.HTTPException, KeyError, TypeError, ValueError):
                 continue
             eps = _endpoints(snap)
-            push = Push(time.monotonic(), host, int(snap.get("version", version)), eps, self.endpoints.get(host))
+            push = Push(time.monotonic(), host, int(snap.get("version", version)), eps, self.endpoints.get(host),
+                        _splits(snap), self.splits.get(host))
             first = host not in self.versions
             if not first and self.on_push is not None:
                 self.on_push(push)  # before waiters hear of it, so the push is told before what it caused
             with self._cv:
                 self.versions[host], self.endpoints[host] = push.version, eps
+                self.splits[host] = push.splits
                 if not first:
                     self.pushes.append(push)
                     found.append(push)
@@ -216,15 +300,17 @@ class SnapshotWatch:
             self._thread.join(5)
 
     def wait_for(self, pred: Callable[[dict[str, dict[str, list[str]]]], bool], timeout: float,
-                 give_up: threading.Event | None = None) -> Push | None:
-        """The first push after now that makes pred(host -> service -> hosts) true; None on timeout."""
+                 give_up: threading.Event | None = None,
+                 push_pred: Callable[[Push], bool] | None = None, since: int | None = None) -> Push | None:
+        """The first push after now (or after pushes[since]) that makes pred(host -> service -> hosts) and
+        push_pred(push) true; None on timeout."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            seen = len(self.pushes)
+            seen = len(self.pushes) if since is None else since
             while True:
                 for p in self.pushes[seen:]:
                     view = dict(self.endpoints)
-                    if pred(view):
+                    if pred(view) and (push_pred is None or push_pred(p)):
                         return p
                 seen = len(self.pushes)
                 left = deadline - time.monotonic()
@@ -259,6 +345,20 @@ class Bounce:
         return self.back is not None
 
 
+@dataclass
+class CanaryStep:
+    """One shift of B's traffic to v2: when it was applied, and when host1's proxy ran it."""
+
+    at: float  # seconds into the traffic, as planned
+    percent: int
+    applied: float | None = None  # seconds into the traffic, when `glassmesh apply` returned
+    version: int | None = None  # the config version it made
+    push: Push | None = None  # host1's snapshot with the new split
+    push_after: float | None = None
+    error: str | None = None
+    served: dict[str, float] | None = None  # requests each subset had served (since the start) at the push
+
+
 # --- the demo ---------------------------------------------------------------------------------------------
 
 
@@ -273,6 +373,8 @@ class Demo:
         self.instances: dict[tuple[str, str], Child] = {}  # (service, host) -> its app process
         self.watch: SnapshotWatch | None = None
         self.bounce: Bounce | None = None
+        self.canary: list[CanaryStep] = []
+        self.baseline = Scrape(None, {})
         self.t0 = time.monotonic()  # when the traffic started (the live lines count from it)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -423,8 +525,8 @@ class Demo:
         h1 = topo.host(FRONT_HOST)
         a_addr = h1.instances["a"][0]
         say = self.console.print
-        say("[bold]glassmesh demo[/]: A on host1 calls B (host2, host3) and C (host3) through per-host "
-            "proxies over mutual TLS, configured by the control plane")
+        say("[bold]glassmesh demo[/]: A on host1 calls B (v1 on host2 and host4, v2 on host3) and C (host3) "
+            "through per-host proxies over mutual TLS, configured by the control plane")
         say(f"  state:    {topo.state_dir}" + ("" if self.opts.state_dir else "  (removed at exit; keep it with "
                                                 "--state-dir DIR)"), markup=False)
         say(f"  control:  {CONTROL_URL} (its state in {topo.control_dir})", markup=False)
@@ -503,6 +605,9 @@ class Demo:
         assert self.procs is not None and self.watch is not None
         svc, host = b.service, b.host
         other = ", ".join(sorted({i.host for i in self.topo.services[svc].instances} - {host}))  # type: ignore[union-attr]
+        # A retry stays in the subset the split chose: the other instances of the same subset.
+        same = sorted(h for h, sub in _SUBSET_OF.items() if sub == _SUBSET_OF.get(host) and h != host)
+        retried_on = ", ".join(same) if svc == CANARY_SERVICE and same else other
         if self.stop.wait(max(0.0, self.t0 + b.stop_at - time.monotonic())):
             return
         child = self.instances[(svc, host)]
@@ -512,7 +617,7 @@ class Demo:
         rc = self.procs.stop_child(child)
         b.stopped, b.stopped_pid = time.monotonic() - self.t0, child.pid
         self.say(f">>> {svc} on {host} exited (status {rc}) after {time.monotonic() - t_stop:.1f} s; requests "
-                 f"host1 sends there meanwhile are retried on {other}", style="bold")
+                 f"host1 sends there meanwhile are retried on {retried_on}", style="bold")
         push = self.watch.wait_for(lambda v: host not in v.get(FRONT_HOST, {}).get(svc, [host]), 15, self.stop)
         if push is not None:
             b.out, b.out_after = push, push.at - t_stop
@@ -540,13 +645,65 @@ class Demo:
         # the thread, not the process): it lives until the demo stops.
         self.stop.wait()
 
+    # --- the canary ----------------------------------------------------------------------------------
+
+    def _canary(self, steps: list[CanaryStep]) -> None:
+        """At each step, write mesh.yaml with v2's new share and `glassmesh apply` it, as an operator would."""
+        assert self.watch is not None and self.topo is not None and self.topo.mesh_yaml is not None
+        path = self.topo.mesh_yaml
+        env = {**os.environ, "GLASSMESH_CONTROL": CONTROL_URL, "GLASSMESH_CREDENTIAL": self.operator.path}
+        for step in steps:
+            if self.stop.wait(max(0.0, self.t0 + step.at - time.monotonic())):
+                return
+            with open(path, "w") as f:
+                f.write(canary_yaml(step.percent))
+            self.say(f">>> canary: {CANARY_SERVICE} v2 to {step.percent}% of A's calls: glassmesh apply -f "
+                     f"{os.path.basename(path)}", style="bold")
+            t_apply = time.monotonic()
+            seen = len(self.watch.pushes)
+            try:
+                done = subprocess.run(glassmesh_argv("apply", "-f", path), env=env, capture_output=True,
+                                      text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                step.error = f"glassmesh apply failed: {e}"
+                self.say(f">>> {step.error}", style="red")
+                continue
+            step.applied = time.monotonic() - self.t0
+            last = (done.stdout.strip().splitlines() or [""])[-1]
+            found = re.search(r"version (\d+)", last)
+            if done.returncode != 0 or found is None:
+                step.error = f"glassmesh apply exited {done.returncode}: {(done.stdout + done.stderr).strip()[-300:]}"
+                self.say(f">>> {step.error}", style="red")
+                continue
+            step.version = int(found.group(1))
+            self.say(f">>> {last}", style="bold")
+            want = f"v1 {100 - step.percent:g}%, v2 {step.percent:g}%"
+            push = self.watch.wait_for(lambda v: True, 15, self.stop,
+                                       lambda p, want=want: p.host == FRONT_HOST  # type: ignore[misc]
+                                       and p.splits.get(CANARY_SERVICE) == want, since=seen)
+            if push is not None:
+                step.push, step.push_after = push, push.at - t_apply
+                self.say(f">>> host1's proxy runs the {step.percent}% split: snapshot v{push.version}, "
+                         f"{step.push_after:.1f} s after the apply", style="bold")
+                step.served = self._served_by_subset()
+            elif not self.stop.is_set():
+                step.error = f"host1's snapshot did not carry the {step.percent}% split within 15 s of the apply"
+                self.say(f">>> {step.error}", style="yellow")
+
+    def _served_by_subset(self) -> dict[str, float]:
+        """Requests each subset of B answered A since the traffic started, as the proxies count them."""
+        assert self.topo is not None
+        link = ("a", CANARY_SERVICE)
+        now, before = _scrape_all(self.topo).served.get(link, {}), self.baseline.served.get(link, {})
+        return by_subset({h: n - before.get(h, 0.0) for h, n in now.items()})
+
     # --- the live view ------------------------------------------------------------------------------
 
     def _watch(self, topo: Topology, logs: str) -> int:
         assert self.procs is not None
         h1 = topo.host(FRONT_HOST)
         stats_path = os.path.join(logs, "traffic-stats.json")
-        baseline = _scrape_all(topo)
+        baseline = self.baseline = _scrape_all(topo)
         a_addr = h1.instances["a"][0]
         self.traffic = self.procs.start("traffic", [
             sys.executable, "-m", "glassmesh.demo.traffic", "--target", a_addr, "--rate", str(self.opts.rate),
@@ -567,6 +724,12 @@ class Demo:
         else:
             self.console.print(f"(runs of {MIN_BOUNCE_DURATION:g} s or more also stop {BOUNCE[0]} on {BOUNCE[1]} "
                                "and start it again)")
+        self.canary = [CanaryStep(at, pct) for at, pct in canary_schedule(self.opts.duration)]
+        steps = ", ".join(f"{c.percent}% at {c.at:g} s" for c in self.canary)
+        self.console.print(f"canary: {CANARY_SERVICE} v2 (host3) gets 0% of A's calls, then {steps}, each by "
+                           "`glassmesh apply -f mesh.yaml`: watch \"subsets\"")
+        canary = threading.Thread(target=self._canary, args=(self.canary,), name="canary", daemon=True)
+        canary.start()
         prev = baseline
         died: list[Child] = []
         live = Live(console=self.console, auto_refresh=False) if self.console.is_terminal else None
@@ -609,6 +772,7 @@ class Demo:
         self.stop.set()  # ends the bounce thread if it is still waiting
         if bouncer is not None:
             bouncer.join(20)
+        canary.join(20)
         final = _scrape_all(topo)
         rc = self._summary(final if final.outbound is not None else prev, baseline, time.monotonic() - start,
                            _read_json(stats_path))
@@ -623,9 +787,10 @@ class Demo:
             if f is None:
                 out.append(f"[{elapsed:5.0f}s] {name:8} no traffic seen yet")
             else:
+                subsets = f"subsets {_fmt_spread(by_subset(spread))}  " if name == CANARY_LINK else ""
                 out.append(f"[{elapsed:5.0f}s] {name:8} {f.rate or 0:6.1f} req/s  success {m.fmt_pct(f.success):>6}  "
                            f"p50 {m.fmt_ms(f.p50):>9}  p99 {m.fmt_ms(f.p99):>9}  {_mtls(f)}  "
-                           f"served by {_fmt_spread(spread)}")
+                           f"{subsets}served by {_fmt_spread(spread)}")
         if retried:
             out.append(f"[{elapsed:5.0f}s] {_retried_line(retried)}")
         if err:
@@ -652,6 +817,8 @@ class Demo:
             bad = round(f.requests * (1 - (f.success if f.success is not None else 1.0)))
             total_failed += bad
             failed.append(f"{bad} of {f.requests:.0f} {name}")
+            if name == CANARY_LINK:
+                rc |= self._canary_summary(by_subset(spread))
         if traffic:
             say(f"  {_traffic_line(traffic)}", markup=False)
             bad = int(traffic.get("failed", 0))
@@ -671,6 +838,35 @@ class Demo:
             rc = 1
         if rc:
             say("[red]the demo did not run clean: see above and the logs")
+        return rc
+
+    def _canary_summary(self, served: dict[str, float]) -> int:
+        """What each subset served in all, then in each phase of the canary (between the pushes of its steps)."""
+        say = self.console.print
+
+        def shares(counts: dict[str, float]) -> str:
+            total = sum(counts.values()) or 1.0
+            return ", ".join(f"{s} {n:.0f} ({100 * n / total:.1f}%)" for s, n in sorted(counts.items())) or "none"
+
+        say(f"  canary {CANARY_SERVICE}, requests each subset served: {shares(served)}", markup=False)
+        rc = 0
+        prev: dict[str, float] = {}
+        phase, since = 0, "from the start"
+        for c in self.canary:
+            if c.push is None or c.served is None:
+                if c.error is not None:
+                    say(f"    [red]{c.percent}%: {c.error}", markup=False)
+                    rc = 1
+                else:
+                    say(f"    {c.percent}%: not reached (the run ended before {c.at:g} s)", markup=False)
+                continue
+            delta = {k: c.served.get(k, 0.0) - prev.get(k, 0.0) for k in sorted(set(c.served) | set(prev))}
+            say(f"    v2 at {phase}% ({since}): {shares(delta)}", markup=False)
+            phase, prev = c.percent, c.served
+            since = (f"from {c.applied:.1f} s: config version {c.version}, run by host1's proxy {c.push_after:.1f} s "
+                     f"after the apply, snapshot v{c.push.version}")
+        delta = {k: served.get(k, 0.0) - prev.get(k, 0.0) for k in sorted(set(served) | set(prev))}
+        say(f"    v2 at {phase}% ({since}): {shares(delta)}", markup=False)
         return rc
 
     def _bounce_summary(self, b: Bounce, retried: float) -> int:
@@ -786,6 +982,20 @@ def _rows(cur: Scrape, prev: Scrape | None, seconds: float) -> list[Row]:
     return rows
 
 
+CANARY_LINK = f"a -> {CANARY_SERVICE}"
+_SUBSET_OF = subsets_by_host(demo_hosts())
+
+
+def by_subset(spread: dict[str, float]) -> dict[str, float]:
+    """Requests per subset, from requests per host: each host's instance of B is in one subset (its labels)."""
+    out: dict[str, float] = {}
+    for host, n in spread.items():
+        name = _SUBSET_OF.get(host)
+        if name is not None:
+            out[name] = out.get(name, 0.0) + n
+    return dict(sorted(out.items()))
+
+
 def _fmt_spread(spread: dict[str, float]) -> str:
     return ", ".join(f"{h} {n:.0f}" for h, n in spread.items()) or "-"
 
@@ -811,16 +1021,17 @@ def _traffic_line(t: dict[str, Any]) -> str:
 def _table(rows: list[Row], traffic: dict[str, Any] | None, err: str | None, elapsed: float,
            retried: float = 0.0) -> Table:
     t = Table(title=f"glassmesh demo: links seen by host1's proxy ({elapsed:.0f} s)", title_justify="left")
-    for col in ("link", "req/s", "success", "p50", "p99", "mTLS", "served by (last second)"):
+    for col in ("link", "req/s", "success", "p50", "p99", "mTLS", "subsets (req/s)", "served by (last second)"):
         t.add_column(col, justify="right" if col in ("req/s", "success", "p50", "p99") else "left")
     for name, f, spread in rows:
+        subsets = _fmt_spread(by_subset(spread)) if name == CANARY_LINK else "-"
         if f is None:
-            t.add_row(name, "-", "-", "-", "-", "no traffic yet", "-")
+            t.add_row(name, "-", "-", "-", "-", "no traffic yet", "-", "-")
         else:
             ok = f.success is None or f.success >= 0.99
             t.add_row(name, f"{f.rate or 0:.1f}", f"[{'green' if ok else 'red'}]{m.fmt_pct(f.success)}",
                       m.fmt_ms(f.p50), m.fmt_ms(f.p99),
-                      f"[green]{_mtls(f)}" if f.mtls else f"[red]{_mtls(f)}", _fmt_spread(spread))
+                      f"[green]{_mtls(f)}" if f.mtls else f"[red]{_mtls(f)}", subsets, _fmt_spread(spread))
     captions = []
     if retried:
         captions.append(f"[yellow]{_retried_line(retried)}")

@@ -42,6 +42,9 @@ class LocalSpec:
     protocol: str = "http"
     instances: Sequence[int | str] = ()
     outbound: bool = True
+    # Under a control plane: the labels of this host's instances (mesh.yaml's long `services:` item),
+    # which subsets select on, e.g. {"version": "v2"}.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -386,6 +389,7 @@ def mesh_config(
     calls: dict[str, list[str]] | None = None,
     health: dict[str, dict[str, Any]] | None = None,
     inbound_port: int = DEFAULT_PORTS[1],
+    policy: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The mesh.yaml document for these hosts: one entry per service, one per host.
 
@@ -395,6 +399,7 @@ def mesh_config(
     listener (4140, 4141, ... on the host's address, as the control plane lays
     them out). calls: as for build_topology (None: everyone may call everyone).
     health: service -> its `health:` block (default: a TCP connect every 2 s).
+    policy: service -> its traffic policy fields (subsets:, routes:, ...), added to its entry.
     """
     _validate(hosts, (), calls)
     order: list[str] = []
@@ -428,13 +433,16 @@ def mesh_config(
             svc["calls"] = list(calls.get(name, []))
         if health and name in health:
             svc["health"] = dict(health[name])
+        if policy and name in policy:
+            svc.update(policy[name])
         services.append(svc)
     host_docs: list[dict[str, Any]] = []
     for h in hosts:
         doc: dict[str, Any] = {"name": h.name, "address": _addr(h.address, h.inbound_port or inbound_port)}
         if h.admin_port is not None:
             doc["admin"] = _addr(h.address, h.admin_port)
-        doc["services"] = [ls.name for ls in h.services]
+        doc["services"] = [{"name": ls.name, "labels": dict(ls.labels)} if ls.labels else ls.name
+                           for ls in h.services]
         host_docs.append(doc)
     return {"services": services, "hosts": host_docs}
 
@@ -457,6 +465,7 @@ def build_control_topology(
     health: dict[str, dict[str, Any]] | None = None,
     trust_domain: str = "glassmesh.local",
     header: str = "",
+    policy: dict[str, dict[str, Any]] | None = None,
 ) -> Topology:
     """Files for a mesh run by a control plane: mesh.yaml, its CA, each host's data dir, topology.json.
 
@@ -475,7 +484,7 @@ def build_control_topology(
     from glassmesh.control.layout import host_layout
 
     state_dir = os.path.abspath(os.fspath(state_dir))
-    doc = mesh_config(hosts, calls=calls, health=health)
+    doc = mesh_config(hosts, calls=calls, health=health, policy=policy)
     mesh_path = os.path.join(state_dir, "mesh.yaml")
     text = mesh_yaml_text(doc, header)
     cfg = parse_config(text, mesh_path)  # ConfigError naming the line if we wrote nonsense

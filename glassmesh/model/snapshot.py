@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import msgspec
@@ -55,7 +56,7 @@ _REPEATED = {**_STRUCT, "omit_defaults": True}
 # rejected, never half-applied. A control plane that starts using a field an older proxy would ignore
 # to its users' harm (a deny rule, a traffic policy) adds the feature's name to the snapshot's
 # `requires` when (and only when) the config uses it, and the proxy that implements it adds the name here.
-FEATURES: frozenset[str] = frozenset()
+FEATURES: frozenset[str] = frozenset({"policy"})  # policy: services[].policy (routes, splits, retries...)
 
 
 class SnapshotError(ValueError):
@@ -95,6 +96,105 @@ class LocalService(msgspec.Struct, **_STRUCT):
     health_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=600_000)] = 1_000
 
 
+# --------------------------------------------------------------------------- traffic policy
+#
+# Per destination service, from mesh.yaml. Every field has a default so that a
+# snapshot without policy encodes exactly as before (omit_defaults keeps them
+# off the wire), and a proxy treats `Service.policy is None` as Policy().
+
+Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+Status = Annotated[int, msgspec.Meta(ge=100, le=599)]
+
+
+class RouteMatch(msgspec.Struct, **_REPEATED):
+    """What a request must look like for its route to take it: every condition given must hold."""
+
+    path_prefix: str | None = None
+    path_exact: str | None = None
+    path_regex: str | None = None  # Python `re` syntax, searched from the path's start (re.match)
+    methods: list[str] = []  # upper case; [] means any method
+    headers: dict[str, str] = {}  # lowercase names, values matched exactly
+
+
+class Backend(msgspec.Struct, **_REPEATED):
+    """One subset a route splits to, with its share: weight / sum of the route's weights."""
+
+    subset: Name
+    weight: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+
+
+class Retry(msgspec.Struct, **_REPEATED):
+    # Total tries, the first included.
+    attempts: Annotated[int, msgspec.Meta(ge=1, le=5)] = 2
+    # 5xx statuses that may be retried, for idempotent methods only.
+    on_status: list[Status] = []
+    # A connect failure sent nothing, so it is always safe to retry.
+    connect_failures: bool = True
+
+
+class Fault(msgspec.Struct, **_REPEATED):
+    delay_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 0
+    delay_percent: Percent = 0.0
+    abort_status: Status | None = None
+    abort_percent: Percent = 0.0
+
+
+class Mirror(msgspec.Struct, **_REPEATED):
+    """A copy of percent% of a route's requests goes to this subset too; its responses are dropped."""
+
+    subset: Name
+    percent: Percent
+
+
+class Route(msgspec.Struct, **_REPEATED):
+    name: Name
+    match: RouteMatch = RouteMatch()
+    split: list[Backend] = []  # []: every endpoint of the service
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] | None = None  # request head in to response end
+    idle_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] | None = None  # longest gap in the response
+    retry: Retry | None = None
+    fault: Fault | None = None
+    mirror: Mirror | None = None
+
+
+class Subset(msgspec.Struct, **_REPEATED):
+    """The endpoints whose labels include all of these."""
+
+    name: Name
+    labels: dict[str, str]
+
+
+class RetryBudget(msgspec.Struct, **_REPEATED):
+    """Retries may be at most percent% of requests (over ~10 s) plus min_per_second: Linkerd's shape."""
+
+    percent: Percent = 20.0
+    min_per_second: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10
+
+
+class Outlier(msgspec.Struct, **_REPEATED):
+    consecutive_failures: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5
+    base_ejection_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 10_000
+    max_ejection_ms: Annotated[int, msgspec.Meta(ge=1, le=86_400_000)] = 300_000
+    max_ejection_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+
+
+class ServiceLimits(msgspec.Struct, **_REPEATED):
+    """Per destination, at each calling proxy; beyond one, a request fails at once with 503."""
+
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_pending: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class Policy(msgspec.Struct, **_REPEATED):
+    subsets: list[Subset] = []
+    routes: list[Route] = []  # first match wins; no match: every endpoint, no retry/timeout/fault
+    balance: Literal["p2c_ewma", "round_robin"] = "p2c_ewma"
+    retry_budget: RetryBudget = RetryBudget()
+    outlier: Outlier | None = Outlier()
+    limits: ServiceLimits = ServiceLimits()
+
+
 class Endpoint(msgspec.Struct, **_REPEATED):
     """One instance of a remote service, reached through its host's inbound port.
 
@@ -105,6 +205,8 @@ class Endpoint(msgspec.Struct, **_REPEATED):
     address: Address  # its host's inbound port (or, with mesh false, the instance itself)
     host: Name  # the host whose proxy serves it
     mesh: bool = True
+    # From mesh.yaml (the static instance's `labels:`, or the host's service entry); subsets select on them.
+    labels: dict[str, str] = {}
 
 
 class Service(msgspec.Struct, **_REPEATED):
@@ -116,6 +218,8 @@ class Service(msgspec.Struct, **_REPEATED):
     # Emptied on purpose by an operator (`glassmesh drain`). A proxy keeps the old
     # endpoints of a service that a snapshot empties unless this is set.
     drained: bool = False
+    # Routes, subsets, balancing, retry budget, ejection, limits (None: round robin, no routes).
+    policy: Policy | None = None
 
 
 class TcpLink(msgspec.Struct, **_STRUCT):
@@ -263,6 +367,8 @@ def _check(snap: Snapshot, checked: set[int] | None = None) -> None:
             checked.add(id(s))
         for j, e in enumerate(s.endpoints):
             port_ok(f"{p}.endpoints[{j}].address", e.address)
+        if s.policy is not None:
+            _check_policy(s.policy, f"{p}.policy", fail)
     for i, t in enumerate(snap.tcp_links):
         p = f"tcp_links[{i}]"
         if t.source not in seen:
@@ -276,6 +382,62 @@ def _check(snap: Snapshot, checked: set[int] | None = None) -> None:
         if t.listen in listen:
             fail(f"{p}.listen", f"{t.listen} is already used by {listen[t.listen]}")
         listen[t.listen] = f"{p}.listen"
+
+
+def _check_policy(pol: Policy, p: str, fail: Callable[[str, str], None]) -> None:
+    """What the schema cannot say about a policy (and, for structs built in Python, what it can)."""
+
+    def pct(path: str, v: float) -> None:
+        if not 0.0 <= v <= 100.0:
+            fail(path, f"percent {v} is not in 0..100")
+
+    def status(path: str, v: int) -> None:
+        if not 100 <= v <= 599:
+            fail(path, f"status {v} is not in 100..599")
+
+    subsets: set[str] = set()
+    for i, sub in enumerate(pol.subsets):
+        if sub.name in subsets:
+            fail(f"{p}.subsets[{i}].name", f"duplicate subset {sub.name!r}")
+        subsets.add(sub.name)
+    pct(f"{p}.retry_budget.percent", pol.retry_budget.percent)
+    if pol.outlier is not None and not 0 <= pol.outlier.max_ejection_percent <= 100:
+        fail(f"{p}.outlier.max_ejection_percent", f"percent {pol.outlier.max_ejection_percent} is not in 0..100")
+    routes: set[str] = set()
+    for i, r in enumerate(pol.routes):
+        rp = f"{p}.routes[{i}]"
+        if r.name in routes:
+            fail(f"{rp}.name", f"duplicate route {r.name!r}")
+        routes.add(r.name)
+        if r.match.path_regex is not None:
+            try:
+                re.compile(r.match.path_regex)
+            except re.error as e:
+                fail(f"{rp}.match.path_regex", f"bad regex {r.match.path_regex!r}: {e}")
+        for name in r.match.headers:
+            if name != name.lower():
+                fail(f"{rp}.match.headers", f"header name {name!r} must be lowercase")
+        for j, b in enumerate(r.split):
+            if b.subset not in subsets:
+                fail(f"{rp}.split[{j}].subset", f"{b.subset!r} is not in subsets")
+            if not 0 <= b.weight <= 1_000_000:
+                fail(f"{rp}.split[{j}].weight", f"weight {b.weight} is not in 0..1000000")
+        if r.split and not any(b.weight for b in r.split):
+            fail(f"{rp}.split", "weights are all zero")
+        if r.retry is not None:
+            if not 1 <= r.retry.attempts <= 5:
+                fail(f"{rp}.retry.attempts", f"attempts {r.retry.attempts} is not in 1..5")
+            for j, st in enumerate(r.retry.on_status):
+                status(f"{rp}.retry.on_status[{j}]", st)
+        if r.fault is not None:
+            pct(f"{rp}.fault.delay_percent", r.fault.delay_percent)
+            pct(f"{rp}.fault.abort_percent", r.fault.abort_percent)
+            if r.fault.abort_status is not None:
+                status(f"{rp}.fault.abort_status", r.fault.abort_status)
+        if r.mirror is not None:
+            if r.mirror.subset not in subsets:
+                fail(f"{rp}.mirror.subset", f"{r.mirror.subset!r} is not in subsets")
+            pct(f"{rp}.mirror.percent", r.mirror.percent)
 
 
 def _resolve_paths(snap: Snapshot, base: str) -> Snapshot:

@@ -29,6 +29,11 @@ REASONS: dict[str, tuple[int, str]] = {
     "not_implemented": (501, "the request uses a feature this proxy does not implement"),
     "request_timeout": (408, "the request head did not arrive in time"),
     "overloaded": (503, "the proxy is at its connection limit"),
+    "max_requests": (503, "the destination is at its limit of concurrent requests (mesh.yaml limits)"),
+    "max_pending": (503, "the destination is at its limit of requests waiting for a connection"),
+    "max_connections": (503, "the destination is at its limit of connections"),
+    "idle_timeout": (504, "the next hop sent nothing for longer than the route's idle timeout"),
+    "fault_abort": (503, "fault injection on this route aborted the request"),
     "call_not_allowed": (403, "the calling service's `calls` list does not include this service"),
     "http2_not_supported": (505, "HTTP/2 (and so gRPC) is not carried yet; a tcp link carries it"),
 }
@@ -45,6 +50,7 @@ def error_response(
     status: int | None = None,
     close: bool = False,
     trail: bytes | None = None,
+    attempts: int = 1,
 ) -> bytes:
     """A complete HTTP/1.1 response (head and JSON body) for a mesh-made error."""
     default_status, meaning = REASONS.get(reason, (502, reason))
@@ -70,6 +76,8 @@ def error_response(
         headers.append((REQUEST_ID, request_id))
     if trail:
         headers.append((b"glassmesh-trail", trail))
+    if attempts > 1:
+        headers.append((b"glassmesh-attempts", b"%d" % attempts))
     if close:
         headers.append((b"connection", b"close"))
     out = [status_line(status), b"\r\n"]

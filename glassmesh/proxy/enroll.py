@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from glassmesh.api.certs import CLOCK_SKEW, spiffe_id_of
 from glassmesh.files import private_dir, write_atomic, write_private
 from glassmesh.model.snapshot import Snapshot
-from glassmesh.proxy.runtime import log
+from glassmesh.proxy.log import log
 from glassmesh.tlsdefaults import harden
 
 IDENTITY_DIR = "identity"

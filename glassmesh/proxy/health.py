@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from glassmesh.api.wire import Reported
 from glassmesh.model.snapshot import LocalService, Snapshot, split_address
-from glassmesh.proxy.runtime import log
+from glassmesh.proxy.log import log
 
 STICKY_S = 600.0  # how long an instance that left the snapshot while unhealthy is still checked
 FALL_SOFT = 2  # timeouts and odd answers in a row before an instance counts as unhealthy

@@ -14,10 +14,11 @@ gathered and sent in one system call at the end of that read.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
@@ -40,14 +41,21 @@ from glassmesh.protocols.http1 import (
 from glassmesh.protocols.http2 import Refusal
 from glassmesh.protocols.mux import REFUSED_GOAWAY
 from glassmesh.proxy.budget import Budget
+from glassmesh.proxy.connector import ConnectError
+from glassmesh.proxy.mirroring import send_copy
 from glassmesh.proxy.mux import StreamUser
-from glassmesh.proxy.pool import ConnectError, Pool
+from glassmesh.proxy.pool import Pool, PooledConn
 from glassmesh.proxy.refusal import Http2Refuser
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
 if TYPE_CHECKING:
+    from glassmesh.proxy.chain import ServiceChain
     from glassmesh.proxy.linkstats import LinkStats
     from glassmesh.proxy.runtime import Runtime
+    from glassmesh.proxy.stages.balance import Balancer
+    from glassmesh.proxy.stages.endpoint import EndpointState
+    from glassmesh.proxy.stages.overload import Limits
+    from glassmesh.proxy.stages.route import CompiledRoute
 
 # One clock for everything on the request path, read once per event (a read is
 # a call, a vDSO clock_gettime and a float): CLOCK_MONOTONIC, as time.perf_counter
@@ -67,10 +75,16 @@ IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"
 # the first four are made before anything reached an app and are safe to send elsewhere for
 # any method; upstream_reset (the app closed without answering, after the inbound's own replay)
 # only for an idempotent one.
-_RETRYABLE_AT_INBOUND: Final = {
+RETRYABLE_AT_INBOUND: Final = {
     b"connect_refused": False, b"connect_timeout": False, b"no_endpoints": False, b"misdirected": False,
     b"upstream_reset": True,
 }
+# What failed, for Side.retry (each side's one retry decision).
+CONNECT_FAILED: Final = 1  # no connection: nothing was sent
+RESET: Final = 2  # the connection closed before any byte of an answer
+PEER_ERROR: Final = 3  # a peer proxy's inbound side answered with its own error (glassmesh-error)
+STATUS: Final = 4  # the app (through its proxy) answered with a 5xx status
+REFUSED: Final = 5  # a draining peer refused the stream after its GOAWAY: no app saw it (any method may go again)
 
 
 class Routed:
@@ -102,8 +116,11 @@ class Side:
         """A Routed, or (reason, message) for a mesh error. May rewrite ex.url and ex.headers."""
         raise NotImplementedError
 
-    def reroute(self, ex: Exchange, tried: set[tuple[str, int]]) -> Routed | None:
-        """Another place for a request whose connect failed, or None."""
+    def retry(self, ex: Exchange, cause: int, status: int, reason: bytes) -> Routed | None:
+        """Where a failed try goes again (cause: CONNECT_FAILED, RESET, PEER_ERROR or STATUS), or None.
+
+        The one place a side decides a retry; it counts the attempt and the retry metric.
+        """
         return None
 
     def link_for(self, service: str | None) -> LinkStats | None:
@@ -141,6 +158,17 @@ class Exchange:
     tried: set[tuple[str, int]] | None = None  # endpoints this request was already sent toward
     replays = 0  # times this request was sent again after a reset (bounded by MAX_REPLAYS)
     body_sent = False  # whether any of its body went to the next hop (a body is never kept to be sent again)
+    # The outbound chain's decisions (see chain.py): set by OutboundSide.route.
+    chain: ServiceChain | None = None  # the destination's stages; set once its limits admitted the request
+    route: CompiledRoute | None = None
+    subset = b""
+    balancer: Balancer | None = None
+    ep: EndpointState | None = None  # the endpoint of the try under way (begun, not yet ended)
+    attempts = 1  # tries so far, the first included
+    delay = 0.0  # fault injection: seconds to hold the request before sending it
+    status_hint = 0  # fault injection: the status of an abort
+    timer: asyncio.TimerHandle | None = None  # the route's timeouts, when it sets any
+    mirror: Routed | None = None  # where a copy of this request goes (its route mirrors a share)
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
@@ -158,6 +186,8 @@ class ServerConn(StreamUser):
         self.side = side
         self.link = link
         self.logging: bool = rt.logging  # fixed for the process; read per response without a lookup on rt
+        # What else is told of each finished exchange (tap, OpenTelemetry): the runtime's list, read natively.
+        self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
         self.max_head = rt.limits.max_head_bytes
         self.max_headers = rt.limits.max_headers
         self.transport: Any = None
@@ -216,6 +246,7 @@ class ServerConn(StreamUser):
             up = ex.upstream
             if up is not None:
                 up.abort()
+            self.exchange_abandoned(ex)
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -468,34 +499,134 @@ class ServerConn(StreamUser):
             self._mesh_error(ex, r[0], r[1])
             return
         ex.routed = r
-        conn = r.pool.take()
+        route = ex.route
+        if route is not None and (route.timeout_s or route.idle_timeout_s):
+            self._arm_timer(ex, route)
+        if ex.delay:
+            asyncio.get_running_loop().call_later(ex.delay, self._send_delayed, ex, r)
+            return
+        self._send(ex, r)
+
+    def _send(self, ex: Exchange, r: Routed) -> None:
+        conn = take(r.pool)
         if conn is not None:
             conn.start(ex)
-        else:
-            self.rt.spawn(self._connect_and_start(ex, r))
+            return
+        chain = ex.chain
+        if chain is not None:
+            # overload: a request that must wait for a new connection is pending until it has one.
+            refused = chain.limits.wait()
+            if refused is not None:
+                self._mesh_error(ex, refused, f"service {ex.service!r} is at its {refused} limit "
+                                              f"({chain.limits.max_pending})")
+                return
+        self.rt.spawn(self._connect_and_start(ex, r, chain))
 
-    async def _connect_and_start(self, ex: Exchange, r: Routed) -> None:
-        """A new connection for ex (no pooled one was idle, or a replay, which never takes a pooled one)."""
-        tried = ex.tried
-        if tried is None:
-            tried = ex.tried = set()
+    def _send_delayed(self, ex: Exchange, r: Routed) -> None:
+        """A request that fault injection held: it goes now, unless it ended meanwhile."""
+        if ex.cancelled or ex.error is not None or ex.routed is not r:
+            return
+        self.now = _mono()
+        self._send(ex, r)
+        self.flush()
+
+    # --- per-route timeouts ------------------------------------------------------
+    def _arm_timer(self, ex: Exchange, route: CompiledRoute) -> None:
+        """A timer for this exchange only, when its route sets a timeout (the sweeper keeps the snapshot-wide ones).
+
+        One handle per exchange, re-armed only when an idle timeout finds bytes have moved:
+        never one per read.
+        """
+        when = ex.t0 + route.timeout_s if route.timeout_s else 0.0
+        if route.idle_timeout_s and (not when or self.now + route.idle_timeout_s < when):
+            when = self.now + route.idle_timeout_s
+        ex.timer = asyncio.get_running_loop().call_at(when, self._on_timer, ex)
+
+    def _on_timer(self, ex: Exchange) -> None:
+        ex.timer = None
+        route = ex.route
+        if ex.cancelled or route is None or (self.queue and ex not in self.queue):
+            return
+        now = _mono()
+        total = route.timeout_s
+        idle = route.idle_timeout_s
+        if total and now >= ex.t0 + total - 0.0005:
+            self._timed_out(ex, "response_timeout", f"route {route.name.decode()!r}: no complete response "
+                                                    f"within {total * 1000:g} ms")
+            return
+        up = ex.upstream
+        last = ex.sent_at or ex.t0
+        if up is not None and up.now > last:
+            last = up.now
+        if now - last >= idle - 0.0005:
+            self._timed_out(ex, "idle_timeout", f"route {route.name.decode()!r}: nothing from the next hop "
+                                                f"for {idle * 1000:g} ms")
+            return
+        when = last + idle
+        if total and ex.t0 + total < when:
+            when = ex.t0 + total
+        ex.timer = asyncio.get_running_loop().call_at(when, self._on_timer, ex)
+
+    def _timed_out(self, ex: Exchange, reason: str, msg: str) -> None:
+        up = ex.upstream
+        ex.upstream = None
+        if up is not None:
+            up.abort()
+        if ex.resp_started:
+            # Part of the answer is out: all that is left is to end the client's connection.
+            self.rt.stats.error(self.side.name, reason)
+            self.exchange_done(ex, 504, reason, False)
+            self.closing = True
+            self.queue.clear()
+            self.flush()
+            self.transport.close()
+            return
+        if not ex.req_done:
+            ex.keep_alive = False
+        self._mesh_error(ex, reason, msg)
+        self.flush()
+
+    async def _connect_and_start(self, ex: Exchange, r: Routed, pending: ServiceChain | None = None) -> None:
+        """A new connection for ex (no pooled one was idle, or a replay, which never takes a pooled one).
+
+        pending: the destination whose max_pending counts ex until it has its connection.
+        """
+        try:
+            await self._connect_and_start_counted(ex, r)
+        finally:
+            if pending is not None:
+                pending.limits.waited()
+
+    async def _connect_and_start_counted(self, ex: Exchange, r: Routed) -> None:
+        chain = ex.chain
         while True:
             pool = r.pool
-            tried.add((pool.key.host, pool.key.port))
+            if chain is not None:
+                refused = chain.limits.connect()  # overload: the destination's connections, at this proxy
+                if refused is not None:
+                    if not ex.cancelled and ex.routed is r:
+                        self._mesh_error(ex, refused, f"service {ex.service!r} is at its {refused} limit "
+                                                      f"({chain.limits.max_connections})")
+                        self.flush()
+                    return
             try:
                 _, conn = await pool.connect(partial(UpstreamConn, self.rt, pool))
+                if chain is not None:
+                    conn.limits = chain.limits  # counted until the connection closes
                 break
             except ConnectError as e:
-                if ex.cancelled:
-                    return
+                if chain is not None:
+                    chain.limits.closed()
+                if ex.cancelled or ex.routed is not r:
+                    return  # ended meanwhile (a client gone, a route timeout)
                 # Nothing was sent yet, so another endpoint is always safe to try.
-                nxt = self.side.reroute(ex, tried) if len(tried) < MAX_TRIES else None
+                nxt = self.side.retry(ex, CONNECT_FAILED, 0, e.reason.encode())
                 if nxt is None:
                     self._mesh_error(ex, e.reason, str(e))
                     self.flush()
                     return
                 r = ex.routed = nxt
-        if ex.cancelled:
+        if ex.cancelled or ex.routed is not r:
             pool.put(conn)
             return
         self.now = _mono()  # the request leaves now, not when it arrived
@@ -505,7 +636,7 @@ class ServerConn(StreamUser):
     def _mesh_error(self, ex: Exchange, reason: str, msg: str, status: int | None = None) -> None:
         rt = self.rt
         side = self.side.name
-        status = status or ERROR_REASONS.get(reason, (502, ""))[0]
+        status = status or ex.status_hint or ERROR_REASONS.get(reason, (502, ""))[0]
         rt.stats.error(side, reason)
         if ex.request_id is None:
             ex.request_id = (ex.head.rid if ex.head is not None else None) or new_request_id()
@@ -514,9 +645,8 @@ class ServerConn(StreamUser):
         if not ex.req_done and ex.framing != Framing.NONE:
             ex.keep_alive = False
         close = not ex.keep_alive or self.closing
-        self.last_active = now = _mono()
-        dur = now - ex.t0
-        trail = self.trail_prefix + duration_ms(dur)
+        now = _mono()
+        trail = self.trail_prefix + duration_ms(now - ex.t0) + self.trail_route(ex)
         self.write(
             error_response(
                 reason,
@@ -528,16 +658,64 @@ class ServerConn(StreamUser):
                 status=status,
                 close=close,
                 trail=trail,
+                attempts=ex.attempts,
             )
         )
-        link = ex.routed.link if ex.routed is not None else (
+        self.exchange_done(ex, status, reason, False, now)
+        self.finish(ex, close)
+
+    # --- the end of an exchange: the one place that tells the observers --------------
+    def exchange_done(self, ex: Exchange, status: int, reason: str, ok: bool, now: float = 0.0) -> None:
+        """The answer to ex is decided (complete, or a mesh error, or cut short): count it once, everywhere.
+
+        Link stats, the endpoint's load/latency/failures (outlier detection), the destination's
+        limits, the access log, then any further observers (Runtime.observers). ok: False when
+        the endpoint failed (a 5xx, a reset, a timeout), for outlier detection.
+        """
+        if not now:
+            now = _mono()
+        self.last_active = now
+        t = ex.timer
+        if t is not None:
+            ex.timer = None
+            t.cancel()
+        dur = now - ex.t0
+        r = ex.routed
+        link = r.link if r is not None else (
             self.side.link_for(ex.service) if ex.service and ex.service in self.rt.table.remotes
             or self.side.name == "inbound" else None)
         if link is not None:
             link.observe(status, dur)
-        if rt.logging:
-            rt.access_log(ex, status, reason)
-        self.finish(ex, close)
+        ep = ex.ep
+        if ep is not None:
+            ex.ep = None
+            ep.end(ok, now - (ex.sent_at or ex.t0), now)
+        chain = ex.chain
+        if chain is not None:
+            ex.chain = None
+            chain.limits.done()
+        if self.logging:
+            self.rt.access_log(ex, status, reason)
+        observers = self.observers
+        if observers:
+            for f in observers:
+                f(ex, status, reason)
+
+    def exchange_abandoned(self, ex: Exchange) -> None:
+        """The client left before its answer: what ex holds (endpoint load, a limit's slot, a timer) is let go."""
+        t = ex.timer
+        if t is not None:
+            ex.timer = None
+            t.cancel()
+        ep = ex.ep
+        if ep is not None:
+            ex.ep = None
+            if ep.outstanding > 0:
+                ep.outstanding -= 1
+        chain = ex.chain
+        if chain is not None:
+            ex.chain = None
+            chain.limits.done()
 
     def finish(self, ex: Exchange, close: bool) -> None:
         """The response to ex is complete; start the next queued request if any."""
@@ -610,6 +788,10 @@ class ServerConn(StreamUser):
         if not rh.has_rid and ex.request_id:
             lines.append(b"x-request-id: " + ex.request_id)
         mine = self.trail_prefix + duration_ms(now - ex.t0)
+        if ex.route is not None and (ex.subset or ex.route.name != b"default"):
+            mine += self.trail_route(ex)
+        if ex.attempts > 1:
+            lines.append(b"glassmesh-attempts: %d" % ex.attempts)
         prev = rh.trail if from_peer else None
         lines.append(b"glassmesh-trail: " + mine + b", " + prev if prev else b"glassmesh-trail: " + mine)
         if framing == Framing.LENGTH:
@@ -631,6 +813,14 @@ class ServerConn(StreamUser):
         lines.append(b"\r\n")
         return b"\r\n".join(lines)
 
+    def trail_route(self, ex: Exchange) -> bytes:
+        """The route and subset that served ex, for its trail entry (nothing for the default route)."""
+        route = ex.route
+        if route is None:
+            return b""
+        out = b";route=" + route.name if route.name != b"default" or ex.subset else b""
+        return out + b";subset=" + ex.subset if ex.subset else out
+
     def detach(self) -> None:
         """This connection is handed to a byte relay (after a 101): stop counting it as ours."""
         self.queue.clear()
@@ -649,7 +839,7 @@ class ServerConn(StreamUser):
         self.pause(1)
 
 
-class UpstreamConn(StreamUser):
+class UpstreamConn(PooledConn):
     """A connection to the next hop (a peer's inbound port, or a local app)."""
 
     def __init__(self, rt: Runtime, pool: Pool) -> None:
@@ -680,6 +870,7 @@ class UpstreamConn(StreamUser):
         self.head_fed = 0  # as ServerConn.head_fed: a response head that never ends is cut at the limit
         self.max_head = rt.limits.max_head_bytes
         self.link: LinkStats | None = pool.link if pool.count_conns else None
+        self.limits: Limits | None = None  # the destination's limits that count this connection (overload)
 
     def _new_parser(self) -> None:
         """A response parser, with the methods called per response bound once."""
@@ -702,6 +893,7 @@ class UpstreamConn(StreamUser):
         self.lost = True
         if self.link is not None:
             self.link.open_conns -= 1
+        self.release_limits()
         self.pool.discard(self)
         ex = self.ex
         if ex is None or ex.cancelled:
@@ -714,18 +906,19 @@ class UpstreamConn(StreamUser):
             if self.resp_framing == Framing.CLOSE:
                 self._complete(ex, reusable=False)
             else:
+                client.exchange_done(ex, self.status, "upstream_reset", False)
                 client.closing = True
                 client.queue.clear()
                 client.flush()
                 client.transport.close()
             return
-        if not self.got_bytes and (replayable(ex) or unserved(ex, self.transport)) and self._replay(ex, client):
+        if not self.got_bytes and self._replay(ex, client, REFUSED if unserved(ex, self.transport) else RESET):
             return
         client._mesh_error(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
                            "connection before answering")
         client.flush()
 
-    def _replay(self, ex: Exchange, client: ServerConn) -> bool:
+    def _replay(self, ex: Exchange, client: ServerConn, cause: int) -> bool:
         """Send a request whose connection closed before any byte of the answer once more.
 
         Typically a kept-alive connection that the app closed as the request went out (an app
@@ -734,18 +927,11 @@ class UpstreamConn(StreamUser):
         endpoint; inbound: another local instance), else the same one on a fresh connection: an
         app that is gone refuses it, and a caller's outbound proxy then sends it elsewhere.
         """
-        routed = ex.routed
-        assert routed is not None
-        tried = ex.tried
-        if tried is None:
-            tried = ex.tried = set()
-        key = self.pool.key
-        tried.add((key.host, key.port))
-        ex.replays += 1
+        nxt = client.side.retry(ex, cause, 0, b"upstream_reset")
+        if nxt is None:
+            return False
         ex.upstream = None
-        nxt = client.side.reroute(ex, tried) or routed
         ex.routed = nxt
-        self.rt.stats.error(client.side.name, "retried_upstream_reset")
         self.rt.spawn(client._connect_and_start(ex, nxt))
         return True
 
@@ -805,6 +991,10 @@ class UpstreamConn(StreamUser):
         head = ex.up_head
         if head is None:
             head = ex.up_head = client.build_upstream_head(ex)
+            m = ex.mirror
+            if m is not None:
+                ex.mirror = None
+                self.rt.spawn(send_copy(m.pool, head))
         self.wbuf.append(head)
         ex.sent_at = client.now
         for b in ex.pending:
@@ -873,6 +1063,7 @@ class UpstreamConn(StreamUser):
         c = self.client
         assert c is not None
         if ex.resp_started:
+            c.exchange_done(ex, self.status, "upstream_protocol_error", False)
             c.closing = True
             c.queue.clear()
             c.flush()
@@ -910,7 +1101,9 @@ class UpstreamConn(StreamUser):
                 rh.drop_connection_listed()
                 c.write(_head(status_line(status), rh.forward))
             return
-        if status in (502, 503, 504, 421) and self.pool.ssl_ctx is not None and self._retry_elsewhere(ex, rh):
+        if (status >= 500 or status == 421) and self._retry_elsewhere(ex, rh, status):
+            if self.head_only:
+                raise _HeadDone()  # no body will come to end this answer: sent again at once (_head_done)
             return
         self.resp_framing, length = rh.framing(status, ex.method)
         ex.resp_started = True
@@ -945,51 +1138,45 @@ class UpstreamConn(StreamUser):
         if ex is None:
             return
         if self.retry_to is not None:
-            self._resend(ex)
+            self._resend(ex, self.p_keep_alive())
             return
         self._complete(ex, reusable=self.p_keep_alive())
 
-    def _retry_elsewhere(self, ex: Exchange, rh: ResponseHead) -> bool:
-        """The peer proxy could not get an answer from its app: another endpoint may have it.
+    def _retry_elsewhere(self, ex: Exchange, rh: ResponseHead, status: int) -> bool:
+        """A 5xx (or 421): the side decides whether another try may get a better answer.
 
-        Only for requests without a body (a body already streamed cannot be sent again), and
-        after a reset at the peer (upstream_reset) only for an idempotent method, once.
+        A peer proxy's own error (its glassmesh-error, read only from a peer) says whether the
+        request reached an app; any other 5xx is the app's, retried only where its route says so.
+        Its body is dropped while it arrives, and the request goes again when it has.
         """
-        if ex.framing != Framing.NONE or not ex.req_done or ex.upgrade:
+        if self.tunnel or ex.cancelled:
             return False
-        reason = peer_error(rh)
-        if reason is None:
+        reason = peer_error(rh) if self.pool.ssl_ctx is not None else None
+        if reason is not None:
+            nxt = ex.conn.side.retry(ex, PEER_ERROR, status, reason)
+        elif ex.route is not None and ex.route.retry is not None:
+            nxt = ex.conn.side.retry(ex, STATUS, status, b"")
+        else:
             return False
-        after_reset = _RETRYABLE_AT_INBOUND.get(reason)
-        if after_reset is None or after_reset and not replayable(ex):
-            return False
-        tried = ex.tried
-        if tried is None:
-            tried = ex.tried = set()
-        tried.add((self.pool.key.host, self.pool.key.port))
-        nxt = ex.conn.side.reroute(ex, tried) if len(tried) < MAX_TRIES else None
         if nxt is None:
             return False
-        if after_reset:
-            ex.replays += 1
         self.retry_to = nxt
-        self.rt.stats.error("outbound", "retried_" + reason.decode())
         return True
 
-    def _resend(self, ex: Exchange) -> None:
+    def _resend(self, ex: Exchange, reusable: bool) -> None:
         nxt = self.retry_to
         self.retry_to = None
         c = self.client
         assert nxt is not None and c is not None
         self.ex = None
         ex.upstream = None
-        if self.parser.should_keep_alive() and not self.lost:
+        if reusable and not self.lost:
             self.client = None
             self.pool.put(self)
         else:
             self.close()
         ex.routed = nxt
-        conn = nxt.pool.take()
+        conn = take(nxt.pool)
         if conn is not None:
             conn.start(ex)
             conn.flush()
@@ -1002,6 +1189,9 @@ class UpstreamConn(StreamUser):
         # The response to HEAD has no body even if it says Content-Length; llhttp
         # cannot be told so, so the parser is replaced.
         self._new_parser()
+        if self.retry_to is not None:
+            self._resend(ex, data.endswith(b"\r\n\r\n"))
+            return
         self._complete(ex, reusable=data.endswith(b"\r\n\r\n"))
 
     def _complete(self, ex: Exchange, reusable: bool) -> None:
@@ -1011,10 +1201,7 @@ class UpstreamConn(StreamUser):
             c.write(LAST_CHUNK)
         # The response leaves now; the counting and pooling below are not on its way.
         c.flush()
-        c.last_active = now = self.now
-        ex.routed.link.observe(self.status, now - ex.t0)
-        if c.logging:
-            self.rt.access_log(ex, self.status, "")
+        c.exchange_done(ex, self.status, "", self.status < 500, self.now)
         self.ex = None
         ex.upstream = None
         pool = self.pool
@@ -1042,8 +1229,7 @@ class UpstreamConn(StreamUser):
         c.flush()
         self.tunnel = True
         self.status = 101
-        ex.routed.link.observe(101, _mono() - ex.t0)
-        self.rt.access_log(ex, 101, "")
+        c.exchange_done(ex, 101, "", True)
         c.detach()
         self.detach()
         relay = Relay(None)
@@ -1063,8 +1249,15 @@ class UpstreamConn(StreamUser):
         c.transport.resume_reading()
         self.transport.resume_reading()
 
+    def release_limits(self) -> None:
+        lim = self.limits
+        if lim is not None:
+            self.limits = None
+            lim.closed()
+
     def detach(self) -> None:
         """This connection is handed to a byte relay: stop counting it as ours."""
+        self.release_limits()
         self.lost = True
         self.ex = None
         if self.link is not None:
@@ -1074,6 +1267,17 @@ class UpstreamConn(StreamUser):
 
 class _HeadDone(Exception):
     pass
+
+
+def take(pool: Pool) -> UpstreamConn | None:
+    """An idle connection of an HTTP pool (they hold nothing else), or None."""
+    c = pool.take()
+    return cast(UpstreamConn, c) if c is not None else None
+
+
+def bodiless(ex: Exchange) -> bool:
+    """Whether ex can be sent again whole: no body (a body is never kept once sent), not an upgrade."""
+    return ex.framing == Framing.NONE and ex.req_done and not ex.upgrade
 
 
 def replayable(ex: Exchange) -> bool:

@@ -430,7 +430,7 @@ class Listeners:
             for p in conns:
                 _graceful(p)
             await asyncio.sleep(0.2)
-        from glassmesh.proxy.runtime import log
+        from glassmesh.proxy.log import log
 
         conns = [p for p in lst.open_conns(0.0) if _open(p)]
         if conns:

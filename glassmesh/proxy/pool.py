@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from glassmesh.proxy.mux import MuxConnection
+from glassmesh.proxy.connector import ConnectError, Connector
+from glassmesh.proxy.mux import MuxConnection, StreamUser
 from glassmesh.proxy.routing import PoolKey
-from glassmesh.proxy.tls import peer_spiffe_id
 
 if TYPE_CHECKING:
-    from glassmesh.proxy.http import UpstreamConn
     from glassmesh.proxy.linkstats import LinkStats
+
+__all__ = ["ConnectError", "Pool", "PooledConn"]
 
 _mono = time.monotonic  # a module global: time.monotonic is a lookup on the module besides
 
@@ -34,10 +35,21 @@ MUX_SPREAD_STREAMS = 8  # open another connection when the least busy one carrie
 MUX_STREAM_REQUESTS = 100  # a stream is closed after this many requests, so that streams move to new links
 
 
-class ConnectError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class PooledConn(StreamUser):
+    """What a pool keeps: a connection that says whether it can carry another request.
+
+    A base class here rather than the HTTP connection class itself, so that the
+    pools do not import the request path that imports them (PooledConn in
+    http.py is the one subclass); calls through it stay native (mypyc vtable).
+    """
+
+    idle_since = 0.0
+
+    def reusable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
 
 
 class Pool:
@@ -55,8 +67,9 @@ class Pool:
         self.expected_peer = expected_peer
         self.link = link
         self.connect_timeout = connect_timeout
+        self.connector = Connector(key.host, key.port, key.sni, ssl_ctx, expected_peer, connect_timeout)
         # Typed, so that reusable() is a native call, not a method lookup by name.
-        self.idle: list[UpstreamConn] = []
+        self.idle: list[PooledConn] = []
         self.closed = False
         self.mux = mux
         # Virtual connections are not proxy-to-proxy connections; the mux connections under them are.
@@ -73,7 +86,7 @@ class Pool:
             self.mux = mux
             self.count_conns = not mux
 
-    def take(self) -> UpstreamConn | None:
+    def take(self) -> PooledConn | None:
         idle = self.idle
         while idle:
             c = idle.pop()
@@ -81,14 +94,14 @@ class Pool:
                 return c
         return None
 
-    def put(self, conn: UpstreamConn) -> None:
+    def put(self, conn: PooledConn) -> None:
         if self.closed:
             conn.close()
             return
         conn.idle_since = _mono()
         self.idle.append(conn)
 
-    def discard(self, conn: UpstreamConn) -> None:
+    def discard(self, conn: PooledConn) -> None:
         try:
             self.idle.remove(conn)
         except ValueError:
@@ -206,37 +219,11 @@ class Pool:
         return await self._connect(factory)
 
     async def _connect(self, factory: Callable[[], asyncio.Protocol]) -> tuple[Any, Any]:
-        loop = asyncio.get_running_loop()
-        k = self.key
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                tr, proto = await loop.create_connection(
-                    factory,
-                    k.host,
-                    k.port,
-                    ssl=self.ssl_ctx,
-                    server_hostname=k.sni if self.ssl_ctx else None,
-                    ssl_handshake_timeout=self.connect_timeout if self.ssl_ctx else None,
-                )
-        except TimeoutError:
-            raise ConnectError("connect_timeout", f"no connection to {k.host}:{k.port} within "
-                               f"{self.connect_timeout:g}s") from None
-        except ssl.SSLError as e:
-            raise ConnectError("tls_failure", f"TLS handshake with {k.host}:{k.port} failed: "
-                               f"{e.reason or e}") from None
-        except ConnectionRefusedError:
-            raise ConnectError("connect_refused", f"{k.host}:{k.port} refused the connection") from None
-        except OSError as e:
-            raise ConnectError("connect_refused", f"cannot connect to {k.host}:{k.port}: "
-                               f"{e.strerror or e}") from None
-        if self.ssl_ctx is not None:
-            sslobj = tr.get_extra_info("ssl_object")
-            peer = peer_spiffe_id(sslobj)
-            if peer != self.expected_peer:
-                tr.abort()
-                raise ConnectError("tls_failure", f"{k.host}:{k.port} presented {peer or 'no SPIFFE ID'}, "
-                                   f"expected {self.expected_peer}")
-            if self.link is not None:
-                self.link.handshakes += 1
-                self.link.tls_version = sslobj.version() or "TLS"
+        c = self.connector
+        c.ssl_ctx = self.ssl_ctx  # a new snapshot may have replaced the certificates
+        c.timeout_s = self.connect_timeout
+        tr, proto = await c.connect(factory)
+        if self.ssl_ctx is not None and self.link is not None:
+            self.link.handshakes += 1
+            self.link.tls_version = tr.get_extra_info("ssl_object").version() or "TLS"
         return tr, proto

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from glassmesh.model.snapshot import Snapshot, split_address
+from glassmesh.proxy.chain import ServiceChain, compile_chain
 from glassmesh.proxy.roundrobin import RoundRobin
 from glassmesh.proxy.tls import ALPN_MUX, ALPN_TCP, client_context, service_context
 
@@ -35,7 +36,8 @@ class Remote:
 
     name: str
     protocol: str
-    endpoints: RoundRobin  # of (ip, port, host name, through a mesh proxy?)
+    endpoints: RoundRobin  # of (ip, port, host name, through a mesh proxy?): what tcp links pick from
+    chain: ServiceChain  # the outbound stages for HTTP requests (see chain.py)
 
 
 @dataclass
@@ -90,8 +92,12 @@ class Live:
         self.generation = 1
 
 
-def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
-    """Build the table; raises TlsConfigError/OSError if certificates cannot be loaded."""
+def compile_table(snap: Snapshot, keylog: str | None = None, old: Table | None = None, now: float = 0.0) -> Table:
+    """Build the table; raises TlsConfigError/OSError if certificates cannot be loaded.
+
+    old: the table in force, whose services' endpoint states (latency, ejections), retry
+    budgets and limits carry over; now: the clock the new endpoints' latency starts at.
+    """
     alpn = ALPN_MUX if snap.peer_protocol == "mux" else "http/1.1"
     client_ctx = {
         ls.name: client_context(ls.cert, ls.key, snap.trust_bundle, keylog, alpn) for ls in snap.local_services
@@ -106,7 +112,9 @@ def compile_table(snap: Snapshot, keylog: str | None = None) -> Table:
         for ep in svc.endpoints:
             h, p = split_address(ep.address)
             eps.append((h, p, ep.host, ep.mesh))
-        remotes[svc.name] = Remote(svc.name, svc.protocol, RoundRobin(eps))
+        prev = old.remotes.get(svc.name) if old is not None else None
+        chain = compile_chain(svc, prev.chain if prev is not None else None, now)
+        remotes[svc.name] = Remote(svc.name, svc.protocol, RoundRobin(eps), chain)
     locals_: dict[str, Local] = {}
     for ls in snap.local_services:
         inst = [PoolKey(*split_address(a), None, None) for a in ls.instances]

@@ -12,9 +12,8 @@ import contextlib
 import os
 import socket
 import struct
-import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -83,16 +82,21 @@ class Runtime:
         self.keylog = keylog
         self._access = access_log
         self.logging = access_log is not None  # checked on the request path before calling access_log
+        # Called with (exchange, status, mesh error reason or "") as each exchange finishes, after the
+        # link stats, the endpoint and the access log (http.ServerConn.exchange_done): tap, tracing.
+        self.observers: list[Callable[[Any, int, str], None]] = []
         self.ready = False
         self.workers = PROCESS_WORKERS
         self.local_budget = Budget(snapshot.limits.max_client_connections)  # local apps, together
         self.peer_streams: dict[str, Budget] = {}  # by caller service: its HTTP connections and mux streams
         self.peer_conns: dict[str, Budget] = {}  # by caller service: its multiplexed TLS connections
         self.apply(snapshot)
+        self.stats.endpoint_rows = self.endpoint_rows
 
     def apply(self, snap: Snapshot) -> None:
         """Swap in a new snapshot whole; raises (and changes nothing) if it cannot be used."""
-        table: Table = compile_table(snap, self.keylog)
+        live: Live | None = getattr(self, "live", None)
+        table: Table = compile_table(snap, self.keylog, live.table if live is not None else None, time.monotonic())
         self.snapshot = snap
         self.host = snap.host
         self.host_b = snap.host.encode()
@@ -105,7 +109,6 @@ class Runtime:
         for b in self.peer_conns.values():
             b.limit = snap.limits.max_peer_connections
         self.stats.snapshot_version = snap.version
-        live: Live | None = getattr(self, "live", None)
         if live is None:
             self.live = Live(table)
         else:
@@ -128,6 +131,23 @@ class Runtime:
     def table(self) -> Table:
         """The table in force (held by `live`, which the compiled sides read)."""
         return self.live.table
+
+    def endpoint_rows(self) -> list[dict[str, Any]]:
+        """What the outbound side knows of each endpoint it sends HTTP to (metrics, /ready): load, latency, ejection."""
+        now = time.monotonic()
+        rows = []
+        for name, remote in sorted(self.live.table.remotes.items()):
+            if remote.protocol != "http":
+                continue
+            for ep in remote.chain.endpoints:
+                rows.append({
+                    "service": name, "host": ep.host_name, "address": f"{ep.host}:{ep.port}",
+                    "ejected": now < ep.ejected_until,
+                    "ejected_for_s": round(max(0.0, ep.ejected_until - now), 3),
+                    "ejections": ep.ejections, "requests": ep.requests, "failures": ep.failures,
+                    "outstanding": ep.outstanding, "latency_ewma_s": round(ep.ewma_s, 6),
+                })
+        return rows
 
     # --- budgets ---------------------------------------------------------------
     def peer_budget(self, source: str) -> Budget:
@@ -220,6 +240,13 @@ class Runtime:
             "duration_ms": round((time.monotonic() - ex.t0) * 1000, 3),
             "request_id": (ex.request_id or b"").decode("latin-1"),
         }
+        route = ex.route
+        if route is not None:
+            rec["route"] = route.name.decode()
+            if ex.subset:
+                rec["subset"] = ex.subset.decode()
+            if ex.attempts > 1:
+                rec["attempts"] = ex.attempts
         if reason:
             rec["mesh_error"] = reason
         f.add(_encode(rec) + b"\n")
@@ -243,8 +270,3 @@ def reset(transport: Any) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
-
-
-def log(msg: str) -> None:
-    sys.stderr.write(f"glassmesh proxy: {msg}\n")
-    sys.stderr.flush()

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import uvloop
 
@@ -49,16 +49,30 @@ from glassmesh.proxy.listeners import (
     unlink_unix,
     wanted,
 )
+from glassmesh.proxy.log import log
 from glassmesh.proxy.routing import compile_table
-from glassmesh.proxy.runtime import AccessLog, Runtime, log
+from glassmesh.proxy.runtime import AccessLog, Runtime
 from glassmesh.proxy.sides import OutboundSide
 from glassmesh.proxy.tcp import TcpLinkClient
 from glassmesh.proxy.tls import listener_context
 from glassmesh.stopping import StopDeadline, deadline_s, on_stop_signals
 from glassmesh.systemd import notify as sd
 
-if TYPE_CHECKING:  # the control-plane watch (aiohttp) is only imported by proxies started with --control
-    from glassmesh.proxy.watch import ControlLink
+
+class ControlLink(Protocol):
+    """What serving needs of the control-plane watch (watch.ControlLink, which imports this module to start).
+
+    Named here, not imported: watch.py (aiohttp) is loaded only by proxies
+    started with --control, and it calls `serve`, so an import back would be a circle.
+    """
+
+    async def start(self, target: Any) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def ready_detail(self) -> dict[str, Any]: ...
+
+    def metrics(self) -> dict[str, Any]: ...
 
 __all__ = ["Options", "StartupError", "Worker", "launch", "run", "serve"]
 
@@ -252,6 +266,7 @@ class Worker:
             "last_reload": self.last_reload,
             "listeners": self.listeners.addresses(),
             "hot_path": hot_path_doc(),
+            "endpoints": self.rt.endpoint_rows(),  # outlier detection's view: which are ejected, for how long
         }
         if self.draining is not None:
             doc["draining"] = d = self.draining.doc()

@@ -9,7 +9,7 @@ are also dumped as plain data so that a supervisor can merge its workers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -27,6 +27,9 @@ class Stats:
     def __init__(self) -> None:
         self.links: dict[tuple[str, str, str], LinkStats] = {}
         self.errors: dict[tuple[str, str], int] = {}
+        self.retries: dict[tuple[str, str, str], int] = {}  # (side, destination, reason): tries made again
+        # The runtime's view of each endpoint (Runtime.endpoint_rows), read at scrape time only.
+        self.endpoint_rows: Callable[[], list[dict[str, Any]]] | None = None
         self.snapshot_version = 0
         self.client_conns = 0
         # tcp links: which links carry tcp (they have no requests), their open client connections,
@@ -46,6 +49,11 @@ class Stats:
         key = (side, reason)
         self.errors[key] = self.errors.get(key, 0) + 1
 
+    def retry(self, side: str, destination: str, reason: str) -> None:
+        """A try made again (or, reason budget_exhausted, one the retry budget refused): not a mesh error."""
+        key = (side, destination, reason)
+        self.retries[key] = self.retries.get(key, 0) + 1
+
     def tcp_link(self, side: str, source: str, destination: str) -> LinkStats:
         """The counters of a link that carries tcp: it gets tcp series and no request series."""
         key = (side, source, destination)
@@ -63,6 +71,8 @@ class Stats:
         return {
             "links": [ls.dump() for ls in self.links.values()],
             "errors": [[s, r, n] for (s, r), n in self.errors.items()],
+            "retries": [[*k, n] for k, n in self.retries.items()],
+            "endpoints": self.endpoint_rows() if self.endpoint_rows is not None else [],
             "snapshot_version": self.snapshot_version,
             "client_conns": self.client_conns,
             "tcp_links": [list(k) for k in self.tcp],
@@ -75,6 +85,8 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Sum the dumps of several workers into one."""
     links: dict[tuple[str, str, str], dict[str, Any]] = {}
     errors: dict[tuple[str, str], int] = {}
+    retries: dict[tuple[str, ...], int] = {}
+    endpoints: dict[tuple[str, str], dict[str, Any]] = {}
     version = 0
     conns = 0
     tcp: set[tuple[str, ...]] = set()
@@ -90,6 +102,19 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
             tcp_failures[tuple(k)] = tcp_failures.get(tuple(k), 0) + n
         for s, r, n in d["errors"]:
             errors[(s, r)] = errors.get((s, r), 0) + n
+        for *k, n in d.get("retries", ()):
+            retries[tuple(k)] = retries.get(tuple(k), 0) + n
+        for ep in d.get("endpoints", ()):
+            # Each worker balances on its own view; an endpoint is ejected where any worker ejected it.
+            cur = endpoints.get((ep["service"], ep["address"]))
+            if cur is None:
+                endpoints[(ep["service"], ep["address"])] = dict(ep)
+                continue
+            for f in ("ejections", "requests", "failures", "outstanding"):
+                cur[f] += ep[f]
+            cur["ejected"] = cur["ejected"] or ep["ejected"]
+            cur["ejected_for_s"] = max(cur["ejected_for_s"], ep["ejected_for_s"])
+            cur["latency_ewma_s"] = max(cur["latency_ewma_s"], ep["latency_ewma_s"])
         for ls in d["links"]:
             key = (ls["side"], ls["source"], ls["destination"])
             cur = links.get(key)
@@ -104,6 +129,8 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {
         "links": list(links.values()),
         "errors": [[s, r, n] for (s, r), n in errors.items()],
+        "retries": [[*k, n] for k, n in retries.items()],
+        "endpoints": list(endpoints.values()),
         "snapshot_version": version,
         "client_conns": conns,
         "tcp_links": [list(k) for k in tcp],
@@ -165,6 +192,29 @@ class _Collector:
         errs = CounterMetricFamily("glassmesh_mesh_errors", "Responses made by the mesh itself", labels=["side", "reason"])
         for s, r, n in self.d["errors"]:
             errs.add_metric([s, r], n)
+        retries = CounterMetricFamily(
+            "glassmesh_retries", "Tries made again after a failure (reason budget_exhausted: refused by the retry "
+            "budget); not mesh errors", labels=["side", "destination", "reason"])
+        for *k, n in self.d.get("retries", ()):
+            retries.add_metric(k, n)
+        el = ["destination", "host", "address"]
+        ep_req = CounterMetricFamily("glassmesh_endpoint_requests", "Requests (tries) sent to an endpoint", labels=el)
+        ep_fail = CounterMetricFamily("glassmesh_endpoint_failures",
+                                      "Tries an endpoint failed (5xx, reset, refused, timed out)", labels=el)
+        ep_ej = CounterMetricFamily("glassmesh_endpoint_ejections", "Times outlier detection ejected an endpoint",
+                                    labels=el)
+        ep_out = GaugeMetricFamily("glassmesh_endpoint_ejected", "1 while an endpoint is ejected", labels=el)
+        ep_lat = GaugeMetricFamily("glassmesh_endpoint_latency_ewma_seconds",
+                                   "The latency estimate P2C balances on", labels=el)
+        ep_busy = GaugeMetricFamily("glassmesh_endpoint_outstanding", "Requests in flight to an endpoint", labels=el)
+        for ep in self.d.get("endpoints", ()):
+            ev = [ep["service"], ep["host"], ep["address"]]
+            ep_req.add_metric(ev, ep["requests"])
+            ep_fail.add_metric(ev, ep["failures"])
+            ep_ej.add_metric(ev, ep["ejections"])
+            ep_out.add_metric(ev, 1 if ep["ejected"] else 0)
+            ep_lat.add_metric(ev, ep["latency_ewma_s"])
+            ep_busy.add_metric(ev, ep["outstanding"])
         ver = GaugeMetricFamily("glassmesh_snapshot_version", "Version of the snapshot in force")
         ver.add_metric([], self.d["snapshot_version"])
         cc = GaugeMetricFamily("glassmesh_client_connections", "Open client connections on all listeners")
@@ -172,7 +222,8 @@ class _Collector:
         info = GaugeMetricFamily("glassmesh_build_info", "Version, and whether the hot path is mypyc-compiled",
                                  labels=["version", "hot_path"])
         info.add_metric([__version__, hot_path()], 1)
-        yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, ver, cc, info)
+        yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, retries, ep_req, ep_fail, ep_ej, ep_out,
+                    ep_lat, ep_busy, ver, cc, info)
         ctl = self.d.get("control")  # set by proxies that watch a control plane (glassmesh.proxy.watch)
         if ctl is not None:
             age = GaugeMetricFamily("glassmesh_snapshot_age_seconds",

@@ -28,10 +28,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from glassmesh.proxy.connector import ConnectError
+from glassmesh.proxy.log import log
 from glassmesh.proxy.mux import StreamUser
-from glassmesh.proxy.pool import ConnectError, Pool
+from glassmesh.proxy.pool import Pool
 from glassmesh.proxy.routing import PoolKey
-from glassmesh.proxy.runtime import log
 
 if TYPE_CHECKING:
     from glassmesh.proxy.runtime import Runtime

@@ -107,8 +107,8 @@ from glassmesh.proxy import lkg
 from glassmesh.proxy.enroll import ProxyIdentity
 from glassmesh.proxy.health import HealthReporter
 from glassmesh.proxy.listeners import StartupError
+from glassmesh.proxy.log import log
 from glassmesh.proxy.routing import compile_table
-from glassmesh.proxy.runtime import log
 from glassmesh.proxy.tls import TlsConfigError
 from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
 

@@ -16,6 +16,9 @@ HTTP endpoints (any method):
     /forge-error?reason=R           502 with a glassmesh-error header, as if a mesh hop had made it
     /ws                             with `Upgrade`: 101, then echo raw bytes until EOF
     /__stats                        {"requests": n, "paths": [...]}, not itself counted
+    /drip?gap_ms=G&n=N              200 chunked: N chunks of "x", G ms apart (a slow stream)
+    ...?delay_ms=N (any path)       wait N ms before answering; --delay-ms N: every request (a slow instance)
+    ...?fail=1 (any path)           --fail-status S: answer S instead (an instance that fails)
     anything else                   JSON echo: method, path, headers, body length and sha256
 Every request with `Expect: 100-continue` gets `100 Continue` before its body is read.
 HEAD gets the GET response's head without a body.
@@ -75,8 +78,10 @@ class BadRequest(Exception):
 
 
 class HttpApp:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, delay_ms: int = 0, fail_status: int = 0) -> None:
         self.name = name
+        self.delay_ms = delay_ms
+        self.fail_status = fail_status
         self.requests = 0
         self.paths: list[str] = []
         self.connections = 0
@@ -175,6 +180,24 @@ class HttpApp:
             # An answer that takes a while (a slow request in flight when a proxy is told to stop).
             await asyncio.sleep(min(float(query.get("s", ["1"])[0]), 3600.0))
             return await self._respond(writer, method, 200, [("x-app", self.name)], b"slept\n", keep)
+
+        delay = int(query.get("delay_ms", [str(self.delay_ms)])[0])
+        if delay > 0 and path != "/__stats":
+            await asyncio.sleep(delay / 1000)
+
+        if self.fail_status and path != "/__stats":
+            return await self._respond(writer, method, self.fail_status, [("x-app", self.name)],
+                                       f"failing with {self.fail_status}\n".encode(), keep)
+
+        if path == "/drip":
+            gap, n = int(query.get("gap_ms", ["100"])[0]), int(query.get("n", ["5"])[0])
+            writer.write(f"HTTP/1.1 200 OK\r\nx-app: {self.name}\r\ntransfer-encoding: chunked\r\n\r\n".encode())
+            for _ in range(n):
+                await writer.drain()
+                await asyncio.sleep(gap / 1000)
+                writer.write(b"1\r\nx\r\n")
+            writer.write(b"0\r\n\r\n")
+            return keep
 
         if path.startswith("/status/"):
             code = int(path.split("/")[2])
@@ -374,7 +397,7 @@ def _quietly(serve: Any) -> Any:
 async def _main(args: argparse.Namespace) -> None:
     host, _, port = args.listen.rpartition(":")
     if args.kind == "http":
-        app = HttpApp(args.name)
+        app = HttpApp(args.name, args.delay_ms, args.fail_status)
         server = await asyncio.start_server(_quietly(app.serve), host, int(port), limit=MAX_HEAD,
                                             reuse_address=True)
     else:
@@ -395,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default="app")
     p.add_argument("--mode", choices=["echo", "sink"], default="echo")
     p.add_argument("--banner", default="")
+    p.add_argument("--delay-ms", type=int, default=0, help="http: wait this long before each answer")
+    p.add_argument("--fail-status", type=int, default=0, help="http: answer every request with this status")
     args = p.parse_args(argv)
     try:
         asyncio.run(_main(args))

@@ -332,6 +332,8 @@ class Host:
         self.locals: dict[str, LocalSpec] = {}
         self.tcp_links: list[dict[str, str]] = []
         self.service_overrides: dict[str, dict[str, Any]] = {}
+        # Labels of this host's endpoint of a service (its service entry's `labels:` in mesh.yaml).
+        self.labels: dict[str, dict[str, str]] = {}
         self.timeouts: dict[str, int] = {}
         self.limits: dict[str, int] = {}
         self.proxy_args: list[str] = []  # extra `glassmesh proxy` flags
@@ -368,10 +370,15 @@ class Host:
         self._next_app += 1
         return p
 
-    def http_app(self, service: str, name: str | None = None) -> App:
-        """Start an HTTP echo app on this host and register it as an instance of `service`."""
+    def http_app(self, service: str, name: str | None = None, delay_ms: int = 0, fail_status: int = 0) -> App:
+        """Start an HTTP echo app on this host and register it as an instance of `service`.
+
+        delay_ms: it waits this long before each answer; fail_status: it answers every request so.
+        """
         addr = f"{self.ip}:{self.app_port()}"
-        app = self.mesh.start_app("http", addr, name or f"{service}@{self.name}")
+        extra = (["--delay-ms", str(delay_ms)] if delay_ms else []) + (
+            ["--fail-status", str(fail_status)] if fail_status else [])
+        app = self.mesh.start_app("http", addr, name or f"{service}@{self.name}", extra=extra)
         self.add_instance(service, addr, "http")
         return app
 
@@ -419,7 +426,13 @@ class Host:
                 for _ in spec.instances:
                     svc = services.setdefault(
                         spec.name, {"name": spec.name, "protocol": spec.protocol, "endpoints": []})
-                    svc["endpoints"].append({"address": h.inbound, "host": h.name})
+                    ep: dict[str, Any] = {"address": h.inbound, "host": h.name}
+                    if spec.name in h.labels:
+                        ep["labels"] = h.labels[spec.name]
+                    svc["endpoints"].append(ep)
+        for name, pol in m.policies.items():
+            if name in services:
+                services[name]["policy"] = pol
         services.update(self.service_overrides)
         extra: dict[str, Any] = {"timeouts": self.timeouts} if self.timeouts else {}
         if self.limits:
@@ -479,6 +492,8 @@ class Mesh:
         self.hosts: dict[str, Host] = {}
         self.peer_protocol: str | None = None  # "mux" | "http1"; None: the proxy's default
         self.protocols: dict[str, str] = {}
+        # Traffic policy by service (a snapshot Policy as JSON: routes, subsets, balance, outlier, limits).
+        self.policies: dict[str, dict[str, Any]] = {}
         self.procs: list[Proc] = []
         self._certs: dict[str, tuple[Path, Path]] = {}
         self._closers: list[Callable[[], None]] = []
@@ -503,8 +518,9 @@ class Mesh:
         self.procs.append(p)
         return p
 
-    def start_app(self, kind: str, addr: str, name: str, mode: str = "echo", banner: str = "") -> App:
-        args = [sys.executable, str(APPS), kind, "--listen", addr, "--name", name]
+    def start_app(self, kind: str, addr: str, name: str, mode: str = "echo", banner: str = "",
+                  extra: list[str] | None = None) -> App:
+        args = [sys.executable, str(APPS), kind, "--listen", addr, "--name", name, *(extra or [])]
         if kind == "tcp":
             args += ["--mode", mode]
             if banner:

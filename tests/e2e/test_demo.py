@@ -17,7 +17,7 @@ from pathlib import Path
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
 DEMO_ADDRESSES = [("127.0.0.1", 4200), ("127.0.0.11", 4140), ("127.0.0.11", 4143), ("127.0.0.11", 4191),
                   ("127.0.0.11", 8080), ("127.0.0.12", 4143), ("127.0.0.12", 8080), ("127.0.0.13", 4143),
-                  ("127.0.0.13", 8080), ("127.0.0.13", 8081)]
+                  ("127.0.0.13", 8080), ("127.0.0.13", 8081), ("127.0.0.14", 4143), ("127.0.0.14", 8080)]
 
 
 def _served_by(line: str) -> dict[str, int]:
@@ -76,7 +76,7 @@ def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: P
     assert "instances registered and healthy" in out
     assert "glassmesh status" in out  # the hint
     assert (state / "mesh.yaml").is_file() and (state / "control" / "control.sqlite").is_file()
-    for h in ("host1", "host2", "host3"):  # each proxy kept its last-known-good snapshot from the control plane
+    for h in ("host1", "host2", "host3", "host4"):  # each proxy kept its last-known-good snapshot from the control plane
         assert (state / h / "snapshot.json").is_file() and (state / h / "certs" / "ca.pem").is_file()
 
     # B on host2 stopped, its traffic on host3 alone, then back.
@@ -91,11 +91,11 @@ def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: P
     back = index(r">>> b on host2 is back: .*snapshot v\d+ pushed to host1")
     assert stopping < out_at < starting < back
     pushes = [line for line in lines if "control plane pushed snapshot v" in line]
-    assert any("to host1: b now host3 (was host2, host3)" in p for p in pushes), pushes
-    assert any("to host1: b now host2, host3 (was host3)" in p for p in pushes), pushes
+    assert any("to host1: b now host3, host4 (was host2, host3, host4)" in p for p in pushes), pushes
+    assert any("to host1: b now host2, host3, host4 (was host3, host4)" in p for p in pushes), pushes
     ab = [(i, line) for i, line in enumerate(lines) if re.match(r"\[\s*\d+s\] a -> b ", line)]
     while_out = [_served_by(line) for i, line in ab if out_at < i < starting]
-    assert while_out and all(set(s) <= {"host3"} for s in while_out), while_out
+    assert while_out and all(set(s) <= {"host3", "host4"} for s in while_out), while_out
     after = [_served_by(line) for i, line in ab if i > back]
     assert any(s.get("host2") for s in after), after  # the traffic splits again
     assert all("success 100.0%" in line or "no traffic seen yet" in line for _, line in ab), out
@@ -105,7 +105,7 @@ def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: P
     assert summary
     ab_total = lines[index(r"^  a -> b: \d+ requests")]
     served = _served_by(ab_total)
-    assert served.get("host2", 0) > 0 and served.get("host3", 0) > 0, ab_total
+    assert served.get("host2", 0) > 0 and served.get("host4", 0) > 0, ab_total
     assert "success 100.0%" in ab_total
     assert re.search(r"client -> a \(traffic generator\): (\d+) done, \1 ok, 0 failed", out), out
     assert re.search(r"^  failed requests: 0 \(0 of \d+ client -> a, 0 of \d+ a -> b, 0 of \d+ a -> c\)",
@@ -113,6 +113,27 @@ def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: P
     assert re.search(r"^  b on host2: stopped at [\d.]+ s \(pid \d+\), out of host1's snapshot [\d.]+ s later "
                      r"\(v\d+\), started at [\d.]+ s \(pid \d+\), back in host1's snapshot", out, re.M), out
     assert "exited during the run" not in out and "did not run clean" not in out
+
+    # The canary: v2 (host3) at 0%, then 1%, 10% and 50% of A's calls to B, each by `glassmesh apply`.
+    for pct, version in ((1, 2), (10, 3), (50, 4)):
+        apply_at = index(rf">>> canary: b v2 to {pct}% of A's calls: glassmesh apply -f mesh.yaml")
+        applied = index(rf">>> applied: version {version} \(sha256 ")
+        runs = index(rf">>> host1's proxy runs the {pct}% split: snapshot v\d+, [\d.]+ s after the apply")
+        assert apply_at < applied and apply_at < runs
+    assert any("b split v1 99%, v2 1% (was v1 100%, v2 0%)" in p for p in pushes), pushes
+    live = [line for _, line in ab if "subsets" in line]
+    assert live and all(re.search(r"subsets (v1 \d+|v2 \d+|-)", line) for line in live), live
+    phases: dict[int, tuple[int, int]] = {}
+    for m in re.finditer(r"^    v2 at (\d+)% \(.*?\): (.*)$", out, re.M):
+        counts = {k: int(n) for k, n in re.findall(r"(v[12]) (\d+) \(", m.group(2))}
+        phases[int(m.group(1))] = (counts.get("v1", 0), counts.get("v2", 0))
+    assert sorted(phases) == [0, 1, 10, 50], out
+    v1, v2 = phases[0]
+    assert v1 > 50 and v2 <= 1, phases  # 0%: v2 idle (one request at most, counted as its first push landed)
+    v1, v2 = phases[50]
+    assert v1 + v2 > 50 and 0.25 < v2 / (v1 + v2) < 0.75, phases
+    v1, v2 = phases[10]
+    assert v1 + v2 > 50 and v2 / (v1 + v2) < 0.3, phases
 
     # Every process stopped, the control plane included: the demo's addresses are free again.
     assert re.search(r"^stopped \d+ processes", out, re.M), out

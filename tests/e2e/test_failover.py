@@ -18,7 +18,9 @@ def test_app_down_behind_a_live_proxy_fails_over_with_no_error(mesh: Mesh) -> No
             assert r.status == 200, f"request {i}: {r!r}"
             assert r.json()["app"] == "b@host2"
     m = h1.metrics()
-    assert metric(m, "glassmesh_mesh_errors_total", side="outbound", reason="retried_connect_refused") >= 10
+    # Sent again, counted as retries, not as mesh errors; P2C then avoids host3 (a failure weighs 250 ms).
+    assert metric(m, "glassmesh_retries_total", side="outbound", destination="b", reason="connect_refused") >= 1
+    assert metric(m, "glassmesh_mesh_errors_total", side="outbound", reason="connect_refused") == 0
     assert b2.requests() >= 40
 
 
@@ -33,8 +35,9 @@ def test_a_request_with_a_body_is_not_replayed(mesh: Mesh) -> None:
     with HttpConn(h1.outbound("a")) as c:
         for i in range(6):
             statuses.append(c.request("POST", f"http://b/{i}", {"Host": "b"}, b"payload").status)
-    # Round robin sends half to host3; those come back as host3's error, not silently replayed.
-    assert statuses.count(502) >= 2 and statuses.count(200) >= 2, statuses
+    # What P2C sends to host3 (at least its first try: then a failure weighs 250 ms and it is avoided)
+    # comes back as host3's error, not silently replayed.
+    assert statuses.count(502) >= 1 and statuses.count(200) >= 2, statuses
 
 
 def test_endpoint_outside_the_mesh_is_called_in_plain_http(mesh: Mesh) -> None:

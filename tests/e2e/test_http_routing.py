@@ -101,6 +101,7 @@ def test_round_robin_across_two_hosts(mesh: Mesh) -> None:
     h1.client("a")
     h2.http_app("b")
     h3.http_app("b")
+    mesh.policies["b"] = {"balance": "round_robin"}  # the default, P2C, splits by latency instead
     mesh.start()
     seen: Counter[str] = Counter()
     with HttpConn(h1.outbound("a")) as c:
@@ -121,6 +122,9 @@ def test_inbound_balances_its_local_instances(mesh: Mesh) -> None:
     h2.http_app("b", name="b1@host2")
     h2.http_app("b", name="b2@host2")
     h3.http_app("b")
+    # host1 sends half to each host in turn (P2C, the default, would split by latency); host2's inbound
+    # takes its two local instances in turn.
+    mesh.policies["b"] = {"balance": "round_robin"}
     mesh.start()
     seen: Counter[str] = Counter()
     with HttpConn(h1.outbound("a")) as c:

@@ -188,3 +188,30 @@ def test_each_service_names_who_may_call_it() -> None:
     callers = {s.name: s.callers for s in snaps["h2"].local_services}
     # api calls everything (no calls:), so it may call itself and the others; web lists api.
     assert callers == {"api": ["api", "web"], "cache": ["api", "batch", "web"], "open": ["api"]}
+
+
+def test_callers_get_the_destinations_policy_and_each_endpoints_labels() -> None:
+    from tests.unit.test_control_config_policy import CANARY
+
+    cfg = parse_config(CANARY, "mesh.yaml")
+    up = [InstanceRecord("b", "host2", "127.0.0.12:8080", True), InstanceRecord("b", "host3", "127.0.0.13:8080", True)]
+    snaps = compile_snapshots(cfg, up, trust_domain="glassmesh.local", versions={})
+    b = snaps["host1"].service("b")
+    assert b is not None and b.policy is not None
+    assert [(e.host, e.labels) for e in b.endpoints] == [
+        ("host2", {"version": "v1"}), ("host3", {"version": "v2"}), ("host4", {"version": "v1"})]
+    api = b.policy.routes[0]
+    assert api.match.methods == ["GET"] and api.match.headers == {"x-user": "beta"}  # as proxies compare them
+    assert [(x.subset, x.weight) for x in api.split] == [("v1", 99), ("v2", 1)]
+    assert snaps["host1"].service("a").policy is None  # type: ignore[union-attr]  # none set: not on the wire
+    # Must-understand: a proxy that would ignore the policy refuses the snapshot (model/snapshot.py FEATURES).
+    assert snaps["host1"].requires == ["policy"]
+    assert all(s.requires == [] for s in snaps.values() if all(x.policy is None for x in s.services))
+    # What the proxy reads back is what was compiled, and it passes the proxy's own checks.
+    again = parse_snapshot(encode_snapshot(snaps["host1"]))
+    assert again.service("b") == b
+    # A weight change reaches the callers as a new version.
+    shifted = parse_config(CANARY.replace("weight: 99}", "weight: 90}").replace("weight: 1}", "weight: 10}"))
+    after = compile_snapshots(shifted, up, trust_domain="glassmesh.local", versions=snaps)
+    assert after["host1"].version > snaps["host1"].version
+    assert after["host1"].service("b").policy.routes[0].split[1].weight == 10  # type: ignore[union-attr]

@@ -14,7 +14,7 @@ from glassmesh.demo import metrics as m
 from glassmesh.demo.apps import Backend, Frontend
 from glassmesh.demo.httpio import Connection, serve_connection
 from glassmesh.demo.procs import PortBusy, check_bindable
-from glassmesh.demo.runner import build_demo_topology
+from glassmesh.demo.runner import build_demo_topology, demo_hosts
 from glassmesh.demo.topology import HostSpec, LocalSpec, TopologyError, build_topology, mesh_config
 from glassmesh.demo.traffic import Counts
 from glassmesh.model.snapshot import load_snapshot
@@ -38,24 +38,30 @@ def _demo_snapshots(topo, healthy=None):
     return {h: parse_snapshot(encode_snapshot(snap), topo.host(h).dir) for h, snap in snaps.items()}
 
 
-def test_demo_mesh_yaml_compiles_to_the_three_host_snapshots(tmp_path):
+def test_demo_mesh_yaml_compiles_to_the_four_host_snapshots(tmp_path):
     topo = build_demo_topology(str(tmp_path))
     assert topo.control == "https://127.0.0.1:4200" and topo.control_dir == str(tmp_path / "control")
     assert topo.ca_dir == str(tmp_path / "control" / "ca")  # the control plane's own CA: there is one
     text = (tmp_path / "mesh.yaml").read_text()
     assert "calls: [b, c]" in text and "health: {tcp: true, interval_ms: 500, timeout_ms: 250}" in text
     snaps = _demo_snapshots(topo)
-    assert sorted(snaps) == ["host1", "host2", "host3"]
+    assert sorted(snaps) == ["host1", "host2", "host3", "host4"]
+    # B's v1 on host2 and host4, v2 on host3, and a route that sends v2 nothing yet (the canary starts at 0%).
+    assert "- name: host3\n  address: 127.0.0.13:4143\n  services:\n  - name: b\n    labels: {version: v2}\n  - c\n" in text
 
     s1 = snaps["host1"]
     assert s1.host == "host1" and s1.inbound == "127.0.0.11:4143" and s1.admin == "127.0.0.11:4191"
     (a,) = s1.local_services
     assert (a.name, a.outbound, a.instances) == ("a", "127.0.0.11:4140", ["127.0.0.11:8080"])
     b, c = s1.service("b"), s1.service("c")
-    assert [(e.address, e.host) for e in b.endpoints] == [("127.0.0.12:4143", "host2"), ("127.0.0.13:4143", "host3")]
+    assert [(e.address, e.host, e.labels) for e in b.endpoints] == [
+        ("127.0.0.12:4143", "host2", {"version": "v1"}), ("127.0.0.13:4143", "host3", {"version": "v2"}),
+        ("127.0.0.14:4143", "host4", {"version": "v1"})]
+    assert b.policy is not None and [(x.subset, x.weight) for x in b.policy.routes[0].split] == [("v1", 100), ("v2", 0)]
+    assert c.policy is None
     assert [(e.address, e.host) for e in c.endpoints] == [("127.0.0.13:4143", "host3")]
     # b and c call nobody: their hosts' snapshots list no services.
-    assert snaps["host2"].services == [] and snaps["host3"].services == []
+    assert snaps["host2"].services == [] and snaps["host3"].services == [] and snaps["host4"].services == []
     assert [(ls.name, ls.instances, ls.health_interval_ms) for ls in snaps["host3"].local_services] == [
         ("b", ["127.0.0.13:8080"], 500), ("c", ["127.0.0.13:8081"], 500)]
 
@@ -85,16 +91,16 @@ def test_demo_snapshots_load_in_a_proxy(tmp_path):
 
 
 def test_stopped_instance_leaves_host1s_snapshot_and_the_guard_lets_it(tmp_path):
-    """B on host2 reported unhealthy: host1 keeps only host3, and one of two is within max_endpoint_drop."""
+    """B on host2 reported unhealthy: host1 keeps host3 and host4, and one of three is within max_endpoint_drop."""
     from glassmesh.control.guard import guard
 
     topo = build_demo_topology(str(tmp_path))
-    up = {("a", "host1"), ("b", "host3"), ("c", "host3")}
+    up = {("a", "host1"), ("b", "host3"), ("b", "host4"), ("c", "host3")}
     snaps = _demo_snapshots(topo, healthy=up)
-    assert [e.host for e in snaps["host1"].service("b").endpoints] == ["host3"]
-    d = guard({"b": [("host2", "127.0.0.12:8080"), ("host3", "127.0.0.13:8080")]},
-              {"b": [("host3", "127.0.0.13:8080")]}, max_drop={"b": 0.5})
-    assert d.held == {} and d.push["b"] == [("host3", "127.0.0.13:8080")]
+    assert [e.host for e in snaps["host1"].service("b").endpoints] == ["host3", "host4"]
+    d = guard({"b": [("host2", "127.0.0.12:8080"), ("host3", "127.0.0.13:8080"), ("host4", "127.0.0.14:8080")]},
+              {"b": [("host3", "127.0.0.13:8080"), ("host4", "127.0.0.14:8080")]}, max_drop={"b": 0.5})
+    assert d.held == {} and d.push["b"] == [("host3", "127.0.0.13:8080"), ("host4", "127.0.0.14:8080")]
 
 
 def test_certs_are_named_where_the_join_puts_them_and_none_is_made_ahead(tmp_path):
@@ -122,6 +128,7 @@ def test_topology_json_lists_addresses_and_instances(tmp_path):
     assert doc["services"]["b"]["instances"] == [
         {"host": "host2", "address": "127.0.0.12:8080"},
         {"host": "host3", "address": "127.0.0.13:8080"},
+        {"host": "host4", "address": "127.0.0.14:8080"},
     ]
     assert doc["services"]["a"]["instances"] == [{"host": "host1", "address": "127.0.0.11:8080"}]
     assert open(doc["ca_cert"], "rb").read().startswith(b"-----BEGIN CERTIFICATE")
@@ -377,3 +384,16 @@ def test_busy_port_is_named():
         port = s.getsockname()[1]
         with pytest.raises(PortBusy, match=f"port {port} on 127.0.0.1 \\(host1 proxy admin\\)"):
             check_bindable({f"127.0.0.1:{port}": "host1 proxy admin"})
+
+
+def test_each_canary_step_is_a_valid_mesh_yaml_that_only_moves_weights():
+    from glassmesh.control.config import diff_docs, parse_config, to_doc
+    from glassmesh.demo.runner import canary_schedule, canary_yaml, subsets_by_host
+
+    docs = {p: to_doc(parse_config(canary_yaml(p), "mesh.yaml")) for p in (0, 1, 10, 50)}
+    diff = diff_docs(docs[0], docs[1])
+    assert [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")] == [
+        "-      weight: 100", "+      weight: 99", "-      weight: 0", "+      weight: 1"]
+    assert subsets_by_host(demo_hosts()) == {"host2": "v1", "host3": "v2", "host4": "v1"}
+    assert canary_schedule(20) == [(5.0, 1), (10.0, 10), (15.0, 50)]
+    assert [p for _, p in canary_schedule(0)] == [1, 10, 50]
