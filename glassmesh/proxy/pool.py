@@ -44,6 +44,7 @@ class PooledConn(StreamUser):
     """
 
     idle_since = 0.0
+    transport: Any = None  # a mux stream when the link is multiplexed (its .conn is the MuxConnection)
 
     def reusable(self) -> bool:
         return False
