@@ -28,7 +28,8 @@ import time
 from typing import Any
 
 from glassmesh.proxy.listeners import Listener, Listeners, _graceful
-from glassmesh.proxy.runtime import Runtime, log
+from glassmesh.proxy.log import log
+from glassmesh.proxy.runtime import Runtime
 
 DRAIN_TIMEOUT_S = 30.0  # --drain-timeout: how long a stopping proxy lets what is in flight finish
 # A peer's idle stream is left to the peer to close after GOAWAY (closing it here races a request

@@ -43,7 +43,7 @@ from glassmesh.protocols.mux import REFUSED_GOAWAY
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.connector import ConnectError
 from glassmesh.proxy.mirroring import send_copy
-from glassmesh.proxy.mux import StreamUser
+from glassmesh.proxy.mux import MuxConnection, StreamUser
 from glassmesh.proxy.pool import Pool, PooledConn
 from glassmesh.proxy.refusal import Http2Refuser
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
@@ -949,6 +949,9 @@ class UpstreamConn(PooledConn):
 
     def reusable(self) -> bool:
         return not self.lost and not self.t_closing()
+
+    def rides_on(self, mux: MuxConnection) -> bool:
+        return getattr(self.transport, "conn", None) is mux
 
     def close(self) -> None:
         if not self.lost:

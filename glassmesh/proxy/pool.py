@@ -44,7 +44,10 @@ class PooledConn(StreamUser):
     """
 
     idle_since = 0.0
-    transport: Any = None  # a mux stream when the link is multiplexed (its .conn is the MuxConnection)
+
+    def rides_on(self, mux: MuxConnection) -> bool:
+        """Whether this connection is a stream of `mux` (a method, not a shared attribute: see http.py)."""
+        return False
 
     def reusable(self) -> bool:
         return False
@@ -200,7 +203,7 @@ class Pool:
         """
         keep = []
         for c in self.idle:
-            if getattr(c.transport, "conn", None) is conn:
+            if c.rides_on(conn):
                 c.close()
             else:
                 keep.append(c)
