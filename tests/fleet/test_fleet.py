@@ -297,7 +297,10 @@ def test_fleet_joins_restarts_upgrades_and_restores_without_dropping_a_request(r
         # Both web instances answer host1's probe, and both api instances each web host.
         _wait(lambda: _answers(hosts["host1"], "web") and _answers(hosts["host2"], "api")
               and _answers(hosts["host3"], "api"), 60, "traffic across the namespaces")
+        # A second version, so that "no version lost" is about a history, not a single entry.
+        ops.cli("apply", "-f", "-", "--wait", stdin=MESH.replace("    calls: []\n", "    calls: []\n    max_endpoint_drop: 0.6\n"))
         versions = ops.history()
+        assert versions == [2, 1], versions
 
         load = Load(fleet, root / "stop-load")
         time.sleep(3)
