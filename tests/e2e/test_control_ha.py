@@ -64,6 +64,9 @@ services:
   - name: a
   - name: b
     port: {port}
+    # Round robin: the test checks that both instances serve in a few seconds of one-at-a-time requests,
+    # which P2C (the default) does not promise: it sends them all to the faster one while it stays faster.
+    balance: round_robin
 {extra}hosts:
   - {{name: host1, address: "{ip1}:4143", services: [a]}}
   - {{name: host2, address: "{ip2}:4143", services: [b]}}
@@ -196,7 +199,7 @@ def history(urls: list[str], cred: Path) -> list[dict[str, str]]:
     for line in r.stdout.splitlines()[1:]:
         parts = line.split()
         if parts and parts[0].isdigit():
-            rows.append({"version": parts[0], "author": parts[3], "sha256": parts[4]})
+            rows.append({"version": parts[0], "author": parts[2], "sha256": parts[3]})  # when (UTC): one word
     return rows
 
 

@@ -168,7 +168,7 @@ def test_installed_demo_runs_and_status_shows_compiled_proxies(installed: Path, 
     assert "Traceback" not in out and "WARNING: glassmesh proxy" not in out
     assert status is not None and status.returncode == 0, status
     builds = {h["name"]: h["hot_path"] for h in json.loads(status.stdout)["hosts"]}
-    assert builds == {"host1": "mypyc", "host2": "mypyc", "host3": "mypyc"}, builds
+    assert builds == {"host1": "mypyc", "host2": "mypyc", "host3": "mypyc", "host4": "mypyc"}, builds
 
 
 @pytest.fixture(scope="session")
