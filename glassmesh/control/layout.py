@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from glassmesh.model.snapshot import split_address
 
 if TYPE_CHECKING:
-    from glassmesh.control.config import HostConfig, MeshConfig, ServiceConfig
+    from glassmesh.control.schema import HostConfig, MeshConfig, ServiceConfig
 
 OUTBOUND_PORT0 = 4140
 ADMIN_PORT = 4191

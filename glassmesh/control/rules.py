@@ -11,15 +11,14 @@ import re
 from typing import TYPE_CHECKING
 
 from glassmesh.control.layout import Index, host_layout, index, join, local_ip
+from glassmesh.control.schema import LABEL_KEY_RE, LABEL_VALUE_RE
 
 if TYPE_CHECKING:
-    from glassmesh.control.config import MeshConfig
+    from glassmesh.control.schema import MeshConfig
     from glassmesh.model.snapshot import Route
 
 Found = list[tuple[str, str]]
 # Labels say which subset an instance belongs to (`version: v2`); Kubernetes' syntax, so they read alike.
-LABEL_KEY_RE = r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?$"
-LABEL_VALUE_RE = r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$"
 _LABEL_KEY = re.compile(LABEL_KEY_RE)
 _LABEL_VALUE = re.compile(LABEL_VALUE_RE)
 
