@@ -120,13 +120,11 @@ def write(path: str | Path, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, comm
     return p
 
 
-def call(url: str, cred: Credential, method: str, path: str, body: object = None,
-         timeout: float = 30.0) -> tuple[int, bytes]:
-    """One request to the operator API at `url` (https://host:port) as `cred`: (status, raw body).
+def connect(url: str, cred: Credential, timeout: float = 30.0) -> tuple[http.client.HTTPSConnection, str]:
+    """A connection to the operator API at `url` whose server proved it is this mesh's control plane.
 
-    The server must prove it is this mesh's control plane (its CA, its SPIFFE
-    ID) before the request body leaves. OSError and ssl.SSLError when it
-    cannot be reached, CredentialError when it is not the control plane.
+    (connection, path prefix of the URL). OSError and ssl.SSLError when it cannot
+    be reached, CredentialError when it is not the control plane.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
@@ -135,12 +133,27 @@ def call(url: str, cred: Credential, method: str, path: str, body: object = None
                                        context=cred.client_context())
     try:
         conn.connect()
-        try:
-            cred.expect_control(conn.sock.getpeercert())  # type: ignore[union-attr]
-        except CredentialError as e:
-            raise CredentialError(f"{url}: {e}") from None
+        cred.expect_control(conn.sock.getpeercert())  # type: ignore[union-attr]
+    except CredentialError as e:
+        conn.close()
+        raise CredentialError(f"{url}: {e}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn, parts.path.rstrip("/")
+
+
+def call(url: str, cred: Credential, method: str, path: str, body: object = None,
+         timeout: float = 30.0) -> tuple[int, bytes]:
+    """One request to the operator API at `url` (https://host:port) as `cred`: (status, raw body).
+
+    The server must prove it is this mesh's control plane (its CA, its SPIFFE
+    ID) before the request body leaves (see connect).
+    """
+    conn, prefix = connect(url, cred, timeout)
+    try:
         data = None if body is None else json.dumps(body).encode()
-        conn.request(method, parts.path.rstrip("/") + path, body=data, headers={"content-type": "application/json"})
+        conn.request(method, prefix + path, body=data, headers={"content-type": "application/json"})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:

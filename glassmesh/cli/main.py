@@ -32,6 +32,8 @@ _COMMANDS = {
     "host": ("glassmesh.cli.host_cmd", "host"),
     "version": ("glassmesh.cli.version_cmd", "version"),
     "completion": ("glassmesh.cli.completion_cmd", "completion"),
+    "tap": ("glassmesh.cli.tap_cmd", "tap"),
+    "capture": ("glassmesh.cli.tap_cmd", "capture"),
 }
 
 

@@ -1,0 +1,144 @@
+"""What a tap asks for and what it gets back: shared by the CLI, the control plane and the proxy.
+
+`glassmesh tap` and `glassmesh capture` are one ask kind, "tap" (api/asks.py):
+the control plane asks each matching host's proxy, and each proxy streams
+the exchanges its processes finish that pass the filter. One event per
+exchange per side: a call from A to B shows twice, at A's outbound proxy and
+at B's inbound one, each saying which.
+
+An event (JSON object):
+
+    ts             wall time the exchange finished (seconds)
+    host, side     the proxy that saw it ("outbound": a local app's call; "inbound": a peer's)
+    pid            the serving process (one per --workers)
+    from, to       caller and callee services
+    method, path, status, duration_ms, request_id
+    attempts       tries (the first included), when more than one
+    route, subset  the route that served it (outbound; not for the default route)
+    endpoint       host:port the last try went to
+    error, hop     a mesh error's reason and the proxy that made it ("b/inbound")
+    request_headers, response_headers     [[name, value], ...]: only with --headers
+    request_body, response_body           text, at most --body N bytes: only with --body
+    request_body_truncated, response_body_truncated   true when more was sent than shown
+    wire           a capture's bytes (below): only when asked for (`wire=N`)
+
+Other lines of the stream: `{"dropped": N, "host": H, "pid": P}` (events a
+process counted but did not keep: over RATE a second or BUFFER between two
+polls), `{"tap": {...}}` first (which hosts are tapped, which could not be),
+and `{"error": ..., "host": H}` for a host whose proxy failed.
+
+`wire` (capture): {"conn": id of the upstream connection, "chunks": [[ts,
+"out"|"in", base64], ...], "more_out": N, "more_in": N, "t_last": ts}: the
+HTTP/1 bytes of the exchange's last try, as they went to the next hop and
+came back, the first `wire` bytes each way; more_* count what was not kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MAX_BODY = 65536  # --body N is capped here: a tap shows messages, it is not a download
+MAX_WIRE = 1 << 20  # a capture keeps at most this much of each exchange, each way
+BUFFER = 1000  # events held per tap in each proxy process between two polls
+RATE = 200  # events a second per tap in each proxy process; more are counted as dropped
+SIDES = ("outbound", "inbound")
+_STATUS = re.compile(r"^[1-5](xx|[0-9]{2})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+
+
+class TapArgsError(ValueError):
+    """A tap's arguments that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TapArgs:
+    """A tap's filter and what each event carries; parsed from query strings (all values are strings)."""
+
+    source: str = ""  # --from
+    destination: str = ""  # --to
+    path: str = ""  # a prefix of the request path
+    status: str = ""  # "5xx", "503"
+    side: str = ""  # "outbound", "inbound", or both
+    method: str = ""
+    headers: bool = False
+    body: int = 0  # bytes of each body to show (0: none)
+    wire: int = 0  # bytes of each exchange's wire to keep, each way (a capture)
+    seconds: float = 0.0  # 0: until the asker leaves
+
+    @classmethod
+    def parse(cls, q: dict[str, str]) -> TapArgs:
+        """From `from`, `to`, `path`, `status`, `side`, `method`, `headers`, `body`, `wire`, `seconds`."""
+        known = {"from", "to", "path", "status", "side", "method", "headers", "body", "wire", "seconds", "host",
+                 "id", "op"}
+        unknown = sorted(set(q) - known)
+        if unknown:
+            raise TapArgsError(f"unknown tap argument(s): {', '.join(unknown)}")
+        for k in ("from", "to"):
+            v = q.get(k, "")
+            if v and not _NAME.match(v):
+                raise TapArgsError(f"{k}: {v!r} is not a service name")
+        status = q.get("status", "").lower()
+        if status and not _STATUS.match(status):
+            raise TapArgsError(f"status: {status!r} is not a status (503) or a class (5xx)")
+        side = q.get("side", "")
+        if side and side not in SIDES:
+            raise TapArgsError(f"side: {side!r} is not one of {', '.join(SIDES)}")
+        path = q.get("path", "")
+        if path and not path.startswith("/"):
+            raise TapArgsError(f"path: {path!r} must start with /")
+        return cls(source=q.get("from", ""), destination=q.get("to", ""), path=path, status=status, side=side,
+                   method=q.get("method", "").upper(), headers=q.get("headers", "") in ("1", "true", "yes"),
+                   body=_bounded(q, "body", MAX_BODY), wire=_bounded(q, "wire", MAX_WIRE),
+                   seconds=_seconds(q))
+
+    def query(self) -> dict[str, str]:
+        """The inverse of parse: only what differs from the defaults."""
+        names = {"source": "from", "destination": "to"}
+        out: dict[str, str] = {}
+        for k, v in asdict(self).items():
+            if v in ("", 0, 0.0, False):
+                continue
+            out[names.get(k, k)] = "1" if v is True else f"{v:g}" if isinstance(v, float) else str(v)
+        return out
+
+    def status_matches(self, status: int) -> bool:
+        s = self.status
+        if not s:
+            return True
+        if s.endswith("xx"):
+            return status // 100 == int(s[0])
+        return status == int(s)
+
+
+def _bounded(q: dict[str, str], key: str, cap: int) -> int:
+    v = q.get(key, "")
+    if not v:
+        return 0
+    try:
+        n = int(v)
+    except ValueError:
+        raise TapArgsError(f"{key}: {v!r} is not a number of bytes") from None
+    if n < 0:
+        raise TapArgsError(f"{key}: {n} is negative")
+    return min(n, cap)
+
+
+def _seconds(q: dict[str, str]) -> float:
+    v = q.get("seconds", "")
+    if not v:
+        return 0.0
+    try:
+        s = float(v)
+    except ValueError:
+        raise TapArgsError(f"seconds: {v!r} is not a number") from None
+    if not 0 <= s <= 86400:
+        raise TapArgsError(f"seconds: {v} is not between 0 and 86400")
+    return s
+
+
+def dropped_line(ev: dict[str, Any]) -> str:
+    """What a `dropped` line means, in words."""
+    return (f"{ev['dropped']} exchange(s) at {ev.get('host', '?')} (pid {ev.get('pid', '?')}) not shown: "
+            f"over {RATE} a second, or more than {BUFFER} between two polls")
