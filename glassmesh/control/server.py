@@ -30,8 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from glassmesh.control import api, asks, identity_api, proxy_api
-from glassmesh.control import tap_api
+from glassmesh.control import api, asks, identity_api, proxy_api, tap_api
 from glassmesh.control.asks import ASKS, Asks
 from glassmesh.control.config import ConfigError
 from glassmesh.control.identity import Identity, IdentityError, shared_ca
