@@ -40,7 +40,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 MAX_BODY = 65536  # --body N is capped here: a tap shows messages, it is not a download
-MAX_WIRE = 1 << 20  # a capture keeps at most this much of each exchange, each way
+# A capture keeps at most this much of each exchange, each way: an event (base64) must fit in one
+# answer post to the control plane (api/asks.py MAX_ANSWER_BYTES, 1 MiB).
+MAX_WIRE = 256 * 1024
 BUFFER = 1000  # events held per tap in each proxy process between two polls
 RATE = 200  # events a second per tap in each proxy process; more are counted as dropped
 SIDES = ("outbound", "inbound")

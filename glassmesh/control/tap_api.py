@@ -31,10 +31,11 @@ from glassmesh.control.asks import ASKS, AskError, Asks
 from glassmesh.control.compile import effective_hosts
 from glassmesh.control.layout import local_services
 from glassmesh.control.schema import MeshConfig
+from glassmesh.stopping import cancel_and_wait
 
 KEEPALIVE_S = 2.0
-QUEUE = 2000  # events waiting for a slow operator; more are counted and reported as dropped
-_DONE = {"_done": True}
+QUEUE = 2000  # events waiting for a slow operator, and their bytes; more are counted and reported as dropped
+QUEUE_BYTES = 64 << 20
 SHUTTING_DOWN = web.AppKey("tap_shutting_down", asyncio.Event)  # set by the app's on_shutdown: streams end
 
 
@@ -79,24 +80,26 @@ async def tap(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     encode = msgspec.json.encode
     await resp.write(encode({"tap": {"hosts": live, "not_connected": missing, "args": args.query()}}) + b"\n")
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE)
-    dropped = 0
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    queued = dropped = 0  # bytes waiting for the operator; events dropped for want of room
     wire_args = args.query()
 
     async def pump(host: str) -> None:
-        nonlocal dropped
+        nonlocal queued, dropped
         try:
             async with asks.stream(host, "tap", wire_args) as events:
                 async for ev in events:
                     ev.setdefault("host", host)
-                    try:
-                        queue.put_nowait(ev)
-                    except asyncio.QueueFull:
+                    line = encode(ev) + b"\n"
+                    if queue.qsize() >= QUEUE or queued + len(line) > QUEUE_BYTES:
                         dropped += 1
+                        continue
+                    queued += len(line)
+                    queue.put_nowait(line)
         except AskError as e:
-            await queue.put({"error": str(e), "host": host})
+            queue.put_nowait(encode({"error": str(e), "host": host}) + b"\n")
         finally:
-            await queue.put(_DONE)
+            queue.put_nowait(None)
 
     closing = request.app[SHUTTING_DOWN]
     pumps = [asyncio.create_task(pump(h)) for h in live]
@@ -104,24 +107,22 @@ async def tap(request: web.Request) -> web.StreamResponse:
     try:
         while running and not closing.is_set():
             try:
-                ev = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                line = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
             except TimeoutError:
                 await resp.write(b"\n")
                 continue
-            if ev is _DONE:
+            if line is None:
                 running -= 1
                 continue
+            queued -= len(line)
             if dropped:
                 await resp.write(encode({"dropped": dropped, "host": "control plane", "pid": 0}) + b"\n")
                 dropped = 0
-            await resp.write(encode(ev) + b"\n")
+            await resp.write(line)
     except ConnectionError:
         return resp  # the operator left: the pumps' streams (cancelled below) tell each proxy to stop
     finally:
-        for p in pumps:
-            p.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*pumps, return_exceptions=True)
+        await cancel_and_wait(*pumps)
     with contextlib.suppress(ConnectionError):
         await resp.write_eof()
     return resp

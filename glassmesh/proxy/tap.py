@@ -31,6 +31,7 @@ import msgspec
 
 from glassmesh.api.asks import MAX_ANSWER_BYTES, MAX_EVENTS
 from glassmesh.api.tap import BUFFER, RATE, TapArgs
+from glassmesh.proxy.log import log
 
 POLL_S = 0.2  # how often the handler gathers each process's events
 KEEPALIVE_S = 2.0  # an empty batch at least this often: how a tap hears that its operator left
@@ -187,12 +188,17 @@ def process_route(rt: Any, params: dict[str, str]) -> dict[str, Any]:
 async def handle(args: dict[str, Any], emit: Any, query: Any) -> None:
     """HANDLERS["tap"]: poll every serving process and stream what they saw, until the asker leaves.
 
-    Ends by itself (done) after `seconds` when the tap asked for a duration (a capture).
+    Ends by itself (done) after `seconds` when the tap asked for a duration (a capture). Its start
+    and end are logged: who looks at a host's traffic is worth a line in its log.
     """
     targs = TapArgs.parse({k: str(v) for k, v in args.items() if k != "host"})
-    params = {**targs.query(), "id": secrets.token_hex(8)}
+    params = {**targs.query(), "id": secrets.token_hex(4)}
     params.pop("seconds", None)
+    what = " ".join(f"{k}={v}" for k, v in params.items() if k != "id") or "everything"
+    log(f"tap {params['id']}: started for an operator ({what})")
     t0 = last = time.monotonic()
+    sent = dropped = 0
+    why = "the operator left"
     try:
         while True:
             batch: list[dict[str, Any]] = []
@@ -202,6 +208,7 @@ async def handle(args: dict[str, Any], emit: Any, query: Any) -> None:
                     continue
                 batch.extend(ans["events"])
                 if ans["dropped"]:
+                    dropped += ans["dropped"]
                     batch.append({"dropped": ans["dropped"], "pid": ans["pid"], "ts": time.time()})
             batch.sort(key=lambda e: e.get("ts", 0.0))
             now = time.monotonic()
@@ -210,12 +217,18 @@ async def handle(args: dict[str, Any], emit: Any, query: Any) -> None:
                 for part in batches(batch):
                     if not await emit(part):
                         return
+                    sent += len(part)
             if targs.seconds and now - t0 >= targs.seconds:
+                why = f"its {targs.seconds:g} s were up"
                 return
             await asyncio.sleep(POLL_S)
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"
+        raise
     finally:
         with contextlib.suppress(Exception):
             await query("tap", {"id": params["id"], "op": "stop"})
+        log(f"tap {params['id']}: ended, {why}; {sent} line(s) sent, {dropped} exchange(s) dropped")
 
 
 def batches(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.client import eventually
 from tests.e2e.harness import HttpConn, Mesh, fresh_ip
 from tests.e2e.operator import cli_env
 from tests.e2e.test_control_join import APP_PORT, CLI, MESH, Control, https, join_args, wait_ready
@@ -100,7 +101,7 @@ def started(tap: TapProc) -> dict[str, Any]:
 
 
 def test_tap_shows_each_side_live_with_headers_and_bodies_cut_at_n_and_nothing_unasked(
-        two_hosts: tuple[Control, str, str]) -> None:
+        two_hosts: tuple[Control, str, str], mesh: Mesh) -> None:
     cp, ip1, _ = two_hosts
     full = TapProc(cp, "tap", "--to", "b", "--headers", "--body", "8", "-o", "json")
     plain = TapProc(cp, "tap", "--from", "a", "--status", "4xx", "-o", "json")
@@ -157,6 +158,15 @@ def test_tap_shows_each_side_live_with_headers_and_bodies_cut_at_n_and_nothing_u
     finally:
         err_full, err_plain = full.stop(), plain.stop()
     assert "Traceback" not in err_full + err_plain
+    # The operators left: every proxy ends both taps (its log says so), and no tap observer is left behind.
+    for name in ("proxy host1", "proxy host2"):
+        proc = next(p for p in mesh.procs if p.name == name)
+
+        def both_ended(proc: Any = proc) -> None:
+            assert proc.log_text().count(": ended, the operator left") == 2, proc.log_text()
+
+        eventually(both_ended, timeout=20)
+        assert proc.log_text().count(": started for an operator (") == 2
 
 
 def test_tap_without_an_operator_credential_is_refused(two_hosts: tuple[Control, str, str], mesh: Mesh) -> None:
