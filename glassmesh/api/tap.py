@@ -67,13 +67,14 @@ class TapArgs:
     headers: bool = False
     body: int = 0  # bytes of each body to show (0: none)
     wire: int = 0  # bytes of each exchange's wire to keep, each way (a capture)
+    rate: int = 0  # events a second kept per proxy process (0: RATE, the most)
     seconds: float = 0.0  # 0: until the asker leaves
 
     @classmethod
     def parse(cls, q: dict[str, str]) -> TapArgs:
-        """From `from`, `to`, `path`, `status`, `side`, `method`, `headers`, `body`, `wire`, `seconds`."""
-        known = {"from", "to", "path", "status", "side", "method", "headers", "body", "wire", "seconds", "host",
-                 "id", "op"}
+        """From `from`, `to`, `path`, `status`, `side`, `method`, `headers`, `body`, `wire`, `rate`, `seconds`."""
+        known = {"from", "to", "path", "status", "side", "method", "headers", "body", "wire", "rate", "seconds",
+                 "host", "id", "op"}
         unknown = sorted(set(q) - known)
         if unknown:
             raise TapArgsError(f"unknown tap argument(s): {', '.join(unknown)}")
@@ -93,7 +94,7 @@ class TapArgs:
         return cls(source=q.get("from", ""), destination=q.get("to", ""), path=path, status=status, side=side,
                    method=q.get("method", "").upper(), headers=q.get("headers", "") in ("1", "true", "yes"),
                    body=_bounded(q, "body", MAX_BODY), wire=_bounded(q, "wire", MAX_WIRE),
-                   seconds=_seconds(q))
+                   rate=_bounded(q, "rate", RATE), seconds=_seconds(q))
 
     def query(self) -> dict[str, str]:
         """The inverse of parse: only what differs from the defaults."""
@@ -140,7 +141,9 @@ def _seconds(q: dict[str, str]) -> float:
     return s
 
 
-def dropped_line(ev: dict[str, Any]) -> str:
+def dropped_line(ev: dict[str, Any], rate: int = 0) -> str:
     """What a `dropped` line means, in words."""
+    if ev.get("host") == "control plane":
+        return f"{ev['dropped']} exchange(s) not shown: this reader fell behind the control plane"
     return (f"{ev['dropped']} exchange(s) at {ev.get('host', '?')} (pid {ev.get('pid', '?')}) not shown: "
-            f"over {RATE} a second, or more than {BUFFER} between two polls")
+            f"over {rate or RATE} a second, or more than {BUFFER} between two polls")

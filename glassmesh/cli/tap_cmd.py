@@ -21,7 +21,7 @@ import click
 from rich.text import Text
 
 from glassmesh.api import credential
-from glassmesh.api.tap import MAX_BODY, MAX_WIRE, dropped_line
+from glassmesh.api.tap import MAX_BODY, MAX_WIRE, RATE, dropped_line
 from glassmesh.cli._control_client import (
     LocalProblem,
     Refused,
@@ -155,14 +155,17 @@ def render(ev: dict[str, Any]) -> list[Text]:
 @click.option("--headers", is_flag=True, help="Show request and response headers.")
 @click.option("--body", type=click.IntRange(0, MAX_BODY), default=0, metavar="N",
               help=f"Show the first N bytes of each body (at most {MAX_BODY}) [default: no bodies].")
+@click.option("--rate", type=click.IntRange(1, RATE), metavar="N",
+              help=f"Show at most N exchanges a second from each proxy process (at most {RATE}, the default); "
+                   "the rest are counted and shown as 'not shown' lines.")
 @click.option("--count", type=click.IntRange(1), help="Stop after this many exchanges.")
 @click.option("--seconds", type=click.FloatRange(0, 86400), default=0, help="Stop after this long [default: ^C].")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: one line per exchange, for people; json: one JSON object per line (NDJSON).")
 @control_option
 def tap(control: str, host: str | None, source: str | None, dest: str | None, path: str | None,
-        status: str | None, side: str | None, method: str | None, headers: bool, body: int, count: int | None,
-        seconds: float, output: str) -> None:
+        status: str | None, side: str | None, method: str | None, headers: bool, body: int, rate: int | None,
+        count: int | None, seconds: float, output: str) -> None:
     """Show requests and responses live as they cross the proxies (needs an operator credential).
 
     Each exchange shows once per proxy that carried it: at the caller's proxy (outbound) and at the
@@ -170,6 +173,8 @@ def tap(control: str, host: str | None, source: str | None, dest: str | None, pa
     shown as "not shown" lines.
     """
     q = tap_query(host, source, dest, path, status, side, method, headers, body, seconds=seconds)
+    if rate:
+        q["rate"] = str(rate)
     deadline = time.monotonic() + seconds if seconds else None
     seen = 0
     try:
@@ -183,7 +188,7 @@ def tap(control: str, host: str | None, source: str | None, dest: str | None, pa
                                + (f" (not connected: {', '.join(info['not_connected'])})"
                                   if info.get("not_connected") else "") + "; ^C to stop", style="dim"))
             elif "dropped" in ev:
-                err.print(Text(dropped_line(ev), style="yellow"))
+                err.print(Text(dropped_line(ev, rate or 0), style="yellow"))
             elif "error" in ev and "method" not in ev:
                 err.print(Text(f"{ev.get('host')}: {ev['error']}", style="red"))
             else:

@@ -49,7 +49,8 @@ class Tap:
         self.args = args
         self.events: list[dict[str, Any]] = []
         self.dropped = 0
-        self.tokens = float(RATE)
+        self.rate = float(args.rate or RATE)
+        self.tokens = self.rate
         self.refilled = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
 
@@ -78,7 +79,7 @@ class Tap:
         if a.status and not a.status_matches(status):
             return
         now = time.monotonic()
-        self.tokens = min(float(RATE), self.tokens + (now - self.refilled) * RATE)
+        self.tokens = min(self.rate, self.tokens + (now - self.refilled) * self.rate)
         self.refilled = now
         if self.tokens < 1.0 or len(self.events) >= BUFFER:
             self.dropped += 1

@@ -169,6 +169,38 @@ def test_tap_shows_each_side_live_with_headers_and_bodies_cut_at_n_and_nothing_u
         assert proc.log_text().count(": started for an operator (") == 2
 
 
+def test_a_tap_over_its_rate_counts_what_it_drops_and_says_so(two_hosts: tuple[Control, str, str]) -> None:
+    cp, ip1, _ = two_hosts
+    tap = TapProc(cp, "tap", "--to", "b", "--path", "/burst", "--rate", "2", "-o", "json")
+    try:
+        started(tap)
+        # Until both proxies have the tap (one request at a time: within their rate).
+        seen: set[str] = set()
+        deadline = time.monotonic() + 30
+        while seen != {"outbound", "inbound"} and time.monotonic() < deadline:
+            call(ip1, "GET", "/burst/warm")
+            seen |= {ev["side"] for ev in tap.events(1.0) if ev.get("path") == "/burst/warm"}
+        assert seen == {"outbound", "inbound"}
+        time.sleep(1.5)  # a full bucket again: 2 each side
+        t0 = time.monotonic()
+        for i in range(30):
+            assert call(ip1, "GET", f"/burst/{i}").status == 200
+        took = time.monotonic() - t0
+        kept, dropped, lines = 0, 0, []
+        for ev in tap.events(8):
+            if "dropped" in ev:
+                dropped += ev["dropped"]
+                lines.append(ev)
+            elif ev.get("path", "").startswith("/burst/") and ev["path"] != "/burst/warm":
+                kept += 1
+    finally:
+        tap.stop()
+    # Each side keeps at most 2 + 2 a second of the 30; every other one is counted, never lost silently.
+    assert kept + dropped == 60, (kept, dropped, took)
+    assert kept <= 2 * (2 + 2 * took) + 2, (kept, took)
+    assert {ev["host"] for ev in lines} == {"host1", "host2"} and all(ev["pid"] for ev in lines)
+
+
 def test_tap_without_an_operator_credential_is_refused(two_hosts: tuple[Control, str, str], mesh: Mesh) -> None:
     cp, _, _ = two_hosts
     # No client certificate at all.
