@@ -93,8 +93,8 @@ class TapArgs:
             raise TapArgsError(f"path: {path!r} must start with /")
         return cls(source=q.get("from", ""), destination=q.get("to", ""), path=path, status=status, side=side,
                    method=q.get("method", "").upper(), headers=q.get("headers", "") in ("1", "true", "yes"),
-                   body=_bounded(q, "body", MAX_BODY), wire=_bounded(q, "wire", MAX_WIRE),
-                   rate=_bounded(q, "rate", RATE), seconds=_seconds(q))
+                   body=_number(q, "body", MAX_BODY), wire=_number(q, "wire", MAX_WIRE),
+                   rate=_number(q, "rate", RATE), seconds=_number(q, "seconds", 86400, clamp=False, parse=float))
 
     def query(self) -> dict[str, str]:
         """The inverse of parse: only what differs from the defaults."""
@@ -115,30 +115,22 @@ class TapArgs:
         return status == int(s)
 
 
-def _bounded(q: dict[str, str], key: str, cap: int) -> int:
+def _number(q: dict[str, str], key: str, high: float, clamp: bool = True, parse: type = int) -> Any:
+    """q[key] as a number from 0 to high (0 when absent): above high it is high (clamp) or refused."""
     v = q.get(key, "")
     if not v:
-        return 0
+        return parse(0)
     try:
-        n = int(v)
+        n = parse(v)
     except ValueError:
-        raise TapArgsError(f"{key}: {v!r} is not a number of bytes") from None
+        raise TapArgsError(f"{key}: {v!r} is not a number") from None
     if n < 0:
-        raise TapArgsError(f"{key}: {n} is negative")
-    return min(n, cap)
-
-
-def _seconds(q: dict[str, str]) -> float:
-    v = q.get("seconds", "")
-    if not v:
-        return 0.0
-    try:
-        s = float(v)
-    except ValueError:
-        raise TapArgsError(f"seconds: {v!r} is not a number") from None
-    if not 0 <= s <= 86400:
-        raise TapArgsError(f"seconds: {v} is not between 0 and 86400")
-    return s
+        raise TapArgsError(f"{key}: {v} is negative")
+    if n > high:
+        if not clamp:
+            raise TapArgsError(f"{key}: {v} is more than {high:g}")
+        return parse(high)
+    return n
 
 
 def dropped_line(ev: dict[str, Any], rate: int = 0) -> str:

@@ -26,7 +26,7 @@ def test_args_round_trip_and_bounds() -> None:
 @pytest.mark.parametrize(("q", "says"), [
     ({"status": "teapot"}, "status"), ({"body": "lots"}, "body"), ({"path": "orders"}, "must start with /"),
     ({"side": "sideways"}, "side"), ({"from": "a b"}, "not a service name"), ({"bogus": "1"}, "unknown"),
-    ({"seconds": "-1"}, "seconds"), ({"body": "-5"}, "negative"),
+    ({"seconds": "-1"}, "seconds"), ({"body": "-5"}, "negative"), ({"seconds": "1e6"}, "more than 86400"),
 ])
 def test_bad_args_are_refused_with_the_field(q: dict[str, str], says: str) -> None:
     with pytest.raises(TapArgsError, match=says):
