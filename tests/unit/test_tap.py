@@ -40,7 +40,8 @@ def test_bodies_are_decoded_from_the_bytes_chunked_or_not() -> None:
     assert body_of(resp, False) == (b"pong", True)
     assert body_of(resp[:-2], False) == (b"po", False)  # cut at the recording's limit
     assert body_of(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n", False, head=True) == (b"", True)
-    assert body_of(b"not http at all\r\n\r\n", True) == (b"", False)
+    assert body_of(b"not http at all\r\n\r\nxx", True) == (b"", False)
+    assert body_of(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n", True) == (b"", True)
 
 
 def test_batches_stay_within_what_the_control_plane_takes() -> None:
