@@ -17,7 +17,8 @@ An event (JSON object):
     route, subset  the route that served it (outbound; not for the default route)
     endpoint       host:port the last try went to
     error, hop     a mesh error's reason and the proxy that made it ("b/inbound")
-    request_headers, response_headers     [[name, value], ...]: only with --headers
+    request_headers, response_headers     [[name, value], ...]: only with --headers; the values of
+                   SECRET_HEADERS are "[redacted: N bytes]" unless `secrets` is asked
     request_body, response_body           text, at most --body N bytes: only with --body
     request_body_truncated, response_body_truncated   true when more was sent than shown
     wire           a capture's bytes (below): only when asked for (`wire=N`)
@@ -46,6 +47,8 @@ MAX_WIRE = 256 * 1024
 BUFFER = 1000  # events held per tap in each proxy process between two polls
 RATE = 200  # events a second per tap in each proxy process; more are counted as dropped
 SIDES = ("outbound", "inbound")
+# Headers that carry credentials: a tap shows their size, not their value, unless asked (--show-secrets).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 _STATUS = re.compile(r"^[1-5](xx|[0-9]{2})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 
@@ -68,13 +71,14 @@ class TapArgs:
     body: int = 0  # bytes of each body to show (0: none)
     wire: int = 0  # bytes of each exchange's wire to keep, each way (a capture)
     rate: int = 0  # events a second kept per proxy process (0: RATE, the most)
+    secrets: bool = False  # credential headers' values shown (else each is "[redacted: N bytes]")
     seconds: float = 0.0  # 0: until the asker leaves
 
     @classmethod
     def parse(cls, q: dict[str, str]) -> TapArgs:
         """From `from`, `to`, `path`, `status`, `side`, `method`, `headers`, `body`, `wire`, `rate`, `seconds`."""
         known = {"from", "to", "path", "status", "side", "method", "headers", "body", "wire", "rate", "seconds",
-                 "host", "id", "op"}
+                 "secrets", "host", "id", "op"}
         unknown = sorted(set(q) - known)
         if unknown:
             raise TapArgsError(f"unknown tap argument(s): {', '.join(unknown)}")
@@ -92,7 +96,7 @@ class TapArgs:
         if path and not path.startswith("/"):
             raise TapArgsError(f"path: {path!r} must start with /")
         return cls(source=q.get("from", ""), destination=q.get("to", ""), path=path, status=status, side=side,
-                   method=q.get("method", "").upper(), headers=q.get("headers", "") in ("1", "true", "yes"),
+                   method=q.get("method", "").upper(), headers=_flag(q, "headers"), secrets=_flag(q, "secrets"),
                    body=_number(q, "body", MAX_BODY), wire=_number(q, "wire", MAX_WIRE),
                    rate=_number(q, "rate", RATE), seconds=_number(q, "seconds", 86400, clamp=False, parse=float))
 
@@ -113,6 +117,10 @@ class TapArgs:
         if s.endswith("xx"):
             return status // 100 == int(s[0])
         return status == int(s)
+
+
+def _flag(q: dict[str, str], key: str) -> bool:
+    return q.get(key, "") in ("1", "true", "yes")
 
 
 def _number(q: dict[str, str], key: str, high: float, clamp: bool = True, parse: type = int) -> Any:

@@ -153,6 +153,9 @@ def render(ev: dict[str, Any]) -> list[Text]:
               help="Only the caller's proxy (outbound) or the callee's (inbound) [default: both].")
 @click.option("--method", help="Only this method (GET, POST, ...).")
 @click.option("--headers", is_flag=True, help="Show request and response headers.")
+@click.option("--show-secrets", is_flag=True,
+              help="With --headers: show the values of Authorization, Cookie, Set-Cookie, Proxy-Authorization and "
+                   "X-Api-Key [default: their size only].")
 @click.option("--body", type=click.IntRange(0, MAX_BODY), default=0, metavar="N",
               help=f"Show the first N bytes of each body (at most {MAX_BODY}) [default: no bodies].")
 @click.option("--rate", type=click.IntRange(1, RATE), metavar="N",
@@ -164,8 +167,8 @@ def render(ev: dict[str, Any]) -> list[Text]:
               help="table: one line per exchange, for people; json: one JSON object per line (NDJSON).")
 @control_option
 def tap(control: str, host: str | None, source: str | None, dest: str | None, path: str | None,
-        status: str | None, side: str | None, method: str | None, headers: bool, body: int, rate: int | None,
-        count: int | None, seconds: float, output: str) -> None:
+        status: str | None, side: str | None, method: str | None, headers: bool, show_secrets: bool, body: int,
+        rate: int | None, count: int | None, seconds: float, output: str) -> None:
     """Show requests and responses live as they cross the proxies (needs an operator credential).
 
     Each exchange shows once per proxy that carried it: at the caller's proxy (outbound) and at the
@@ -175,6 +178,8 @@ def tap(control: str, host: str | None, source: str | None, dest: str | None, pa
     q = tap_query(host, source, dest, path, status, side, method, headers, body, seconds=seconds)
     if rate:
         q["rate"] = str(rate)
+    if show_secrets:
+        q["secrets"] = "1"
     deadline = time.monotonic() + seconds if seconds else None
     seen = 0
     try:

@@ -30,7 +30,7 @@ import httptools
 import msgspec
 
 from glassmesh.api.asks import MAX_ANSWER_BYTES, MAX_EVENTS
-from glassmesh.api.tap import BUFFER, RATE, TapArgs
+from glassmesh.api.tap import BUFFER, RATE, SECRET_HEADERS, TapArgs
 from glassmesh.proxy.log import log
 
 POLL_S = 0.2  # how often the handler gathers each process's events
@@ -125,9 +125,9 @@ class Tap:
             ev["error"], ev["hop"] = err.strip(), hop.strip().removeprefix("hop=")
         a = self.args
         if a.headers:
-            ev["request_headers"] = _pairs(ex.raw)
+            ev["request_headers"] = _pairs(ex.raw, a.secrets)
             if rh is not None:
-                ev["response_headers"] = _response_headers(rh)
+                ev["response_headers"] = _response_headers(rh, a.secrets)
             elif reason:
                 ev["response_headers"] = [["glassmesh-error", f"{reason}; hop={ev['hop']}"]]
         rec = ex.rec
@@ -258,13 +258,18 @@ def batches(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 # --- decoding, for events that are kept -----------------------------------------------------------
 
 
-def _pairs(flat: list[bytes]) -> list[list[str]]:
-    return [[flat[i].decode("latin-1"), flat[i + 1].decode("latin-1")] for i in range(0, len(flat) - 1, 2)]
+def _pairs(flat: list[bytes], show_secrets: bool = False) -> list[list[str]]:
+    out = [[flat[i].decode("latin-1"), flat[i + 1].decode("latin-1")] for i in range(0, len(flat) - 1, 2)]
+    if not show_secrets:
+        for pair in out:
+            if pair[0].lower() in SECRET_HEADERS:
+                pair[1] = f"[redacted: {len(pair[1])} bytes]"
+    return out
 
 
-def _response_headers(rh: Any) -> list[list[str]]:
+def _response_headers(rh: Any, show_secrets: bool) -> list[list[str]]:
     """The next hop's response headers: those passed on, then the ones the proxy handles itself."""
-    out = _pairs(rh.forward)
+    out = _pairs(rh.forward, show_secrets)
     for name, value in (("content-length", rh.cl), ("transfer-encoding", rh.te), ("glassmesh-trail", rh.trail)):
         if value is not None:
             out.append([name, value.decode("latin-1")])

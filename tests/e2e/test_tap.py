@@ -89,9 +89,10 @@ def two_hosts(mesh: Mesh) -> Iterator[tuple[Control, str, str]]:
     yield cp, ip1, ip2
 
 
-def call(ip1: str, method: str, path: str, body: bytes | None = None, host: str = "b") -> Any:
+def call(ip1: str, method: str, path: str, body: bytes | None = None, host: str = "b",
+         extra: dict[str, str] | None = None) -> Any:
     with HttpConn(f"{ip1}:4140", timeout=10) as c:
-        return c.request(method, path, {"Host": host, "Connection": "close", "x-test": "tap"}, body)
+        return c.request(method, path, {"Host": host, "Connection": "close", "x-test": "tap", **(extra or {})}, body)
 
 
 def started(tap: TapProc) -> dict[str, Any]:
@@ -113,7 +114,7 @@ def test_tap_shows_each_side_live_with_headers_and_bodies_cut_at_n_and_nothing_u
         deadline = time.monotonic() + 30
         rid = ""
         while len(sides) < 2 and time.monotonic() < deadline:
-            resp = call(ip1, "POST", "/orders?x=1", BODY)
+            resp = call(ip1, "POST", "/orders?x=1", BODY, extra={"Authorization": "Bearer s3cret"})
             assert resp.status == 200
             for ev in full.events(1.0):
                 # (an exchange already under way when its proxy took the ask has no bytes recorded)
@@ -133,6 +134,9 @@ def test_tap_shows_each_side_live_with_headers_and_bodies_cut_at_n_and_nothing_u
         assert ["x-test", "tap"] in out["request_headers"] and ["Host", "b"] in out["request_headers"]
         assert any(k == "x-request-id" and v == rid for k, v in inb["request_headers"])  # added by a's proxy
         assert ["content-type", "application/json"] in out["response_headers"]
+        # Credentials show as their size only (--show-secrets would show them).
+        assert ["Authorization", "[redacted: 13 bytes]"] in out["request_headers"]
+        assert "s3cret" not in json.dumps(out) + json.dumps(inb)
         for ev in (out, inb):
             assert ev["request_body"] == "01234567" and ev["request_body_truncated"] is True
             assert len(ev["response_body"]) == 8 and ev["response_body_truncated"] is True

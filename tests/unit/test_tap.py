@@ -13,10 +13,10 @@ from glassmesh.proxy.tap import batches, body_of
 
 def test_args_round_trip_and_bounds() -> None:
     a = TapArgs.parse({"from": "web", "to": "api", "path": "/orders", "status": "5XX", "headers": "1",
-                       "body": str(MAX_BODY * 10), "side": "outbound", "seconds": "3"})
+                       "body": str(MAX_BODY * 10), "side": "outbound", "seconds": "3", "secrets": "1"})
     assert (a.source, a.destination, a.status, a.headers, a.body, a.seconds) == ("web", "api", "5xx", True,
                                                                                  MAX_BODY, 3.0)
-    assert TapArgs.parse(a.query()) == a
+    assert a.secrets and TapArgs.parse(a.query()) == a
     assert a.status_matches(503) and not a.status_matches(200)
     assert TapArgs.parse({"status": "503"}).status_matches(503)
     assert not TapArgs.parse({"status": "503"}).status_matches(502)
