@@ -261,6 +261,9 @@ def capture(control: str, link: str, seconds: float, path: str, snap: int, host:
     except OSError as e:
         raise LocalProblem(f"cannot write {path}: {e.strerror or e}") from None
     cut = f"; {summary.bytes_cut} bytes past --snap counted, not kept" if summary.bytes_cut else ""
+    if summary.without_wire:
+        cut += (f"; {summary.without_wire} exchange(s) with no bytes to show (a mesh error before anything was "
+                f"sent, or under way when the capture began: `glassmesh tap` shows them)")
     out.print(f"wrote {path}: {summary.exchanges} exchange(s) in {summary.flows} TCP flow(s) from "
               f"{', '.join(sorted(summary.hosts or set(hosts))) or 'no host'}, {summary.bytes_kept} bytes{cut}")
     out.print(Text(f"read it with: tcpdump -r {path} -A   or   tshark -r {path} -Y http", style="dim"))
