@@ -5,6 +5,9 @@ channel (control/asks.py) and passes the events on as they come, one JSON
 object a line. Like every /v1 operator route it needs an operator
 credential (identity_api.listener_guard); a host's identity is refused on
 the operator listener, and the proxy listener does not serve this route.
+A read-only operator may tap what happened (who called whom, statuses,
+times, headers with credentials redacted); bodies, credentials and a
+capture's bytes need the admin role.
 
 Which hosts: `host=H1,H2` when given; else the hosts that run `from`'s
 service (their outbound side sees its calls) and `to`'s (their inbound side
@@ -30,6 +33,7 @@ from glassmesh.control.api import PLANE, STORE, error
 from glassmesh.control.asks import ASKS, AskError, Asks
 from glassmesh.control.compile import effective_hosts
 from glassmesh.control.layout import local_services
+from glassmesh.control.operator_auth import OPERATOR_KEY, Operator
 from glassmesh.control.schema import MeshConfig
 from glassmesh.stopping import cancel_and_wait
 
@@ -67,6 +71,12 @@ async def tap(request: web.Request) -> web.StreamResponse:
         args = TapArgs.parse(q)
     except TapArgsError as e:
         return error(400, str(e))
+    op: Operator | None = request.get(OPERATOR_KEY)
+    if op is not None and op.role != "admin" and (args.body or args.wire or args.secrets):
+        # What the traffic said (bodies, credentials, a capture's bytes) is the admins'; who called whom,
+        # when and how it went is anyone's who may read the mesh.
+        return error(403, f"operator {op.name!r} is {op.role}: bodies, secrets and captures need the admin role "
+                          f"(tap without --body and --show-secrets is open to {op.role})")
     asks: Asks = request.app[ASKS]
     hosts = await targets(request, args, named)
     connected = asks.connected()

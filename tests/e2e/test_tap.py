@@ -222,6 +222,19 @@ def test_tap_without_an_operator_credential_is_refused(two_hosts: tuple[Control,
     # ... and on the proxy listener, where hosts are served: the route is not there.
     status, doc = https(cp, "/v1/tap?to=b", ident / "ca.pem", ident / "host.pem", ident / "host.key")
     assert status == 404, doc
+    # A read-only operator sees what happened, not what was said: bodies, secrets and captures need admin.
+    viewer = mesh.root / "viewer.pem"
+    r = subprocess.run([*CLI, "ca", "issue", "--dir", str(cp.data / "ca"), "--operator", "viewer", "--role",
+                        "read-only", "--out", str(viewer)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    for args in (["tap", "--to", "b", "--body", "10"], ["tap", "--to", "b", "--headers", "--show-secrets"],
+                 ["capture", "--link", "a:b", "--seconds", "1", "-w", str(mesh.root / "x.pcap")]):
+        r = subprocess.run([*CLI, *args], env=cli_env(cp.api_url, viewer), capture_output=True, text=True, timeout=30)
+        assert r.returncode == 4 and "'viewer' is read-only" in r.stderr and "admin role" in r.stderr, (args, r.stderr)
+    assert not (mesh.root / "x.pcap").exists()
+    r = subprocess.run([*CLI, "tap", "--to", "b", "--headers", "--seconds", "1", "-o", "json"],
+                       env=cli_env(cp.api_url, viewer), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[0])["tap"]["hosts"] == ["host1", "host2"], r.stderr
     # The CLI without a credential says where to get one, in one line, and sends nothing.
     r = subprocess.run([*CLI, "tap", "--to", "b", "--seconds", "2"], env=cli_env(cp.api_url, mesh.root / "nope.pem"),
                        capture_output=True, text=True, timeout=30)
