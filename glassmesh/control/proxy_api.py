@@ -158,7 +158,11 @@ async def asks(request: web.Request) -> web.Response:
         wait = min(POLL_WAIT_S, max(0.0, float(request.query.get("wait", str(POLL_WAIT_S)))))
     except ValueError:
         return error(400, "wait must be a number of seconds")
-    got = await request.app[ASKS].poll(host, wait)
+    def alive() -> bool:
+        t = request.transport
+        return t is not None and not t.is_closing()
+
+    got = await request.app[ASKS].poll(host, wait, alive)
     return web.Response(body=msgspec.json.encode(AskList(asks=got)), content_type="application/json")
 
 
