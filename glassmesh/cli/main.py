@@ -27,6 +27,7 @@ _COMMANDS = {
     "history": ("glassmesh.cli.state_cmd", "history"),
     "rollback": ("glassmesh.cli.state_cmd", "rollback"),
     "status": ("glassmesh.cli.status_cmd", "status"),
+    "check": ("glassmesh.cli.check_cmd", "check"),
     "release": ("glassmesh.cli.status_cmd", "release"),
     "drain": ("glassmesh.cli.status_cmd", "drain"),
     "host": ("glassmesh.cli.host_cmd", "host"),

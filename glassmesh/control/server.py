@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from glassmesh.control import api, identity_api, proxy_api
+from glassmesh.control import api, doctor, identity_api, proxy_api
 from glassmesh.control.config import ConfigError
 from glassmesh.control.identity import Identity, IdentityError, shared_ca
 from glassmesh.control.metrics import HoldCounter
@@ -190,6 +190,7 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
     api.add_routes(app)
     proxy_api.add_routes(app)
     identity_api.add_routes(app)
+    doctor.add_routes(app)  # GET /v1/check
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         plane.start()
