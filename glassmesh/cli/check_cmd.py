@@ -183,16 +183,16 @@ def _certificates(answers: list[Answer], doc: dict[str, Any], now: float,
     checks = []
     ca = doc.get("ca")
     if ca:
-        checks.append(_expiry("certificate: mesh CA", ca["not_after"], now, CA_FAIL_S, CA_WARN_S,
+        checks.append(_expiry("CA certificate", ca["not_after"], now, CA_FAIL_S, CA_WARN_S,
                               "the CA cannot be rotated in place yet: plan a new mesh (README, "
                               "'The certificate authority') well before it expires"))
     for a in answers:
         if a.doc is not None and a.cert_not_after is not None:
-            checks.append(_expiry(f"certificate: control plane {a.doc['replica']}", a.cert_not_after, now,
+            checks.append(_expiry(f"certificate of control plane {a.doc['replica']}", a.cert_not_after, now,
                                   SERVER_FAIL_S, SERVER_WARN_S,
                                   "restart that replica: it issues itself a new certificate at start"))
     if cred_not_after is not None:
-        checks.append(_expiry("certificate: your operator credential", cred_not_after, now, 0.0, CREDENTIAL_WARN_S,
+        checks.append(_expiry("your operator credential", cred_not_after, now, 0.0, CREDENTIAL_WARN_S,
                               "get a new one: `glassmesh ca issue --dir DIR/ca --operator NAME --role ROLE`"))
     leaf = (doc.get("leaf_hours") or 24.0) * 3600
     expired, late, fine, unknown = [], [], 0, []
@@ -210,15 +210,15 @@ def _certificates(answers: list[Answer], doc: dict[str, Any], now: float,
             late.append(f"{h['name']} ({what} expires {utc(first)}, renewal is late)")
         else:
             fine += 1
-    note = f"; given by hand (not checked): {', '.join(unknown)}" if unknown else ""
+    by_hand = [f"given by hand (not checked): {', '.join(unknown)}"] if unknown else []
     fix = ("each proxy renews its certificates at half life: is it running and connected to the control plane? "
            "(its /ready, `glassmesh status`); a removed host renews nothing")
-    if expired:
-        checks.append(Check("certificate: hosts", "fail", "; ".join(expired + late) + note, fix))
-    elif late:
-        checks.append(Check("certificate: hosts", "warn", "; ".join(late) + note, fix))
+    if expired or late:
+        checks.append(Check("host certificates", "fail" if expired else "warn", "; ".join(expired + late + by_hand),
+                            fix))
     else:
-        checks.append(Check("certificate: hosts", "ok", f"{fine} host(s) valid, renewed on time{note}"))
+        valid = [f"{fine} host(s) valid and renewed on time"] if fine or not by_hand else []
+        checks.append(Check("host certificates", "ok", "; ".join(valid + by_hand)))
     return checks
 
 
@@ -228,8 +228,12 @@ def _snapshots(status: dict[str, Any]) -> list[Check]:
         if not h.get("running") and h.get("last_seen_s") is None:
             never.append(h["name"])
         elif not h["in_sync"]:
-            item = f"{h['name']} runs v{h['running'] or '-'}, latest v{h['latest']} ({h.get('behind_s') or 0:.0f} s)"
-            (behind if (h.get("behind_s") or 0) >= BEHIND_FAIL_S else lagging).append(item)
+            rej = h.get("last_reject") or {}
+            refused = not rej.get("past") and rej.get("version", 0) >= h["latest"]
+            item = (f"{h['name']} runs v{h['running'] or '-'}, latest v{h['latest']} "
+                    + ("(it rejected it: see rejected snapshots)" if refused else
+                       f"(behind for {h.get('behind_s') or 0:.0f} s)"))
+            (behind if refused or (h.get("behind_s") or 0) >= BEHIND_FAIL_S else lagging).append(item)
     n = len(status["hosts"])
     if never or behind:
         detail = "; ".join([*(f"{x} has never reported" for x in never), *behind, *lagging])

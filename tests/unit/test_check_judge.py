@@ -43,8 +43,8 @@ def test_a_healthy_mesh_is_all_ok() -> None:
     checks = judge([answer(doc())], NOW, NOW + 20 * DAY)
     assert [c.state for c in checks] == ["ok"] * len(checks), checks
     names = [c.name for c in checks]
-    assert names == ["control plane r1", "clocks", "certificate: mesh CA", "certificate: control plane r1",
-                     "certificate: your operator credential", "certificate: hosts", "snapshots",
+    assert names == ["control plane r1", "clocks", "CA certificate", "certificate of control plane r1",
+                     "your operator credential", "host certificates", "snapshots",
                      "rejected snapshots", "held changes", "config", "hot path"]
 
 
@@ -82,14 +82,14 @@ def test_certificates_near_expiry() -> None:
     a = answer(d)
     a.cert_not_after = NOW + 20 * DAY
     c = by_name(judge([a], NOW, NOW + 2 * DAY))
-    assert c["certificate: mesh CA"].state == "fail" and "10 days from now" in c["certificate: mesh CA"].detail
-    assert c["certificate: control plane r1"].state == "warn" and "restart" in c["certificate: control plane r1"].fix
-    assert c["certificate: your operator credential"].state == "warn"
-    hosts = c["certificate: hosts"]
+    assert c["CA certificate"].state == "fail" and "10 days from now" in c["CA certificate"].detail
+    assert c["certificate of control plane r1"].state == "warn" and "restart" in c["certificate of control plane r1"].fix
+    assert c["your operator credential"].state == "warn"
+    hosts = c["host certificates"]
     assert hosts.state == "fail" and "host1 (service/a expired" in hosts.detail and "host2" in hosts.detail
     assert "renewal is late" in hosts.detail and "renews its certificates at half life" in hosts.fix
     d["hosts"][0]["certs"] = {}
-    assert "given by hand (not checked): host1" in by_name(judge([answer(d)], NOW))["certificate: hosts"].detail
+    assert "given by hand (not checked): host1" in by_name(judge([answer(d)], NOW))["host certificates"].detail
 
 
 def test_snapshots_rejects_held_and_hot_path() -> None:
