@@ -28,6 +28,8 @@ _COMMANDS = {
     "rollback": ("glassmesh.cli.state_cmd", "rollback"),
     "status": ("glassmesh.cli.status_cmd", "status"),
     "check": ("glassmesh.cli.check_cmd", "check"),
+    "links": ("glassmesh.cli.links_cmd", "links"),
+    "explain": ("glassmesh.cli.explain_cmd", "explain"),
     "release": ("glassmesh.cli.status_cmd", "release"),
     "drain": ("glassmesh.cli.status_cmd", "drain"),
     "host": ("glassmesh.cli.host_cmd", "host"),
