@@ -162,6 +162,7 @@ def test_links_show_rate_success_latency_mtls_retries_and_mesh_errors_by_hop(top
 
         wait_for(refused_and_retried, 20, "host3/inbound's connect_refused and host1's retries show on a -> b")
         print(seen)
+        print(cli(topo, "links").stdout)
     finally:
         calls.stop()
 
@@ -188,6 +189,14 @@ def test_watch_redraws_every_interval(topo: Topo) -> None:
     assert docs[-1]["at"] > docs[0]["at"]
     assert all(link(d, "a", "b")["rate_rps"] > 0 for d in docs[1:]), docs
     assert p.returncode == 130 and stderr.strip() == "error: interrupted", stderr
+    # For people: rich redraws in place on a terminal; here (a pipe) the last look is printed when it ends.
+    p = subprocess.Popen([*CLI, "links", "--watch", "--interval", "1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=20)
+    assert "links at " in stdout and "TLSv1.3" in stdout, (stdout, stderr)
+    assert p.returncode == 130, stderr
 
 
 def test_explain_picks_the_proxys_route_and_shows_live_endpoints(topo: Topo) -> None:
