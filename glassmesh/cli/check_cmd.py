@@ -307,13 +307,42 @@ def _merged(answers: list[Answer]) -> dict[str, Any] | None:
         return None
     doc = dict(docs[0])
     hosts: dict[str, dict[str, Any]] = {}
+    asks: dict[str, dict[str, Any]] = {}  # a proxy polls every replica for asks: the best answer of any
     for d in docs:
         for h in d.get("hosts", []):
             cur = hosts.get(h["name"])
             if cur is None or (h.get("clock_at") or 0) > (cur.get("clock_at") or 0):
                 hosts[h["name"]] = h
-    doc["hosts"] = [hosts[n] for n in sorted(hosts)]
+            a = h.get("asks")
+            if a is not None and (h["name"] not in asks or "processes" in a):
+                asks[h["name"]] = a
+    doc["hosts"] = [dict(hosts[n], asks=asks.get(n)) for n in sorted(hosts)]
     return doc
+
+
+def _ask_channel(doc: dict[str, Any]) -> Check:
+    """Each proxy answers over the ask channel, and all its serving processes serve the version it acked."""
+    running = {h["name"]: h.get("running") for h in doc["status"]["hosts"]}
+    silent, split, procs = [], [], 0
+    for h in doc["hosts"]:
+        a = h.get("asks")
+        if a is None:
+            silent.append(f"{h['name']} (not polling for asks)")
+        elif "error" in a:
+            silent.append(f"{h['name']} ({a['error']})")
+        else:
+            versions = sorted({p.get("snapshot_version") for p in a["processes"]}, key=lambda v: v or 0)
+            procs += len(a["processes"])
+            if len(versions) > 1 or (versions and running.get(h["name"]) and versions[0] != running[h["name"]]):
+                split.append(f"{h['name']}'s processes serve {', '.join(f'v{v}' for v in versions)} "
+                             f"(acked v{running.get(h['name'])})")
+    if silent or split:
+        return Check("ask channel", "warn", "; ".join(silent + split),
+                     "links, explain and tap cannot see into a proxy that does not answer: is it running a release "
+                     "with the ask channel, and can it reach every replica? Processes that disagree are mid-swap, "
+                     "or a worker failed to take a snapshot (its log says)")
+    return Check("ask channel", "ok", f"{len(doc['hosts'])} proxies answer ({procs} serving processes), each on the "
+                                      f"version its host acked")
 
 
 def judge(answers: list[Answer], now: float, cred_not_after: float | None = None) -> list[Check]:
@@ -326,6 +355,7 @@ def judge(answers: list[Answer], now: float, cred_not_after: float | None = None
     checks.append(_clocks(answers, {h["name"]: h for h in doc["hosts"]}, now))
     checks += _certificates(answers, doc, now, cred_not_after)
     checks += _snapshots(status)
+    checks.append(_ask_channel(doc))
     checks.append(_rejects(status))
     checks.append(_held(status))
     checks += _config(doc)

@@ -9,6 +9,9 @@ adds what only it has in memory or in the store:
 - each proxy's clock as the proxy's last call gave it (api/wire.py
   TIME_HEADER), against this replica's;
 - the CA's validity, and each host's certificates with their expiry;
+- which proxies answer over the ask channel (the `hello` ask, every
+  serving process with the snapshot version it serves), so `links`,
+  `explain` and `tap` can reach them, and no worker lags behind its host;
 - config warnings: things the config allows but that are likely mistakes or
   that cost requests now (a service nobody can reach, a canary subset with no
   endpoint, a snapshot a proxy took only with a warning, a host on plain HTTP).
@@ -16,6 +19,7 @@ adds what only it has in memory or in the store:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -23,11 +27,14 @@ from aiohttp import web
 
 from glassmesh.control import ops
 from glassmesh.control.api import PLANE, REPLICA, STORE, json_response
+from glassmesh.control.asks import ASKS, AskError, Asks
 from glassmesh.control.config import MeshConfig
 from glassmesh.control.identity import CERTS_KIND
 from glassmesh.control.identity_api import IDENTITY
 from glassmesh.control.plane import Plane
 from glassmesh.model.snapshot import Snapshot
+
+HELLO_S = 3.0  # how long each connected proxy has to answer check's `hello` ask
 
 
 def _endpoints(snapshots: dict[str, Snapshot]) -> dict[str, list[dict[str, str]]]:
@@ -86,6 +93,16 @@ def _hosts(plane: Plane, certs: dict[str, dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
+async def _hello(asks: Asks, host: str) -> dict[str, Any]:
+    """The host's serving processes as they answer the `hello` ask (pid, snapshot version), or why not."""
+    try:
+        events = await asks.ask(host, "hello", {}, timeout_s=HELLO_S)
+    except AskError as e:
+        return {"error": str(e)}
+    procs = events[0].get("processes", []) if events else []
+    return {"processes": [p for p in procs if isinstance(p, dict)]}
+
+
 async def check(request: web.Request) -> web.Response:
     """Everything this replica can tell `glassmesh check` (read-only, any operator role)."""
     plane, store = request.app[PLANE], request.app[STORE]
@@ -99,9 +116,16 @@ async def check(request: web.Request) -> web.Response:
               "sha256": ident.ca_sha256}
         leaf_hours = ident.leaf_hours
     certs = await store.records(CERTS_KIND)
+    hosts = _hosts(plane, certs)
+    asks = request.app.get(ASKS)
+    if asks is not None:  # every proxy polling this replica, asked at once: it answers, with each process
+        connected = asks.connected()
+        asked = [h for h in hosts if h["name"] in connected]
+        for h, answer in zip(asked, await asyncio.gather(*(_hello(asks, h["name"]) for h in asked)), strict=True):
+            h["asks"] = answer
     return json_response({
         "replica": request.app[REPLICA], "now": time.time(), "ca": ca, "leaf_hours": leaf_hours,
-        "status": status, "hosts": _hosts(plane, certs),
+        "status": status, "hosts": hosts,
         "warnings": config_warnings(plane.config, plane.snapshots, plane.ack_warnings, plane.insecure),
     })
 

@@ -57,10 +57,14 @@ def test_a_healthy_mesh_passes(topo: Topo) -> None:
     print(r.stdout)
     for name in ("clocks", "CA certificate", "snapshots", "rejected snapshots", "held changes", "hot path"):
         assert got[name][0].startswith("ok    "), (name, r.stdout)
+    # Every proxy's clock is known, though its asks long-poll (which carries none) may be its latest call.
+    assert "no reading yet" not in got["clocks"][0], got["clocks"]
     replica = topo.cp.status()["replica"]
     assert got[f"control plane {replica}"][0].startswith(f"ok    control plane {replica}: {topo.cp.api_url} answered")
     assert got[f"certificate of control plane {replica}"][0].startswith("ok    ")
     assert "all 3 host(s) run their latest snapshot" in got["snapshots"][0]
+    # Each proxy answers over the ask channel (links, explain and tap reach it), every process on its version.
+    assert got["ask channel"][0].startswith("ok    ask channel: 3 proxies answer (3 serving processes)"), r.stdout
     # The proxies here talk plain HTTP to a loopback listener: a warning (with its fix), not a failure.
     assert got["config"][0].startswith("warn  config: host host1 talks to the control plane over plain HTTP")
     assert got["config"][1].startswith("fix: join it with a token")

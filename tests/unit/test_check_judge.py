@@ -26,8 +26,10 @@ def doc(**status: Any) -> dict[str, Any]:
     st = {"config_version": 3, "replicas": [{"id": "r1", "listen": "127.0.0.1:4200"}], "compile_error": None,
           "hosts": [host("host1"), host("host2")], "held": [], "unhealthy": [], **status}
     return {"replica": "r1", "now": NOW, "ca": {"not_after": NOW + 3650 * DAY}, "leaf_hours": 24.0, "status": st,
-            "hosts": [{"name": "host1", "certs": {"host": NOW + 20 * 3600}, "clock_skew_s": 0.01, "clock_at": NOW},
-                      {"name": "host2", "certs": {"host": NOW + 20 * 3600}, "clock_skew_s": -0.2, "clock_at": NOW}],
+            "hosts": [{"name": "host1", "certs": {"host": NOW + 20 * 3600}, "clock_skew_s": 0.01, "clock_at": NOW,
+                       "asks": {"processes": [{"pid": 1, "snapshot_version": 5}]}},
+                      {"name": "host2", "certs": {"host": NOW + 20 * 3600}, "clock_skew_s": -0.2, "clock_at": NOW,
+                       "asks": {"processes": [{"pid": 2, "snapshot_version": 5}, {"pid": 3, "snapshot_version": 5}]}}],
             "warnings": []}
 
 
@@ -44,7 +46,7 @@ def test_a_healthy_mesh_is_all_ok() -> None:
     assert [c.state for c in checks] == ["ok"] * len(checks), checks
     names = [c.name for c in checks]
     assert names == ["control plane r1", "clocks", "CA certificate", "certificate of control plane r1",
-                     "your operator credential", "host certificates", "snapshots",
+                     "your operator credential", "host certificates", "snapshots", "ask channel",
                      "rejected snapshots", "held changes", "config", "hot path"]
 
 
@@ -107,6 +109,22 @@ def test_snapshots_rejects_held_and_hot_path() -> None:
     # A host only just behind (a push in flight) is a warning, not a failure.
     d = doc(hosts=[host("host1", running=4, in_sync=False, behind_s=1.0)])
     assert by_name(judge([answer(d)], NOW))["snapshots"].state == "warn"
+
+
+def test_ask_channel_names_proxies_that_do_not_answer_and_workers_that_disagree() -> None:
+    ok = by_name(judge([answer(doc())], NOW))["ask channel"]
+    assert ok.state == "ok" and ok.detail.startswith("2 proxies answer (3 serving processes)")
+    d = doc()
+    d["hosts"][0]["asks"] = None
+    d["hosts"][1]["asks"]["processes"][1]["snapshot_version"] = 4
+    c = by_name(judge([answer(d)], NOW))["ask channel"]
+    assert c.state == "warn" and "host1 (not polling for asks)" in c.detail
+    assert "host2's processes serve v4, v5 (acked v5)" in c.detail
+    # A second replica that the proxy does poll answers for it.
+    d2 = doc(replicas=[])
+    d2["replica"] = "r2"
+    assert by_name(judge([answer(d), answer(d2, "https://127.0.0.1:4300")], NOW))["ask channel"].detail.count(
+        "not polling") == 0
 
 
 def test_compile_error_fails_and_warnings_warn() -> None:
