@@ -83,8 +83,14 @@ def _print(doc: dict[str, Any]) -> None:
               + ("; limits " + ", ".join(f"{k} {v}" for k, v in pol["limits"].items()) if pol["limits"] else ""))
     out.print("certificates:")
     for c in doc["certificates"]:
-        when = f"expires {utc(c['not_after'])}" if c["not_after"] else "given by hand (expiry not known here)"
-        out.print(f"  {c['service']} on {c['host']}: {when}")
+        if c.get("error"):
+            out.print(Text(f"  {c['service']} on {c['host']}: cannot be read: {c['error']}", style="bold red"))
+            continue
+        when = (f"expires {utc(c['not_after'])}" + (" (as issued; its proxy did not say)"
+                                                     if c.get("source") == "issued" else "")
+                if c["not_after"] else "not known (its proxy did not answer, and the control plane did not issue it)")
+        who = f" {c['spiffe_id']}" if c.get("spiffe_id") else ""
+        out.print(f"  {c['service']} on {c['host']}:{who} {when}")
 
 
 def _endpoints(doc: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ tests; the handler adds the live endpoints and the certificates' expiry.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ import msgspec
 from aiohttp import web
 
 from glassmesh.control.api import PLANE, STORE, error, json_response
-from glassmesh.control.asks import ASKS, AskError
+from glassmesh.control.asks import ASKS, AskError, Asks
 from glassmesh.control.identity import CERTS_KIND
 from glassmesh.model.snapshot import Snapshot
 from glassmesh.proxy.chain import compile_chain
@@ -119,12 +120,31 @@ def explain_snapshot(snapshots: dict[str, Snapshot], source: str, destination: s
     return doc
 
 
-def _certs(records: dict[str, dict[str, Any]], source: str, destination: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
-    out = [{"service": source, "host": doc["host"], "not_after": records.get(doc["host"], {}).get(f"service/{source}")}]
-    for i in doc["authorization"]["inbound"]:
-        out.append({"service": destination, "host": i["host"],
-                    "not_after": records.get(i["host"], {}).get(f"service/{destination}")})
+def _certs(records: dict[str, dict[str, Any]], live: dict[str, dict[str, Any]], source: str, destination: str,
+           doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each certificate the request is carried with: the caller's, then the destination's on each of its hosts.
+
+    As the proxy read it from the file it serves with (`certs` ask) when it answered, else as the control
+    plane issued it (joined hosts), else unknown (files put there by hand, a proxy that did not answer).
+    """
+    out = []
+    for service, host in [(source, doc["host"]), *((destination, i["host"]) for i in doc["authorization"]["inbound"])]:
+        seen = live.get(host, {}).get(service, {})
+        out.append({"service": service, "host": host, "spiffe_id": seen.get("spiffe_id"),
+                    "not_after": seen.get("not_after") or records.get(host, {}).get(f"service/{service}"),
+                    "source": "proxy" if seen.get("not_after") else "issued" if
+                    records.get(host, {}).get(f"service/{service}") else None,
+                    "error": seen.get("error")})
     return out
+
+
+async def _ask(asks: Asks, host: str, kind: str, args: dict[str, Any]) -> dict[str, Any] | str:
+    """The first event of one ask, or why there is none."""
+    try:
+        events = await asks.ask(host, kind, args, timeout_s=5.0)
+    except AskError as e:
+        return str(e)
+    return events[0] if events else "no answer"
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -150,14 +170,21 @@ async def explain(request: web.Request) -> web.Response:
                                q.get("host") or None)
     except ExplainError as e:
         return error(404, str(e))
-    doc["certificates"] = _certs(await request.app[STORE].records(CERTS_KIND), source, destination, doc)
+    asks = request.app[ASKS]
+    hosts = [doc["host"], *(i["host"] for i in doc["authorization"]["inbound"] if i["host"] != doc["host"])]
+    jobs = [_ask(asks, h, "certs", {}) for h in hosts]
+    if "endpoints" in doc:
+        jobs.append(_ask(asks, doc["host"], "endpoints", {"service": destination}))
+    got = await asyncio.gather(*jobs)
+    certs = {h: a["services"] for h, a in zip(hosts, got, strict=False) if isinstance(a, dict)}
+    doc["certificates"] = _certs(await request.app[STORE].records(CERTS_KIND), certs, source, destination, doc)
     doc["live"] = None
     if "endpoints" in doc:
-        try:
-            events = await request.app[ASKS].ask(doc["host"], "endpoints", {"service": destination}, timeout_s=5.0)
-            doc["live"] = events[0] if events else None
-        except AskError as e:
-            doc["live_error"] = str(e)
+        live = got[-1]
+        if isinstance(live, dict):
+            doc["live"] = live
+        else:
+            doc["live_error"] = live
     return json_response(doc)
 
 

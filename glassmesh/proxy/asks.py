@@ -68,16 +68,42 @@ def _endpoints_process(rt: Any, params: dict[str, str]) -> dict[str, Any]:
             "endpoints": [r for r in rt.endpoint_rows() if not service or r["service"] == service]}
 
 
+async def _certs(args: dict[str, Any], emit: Emit, query: Query) -> None:
+    """The certificates this proxy presents, per local service, as read from the files in force."""
+    answers = [a for a in await query("certs", {}) if "error" not in a]
+    await emit([answers[0] if answers else {"services": {}}])
+
+
+def _certs_process(rt: Any, params: dict[str, str]) -> dict[str, Any]:
+    from cryptography import (
+        x509,  # only when asked: a proxy from a file does not load it (test_proxy_footprint)
+    )
+
+    out: dict[str, Any] = {}
+    for ls in rt.snapshot.local_services:
+        try:
+            with open(ls.cert, "rb") as f:
+                cert = x509.load_pem_x509_certificate(f.read())
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            out[ls.name] = {"not_after": cert.not_valid_after_utc.timestamp(),
+                            "spiffe_id": next(iter(san.get_values_for_type(x509.UniformResourceIdentifier)), "")}
+        except (OSError, ValueError, x509.ExtensionNotFound) as e:
+            out[ls.name] = {"error": f"{ls.cert}: {e}"}
+    return {"services": out}
+
+
 HANDLERS: dict[str, Handler] = {
     "hello": _hello,
     "links": _links,
     "endpoints": _endpoints,
+    "certs": _certs,
 }
 
 PROCESS_ROUTES: dict[str, ProcessRoute] = {
     "hello": _hello_process,
     "links": _links_process,
     "endpoints": _endpoints_process,
+    "certs": _certs_process,
 }
 
 

@@ -218,6 +218,12 @@ def test_explain_picks_the_proxys_route_and_shows_live_endpoints(topo: Topo) -> 
         ("v1", 0.9, ["host2"]), ("v2", 0.1, ["host3"])]
     assert route["timeout_ms"] == 2000 and route["retry"] == {"attempts": 2, "on_status": [503],
                                                               "connect_failures": True}
+    # The certificates in use, as each proxy read them from the files it serves with.
+    assert [(c["service"], c["host"], c["source"], c["spiffe_id"]) for c in doc["certificates"]] == [
+        ("a", "host1", "proxy", "spiffe://glassmesh.local/service/a"),
+        ("b", "host2", "proxy", "spiffe://glassmesh.local/service/b"),
+        ("b", "host3", "proxy", "spiffe://glassmesh.local/service/b")]
+    assert all(c["not_after"] > time.time() + 3600 for c in doc["certificates"])
     live = {e["host"]: e for e in doc["live"]["endpoints"]}
     assert set(live) == {"host2", "host3"}
     assert live["host3"]["failures"] >= 5 and live["host3"]["ejections"] >= 1, live
