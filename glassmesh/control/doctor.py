@@ -87,9 +87,8 @@ def config_warnings(cfg: MeshConfig, snapshots: dict[str, Snapshot], ack_warning
 def _hosts(plane: Plane, certs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name in sorted(plane.snapshots):
-        p = plane.proxies.get(name) or {}
-        out.append({"name": name, "certs": certs.get(name, {}),
-                    "clock_skew_s": p.get("clock_skew_s"), "clock_at": p.get("clock_at")})
+        skew, at = plane.clocks.get(name, (None, None))
+        out.append({"name": name, "certs": certs.get(name, {}), "clock_skew_s": skew, "clock_at": at})
     return out
 
 

@@ -66,11 +66,9 @@ async def host_of(request: web.Request) -> str:
     refused = wire_mismatch(wire, f"the proxy of host {host}")
     now = time.time()
     sent = clock_of(h.get(TIME_HEADER))
-    # The proxy's clock against ours, from the calls that carry it (snapshot, ack, instances; `glassmesh check`).
-    prev = plane.proxies.get(host) or {}
-    clock = ({"clock_skew_s": round(sent - now, 3), "clock_at": now} if sent is not None else
-             {"clock_skew_s": prev.get("clock_skew_s"), "clock_at": prev.get("clock_at")})
-    plane.proxies[host] = {**clock, "wire": wire, "build": h.get(BUILD_HEADER, "") or "before 0.1 (no wire version)",
+    if sent is not None:  # the proxy's clock against ours (snapshot, ack, instances carry it): `glassmesh check`
+        plane.clocks[host] = (round(sent - now, 3), now)
+    plane.proxies[host] = {"wire": wire, "build": h.get(BUILD_HEADER, "") or "before 0.1 (no wire version)",
                            "features": [f for f in h.get(FEATURES_HEADER, "").split(",") if f],
                            "refused": refused or None}
     if refused:
