@@ -238,7 +238,8 @@ def _snapshots(status: dict[str, Any]) -> list[Check]:
     if never or behind:
         detail = "; ".join([*(f"{x} has never reported" for x in never), *behind, *lagging])
         return [Check("snapshots", "fail", detail,
-                      "start the proxy on those hosts, or look at its log and /ready (`control_plane.last_error`)")]
+                      "a host that never reported or lags: start its proxy, or look at its log and /ready "
+                      "(`control_plane.last_error`); one that rejected: see rejected snapshots")]
     if lagging:
         return [Check("snapshots", "warn", "; ".join(lagging) + " (a push is in flight)",
                       "run `glassmesh check` again in a few seconds")]

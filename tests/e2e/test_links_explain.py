@@ -22,8 +22,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import HttpConn, Mesh
+from tests.e2e.harness import HttpConn, Mesh, fresh_ip
 from tests.e2e.operator import cli_env
+from tests.e2e.test_control_join import MESH as JOIN_MESH
+from tests.e2e.test_control_join import Control as JoinControl
+from tests.e2e.test_control_join import call_b, join_args
+from tests.e2e.test_control_join import wait_ready as join_ready
 from tests.e2e.test_control_watch import APP_PORT, CLI, HEALTH_INTERVAL_S, Topo, b_hosts, wait_for
 
 POLICY = """\
@@ -55,10 +59,11 @@ hosts:
 
 
 class Calls:
-    """a calls b through host1's outbound, ~100 requests/s: 9 of 10 GET /items/N, 1 of 10 GET /other."""
+    """a calls b through host1's outbound, ~100 requests/s: 9 of 10 GET /items/N, 1 of 10 GET /other
+    (or always `path`)."""
 
-    def __init__(self, outbound: str) -> None:
-        self.outbound = outbound
+    def __init__(self, outbound: str, path: str = "") -> None:
+        self.outbound, self.path = outbound, path
         self.statuses: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -71,7 +76,7 @@ class Calls:
             i += 1
             try:
                 conn = conn or HttpConn(self.outbound, timeout=10)
-                r = conn.request("GET", f"/items/{i}" if i % 10 else "/other", {"Host": "b"})
+                r = conn.request("GET", self.path or (f"/items/{i}" if i % 10 else "/other"), {"Host": "b"})
                 self.statuses.append(r.status)
                 if (r.header("connection") or "").lower() == "close":
                     conn.close()
@@ -251,3 +256,49 @@ def test_explain_picks_the_proxys_route_and_shows_live_endpoints(topo: Topo) -> 
 
     r = cli(topo, "explain", "a", "nosuch")
     assert r.returncode == 4 and "'nosuch' is not a service" in r.stderr, r.stderr
+
+
+def test_joined_hosts_and_a_proxy_with_two_workers(mesh: Mesh) -> None:
+    """Hosts that joined with tokens (mTLS identities, certificates issued by the control plane, 16 s leaves
+    renewed at half life) and a caller with --workers 2: links sums both workers' counters, explain merges
+    both workers' endpoint views and reads the certificates the proxies serve with, check sees every process."""
+    cp = JoinControl(mesh)
+    ip1, ip2 = fresh_ip(), fresh_ip()
+    cp.post("/v1/apply", {"yaml": JOIN_MESH.format(port=APP_PORT, ip1=ip1, ip2=ip2), "author": "test"})
+    mesh.start_app("http", f"{ip2}:{APP_PORT}", "b2")
+    t1, t2 = cp.add_host("host1", "a"), cp.add_host("host2", "b")
+    p1 = mesh.spawn("proxy host1", [*join_args(cp, t1, mesh.root / "h1"), "--workers", "2"])
+    p2 = mesh.spawn("proxy host2", join_args(cp, t2, mesh.root / "h2"))
+    join_ready(p1, f"{ip1}:4191")
+    join_ready(p2, f"{ip2}:4191")
+    wait_for(lambda: call_b(f"{ip1}:4140").status == 200, 15, "a reaches b")
+    env = cli_env(cp.api_url, cp.cred)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=env)
+
+    calls = Calls(f"{ip1}:4140", path="/hello")
+    try:
+        wait_for(lambda: len(calls.statuses) > 50, 10, "traffic flows")
+        r = run("links", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        ab = link(json.loads(r.stdout), "a", "b")
+        assert ab["rate_rps"] > 10 and ab["success"] == 1.0 and ab["mtls"] == "TLSv1.3", ab
+        # Both workers served: their counters are summed (each worker's own would be about half).
+        assert ab["seen_at"] == ["host1/outbound", "host2/inbound"]
+        r = run("explain", "a", "b", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+    finally:
+        calls.stop()
+    assert doc["live"]["processes"] == 2 and [e["host"] for e in doc["live"]["endpoints"]] == ["host2"]
+    assert doc["live"]["endpoints"][0]["requests"] > 0
+    certs = {(c["service"], c["host"]): c for c in doc["certificates"]}
+    assert certs[("a", "host1")]["source"] == "proxy" and certs[("b", "host2")]["source"] == "proxy"
+    assert all(time.time() < c["not_after"] < time.time() + 60 for c in certs.values())  # 16 s leaves
+    r = run("check")
+    print(r.stdout)
+    got = {ln[6:].split(":", 1)[0]: ln for ln in r.stdout.splitlines() if ln[:5].strip() in ("ok", "warn", "fail")}
+    assert got["ask channel"].startswith("ok    ask channel: 2 proxies answer (3 serving processes)"), r.stdout
+    assert got["host certificates"].startswith("ok    host certificates: 2 host(s) valid and renewed on time")
+    assert "config" in got and got["config"].startswith("ok    config: version 1: no warnings"), r.stdout
