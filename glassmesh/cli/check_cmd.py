@@ -57,6 +57,7 @@ class Answer:
     sent: float = 0.0  # this machine's clock when the request left ...
     received: float = 0.0  # ... and when its answer came back
     cert_not_after: float | None = None  # of the certificate it presented
+    replica: str = ""  # its id as the store lists it (for one found there)
 
 
 def _address(url: str) -> str:
@@ -108,7 +109,9 @@ def gather(control: str, cred: credential.Credential) -> list[Answer]:
             listen = r.get("listen")
             if listen and listen not in asked:
                 asked.add(listen)
-                answers.append(probe(f"https://{listen}", cred))
+                ans = probe(f"https://{listen}", cred)
+                ans.replica = str(r.get("id", ""))
+                answers.append(ans)
     return answers
 
 
@@ -134,7 +137,9 @@ def _replicas(answers: list[Answer]) -> list[Check]:
     out_ = []
     for a in answers:
         if a.doc is None:
-            out_.append(Check(f"control plane {a.url}", "fail", a.error,
+            name = f"{a.replica} ({a.url})" if a.replica else a.url
+            out_.append(Check(f"control plane {name}", "fail", a.error + (" (the store lists it as live)"
+                                                                          if a.replica else ""),
                               "start that replica (`glassmesh control ...`), or leave it out of --control / "
                               "GLASSMESH_CONTROL; a stopped replica leaves the list within 15 s"))
         else:
@@ -286,6 +291,9 @@ def _config(doc: dict[str, Any]) -> list[Check]:
         checks.append(Check("instances", "warn", "; ".join(f"{i['service']} on {i['host']} ({i['address']}): "
                                                           f"{i['detail']}" for i in sick),
                             "start or fix those instances (their own proxy's health check says why)"))
+    if not status["config_version"]:
+        checks.append(Check("config", "warn", "no config applied yet: the mesh has no services",
+                            "`glassmesh apply -f mesh.yaml`"))
     if not checks:
         checks.append(Check("config", "ok", f"version {status['config_version']}: no warnings"))
     return checks

@@ -12,6 +12,7 @@ replica URL where nothing listens.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 
@@ -19,7 +20,9 @@ import pytest
 
 from tests.e2e.harness import PROXY_CMD, Mesh
 from tests.e2e.operator import cli_env
+from tests.e2e.test_control_ha import Replica
 from tests.e2e.test_control_watch import CLI, Control, Topo, free_port, wait_for
+from tests.etcd_cluster import EtcdCluster
 
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
@@ -128,3 +131,28 @@ def test_no_replica_reachable_exits_5(mesh: Mesh) -> None:
     assert r.returncode == 5, (r.stdout, r.stderr)
     assert r.stdout.startswith(f"fail  control plane {dead}: cannot connect")
     assert r.stderr.startswith("error: no control-plane replica could be asked")
+
+
+def test_every_replica_is_asked_and_a_dead_one_fails(mesh: Mesh) -> None:
+    """Two replicas on a real etcd cluster: given one URL, check finds the other in the store and asks it
+    too; once one is SIGKILLed (its record lingers until its lease runs out), check names it, failed."""
+    with EtcdCluster.started(size=1) as etcd:
+        r1, r2 = Replica(mesh, "r1", etcd.url), Replica(mesh, "r2", etcd.url)
+        r1.start()
+        r2.start()
+        env = cli_env(r1.api_url, r1.cred)
+
+        def check() -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*CLI, "check"], capture_output=True, text=True, timeout=60, env=env)
+
+        wait_for(lambda: check().stdout.count("ok    control plane ") == 2, 15, "both replicas answer")
+        r = check()
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert f"{r1.api_url} answered" in r.stdout and f"https://127.0.0.1:{r2.port} answered" in r.stdout
+        r2.kill()
+        r = check()
+        print(r.stdout)
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert re.search(rf"fail  control plane \S+ \(https://127.0.0.1:{r2.port}\): cannot connect: .* \(the store "
+                         rf"lists it as live\)", r.stdout), r.stdout
+        assert r.stdout.count("ok    control plane ") == 1

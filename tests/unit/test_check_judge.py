@@ -170,3 +170,9 @@ def test_config_warnings_name_services_without_endpoints_and_empty_canaries() ->
     assert whats[2] == "host host3 took its snapshot with a warning: accepted with a warning: x"
     assert whats[3].startswith("host host1 talks to the control plane over plain HTTP")
     assert len(ws) == 4  # a (a client only) is not expected to have endpoints
+
+
+def test_no_config_yet_warns() -> None:
+    c = by_name(judge([answer(doc(config_version=0, hosts=[]))], NOW))["config"]
+    assert (c.state, c.detail, c.fix) == ("warn", "no config applied yet: the mesh has no services",
+                                          "`glassmesh apply -f mesh.yaml`")
