@@ -29,18 +29,22 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from glassmesh.api.certs import CLOCK_SKEW, spiffe_id_of
 from glassmesh.files import private_dir, write_atomic, write_private
 from glassmesh.model.snapshot import Snapshot
 from glassmesh.proxy.log import log
 from glassmesh.tlsdefaults import harden
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography (~11 MB RSS, most of it its Rust library) is imported where a key, a CSR or a
+# certificate is made or read, not at the top: a proxy under a control plane with certificate
+# files (no host identity) never loads it (test_proxy_footprint).
 
 IDENTITY_DIR = "identity"
 CONTROL_DNS_NAME = "control.glassmesh.internal"  # the name in the control plane's server certificate
@@ -65,16 +69,23 @@ class ControlUnavailable(EnrollError):
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: str | None) -> str:
     """A PEM CSR asking for `spiffe_id` (or for no name: a join without --host gets the token's)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
     b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
     if spiffe_id:
         b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
@@ -83,12 +94,17 @@ def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: str | None) -> str:
 
 def der_sha256(cert_pem: str | bytes) -> str:
     """SHA-256 of a PEM certificate's DER form, lowercase hex (what `host add` prints as --ca-sha256)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
     return hashlib.sha256(x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def renew_at(cert: x509.Certificate) -> float:
     """Unix time at half the certificate's life, counted from issue (the CA backdates by CLOCK_SKEW)."""
+    from glassmesh.api.certs import CLOCK_SKEW
+
     nb, na = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
     if na - nb > CLOCK_SKEW.total_seconds():
         nb += CLOCK_SKEW.total_seconds()
@@ -96,6 +112,8 @@ def renew_at(cert: x509.Certificate) -> float:
 
 
 def _load_cert(path: str) -> x509.Certificate | None:
+    from cryptography import x509
+
     try:
         with open(path, "rb") as f:
             return x509.load_pem_x509_certificate(f.read())
@@ -177,6 +195,8 @@ class ProxyIdentity:
 
     # --- certificates -------------------------------------------------------------------------
     def _ok(self, cert_path: str, spiffe_id: str, now: float) -> bool:
+        from glassmesh.api.certs import spiffe_id_of
+
         cert = _load_cert(cert_path)
         return cert is not None and spiffe_id_of(cert) == spiffe_id and now < renew_at(cert)
 
@@ -287,6 +307,11 @@ class ProxyIdentity:
 
 def _check_leaf(cert_pem: str, key: ec.EllipticCurvePrivateKey, spiffe_id: str) -> None:
     """What came back is for our key and the identity we asked for (a control plane bug must not slip by)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from glassmesh.api.certs import spiffe_id_of
+
     cert = x509.load_pem_x509_certificate(cert_pem.encode())
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
