@@ -1,14 +1,15 @@
 """Idle RSS of real proxies, as `make bench` measures it, in about 20 seconds: for changes to start-up.
 
 Starts, on loopback, the e2e harness's processes (tests/e2e/harness.py): a pair of proxies from
-snapshot files (host1 runs a, which calls b on host2), and a pair under a real control plane
-(`glassmesh control`, `glassmesh proxy --control`). Each pair is warmed up like the benchmark
+snapshot files (host1 runs a, which calls b on host2), a pair under a real control plane
+(`glassmesh control`, `glassmesh proxy --control`) with certificate files, and a pair that joined
+it with tokens (`glassmesh host add`, `--join`: host identity, certificates by CSR, renewals). Each pair is warmed up like the benchmark
 (keep-alive requests, then new connections, through host1's outbound), left idle for a second, then
 each proxy's process tree is read from /proc: VmRSS (what `make bench` reports), and from
 smaps_rollup the anonymous part (heap, Python objects) apart from file-backed pages (code, shared
 libraries). Prints one line per proxy, largest first; `--json` prints the figures as JSON.
 
-    .venv/bin/python bench/footprint.py [--workers N] [--requests N] [--only file|control] [--json]
+    .venv/bin/python bench/footprint.py [--workers N] [--requests N] [--only file|control|joined] [--json]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import HttpConn, Mesh, Proc, _children  # noqa: E402
+from tests.e2e.harness import HttpConn, Mesh, Proc, _children, fresh_ip  # noqa: E402
 
 
 def tree_kb(proc: Proc) -> dict[str, int]:
@@ -100,11 +101,37 @@ def under_control(root: Path, workers: int, requests: int) -> dict[str, dict[str
         m.stop()
 
 
+def joined(root: Path, workers: int, requests: int) -> dict[str, dict[str, int]]:
+    """Hosts that joined with a token (`glassmesh host add`, `--join`): mTLS to the control plane, renewals."""
+    from tests.e2e.test_control_join import MESH, Control, join_args, wait_ready
+
+    m = Mesh(root / "joined")
+    try:
+        cp = Control(m)
+        ip1, ip2 = fresh_ip(), fresh_ip()
+        cp.post("/v1/apply", {"yaml": MESH.format(port=18080, ip1=ip1, ip2=ip2), "author": "footprint"})
+        m.start_app("http", f"{ip2}:18080", "b2")
+        extra = ["--workers", str(workers)] if workers > 1 else []
+        p1 = m.spawn("proxy host1", [*join_args(cp, cp.add_host("host1", "a"), m.root / "h1"), *extra])
+        p2 = m.spawn("proxy host2", [*join_args(cp, cp.add_host("host2", "b"), m.root / "h2"), *extra])
+        wait_ready(p1, f"{ip1}:4191")
+        wait_ready(p2, f"{ip2}:4191")
+        deadline = time.monotonic() + 15
+        while HttpConn(f"{ip1}:4140", timeout=10).request("GET", "/", {"Host": "b"}).status != 200:
+            assert time.monotonic() < deadline, "b never reachable through host1"
+            time.sleep(0.1)
+        warm(f"{ip1}:4140", requests)
+        time.sleep(1)
+        return {"joined host1 (outbound)": tree_kb(p1), "joined host2 (inbound)": tree_kb(p2)}
+    finally:
+        m.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--only", choices=["file", "control"])
+    ap.add_argument("--only", choices=["file", "control", "joined"])
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gm-footprint-"))
@@ -114,6 +141,8 @@ def main() -> None:
             out.update(from_files(root, a.workers, a.requests))
         if a.only in (None, "control"):
             out.update(under_control(root, a.workers, a.requests))
+        if a.only in (None, "joined"):
+            out.update(joined(root, a.workers, a.requests))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if a.json:
