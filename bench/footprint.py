@@ -103,8 +103,10 @@ def under_control(root: Path, workers: int, requests: int) -> dict[str, dict[str
 
 def joined(root: Path, workers: int, requests: int) -> dict[str, dict[str, int]]:
     """Hosts that joined with a token (`glassmesh host add`, `--join`): mTLS to the control plane, renewals."""
+    from tests.e2e import test_control_join as tj
     from tests.e2e.test_control_join import MESH, Control, join_args, wait_ready
 
+    tj.LEAF_HOURS = 24.0  # the control plane's default (the tests' 16-second leaves renew all the time)
     m = Mesh(root / "joined")
     try:
         cp = Control(m)
