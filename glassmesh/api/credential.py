@@ -120,11 +120,13 @@ def write(path: str | Path, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, comm
     return p
 
 
-def connect(url: str, cred: Credential, timeout: float = 30.0) -> tuple[http.client.HTTPSConnection, str]:
+def connect(url: str, cred: Credential, timeout: float = 30.0,
+            peer: dict | None = None) -> tuple[http.client.HTTPSConnection, str]:
     """A connection to the operator API at `url` whose server proved it is this mesh's control plane.
 
-    (connection, path prefix of the URL). OSError and ssl.SSLError when it cannot
-    be reached, CredentialError when it is not the control plane.
+    (connection, path prefix of the URL); `peer`, when given, receives the server's
+    certificate as ssl's getpeercert() gives it. OSError and ssl.SSLError when it
+    cannot be reached, CredentialError when it is not the control plane.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
@@ -133,7 +135,10 @@ def connect(url: str, cred: Credential, timeout: float = 30.0) -> tuple[http.cli
                                        context=cred.client_context())
     try:
         conn.connect()
-        cred.expect_control(conn.sock.getpeercert())  # type: ignore[union-attr]
+        cert = conn.sock.getpeercert()  # type: ignore[union-attr]
+        if peer is not None and cert:
+            peer.update(cert)
+        cred.expect_control(cert)
     except CredentialError as e:
         conn.close()
         raise CredentialError(f"{url}: {e}") from None
@@ -144,13 +149,13 @@ def connect(url: str, cred: Credential, timeout: float = 30.0) -> tuple[http.cli
 
 
 def call(url: str, cred: Credential, method: str, path: str, body: object = None,
-         timeout: float = 30.0) -> tuple[int, bytes]:
+         timeout: float = 30.0, peer: dict | None = None) -> tuple[int, bytes]:
     """One request to the operator API at `url` (https://host:port) as `cred`: (status, raw body).
 
     The server must prove it is this mesh's control plane (its CA, its SPIFFE
-    ID) before the request body leaves (see connect).
+    ID) before the request body leaves (see connect, which fills `peer`).
     """
-    conn, prefix = connect(url, cred, timeout)
+    conn, prefix = connect(url, cred, timeout, peer)
     try:
         data = None if body is None else json.dumps(body).encode()
         conn.request(method, prefix + path, body=data, headers={"content-type": "application/json"})

@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import json
 import os
 import signal
 import socket
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
@@ -497,6 +495,8 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
                      persist: Callable[[Snapshot], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     workers = opts.workers
+    import tempfile  # here, not at the top: a proxy with one worker does not hold it (test_proxy_footprint)
+
     rundir = tempfile.mkdtemp(prefix="glassmesh-proxy-")
     socks = [os.path.join(rundir, f"worker-{i}.sock") for i in range(workers)]
     current = {"snap": snap}
@@ -682,7 +682,9 @@ def _tune_malloc() -> None:
     freeing does not shrink the heap each time) keeps them on the heap.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The process's own symbols, libc's among them: ctypes.util.find_library would run ldconfig in a
+        # subprocess, and import shutil and tempfile, to find the library already loaded.
+        libc = ctypes.CDLL(None)
         m_trim_threshold, m_mmap_threshold = -1, -3
         libc.mallopt(m_mmap_threshold, 1 << 20)
         libc.mallopt(m_trim_threshold, 4 << 20)
