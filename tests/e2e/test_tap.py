@@ -110,9 +110,9 @@ def test_tap_shows_each_side_live_with_headers_and_bodies_cut_at_n_and_nothing_u
         assert started(full)["hosts"] == ["host1", "host2"]
         assert started(plain)["hosts"] == ["host1", "host2"]
         # The proxies take the asks within their long-poll: send until both sides of one request show.
+        by_id: dict[str, dict[str, dict[str, Any]]] = {}
         sides: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + 30
-        rid = ""
         while len(sides) < 2 and time.monotonic() < deadline:
             resp = call(ip1, "POST", "/orders?x=1", BODY, extra={"Authorization": "Bearer s3cret"})
             assert resp.status == 200
@@ -120,16 +120,16 @@ def test_tap_shows_each_side_live_with_headers_and_bodies_cut_at_n_and_nothing_u
                 # (an exchange already under way when its proxy took the ask has no bytes recorded)
                 if ev.get("method") != "POST" or "request_body" not in ev:
                     continue
-                rid = rid or ev["request_id"]
-                if ev["request_id"] == rid:
-                    sides[ev["side"]] = ev
+                sides = by_id.setdefault(ev["request_id"], {})
+                sides[ev["side"]] = ev
                 if len(sides) == 2:
                     break
-        assert set(sides) == {"outbound", "inbound"}, sides
+        assert set(sides) == {"outbound", "inbound"}, by_id
         out, inb = sides["outbound"], sides["inbound"]
         assert (out["host"], out["from"], out["to"], out["path"], out["status"]) == ("host1", "a", "b", "/orders?x=1",
                                                                                      200)
         assert (inb["host"], inb["from"], inb["to"], inb["status"]) == ("host2", "a", "b", 200)
+        rid = out["request_id"]
         assert out["endpoint"].endswith(":4143") and out["duration_ms"] > 0 and rid
         assert ["x-test", "tap"] in out["request_headers"] and ["Host", "b"] in out["request_headers"]
         assert any(k == "x-request-id" and v == rid for k, v in inb["request_headers"])  # added by a's proxy
