@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.client import eventually
-from tests.e2e.harness import HttpConn, Mesh, fresh_ip
+from tests.e2e.harness import HttpConn, Mesh
 from tests.e2e.operator import cli_env
-from tests.e2e.test_control_join import APP_PORT, CLI, MESH, Control, https, join_args, wait_ready
+from tests.e2e.test_control_join import CLI, Control, https, joined_pair
 
 BODY = b"0123456789abcdef"
 
@@ -72,21 +72,8 @@ class TapProc:
 
 
 @pytest.fixture
-def two_hosts(mesh: Mesh) -> Iterator[tuple[Control, str, str]]:
-    cp = Control(mesh)
-    ip1, ip2 = fresh_ip(), fresh_ip()
-    cp.post("/v1/apply", {"yaml": MESH.format(port=APP_PORT, ip1=ip1, ip2=ip2), "author": "test"})
-    mesh.start_app("http", f"{ip2}:{APP_PORT}", "b2")
-    t1, t2 = cp.add_host("host1", "a"), cp.add_host("host2", "b")
-    p1 = mesh.spawn("proxy host1", [*join_args(cp, t1, mesh.root / "h1"), "--workers", "2"])
-    p2 = mesh.spawn("proxy host2", join_args(cp, t2, mesh.root / "h2"))
-    wait_ready(p1, f"{ip1}:4191")
-    wait_ready(p2, f"{ip2}:4191")
-    deadline = time.monotonic() + 20
-    while call(ip1, "GET", "/hello").status != 200:
-        assert time.monotonic() < deadline, "a cannot reach b"
-        time.sleep(0.1)
-    yield cp, ip1, ip2
+def two_hosts(mesh: Mesh) -> tuple[Control, str, str]:
+    return joined_pair(mesh, workers=2)
 
 
 def call(ip1: str, method: str, path: str, body: bytes | None = None, host: str = "b",
