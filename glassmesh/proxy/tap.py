@@ -208,13 +208,17 @@ async def handle(args: dict[str, Any], emit: Any, query: Any) -> None:
     log(f"tap {params['id']}: started for an operator ({what})")
     t0 = last = time.monotonic()
     sent = dropped = 0
+    told: set[str] = set()
     why = "the operator left"
     try:
         while True:
             batch: list[dict[str, Any]] = []
             for ans in await query("tap", params):
                 if not isinstance(ans, dict) or "error" in ans:
-                    batch.append({"error": str(ans.get("error") if isinstance(ans, dict) else ans)})
+                    err = str(ans.get("error") if isinstance(ans, dict) else ans)
+                    if err not in told:  # a worker that cannot answer is said once, not every poll
+                        told.add(err)
+                        batch.append({"error": err})
                     continue
                 batch.extend(ans["events"])
                 if ans["dropped"]:
