@@ -37,7 +37,11 @@ POLL_S = 0.2  # how often the handler gathers each process's events
 KEEPALIVE_S = 2.0  # an empty batch at least this often: how a tap hears that its operator left
 IDLE_S = 10.0  # a process's tap that nobody polled for this long is removed
 HEAD_ROOM = 16384  # recorded beyond --body N, for the head (and chunk sizes) before the body
-BATCH_BYTES = MAX_ANSWER_BYTES * 3 // 4  # an answer post's events, encoded, stay under this
+BATCH_BYTES = MAX_ANSWER_BYTES * 3 // 4
+# What a process holds for one tap between two polls, in bytes as well as in events: a capture's
+# events carry up to 2 x 256 KiB each, and a proxy must not hold 1,000 of them.
+BUFFER_BYTES = 16 << 20
+EVENT_BYTES = 1024  # an answer post's events, encoded, stay under this
 
 
 class Tap:
@@ -49,6 +53,7 @@ class Tap:
         self.args = args
         self.events: list[dict[str, Any]] = []
         self.dropped = 0
+        self.held = 0  # bytes the events held take, roughly (EVENT_BYTES each, and twice their recorded bytes)
         self.rate = float(args.rate or RATE)
         self.tokens = self.rate
         self.refilled = time.monotonic()
@@ -90,10 +95,15 @@ class Tap:
         now = time.monotonic()
         self.tokens = min(self.rate, self.tokens + (now - self.refilled) * self.rate)
         self.refilled = now
-        if self.tokens < 1.0 or len(self.events) >= BUFFER:
+        rec = ex.rec
+        size = EVENT_BYTES
+        if rec is not None and (a.body or a.wire):
+            size += (rec.kept_sent + rec.kept_got) * 2
+        if self.tokens < 1.0 or len(self.events) >= BUFFER or self.held + size > BUFFER_BYTES:
             self.dropped += 1
             return
         self.tokens -= 1.0
+        self.held += size
         self.events.append(self.event(ex, status, reason, side.name, source or "", dest, now))
 
     def event(self, ex: Any, status: int, reason: str, side: str, source: str, dest: str,
@@ -141,7 +151,7 @@ class Tap:
     def drain(self) -> dict[str, Any]:
         """What this process kept (and dropped) since the last poll; the poll keeps the tap alive."""
         events, dropped = self.events, self.dropped
-        self.events, self.dropped = [], 0
+        self.events, self.dropped, self.held = [], 0, 0
         self._arm()
         return {"pid": os.getpid(), "events": events, "dropped": dropped}
 
