@@ -45,6 +45,8 @@ MAX_BODY = 65536  # --body N is capped here: a tap shows messages, it is not a d
 # answer post to the control plane (api/asks.py MAX_ANSWER_BYTES, 1 MiB).
 MAX_WIRE = 256 * 1024
 BUFFER = 1000  # events held per tap in each proxy process between two polls
+# ... and their bytes: a capture's events carry up to 2 x 256 KiB each, and a proxy must not hold 1,000.
+BUFFER_BYTES = 16 << 20
 RATE = 200  # events a second per tap in each proxy process; more are counted as dropped
 SIDES = ("outbound", "inbound")
 # Headers that carry credentials: a tap shows their size, not their value, unless asked (--show-secrets).
@@ -146,4 +148,4 @@ def dropped_line(ev: dict[str, Any], rate: int = 0) -> str:
     if ev.get("host") == "control plane":
         return f"{ev['dropped']} exchange(s) not shown: this reader fell behind the control plane"
     return (f"{ev['dropped']} exchange(s) at {ev.get('host', '?')} (pid {ev.get('pid', '?')}) not shown: "
-            f"over {rate or RATE} a second, or more than {BUFFER} between two polls")
+            f"over {rate or RATE} a second, or more than {BUFFER} ({BUFFER_BYTES >> 20} MB) between two polls")

@@ -30,7 +30,7 @@ import httptools
 import msgspec
 
 from glassmesh.api.asks import MAX_ANSWER_BYTES, MAX_EVENTS
-from glassmesh.api.tap import BUFFER, RATE, SECRET_HEADERS, TapArgs
+from glassmesh.api.tap import BUFFER, BUFFER_BYTES, RATE, SECRET_HEADERS, TapArgs
 from glassmesh.proxy.log import log
 
 POLL_S = 0.2  # how often the handler gathers each process's events
@@ -38,10 +38,7 @@ KEEPALIVE_S = 2.0  # an empty batch at least this often: how a tap hears that it
 IDLE_S = 10.0  # a process's tap that nobody polled for this long is removed
 HEAD_ROOM = 16384  # recorded beyond --body N, for the head (and chunk sizes) before the body
 BATCH_BYTES = MAX_ANSWER_BYTES * 3 // 4
-# What a process holds for one tap between two polls, in bytes as well as in events: a capture's
-# events carry up to 2 x 256 KiB each, and a proxy must not hold 1,000 of them.
-BUFFER_BYTES = 16 << 20
-EVENT_BYTES = 1024  # an answer post's events, encoded, stay under this
+EVENT_BYTES = 1024  # an event without bodies or wire bytes, roughly, for BUFFER_BYTES  # an answer post's events, encoded, stay under this
 
 
 class Tap:
