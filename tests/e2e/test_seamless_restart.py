@@ -40,46 +40,57 @@ LOAD_S = 14.0  # at most; the load stops once the restarts are done
 PR_SET_CHILD_SUBREAPER = 36
 
 
-@pytest.fixture
-def successors() -> Iterator[list[int]]:
-    """Pids of proxies started by a restart: this test reaps them (it is their subreaper) and stops them.
+@contextlib.contextmanager
+def subreaper() -> Iterator[None]:
+    """Make this process the subreaper of its descendants, as systemd (PID 1) is of a service's.
 
     A successor is the old proxy's child; once the old one exits it is
     reparented to the nearest subreaper, which this process becomes, so that
-    it can be waited for as systemd (PID 1) would.
+    it can be waited for (`wait_pid`).
     """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    pids: list[int] = []
     try:
-        yield pids
+        yield
     finally:
-        problems = []
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            status = _wait_pid(pid, 20)
-            if status is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                _wait_pid(pid, 5)
-                problems.append(f"pid {pid} still running 20 s after SIGTERM")
-            elif status not in (0, -1):
-                problems.append(f"pid {pid} exited with status {status}")
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-        assert not problems, problems
 
 
-def _wait_pid(pid: int, timeout: float) -> int | None:
+@pytest.fixture
+def successors() -> Iterator[list[int]]:
+    """Pids of proxies started by a restart: this test reaps them and, at the end, stops them (exit 0)."""
+    pids: list[int] = []
+    with subreaper():
+        try:
+            yield pids
+        finally:
+            problems = []
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                status = wait_pid(pid, 20)
+                if status is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    wait_pid(pid, 5)
+                    problems.append(f"pid {pid} still running 20 s after SIGTERM")
+                elif status not in (0, -1):
+                    problems.append(f"pid {pid} exited with status {status}")
+            assert not problems, problems
+
+
+def wait_pid(pid: int, timeout: float) -> int | None:
     """Its exit status once it exits (-1: not this process's to wait for), None if still running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return -1 if not _running(pid) else None
-        if done:
-            return os.waitstatus_to_exitcode(status)
+            if not _running(pid):
+                return -1
+        else:
+            if done:
+                return os.waitstatus_to_exitcode(status)
         time.sleep(0.05)
     return None
 
@@ -261,7 +272,7 @@ def test_reload_restarts_the_proxy_three_times_under_load_refusing_nothing(
         # The first old process is this test's child: it drained and exited 0. The others, its successors.
         assert first.popen.wait(15) == 0, first.log_text()
         for pid in olds[1:]:
-            assert _wait_pid(pid, 15) == 0, f"pid {pid} did not drain and exit 0:\n{first.log_text()}"
+            assert wait_pid(pid, 15) == 0, f"pid {pid} did not drain and exit 0:\n{first.log_text()}"
         assert not load.failures, f"{len(load.failures)} failed of {load.ok + len(load.failures)}: " \
                                   f"{load.failures[:10]}\n{first.log_text()}"
         assert load.ok > 300, load.ok
