@@ -102,6 +102,7 @@ def inherit() -> None:
         if pipe is not None:
             _ready_fd, _ready_pid = int(pipe), os.getpid()
             os.set_inheritable(_ready_fd, False)
+            sd.quiet(True)  # until the process it replaces has made it the main one
     except (ValueError, TypeError, AttributeError, OSError) as e:
         for got in socks.values():
             for s in got:
@@ -126,6 +127,7 @@ def ready(status: str) -> None:
         log(f"cannot tell the proxy this one replaces that it serves ({e}); serving anyway")
     finally:
         os.close(fd)
+    sd.quiet(False)  # the main process from now on (the old one says MAINPID= for it as it reads this)
 
 
 def forget_in_child() -> None:
@@ -298,8 +300,9 @@ def handles_signal(pid: int) -> bool:
 def ask(pid: int, timeout: float) -> tuple[bool, str]:
     """SIGUSR2 to proxy `pid`, then its outcome: (True, new pid) or (False, why). OSError when it cannot ask."""
     if not handles_signal(pid):
-        return False, (f"pid {pid} does not handle {SIGNAL.name}: not a glassmesh proxy that can restart "
-                       "seamlessly (an older release, or still starting); restart it the plain way")
+        return False, (f"pid {pid} does not handle {SIGNAL.name}: not a glassmesh proxy's main process that can "
+                       "restart seamlessly (an older release, a worker, or one still starting); restart it the "
+                       "plain way")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
         try:
             srv.bind(waiter_address(pid))

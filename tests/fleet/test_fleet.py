@@ -378,8 +378,16 @@ def test_fleet_joins_upgrades_restarts_and_restores_without_dropping_a_request(r
         for name, r in results.items():  # every instance served its callers
             assert len(r["by_app"]) == 2, (name, r["by_app"])
         # Every proxy runs the newest snapshot from the restored control plane, from the new release.
-        _wait(lambda: all(h["in_sync"] and h["last_seen_s"] is not None and h["last_seen_s"] < 5
-                          for h in json.loads(ops.cli("status", "-o", "json").stdout)["hosts"]), 30, "in sync")
+        def behind() -> list[dict[str, Any]]:
+            return [h for h in json.loads(ops.cli("status", "-o", "json").stdout)["hosts"]
+                    if not (h["in_sync"] and h["last_seen_s"] is not None and h["last_seen_s"] < 5)]
+
+        try:
+            _wait(lambda: not behind(), 30, "in sync")
+        except AssertionError:
+            late = behind()
+            raise AssertionError(f"not in sync within 30 s: {late}\n" + "\n".join(
+                f"--- {h['name']}'s proxy:\n{ops.proxies[h['name']].tail()}" for h in late)) from None
         proxies = json.loads(ops.cli("version", "-o", "json").stdout)["proxies"]
         assert {p["host"]: p["build"] for p in proxies} == dict.fromkeys(SERVES, "mypyc"), proxies
         print(f"fleet: {total} requests in {took:.0f} s ({total / took:.0f}/s), 0 failed; "
