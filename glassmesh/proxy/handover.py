@@ -265,7 +265,9 @@ class Restarter:
             f"`{shlex.join(command())}`")
         try:
             pid = await start_successor(socks, timeout_s())
-        except HandoverError as e:
+        except Exception as e:  # noqa: BLE001 - whatever stops the successor, this process serves on
+            if not isinstance(e, HandoverError):
+                e = HandoverError(f"{type(e).__name__}: {e}")
             log(f"seamless restart failed; this process (pid {os.getpid()}) serves on: {e}")
             sd.ready(f"restart failed, pid {os.getpid()} serves on: {e}")
             answer(f"failed {e}")

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import PROXY_CMD, Host, Mesh, Proc, get
+from tests.e2e.harness import PROXY_CMD, Host, Mesh, Proc, dead_address, get
 from tests.e2e.test_units import GLASSMESH, NotifySocket, _install, _unit
 from tests.fleet.load import keep_alive
 
@@ -312,3 +312,32 @@ def test_restart_proxy_does_not_signal_a_process_that_would_die_of_it(tmp_path: 
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_a_successor_not_ready_in_time_is_stopped_and_the_old_proxy_serves_on(
+        mesh: Mesh, tmp_path: Path, successors: list[int]) -> None:
+    """Under a control plane that is down, with no snapshot left on disk, a successor can only wait: it is
+    stopped at the handover timeout (3 s here, GLASSMESH_HANDOVER_TIMEOUT_S) and the old proxy serves on."""
+    h1, _, sock = _mesh(mesh, tmp_path)
+    seed = h1.write_snapshot()
+    data = tmp_path / "data"
+    notify = NotifySocket(str(tmp_path / "notify.sock"))
+    try:
+        proc = mesh.spawn("proxy host1", [*PROXY_CMD, "--control", f"http://{dead_address()}", "--host", "host1",
+                                          "--data", str(data), "--config", str(seed)],
+                          env={"NOTIFY_SOCKET": notify.where, "GLASSMESH_HANDOVER_TIMEOUT_S": "3"})
+        h1.proxy = proc
+        assert notify.next(30).get("READY") == "1", proc.log_text()
+        seed.unlink()
+        (data / "snapshot.json").unlink(missing_ok=True)
+        r = reload(exec_reload(tmp_path / "units"), proc.pid)
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "was not ready within 3 s: stopped it" in r.stderr, (r.stderr, proc.log_text())
+        msgs = _notify_fields(notify, "READY")
+        assert "MAINPID" not in msgs[-1] and "restart failed" in msgs[-1].get("STATUS", ""), msgs
+        assert proc.alive()
+        assert get(h1.outbound("a"), "/after", headers={"Host": "b"}).status == 200
+        assert os.path.exists(sock)
+        assert get(h1.admin, "/ready").status == 200
+    finally:
+        notify.close()
