@@ -257,6 +257,10 @@ def test_reload_restarts_the_proxy_three_times_under_load_refusing_nothing(
         text = first.log_text(400)
         assert text.count("drained in") >= 3, text
         assert "took over" in text and f"pid {main} serves every listener" in text, text
+        # The last successor is systemd's main process now: it says STOPPING=1 as it drains on SIGTERM.
+        os.kill(main, signal.SIGTERM)
+        assert notify.next(10).get("STOPPING") == "1"
+        assert wait_pid(main, 15) == 0, first.log_text()
         print(f"seamless restarts: {load.ok} requests on fresh connections and {load.kept['requests']} on kept-alive "
               f"ones, 0 failed; {load.kept['reused_conn_retries']} resent on a kept-alive connection the draining "
               "proxy closed")
