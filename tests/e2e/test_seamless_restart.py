@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import PROXY_CMD, Host, Mesh, Proc, dead_address, get
+from tests.e2e.test_stop import _pid_alive as _running
 from tests.e2e.test_units import GLASSMESH, NotifySocket, _install, _unit
 from tests.fleet.load import keep_alive
 
@@ -95,14 +96,6 @@ def wait_pid(pid: int, timeout: float) -> int | None:
                 return os.waitstatus_to_exitcode(status)
         time.sleep(0.05)
     return None
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def exec_reload(tmp_path: Path) -> list[str]:
