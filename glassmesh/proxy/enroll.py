@@ -279,7 +279,7 @@ class ProxyIdentity:
                     failed(at, e)
                 msg = f"{type(e).__name__}: {e}"
                 if msg != last_error:
-                    log(f"certificate renewal failed, retrying: {msg}")
+                    log(f"certificate renewal failed, retrying: {msg}", "warning")
                 last_error, wait = msg, backoff
                 backoff = min(RETRY_MAX_S, backoff * 2)
             await asyncio.sleep(wait)

@@ -16,7 +16,6 @@ FIELDS: Final = (
     "side",
     "source",
     "destination",
-    "status",
     "buckets",
     "dur_sum",
     "bytes_req",
@@ -28,6 +27,16 @@ FIELDS: Final = (
 )
 
 
+def bucket(seconds: float) -> int:
+    """The histogram bucket of `seconds`: the index of the first bound >= it, as bisect_left finds it."""
+    i = 0
+    for bound in _BOUNDS:
+        if seconds <= bound:
+            break
+        i += 1
+    return i
+
+
 class LinkStats:
     """Everything counted for one (side, source, destination)."""
 
@@ -35,7 +44,9 @@ class LinkStats:
         self.side = side
         self.source = source
         self.destination = destination
-        self.status = [0, 0, 0, 0, 0, 0]  # index = status // 100 (1xx..5xx), 0 unused
+        # Responses by status code: a dict, not a list of every code, so that an idle link costs
+        # a few bytes; the classes (1xx..5xx) are summed from it at scrape time.
+        self.codes: dict[int, int] = {}
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.dur_sum = 0.0
         self.bytes_req = 0
@@ -46,18 +57,24 @@ class LinkStats:
         self.tls_version = ""
 
     def observe(self, status: int, seconds: float) -> None:
-        cls = status // 100
-        st = self.status
-        k = cls if 0 < cls < 6 else 5
-        st[k] = st[k] + 1
-        i = 0
-        for bound in _BOUNDS:  # the first bound >= seconds, as bisect_left finds it
-            if seconds <= bound:
-                break
-            i += 1
+        codes = self.codes
+        codes[status] = codes.get(status, 0) + 1
         b = self.buckets
+        i = bucket(seconds)
         b[i] = b[i] + 1
         self.dur_sum += seconds
 
     def dump(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in FIELDS}
+        d = {f: getattr(self, f) for f in FIELDS}
+        d["codes"] = {str(k): n for k, n in self.codes.items()}  # JSON keys are strings (workers' dumps)
+        d["status"] = classes(self.codes)
+        return d
+
+
+def classes(codes: dict[int, int]) -> list[int]:
+    """Responses by class, index = status // 100 (1xx..5xx; 0 unused); a code outside 100-599 counts as 5xx."""
+    st = [0, 0, 0, 0, 0, 0]
+    for code, n in codes.items():
+        cls = code // 100
+        st[cls if 0 < cls < 6 else 5] += n
+    return st

@@ -19,14 +19,18 @@ from prometheus_client.registry import CollectorRegistry
 from glassmesh import __version__
 from glassmesh.buildinfo import hot_path
 from glassmesh.proxy.linkstats import BUCKETS, LinkStats
+from glassmesh.proxy.process import merge_process, process_families, process_sample
 
 
 class Stats:
     """All counters of one proxy process."""
 
     def __init__(self) -> None:
+        self.host = ""  # this proxy's host name (Runtime.apply): the hop of the errors it makes
         self.links: dict[tuple[str, str, str], LinkStats] = {}
-        self.errors: dict[tuple[str, str], int] = {}
+        # (side, source, destination, reason, hop): responses made by the mesh that this proxy sent to
+        # its client, made here or (outbound) by the peer's inbound named by hop and passed on.
+        self.errors: dict[tuple[str, str, str, str, str], int] = {}
         self.retries: dict[tuple[str, str, str], int] = {}  # (side, destination, reason): tries made again
         # The runtime's view of each endpoint (Runtime.endpoint_rows), read at scrape time only.
         self.endpoint_rows: Callable[[], list[dict[str, Any]]] | None = None
@@ -45,8 +49,9 @@ class Stats:
             ls = self.links[key] = LinkStats(side, source, destination)
         return ls
 
-    def error(self, side: str, reason: str) -> None:
-        key = (side, reason)
+    def error(self, side: str, reason: str, source: str = "", destination: str = "", hop: str = "") -> None:
+        """A response the mesh made (hop empty: this proxy, on `side`), as this proxy sent it to its client."""
+        key = (side, source, destination, reason, hop or f"{self.host}/{side}")
         self.errors[key] = self.errors.get(key, 0) + 1
 
     def retry(self, side: str, destination: str, reason: str) -> None:
@@ -70,9 +75,10 @@ class Stats:
     def dump(self) -> dict[str, Any]:
         return {
             "links": [ls.dump() for ls in self.links.values()],
-            "errors": [[s, r, n] for (s, r), n in self.errors.items()],
+            "errors": [[*k, n] for k, n in self.errors.items()],
             "retries": [[*k, n] for k, n in self.retries.items()],
             "endpoints": self.endpoint_rows() if self.endpoint_rows is not None else [],
+            "process": process_sample(),
             "snapshot_version": self.snapshot_version,
             "client_conns": self.client_conns,
             "tcp_links": [list(k) for k in self.tcp],
@@ -84,8 +90,9 @@ class Stats:
 def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Sum the dumps of several workers into one."""
     links: dict[tuple[str, str, str], dict[str, Any]] = {}
-    errors: dict[tuple[str, str], int] = {}
+    errors: dict[tuple[str, ...], int] = {}
     retries: dict[tuple[str, ...], int] = {}
+    procs: list[dict[str, float]] = []
     endpoints: dict[tuple[str, str], dict[str, Any]] = {}
     version = 0
     conns = 0
@@ -100,8 +107,10 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
             tcp_open[tuple(k)] = tcp_open.get(tuple(k), 0) + n
         for *k, n in d.get("tcp_failures", ()):
             tcp_failures[tuple(k)] = tcp_failures.get(tuple(k), 0) + n
-        for s, r, n in d["errors"]:
-            errors[(s, r)] = errors.get((s, r), 0) + n
+        for *k, n in d["errors"]:
+            errors[tuple(k)] = errors.get(tuple(k), 0) + n
+        if d.get("process"):
+            procs.append(d["process"])
         for *k, n in d.get("retries", ()):
             retries[tuple(k)] = retries.get(tuple(k), 0) + n
         for ep in d.get("endpoints", ()):
@@ -110,8 +119,10 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
             if cur is None:
                 endpoints[(ep["service"], ep["address"])] = dict(ep)
                 continue
-            for f in ("ejections", "requests", "failures", "outstanding"):
+            for f in ("ejections", "ejections_total", "requests", "failures", "outstanding", "latency_sum_s"):
                 cur[f] += ep[f]
+            cur["latency_buckets"] = [a + b for a, b in zip(cur["latency_buckets"], ep["latency_buckets"],
+                                                            strict=True)]
             cur["ejected"] = cur["ejected"] or ep["ejected"]
             cur["ejected_for_s"] = max(cur["ejected_for_s"], ep["ejected_for_s"])
             cur["latency_ewma_s"] = max(cur["latency_ewma_s"], ep["latency_ewma_s"])
@@ -119,8 +130,11 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
             key = (ls["side"], ls["source"], ls["destination"])
             cur = links.get(key)
             if cur is None:
-                links[key] = {**ls, "status": list(ls["status"]), "buckets": list(ls["buckets"])}
+                links[key] = {**ls, "status": list(ls["status"]), "buckets": list(ls["buckets"]),
+                              "codes": dict(ls["codes"])}
                 continue
+            for code, n in ls["codes"].items():
+                cur["codes"][code] = cur["codes"].get(code, 0) + n
             for f in ("dur_sum", "bytes_req", "bytes_resp", "open_conns", "handshakes", "tcp_conns"):
                 cur[f] += ls[f]
             cur["status"] = [a + b for a, b in zip(cur["status"], ls["status"], strict=True)]
@@ -128,9 +142,10 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
             cur["tls_version"] = cur["tls_version"] or ls["tls_version"]
     return {
         "links": list(links.values()),
-        "errors": [[s, r, n] for (s, r), n in errors.items()],
+        "errors": [[*k, n] for k, n in errors.items()],
         "retries": [[*k, n] for k, n in retries.items()],
         "endpoints": list(endpoints.values()),
+        "process": merge_process([process_sample(), *procs]),
         "snapshot_version": version,
         "client_conns": conns,
         "tcp_links": [list(k) for k in tcp],
@@ -146,8 +161,8 @@ class _Collector:
     def collect(self) -> Iterator[Any]:
         lk = ["side", "source", "destination"]
         req = CounterMetricFamily(
-            "glassmesh_requests", "HTTP requests per link by status class", labels=[*lk, "status_class"]
-        )
+            "glassmesh_requests", "HTTP requests per link by status code (and its class)",
+            labels=[*lk, "status_class", "code"])
         dur = HistogramMetricFamily(
             "glassmesh_request_duration_seconds", "Time from request head in to response complete", labels=lk
         )
@@ -166,17 +181,11 @@ class _Collector:
         for ls in self.d["links"]:
             lv = [ls["side"], ls["source"], ls["destination"]]
             is_tcp = tuple(lv) in tcp_links
-            for i, n in enumerate(ls["status"]):
-                # A tcp link has no requests: no all-zero series for it, its tcp series say what it carries.
-                if i and (n or (i in (2, 5) and not is_tcp)):
-                    req.add_metric([*lv, f"{i}xx"], n)
-            if sum(ls["status"]):
-                acc = 0
-                bk = []
-                for b, n in zip((*BUCKETS, float("inf")), ls["buckets"], strict=True):
-                    acc += n
-                    bk.append(("+Inf" if b == float("inf") else repr(b), acc))
-                dur.add_metric(lv, bk, ls["dur_sum"])
+            codes = ls["codes"]
+            for code in sorted(codes, key=int):
+                req.add_metric([*lv, status_class(int(code)), code], codes[code])
+            if codes:
+                dur.add_metric(lv, _buckets(ls["buckets"]), ls["dur_sum"])
             byt.add_metric([*lv, "request"], ls["bytes_req"])
             byt.add_metric([*lv, "response"], ls["bytes_resp"])
             conns.add_metric(lv, ls["open_conns"])
@@ -189,9 +198,12 @@ class _Collector:
             tcp_open.add_metric(k, n)
         for *k, n in self.d.get("tcp_failures", ()):
             tcp_fail.add_metric(k, n)
-        errs = CounterMetricFamily("glassmesh_mesh_errors", "Responses made by the mesh itself", labels=["side", "reason"])
-        for s, r, n in self.d["errors"]:
-            errs.add_metric([s, r], n)
+        errs = CounterMetricFamily(
+            "glassmesh_mesh_errors", "Responses made by the mesh itself that this proxy sent to its client: on "
+            "the outbound side, what the calling app got; hop: the proxy that made it",
+            labels=["side", "source", "destination", "reason", "hop"])
+        for *k, n in self.d["errors"]:
+            errs.add_metric(k, n)
         retries = CounterMetricFamily(
             "glassmesh_retries", "Tries made again after a failure (reason budget_exhausted: refused by the retry "
             "budget); not mesh errors", labels=["side", "destination", "reason"])
@@ -203,6 +215,9 @@ class _Collector:
                                       "Tries an endpoint failed (5xx, reset, refused, timed out)", labels=el)
         ep_ej = CounterMetricFamily("glassmesh_endpoint_ejections", "Times outlier detection ejected an endpoint",
                                     labels=el)
+        ep_hist = HistogramMetricFamily("glassmesh_endpoint_latency_seconds",
+                                        "Latency of each try sent to an endpoint, sent to answered (failures "
+                                        "included)", labels=el)
         ep_out = GaugeMetricFamily("glassmesh_endpoint_ejected", "1 while an endpoint is ejected", labels=el)
         ep_lat = GaugeMetricFamily("glassmesh_endpoint_latency_ewma_seconds",
                                    "The latency estimate P2C balances on", labels=el)
@@ -211,7 +226,8 @@ class _Collector:
             ev = [ep["service"], ep["host"], ep["address"]]
             ep_req.add_metric(ev, ep["requests"])
             ep_fail.add_metric(ev, ep["failures"])
-            ep_ej.add_metric(ev, ep["ejections"])
+            ep_ej.add_metric(ev, ep["ejections_total"])
+            ep_hist.add_metric(ev, _buckets(ep["latency_buckets"]), ep["latency_sum_s"])
             ep_out.add_metric(ev, 1 if ep["ejected"] else 0)
             ep_lat.add_metric(ev, ep["latency_ewma_s"])
             ep_busy.add_metric(ev, ep["outstanding"])
@@ -222,8 +238,9 @@ class _Collector:
         info = GaugeMetricFamily("glassmesh_build_info", "Version, and whether the hot path is mypyc-compiled",
                                  labels=["version", "hot_path"])
         info.add_metric([__version__, hot_path()], 1)
-        yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, retries, ep_req, ep_fail, ep_ej, ep_out,
-                    ep_lat, ep_busy, ver, cc, info)
+        yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, retries, ep_req, ep_fail, ep_ej,
+                    ep_hist, ep_out, ep_lat, ep_busy, ver, cc, info)
+        yield from process_families(self.d.get("process"))
         ctl = self.d.get("control")  # set by proxies that watch a control plane (glassmesh.proxy.watch)
         if ctl is not None:
             age = GaugeMetricFamily("glassmesh_snapshot_age_seconds",
@@ -243,6 +260,22 @@ class _Collector:
                                          "Deltas that did not fit the snapshot held, so the full one was asked for")
                 fb.add_metric([], updates.get("delta_fallbacks", 0))
                 yield from (upd, fb)
+
+
+def status_class(code: int) -> str:
+    """`2xx` for 200..299; a code outside 100..599 counts as 5xx, as the link stats always did."""
+    cls = code // 100
+    return f"{cls if 0 < cls < 6 else 5}xx"
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus' cumulative `le` buckets."""
+    acc = 0
+    out = []
+    for b, n in zip((*BUCKETS, float("inf")), counts, strict=True):
+        acc += n
+        out.append(("+Inf" if b == float("inf") else repr(b), acc))
+    return out
 
 
 def render(dump: dict[str, Any]) -> bytes:

@@ -107,6 +107,7 @@ from glassmesh.proxy import lkg
 from glassmesh.proxy.enroll import ProxyIdentity
 from glassmesh.proxy.health import HealthReporter
 from glassmesh.proxy.listeners import StartupError
+from glassmesh.proxy.log import error as log_error
 from glassmesh.proxy.log import log
 from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.tls import TlsConfigError
@@ -314,7 +315,7 @@ class ControlLink:
         self.failovers += 1
         if not self._outage_logged:  # in an outage of every replica, the moves back and forth go unsaid
             why = _short(e) if isinstance(e, ControlError) else f"{type(e).__name__}: {_short(e)}"
-            log(f"control plane {url} failed ({why}); moving to {self.url}")
+            log(f"control plane {url} failed ({why}); moving to {self.url}", "warning")
         self._moved.set()
         self._probe = True
         return True
@@ -412,7 +413,7 @@ class ControlLink:
         if self.connected or not self._outage_logged:
             cur = self._target.current().version if self._target else None
             serving = f"serving snapshot version {cur}" if cur is not None else "no snapshot yet"
-            log(f"control plane {url or self.url} unreachable ({self.last_error}); {serving}, retrying")
+            log(f"control plane {url or self.url} unreachable ({self.last_error}); {serving}, retrying", "warning")
             self._outage_logged = True
         self.connected = False
 
@@ -532,7 +533,7 @@ class ControlLink:
             except ControlError as e:
                 if e.status >= 500:  # this replica cannot take it now (store down): it goes again later
                     return
-                log(f"ack of version {ack.version} refused: {e}")  # it will never take it
+                log(f"ack of version {ack.version} refused: {e}", "warning")  # it will never take it
             except (aiohttp.ClientError, OSError, TimeoutError):
                 return
             with contextlib.suppress(ValueError):
@@ -547,7 +548,7 @@ class ControlLink:
             return  # the watch loop tracks and logs reachability
         except ControlError as e:
             if str(e) != self._report_error:
-                log(f"health report refused: {e}")
+                log(f"health report refused: {e}", "warning")
             self._report_error = str(e)
 
     # --- snapshots ---------------------------------------------------------------------
@@ -774,7 +775,7 @@ class ControlLink:
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
                 self._lost(e, url, moved=self.url != url and misses + 1 < len(self.urls))
             except Exception as e:  # noqa: BLE001 - a bug here must not end the watch
-                log(f"snapshot watch failed: {type(e).__name__}: {e}")
+                log(f"snapshot watch failed: {type(e).__name__}: {e}", "error")
                 self.last_error = f"{type(e).__name__}: {_short(e)}"
             misses += 1
             wait, backoff = self._pause(backoff, misses)
@@ -844,7 +845,7 @@ class ControlLink:
         try:
             lkg.save(self.data_dir, got)
         except OSError as e:
-            log(f"cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}")
+            log(f"cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}", "error")
         self._accepted(decoded, got)
         self._ack(got.version, True, "")
         log(f"got snapshot version {got.version} from {self.url}")
@@ -901,7 +902,7 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
-        undo = on_stop_signals(loop, main.cancel, StopDeadline("proxy", log))
+        undo = on_stop_signals(loop, main.cancel, StopDeadline("proxy", log_error))
         # A reload asked for before there is anything to reload (its default action would kill the proxy).
         loop.add_signal_handler(signal.SIGHUP, log, "SIGHUP: no snapshot yet to reload; still waiting for the first")
         try:

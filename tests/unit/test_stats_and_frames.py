@@ -14,15 +14,23 @@ def test_link_counters_render_as_prometheus():
     ls.observe(503, 0.2)
     ls.handshakes += 1
     ls.tls_version = "TLSv1.3"
-    s.error("outbound", "no_endpoints")
+    s.host = "host1"
+    s.error("outbound", "no_endpoints", "a", "b")
+    s.error("outbound", "forbidden", "a", "b", hop="host2/inbound")
     text = render(s.dump()).decode()
-    assert 'glassmesh_requests_total{destination="b",side="outbound",source="a",status_class="2xx"} 1.0' in text
-    assert 'glassmesh_requests_total{destination="b",side="outbound",source="a",status_class="5xx"} 1.0' in text
+    assert ('glassmesh_requests_total{code="200",destination="b",side="outbound",source="a",status_class="2xx"} 1.0'
+            in text)
+    assert ('glassmesh_requests_total{code="503",destination="b",side="outbound",source="a",status_class="5xx"} 1.0'
+            in text)
     assert 'glassmesh_request_duration_seconds_bucket{destination="b",le="0.0025",side="outbound",source="a"} 1.0' in text
     assert 'glassmesh_request_duration_seconds_count{destination="b",side="outbound",source="a"} 2.0' in text
     assert 'glassmesh_tls_handshakes_total{destination="b",side="outbound",source="a"} 1.0' in text
     assert 'glassmesh_link_mtls{destination="b",side="outbound",source="a",tls_version="TLSv1.3"} 1.0' in text
-    assert 'glassmesh_mesh_errors_total{reason="no_endpoints",side="outbound"} 1.0' in text
+    assert ('glassmesh_mesh_errors_total{destination="b",hop="host1/outbound",reason="no_endpoints",side="outbound",'
+            'source="a"} 1.0' in text)
+    assert ('glassmesh_mesh_errors_total{destination="b",hop="host2/inbound",reason="forbidden",side="outbound",'
+            'source="a"} 1.0' in text)
+    assert "process_cpu_seconds_total " in text and "glassmesh_processes 1.0" in text
 
 
 def test_merge_sums_workers():
@@ -30,13 +38,16 @@ def test_merge_sums_workers():
     a.link("inbound", "a", "b").observe(200, 0.001)
     b.link("inbound", "a", "b").observe(200, 0.001)
     b.link("inbound", "a", "c").observe(404, 0.001)
-    a.error("inbound", "forbidden")
-    b.error("inbound", "forbidden")
+    a.host = b.host = "h"
+    a.error("inbound", "forbidden", "a", "b")
+    b.error("inbound", "forbidden", "a", "b")
     m = merge([a.dump(), b.dump()])
     by = {(x["source"], x["destination"]): x for x in m["links"]}
-    assert by[("a", "b")]["status"][2] == 2
-    assert by[("a", "c")]["status"][4] == 1
-    assert m["errors"] == [["inbound", "forbidden", 2]]
+    assert by[("a", "b")]["status"][2] == 2 and by[("a", "b")]["codes"] == {"200": 2}
+    assert by[("a", "c")]["status"][4] == 1 and by[("a", "c")]["codes"] == {"404": 1}
+    assert m["errors"] == [["inbound", "a", "b", "forbidden", "h/inbound", 2]]
+    # process_*: the supervisor's own sample and both workers', summed (3 processes).
+    assert m["process"]["processes"] == 3 and m["process"]["process_resident_memory_bytes"] > 0
 
 
 @given(st.lists(st.one_of(st.binary(min_size=1, max_size=3000), st.none()), max_size=20),
@@ -96,7 +107,7 @@ def test_observe_counts_as_prometheus_buckets_do(seconds, statuses):
         cls = status // 100
         want_status[cls if 0 < cls < 6 else 5] += 1
     assert ls.buckets == want
-    assert ls.status == want_status
+    assert ls.dump()["status"] == want_status
     assert abs(ls.dur_sum - sum(seconds)) < 1e-9 * max(1.0, sum(seconds))
 
 
