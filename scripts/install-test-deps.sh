@@ -20,6 +20,9 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 # and the unit files are checked with systemd-analyze verify (tests/e2e/test_units.py).
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# promtool checks the shipped alerting rules and dashboard queries (tests/e2e/test_dashboards.py); the
+# package's own prometheus service is kept from starting by policy-rc.d below.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # The tests start nginx and redis themselves: keep their packages from starting system services

@@ -238,6 +238,16 @@ class ProxyIdentity:
             log(message)
         self._problems[key] = message
 
+    def expiries(self, snap: Snapshot) -> dict[str, float]:
+        """When each certificate this proxy holds expires (Unix seconds): `host`, and `service/NAME`."""
+        out = {}
+        for name, path in [("host", self.path("host.pem")),
+                           *((f"service/{ls.name}", ls.cert) for ls in snap.local_services)]:
+            cert = _load_cert(path)
+            if cert is not None:
+                out[name] = cert.not_valid_after_utc.timestamp()
+        return out
+
     def next_due(self, snap: Snapshot) -> float:
         """When the first certificate (host or service) reaches half-life."""
         dues = []

@@ -31,7 +31,7 @@ class Stats:
         # (side, source, destination, reason, hop): responses made by the mesh that this proxy sent to
         # its client, made here or (outbound) by the peer's inbound named by hop and passed on.
         self.errors: dict[tuple[str, str, str, str, str], int] = {}
-        self.retries: dict[tuple[str, str, str], int] = {}  # (side, destination, reason): tries made again
+        self.retries: dict[tuple[str, str, str, str], int] = {}  # (side, source, destination, reason): tries made again
         # The runtime's view of each endpoint (Runtime.endpoint_rows), read at scrape time only.
         self.endpoint_rows: Callable[[], list[dict[str, Any]]] | None = None
         self.snapshot_version = 0
@@ -54,9 +54,9 @@ class Stats:
         key = (side, source, destination, reason, hop or f"{self.host}/{side}")
         self.errors[key] = self.errors.get(key, 0) + 1
 
-    def retry(self, side: str, destination: str, reason: str) -> None:
+    def retry(self, side: str, source: str, destination: str, reason: str) -> None:
         """A try made again (or, reason budget_exhausted, one the retry budget refused): not a mesh error."""
-        key = (side, destination, reason)
+        key = (side, source, destination, reason)
         self.retries[key] = self.retries.get(key, 0) + 1
 
     def tcp_link(self, side: str, source: str, destination: str) -> LinkStats:
@@ -206,7 +206,7 @@ class _Collector:
             errs.add_metric(k, n)
         retries = CounterMetricFamily(
             "glassmesh_retries", "Tries made again after a failure (reason budget_exhausted: refused by the retry "
-            "budget); not mesh errors", labels=["side", "destination", "reason"])
+            "budget); not mesh errors", labels=["side", "source", "destination", "reason"])
         for *k, n in self.d.get("retries", ()):
             retries.add_metric(k, n)
         el = ["destination", "host", "address"]
@@ -249,6 +249,14 @@ class _Collector:
             up = GaugeMetricFamily("glassmesh_control_plane_connected", "1 while the control-plane watch is connected")
             up.add_metric([], ctl["control_plane_connected"])
             yield from (age, up)
+            expiry = ctl.get("cert_expiry")
+            if expiry is not None:
+                exp = GaugeMetricFamily("glassmesh_certificate_expiry_timestamp_seconds",
+                                        "When each certificate this proxy holds expires (renewed at half-life)",
+                                        labels=["identity"])
+                for ident, t in sorted(expiry.items()):
+                    exp.add_metric([ident], t)
+                yield exp
             updates = ctl.get("snapshot_updates")
             if updates is not None:
                 upd = CounterMetricFamily("glassmesh_snapshot_updates",

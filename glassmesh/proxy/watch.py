@@ -382,8 +382,12 @@ class ControlLink:
         }
 
     def metrics(self) -> dict[str, Any]:
-        return {"snapshot_age_seconds": self.age(), "control_plane_connected": 1.0 if self.connected else 0.0,
-                "snapshot_updates": dict(self.updates)}
+        doc: dict[str, Any] = {"snapshot_age_seconds": self.age(),
+                               "control_plane_connected": 1.0 if self.connected else 0.0,
+                               "snapshot_updates": dict(self.updates)}
+        if self.identity is not None and self._target is not None:
+            doc["cert_expiry"] = self.identity.expiries(self._target.current())
+        return doc
 
     def _contact(self) -> None:
         now = time.time()
