@@ -152,3 +152,18 @@ def test_tcp_links_render_their_own_series_and_merge():
             'source="a"} 2.0') in text
     assert 'glassmesh_link_mtls{destination="db",side="inbound",source="a",tls_version="TLSv1.3"} 1.0' in text
     assert "glassmesh_requests_total{" not in text
+
+
+def test_bucket_tree_agrees_with_bisect_at_every_bound() -> None:
+    """linkstats.bucket is a hand-written comparison tree: each bound, and the float just past it, lands
+    where bisect_left over BUCKETS puts it (the tree must be redone if BUCKETS changes)."""
+    import bisect
+    import math
+
+    from glassmesh.proxy.linkstats import BUCKETS, bucket
+
+    for b in BUCKETS:
+        for x in (b, math.nextafter(b, math.inf), math.nextafter(b, 0.0)):
+            assert bucket(x) == bisect.bisect_left(BUCKETS, x), x
+    assert bucket(0.0) == 0 and bucket(-1.0) == 0
+    assert bucket(math.inf) == bucket(math.nan) == len(BUCKETS)
