@@ -75,8 +75,15 @@ class Stats:
     def dump(self) -> dict[str, Any]:
         return {
             "links": [ls.dump() for ls in self.links.values()],
-            "errors": [[*k, n] for k, n in self.errors.items()],
-            "retries": [[*k, n] for k, n in self.retries.items()],
+            # The shapes other readers of this dump know (control/links.py): errors made here keyed
+            # (side, source, destination, reason), retries (side, destination, reason); what is new
+            # rides in keys of its own.
+            "host": self.host,
+            "errors": [[s, src, dst, r, n] for (s, src, dst, r, hop), n in self.errors.items()
+                       if hop == f"{self.host}/{s}"],
+            "passed_errors": [[*k, n] for k, n in self.errors.items() if k[4] != f"{self.host}/{k[0]}"],
+            "retries": [[*k, n] for k, n in _sum_over_source(self.retries).items()],
+            "link_retries": [[*k, n] for k, n in self.retries.items()],
             "endpoints": self.endpoint_rows() if self.endpoint_rows is not None else [],
             "process": process_sample(),
             "snapshot_version": self.snapshot_version,
@@ -87,32 +94,36 @@ class Stats:
         }
 
 
+def _sum_over_source(retries: dict[tuple[str, str, str, str], int]) -> dict[tuple[str, str, str], int]:
+    out: dict[tuple[str, str, str], int] = {}
+    for (side, _, dst, reason), n in retries.items():
+        out[(side, dst, reason)] = out.get((side, dst, reason), 0) + n
+    return out
+
+
+_COUNTED = ("errors", "passed_errors", "retries", "link_retries", "tcp_open", "tcp_failures")
+
+
 def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Sum the dumps of several workers into one."""
     links: dict[tuple[str, str, str], dict[str, Any]] = {}
-    errors: dict[tuple[str, ...], int] = {}
-    retries: dict[tuple[str, ...], int] = {}
+    counted: dict[str, dict[tuple[str, ...], int]] = {k: {} for k in _COUNTED}
     procs: list[dict[str, float]] = []
+    host = ""
     endpoints: dict[tuple[str, str], dict[str, Any]] = {}
     version = 0
     conns = 0
     tcp: set[tuple[str, ...]] = set()
-    tcp_open: dict[tuple[str, ...], int] = {}
-    tcp_failures: dict[tuple[str, ...], int] = {}
     for d in dumps:
         version = max(version, d["snapshot_version"])
         conns += d["client_conns"]
         tcp.update(tuple(k) for k in d.get("tcp_links", ()))
-        for *k, n in d.get("tcp_open", ()):
-            tcp_open[tuple(k)] = tcp_open.get(tuple(k), 0) + n
-        for *k, n in d.get("tcp_failures", ()):
-            tcp_failures[tuple(k)] = tcp_failures.get(tuple(k), 0) + n
-        for *k, n in d["errors"]:
-            errors[tuple(k)] = errors.get(tuple(k), 0) + n
+        host = host or d.get("host", "")
+        for name, into in counted.items():
+            for *k, n in d.get(name, ()):
+                into[tuple(k)] = into.get(tuple(k), 0) + n
         if d.get("process"):
             procs.append(d["process"])
-        for *k, n in d.get("retries", ()):
-            retries[tuple(k)] = retries.get(tuple(k), 0) + n
         for ep in d.get("endpoints", ()):
             # Each worker balances on its own view; an endpoint is ejected where any worker ejected it.
             cur = endpoints.get((ep["service"], ep["address"]))
@@ -142,15 +153,13 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
             cur["tls_version"] = cur["tls_version"] or ls["tls_version"]
     return {
         "links": list(links.values()),
-        "errors": [[*k, n] for k, n in errors.items()],
-        "retries": [[*k, n] for k, n in retries.items()],
+        "host": host,
+        **{name: [[*k, n] for k, n in into.items()] for name, into in counted.items()},
         "endpoints": list(endpoints.values()),
         "process": merge_process([process_sample(), *procs]),
         "snapshot_version": version,
         "client_conns": conns,
         "tcp_links": [list(k) for k in tcp],
-        "tcp_open": [[*k, n] for k, n in tcp_open.items()],
-        "tcp_failures": [[*k, n] for k, n in tcp_failures.items()],
     }
 
 
@@ -202,12 +211,15 @@ class _Collector:
             "glassmesh_mesh_errors", "Responses made by the mesh itself that this proxy sent to its client: on "
             "the outbound side, what the calling app got; hop: the proxy that made it",
             labels=["side", "source", "destination", "reason", "hop"])
-        for *k, n in self.d["errors"]:
+        host = self.d.get("host", "")
+        for side, src, dst, reason, n in self.d["errors"]:
+            errs.add_metric([side, src, dst, reason, f"{host}/{side}"], n)
+        for *k, n in self.d.get("passed_errors", ()):
             errs.add_metric(k, n)
         retries = CounterMetricFamily(
             "glassmesh_retries", "Tries made again after a failure (reason budget_exhausted: refused by the retry "
             "budget); not mesh errors", labels=["side", "source", "destination", "reason"])
-        for *k, n in self.d.get("retries", ()):
+        for *k, n in self.d.get("link_retries", ()):
             retries.add_metric(k, n)
         el = ["destination", "host", "address"]
         ep_req = CounterMetricFamily("glassmesh_endpoint_requests", "Requests (tries) sent to an endpoint", labels=el)

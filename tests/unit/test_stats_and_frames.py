@@ -45,7 +45,8 @@ def test_merge_sums_workers():
     by = {(x["source"], x["destination"]): x for x in m["links"]}
     assert by[("a", "b")]["status"][2] == 2 and by[("a", "b")]["codes"] == {"200": 2}
     assert by[("a", "c")]["status"][4] == 1 and by[("a", "c")]["codes"] == {"404": 1}
-    assert m["errors"] == [["inbound", "a", "b", "forbidden", "h/inbound", 2]]
+    # Errors made here keep the (side, source, destination, reason) shape control/links.py reads.
+    assert m["errors"] == [["inbound", "a", "b", "forbidden", 2]]
     # process_*: the supervisor's own sample and both workers', summed (3 processes).
     assert m["process"]["processes"] == 3 and m["process"]["process_resident_memory_bytes"] > 0
 
@@ -167,3 +168,26 @@ def test_bucket_tree_agrees_with_bisect_at_every_bound() -> None:
             assert bucket(x) == bisect.bisect_left(BUCKETS, x), x
     assert bucket(0.0) == 0 and bucket(-1.0) == 0
     assert bucket(math.inf) == bucket(math.nan) == len(BUCKETS)
+
+
+def test_dump_keeps_the_shapes_other_readers_know_and_renders_the_new_labels() -> None:
+    """control/links.py reads errors as (side, source, destination, reason) and retries as (side, destination,
+    reason): a peer's error passed on, and retries by source, ride in keys of their own; /metrics has all."""
+    a, b = Stats(), Stats()
+    for s in (a, b):
+        s.host = "host1"
+        s.error("outbound", "connect_refused", "a", "down", hop="host2/inbound")
+        s.error("outbound", "unknown_service", "a", "")
+        s.retry("outbound", "a", "b", "status")
+        s.retry("outbound", "c", "b", "status")
+    m = merge([a.dump(), b.dump()])
+    assert m["errors"] == [["outbound", "a", "", "unknown_service", 2]]
+    assert m["passed_errors"] == [["outbound", "a", "down", "connect_refused", "host2/inbound", 2]]
+    assert m["retries"] == [["outbound", "b", "status", 4]]
+    assert sorted(m["link_retries"]) == [["outbound", "a", "b", "status", 2], ["outbound", "c", "b", "status", 2]]
+    text = render(m).decode()
+    assert ('glassmesh_mesh_errors_total{destination="down",hop="host2/inbound",reason="connect_refused",'
+            'side="outbound",source="a"} 2.0') in text
+    assert ('glassmesh_mesh_errors_total{destination="",hop="host1/outbound",reason="unknown_service",'
+            'side="outbound",source="a"} 2.0') in text
+    assert 'glassmesh_retries_total{destination="b",reason="status",side="outbound",source="c"} 2.0' in text
