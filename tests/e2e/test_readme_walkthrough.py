@@ -43,6 +43,16 @@ def readme_file(name: str) -> str:
     return m.group(1)
 
 
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def logged(line: str) -> str:
+    """A log line the README shows, as a pattern: its example UTC time stands for any."""
+    t, rest = line.split(" ", 1)
+    assert re.fullmatch(STAMP, t), line
+    return "^" + STAMP + " " + re.escape(rest)
+
+
 def readme_block_with(needle: str) -> list[str]:
     """The lines of the README section's code block that contains `needle`."""
     for m in re.finditer(r"```\w*\n(.*?)```", section(), re.S):
@@ -194,7 +204,7 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
         for svc in services.split(", "):
             w.wait_log(f"proxy {host}", rf"^\S+Z INFO glassmesh proxy: certificate for service {svc} issued, valid until ")
     (serving,) = [x for x in readme_block_with("joined as host host1") if "serving snapshot" in x]
-    w.wait_log("proxy host1", "^" + re.escape(w.sub(serving)).replace("version\\ 4", r"version\ \d+")
+    w.wait_log("proxy host1", logged(w.sub(serving)).replace("version\\ 4", r"version\ \d+")
                .replace("mypyc", r"\w+") + "$")
     assert w.mode("host1/certs/web.key") == 0o600 and w.mode("host1/identity") == 0o700
     assert (w.dir / "host1/certs/ca.pem").read_bytes() == (w.dir / "control/ca/ca.pem").read_bytes()
@@ -239,7 +249,7 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
     assert r.returncode == 0 and "applied: version 2" in r.stdout, r.stderr
     w.wait_log("proxy host1", r"^\S+Z INFO glassmesh proxy: certificate for service api issued, valid until ")
     (added,) = readme_block_with("listeners added: api outbound")
-    w.wait_log("proxy host1", "^" + re.escape(w.sub(added)) + "$")
+    w.wait_log("proxy host1", logged(w.sub(added)) + "$")
     assert (w.dir / "host1/certs/api.pem").exists() and w.mode("host1/certs/api.key") == 0o600
     assert re.search(r"^ host1 +web, api \(config\) ", w.run("glassmesh host list").stdout, re.M)
     until(answered_by({"host1", "host2", "host3"}), "api answered by host1, host2 and host3")
