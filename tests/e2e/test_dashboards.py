@@ -24,7 +24,17 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO, HttpConn, Mesh, eventually, fresh_ip, get, metric, parse_metrics, wait_port
+from tests.e2e.harness import (
+    REPO,
+    HttpConn,
+    Mesh,
+    eventually,
+    fresh_ip,
+    get,
+    metric,
+    parse_metrics,
+    wait_port,
+)
 from tests.e2e.test_control_join import Control, free_port, join_args, wait_ready
 
 APP_PORT = 18080
