@@ -191,3 +191,22 @@ def test_dump_keeps_the_shapes_other_readers_know_and_renders_the_new_labels() -
     assert ('glassmesh_mesh_errors_total{destination="",hop="host1/outbound",reason="unknown_service",'
             'side="outbound",source="a"} 2.0') in text
     assert 'glassmesh_retries_total{destination="b",reason="status",side="outbound",source="c"} 2.0' in text
+
+
+def test_workers_endpoint_histograms_and_ejections_are_summed() -> None:
+    def worker(n: int, ejected: bool) -> Stats:
+        s = Stats()
+        row = {"service": "b", "host": "host2", "address": "10.0.0.2:4143", "ejected": ejected,
+               "ejected_for_s": 5.0 if ejected else 0.0, "ejections": 1, "ejections_total": n, "requests": 10 * n,
+               "failures": n, "outstanding": 0, "latency_ewma_s": 0.002, "latency_buckets": [n] * 15,
+               "latency_sum_s": 0.5 * n}
+        s.endpoint_rows = lambda: [row]
+        return s
+
+    text = render(merge([worker(1, False).dump(), worker(2, True).dump()])).decode()
+    el = 'address="10.0.0.2:4143",destination="b",host="host2"'
+    assert f"glassmesh_endpoint_ejections_total{{{el}}} 3.0" in text
+    assert f"glassmesh_endpoint_ejected{{{el}}} 1.0" in text
+    assert f'glassmesh_endpoint_latency_seconds_bucket{{{el},le="0.0005"}} 3.0' in text
+    assert f'glassmesh_endpoint_latency_seconds_bucket{{{el},le="+Inf"}} 45.0' in text
+    assert f"glassmesh_endpoint_latency_seconds_sum{{{el}}} 1.5" in text
