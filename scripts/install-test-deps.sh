@@ -24,6 +24,9 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # libfaketime puts one proxy's clock 90 s ahead for `glassmesh check`'s clock test (tests/e2e/test_check.py).
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
+# promtool checks the shipped alerting rules and dashboard queries (tests/e2e/test_dashboards.py); the
+# package's own prometheus service is kept from starting by policy-rc.d below.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # The tests start nginx and redis themselves: keep their packages from starting system services

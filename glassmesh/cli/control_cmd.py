@@ -57,9 +57,13 @@ def _dns_servers(ctx: click.Context, param: click.Parameter, value: tuple[str, .
 @click.option("--leaf-hours", default=24.0, type=click.FloatRange(0.001, 24 * 365), hidden=True,
               help="Lifetime of the host and service certificates it signs (tests shorten it).")
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
+@click.option("--log-format", "log_format", type=click.Choice(("text", "json")), default="text", show_default=True,
+              help="Log lines on stderr (and the start-up lines on stdout): text (UTC time, level, logger, "
+                   "message) or one JSON object per line (ts, level, logger, msg, pid).")
 def control(data_dir: str, listen: str, store_spec: str, etcd_ca: str | None, etcd_cert: str | None,
             etcd_key: str | None, ca_passphrase_file: str | None, trust_domain: str, dns_servers: tuple[str, ...],
-            proxy_listen: str | None, insecure_proxy_listen: str | None, leaf_hours: float, verbose: bool) -> None:
+            proxy_listen: str | None, insecure_proxy_listen: str | None, leaf_hours: float, verbose: bool,
+            log_format: str) -> None:
     """Run the control plane: keeps the mesh config, compiles and serves each host's snapshot."""
     import asyncio
     import logging
@@ -68,7 +72,7 @@ def control(data_dir: str, listen: str, store_spec: str, etcd_ca: str | None, et
     from glassmesh.control.server import StartupError, open_store, serve
     from glassmesh.control.store import StoreError
 
-    utc_logging(logging.DEBUG if verbose else logging.INFO)
+    utc_logging(logging.DEBUG if verbose else logging.INFO, log_format)
     explicit = proxy_listen is not None
     if proxy_listen is None:
         lhost, _, lport = listen.rpartition(":")

@@ -51,14 +51,9 @@ def utc(ts: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def utc_logging(level: int) -> None:
-    """Log lines as `2026-12-05T22:00:00.123Z INFO name: message`: UTC, like every time the CLI prints."""
-    import logging
+def utc_logging(level: int, fmt: str = "text") -> None:
+    """Log lines as `2026-12-05T22:00:00.123Z INFO name: message` (UTC, like every time the CLI prints),
+    or, fmt `json`, one JSON object per line (glassmesh/logfmt.py)."""
+    from glassmesh.logfmt import setup_logging
 
-    fmt = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    fmt.converter = time.gmtime
-    handler = logging.StreamHandler()
-    handler.setFormatter(fmt)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    setup_logging(level, fmt)

@@ -51,10 +51,16 @@ def _control_urls(ctx: click.Context, param: click.Parameter, value: str | None)
               help="Append one JSON line per request to this file.")
 @click.option("--tls-keylog", type=click.Path(dir_okay=False), default=None,
               help="Write TLS session keys here (NSS key log format) so Wireshark/tshark can decrypt captures.")
+@click.option("--log-format", "log_format", type=click.Choice(("text", "json")), default="text", show_default=True,
+              help="The proxy's own log lines on stderr: text (UTC time, level, message) or one JSON object per "
+                   "line (ts, level, logger, msg, pid).")
 def proxy(config: str | None, control: str | None, host: str | None, data_dir: str | None, join: str | None,
           ca_sha256: str | None, workers: int, drain_timeout: float, access_log: str | None,
-          tls_keylog: str | None) -> None:
+          tls_keylog: str | None, log_format: str) -> None:
     """Run the data plane of one host: outbound listeners, the mTLS inbound port, tcp links and admin."""
+    from glassmesh.logfmt import set_format
+
+    set_format(log_format)
     from glassmesh.model.snapshot import SnapshotError
     from glassmesh.proxy.server import StartupError, run
 

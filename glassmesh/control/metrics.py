@@ -21,10 +21,12 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from glassmesh.control.store import Store, StoreTap
 
+DEPRECATED_HELD = "glassmesh_control_held_changes_total"  # now glassmesh_control_held_services
 HELD_KIND = "held"  # the records the compile loop keeps of held changes (plane.Plane._record)
 
 
@@ -79,7 +81,11 @@ class _Status:
         for svc, n in sorted(started.items()):
             holds.add_metric([svc], n)
         yield holds
-        yield _g("glassmesh_control_held_changes_total", "Changes held back, all services", len(d["held"]))
+        yield _g("glassmesh_control_held_services", "Services with a change the guard holds back now", len(d["held"]))
+        # The same figure under its old name, kept one release (until 0.3) so that alerts on it keep
+        # working while they move: a gauge must not end in _total, which says "counter".
+        yield _g(DEPRECATED_HELD, "DEPRECATED (removed in 0.3): use glassmesh_control_held_services",
+                 len(d["held"]))
         yield _g("glassmesh_control_drained_services", "Services drained on purpose", len(d["drained"]))
         yield _g("glassmesh_control_unhealthy_instances", "Instances reported unhealthy", len(d["unhealthy"]))
         versions = GaugeMetricFamily("glassmesh_control_host_snapshot_version",
@@ -114,4 +120,5 @@ def _g(name: str, doc: str, value: float) -> GaugeMetricFamily:
 def render(status_doc: dict[str, Any]) -> bytes:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_Status(status_doc))
+    ProcessCollector(registry=reg)  # process_*: this replica's process (CPU, memory, open files, start time)
     return generate_latest(reg)

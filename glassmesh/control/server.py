@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,10 +41,18 @@ from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
 from glassmesh.files import check_private, private_dir
+from glassmesh.logfmt import write
 from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
 from glassmesh.systemd import notify as sd
 
 log = logging.getLogger("glassmesh.control")
+
+
+def say(msg: str, level: str = "info") -> None:
+    """A start-up line for the operator, on stdout (the address, the CA's fingerprint), in the log format."""
+    write("glassmesh control", msg, level, sys.stdout)
+
+
 HEARTBEAT_S = 5.0
 # On stop, how long removing this replica's record may take. Shorter than the etcd client's request
 # timeout (2 s) on purpose: with aiohttp 3.14 an outer timeout that fires in the same loop turn as the
@@ -232,8 +241,7 @@ async def _serve_proxy_listener(runner: web.AppRunner, identity: Identity, proxy
         return
     identity.proxy_url = f"https://{proxy_listen}"
     log.info("proxy listener (mTLS) on https://%s, trust domain %s", proxy_listen, identity.trust_domain)
-    print(f"glassmesh control: proxies join and watch on https://{proxy_listen} (mutual TLS, CA sha256 "
-          f"{identity.ca_sha256})", flush=True)
+    say(f"proxies join and watch on https://{proxy_listen} (mutual TLS, CA sha256 {identity.ca_sha256})")
 
 
 async def _heartbeat(store: Store, replica_id: str, listen: str, identity: Identity | None = None,
@@ -301,8 +309,8 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
     if identity is not None and admin_credential:  # before the port opens: whoever sees it open can call
         where = ensure_admin_credential(identity, admin_credential, f"{scheme}://{listen}")
         if where:
-            print(f"glassmesh control: wrote the first operator's credential (admin) to {where}; copy it to "
-                  f"~/.config/glassmesh/operator.pem, or set GLASSMESH_CREDENTIAL={where}", flush=True)
+            say(f"wrote the first operator's credential (admin) to {where}; copy it to "
+                f"~/.config/glassmesh/operator.pem, or set GLASSMESH_CREDENTIAL={where}")
     try:
         site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), reuse_address=True, ssl_context=ctx)
         await site.start()
@@ -310,8 +318,7 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
         await runner.cleanup()
         raise StartupError(f"cannot listen on {listen}: {e.strerror or e}") from None
     log.info("control plane listening on %s://%s (replica %s)", scheme, listen, app[api.REPLICA])
-    print(f"glassmesh control: operator API on {scheme}://{listen} (TLS; an operator credential is required)",
-          flush=True)
+    say(f"operator API on {scheme}://{listen} (TLS; an operator credential is required)")
     if insecure_proxy_listen:
         ihost, _, iport = insecure_proxy_listen.rpartition(":")
         try:
@@ -322,8 +329,8 @@ async def serve(store: Store, listen: str, trust_domain: str, dns_servers: Seque
         log.warning("INSECURE proxy listener on http://%s: any local process can read the snapshot of, and "
                     "report instances for, any host that never joined; join hosts with tokens instead",
                     insecure_proxy_listen)
-        print(f"glassmesh control: INSECURE plain-HTTP proxy listener on http://{insecure_proxy_listen} "
-              f"(loopback only; hosts without a join)", flush=True)
+        say(f"INSECURE plain-HTTP proxy listener on http://{insecure_proxy_listen} (loopback only; hosts without "
+            "a join)", "warning")
     if identity is not None and proxy_listen:
         await _serve_proxy_listener(runner, identity, proxy_listen, proxy_listen_explicit, tls_dir)
         app[BEAT_NOW].set()  # announce the proxy listener's URL now, for `host add` on other replicas

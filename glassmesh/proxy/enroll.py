@@ -222,6 +222,16 @@ class ProxyIdentity:
             log(message)
         self._problems[key] = message
 
+    def expiries(self, snap: Snapshot) -> dict[str, float]:
+        """When each certificate this proxy holds expires (Unix seconds): `host`, and `service/NAME`."""
+        out = {}
+        for name, path in [("host", self.path("host.pem")),
+                           *((f"service/{ls.name}", ls.cert) for ls in snap.local_services)]:
+            cert = _load_cert(path)
+            if cert is not None:
+                out[name] = cert.not_valid_after_utc.timestamp()
+        return out
+
     def next_due(self, snap: Snapshot) -> float:
         """When the first certificate (host or service) reaches half-life."""
         dues = []
@@ -263,7 +273,7 @@ class ProxyIdentity:
                     failed(at, e)
                 msg = f"{type(e).__name__}: {e}"
                 if msg != last_error:
-                    log(f"certificate renewal failed, retrying: {msg}")
+                    log(f"certificate renewal failed, retrying: {msg}", "warning")
                 last_error, wait = msg, backoff
                 backoff = min(RETRY_MAX_S, backoff * 2)
             await asyncio.sleep(wait)

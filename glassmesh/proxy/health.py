@@ -179,5 +179,5 @@ class HealthReporter:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - health checks must never stop for good
-                log(f"health: round failed: {type(e).__name__}: {e}")
+                log(f"health: round failed: {type(e).__name__}: {e}", "warning")
             await asyncio.sleep(max(0.05, interval - (time.monotonic() - started)))

@@ -170,6 +170,9 @@ class Exchange:
     timer: asyncio.TimerHandle | None = None  # the route's timeouts, when it sets any
     mirror: Routed | None = None  # where a copy of this request goes (its route mirrors a share)
     rec: Recording | None = None  # its last try's bytes, only while a tap asks for them (tap.py)
+    req_bytes = 0  # body bytes sent on toward the next hop
+    resp_bytes = 0  # body bytes of the answer passed back to the client
+    passed_error: tuple[str, str] | None = None  # (reason, hop) of a peer's error passed on to the client
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
@@ -274,7 +277,7 @@ class ServerConn(StreamUser):
         b = self.side.budget
         b.count += 1  # counted even when over, so that connection_lost's decrement stays exact
         if b.count > b.limit:
-            self.rt.stats.error(self.side.name, "overloaded")
+            self.count_error(None, "overloaded")
             transport.write(error_response("overloaded", host=self.rt.host, side=self.side.name, close=True))
             transport.close()
         if self.link is not None:
@@ -480,7 +483,7 @@ class ServerConn(StreamUser):
         """Hand the connection to a responder that tells the HTTP/2 client why it cannot be served."""
         rt = self.rt
         side = self.side.name
-        rt.stats.error(side, "http2_not_supported")
+        self.count_error(None, "http2_not_supported")
         ex = self.parsing
         if ex is not None and self.logging:
             ex.method = b"PRI"
@@ -621,7 +624,7 @@ class ServerConn(StreamUser):
             up.abort()
         if ex.resp_started:
             # Part of the answer is out: all that is left is to end the client's connection.
-            self.rt.stats.error(self.side.name, reason)
+            self.count_error(ex, reason)
             self.exchange_done(ex, 504, reason, False)
             self.closing = True
             self.queue.clear()
@@ -684,7 +687,7 @@ class ServerConn(StreamUser):
         rt = self.rt
         side = self.side.name
         status = status or ex.status_hint or ERROR_REASONS.get(reason, (502, ""))[0]
-        rt.stats.error(side, reason)
+        self.count_error(ex, reason)
         if ex.request_id is None:
             ex.request_id = (ex.head.rid if ex.head is not None else None) or new_request_id()
         if ex.error is None:
@@ -710,6 +713,27 @@ class ServerConn(StreamUser):
         )
         self.exchange_done(ex, status, reason, False, now)
         self.finish(ex, close)
+
+    def count_error(self, ex: Exchange | None, reason: str, hop: str = "") -> None:
+        """glassmesh_mesh_errors_total: a response the mesh made (here, or at the peer named by hop), sent
+        to this side's client, with the link it was on (off the common path: errors only)."""
+        side = self.side
+        dst = ex.service if ex is not None else None
+        if side.name == "inbound":
+            dst = getattr(side, "destination", "")
+        elif dst is not None and dst not in self.rt.table.remotes:
+            dst = ""  # a name that is not in the mesh: whatever an app asked for is no label value
+        self.rt.stats.error(side.name, reason, getattr(side, "source", ""), dst or "", hop)
+
+    def passed_on(self, ex: Exchange, value: bytes) -> None:
+        """A peer's inbound made this error response, and it goes to our client as it is (not retried)."""
+        reason, _, rest = value.partition(b";")
+        hop = rest.strip()
+        if hop.startswith(b"hop="):
+            hop = hop[4:]
+        made = (reason.strip().decode("latin-1")[:64], hop.decode("latin-1")[:128] or "peer")
+        ex.passed_error = made  # for the access log
+        self.count_error(ex, made[0], made[1])
 
     # --- the end of an exchange: the one place that tells the observers --------------
     def exchange_done(self, ex: Exchange, status: int, reason: str, ok: bool, now: float = 0.0) -> None:
@@ -742,7 +766,7 @@ class ServerConn(StreamUser):
             ex.chain = None
             chain.limits.done()
         if self.logging:
-            self.rt.access_log(ex, status, reason)
+            self.rt.access_log(ex, status, reason, ep)
         observers = self.observers
         if observers:
             for f in observers:
@@ -800,7 +824,8 @@ class ServerConn(StreamUser):
             rid = new_request_id()
             lines.append(b"x-request-id: " + rid)
         if h.tp is None:
-            lines.append(b"traceparent: " + new_traceparent())
+            h.tp = tp = new_traceparent()  # kept: the access log gives its trace id
+            lines.append(b"traceparent: " + tp)
         ex.request_id = rid
         extra = routed.extra
         if extra:
@@ -829,8 +854,11 @@ class ServerConn(StreamUser):
         # Only a peer proxy's trail and error reason are ours to pass on: an app (behind an inbound
         # side, or found by DNS) may say anything, and a forged reason would make callers retry.
         from_peer = side.trust_trail and routed.pool.ssl_ctx is not None
-        if rh.error is not None and not from_peer:
-            rh.drop_error()
+        if rh.error is not None:
+            if not from_peer:
+                rh.drop_error()
+            else:
+                self.passed_on(ex, rh.error)
         lines = _lines(status_line(status), rh.forward)
         if not rh.has_rid and ex.request_id:
             lines.append(b"x-request-id: " + ex.request_id)
@@ -1068,7 +1096,9 @@ class UpstreamConn(PooledConn):
     def send_body(self, body: bytes) -> None:
         ex = self.ex
         assert ex is not None and ex.routed is not None
-        ex.routed.link.bytes_req += len(body)
+        n = len(body)
+        ex.routed.link.bytes_req += n
+        ex.req_bytes += n
         ex.body_sent = True
         if self.tunnel:
             self.wbuf.append(body)
@@ -1182,7 +1212,9 @@ class UpstreamConn(PooledConn):
             return  # the peer's error, being replaced by another endpoint's answer
         c = self.client
         assert ex is not None and ex.routed is not None and c is not None
-        ex.routed.link.bytes_resp += len(body)
+        n = len(body)
+        ex.routed.link.bytes_resp += n
+        ex.resp_bytes += n
         if ex.resp_chunked:
             c.write(chunk(body))
         else:

@@ -38,6 +38,7 @@ class InboundHandshake(asyncio.Protocol):
         source = service_of_spiffe(peer, table.trust_domain)
         alpn = sslobj.selected_alpn_protocol()
         if destination is None or source is None:
+            # No label from an unknown caller's certificate or SNI: whatever it says is no label value.
             rt.stats.error("inbound", "forbidden")
             if alpn != ALPN_TCP:
                 transport.write(error_response(
@@ -61,7 +62,7 @@ class InboundHandshake(asyncio.Protocol):
             conns = rt.peer_connections(source)
             if not conns.take():
                 # One caller's connections have a cap of their own: it cannot crowd out the others.
-                rt.stats.error("inbound", "overloaded")
+                rt.stats.error("inbound", "overloaded", source, destination)
                 transport.abort()
                 return
             link.open_conns += 1

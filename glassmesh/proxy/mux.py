@@ -14,12 +14,12 @@ costs no handshake, and its bytes share the TLS writes of the others.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from glassmesh.protocols import mux as m
+from glassmesh.proxy.log import log
 
 BATCH = 8  # under load, writes held back at most this many, or to the end of the loop turn
 BUSY_GAP_S = 100e-6  # writes closer together than this mean the link is busy
@@ -27,9 +27,7 @@ _perf = time.perf_counter
 
 
 def _log(msg: str) -> None:
-    # runtime.log's format; runtime imports this module (through pool), so it cannot be imported here.
-    sys.stderr.write(f"glassmesh proxy: {msg}\n")
-    sys.stderr.flush()
+    log(msg)
 
 
 class StreamUser(asyncio.Protocol):

@@ -113,6 +113,7 @@ class Runtime:
         for b in self.peer_conns.values():
             b.limit = snap.limits.max_peer_connections
         self.stats.snapshot_version = snap.version
+        self.stats.host = snap.host
         if live is None:
             self.live = Live(table)
         else:
@@ -143,13 +144,19 @@ class Runtime:
         for name, remote in sorted(self.live.table.remotes.items()):
             if remote.protocol != "http":
                 continue
+            seen: set[tuple[str, int]] = set()
             for ep in remote.chain.endpoints:
+                if ep.key in seen:
+                    continue  # two instances on one host: one endpoint, listed twice (one series, not two)
+                seen.add(ep.key)
                 rows.append({
                     "service": name, "host": ep.host_name, "address": f"{ep.host}:{ep.port}",
                     "ejected": now < ep.ejected_until,
                     "ejected_for_s": round(max(0.0, ep.ejected_until - now), 3),
-                    "ejections": ep.ejections, "requests": ep.requests, "failures": ep.failures,
+                    "ejections": ep.ejections, "ejections_total": ep.ejections_total,
+                    "requests": ep.requests, "failures": ep.failures,
                     "outstanding": ep.outstanding, "latency_ewma_s": round(ep.ewma_s, 6),
+                    "latency_buckets": list(ep.lat_buckets), "latency_sum_s": ep.lat_sum,
                 })
         return rows
 
@@ -227,32 +234,49 @@ class Runtime:
                 p.sweep(now, pool_idle)
 
     # --- logs -------------------------------------------------------------------
-    def access_log(self, ex: Any, status: int, reason: str) -> None:
+    def access_log(self, ex: Any, status: int, reason: str, ep: Any = None) -> None:
+        """One JSON line for a finished exchange; ep: the endpoint its last try went to (outbound)."""
         f = self._access
         if f is None:
             return
         r = ex.routed
+        side = ex.conn.side.name
+        head = ex.head
+        rid = (ex.request_id or (head.rid if head is not None else None) or b"").decode("latin-1")
+        tp = head.tp if head is not None else None
         rec = {
             "ts": round(time.time(), 3),
             "host": self.host,
-            "side": ex.conn.side.name,
+            "side": side,
             "source": r.link.source if r else getattr(ex.conn.side, "source", None),
             "destination": ex.service,
             "method": ex.method.decode("latin-1"),
             "path": ex.url.decode("latin-1"),
             "status": status,
             "duration_ms": round((time.monotonic() - ex.t0) * 1000, 3),
-            "request_id": (ex.request_id or b"").decode("latin-1"),
+            "request_id": rid,
+            # W3C traceparent's trace id (the one the proxy made when the request had none), else the
+            # request id: what a log search joins the hops of one request on.
+            "trace_id": tp[3:35].decode("latin-1") if tp else rid,
+            "attempts": ex.attempts,
+            "bytes_received": ex.req_bytes,
+            "bytes_sent": ex.resp_bytes,
         }
+        if r is not None:
+            key = r.pool.key
+            rec["endpoint"] = f"{key.host}:{key.port}"
+            if ep is not None and ep.host_name:
+                rec["endpoint_host"] = ep.host_name
         route = ex.route
         if route is not None:
             rec["route"] = route.name.decode()
             if ex.subset:
                 rec["subset"] = ex.subset.decode()
-            if ex.attempts > 1:
-                rec["attempts"] = ex.attempts
         if reason:
             rec["mesh_error"] = reason
+            rec["error_hop"] = f"{self.host}/{side}"
+        elif ex.passed_error is not None:
+            rec["mesh_error"], rec["error_hop"] = ex.passed_error
         f.add(_encode(rec) + b"\n")
 
     async def close(self) -> None:

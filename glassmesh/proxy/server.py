@@ -55,6 +55,7 @@ from glassmesh.proxy.listeners import (
     unlink_unix,
     wanted,
 )
+from glassmesh.proxy.log import error as log_error
 from glassmesh.proxy.log import log
 from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.runtime import AccessLog, Runtime
@@ -265,7 +266,7 @@ class Worker:
 
     def _rejected(self, version: int | None, e: Exception) -> None:
         self.last_reload = {"version": version, "accepted": False, "reason": str(e), "at": time.time()}
-        log(f"snapshot rejected, keeping version {self.rt.snapshot.version}: {e}")
+        log(f"snapshot rejected, keeping version {self.rt.snapshot.version}: {e}", "warning")
 
     async def stop(self) -> None:
         self.listeners.close()
@@ -344,7 +345,7 @@ async def _serve_single(config_path: str, snap: Snapshot, opts: Options, access_
     if attach is not None:
         await attach.start(w)
     stop, cut = asyncio.Event(), asyncio.Event()
-    deadline = StopDeadline("worker" if admin_unix else "proxy", log, drain_s=opts.drain_s)
+    deadline = StopDeadline("worker" if admin_unix else "proxy", log_error, drain_s=opts.drain_s)
     on_stop_signals(loop, lambda: (cut if stop.is_set() else stop).set(), deadline)
     loop.add_signal_handler(signal.SIGHUP, sd.around_reload(w.reload))
     handed: list[int] = []  # the successor's pid, once a seamless restart handed it everything
@@ -441,7 +442,7 @@ class _Held:
             try:
                 socket.send_fds(chan, [msg], [fresh[k][i % len(fresh[k])].fileno() for k in keys])
             except OSError as e:  # a worker being restarted: it forks with the sockets held here
-                log(f"cannot reach worker {i}: {e}")
+                log(f"cannot reach worker {i}: {e}", "error")
         for spec in removed:
             close_all(self.socks.pop(spec.key, []))
             unlink_unix(spec.key)
@@ -479,7 +480,7 @@ def _fork_worker(config_path: str, snap: Snapshot, opts: Options, sock: str, hel
             access = AccessLog(opts.access_log) if opts.access_log else None
             uvloop.run(_serve_single(config_path, snap, opts, access, sock, (theirs, mine)))
         except BaseException as e:  # noqa: BLE001 - a child must never return into the parent's code
-            log(f"worker failed: {e}")
+            log(f"worker failed: {e}", "error")
             code = 1
         os._exit(code)
     theirs.close()
@@ -609,13 +610,13 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
         try:
             apply(load_snapshot(config_path), write=False)
         except Exception as e:  # noqa: BLE001 - any reason to refuse it is logged, the old one serves on
-            log(f"snapshot rejected: {e}")
+            log(f"snapshot rejected: {e}", "warning")
 
     log(f"host {snap.host}: {workers} workers on " + ", ".join(sorted(map(str, held.specs.values())))
         + f"; admin {snap.admin}")
     stop, cut = asyncio.Event(), asyncio.Event()
     # Its deadline outlasts its workers' (each drains, then has deadline_s() to close).
-    deadline = StopDeadline("supervisor", log, drain_s=opts.drain_s + deadline_s())
+    deadline = StopDeadline("supervisor", log_error, drain_s=opts.drain_s + deadline_s())
     on_stop_signals(loop, lambda: (cut if stop.is_set() else stop).set(), deadline)
     loop.add_signal_handler(signal.SIGHUP, sd.around_reload(reload))
     handed: list[int] = []
@@ -637,7 +638,7 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
                 except ChildProcessError:
                     done, status = pid, 0
                 if done and not stop.is_set():
-                    log(f"worker {i} (pid {pid}) exited with status {status}; restarting it")
+                    log(f"worker {i} (pid {pid}) exited with status {status}; restarting it", "error")
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(socks[i])
                     pids[i] = _fork_worker(config_path, current["snap"], opts, socks[i], held, i, admin)

@@ -201,7 +201,7 @@ class OutboundSide(Side):
             nxt = ep
         # A refused stream reached no app: sending it again adds no load, so it spends no retry budget.
         if cause != REFUSED and not chain.budget.try_spend(now):
-            self.rt.stats.retry("outbound", svc, "budget_exhausted")
+            self.rt.stats.retry("outbound", self.source, svc, "budget_exhausted")
             return None
         ep.end(False, now - (ex.sent_at or ex.t0), now)
         nxt.begin()
@@ -209,7 +209,7 @@ class OutboundSide(Side):
         ex.attempts += 1
         if replay:
             ex.replays += 1
-        self.rt.stats.retry("outbound", svc, _CAUSES[cause] if cause != PEER_ERROR else reason.decode())
+        self.rt.stats.retry("outbound", self.source, svc, _CAUSES[cause] if cause != PEER_ERROR else reason.decode())
         return self._routed(svc, nxt)
 
     def _routed(self, svc: str, ep: EndpointState) -> Routed:
@@ -311,7 +311,7 @@ class InboundSide(Side):
         if cause == RESET:
             ex.replays += 1
         ex.attempts += 1
-        self.rt.stats.retry("inbound", self.destination, _CAUSES[cause])
+        self.rt.stats.retry("inbound", self.source, self.destination, _CAUSES[cause])
         return nxt
 
 

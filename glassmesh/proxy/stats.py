@@ -15,15 +15,19 @@ from typing import Any
 from glassmesh import __version__
 from glassmesh.buildinfo import hot_path
 from glassmesh.proxy.linkstats import BUCKETS, LinkStats
+from glassmesh.proxy.process import merge_process, process_families, process_sample
 
 
 class Stats:
     """All counters of one proxy process."""
 
     def __init__(self) -> None:
+        self.host = ""  # this proxy's host name (Runtime.apply): the hop of the errors it makes
         self.links: dict[tuple[str, str, str], LinkStats] = {}
-        self.errors: dict[tuple[str, str], int] = {}
-        self.retries: dict[tuple[str, str, str], int] = {}  # (side, destination, reason): tries made again
+        # (side, source, destination, reason, hop): responses made by the mesh that this proxy sent to
+        # its client, made here or (outbound) by the peer's inbound named by hop and passed on.
+        self.errors: dict[tuple[str, str, str, str, str], int] = {}
+        self.retries: dict[tuple[str, str, str, str], int] = {}  # (side, source, destination, reason): tries made again
         # The runtime's view of each endpoint (Runtime.endpoint_rows), read at scrape time only.
         self.endpoint_rows: Callable[[], list[dict[str, Any]]] | None = None
         self.snapshot_version = 0
@@ -41,13 +45,14 @@ class Stats:
             ls = self.links[key] = LinkStats(side, source, destination)
         return ls
 
-    def error(self, side: str, reason: str) -> None:
-        key = (side, reason)
+    def error(self, side: str, reason: str, source: str = "", destination: str = "", hop: str = "") -> None:
+        """A response the mesh made (hop empty: this proxy, on `side`), as this proxy sent it to its client."""
+        key = (side, source, destination, reason, hop or f"{self.host}/{side}")
         self.errors[key] = self.errors.get(key, 0) + 1
 
-    def retry(self, side: str, destination: str, reason: str) -> None:
+    def retry(self, side: str, source: str, destination: str, reason: str) -> None:
         """A try made again (or, reason budget_exhausted, one the retry budget refused): not a mesh error."""
-        key = (side, destination, reason)
+        key = (side, source, destination, reason)
         self.retries[key] = self.retries.get(key, 0) + 1
 
     def tcp_link(self, side: str, source: str, destination: str) -> LinkStats:
@@ -66,9 +71,17 @@ class Stats:
     def dump(self) -> dict[str, Any]:
         return {
             "links": [ls.dump() for ls in self.links.values()],
-            "errors": [[s, r, n] for (s, r), n in self.errors.items()],
-            "retries": [[*k, n] for k, n in self.retries.items()],
+            # The shapes other readers of this dump know (control/links.py): errors made here keyed
+            # (side, source, destination, reason), retries (side, destination, reason); what is new
+            # rides in keys of its own.
+            "host": self.host,
+            "errors": [[s, src, dst, r, n] for (s, src, dst, r, hop), n in self.errors.items()
+                       if hop == f"{self.host}/{s}"],
+            "passed_errors": [[*k, n] for k, n in self.errors.items() if k[4] != f"{self.host}/{k[0]}"],
+            "retries": [[*k, n] for k, n in _sum_over_source(self.retries).items()],
+            "link_retries": [[*k, n] for k, n in self.retries.items()],
             "endpoints": self.endpoint_rows() if self.endpoint_rows is not None else [],
+            "process": process_sample(),
             "snapshot_version": self.snapshot_version,
             "client_conns": self.client_conns,
             "tcp_links": [list(k) for k in self.tcp],
@@ -77,37 +90,46 @@ class Stats:
         }
 
 
+def _sum_over_source(retries: dict[tuple[str, str, str, str], int]) -> dict[tuple[str, str, str], int]:
+    out: dict[tuple[str, str, str], int] = {}
+    for (side, _, dst, reason), n in retries.items():
+        out[(side, dst, reason)] = out.get((side, dst, reason), 0) + n
+    return out
+
+
+_COUNTED = ("errors", "passed_errors", "retries", "link_retries", "tcp_open", "tcp_failures")
+
+
 def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Sum the dumps of several workers into one."""
     links: dict[tuple[str, str, str], dict[str, Any]] = {}
-    errors: dict[tuple[str, str], int] = {}
-    retries: dict[tuple[str, ...], int] = {}
+    counted: dict[str, dict[tuple[str, ...], int]] = {k: {} for k in _COUNTED}
+    procs: list[dict[str, float]] = []
+    host = ""
     endpoints: dict[tuple[str, str], dict[str, Any]] = {}
     version = 0
     conns = 0
     tcp: set[tuple[str, ...]] = set()
-    tcp_open: dict[tuple[str, ...], int] = {}
-    tcp_failures: dict[tuple[str, ...], int] = {}
     for d in dumps:
         version = max(version, d["snapshot_version"])
         conns += d["client_conns"]
         tcp.update(tuple(k) for k in d.get("tcp_links", ()))
-        for *k, n in d.get("tcp_open", ()):
-            tcp_open[tuple(k)] = tcp_open.get(tuple(k), 0) + n
-        for *k, n in d.get("tcp_failures", ()):
-            tcp_failures[tuple(k)] = tcp_failures.get(tuple(k), 0) + n
-        for s, r, n in d["errors"]:
-            errors[(s, r)] = errors.get((s, r), 0) + n
-        for *k, n in d.get("retries", ()):
-            retries[tuple(k)] = retries.get(tuple(k), 0) + n
+        host = host or d.get("host", "")
+        for name, into in counted.items():
+            for *k, n in d.get(name, ()):
+                into[tuple(k)] = into.get(tuple(k), 0) + n
+        if d.get("process"):
+            procs.append(d["process"])
         for ep in d.get("endpoints", ()):
             # Each worker balances on its own view; an endpoint is ejected where any worker ejected it.
             cur = endpoints.get((ep["service"], ep["address"]))
             if cur is None:
                 endpoints[(ep["service"], ep["address"])] = dict(ep)
                 continue
-            for f in ("ejections", "requests", "failures", "outstanding"):
+            for f in ("ejections", "ejections_total", "requests", "failures", "outstanding", "latency_sum_s"):
                 cur[f] += ep[f]
+            cur["latency_buckets"] = [a + b for a, b in zip(cur["latency_buckets"], ep["latency_buckets"],
+                                                            strict=True)]
             cur["ejected"] = cur["ejected"] or ep["ejected"]
             cur["ejected_for_s"] = max(cur["ejected_for_s"], ep["ejected_for_s"])
             cur["latency_ewma_s"] = max(cur["latency_ewma_s"], ep["latency_ewma_s"])
@@ -115,8 +137,11 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
             key = (ls["side"], ls["source"], ls["destination"])
             cur = links.get(key)
             if cur is None:
-                links[key] = {**ls, "status": list(ls["status"]), "buckets": list(ls["buckets"])}
+                links[key] = {**ls, "status": list(ls["status"]), "buckets": list(ls["buckets"]),
+                              "codes": dict(ls["codes"])}
                 continue
+            for code, n in ls["codes"].items():
+                cur["codes"][code] = cur["codes"].get(code, 0) + n
             for f in ("dur_sum", "bytes_req", "bytes_resp", "open_conns", "handshakes", "tcp_conns"):
                 cur[f] += ls[f]
             cur["status"] = [a + b for a, b in zip(cur["status"], ls["status"], strict=True)]
@@ -124,14 +149,13 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
             cur["tls_version"] = cur["tls_version"] or ls["tls_version"]
     return {
         "links": list(links.values()),
-        "errors": [[s, r, n] for (s, r), n in errors.items()],
-        "retries": [[*k, n] for k, n in retries.items()],
+        "host": host,
+        **{name: [[*k, n] for k, n in into.items()] for name, into in counted.items()},
         "endpoints": list(endpoints.values()),
+        "process": merge_process([process_sample(), *procs]),
         "snapshot_version": version,
         "client_conns": conns,
         "tcp_links": [list(k) for k in tcp],
-        "tcp_open": [[*k, n] for k, n in tcp_open.items()],
-        "tcp_failures": [[*k, n] for k, n in tcp_failures.items()],
     }
 
 
@@ -146,8 +170,8 @@ class _Collector:
 
         lk = ["side", "source", "destination"]
         req = CounterMetricFamily(
-            "glassmesh_requests", "HTTP requests per link by status class", labels=[*lk, "status_class"]
-        )
+            "glassmesh_requests", "HTTP requests per link by status code (and its class)",
+            labels=[*lk, "status_class", "code"])
         dur = HistogramMetricFamily(
             "glassmesh_request_duration_seconds", "Time from request head in to response complete", labels=lk
         )
@@ -166,17 +190,11 @@ class _Collector:
         for ls in self.d["links"]:
             lv = [ls["side"], ls["source"], ls["destination"]]
             is_tcp = tuple(lv) in tcp_links
-            for i, n in enumerate(ls["status"]):
-                # A tcp link has no requests: no all-zero series for it, its tcp series say what it carries.
-                if i and (n or (i in (2, 5) and not is_tcp)):
-                    req.add_metric([*lv, f"{i}xx"], n)
-            if sum(ls["status"]):
-                acc = 0
-                bk = []
-                for b, n in zip((*BUCKETS, float("inf")), ls["buckets"], strict=True):
-                    acc += n
-                    bk.append(("+Inf" if b == float("inf") else repr(b), acc))
-                dur.add_metric(lv, bk, ls["dur_sum"])
+            codes = ls["codes"]
+            for code in sorted(codes, key=int):
+                req.add_metric([*lv, status_class(int(code)), code], codes[code])
+            if codes:
+                dur.add_metric(lv, _buckets(ls["buckets"]), ls["dur_sum"])
             byt.add_metric([*lv, "request"], ls["bytes_req"])
             byt.add_metric([*lv, "response"], ls["bytes_resp"])
             conns.add_metric(lv, ls["open_conns"])
@@ -189,13 +207,19 @@ class _Collector:
             tcp_open.add_metric(k, n)
         for *k, n in self.d.get("tcp_failures", ()):
             tcp_fail.add_metric(k, n)
-        errs = CounterMetricFamily("glassmesh_mesh_errors", "Responses made by the mesh itself", labels=["side", "reason"])
-        for s, r, n in self.d["errors"]:
-            errs.add_metric([s, r], n)
+        errs = CounterMetricFamily(
+            "glassmesh_mesh_errors", "Responses made by the mesh itself that this proxy sent to its client: on "
+            "the outbound side, what the calling app got; hop: the proxy that made it",
+            labels=["side", "source", "destination", "reason", "hop"])
+        host = self.d.get("host", "")
+        for side, src, dst, reason, n in self.d["errors"]:
+            errs.add_metric([side, src, dst, reason, f"{host}/{side}"], n)
+        for *k, n in self.d.get("passed_errors", ()):
+            errs.add_metric(k, n)
         retries = CounterMetricFamily(
             "glassmesh_retries", "Tries made again after a failure (reason budget_exhausted: refused by the retry "
-            "budget); not mesh errors", labels=["side", "destination", "reason"])
-        for *k, n in self.d.get("retries", ()):
+            "budget); not mesh errors", labels=["side", "source", "destination", "reason"])
+        for *k, n in self.d.get("link_retries", ()):
             retries.add_metric(k, n)
         el = ["destination", "host", "address"]
         ep_req = CounterMetricFamily("glassmesh_endpoint_requests", "Requests (tries) sent to an endpoint", labels=el)
@@ -203,6 +227,9 @@ class _Collector:
                                       "Tries an endpoint failed (5xx, reset, refused, timed out)", labels=el)
         ep_ej = CounterMetricFamily("glassmesh_endpoint_ejections", "Times outlier detection ejected an endpoint",
                                     labels=el)
+        ep_hist = HistogramMetricFamily("glassmesh_endpoint_latency_seconds",
+                                        "Latency of each try sent to an endpoint, sent to answered (failures "
+                                        "included)", labels=el)
         ep_out = GaugeMetricFamily("glassmesh_endpoint_ejected", "1 while an endpoint is ejected", labels=el)
         ep_lat = GaugeMetricFamily("glassmesh_endpoint_latency_ewma_seconds",
                                    "The latency estimate P2C balances on", labels=el)
@@ -211,7 +238,8 @@ class _Collector:
             ev = [ep["service"], ep["host"], ep["address"]]
             ep_req.add_metric(ev, ep["requests"])
             ep_fail.add_metric(ev, ep["failures"])
-            ep_ej.add_metric(ev, ep["ejections"])
+            ep_ej.add_metric(ev, ep["ejections_total"])
+            ep_hist.add_metric(ev, _buckets(ep["latency_buckets"]), ep["latency_sum_s"])
             ep_out.add_metric(ev, 1 if ep["ejected"] else 0)
             ep_lat.add_metric(ev, ep["latency_ewma_s"])
             ep_busy.add_metric(ev, ep["outstanding"])
@@ -222,8 +250,9 @@ class _Collector:
         info = GaugeMetricFamily("glassmesh_build_info", "Version, and whether the hot path is mypyc-compiled",
                                  labels=["version", "hot_path"])
         info.add_metric([__version__, hot_path()], 1)
-        yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, retries, ep_req, ep_fail, ep_ej, ep_out,
-                    ep_lat, ep_busy, ver, cc, info)
+        yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, retries, ep_req, ep_fail, ep_ej,
+                    ep_hist, ep_out, ep_lat, ep_busy, ver, cc, info)
+        yield from process_families(self.d.get("process"))
         ctl = self.d.get("control")  # set by proxies that watch a control plane (glassmesh.proxy.watch)
         if ctl is not None:
             age = GaugeMetricFamily("glassmesh_snapshot_age_seconds",
@@ -232,6 +261,14 @@ class _Collector:
             up = GaugeMetricFamily("glassmesh_control_plane_connected", "1 while the control-plane watch is connected")
             up.add_metric([], ctl["control_plane_connected"])
             yield from (age, up)
+            expiry = ctl.get("cert_expiry")
+            if expiry is not None:
+                exp = GaugeMetricFamily("glassmesh_certificate_expiry_timestamp_seconds",
+                                        "When each certificate this proxy holds expires (renewed at half-life)",
+                                        labels=["identity"])
+                for ident, t in sorted(expiry.items()):
+                    exp.add_metric([ident], t)
+                yield exp
             updates = ctl.get("snapshot_updates")
             if updates is not None:
                 upd = CounterMetricFamily("glassmesh_snapshot_updates",
@@ -243,6 +280,22 @@ class _Collector:
                                          "Deltas that did not fit the snapshot held, so the full one was asked for")
                 fb.add_metric([], updates.get("delta_fallbacks", 0))
                 yield from (upd, fb)
+
+
+def status_class(code: int) -> str:
+    """`2xx` for 200..299; a code outside 100..599 counts as 5xx, as the link stats always did."""
+    cls = code // 100
+    return f"{cls if 0 < cls < 6 else 5}xx"
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus' cumulative `le` buckets."""
+    acc = 0
+    out = []
+    for b, n in zip((*BUCKETS, float("inf")), counts, strict=True):
+        acc += n
+        out.append(("+Inf" if b == float("inf") else repr(b), acc))
+    return out
 
 
 def render(dump: dict[str, Any]) -> bytes:

@@ -488,7 +488,7 @@ class OutboundPipe(Pipe):
             b = self.rt.local_budget  # tcp-link clients are local apps: their budget, not peers'
             b.count += 1
             if b.count > b.limit:
-                stats.error("outbound", "overloaded")
+                stats.error("outbound", "overloaded", self.source, self.destination)
                 self.closing = True
                 end.abort("overloaded")
                 return
@@ -527,7 +527,7 @@ class OutboundPipe(Pipe):
                 await self._framed(key)
                 return
             except ConnectError as e:
-                rt.stats.error("outbound", e.reason)
+                rt.stats.error("outbound", e.reason, self.source, self.destination)
                 reason, message = e.reason, str(e)
             if self.closing:
                 return
@@ -575,11 +575,11 @@ class InboundPipe(Pipe):
         local = table.locals.get(self.destination)
         if local is not None and local.protocol != "tcp":
             # Raw bytes to an HTTP app would skip every header rule (a forged glassmesh-source with them).
-            rt.stats.error("inbound", "not_a_tcp_service")
+            rt.stats.error("inbound", "not_a_tcp_service", self.source, self.destination)
             self.fail("not_a_tcp_service", f"{self.destination!r} is an http service: it takes no raw tcp")
             return
         if not table.authorized(self.source, self.destination):
-            rt.stats.error("inbound", "forbidden")
+            rt.stats.error("inbound", "forbidden", self.source, self.destination)
             self.fail("forbidden", f"{self.source!r} may not call {self.destination!r}")
             return
         n = len(local.instances.items) if local is not None else 0
@@ -604,7 +604,7 @@ class InboundPipe(Pipe):
                     return
                 self.join()
                 return
-            rt.stats.error("inbound", reason)
+            rt.stats.error("inbound", reason, self.source, self.destination)
             if self.closing:
                 return
         if not self.closing:

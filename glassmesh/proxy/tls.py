@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -117,9 +116,10 @@ def set_keylog(ctx: ssl.SSLContext, path: str) -> None:
         os.close(fd)
     if path not in _announced:
         _announced.add(path)
-        sys.stderr.write(f"glassmesh proxy: WARNING: TLS key log on: the secrets of every TLS connection this proxy "
-                         f"makes or takes are written to {path} (mode 0600); whoever reads it can decrypt them\n")
-        sys.stderr.flush()
+        from glassmesh.proxy.log import warn
+
+        warn(f"TLS key log on: the secrets of every TLS connection this proxy makes or takes are written to "
+             f"{path} (mode 0600); whoever reads it can decrypt them")
     ctx.keylog_filename = path
 
 

@@ -109,6 +109,7 @@ from glassmesh.proxy.askloop import AskLoop
 from glassmesh.proxy.enroll import ProxyIdentity
 from glassmesh.proxy.health import HealthReporter
 from glassmesh.proxy.listeners import StartupError
+from glassmesh.proxy.log import error as log_error
 from glassmesh.proxy.log import log
 from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.tls import TlsConfigError
@@ -320,7 +321,7 @@ class ControlLink:
         self.failovers += 1
         if not self._outage_logged:  # in an outage of every replica, the moves back and forth go unsaid
             why = _short(e) if isinstance(e, ControlError) else f"{type(e).__name__}: {_short(e)}"
-            log(f"control plane {url} failed ({why}); moving to {self.url}")
+            log(f"control plane {url} failed ({why}); moving to {self.url}", "warning")
         self._moved.set()
         self._probe = True
         return True
@@ -392,8 +393,12 @@ class ControlLink:
         }
 
     def metrics(self) -> dict[str, Any]:
-        return {"snapshot_age_seconds": self.age(), "control_plane_connected": 1.0 if self.connected else 0.0,
-                "snapshot_updates": dict(self.updates)}
+        doc: dict[str, Any] = {"snapshot_age_seconds": self.age(),
+                               "control_plane_connected": 1.0 if self.connected else 0.0,
+                               "snapshot_updates": dict(self.updates)}
+        if self.identity is not None and self._target is not None:
+            doc["cert_expiry"] = self.identity.expiries(self._target.current())
+        return doc
 
     def _contact(self) -> None:
         now = time.time()
@@ -423,7 +428,7 @@ class ControlLink:
         if self.connected or not self._outage_logged:
             cur = self._target.current().version if self._target else None
             serving = f"serving snapshot version {cur}" if cur is not None else "no snapshot yet"
-            log(f"control plane {url or self.url} unreachable ({self.last_error}); {serving}, retrying")
+            log(f"control plane {url or self.url} unreachable ({self.last_error}); {serving}, retrying", "warning")
             self._outage_logged = True
         self.connected = False
 
@@ -544,7 +549,7 @@ class ControlLink:
             except ControlError as e:
                 if e.status >= 500:  # this replica cannot take it now (store down): it goes again later
                     return
-                log(f"ack of version {ack.version} refused: {e}")  # it will never take it
+                log(f"ack of version {ack.version} refused: {e}", "warning")  # it will never take it
             except (aiohttp.ClientError, OSError, TimeoutError):
                 return
             with contextlib.suppress(ValueError):
@@ -559,7 +564,7 @@ class ControlLink:
             return  # the watch loop tracks and logs reachability
         except ControlError as e:
             if str(e) != self._report_error:
-                log(f"health report refused: {e}")
+                log(f"health report refused: {e}", "warning")
             self._report_error = str(e)
 
     # --- snapshots ---------------------------------------------------------------------
@@ -786,7 +791,7 @@ class ControlLink:
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
                 self._lost(e, url, moved=self.url != url and misses + 1 < len(self.urls))
             except Exception as e:  # noqa: BLE001 - a bug here must not end the watch
-                log(f"snapshot watch failed: {type(e).__name__}: {e}")
+                log(f"snapshot watch failed: {type(e).__name__}: {e}", "error")
                 self.last_error = f"{type(e).__name__}: {_short(e)}"
             misses += 1
             wait, backoff = self._pause(backoff, misses)
@@ -856,7 +861,7 @@ class ControlLink:
         try:
             lkg.save(self.data_dir, got)
         except OSError as e:
-            log(f"cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}")
+            log(f"cannot write {lkg.lkg_path(self.data_dir)}: {e.strerror or e}", "error")
         self._accepted(decoded, got)
         self._ack(got.version, True, "")
         log(f"got snapshot version {got.version} from {self.url}")
@@ -913,7 +918,7 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
-        undo = on_stop_signals(loop, main.cancel, StopDeadline("proxy", log))
+        undo = on_stop_signals(loop, main.cancel, StopDeadline("proxy", log_error))
         # A reload asked for before there is anything to reload (its default action would kill the proxy).
         loop.add_signal_handler(signal.SIGHUP, log, "SIGHUP: no snapshot yet to reload; still waiting for the first")
         try:

@@ -227,7 +227,9 @@ def test_watchers_get_changes_within_2s_and_wipe_out_is_held(control: Control, t
         assert [h["service"] for h in st_json["held"]] == ["b"]
         metrics = control.api("GET", "/metrics")[1]
         assert 'glassmesh_control_held_changes{service="b"} 1.0' in metrics, metrics
-        assert "glassmesh_control_held_changes_total 1.0" in metrics
+        assert "glassmesh_control_held_services 1.0" in metrics
+        # The old name (a gauge named like a counter) is kept one release, marked deprecated.
+        assert "glassmesh_control_held_changes_total 1.0" in metrics and "DEPRECATED" in metrics
         assert "glassmesh_control_unhealthy_instances 1.0" in metrics
 
         t = time.monotonic()
@@ -236,7 +238,7 @@ def test_watchers_get_changes_within_2s_and_wipe_out_is_held(control: Control, t
         w.wait_for(lambda s: b_endpoints(s) == [], t)
         assert "held changes: none" in control.cli("status").stdout
         metrics = control.api("GET", "/metrics")[1]
-        assert "glassmesh_control_held_changes_total 0.0" in metrics
+        assert "glassmesh_control_held_services 0.0" in metrics
         assert 'glassmesh_control_host_snapshot_version{host="host1",kind="latest"}' in metrics
     finally:
         w.stopped = True

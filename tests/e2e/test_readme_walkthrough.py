@@ -43,6 +43,16 @@ def readme_file(name: str) -> str:
     return m.group(1)
 
 
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def logged(line: str) -> str:
+    """A log line the README shows, as a pattern: its example UTC time stands for any."""
+    t, rest = line.split(" ", 1)
+    assert re.fullmatch(STAMP, t), line
+    return "^" + STAMP + " " + re.escape(rest)
+
+
 def readme_block_with(needle: str) -> list[str]:
     """The lines of the README section's code block that contains `needle`."""
     for m in re.finditer(r"```\w*\n(.*?)```", section(), re.S):
@@ -144,12 +154,12 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
     wait_port(f"127.0.0.1:{w.proxy_port}", w.procs["control"])
     (export,) = [x for x in readme_block_with("glassmesh control --data control &") if x.startswith("export")]
     assert export == "export GLASSMESH_CREDENTIAL=$PWD/control/admin.pem"
-    w.wait_log("control", r"^glassmesh control: wrote the first operator's credential \(admin\) to "
+    w.wait_log("control", r"^\S+Z INFO glassmesh control: wrote the first operator's credential \(admin\) to "
                           r"control/admin\.pem; copy it to ~/\.config/glassmesh/operator\.pem, or set "
                           r"GLASSMESH_CREDENTIAL=control/admin\.pem$")
-    w.wait_log("control", rf"^glassmesh control: operator API on https://127\.0\.0\.1:{w.api_port} \(TLS; an "
+    w.wait_log("control", rf"^\S+Z INFO glassmesh control: operator API on https://127\.0\.0\.1:{w.api_port} \(TLS; an "
                           r"operator credential is required\)$")
-    fp = w.wait_log("control", rf"^glassmesh control: proxies join and watch on https://127\.0\.0\.1:{w.proxy_port} "
+    fp = w.wait_log("control", rf"^\S+Z INFO glassmesh control: proxies join and watch on https://127\.0\.0\.1:{w.proxy_port} "
                                r"\(mutual TLS, CA sha256 ([0-9a-f]{64})\)$").group(1)
     assert (w.dir / "control" / "ca" / "ca.pem").exists()
 
@@ -189,12 +199,12 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
                             f"--ca-sha256 {fp} --data {host}")
         w.start(f"proxy {host}", shlex.split(lines[3]))
     for host, services in (("host1", "web"), ("host2", "api"), ("host3", "api, cache")):
-        w.wait_log(f"proxy {host}", rf"^glassmesh proxy: joined as host {host} "
+        w.wait_log(f"proxy {host}", rf"^\S+Z INFO glassmesh proxy: joined as host {host} "
                                     rf"\(spiffe://glassmesh\.local/host/{host}\); may serve: {services}$")
         for svc in services.split(", "):
-            w.wait_log(f"proxy {host}", rf"^glassmesh proxy: certificate for service {svc} issued, valid until ")
+            w.wait_log(f"proxy {host}", rf"^\S+Z INFO glassmesh proxy: certificate for service {svc} issued, valid until ")
     (serving,) = [x for x in readme_block_with("joined as host host1") if "serving snapshot" in x]
-    w.wait_log("proxy host1", "^" + re.escape(w.sub(serving)).replace("version\\ 4", r"version\ \d+")
+    w.wait_log("proxy host1", logged(w.sub(serving)).replace("version\\ 4", r"version\ \d+")
                .replace("mypyc", r"\w+") + "$")
     assert w.mode("host1/certs/web.key") == 0o600 and w.mode("host1/identity") == 0o700
     assert (w.dir / "host1/certs/ca.pem").read_bytes() == (w.dir / "control/ca/ca.pem").read_bytes()
@@ -237,9 +247,9 @@ def test_readme_walkthrough(mesh: Mesh) -> None:
                                                   f'address: "{w.ip1}:4143", services: [web, api]}}'))
     r = w.run("glassmesh apply -f mesh.yaml")
     assert r.returncode == 0 and "applied: version 2" in r.stdout, r.stderr
-    w.wait_log("proxy host1", r"^glassmesh proxy: certificate for service api issued, valid until ")
+    w.wait_log("proxy host1", r"^\S+Z INFO glassmesh proxy: certificate for service api issued, valid until ")
     (added,) = readme_block_with("listeners added: api outbound")
-    w.wait_log("proxy host1", "^" + re.escape(w.sub(added)) + "$")
+    w.wait_log("proxy host1", logged(w.sub(added)) + "$")
     assert (w.dir / "host1/certs/api.pem").exists() and w.mode("host1/certs/api.key") == 0o600
     assert re.search(r"^ host1 +web, api \(config\) ", w.run("glassmesh host list").stdout, re.M)
     until(answered_by({"host1", "host2", "host3"}), "api answered by host1, host2 and host3")
@@ -281,7 +291,7 @@ def test_hand_issued_certificates_make_a_working_certs_dir(mesh: Mesh) -> None:
     mesh.start_app("http", f"{ip}:9000", "api-solo")
     w.start("proxy solo", ["glassmesh", "proxy", "--control", f"http://127.0.0.1:{w.insecure_port}", "--host",
                            "solo", "--data", "solo"])
-    w.wait_log("proxy solo", r"^glassmesh proxy: host solo serving snapshot version \d+: ")
+    w.wait_log("proxy solo", r"^\S+Z INFO glassmesh proxy: host solo serving snapshot version \d+: ")
 
     def called() -> bool:
         r = w.run(f"curl -s -H 'Host: api' http://{ip}:4140/hi")  # a mesh error (no endpoints yet) has no headers

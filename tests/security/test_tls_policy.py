@@ -101,4 +101,4 @@ def test_key_log_is_private_and_announced(mesh: Mesh) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
         assert path.read_text().strip(), f"{path} got no secrets"
     for p in mesh.proxies():
-        assert "WARNING: TLS key log on" in p.log_text(), p.log_text()
+        assert "WARNING glassmesh proxy: TLS key log on" in p.log_text(), p.log_text()

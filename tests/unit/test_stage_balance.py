@@ -112,6 +112,10 @@ def test_consecutive_failures_eject_for_a_doubling_time_and_the_endpoint_comes_b
     assert ep.ejected_until == 65.0  # 25 s: the maximum
     ep.end(True, 0.01, 100.0)  # healthy for longer than the longest ejection: backoff starts over
     assert ep.ejections == 0
+    # ... while glassmesh_endpoint_ejections_total, a counter, never goes down (rate() would read a reset).
+    assert ep.ejections_total == 3
+    # Each try's latency went into the endpoint's histogram (failures with their real time, not the penalty).
+    assert sum(ep.lat_buckets) == ep.requests == 18 and abs(ep.lat_sum - 18 * 0.01) < 1e-9
 
 
 def test_the_only_endpoint_is_never_ejected_and_two_allow_one() -> None:

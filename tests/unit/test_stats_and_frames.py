@@ -14,15 +14,23 @@ def test_link_counters_render_as_prometheus():
     ls.observe(503, 0.2)
     ls.handshakes += 1
     ls.tls_version = "TLSv1.3"
-    s.error("outbound", "no_endpoints")
+    s.host = "host1"
+    s.error("outbound", "no_endpoints", "a", "b")
+    s.error("outbound", "forbidden", "a", "b", hop="host2/inbound")
     text = render(s.dump()).decode()
-    assert 'glassmesh_requests_total{destination="b",side="outbound",source="a",status_class="2xx"} 1.0' in text
-    assert 'glassmesh_requests_total{destination="b",side="outbound",source="a",status_class="5xx"} 1.0' in text
+    assert ('glassmesh_requests_total{code="200",destination="b",side="outbound",source="a",status_class="2xx"} 1.0'
+            in text)
+    assert ('glassmesh_requests_total{code="503",destination="b",side="outbound",source="a",status_class="5xx"} 1.0'
+            in text)
     assert 'glassmesh_request_duration_seconds_bucket{destination="b",le="0.0025",side="outbound",source="a"} 1.0' in text
     assert 'glassmesh_request_duration_seconds_count{destination="b",side="outbound",source="a"} 2.0' in text
     assert 'glassmesh_tls_handshakes_total{destination="b",side="outbound",source="a"} 1.0' in text
     assert 'glassmesh_link_mtls{destination="b",side="outbound",source="a",tls_version="TLSv1.3"} 1.0' in text
-    assert 'glassmesh_mesh_errors_total{reason="no_endpoints",side="outbound"} 1.0' in text
+    assert ('glassmesh_mesh_errors_total{destination="b",hop="host1/outbound",reason="no_endpoints",side="outbound",'
+            'source="a"} 1.0' in text)
+    assert ('glassmesh_mesh_errors_total{destination="b",hop="host2/inbound",reason="forbidden",side="outbound",'
+            'source="a"} 1.0' in text)
+    assert "process_cpu_seconds_total " in text and "glassmesh_processes 1.0" in text
 
 
 def test_merge_sums_workers():
@@ -30,13 +38,17 @@ def test_merge_sums_workers():
     a.link("inbound", "a", "b").observe(200, 0.001)
     b.link("inbound", "a", "b").observe(200, 0.001)
     b.link("inbound", "a", "c").observe(404, 0.001)
-    a.error("inbound", "forbidden")
-    b.error("inbound", "forbidden")
+    a.host = b.host = "h"
+    a.error("inbound", "forbidden", "a", "b")
+    b.error("inbound", "forbidden", "a", "b")
     m = merge([a.dump(), b.dump()])
     by = {(x["source"], x["destination"]): x for x in m["links"]}
-    assert by[("a", "b")]["status"][2] == 2
-    assert by[("a", "c")]["status"][4] == 1
-    assert m["errors"] == [["inbound", "forbidden", 2]]
+    assert by[("a", "b")]["status"][2] == 2 and by[("a", "b")]["codes"] == {"200": 2}
+    assert by[("a", "c")]["status"][4] == 1 and by[("a", "c")]["codes"] == {"404": 1}
+    # Errors made here keep the (side, source, destination, reason) shape control/links.py reads.
+    assert m["errors"] == [["inbound", "a", "b", "forbidden", 2]]
+    # process_*: the supervisor's own sample and both workers', summed (3 processes).
+    assert m["process"]["processes"] == 3 and m["process"]["process_resident_memory_bytes"] > 0
 
 
 @given(st.lists(st.one_of(st.binary(min_size=1, max_size=3000), st.none()), max_size=20),
@@ -96,7 +108,7 @@ def test_observe_counts_as_prometheus_buckets_do(seconds, statuses):
         cls = status // 100
         want_status[cls if 0 < cls < 6 else 5] += 1
     assert ls.buckets == want
-    assert ls.status == want_status
+    assert ls.dump()["status"] == want_status
     assert abs(ls.dur_sum - sum(seconds)) < 1e-9 * max(1.0, sum(seconds))
 
 
@@ -141,3 +153,60 @@ def test_tcp_links_render_their_own_series_and_merge():
             'source="a"} 2.0') in text
     assert 'glassmesh_link_mtls{destination="db",side="inbound",source="a",tls_version="TLSv1.3"} 1.0' in text
     assert "glassmesh_requests_total{" not in text
+
+
+def test_bucket_tree_agrees_with_bisect_at_every_bound() -> None:
+    """linkstats.bucket is a hand-written comparison tree: each bound, and the float just past it, lands
+    where bisect_left over BUCKETS puts it (the tree must be redone if BUCKETS changes)."""
+    import bisect
+    import math
+
+    from glassmesh.proxy.linkstats import BUCKETS, bucket
+
+    for b in BUCKETS:
+        for x in (b, math.nextafter(b, math.inf), math.nextafter(b, 0.0)):
+            assert bucket(x) == bisect.bisect_left(BUCKETS, x), x
+    assert bucket(0.0) == 0 and bucket(-1.0) == 0
+    assert bucket(math.inf) == bucket(math.nan) == len(BUCKETS)
+
+
+def test_dump_keeps_the_shapes_other_readers_know_and_renders_the_new_labels() -> None:
+    """control/links.py reads errors as (side, source, destination, reason) and retries as (side, destination,
+    reason): a peer's error passed on, and retries by source, ride in keys of their own; /metrics has all."""
+    a, b = Stats(), Stats()
+    for s in (a, b):
+        s.host = "host1"
+        s.error("outbound", "connect_refused", "a", "down", hop="host2/inbound")
+        s.error("outbound", "unknown_service", "a", "")
+        s.retry("outbound", "a", "b", "status")
+        s.retry("outbound", "c", "b", "status")
+    m = merge([a.dump(), b.dump()])
+    assert m["errors"] == [["outbound", "a", "", "unknown_service", 2]]
+    assert m["passed_errors"] == [["outbound", "a", "down", "connect_refused", "host2/inbound", 2]]
+    assert m["retries"] == [["outbound", "b", "status", 4]]
+    assert sorted(m["link_retries"]) == [["outbound", "a", "b", "status", 2], ["outbound", "c", "b", "status", 2]]
+    text = render(m).decode()
+    assert ('glassmesh_mesh_errors_total{destination="down",hop="host2/inbound",reason="connect_refused",'
+            'side="outbound",source="a"} 2.0') in text
+    assert ('glassmesh_mesh_errors_total{destination="",hop="host1/outbound",reason="unknown_service",'
+            'side="outbound",source="a"} 2.0') in text
+    assert 'glassmesh_retries_total{destination="b",reason="status",side="outbound",source="c"} 2.0' in text
+
+
+def test_workers_endpoint_histograms_and_ejections_are_summed() -> None:
+    def worker(n: int, ejected: bool) -> Stats:
+        s = Stats()
+        row = {"service": "b", "host": "host2", "address": "10.0.0.2:4143", "ejected": ejected,
+               "ejected_for_s": 5.0 if ejected else 0.0, "ejections": 1, "ejections_total": n, "requests": 10 * n,
+               "failures": n, "outstanding": 0, "latency_ewma_s": 0.002, "latency_buckets": [n] * 15,
+               "latency_sum_s": 0.5 * n}
+        s.endpoint_rows = lambda: [row]
+        return s
+
+    text = render(merge([worker(1, False).dump(), worker(2, True).dump()])).decode()
+    el = 'address="10.0.0.2:4143",destination="b",host="host2"'
+    assert f"glassmesh_endpoint_ejections_total{{{el}}} 3.0" in text
+    assert f"glassmesh_endpoint_ejected{{{el}}} 1.0" in text
+    assert f'glassmesh_endpoint_latency_seconds_bucket{{{el},le="0.0005"}} 3.0' in text
+    assert f'glassmesh_endpoint_latency_seconds_bucket{{{el},le="+Inf"}} 45.0' in text
+    assert f"glassmesh_endpoint_latency_seconds_sum{{{el}}} 1.5" in text

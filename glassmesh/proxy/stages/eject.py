@@ -21,7 +21,8 @@ class EndpointState(Protocol):
     """
 
     consecutive_failures: int
-    ejections: int
+    ejections: int  # the backoff: ejections in a row, back to 0 after a long enough good health
+    ejections_total: int  # every ejection since the proxy started (a metric: never goes down)
     ejected_until: float
 
 
@@ -59,6 +60,7 @@ class Outlier:
         if d > self.max_ejection_s:
             d = self.max_ejection_s
         ep.ejections += 1
+        ep.ejections_total += 1
         ep.ejected_until = now + d
         ep.consecutive_failures = 0
         self.ejections_total += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from glassmesh.proxy.linkstats import BUCKETS, bucket
 from glassmesh.proxy.stages.eject import Outlier
 
 # How fast the latency estimate forgets: a sample `DECAY_S` old weighs half as much as a new one.
@@ -37,9 +38,14 @@ class EndpointState:
         self.stamp = now  # when ewma_s was last updated
         self.ejected_until = 0.0  # monotonic seconds; ejected while now < this
         self.ejections = 0  # ejections so far; each one lasts twice the one before, up to the maximum
+        self.ejections_total = 0  # ejections since the proxy started: `ejections` starts over, this does not
         self.consecutive_failures = 0
         self.requests = 0
         self.failures = 0
+        # Each try's latency (request sent to answer complete, failures included), as a histogram
+        # with the links' buckets: glassmesh_endpoint_latency_seconds.
+        self.lat_buckets = [0] * (len(BUCKETS) + 1)
+        self.lat_sum = 0.0
         self.outlier: Outlier | None = None  # the service's outlier detection, set by compile_policy
         # Whatever the proxy keeps for this endpoint (its pool of connections): no lookup per request.
         self.pool: Any = None
@@ -57,6 +63,10 @@ class EndpointState:
         if self.outstanding > 0:
             self.outstanding -= 1
         self.requests += 1
+        b = self.lat_buckets
+        i = bucket(latency_s)
+        b[i] = b[i] + 1
+        self.lat_sum += latency_s
         if not ok:
             self.failures += 1
             if latency_s < FAILURE_PENALTY_S:
