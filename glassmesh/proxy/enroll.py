@@ -227,7 +227,7 @@ class ProxyIdentity:
         out = {}
         for name, path in [("host", self.path("host.pem")),
                            *((f"service/{ls.name}", ls.cert) for ls in snap.local_services)]:
-            cert = _load_cert(path)
+            cert = certfacts.load(path)
             if cert is not None:
                 out[name] = cert.not_valid_after_utc.timestamp()
         return out
