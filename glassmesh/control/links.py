@@ -130,17 +130,30 @@ def matrix(samples: dict[str, tuple[Sample, Sample | None]]) -> list[dict[str, A
                 r["window_s"] = window
 
         stats, bstats = cur["stats"], (base["stats"] if base and window is not None else None)
-        for (side, dst, reason), n in _counted(stats.get("retries", []), bstats and bstats.get("retries"), 3).items():
-            r = _busiest(rows, deltas, by_hop.get(side, []), dst)
-            if r is not None and n > 0:
-                r["retries"][reason] = r["retries"].get(reason, 0) + n
+        if "link_retries" in stats:  # a proxy that names each retry's source: exact
+            for (side, src, dst, reason), n in _counted(stats["link_retries"], bstats and bstats.get("link_retries"),
+                                                        4).items():
+                r = rows.get((src, dst)) or _busiest(rows, deltas, by_hop.get(side, []), dst)
+                if r is not None and n > 0:
+                    r["retries"][reason] = r["retries"].get(reason, 0) + n
+        else:
+            for (side, dst, reason), n in _counted(stats.get("retries", []), bstats and bstats.get("retries"),
+                                                   3).items():
+                r = _busiest(rows, deltas, by_hop.get(side, []), dst)
+                if r is not None and n > 0:
+                    r["retries"][reason] = r["retries"].get(reason, 0) + n
         errors = stats.get("errors", [])
         old_errors = bstats and bstats.get("errors")
         for key, n in [*_counted(errors, old_errors, 2).items(), *_counted(errors, old_errors, 4).items()]:
             if n <= 0:
                 continue
             side, reason = key[0], key[-1]
-            r = rows.get((key[1], key[2])) if len(key) == 4 else _busiest(rows, deltas, by_hop.get(side, []))
+            # A proxy that names the link (source, destination) gets it exactly; an error before the link
+            # is known (no destination yet) goes to the busiest link of that hop, as an older proxy's do.
+            exact = rows.get((key[1], key[2])) if len(key) == 4 and key[1] and key[2] else None
+            hop_keys = by_hop.get(side, [])
+            r = exact or (_busiest(rows, deltas, hop_keys, key[2]) if len(key) == 4 and key[2] else None) or \
+                _busiest(rows, deltas, hop_keys)
             if r is not None:
                 hop = r["mesh_errors"].setdefault(f"{host}/{side}", {})
                 hop[reason] = hop.get(reason, 0) + n

@@ -17,9 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.process_collector import ProcessCollector
-
 _HELP = {
     "process_cpu_seconds_total": "Total user and system CPU time spent in seconds (all of the proxy's processes)",
     "process_resident_memory_bytes": "Resident memory size in bytes (all of the proxy's processes)",
@@ -29,11 +26,16 @@ _HELP = {
     "process_start_time_seconds": "Start time of the process since unix epoch in seconds (the first of the "
                                   "proxy's processes)",
 }
-_collector = ProcessCollector(registry=None)
+_collector: Any = None  # prometheus_client's, made at the first scrape (test_proxy_footprint: not at idle)
 
 
 def process_sample() -> dict[str, float]:
     """This process's figures, by metric name ({} where /proc is not there to read)."""
+    global _collector
+    if _collector is None:
+        from prometheus_client.process_collector import ProcessCollector
+
+        _collector = ProcessCollector(registry=None)
     out: dict[str, float] = {}
     for fam in _collector.collect():
         for s in fam.samples:
@@ -62,6 +64,8 @@ def merge_process(samples: Iterable[dict[str, float]]) -> dict[str, float]:
 def process_families(sample: dict[str, float] | None) -> Iterator[Any]:
     if not sample:
         return
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     for name, doc in _HELP.items():
         if name not in sample:
             continue

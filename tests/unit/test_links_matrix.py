@@ -47,8 +47,8 @@ def test_rates_success_latency_over_two_samples_worst_first() -> None:
     traffic(h1, "a", "b", 20, status=503, seconds=0.2)
     traffic(h1, "a", "c", 40, seconds=0.02)
     traffic(h2, "a", "b", 200, side="inbound")  # the inbound side's view of the same link: not counted twice
-    h1.retry("outbound", "b", "connect_refused")
-    h1.retry("outbound", "b", "connect_refused")
+    h1.retry("outbound", "a", "b", "connect_refused")
+    h1.retry("outbound", "a", "b", "connect_refused")
     h1.error("outbound", "no_endpoints")
     h2.error("inbound", "connect_refused")
     rows = matrix({"host1": (sample(102.0, h1), first["host1"]), "host2": (sample(102.0, h2), first["host2"])})
