@@ -20,6 +20,10 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 # and the unit files are checked with systemd-analyze verify (tests/e2e/test_units.py).
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# A real headless browser for the dashboard test (tests/e2e/test_dashboard.py): Selenium drives Debian's own
+# chromium through Debian's chromedriver, at /usr/bin; nothing downloads a browser.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # The tests start nginx and redis themselves: keep their packages from starting system services

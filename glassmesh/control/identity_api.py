@@ -26,6 +26,7 @@ from aiohttp import web
 from glassmesh.control.api import STORE, decode, error, json_response
 from glassmesh.control.identity import DEFAULT_TOKEN_TTL_S, Forbidden, Identity
 from glassmesh.control.operator_auth import OPERATOR_KEY, authenticate
+from glassmesh.control.sessions import LOGIN_PATH
 
 _S = {"forbid_unknown_fields": True, "kw_only": True}
 IDENTITY = web.AppKey("identity", Identity)
@@ -150,7 +151,7 @@ async def listener_guard(request: web.Request, handler: Any) -> web.StreamRespon
         if route in PROXY_ROUTES and route != "/v1/ca":
             return error(404, f"{request.path} is served to proxies on the proxy listener (--proxy-listen)")
         ident = request.app.get(IDENTITY)
-        if ident is not None:
+        if ident is not None and route != LOGIN_PATH:  # the dashboard's login: its token is the credential
             request[OPERATOR_KEY] = authenticate(request, ident.trust_domain)
     return await handler(request)  # type: ignore[no-any-return]
 

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 
 from glassmesh.control import api, identity_api, proxy_api
+from glassmesh.control import dashboard as dashboard_api
 from glassmesh.control.config import ConfigError
 from glassmesh.control.identity import Identity, IdentityError, shared_ca
 from glassmesh.control.metrics import HoldCounter
@@ -190,6 +191,7 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
     api.add_routes(app)
     proxy_api.add_routes(app)
     identity_api.add_routes(app)
+    dashboard_api.add_routes(app)  # the browser's page and its logins, on the operator listener only
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         plane.start()
