@@ -1,0 +1,190 @@
+"""The dashboard in a real headless browser, against the running demo: Debian's chromium driven by Selenium.
+
+`glassmesh demo` runs (its control plane, four proxies, the apps, traffic);
+`glassmesh dashboard --no-open` prints the login link, as a user would run
+it; chromium (/usr/bin/chromium through /usr/bin/chromedriver, never a
+downloaded browser) opens it. The page must load with no console error,
+show the demo's services and links with non-zero rates, follow a link to its
+page and see a tapped request there. Screenshots of both pages are saved in
+the test's own tmp_path (`dashboard.png`, `dashboard-link.png`; pytest keeps
+the last runs under /tmp/pytest-of-$USER/).
+
+The browser trusts the control plane's certificate by its public key only
+(`--ignore-certificate-errors-spki-list`), the key the test read from the
+control plane after checking it against the mesh CA, as the user compares
+the fingerprint `glassmesh dashboard` prints.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.e2e.test_demo import DEMO_ADDRESSES, _bindable
+
+CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+pytestmark = pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+                                reason="Debian's chromium and chromium-driver are not installed (make test installs "
+                                       "them: scripts/install-test-deps.sh)")
+
+
+def _spki_sha256(port: int, ca: Path) -> str:
+    """base64 SHA-256 of the public key the control plane serves, once its certificate checks against the CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der
+    spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+class Demo:
+    """`glassmesh demo` in the background, its output kept, stopped with SIGTERM at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        deadline = time.monotonic() + 120  # another test's demo may still hold the fixed addresses
+        while busy := [f"{ip}:{port}" for ip, port in DEMO_ADDRESSES if not _bindable(ip, port)]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the demo's addresses stay taken: {busy}")
+            time.sleep(1)
+        self.state = tmp / "state"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GLASSMESH_")}
+        self.env.update(PYTHONUNBUFFERED="1", COLUMNS="250", XDG_CONFIG_HOME=str(tmp / "config"))
+        self.log = tmp / "demo.out"
+        self.out = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([*CLI, "demo", "--duration", "120", "--state-dir", str(self.state)],
+                                     stdout=self.out, stderr=subprocess.STDOUT, text=True, env=self.env)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, needle: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            assert self.proc.poll() is None, f"the demo exited ({self.proc.returncode}):\n{self.text()}"
+            assert time.monotonic() < deadline, f"the demo never printed {needle!r}:\n{self.text()}"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.out.close()
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    d = Demo(tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path, demo: Demo, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never fetch a browser or a driver
+    demo.wait_for("control plane up on https://127.0.0.1:4200")
+    spki = _spki_sha256(4200, demo.state / "control" / "ca" / "ca.pem")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium'}",
+                f"--ignore-certificate-errors-spki-list={spki}", "--no-first-run", "--disable-extensions",
+                "--disable-background-networking", "--disable-sync", "--disable-component-update"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER,
+                                                            log_output=str(tmp_path / "chromedriver.log")))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(what: str, pred, timeout: float = 30.0, driver=None):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            page = driver.find_element("tag name", "body").text if driver is not None else ""
+            raise AssertionError(f"timed out waiting for {what}; the page shows:\n{page}")
+        time.sleep(0.3)
+
+
+def _rate(text: str) -> float:
+    m = re.search(r"([\d.]+)/s", text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_dashboard_shows_the_running_demo(demo: Demo, browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    demo.wait_for("traffic: ")
+    assert "dashboard" in demo.text()  # the demo tells the user how to open it
+    r = subprocess.run([*CLI, "dashboard", "--no-open"], env=demo.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    url = re.search(r"dashboard: (https://127\.0\.0\.1:4200/dashboard/login\?token=\S+)", r.stdout)
+    assert url, r.stdout
+
+    driver.get(url.group(1))
+    _wait("the page after the login", lambda: driver.current_url.endswith("/dashboard/"), driver=driver)
+
+    # The demo's services in the graph, its links in the matrix with non-zero rates.
+    for svc in ("a", "b", "c"):
+        _wait(f"service {svc} in the graph",
+              lambda s=svc: driver.find_elements(By.CSS_SELECTOR, f'#graph [data-service="{s}"]'), driver=driver)
+    for link in ("a->b", "a->c"):
+        _wait(f"{link} with a non-zero rate in the matrix", lambda lk=link: any(
+            _rate(e.text) > 0 for e in driver.find_elements(By.CSS_SELECTOR, f'#matrix a[data-link="{lk}"]')),
+            driver=driver)
+        edge = driver.find_element(By.CSS_SELECTOR, f'#graph a[data-link="{link}"]')
+        assert _rate(edge.text or edge.get_attribute("textContent") or "") > 0
+    assert "host1" in driver.find_element(By.ID, "hosts").text
+    assert "no held changes" in driver.find_element(By.ID, "held").text
+    driver.save_screenshot(str(tmp_path / "dashboard.png"))
+
+    # Follow a link to its page: its figures, and a request tapped live as it crosses the proxies.
+    driver.find_element(By.CSS_SELECTOR, '#matrix a[data-link="a->b"]').click()
+    _wait("the link's page", lambda: driver.current_url.endswith("#/link/a/b"), driver=driver)
+    assert driver.find_element(By.ID, "link-title").text == "a → b"
+    rows = _wait("a tapped request", lambda: driver.find_elements(By.CSS_SELECTOR, "#tap tr.tap-row"), 40,
+                 driver=driver)
+    first = rows[0].text
+    assert "GET" in first and re.search(r"\b200\b", first), first
+    _wait("latency over time", lambda: driver.find_elements(By.CSS_SELECTOR, "#latency polyline"), driver=driver)
+    driver.save_screenshot(str(tmp_path / "dashboard-link.png"))
+    assert (tmp_path / "dashboard.png").stat().st_size > 0
+
+    # No console error, from the first page to the last (a failed fetch shows as one too).
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
