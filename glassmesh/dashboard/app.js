@@ -2,7 +2,7 @@
 // redraws without a reload. No library, nothing from another origin: plain DOM and SVG.
 //
 //   /v1/status  every 2 s   hosts, snapshot versions, rejects, held changes
-//   /v1/links   every 1 s   per-link rate, success, latency, errors by hop (from every proxy)
+//   /v1/links   every 2 s   per-link rate, success, latency, errors by hop (from every proxy)
 //   /v1/hosts, /v1/config every 5 s   certificate expiry; the services and who calls whom
 //   /v1/tap?from=A&to=B     on a link's page: NDJSON, one JSON event per line, as requests cross
 "use strict";
@@ -28,6 +28,11 @@ function num(v) { const n = Number(v); return v === null || v === undefined || v
 function pick(o, names) {
   for (const n of names) { if (o && o[n] !== undefined && o[n] !== null) return o[n]; }
   return undefined;
+}
+// A count, or the sum of a {reason: count} object.
+function count(v) {
+  if (v && typeof v === "object") return Object.values(v).reduce((s, n) => s + (num(n) || 0), 0);
+  return num(v);
 }
 function fmtRate(r) { return r === null ? "-" : `${r.toFixed(r < 10 ? 2 : 1)}/s`; }
 function fmtPct(s) { return s === null ? "-" : `${(s * 100).toFixed(s >= 0.9995 ? 0 : 1)}%`; }
@@ -87,10 +92,10 @@ function normLink(l) {
   return {
     src: String(pick(l, ["source", "from", "src"]) ?? "?"), dst: String(pick(l, ["destination", "to", "dst"]) ?? "?"),
     side: pick(l, ["side"]), host: pick(l, ["host"]),
-    rate: num(pick(l, ["rate", "rps", "req_per_s", "requests_per_s", "rate_per_s"])), success,
+    rate: num(pick(l, ["rate_rps", "rate", "rps", "req_per_s", "requests_per_s", "rate_per_s"])), success,
     p50: p("p50"), p99: p("p99"),
     mtls: pick(l, ["mtls", "tls_version", "tls"]),
-    retries: num(pick(l, ["retries", "retries_per_s", "retry_rate"])),
+    retries: count(pick(l, ["retries", "retries_per_s", "retry_rate"])),
     errors: pick(l, ["mesh_errors", "errors_by_hop", "errors"]),
   };
 }
@@ -150,7 +155,9 @@ async function pollLinks() {
   }
   const raw = Array.isArray(doc) ? doc : (doc.links || []);
   S.links = mergeLinks(raw);
-  S.linksNote = S.links.length ? "" : "no traffic seen on any link yet";
+  const missing = Object.entries((doc && doc.missing) || {}).map(([h, why]) => `${h} (${why})`);
+  S.linksNote = (S.links.length ? "" : "no traffic seen on any link yet") +
+    (missing.length ? `${S.links.length ? "" : "; "}not counted: ${missing.join(", ")}` : "");
   const now = Date.now();
   for (const l of S.links) {
     const k = linkKey(l.src, l.dst);
@@ -281,7 +288,7 @@ function renderHosts() {
   for (const x of st.hosts || []) {
     const exp = certs.get(x.name);
     const left = exp ? exp - now : null;
-    const expCls = left === null ? "muted" : left < 86400 ? "bad" : left < 7 * 86400 ? "warn" : "ok";
+    const expCls = left === null ? "muted" : left < 3600 ? "bad" : left < 4 * 3600 ? "warn" : "ok";
     const proxy = x.proxy ? `${x.proxy.build || ""}${x.proxy.wire ? " (wire " + x.proxy.wire + ")" : ""}` : "-";
     const rej = x.last_reject && !x.last_reject.past ? `v${x.last_reject.version}: ${x.last_reject.reason}` : "";
     h += `<tr data-host="${esc(x.name)}"><td>${esc(x.name)}</td>` +
@@ -461,7 +468,7 @@ function onRoute() {
 window.addEventListener("hashchange", onRoute);
 document.addEventListener("DOMContentLoaded", () => {
   every(2000, "/v1/status", async () => { S.status = await getJSON("/v1/status"); });
-  every(1000, "/v1/links", pollLinks);
+  every(2000, "/v1/links", pollLinks);
   every(5000, "/v1/config", async () => { S.config = await getJSON("/v1/config"); });
   every(5000, "/v1/hosts", async () => { S.hosts = await getJSON("/v1/hosts"); });
   onRoute();
