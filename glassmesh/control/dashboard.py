@@ -60,7 +60,7 @@ def _page(status: int, body: bytes, content_type: str = "text/html") -> web.Resp
 def _message(status: int, title: str, text: str, refresh: str = "") -> web.Response:
     meta = f'<meta http-equiv="refresh" content="0;url={refresh}">' if refresh else ""
     link = f'<p><a href="{refresh}">Open the dashboard</a></p>' if refresh else ""
-    doc = (f"<!doctype html><html><head><meta charset=utf-8>{meta}<title>glassmesh: {html.escape(title)}</title>"
+    doc = (f"<!doctype html><html><head><meta charset=utf-8><link rel=icon href='data:,'>{meta}<title>glassmesh: {html.escape(title)}</title>"
            f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{link}</body></html>")
     return _page(status, doc.encode())
 

@@ -332,7 +332,7 @@ function renderLink(r) {
         `<td>${esc(e.status)}</td><td>${esc(e.hop)}</td><td>${esc(e.why)}</td></tr>`).join("") + "</tbody></table>"
     : '<p class="empty">no errors seen on this link while this page was open</p>';
   $("link-errors").innerHTML = h;
-  $("tap-state").textContent = t ? t.note : "";
+  $("tap-state").textContent = t ? t.note + (t.dropped ? ` · ${t.dropped} not shown (over the tap's rate)` : "") : "";
   $("tap").innerHTML = t && t.events.length
     ? "<table><thead><tr><th>when</th><th>method</th><th>path</th><th>status</th><th>time</th><th>where</th></tr></thead>" +
       "<tbody id=\"tap-rows\">" + t.events.map((e) => `<tr class="tap-row ${e.status >= 500 ? "bad" : ""}" ` +
@@ -369,7 +369,7 @@ function tapEvent(ev) {
   const why = pick(ev, ["error", "mesh_error", "reason"]) ?? hdr("glassmesh-error") ?? "";
   const hop = pick(ev, ["hop", "error_hop", "made_by"]) ??
     (why ? [ev.host, ev.side].filter(Boolean).join("/") : "") ?? "";
-  return {when, status, method: ev.method ?? "", path: ev.path ?? "", duration_ms: ev.duration_ms, why,
+  return {at: at || Date.now() / 1000, when, status, method: ev.method ?? "", path: ev.path ?? "", duration_ms: ev.duration_ms, why,
           hop: hop || (status >= 500 ? "the app (no mesh error)" : ""),
           where: [ev.host, ev.side].filter(Boolean).join(" ")};
 }
@@ -390,7 +390,7 @@ async function runTap(r) {
         if (resp.status === 404) return;
       } else {
         tap.note = "live";
-        render();
+        render();  // the first line names the proxies
         const reader = resp.body.getReader();
         const dec = new TextDecoder();
         let buf = "";
@@ -405,10 +405,18 @@ async function runTap(r) {
             if (!line) continue;
             let ev;
             try { ev = JSON.parse(line); } catch (e) { continue; }
-            if (ev.error && !ev.method) { tap.note = `tap: ${ev.error}`; continue; }
-            if (!ev.method) continue;  // a heartbeat or a summary line
+            if (ev.tap) {  // the first line: which proxies are tapped
+              const missing = ev.tap.not_connected || [];
+              tap.note = `live at ${(ev.tap.hosts || []).join(", ")}` +
+                (missing.length ? ` (not connected: ${missing.join(", ")})` : "");
+              continue;
+            }
+            if (ev.dropped) { tap.dropped = (tap.dropped || 0) + ev.dropped; continue; }
+            if (ev.error && !ev.method) { tap.note = `tap: ${ev.error} (${ev.host || "?"})`; continue; }
+            if (!ev.method) continue;
             const e = tapEvent(ev);
-            tap.events.unshift(e);
+            tap.events.push(e);
+            tap.events.sort((x, y) => y.at - x.at);  // each proxy sends in batches: newest first across them
             if (tap.events.length > TAP_ROWS) tap.events.length = TAP_ROWS;
             if (e.status >= 500 || e.why) {
               tap.errors.unshift(e);
