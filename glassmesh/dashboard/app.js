@@ -297,7 +297,14 @@ function renderHosts() {
       `<td class="${expCls}">${exp ? esc(new Date(exp * 1000).toISOString().replace(".000", "")) +
         " (in " + esc(fmtAge(left)) + ")" : "-"}</td><td class="warn">${esc(rej)}</td></tr>`;
   }
-  $("hosts").innerHTML = h + "</tbody></table>";
+  h += "</tbody></table>";
+  const sick = st.unhealthy || [];
+  h += sick.length
+    ? "<p>unhealthy instances:</p><ul>" + sick.map((i) => `<li class="warn">${esc(i.service)} ` +
+      `${esc(i.host)}/${esc(i.address)}: ${esc(i.detail)}</li>`).join("") + "</ul>"
+    : '<p class="empty">every instance is healthy</p>';
+  if ((st.drained || []).length) h += `<p>drained on purpose: ${esc(st.drained.join(", "))}</p>`;
+  $("hosts").innerHTML = h;
 }
 
 // ------------------------------------------------------------------ a link's page
