@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import os
 import re
 import signal
@@ -183,6 +184,19 @@ def test_dashboard_shows_the_running_demo(demo: Demo, browser, tmp_path: Path) -
     first = rows[0].text
     assert "GET" in first and re.search(r"\b200\b", first), first
     _wait("latency over time", lambda: driver.find_elements(By.CSS_SELECTOR, "#latency polyline"), driver=driver)
+
+    # A failed request on the link shows among the recent errors, with the hop that made it: here B's app
+    # (it answers /status/503 so), not a proxy. Sent as A, through host1's proxy, as the README's curl does.
+    conn = http.client.HTTPConnection("127.0.0.11", 4140, timeout=10)
+    try:
+        conn.request("GET", "/status/503", headers={"host": "b"})
+        assert conn.getresponse().status == 503
+    finally:
+        conn.close()
+    failed = _wait("the 503 among the recent errors", lambda: [
+        e for e in driver.find_elements(By.CSS_SELECTOR, "#link-errors tr.error-row") if "/status/503" in e.text],
+        30, driver=driver)
+    assert "503" in failed[0].text and "the app (no mesh error)" in failed[0].text, failed[0].text
     driver.save_screenshot(str(tmp_path / "dashboard-link.png"))
     assert (tmp_path / "dashboard.png").stat().st_size > 0
 
