@@ -24,6 +24,11 @@ function esc(v) {
                                                        "'": "&#39;"}[c]));
 }
 function $(id) { return document.getElementById(id); }
+// Replace a section only when what it shows changed: a steady section keeps its text selection and hover.
+const shown = new Map();
+function setHTML(id, html) {
+  if (shown.get(id) !== html) { $(id).innerHTML = html; shown.set(id, html); }
+}
 function num(v) { const n = Number(v); return v === null || v === undefined || v === "" || !isFinite(n) ? null : n; }
 function pick(o, names) {
   for (const n of names) { if (o && o[n] !== undefined && o[n] !== null) return o[n]; }
@@ -187,7 +192,7 @@ function renderGraph() {
   const edges = new Map();
   for (const [a, b] of calls) edges.set(linkKey(a, b), {src: a, dst: b, link: null});
   for (const l of S.links) edges.set(linkKey(l.src, l.dst), {src: l.src, dst: l.dst, link: l});
-  if (!names.length) { $("graph").innerHTML = '<p class="empty">no services in the config yet</p>'; return; }
+  if (!names.length) { setHTML("graph", '<p class="empty">no services in the config yet</p>'); return; }
   // Columns by depth: a service sits one column right of the deepest service that calls it.
   const depth = new Map(names.map((n) => [n, 0]));
   for (let i = 0; i < names.length; i++) {
@@ -234,14 +239,14 @@ function renderGraph() {
       `${inRate ? esc(fmtRate(inRate)) + " in" : ""}</text></g>`);
   }
   parts.push("</svg>");
-  $("graph").innerHTML = parts.join("") + (S.linksNote ? `<p class="empty">${esc(S.linksNote)}</p>` : "");
+  setHTML("graph", parts.join("") + (S.linksNote ? `<p class="empty">${esc(S.linksNote)}</p>` : ""));
 }
 
 function renderMatrix() {
   const byKey = new Map(S.links.map((l) => [linkKey(l.src, l.dst), l]));
   const srcs = [...new Set(S.links.map((l) => l.src))].sort();
   const dsts = [...new Set(S.links.map((l) => l.dst))].sort();
-  if (!srcs.length) { $("matrix").innerHTML = `<p class="empty">${esc(S.linksNote || "no links yet")}</p>`; return; }
+  if (!srcs.length) { setHTML("matrix", `<p class="empty">${esc(S.linksNote || "no links yet")}</p>`); return; }
   let h = "<table><thead><tr><th>caller \\ callee</th>" + dsts.map((d) => `<th>${esc(d)}</th>`).join("") +
     "</tr></thead><tbody>";
   for (const s of srcs) {
@@ -254,28 +259,28 @@ function renderMatrix() {
     }
     h += "</tr>";
   }
-  $("matrix").innerHTML = h + "</tbody></table>";
+  setHTML("matrix", h + "</tbody></table>");
 }
 
 function renderHeld() {
   const st = S.status;
   if (!st) return;
   const held = st.held || [];
-  $("held").innerHTML = held.length
+  setHTML("held", held.length
     ? "<table><thead><tr><th>held change</th><th>why</th><th>since</th></tr></thead><tbody>" +
       held.map((c) => `<tr class="bad"><td>${esc(c.service)}</td><td>${esc(c.cause || c.reason || "")}</td>` +
         `<td>${esc(fmtAge(c.since_s))}</td></tr>`).join("") +
       "</tbody></table><p class=\"muted\">let one through with <code>glassmesh release SERVICE</code></p>"
-    : '<p class="empty">no held changes</p>';
+    : '<p class="empty">no held changes</p>');
   const rejects = [];
   for (const h of st.hosts || []) for (const r of h.recent_rejects || []) rejects.push({host: h.name, ...r});
   rejects.sort((a, b) => (b.at || 0) - (a.at || 0));
-  $("rejects").innerHTML = rejects.length
+  setHTML("rejects", rejects.length
     ? "<table><thead><tr><th>host</th><th>rejected</th><th>reason</th></tr></thead><tbody>" +
       rejects.slice(0, 10).map((r) => `<tr class="${r.past ? "muted" : "warn"}"><td>${esc(r.host)}</td>` +
         `<td>v${esc(r.version)}${r.past ? " (past)" : ""}</td><td>${esc(r.reason)}</td></tr>`).join("") +
       "</tbody></table>"
-    : '<p class="empty">no rejected snapshots</p>';
+    : '<p class="empty">no rejected snapshots</p>');
 }
 
 function renderHosts() {
@@ -304,7 +309,7 @@ function renderHosts() {
       `${esc(i.host)}/${esc(i.address)}: ${esc(i.detail)}</li>`).join("") + "</ul>"
     : '<p class="empty">every instance is healthy</p>';
   if ((st.drained || []).length) h += `<p>drained on purpose: ${esc(st.drained.join(", "))}</p>`;
-  $("hosts").innerHTML = h;
+  setHTML("hosts", h);
 }
 
 // ------------------------------------------------------------------ a link's page
@@ -317,13 +322,13 @@ function route() {
 function renderLink(r) {
   const l = S.links.find((x) => x.src === r.src && x.dst === r.dst);
   $("link-title").textContent = `${r.src} → ${r.dst}`;
-  $("link-figures").innerHTML = l
+  setHTML("link-figures", l
     ? `<p class="figures"><span>rate <b>${esc(fmtRate(l.rate))}</b></span>` +
       `<span>success <b class="${successClass(l.success)}">${esc(fmtPct(l.success))}</b></span>` +
       `<span>p50 <b>${esc(fmtMs(l.p50))}</b></span><span>p99 <b>${esc(fmtMs(l.p99))}</b></span>` +
       `<span>mTLS <b>${esc(l.mtls === true ? "yes" : l.mtls === false ? "no" : l.mtls ?? "-")}</b></span>` +
       (l.retries !== null ? `<span>retries <b>${esc(l.retries)}</b></span>` : "") + "</p>"
-    : `<p class="empty">${esc(S.linksNote || "no traffic seen on this link yet")}</p>`;
+    : `<p class="empty">${esc(S.linksNote || "no traffic seen on this link yet")}</p>`);
   renderLatency(S.history.get(linkKey(r.src, r.dst)) || []);
   const t = S.tap;
   const errs = (l ? l.errors : []).filter((e) => e.count);
@@ -338,32 +343,32 @@ function renderLink(r) {
       "<tbody>" + recent.map((e) => `<tr class="bad error-row"><td>${esc(e.when)}</td><td>${esc(e.method)} ${esc(e.path)}</td>` +
         `<td>${esc(e.status)}</td><td>${esc(e.hop)}</td><td>${esc(e.why)}</td></tr>`).join("") + "</tbody></table>"
     : '<p class="empty">no errors seen on this link while this page was open</p>';
-  $("link-errors").innerHTML = h;
+  setHTML("link-errors", h);
   $("tap-state").textContent = t ? t.note + (t.dropped ? ` · ${t.dropped} not shown (over the tap's rate)` : "") : "";
-  $("tap").innerHTML = t && t.events.length
+  setHTML("tap", t && t.events.length
     ? "<table><thead><tr><th>when</th><th>method</th><th>path</th><th>status</th><th>time</th><th>where</th></tr></thead>" +
       "<tbody id=\"tap-rows\">" + t.events.map((e) => `<tr class="tap-row ${e.status >= 500 ? "bad" : ""}" ` +
         `data-status="${esc(e.status)}"><td>${esc(e.when)}</td><td>${esc(e.method)}</td><td>${esc(e.path)}</td>` +
         `<td>${esc(e.status)}</td><td class="num">${esc(fmtMs(num(e.duration_ms)))}</td><td>${esc(e.where)}</td></tr>`)
         .join("") + "</tbody></table>"
-    : '<p class="empty">waiting for requests on this link ...</p>';
+    : '<p class="empty">waiting for requests on this link ...</p>');
 }
 
 function renderLatency(h) {
   const pts = h.filter((p) => p.p50 !== null || p.p99 !== null);
-  if (pts.length < 2) { $("latency").innerHTML = '<p class="empty">collecting points ...</p>'; return; }
+  if (pts.length < 2) { setHTML("latency", '<p class="empty">collecting points ...</p>'); return; }
   const W = 800, H = 180, L = 50, B = 20;
   const t0 = pts[0].t, t1 = pts[pts.length - 1].t;
   const top = Math.max(1, ...pts.map((p) => Math.max(p.p99 ?? 0, p.p50 ?? 0))) * 1.1;
   const x = (t) => L + (W - L - 10) * (t1 === t0 ? 1 : (t - t0) / (t1 - t0));
   const y = (v) => H - B - (H - B - 10) * (v / top);
   const line = (k) => pts.filter((p) => p[k] !== null).map((p) => `${x(p.t).toFixed(1)},${y(p[k]).toFixed(1)}`).join(" ");
-  $("latency").innerHTML = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${H}" width="100%" height="${H}">` +
+  setHTML("latency", `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${H}" width="100%" height="${H}">` +
     `<line class="axis" x1="${L}" y1="${H - B}" x2="${W}" y2="${H - B}"/><line class="axis" x1="${L}" y1="10" x2="${L}" y2="${H - B}"/>` +
     `<text x="${L - 6}" y="14" text-anchor="end">${esc(fmtMs(top))}</text><text x="${L - 6}" y="${H - B}" text-anchor="end">0</text>` +
     `<text x="${L}" y="${H - 4}">${esc(Math.round((t1 - t0) / 1000))} s</text>` +
     `<polyline class="p99" points="${line("p99")}"/><polyline class="p50" points="${line("p50")}"/>` +
-    `<text x="${W - 120}" y="20" class="warn">— p99</text><text x="${W - 60}" y="20">— p50</text></svg>`;
+    `<text x="${W - 120}" y="20" class="warn">— p99</text><text x="${W - 60}" y="20">— p50</text></svg>`);
 }
 
 function tapEvent(ev) {

@@ -141,6 +141,26 @@ def _wait(what: str, pred, timeout: float = 30.0, driver=None):  # type: ignore[
         time.sleep(0.3)
 
 
+def _texts(driver, selector: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The text of every element `selector` finds, read in one go (the page redraws its sections live, so an
+    element found in one call may be gone by the next)."""
+    return list(driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent)", selector))
+
+
+def _click(driver, selector: str) -> None:  # type: ignore[no-untyped-def]
+    """Click what `selector` finds, as a user does, again if a redraw replaced it in between."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(10):
+        try:
+            driver.find_element("css selector", selector).click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    raise AssertionError(f"{selector} kept being redrawn under the click")
+
+
 def _rate(text: str) -> float:
     m = re.search(r"([\d.]+)/s", text)
     return float(m.group(1)) if m else 0.0
@@ -163,27 +183,23 @@ def test_dashboard_shows_the_running_demo(demo: Demo, browser, tmp_path: Path) -
 
     # The demo's services in the graph, its links in the matrix with non-zero rates.
     for svc in ("a", "b", "c"):
-        _wait(f"service {svc} in the graph",
-              lambda s=svc: driver.find_elements(By.CSS_SELECTOR, f'#graph [data-service="{s}"]'), driver=driver)
+        _wait(f"service {svc} in the graph", lambda s=svc: _texts(driver, f'#graph [data-service="{s}"]'),
+              driver=driver)
     for link in ("a->b", "a->c"):
-        _wait(f"{link} with a non-zero rate in the matrix", lambda lk=link: any(
-            _rate(e.text) > 0 for e in driver.find_elements(By.CSS_SELECTOR, f'#matrix a[data-link="{lk}"]')),
-            driver=driver)
-        edge = driver.find_element(By.CSS_SELECTOR, f'#graph a[data-link="{link}"]')
-        assert _rate(edge.text or edge.get_attribute("textContent") or "") > 0
+        _wait(f"{link} with a non-zero rate in the matrix and the graph", lambda lk=link: any(
+            _rate(t) > 0 for t in _texts(driver, f'#matrix a[data-link="{lk}"]')) and any(
+            _rate(t) > 0 for t in _texts(driver, f'#graph a[data-link="{lk}"]')), driver=driver)
     assert "host1" in driver.find_element(By.ID, "hosts").text
     assert "no held changes" in driver.find_element(By.ID, "held").text
     driver.save_screenshot(str(tmp_path / "dashboard.png"))
 
     # Follow a link to its page: its figures, and a request tapped live as it crosses the proxies.
-    driver.find_element(By.CSS_SELECTOR, '#matrix a[data-link="a->b"]').click()
+    _click(driver, '#matrix a[data-link="a->b"]')
     _wait("the link's page", lambda: driver.current_url.endswith("#/link/a/b"), driver=driver)
     assert driver.find_element(By.ID, "link-title").text == "a → b"
-    rows = _wait("a tapped request", lambda: driver.find_elements(By.CSS_SELECTOR, "#tap tr.tap-row"), 40,
-                 driver=driver)
-    first = rows[0].text
-    assert "GET" in first and re.search(r"\b200\b", first), first
-    _wait("latency over time", lambda: driver.find_elements(By.CSS_SELECTOR, "#latency polyline"), driver=driver)
+    rows = _wait("a tapped request", lambda: _texts(driver, "#tap tr.tap-row"), 40, driver=driver)
+    assert any("GET" in r and re.search(r"\b200\b", r) for r in rows), rows
+    _wait("latency over time", lambda: _texts(driver, "#latency polyline"), driver=driver)  # [""] per line
 
     # A failed request on the link shows among the recent errors, with the hop that made it: here B's app
     # (it answers /status/503 so), not a proxy. Sent as A, through host1's proxy, as the README's curl does.
@@ -194,9 +210,8 @@ def test_dashboard_shows_the_running_demo(demo: Demo, browser, tmp_path: Path) -
     finally:
         conn.close()
     failed = _wait("the 503 among the recent errors", lambda: [
-        e for e in driver.find_elements(By.CSS_SELECTOR, "#link-errors tr.error-row") if "/status/503" in e.text],
-        30, driver=driver)
-    assert "503" in failed[0].text and "the app (no mesh error)" in failed[0].text, failed[0].text
+        t for t in _texts(driver, "#link-errors tr.error-row") if "/status/503" in t], 30, driver=driver)
+    assert "503" in failed[0] and "the app (no mesh error)" in failed[0], failed
     driver.save_screenshot(str(tmp_path / "dashboard-link.png"))
     assert (tmp_path / "dashboard.png").stat().st_size > 0
 
