@@ -145,7 +145,7 @@ def _texts(driver, selector: str) -> list[str]:  # type: ignore[no-untyped-def]
     """The text of every element `selector` finds, read in one go (the page redraws its sections live, so an
     element found in one call may be gone by the next)."""
     return list(driver.execute_script(
-        "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent)", selector))
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText ?? e.textContent)", selector))
 
 
 def _click(driver, selector: str) -> None:  # type: ignore[no-untyped-def]
