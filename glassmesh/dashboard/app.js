@@ -339,9 +339,10 @@ function renderLink(r) {
     : "";
   const recent = t ? t.errors : [];
   h += recent.length
-    ? "<table><thead><tr><th>when</th><th>request</th><th>status</th><th>hop that made it</th><th>why</th></tr></thead>" +
-      "<tbody>" + recent.map((e) => `<tr class="bad error-row"><td>${esc(e.when)}</td><td>${esc(e.method)} ${esc(e.path)}</td>` +
-        `<td>${esc(e.status)}</td><td>${esc(e.hop)}</td><td>${esc(e.why)}</td></tr>`).join("") + "</tbody></table>"
+    ? "<table><thead><tr><th>when</th><th>request</th><th>status</th><th>hop that made it</th><th>why</th>" +
+      "<th>seen at</th></tr></thead><tbody>" + recent.map((e) => `<tr class="bad error-row"><td>${esc(e.when)}</td>` +
+        `<td>${esc(e.method)} ${esc(e.path)}</td><td>${esc(e.status)}</td><td>${esc(e.hop)}</td><td>${esc(e.why)}</td>` +
+        `<td>${esc(e.where)}</td></tr>`).join("") + "</tbody></table>"
     : '<p class="empty">no errors seen on this link while this page was open</p>';
   setHTML("link-errors", h);
   $("tap-state").textContent = t ? t.note + (t.dropped ? ` · ${t.dropped} not shown (over the tap's rate)` : "") : "";
