@@ -7,22 +7,13 @@ import os
 import re
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
+from tests.e2e import test_control_plane
 from tests.e2e.operator import cli_env
 from tests.e2e.test_control_plane import CLI, Control, free_port
 
-
-@pytest.fixture
-def control(tmp_path: Path) -> Iterator[Control]:
-    c = Control(tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop()
+control = test_control_plane.control  # the fixture: a control plane with its admin credential, on free ports
 
 
 def _run(c: Control, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
