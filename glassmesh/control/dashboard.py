@@ -9,10 +9,11 @@ its session cookie, which operator_auth.py takes as a read-only operator.
   session, so a session cannot renew itself): a single-use login path, good
   for a minute (sessions.py).
 - `GET /dashboard/login?token=T` (the only route open without a credential):
-  trades the token for the cookie, HttpOnly, SameSite=Strict, Secure over TLS,
-  with a bounded Max-Age, then sends the browser on to the page by a
-  same-site navigation. A used, unknown or expired token is a 403 page that
-  says how to get another.
+  trades the token for the session: the cookie, HttpOnly, SameSite=Strict,
+  Secure over TLS, with a bounded Max-Age, and its key, in the fragment of the
+  same-site navigation on to the page, which keeps it in localStorage and
+  sends it with every call (sessions.py says why both). A used, unknown or
+  expired token is a 403 page that says how to get another.
 - `GET /dashboard/` and its files: the page (package data in glassmesh/dashboard),
   for a session or an operator certificate.
 
@@ -32,8 +33,8 @@ import time
 from aiohttp import web
 
 from glassmesh.control.api import error, json_response
-from glassmesh.control.operator_auth import OPERATOR_KEY, Operator
-from glassmesh.control.sessions import COOKIE, LOGIN_PATH, SESSIONS, Sessions
+from glassmesh.control.operator_auth import OPERATOR_KEY, Operator, local_port
+from glassmesh.control.sessions import LOGIN_PATH, SESSIONS, Sessions, cookie_name
 
 PAGE = "/dashboard/"
 # The page's files, by name: nothing else under /dashboard/ is served (no path from the request reaches the disk).
@@ -58,8 +59,8 @@ def _page(status: int, body: bytes, content_type: str = "text/html") -> web.Resp
 
 
 def _message(status: int, title: str, text: str, refresh: str = "") -> web.Response:
-    meta = f'<meta http-equiv="refresh" content="0;url={refresh}">' if refresh else ""
-    link = f'<p><a href="{refresh}">Open the dashboard</a></p>' if refresh else ""
+    meta = f'<meta http-equiv="refresh" content="0;url={html.escape(refresh)}">' if refresh else ""
+    link = f'<p><a href="{html.escape(refresh)}">Open the dashboard</a></p>' if refresh else ""
     doc = (f"<!doctype html><html><head><meta charset=utf-8><link rel=icon href='data:,'>{meta}<title>glassmesh: {html.escape(title)}</title>"
            f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{link}</body></html>")
     return _page(status, doc.encode())
@@ -93,10 +94,12 @@ async def login(request: web.Request) -> web.Response:
         return _message(403, "This login link cannot be used",
                         "It was used already, has expired (links are good for a minute), or is not one this "
                         "control plane gave out. Run `glassmesh dashboard` for a new one.")
-    sid, who = got
-    resp = _message(200, "Logged in", f"Signed in as operator {who.operator} (read-only).", refresh=PAGE)
+    sid, key, who = got
+    # The key rides in the fragment, which no browser sends anywhere; the page moves it to localStorage.
+    resp = _message(200, "Logged in", f"Signed in as operator {who.operator} (read-only).",
+                    refresh=f"{PAGE}#key={key}")
     secure = request.transport is not None and request.transport.get_extra_info("sslcontext") is not None
-    resp.set_cookie(COOKIE, sid, max_age=max(1, int(who.expires - time.time())), path="/", httponly=True,
+    resp.set_cookie(cookie_name(local_port(request)), sid, max_age=max(1, int(who.expires - time.time())), path="/", httponly=True,
                     samesite="Strict", secure=secure)
     return resp
 

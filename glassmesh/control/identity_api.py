@@ -25,7 +25,7 @@ from aiohttp import web
 
 from glassmesh.control.api import STORE, decode, error, json_response
 from glassmesh.control.identity import DEFAULT_TOKEN_TTL_S, Forbidden, Identity
-from glassmesh.control.operator_auth import OPERATOR_KEY, authenticate
+from glassmesh.control.operator_auth import OPERATOR_KEY, authenticate, local_port
 from glassmesh.control.sessions import LOGIN_PATH
 
 _S = {"forbid_unknown_fields": True, "kw_only": True}
@@ -121,10 +121,7 @@ OPERATOR_LISTENER, PROXY_LISTENER, INSECURE_LISTENER = "operator", "proxy", "ins
 
 
 def listener_of(request: web.Request) -> str:
-    t = request.transport
-    sockname = t.get_extra_info("sockname") if t is not None else None
-    port = sockname[1] if isinstance(sockname, tuple) and len(sockname) > 1 else None
-    return str(request.app.get(LISTENERS, {}).get(port, OPERATOR_LISTENER))
+    return str(request.app.get(LISTENERS, {}).get(local_port(request), OPERATOR_LISTENER))
 
 
 @web.middleware

@@ -28,7 +28,7 @@ import msgspec
 from aiohttp import web
 
 from glassmesh.api.certs import role_of
-from glassmesh.control.sessions import COOKIE, SESSIONS
+from glassmesh.control.sessions import KEY_HEADER, SESSIONS, cookie_name
 
 OPERATOR_KEY = "glassmesh_operator"  # request[OPERATOR_KEY]: the Operator who made the call
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -80,13 +80,21 @@ def authenticate(request: web.Request, trust_domain: str) -> Operator:
 def _session(request: web.Request) -> Operator | None:
     """The read-only operator behind a dashboard session cookie; 403 (raised) for a change; None without one."""
     sessions = request.app.get(SESSIONS)
-    login = sessions.lookup(request.cookies.get(COOKIE, "")) if sessions is not None else None
+    cookie = request.cookies.get(cookie_name(local_port(request)), "")
+    login = sessions.lookup(cookie, request.headers.get(KEY_HEADER, "")) if sessions is not None else None
     if login is None:
         return None
     if request.method not in READ_METHODS:
         raise _refuse(403, f"the dashboard's session is read-only: {request.method} {request.path} needs an "
                            f"operator credential")
     return Operator(login.operator, "read-only", login.spiffe_id, via="session")
+
+
+def local_port(request: web.Request) -> int | None:
+    """The port of the listener the request came in on (the dashboard's cookie is named for it)."""
+    t = request.transport
+    sockname = t.get_extra_info("sockname") if t is not None else None
+    return int(sockname[1]) if isinstance(sockname, tuple) and len(sockname) > 1 else None
 
 
 def author(request: web.Request) -> str:

@@ -11,8 +11,16 @@ session: an opaque random cookie. Both live only in this replica's memory:
   nothing, so a forged cross-site request has nothing to do), ends after
   SESSION_TTL_S or when the operator's certificate expires, whichever comes
   first, and dies with the replica;
-- only SHA-256 digests of tokens and session ids are kept, and both tables
-  are bounded, so a client minting logins in a loop grows nothing without end.
+- a session is two secrets: the cookie (HttpOnly: no script reads it) and a
+  key the page keeps in its origin's localStorage and sends in a header
+  (KEY_HEADER). A cookie is sent to every port of the host (cookies know no
+  ports), so a server another local user runs on 127.0.0.1:OTHER that the
+  browser visits gets it; without the key, which only this origin's page
+  holds, it opens nothing. The cookie's name carries the listener's port, so
+  two control planes on one host do not log each other's browsers out;
+- only SHA-256 digests of tokens, session ids and keys are kept, and both
+  tables are bounded, so a client minting logins in a loop grows nothing
+  without end.
 
 Pure bookkeeping with an injectable clock; control/dashboard.py is its HTTP side.
 """
@@ -20,6 +28,7 @@ Pure bookkeeping with an injectable clock; control/dashboard.py is its HTTP side
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from collections import OrderedDict
@@ -32,7 +41,8 @@ TOKEN_TTL_S = 60.0
 SESSION_TTL_S = 8 * 3600.0  # a working day; `glassmesh dashboard` again for another
 MAX_TOKENS = 256
 MAX_SESSIONS = 1024
-COOKIE = "glassmesh_dashboard"
+COOKIE = "glassmesh_dashboard"  # the cookie's name is this, "_", and the operator listener's port
+KEY_HEADER = "glassmesh-session-key"
 # The one route a browser reaches without a session or a certificate: it trades the token itself.
 LOGIN_PATH = "/dashboard/login"
 
@@ -56,7 +66,7 @@ class Sessions:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._tokens: OrderedDict[str, tuple[float, Login]] = OrderedDict()  # digest -> (minted at, login)
-        self._sessions: OrderedDict[str, Login] = OrderedDict()
+        self._sessions: OrderedDict[str, tuple[str, Login]] = OrderedDict()  # digest -> (key's digest, login)
 
     def mint(self, operator: str, spiffe_id: str, credential_expires: float | None = None) -> tuple[str, float]:
         """A new single-use login token for `operator`, and how many seconds it is good for."""
@@ -72,8 +82,8 @@ class Sessions:
             self._tokens.popitem(last=False)  # the oldest first
         return token, TOKEN_TTL_S
 
-    def redeem(self, token: str) -> tuple[str, Login] | None:
-        """(session id, login) for a token used for the first time within its minute; None otherwise.
+    def redeem(self, token: str) -> tuple[str, str, Login] | None:
+        """(session id, session key, login) for a token used for the first time within its minute; None otherwise.
 
         The token is gone after this call whatever the answer, so it can never be traded twice.
         """
@@ -82,26 +92,31 @@ class Sessions:
         if entry is None or now - entry[0] > TOKEN_TTL_S or entry[1].expires <= now:
             return None
         login = entry[1]
-        for key in [k for k, v in self._sessions.items() if v.expires <= now]:
-            del self._sessions[key]
-        sid = secrets.token_urlsafe(32)
-        self._sessions[_digest(sid)] = login
+        for k in [k for k, (_, v) in self._sessions.items() if v.expires <= now]:
+            del self._sessions[k]
+        sid, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        self._sessions[_digest(sid)] = (_digest(key), login)
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)  # the oldest first
-        return sid, login
+        return sid, key, login
 
-    def lookup(self, session_id: str) -> Login | None:
-        """The login behind a session cookie while it lasts; None for an unknown or ended one."""
-        if not session_id:
+    def lookup(self, session_id: str, key: str) -> Login | None:
+        """The login behind a session cookie and its key while it lasts; None for an unknown or ended one, or
+        a key that is not the session's."""
+        if not session_id or not key:
             return None
-        key = _digest(session_id)
-        login = self._sessions.get(key)
-        if login is None:
+        d = _digest(session_id)
+        entry = self._sessions.get(d)
+        if entry is None or not hmac.compare_digest(entry[0], _digest(key)):
             return None
-        if login.expires <= self._clock():
-            del self._sessions[key]
+        if entry[1].expires <= self._clock():
+            del self._sessions[d]
             return None
-        return login
+        return entry[1]
+
+
+def cookie_name(port: int | None) -> str:
+    return f"{COOKIE}_{port}" if port else COOKIE
 
 
 SESSIONS = web.AppKey("dashboard_sessions", Sessions)

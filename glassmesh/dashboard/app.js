@@ -52,8 +52,23 @@ function linkHref(a, b) { return `#/link/${encodeURIComponent(a)}/${encodeURICom
 
 class LoggedOut extends Error {}
 
+// The session is the cookie (HttpOnly) and this key: the login hands it over in the fragment, once, and
+// this origin's storage keeps it (another port on this host gets the cookie, never the key).
+const KEY_STORE = "glassmesh_session_key";
+(() => {
+  const m = location.hash.match(/^#key=([A-Za-z0-9_-]+)$/);
+  if (m) {
+    localStorage.setItem(KEY_STORE, m[1]);
+    history.replaceState(null, "", `${location.pathname}#/`);
+  }
+})();
+function apiFetch(path, opts = {}) {
+  const headers = {"glassmesh-session-key": localStorage.getItem(KEY_STORE) || ""};
+  return fetch(path, {credentials: "same-origin", cache: "no-store", headers, ...opts});
+}
+
 async function getJSON(path) {
-  const r = await fetch(path, {credentials: "same-origin", cache: "no-store"});
+  const r = await apiFetch(path);
   if (r.status === 401 || r.status === 403) throw new LoggedOut(path);
   if (!r.ok) {
     const e = new Error(`${path}: HTTP ${r.status}`);
@@ -393,7 +408,7 @@ async function runTap(r) {
   while (S.tap === tap && !S.loggedOut) {
     try {
       const q = `from=${encodeURIComponent(r.src)}&to=${encodeURIComponent(r.dst)}`;
-      const resp = await fetch(`/v1/tap?${q}`, {credentials: "same-origin", cache: "no-store", signal: ctrl.signal});
+      const resp = await apiFetch(`/v1/tap?${q}`, {signal: ctrl.signal});
       if (resp.status === 401 || resp.status === 403) { S.loggedOut = true; render(); return; }
       if (!resp.ok) {
         let why = `HTTP ${resp.status}`;

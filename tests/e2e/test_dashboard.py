@@ -179,7 +179,9 @@ def test_dashboard_shows_the_running_demo(demo: Demo, browser, tmp_path: Path) -
     assert url, r.stdout
 
     driver.get(url.group(1))
-    _wait("the page after the login", lambda: driver.current_url.endswith("/dashboard/"), driver=driver)
+    _wait("the page after the login", lambda: driver.current_url.endswith("/dashboard/#/"), driver=driver)
+    # The session's key came in the fragment: the page keeps it in its own storage, not in the address bar.
+    assert driver.execute_script("return localStorage.getItem('glassmesh_session_key')")
 
     # The demo's services in the graph, its links in the matrix with non-zero rates.
     for svc in ("a", "b", "c"):

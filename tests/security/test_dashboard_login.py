@@ -1,12 +1,14 @@
 """Who may see the dashboard: attacks on its login link and its session, against a real control plane.
 
 A browser holds no client certificate: it comes in with the link `glassmesh
-dashboard` prints (one-minute, single-use token) and leaves with a session
-cookie. Here a client that presents no certificate, as a browser does, tries
-the link twice, calls the data routes with no session, a made-up one or the
-token itself, uses a session to change the mesh or to mint itself a new
-login, and redeems a token on the plain proxy listener; each is refused and
-nothing changes.
+dashboard` prints (one-minute, single-use token) and leaves with a session:
+a cookie, and a key its page sends in a header. Here a client that presents
+no certificate, as a browser does, tries the link twice, calls the data
+routes with no session, a made-up one, the token itself, the cookie without
+its key (what a server on another port of the host would be sent) or the
+key without its cookie, uses a session to change the mesh or to mint itself
+a new login, and redeems a token on the plain proxy listener; each is
+refused and nothing changes.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ DATA_ROUTES = ["/v1/status", "/v1/config", "/v1/hosts", "/v1/history", "/metrics
                "/dashboard/app.js"]
 
 
-def _browser(c: Control, method: str, path: str, cookie: str = "", body: Any = None,
+def _browser(c: Control, method: str, path: str, session: dict[str, str] | None = None, body: Any = None,
              base: str = "") -> tuple[int, dict[str, str], bytes]:
-    """What a browser sends: TLS without a client certificate (it trusts the mesh CA here), maybe a cookie."""
+    """What a browser sends: TLS without a client certificate (it trusts the mesh CA here), maybe a session
+    (its cookie, and the key the page sends in a header)."""
     url = base or c.url
     host, port = url.split("//")[1].rsplit(":", 1)
     if url.startswith("https"):
@@ -38,7 +41,7 @@ def _browser(c: Control, method: str, path: str, cookie: str = "", body: Any = N
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, int(port), timeout=10, context=ctx)
     else:
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    headers = {"cookie": cookie} if cookie else {}
+    headers = dict(session or {})
     if body is not None:
         headers["content-type"] = "application/json"
     try:
@@ -59,11 +62,23 @@ def _login_path(c: Control, cred: Path | None = None) -> str:
     return m.group(1)[len(c.url):]
 
 
-def _session(c: Control, cred: Path | None = None) -> str:
-    status, headers, _ = _browser(c, "GET", _login_path(c, cred))
+def _session(c: Control, cred: Path | None = None) -> dict[str, str]:
+    """The headers a logged-in page sends: the cookie the link gave, and the key it handed the page."""
+    status, headers, body = _browser(c, "GET", _login_path(c, cred))
     assert status == 200, status
-    morsel = SimpleCookie(headers["set-cookie"])["glassmesh_dashboard"]
-    return f"glassmesh_dashboard={morsel.value}"
+    return {"cookie": _cookie(c, headers["set-cookie"]), "glassmesh-session-key": _key(body)}
+
+
+def _cookie(c: Control, set_cookie: str) -> str:
+    name = f"glassmesh_dashboard_{c.url.rsplit(':', 1)[1]}"  # named for the listener's port
+    return f"{name}={SimpleCookie(set_cookie)[name].value}"
+
+
+def _key(body: bytes) -> str:
+    """The session's key, from the page the login answers (it moves on to /dashboard/#key=KEY)."""
+    m = re.search(rb"/dashboard/#key=([A-Za-z0-9_-]+)", body)
+    assert m, body
+    return m.group(1).decode()
 
 
 def _version(c: Control) -> int:
@@ -84,7 +99,7 @@ def test_the_link_works_once_and_gives_a_strict_cookie(control: Control) -> None
     assert 0 < max_age <= 8 * 3600, cookie
     assert headers["referrer-policy"] == "no-referrer" and "frame-ancestors 'none'" in headers[
         "content-security-policy"]
-    session = "glassmesh_dashboard=" + SimpleCookie(cookie)["glassmesh_dashboard"].value
+    session = {"cookie": _cookie(control, cookie), "glassmesh-session-key": _key(body)}
     status, _, body = _browser(control, "GET", "/v1/status", session)
     assert status == 200 and json.loads(body)["config_version"] == 1
     status, headers, body = _browser(control, "GET", "/dashboard/", session)
@@ -99,11 +114,20 @@ def test_the_link_works_once_and_gives_a_strict_cookie(control: Control) -> None
 
 def test_data_routes_refuse_a_browser_without_a_session(control: Control) -> None:
     token = _login_path(control).split("token=")[1]
-    for cookie in ["", "glassmesh_dashboard=made-up", f"glassmesh_dashboard={token}"]:
+    real = _session(control)
+    cookie, key = real["cookie"], real["glassmesh-session-key"]
+    name = cookie.split("=")[0]
+    for session in [{}, {"cookie": f"{name}=made-up", "glassmesh-session-key": key},
+                    {"cookie": f"{name}={token}", "glassmesh-session-key": token},
+                    {"cookie": cookie},  # what a server on another port of this host is sent: no key
+                    {"cookie": cookie, "glassmesh-session-key": "made-up"},
+                    {"glassmesh-session-key": key},
+                    {"cookie": f"glassmesh_dashboard_1={cookie.split('=', 1)[1]}", "glassmesh-session-key": key}]:
         for path in DATA_ROUTES:
-            status, headers, body = _browser(control, "GET", path, cookie)
-            assert status == 401, (cookie, path, status, body[:200])
+            status, headers, body = _browser(control, "GET", path, session)
+            assert status == 401, (session, path, status, body[:200])
             assert "glassmesh dashboard" in json.loads(body)["error"]
+    assert _browser(control, "GET", "/v1/status", real)[0] == 200
     # The token was never traded, so it still works once (a cookie is not a token).
     assert _browser(control, "GET", f"/dashboard/login?token={token}")[0] == 200
 

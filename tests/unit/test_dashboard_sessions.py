@@ -19,7 +19,7 @@ def test_a_token_is_good_once_and_for_a_minute() -> None:
     token, ttl = s.mint("alice", "spiffe://t/operator/alice")
     assert ttl == TOKEN_TTL_S == 60
     got = s.redeem(token)
-    assert got is not None and got[1].operator == "alice"
+    assert got is not None and got[2].operator == "alice"
     assert s.redeem(token) is None  # twice: never
     late, _ = s.mint("alice", "")
     clock.now += TOKEN_TTL_S + 0.1
@@ -30,18 +30,27 @@ def test_a_token_is_good_once_and_for_a_minute() -> None:
 def test_a_session_ends_with_its_lifetime_or_its_credential() -> None:
     clock = Clock()
     s = Sessions(clock)
-    sid, login = s.redeem(s.mint("alice", "")[0])  # type: ignore[misc]
+    sid, key, login = s.redeem(s.mint("alice", "")[0])  # type: ignore[misc]
     assert login.expires == clock.now + SESSION_TTL_S
-    assert s.lookup(sid) is not None and s.lookup("made-up") is None and s.lookup("") is None
+    assert s.lookup(sid, key) is not None
     clock.now += SESSION_TTL_S
-    assert s.lookup(sid) is None
+    assert s.lookup(sid, key) is None
     # A credential that expires in ten minutes opens a session of ten minutes.
-    sid, login = s.redeem(s.mint("bob", "", credential_expires=clock.now + 600)[0])  # type: ignore[misc]
+    sid, key, login = s.redeem(s.mint("bob", "", credential_expires=clock.now + 600)[0])  # type: ignore[misc]
     assert login.expires == clock.now + 600
     clock.now += 601
-    assert s.lookup(sid) is None
+    assert s.lookup(sid, key) is None
     # ... and one already expired opens none.
     assert s.redeem(s.mint("carol", "", credential_expires=clock.now - 1)[0]) is None
+
+
+def test_a_session_is_its_cookie_and_its_key_together() -> None:
+    s = Sessions(Clock())
+    sid, key, _ = s.redeem(s.mint("alice", "")[0])  # type: ignore[misc]
+    other_sid, other_key, _ = s.redeem(s.mint("bob", "")[0])  # type: ignore[misc]
+    assert s.lookup(sid, key) is not None
+    for cookie, k in [(sid, ""), ("", key), (sid, other_key), (other_sid, key), ("made-up", key), (key, sid)]:
+        assert s.lookup(cookie, k) is None, (cookie, k)
 
 
 def test_minting_in_a_loop_grows_nothing_without_end() -> None:
