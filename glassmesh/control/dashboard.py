@@ -15,7 +15,8 @@ its session cookie, which operator_auth.py takes as a read-only operator.
   sends it with every call (sessions.py says why both). A used, unknown or
   expired token is a 403 page that says how to get another.
 - `GET /dashboard/` and its files: the page (package data in glassmesh/dashboard),
-  for a session or an operator certificate.
+  the same static files for anyone who reaches the listener: it holds no data,
+  and says how to log in when its calls are refused.
 
 No route the page uses changes anything, and the session refuses every
 method but GET and HEAD, so there is nothing for a forged cross-site request

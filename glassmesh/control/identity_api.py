@@ -26,7 +26,7 @@ from aiohttp import web
 from glassmesh.control.api import STORE, decode, error, json_response
 from glassmesh.control.identity import DEFAULT_TOKEN_TTL_S, Forbidden, Identity
 from glassmesh.control.operator_auth import OPERATOR_KEY, authenticate, local_port
-from glassmesh.control.sessions import LOGIN_PATH
+from glassmesh.control.sessions import OPEN_ROUTES
 
 _S = {"forbid_unknown_fields": True, "kw_only": True}
 IDENTITY = web.AppKey("identity", Identity)
@@ -148,7 +148,7 @@ async def listener_guard(request: web.Request, handler: Any) -> web.StreamRespon
         if route in PROXY_ROUTES and route != "/v1/ca":
             return error(404, f"{request.path} is served to proxies on the proxy listener (--proxy-listen)")
         ident = request.app.get(IDENTITY)
-        if ident is not None and route != LOGIN_PATH:  # the dashboard's login: its token is the credential
+        if ident is not None and route not in OPEN_ROUTES:  # the dashboard's login (a token) and static page
             request[OPERATOR_KEY] = authenticate(request, ident.trust_domain)
     return await handler(request)  # type: ignore[no-any-return]
 

@@ -43,8 +43,12 @@ MAX_TOKENS = 256
 MAX_SESSIONS = 1024
 COOKIE = "glassmesh_dashboard"  # the cookie's name is this, "_", and the operator listener's port
 KEY_HEADER = "glassmesh-session-key"
-# The one route a browser reaches without a session or a certificate: it trades the token itself.
+# The one route that takes a token: the browser reaches it without a session or a certificate.
 LOGIN_PATH = "/dashboard/login"
+# Routes open without a credential: the login, and the page's own files, the same for everyone (no data:
+# the page reads everything it shows from the operator API, with its session). A navigation sends the
+# cookie but never the key, so the page could not be behind the session anyway.
+OPEN_ROUTES = frozenset({LOGIN_PATH, "/dashboard", "/dashboard/", "/dashboard/{name}"})
 
 
 @dataclass(frozen=True)

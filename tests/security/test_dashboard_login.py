@@ -22,10 +22,10 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
+import glassmesh.dashboard
 from tests.e2e.test_control_plane import CLI, MESH, Control
 
-DATA_ROUTES = ["/v1/status", "/v1/config", "/v1/hosts", "/v1/history", "/metrics", "/dashboard/",
-               "/dashboard/app.js"]
+DATA_ROUTES = ["/v1/status", "/v1/config", "/v1/hosts", "/v1/history", "/metrics"]
 
 
 def _browser(c: Control, method: str, path: str, session: dict[str, str] | None = None, body: Any = None,
@@ -128,6 +128,10 @@ def test_data_routes_refuse_a_browser_without_a_session(control: Control) -> Non
             assert status == 401, (session, path, status, body[:200])
             assert "glassmesh dashboard" in json.loads(body)["error"]
     assert _browser(control, "GET", "/v1/status", real)[0] == 200
+    # The page itself is open, and the same static file for everyone: it holds nothing but code.
+    status, headers, body = _browser(control, "GET", "/dashboard/app.js")
+    assert status == 200 and body == (Path(glassmesh.dashboard.__file__).parent / "app.js").read_bytes()
+    assert _browser(control, "GET", "/dashboard/../v1/status")[0] in (401, 404)
     # The token was never traded, so it still works once (a cookie is not a token).
     assert _browser(control, "GET", f"/dashboard/login?token={token}")[0] == 200
 
