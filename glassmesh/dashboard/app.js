@@ -470,7 +470,7 @@ function render() {
     const b = $("banner");
     b.hidden = false;
     b.className = "bad";
-    b.textContent = "This dashboard session has ended (or was refused). Run `glassmesh dashboard` for a new login link.";
+    b.textContent = "No dashboard session here, or it has ended: run `glassmesh dashboard` for a login link.";
     return;
   }
   const st = S.status;
