@@ -220,3 +220,13 @@ def test_dashboard_shows_the_running_demo(demo: Demo, browser, tmp_path: Path) -
     # No console error, from the first page to the last (a failed fetch shows as one too).
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
+
+    # The link again, in the same browser: refused, saying how to get another.
+    driver.get(url.group(1))
+    assert "This login link cannot be used" in driver.find_element(By.TAG_NAME, "body").text
+    # Without its session the page gets no data, and says how to log in.
+    driver.delete_all_cookies()
+    driver.get(url.group(1).split("/dashboard/")[0] + "/dashboard/")
+    _wait("the page to say it has no session", lambda: "run `glassmesh dashboard` for a login link" in
+          driver.find_element(By.ID, "banner").text, driver=driver)
+    assert not _texts(driver, "#matrix a"), "data shown without a session"
