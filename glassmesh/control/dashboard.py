@@ -14,6 +14,8 @@ its session cookie, which operator_auth.py takes as a read-only operator.
   same-site navigation on to the page, which keeps it in localStorage and
   sends it with every call (sessions.py says why both). A used, unknown or
   expired token is a 403 page that says how to get another.
+- `POST /dashboard/logout`: ends the session its cookie and key name (the page's
+  "log out"; a forged cross-site request carries neither).
 - `GET /dashboard/` and its files: the page (package data in glassmesh/dashboard),
   the same static files for anyone who reaches the listener: it holds no data,
   and says how to log in when its calls are refused.
@@ -35,7 +37,7 @@ from aiohttp import web
 
 from glassmesh.control.api import error, json_response
 from glassmesh.control.operator_auth import OPERATOR_KEY, Operator, local_port
-from glassmesh.control.sessions import LOGIN_PATH, SESSIONS, Sessions, cookie_name
+from glassmesh.control.sessions import KEY_HEADER, LOGIN_PATH, SESSIONS, Sessions, cookie_name
 
 PAGE = "/dashboard/"
 # The page's files, by name: nothing else under /dashboard/ is served (no path from the request reaches the disk).
@@ -105,6 +107,15 @@ async def login(request: web.Request) -> web.Response:
     return resp
 
 
+async def logout(request: web.Request) -> web.Response:
+    """End this browser's session (its cookie and key, as for any call) and drop the cookie."""
+    name = cookie_name(local_port(request))
+    ended = request.app[SESSIONS].end(request.cookies.get(name, ""), request.headers.get(KEY_HEADER, ""))
+    resp = json_response({"ended": ended})
+    resp.del_cookie(name, path="/")
+    return resp
+
+
 async def page(request: web.Request) -> web.Response:
     return _page(200, _asset("index.html"))
 
@@ -124,6 +135,7 @@ def add_routes(app: web.Application) -> None:
     app[SESSIONS] = Sessions()
     app.router.add_post("/v1/dashboard/login", mint)
     app.router.add_get(LOGIN_PATH, login)
+    app.router.add_post("/dashboard/logout", logout)
     app.router.add_get("/dashboard", bare)
     app.router.add_get(PAGE, page)
     app.router.add_get("/dashboard/{name}", asset)

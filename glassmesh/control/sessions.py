@@ -48,7 +48,7 @@ LOGIN_PATH = "/dashboard/login"
 # Routes open without a credential: the login, and the page's own files, the same for everyone (no data:
 # the page reads everything it shows from the operator API, with its session). A navigation sends the
 # cookie but never the key, so the page could not be behind the session anyway.
-OPEN_ROUTES = frozenset({LOGIN_PATH, "/dashboard", "/dashboard/", "/dashboard/{name}"})
+OPEN_ROUTES = frozenset({LOGIN_PATH, "/dashboard", "/dashboard/", "/dashboard/{name}", "/dashboard/logout"})
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,13 @@ class Sessions:
             del self._sessions[d]
             return None
         return entry[1]
+
+    def end(self, session_id: str, key: str) -> bool:
+        """Log a session out (both its secrets are needed, as for a lookup); whether there was one."""
+        if self.lookup(session_id, key) is None:
+            return False
+        del self._sessions[_digest(session_id)]
+        return True
 
 
 def cookie_name(port: int | None) -> str:

@@ -471,6 +471,7 @@ function render() {
     b.hidden = false;
     b.className = "bad";
     b.textContent = "No dashboard session here, or it has ended: run `glassmesh dashboard` for a login link.";
+    $("logout").hidden = true;
     return;
   }
   const st = S.status;
@@ -501,11 +502,20 @@ function onRoute() {
   render();
 }
 
+async function logOut() {
+  try { await apiFetch("/dashboard/logout", {method: "POST"}); } catch (e) { /* the session is dropped here anyway */ }
+  localStorage.removeItem(KEY_STORE);
+  if (S.tap) { S.tap.ctrl.abort(); S.tap = null; }
+  S.loggedOut = true;
+  render();
+}
+
 window.addEventListener("hashchange", onRoute);
 document.addEventListener("DOMContentLoaded", () => {
   every(2000, "/v1/status", async () => { S.status = await getJSON("/v1/status"); });
   every(2000, "/v1/links", pollLinks);
   every(5000, "/v1/config", async () => { S.config = await getJSON("/v1/config"); });
   every(5000, "/v1/hosts", async () => { S.hosts = await getJSON("/v1/hosts"); });
+  $("logout").addEventListener("click", logOut);
   onRoute();
 });

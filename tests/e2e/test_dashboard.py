@@ -221,12 +221,15 @@ def test_dashboard_shows_the_running_demo(demo: Demo, browser, tmp_path: Path) -
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
 
-    # The link again, in the same browser: refused, saying how to get another.
+    # Log out; the link again, in the same browser, is refused, saying how to get another; and the page
+    # without its session gets no data, and says how to log in.
+    def says_how_to_log_in() -> bool:
+        return "run `glassmesh dashboard` for a login link" in driver.find_element(By.ID, "banner").text
+
+    _click(driver, "#logout")
+    _wait("the page to say the session ended", says_how_to_log_in, driver=driver)
     driver.get(url.group(1))
     assert "This login link cannot be used" in driver.find_element(By.TAG_NAME, "body").text
-    # Without its session the page gets no data, and says how to log in.
-    driver.delete_all_cookies()
     driver.get(url.group(1).split("/dashboard/")[0] + "/dashboard/")
-    _wait("the page to say it has no session", lambda: "run `glassmesh dashboard` for a login link" in
-          driver.find_element(By.ID, "banner").text, driver=driver)
+    _wait("the page to say it has no session", says_how_to_log_in, driver=driver)
     assert not _texts(driver, "#matrix a"), "data shown without a session"

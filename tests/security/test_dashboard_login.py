@@ -166,3 +166,15 @@ def test_a_token_is_not_taken_on_the_plain_proxy_listener(control: Control) -> N
     status, headers, _ = _browser(control, "GET", path, base=control.insecure)
     assert status == 404 and "set-cookie" not in headers
     assert _browser(control, "GET", path)[0] == 200  # untouched: it still opens the dashboard, once
+
+
+def test_log_out_takes_the_cookie_and_its_key(control: Control) -> None:
+    session = _session(control)
+    # What a forged cross-site request could at most carry (were the cookie sent): not enough to log out.
+    status, _, body = _browser(control, "POST", "/dashboard/logout", {"cookie": session["cookie"]})
+    assert status == 200 and json.loads(body) == {"ended": False}
+    assert _browser(control, "GET", "/v1/status", session)[0] == 200
+    status, headers, body = _browser(control, "POST", "/dashboard/logout", session)
+    assert status == 200 and json.loads(body) == {"ended": True}
+    assert "Max-Age=0" in headers["set-cookie"] or "expires=Thu, 01 Jan 1970" in headers["set-cookie"]
+    assert _browser(control, "GET", "/v1/status", session)[0] == 401

@@ -62,3 +62,10 @@ def test_minting_in_a_loop_grows_nothing_without_end() -> None:
     for _ in range(MAX_SESSIONS + 10):
         s.redeem(s.mint("alice", "")[0])
     assert len(s._sessions) == MAX_SESSIONS
+
+
+def test_log_out_needs_both_secrets() -> None:
+    s = Sessions(Clock())
+    sid, key, _ = s.redeem(s.mint("alice", "")[0])  # type: ignore[misc]
+    assert not s.end(sid, "") and not s.end("", key) and s.lookup(sid, key) is not None
+    assert s.end(sid, key) and s.lookup(sid, key) is None and not s.end(sid, key)
