@@ -24,6 +24,8 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 # chromium through Debian's chromedriver, at /usr/bin; nothing downloads a browser.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# libfaketime puts one proxy's clock 90 s ahead for `glassmesh check`'s clock test (tests/e2e/test_check.py).
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # The tests start nginx and redis themselves: keep their packages from starting system services
