@@ -21,6 +21,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ def slot_ports(pp: dict[str, int], k: int) -> dict[str, int]:
 
 
 # Slots per section (fixed, so that ports can be checked before anything starts).
-SLOTS = {"features": [1, 2, 3, 4, 11], "mesh": [5, 6], "scaling": [7, 8, 9, 10], "tcp": [], "balance": [12, 13]}
+SLOTS = {"features": [1, 2, 3, 4, 11, 16, 17], "mesh": [5, 6], "scaling": [7, 8, 9, 10], "tcp": [], "balance": [12, 13]}
 
 
 def ports_needed(pp: dict[str, int], sections: list[str]) -> dict[str, int]:
@@ -102,7 +103,7 @@ class Variant:
 # ------------------------------------------------------------------ helpers
 
 def start_pair(ctx: Ctx, key: str, label: str, slot: int, *, workers: int = 1, extra: list[str] | None = None,
-               extra_in: list[str] | None = None, **snapkw: Any) -> Variant:
+               extra_in: list[str] | None = None, cmd: list[str] | None = None, **snapkw: Any) -> Variant:
     """A glassmesh pair (bout -> bin) on slot's ports; waits until GET / answers "ok"."""
     q = slot_ports(ctx.pp, slot)
     d = ctx.run / key
@@ -115,7 +116,7 @@ def start_pair(ctx: Ctx, key: str, label: str, slot: int, *, workers: int = 1, e
         v.failed = f"snapshots: {type(e).__name__}: {e}"
         return v
     v.info["snapshot_bytes"] = p_out.stat().st_size
-    gm = glassmesh_cmd() + ["proxy", "--workers", str(workers)]
+    gm = (cmd or glassmesh_cmd()) + ["proxy", "--workers", str(workers)]
     t0 = time.time()
     ctx.procs.start(n_in, gm + ["--config", str(p_in)] + (extra_in if extra_in is not None else extra or []))
     ctx.procs.start(n_out, gm + ["--config", str(p_out)] + (extra or []))
@@ -352,7 +353,7 @@ run_tcp = tcplinks.run   # the tcp section lives in its own module
 
 # ------------------------------------------------------------------ features
 
-FEATURES = ["default", "access_log", "keylog", "http1", "policy"]
+FEATURES = ["default", "access_log", "keylog", "http1", "policy", "tap_off", "tap_on"]
 
 
 def run_features(ctx: Ctx) -> dict:
@@ -375,6 +376,11 @@ def run_features(ctx: Ctx) -> dict:
             lo, li = d / "keylog_bout.txt", d / "keylog_bin.txt"
             v = start_pair(ctx, "f_keylog", "--tls-keylog FILE", slot, extra=["--tls-keylog", str(lo)],
                            extra_in=["--tls-keylog", str(li)])
+        elif f in ("tap_off", "tap_on"):  # bench/tapped.py: a tap started in each proxy as an ask would
+            label = ("tap off (a tap ran and ended)" if f == "tap_off"
+                     else "tap on (info): every exchange, --headers --body 1024")
+            v = start_pair(ctx, f"f_{f}", label, slot,
+                           cmd=[sys.executable, str(Path(__file__).with_name("tapped.py")), f[4:]])
         elif f == "policy":
             v = start_pair(ctx, "f_policy", "traffic policy: 20 routes, 1% split, retry budget, outlier", slot,
                            policy=features_policy())
@@ -406,7 +412,11 @@ def run_features(ctx: Ctx) -> dict:
     notes.append("always on, no switch to turn them off (so not in a column): Prometheus counters and histograms, "
                  "the glassmesh-trail header, x-request-id and traceparent, retry on another endpoint after a "
                  "connect failure or a 502/503/504/421 from a peer (costs nothing unless a request fails), the "
-                 "inbound identity check. The proxy has no tap hook or policy switch to measure.")
+                 "inbound identity check.")
+    notes.append("tap: `tap off` is a pair in which a tap was started and stopped (no observer, no recording "
+                 "left: what every proxy runs while nobody taps), so its ratios to `defaults` are the noise; "
+                 "`tap on` is for information: a tap of every exchange with headers and 1 KiB bodies, each "
+                 "exchange's bytes recorded, 200 events a second kept and encoded, the rest counted as dropped.")
     intro = ["Each column is a glassmesh pair (both proxies with the same switch) on its own ports, measured "
              "alternately with the others in every repetition; ratios are to `defaults`, taken within each "
              "repetition. `--access-log` writes one JSON line per request to a file on each proxy (whole lines written in batches), "

@@ -4,6 +4,8 @@ set -euo pipefail
 need=()
 command -v tshark >/dev/null || need+=(tshark)
 command -v curl >/dev/null || need+=(curl)
+# tcpdump reads the pcap `glassmesh capture` writes (tests/e2e/test_tap.py, tests/unit/test_pcap.py).
+command -v tcpdump >/dev/null || [ -x /usr/sbin/tcpdump ] || need+=(tcpdump)
 # A real HTTP load generator for the failover test (tests/e2e/test_failover_gunicorn.py).
 command -v hey >/dev/null || need+=(hey)
 # A real 3-member etcd 3.4 cluster backs the etcd store tests (tests/etcd_cluster.py).

@@ -120,12 +120,11 @@ def write(path: str | Path, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, comm
     return p
 
 
-def call(url: str, cred: Credential, method: str, path: str, body: object = None,
-         timeout: float = 30.0, peer: dict | None = None) -> tuple[int, bytes]:
-    """One request to the operator API at `url` (https://host:port) as `cred`: (status, raw body).
+def connect(url: str, cred: Credential, timeout: float = 30.0,
+            peer: dict | None = None) -> tuple[http.client.HTTPSConnection, str]:
+    """A connection to the operator API at `url` whose server proved it is this mesh's control plane.
 
-    The server must prove it is this mesh's control plane (its CA, its SPIFFE
-    ID) before the request body leaves; `peer`, when given, receives its
+    (connection, path prefix of the URL); `peer`, when given, receives the server's
     certificate as ssl's getpeercert() gives it. OSError and ssl.SSLError when it
     cannot be reached, CredentialError when it is not the control plane.
     """
@@ -139,12 +138,27 @@ def call(url: str, cred: Credential, method: str, path: str, body: object = None
         cert = conn.sock.getpeercert()  # type: ignore[union-attr]
         if peer is not None and cert:
             peer.update(cert)
-        try:
-            cred.expect_control(cert)
-        except CredentialError as e:
-            raise CredentialError(f"{url}: {e}") from None
+        cred.expect_control(cert)
+    except CredentialError as e:
+        conn.close()
+        raise CredentialError(f"{url}: {e}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn, parts.path.rstrip("/")
+
+
+def call(url: str, cred: Credential, method: str, path: str, body: object = None,
+         timeout: float = 30.0, peer: dict | None = None) -> tuple[int, bytes]:
+    """One request to the operator API at `url` (https://host:port) as `cred`: (status, raw body).
+
+    The server must prove it is this mesh's control plane (its CA, its SPIFFE
+    ID) before the request body leaves (see connect, which fills `peer`).
+    """
+    conn, prefix = connect(url, cred, timeout, peer)
+    try:
         data = None if body is None else json.dumps(body).encode()
-        conn.request(method, parts.path.rstrip("/") + path, body=data, headers={"content-type": "application/json"})
+        conn.request(method, prefix + path, body=data, headers={"content-type": "application/json"})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:

@@ -17,6 +17,7 @@ from glassmesh.cli import exits
 # name -> (module, attribute); loaded lazily.
 _COMMANDS = {
     "proxy": ("glassmesh.cli.proxy_cmd", "proxy"),
+    "restart-proxy": ("glassmesh.cli.restart_cmd", "restart_proxy"),
     "install-units": ("glassmesh.cli.units_cmd", "install_units"),
     "ca": ("glassmesh.cli.ca_cmd", "ca"),
     "demo": ("glassmesh.cli.demo_cmd", "demo"),
@@ -36,6 +37,8 @@ _COMMANDS = {
     "version": ("glassmesh.cli.version_cmd", "version"),
     "completion": ("glassmesh.cli.completion_cmd", "completion"),
     "dashboard": ("glassmesh.cli.dashboard_cmd", "dashboard"),
+    "tap": ("glassmesh.cli.tap_cmd", "tap"),
+    "capture": ("glassmesh.cli.tap_cmd", "capture"),
 }
 
 

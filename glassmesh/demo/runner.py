@@ -541,6 +541,8 @@ class Demo:
             (f"curl http://{h1.admin}/metrics", "host1 proxy's per-link metrics"),
             (f"{gm} status", "the control plane: hosts, snapshot versions, unhealthy instances"),
             (f"{gm} get", "the mesh config in force (history, diff -f, apply -f work too)"),
+            (f"{gm} tap --from a --to b --headers", "A's calls to B, live, at both proxies (--body N: bodies)"),
+            (f"{gm} capture --link a:b --seconds 5 -w a-b.pcap", "what the link carried, decrypted: tcpdump -r a-b.pcap -A"),
             (f"{gm} dashboard", "the dashboard in your browser (a one-minute, single-use login link)"),
         ]
         width = max(len(cmd) for cmd, _ in examples)

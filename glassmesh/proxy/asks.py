@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from glassmesh.proxy import tap
 from glassmesh.proxy.stats import merge
 
 Emit = Callable[[list[dict[str, Any]]], Awaitable[bool]]  # False: the asker is gone, stop
@@ -97,6 +98,7 @@ HANDLERS: dict[str, Handler] = {
     "links": _links,
     "endpoints": _endpoints,
     "certs": _certs,
+    "tap": tap.handle,
 }
 
 PROCESS_ROUTES: dict[str, ProcessRoute] = {
@@ -104,6 +106,7 @@ PROCESS_ROUTES: dict[str, ProcessRoute] = {
     "links": _links_process,
     "endpoints": _endpoints_process,
     "certs": _certs_process,
+    "tap": tap.process_route,
 }
 
 

@@ -169,6 +169,7 @@ class Exchange:
     status_hint = 0  # fault injection: the status of an abort
     timer: asyncio.TimerHandle | None = None  # the route's timeouts, when it sets any
     mirror: Routed | None = None  # where a copy of this request goes (its route mirrors a share)
+    rec: Recording | None = None  # its last try's bytes, only while a tap asks for them (tap.py)
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
@@ -176,6 +177,50 @@ class Exchange:
         self.raw: list[bytes] = []  # flat: name, value, name, value, ... (see RequestHead)
         self.pending: list[bytes] = []
         self.t0 = conn.now  # when the read that began the request arrived
+
+
+class Recording:
+    """The bytes one try of an exchange sent to its next hop and got back, kept only while a tap wants them.
+
+    A tap with `--body N`, or a capture, puts its byte limit in Runtime.recording; while that
+    list is empty (nobody taps bodies) no Recording is made and the request path pays two
+    None checks. Each direction keeps its first `limit` bytes, with the wall time of each
+    read or write (a capture's packet times), and counts the rest (`more_*`, ended at `t_last`).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[tuple[float, bool, bytes]] = []  # (time, sent by us, bytes kept)
+        self.kept_sent = 0
+        self.kept_got = 0
+        self.more_sent = 0  # bytes past the limit, not kept
+        self.more_got = 0
+        self.t_last = 0.0
+
+    def add(self, sent: bool, data: bytes) -> None:
+        now = time.time()
+        self.t_last = now
+        kept = self.kept_sent if sent else self.kept_got
+        room = self.limit - kept
+        n = len(data)
+        if room <= 0:
+            if sent:
+                self.more_sent += n
+            else:
+                self.more_got += n
+            return
+        if n > room:
+            if sent:
+                self.more_sent += n - room
+            else:
+                self.more_got += n - room
+            data = data[:room]
+            n = room
+        if sent:
+            self.kept_sent += n
+        else:
+            self.kept_got += n
+        self.chunks.append((now, sent, data))
 
 
 class ServerConn(StreamUser):
@@ -188,6 +233,8 @@ class ServerConn(StreamUser):
         self.logging: bool = rt.logging  # fixed for the process; read per response without a lookup on rt
         # What else is told of each finished exchange (tap, OpenTelemetry): the runtime's list, read natively.
         self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
+        # [byte limit] while a tap wants the bytes of each try (tap.py), else empty: shared with the runtime.
+        self.recording: list[int] = rt.recording
         self.max_head = rt.limits.max_head_bytes
         self.max_headers = rt.limits.max_headers
         self.transport: Any = None
@@ -871,6 +918,7 @@ class UpstreamConn(PooledConn):
         self.max_head = rt.limits.max_head_bytes
         self.link: LinkStats | None = pool.link if pool.count_conns else None
         self.limits: Limits | None = None  # the destination's limits that count this connection (overload)
+        self.rec: Recording | None = None  # the bytes of the try under way, while a tap wants them
 
     def _new_parser(self) -> None:
         """A response parser, with the methods called per response bound once."""
@@ -976,7 +1024,11 @@ class UpstreamConn(PooledConn):
     def flush(self) -> None:
         wb = self.wbuf
         if wb:
-            self.t_write(b"".join(wb) if len(wb) > 1 else wb[0])
+            data = b"".join(wb) if len(wb) > 1 else wb[0]
+            rec = self.rec
+            if rec is not None:
+                rec.add(True, data)
+            self.t_write(data)
             self.wbuf = []
 
     # --- request side -------------------------------------------------------
@@ -990,6 +1042,11 @@ class UpstreamConn(PooledConn):
         ex.upstream = self
         self.client = client = ex.conn
         self.head_only = ex.method == b"HEAD"
+        recording = client.recording
+        if recording:
+            self.rec = ex.rec = Recording(recording[0])
+        elif self.rec is not None:
+            self.rec = None
         self.interim = False
         head = ex.up_head
         if head is None:
@@ -1035,6 +1092,9 @@ class UpstreamConn(PooledConn):
             return
         self.now = _mono()
         self.head_fed += len(data)
+        rec = self.rec
+        if rec is not None:
+            rec.add(False, data)  # before the parser, which may end the exchange and tell its observers
         try:
             self.feed(data)
         except httptools.HttpParserUpgrade as e:

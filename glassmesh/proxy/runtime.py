@@ -85,6 +85,10 @@ class Runtime:
         # Called with (exchange, status, mesh error reason or "") as each exchange finishes, after the
         # link stats, the endpoint and the access log (http.ServerConn.exchange_done): tap, tracing.
         self.observers: list[Callable[[Any, int, str], None]] = []
+        # [byte limit] while a tap wants each try's bytes (its --body, a capture), else empty (tap.py).
+        # Both lists are shared with every connection: changed in place, never replaced.
+        self.recording: list[int] = []
+        self.taps: dict[str, Any] = {}  # tap id -> the tap.Tap that watches this process's exchanges
         self.ready = False
         self.workers = PROCESS_WORKERS
         self.local_budget = Budget(snapshot.limits.max_client_connections)  # local apps, together

@@ -126,6 +126,26 @@ def wait_ready(proc: Proc, admin: str, timeout: float = 20) -> Any:
         time.sleep(0.05)
 
 
+def joined_pair(mesh: Mesh, workers: int = 1) -> tuple[Control, str, str]:
+    """A control plane and two hosts that joined with tokens: host1 runs a (its proxy with `workers`
+    workers), host2 runs b with the echo app `b2`. (control, host1's IP, host2's IP), once a reaches b."""
+    cp = Control(mesh)
+    ip1, ip2 = fresh_ip(), fresh_ip()
+    cp.post("/v1/apply", {"yaml": MESH.format(port=APP_PORT, ip1=ip1, ip2=ip2), "author": "test"})
+    mesh.start_app("http", f"{ip2}:{APP_PORT}", "b2")
+    t1, t2 = cp.add_host("host1", "a"), cp.add_host("host2", "b")
+    p1 = mesh.spawn("proxy host1", [*join_args(cp, t1, mesh.root / "h1"), *(["--workers", str(workers)]
+                                                                          if workers > 1 else [])])
+    p2 = mesh.spawn("proxy host2", join_args(cp, t2, mesh.root / "h2"))
+    wait_ready(p1, f"{ip1}:4191")
+    wait_ready(p2, f"{ip2}:4191")
+    deadline = time.monotonic() + 20
+    while call_b(f"{ip1}:4140").status != 200:
+        assert time.monotonic() < deadline, "a cannot reach b"
+        time.sleep(0.1)
+    return cp, ip1, ip2
+
+
 def call_b(outbound: str) -> Any:
     with HttpConn(outbound, timeout=10) as c:
         return c.request("GET", "/hello", {"Host": "b", "Connection": "close"})
@@ -226,7 +246,7 @@ def test_join_serve_renew_and_who_may_read_what(mesh: Mesh, cp: Control) -> None
         urllib.request.urlopen(f"{cp.url}/v1/hosts/host1/snapshot?wait=0", timeout=5)
     assert e.value.code == 403
     # host2 cannot get a certificate for a service it was not admitted for.
-    from glassmesh.proxy.enroll import generate_key, make_csr
+    from glassmesh.proxy.keygen import generate_key, make_csr
 
     csr = make_csr(generate_key(), "spiffe://glassmesh.local/service/a")
     status, doc = https(cp, "/v1/hosts/host2/certs", ca, *h2, body={"service": "a", "csr_pem": csr})

@@ -7,6 +7,7 @@ test fails when what a user sees is wrong.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -47,6 +48,7 @@ def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: P
                             stderr=subprocess.STDOUT, text=True, env=env)
     got: list[str] = []
     status: subprocess.CompletedProcess[str] | None = None
+    tap: subprocess.CompletedProcess[str] | None = None
     try:
         assert demo.stdout is not None
         for line in demo.stdout:
@@ -54,6 +56,10 @@ def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: P
             if status is None and "instances registered and healthy" in line:
                 # While it runs, `glassmesh status` works with no flag and no variable: nothing but the demo.
                 status = subprocess.run([*CLI, "status"], env=env, capture_output=True, text=True, timeout=60)
+                # ... and so does the intro's tap: A's calls to B, here as B's proxies see them arrive.
+                tap = subprocess.run([*CLI, "tap", "--from", "a", "--to", "b", "--side", "inbound", "--count", "6",
+                                      "--seconds", "20", "-o", "json"], env=env, capture_output=True, text=True,
+                                     timeout=60)
         code = demo.wait(180)
     finally:
         if demo.poll() is None:
@@ -65,6 +71,11 @@ def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: P
     lines = out.splitlines()
     assert status is not None and status.returncode == 0, status
     assert "host1" in status.stdout and "host3" in status.stdout, status.stdout
+    assert tap is not None and tap.returncode == 0, tap
+    events = [e for e in map(json.loads, tap.stdout.splitlines()) if "method" in e]
+    assert len(events) == 6 and {(e["from"], e["to"]) for e in events} == {("a", "b")}, tap.stdout
+    assert {e["side"] for e in events} == {"inbound"} and {e["host"] for e in events} <= {"host2", "host3", "host4"}
+    assert "tap --from a --to b --headers" in out and "capture --link a:b" in out  # the hints
 
     # Set up through the control plane, as an operator, with hosts that join with tokens.
     assert "control plane up on https://127.0.0.1:4200" in out

@@ -22,12 +22,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import HttpConn, Mesh, fresh_ip
+from tests.e2e.harness import HttpConn, Mesh
 from tests.e2e.operator import cli_env
-from tests.e2e.test_control_join import MESH as JOIN_MESH
-from tests.e2e.test_control_join import Control as JoinControl
-from tests.e2e.test_control_join import call_b, join_args
-from tests.e2e.test_control_join import wait_ready as join_ready
+from tests.e2e.test_control_join import joined_pair
 from tests.e2e.test_control_watch import APP_PORT, CLI, HEALTH_INTERVAL_S, Topo, b_hosts, wait_for
 
 POLICY = """\
@@ -262,16 +259,7 @@ def test_joined_hosts_and_a_proxy_with_two_workers(mesh: Mesh) -> None:
     """Hosts that joined with tokens (mTLS identities, certificates issued by the control plane, 16 s leaves
     renewed at half life) and a caller with --workers 2: links sums both workers' counters, explain merges
     both workers' endpoint views and reads the certificates the proxies serve with, check sees every process."""
-    cp = JoinControl(mesh)
-    ip1, ip2 = fresh_ip(), fresh_ip()
-    cp.post("/v1/apply", {"yaml": JOIN_MESH.format(port=APP_PORT, ip1=ip1, ip2=ip2), "author": "test"})
-    mesh.start_app("http", f"{ip2}:{APP_PORT}", "b2")
-    t1, t2 = cp.add_host("host1", "a"), cp.add_host("host2", "b")
-    p1 = mesh.spawn("proxy host1", [*join_args(cp, t1, mesh.root / "h1"), "--workers", "2"])
-    p2 = mesh.spawn("proxy host2", join_args(cp, t2, mesh.root / "h2"))
-    join_ready(p1, f"{ip1}:4191")
-    join_ready(p2, f"{ip2}:4191")
-    wait_for(lambda: call_b(f"{ip1}:4140").status == 200, 15, "a reaches b")
+    cp, ip1, _ = joined_pair(mesh, workers=2)
     env = cli_env(cp.api_url, cp.cred)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
