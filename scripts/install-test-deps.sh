@@ -22,6 +22,10 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 # and the unit files are checked with systemd-analyze verify (tests/e2e/test_units.py).
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# A real headless browser for the dashboard test (tests/e2e/test_dashboard.py): Selenium drives Debian's own
+# chromium through Debian's chromedriver, at /usr/bin; nothing downloads a browser.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # libfaketime puts one proxy's clock 90 s ahead for `glassmesh check`'s clock test (tests/e2e/test_check.py).
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 # promtool checks the shipped alerting rules and dashboard queries (tests/e2e/test_dashboards.py); the

@@ -36,6 +36,7 @@ _COMMANDS = {
     "host": ("glassmesh.cli.host_cmd", "host"),
     "version": ("glassmesh.cli.version_cmd", "version"),
     "completion": ("glassmesh.cli.completion_cmd", "completion"),
+    "dashboard": ("glassmesh.cli.dashboard_cmd", "dashboard"),
     "tap": ("glassmesh.cli.tap_cmd", "tap"),
     "capture": ("glassmesh.cli.tap_cmd", "capture"),
 }

@@ -25,7 +25,8 @@ from aiohttp import web
 
 from glassmesh.control.api import STORE, decode, error, json_response
 from glassmesh.control.identity import DEFAULT_TOKEN_TTL_S, Forbidden, Identity
-from glassmesh.control.operator_auth import OPERATOR_KEY, authenticate
+from glassmesh.control.operator_auth import OPERATOR_KEY, authenticate, local_port
+from glassmesh.control.sessions import OPEN_ROUTES
 
 _S = {"forbid_unknown_fields": True, "kw_only": True}
 IDENTITY = web.AppKey("identity", Identity)
@@ -120,10 +121,7 @@ OPERATOR_LISTENER, PROXY_LISTENER, INSECURE_LISTENER = "operator", "proxy", "ins
 
 
 def listener_of(request: web.Request) -> str:
-    t = request.transport
-    sockname = t.get_extra_info("sockname") if t is not None else None
-    port = sockname[1] if isinstance(sockname, tuple) and len(sockname) > 1 else None
-    return str(request.app.get(LISTENERS, {}).get(port, OPERATOR_LISTENER))
+    return str(request.app.get(LISTENERS, {}).get(local_port(request), OPERATOR_LISTENER))
 
 
 @web.middleware
@@ -150,7 +148,7 @@ async def listener_guard(request: web.Request, handler: Any) -> web.StreamRespon
         if route in PROXY_ROUTES and route != "/v1/ca":
             return error(404, f"{request.path} is served to proxies on the proxy listener (--proxy-listen)")
         ident = request.app.get(IDENTITY)
-        if ident is not None:
+        if ident is not None and route not in OPEN_ROUTES:  # the dashboard's login (a token) and static page
             request[OPERATOR_KEY] = authenticate(request, ident.trust_domain)
     return await handler(request)  # type: ignore[no-any-return]
 

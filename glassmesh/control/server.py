@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 
 from glassmesh.control import api, asks, doctor, explain, identity_api, links, proxy_api, tap_api
+from glassmesh.control import dashboard as dashboard_api
 from glassmesh.control.asks import ASKS, Asks
 from glassmesh.control.config import ConfigError
 from glassmesh.control.identity import Identity, IdentityError, shared_ca
@@ -206,6 +207,7 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
     links.add_routes(app)  # GET /v1/links
     explain.add_routes(app)  # GET /v1/explain
     tap_api.add_routes(app)
+    dashboard_api.add_routes(app)  # the browser's page and its logins, on the operator listener only
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         plane.start()

@@ -543,6 +543,7 @@ class Demo:
             (f"{gm} get", "the mesh config in force (history, diff -f, apply -f work too)"),
             (f"{gm} tap --from a --to b --headers", "A's calls to B, live, at both proxies (--body N: bodies)"),
             (f"{gm} capture --link a:b --seconds 5 -w a-b.pcap", "what the link carried, decrypted: tcpdump -r a-b.pcap -A"),
+            (f"{gm} dashboard", "the dashboard in your browser (a one-minute, single-use login link)"),
         ]
         width = max(len(cmd) for cmd, _ in examples)
         for cmd, what in examples:
@@ -732,6 +733,8 @@ class Demo:
                            "`glassmesh apply -f mesh.yaml`: watch \"subsets\"")
         canary = threading.Thread(target=self._canary, args=(self.canary,), name="canary", daemon=True)
         canary.start()
+        if not self.console.is_terminal:  # the live table ends with it; printed lines say it once
+            self.console.print(dashboard_hint(), markup=False, highlight=False)
         prev = baseline
         died: list[Child] = []
         live = Live(console=self.console, auto_refresh=False) if self.console.is_terminal else None
@@ -1020,6 +1023,11 @@ def _traffic_line(t: dict[str, Any]) -> str:
             f"{t.get('connections_opened', 0)} connections opened")
 
 
+def dashboard_hint() -> str:
+    """The live view's last line: the one command that opens all of this in a browser."""
+    return f"see it in your browser (service graph, link matrix, live tap): {_cli()} dashboard"
+
+
 def _table(rows: list[Row], traffic: dict[str, Any] | None, err: str | None, elapsed: float,
            retried: float = 0.0) -> Table:
     t = Table(title=f"glassmesh demo: links seen by host1's proxy ({elapsed:.0f} s)", title_justify="left")
@@ -1042,6 +1050,7 @@ def _table(rows: list[Row], traffic: dict[str, Any] | None, err: str | None, ela
     if err:
         captions.append(f"[red]{err}")
     captions.append("Ctrl-C stops every process")
+    captions.append(dashboard_hint())
     t.caption = "\n".join(captions)
     t.caption_justify = "left"
     return t

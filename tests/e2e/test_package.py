@@ -93,6 +93,8 @@ def test_wheel_and_sdist_carry_the_compiled_hot_path_and_full_metadata(dist_dir:
     assert any(n.startswith("glassmesh_hot__mypyc.") and n.endswith(".so") for n in names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not [n for n in names if n.startswith(("tests/", "bench/"))]
+    # The dashboard's page is package data: the control plane serves it from the installed package.
+    assert {f"glassmesh/dashboard/{f}" for f in ("index.html", "app.js", "app.css", "favicon.svg")} <= set(names)
     assert meta["License-Expression"] == "Apache-2.0"
     assert meta["Requires-Python"] == ">=3.11"
     assert meta.get_content_type() == "text/markdown" or meta["Description-Content-Type"] == "text/markdown"
@@ -104,7 +106,8 @@ def test_wheel_and_sdist_carry_the_compiled_hot_path_and_full_metadata(dist_dir:
     (sdist,) = dist_dir.glob("glassmesh-*.tar.gz")
     with tarfile.open(sdist) as t:
         members = {m.split("/", 1)[1] for m in t.getnames() if "/" in m}
-    assert {"mypyc.ini", "LICENSE", "setup.py", "pyproject.toml", "glassmesh/proxy/http.py"} <= members
+    assert {"mypyc.ini", "LICENSE", "setup.py", "pyproject.toml", "glassmesh/proxy/http.py",
+            "glassmesh/dashboard/app.js"} <= members
 
 
 def test_installed_wheel_proxies_traffic_with_the_compiled_hot_path(mesh: Mesh, installed: Path) -> None:
