@@ -19,6 +19,17 @@ def _control_urls(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+def _otlp_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        from glassmesh.proxy.spans import check_url
+
+        try:
+            check_url(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
 @daemon_command(secrets={"join"})
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
               help="Snapshot file (JSON) this proxy serves; SIGHUP reloads it. With --control: the snapshot "
@@ -51,9 +62,13 @@ def _control_urls(ctx: click.Context, param: click.Parameter, value: str | None)
               help="Append one JSON line per request to this file.")
 @click.option("--tls-keylog", type=click.Path(dir_okay=False), default=None,
               help="Write TLS session keys here (NSS key log format) so Wireshark/tshark can decrypt captures.")
+@click.option("--otlp-endpoint", "otlp_endpoint", default=None, metavar="URL", callback=_otlp_url,
+              help="Send this proxy's spans (one per hop, W3C traceparent) to an OpenTelemetry collector over "
+                   "OTLP/HTTP, e.g. http://127.0.0.1:4318 (/v1/traces is added when the URL has no path). "
+                   "Batched, never in a request's way; dropped and counted when the collector is down.")
 def proxy(config: str | None, control: str | None, host: str | None, data_dir: str | None, join: str | None,
           ca_sha256: str | None, workers: int, drain_timeout: float, access_log: str | None,
-          tls_keylog: str | None) -> None:
+          tls_keylog: str | None, otlp_endpoint: str | None) -> None:
     """Run the data plane of one host: outbound listeners, the mTLS inbound port, tcp links and admin."""
     from glassmesh.model.snapshot import SnapshotError
     from glassmesh.proxy.server import StartupError, run
@@ -79,7 +94,8 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
             from glassmesh.proxy.watch import run_controlled
 
             run_controlled(",".join(urls), host, data_dir, seed=config, workers=workers, keylog=tls_keylog,
-                           access_log=access_log, join=join, ca_sha256=ca_sha256, drain_s=drain_timeout)
+                           access_log=access_log, join=join, ca_sha256=ca_sha256, drain_s=drain_timeout,
+                           otlp=otlp_endpoint)
             return
         if config is None:
             raise click.UsageError("give --config FILE, or --control URL --host NAME --data DIR (or, to join, "
@@ -89,6 +105,7 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
                                    "`glassmesh host join` writes one)")
         if host or data_dir or join:
             raise click.UsageError("--host, --data and --join go with --control")
-        run(config, workers=workers, keylog=tls_keylog, access_log=access_log, drain_s=drain_timeout)
+        run(config, workers=workers, keylog=tls_keylog, access_log=access_log, drain_s=drain_timeout,
+            otlp=otlp_endpoint)
     except errors as e:
         raise click.ClickException(str(e)) from None

@@ -18,7 +18,9 @@ from typing import Any
 
 import msgspec
 
+from glassmesh.api.trace import host_tag
 from glassmesh.model.snapshot import Snapshot
+from glassmesh.protocols.http1 import set_origin
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.pool import Pool
 from glassmesh.proxy.routing import Live, PoolKey, Table, compile_table
@@ -73,7 +75,8 @@ class AccessLog:
 
 
 class Runtime:
-    def __init__(self, snapshot: Snapshot, keylog: str | None = None, access_log: AccessLog | None = None) -> None:
+    def __init__(self, snapshot: Snapshot, keylog: str | None = None, access_log: AccessLog | None = None,
+                 ring: Any = None) -> None:
         self.stats = Stats()
         self.pools: dict[PoolKey, Pool] = {}
         self.conns: set[Any] = set()
@@ -85,12 +88,19 @@ class Runtime:
         # Called with (exchange, status, mesh error reason or "") as each exchange finishes, after the
         # link stats, the endpoint and the access log (http.ServerConn.exchange_done): tap, tracing.
         self.observers: list[Callable[[Any, int, str], None]] = []
+        # The recent requests (ring.Ring, for `glassmesh trace`), with its spans.Exporter when OTLP export is on.
+        # Made by the worker: the ring reads exchanges natively, so it imports http, which imports this module.
+        self.ring = ring
+        self.spans = ring is not None and ring.spans is not None  # read per connection: each hop makes a span
+        if ring is not None:
+            self.observers.append(ring.observe)
         self.ready = False
         self.workers = PROCESS_WORKERS
         self.local_budget = Budget(snapshot.limits.max_client_connections)  # local apps, together
         self.peer_streams: dict[str, Budget] = {}  # by caller service: its HTTP connections and mux streams
         self.peer_conns: dict[str, Budget] = {}  # by caller service: its multiplexed TLS connections
         self.apply(snapshot)
+        set_origin(host_tag(self.host).encode())  # ids minted here say so (api/trace.py)
         self.stats.endpoint_rows = self.endpoint_rows
 
     def apply(self, snap: Snapshot) -> None:
@@ -254,6 +264,8 @@ class Runtime:
     async def close(self) -> None:
         if self._access is not None:
             self._access.flush()
+        if self.spans:
+            await self.ring.spans.close()  # what is queued goes to the collector (bounded: spans.POST_TIMEOUT_S)
         for t in list(self.tasks):
             t.cancel()
         for p in self.pools.values():
