@@ -119,6 +119,44 @@ def remove(name: str, control: str) -> None:
               f"holds stay valid until they expire")
 
 
+SERVICE_USER = "glassmesh"
+
+
+def service_user(name: str | None) -> tuple[int, int] | None:
+    """(uid, gid) of the user the proxy runs as, to give its files to; None: leave them to whoever runs this.
+
+    The default is the units' user (`glassmesh`), when root runs the join and the user exists, so that
+    `systemctl start glassmesh-proxy` reads the config `host join` wrote with no chown step between.
+    """
+    import os
+    import pwd
+
+    if name is None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            pw = pwd.getpwnam(SERVICE_USER)
+        except KeyError:
+            return None
+    else:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise click.BadParameter(f"no such user {name!r}", param_hint="--user") from None
+        if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
+            raise click.BadParameter(f"only root may give files to {name!r}", param_hint="--user")
+    return pw.pw_uid, pw.pw_gid
+
+
+def _tree(top: str) -> list[str]:
+    import os
+
+    found = [top]
+    for root, dirs, files in os.walk(top):
+        found += [os.path.join(root, n) for n in dirs + files]
+    return found
+
+
 @host.command("join")
 @click.option("--control", "control", required=True, metavar="URL[,URL...]",
               help="The control plane's proxy listener (https://ADDR, default port 4201), as `glassmesh host add` "
@@ -134,8 +172,11 @@ def remove(name: str, control: str) -> None:
 @click.option("--data", "data_dir", default=DEFAULT_DATA, show_default=True, type=click.Path(file_okay=False),
               help="The proxy's state directory (mode 0700): the host identity, certificates, last snapshot.")
 @click.option("--force", is_flag=True, help="Replace an existing proxy.yaml.")
+@click.option("--user", "owner", default=None, metavar="USER",
+              help="Give proxy.yaml and the data directory to USER, the proxy's service user [default: `glassmesh` "
+                   "when run as root and that user exists (install-units makes it), else nobody].")
 def join(control: str, token: str, ca_sha256: str, host_name: str | None, config_dir: str | None, data_dir: str,
-         force: bool) -> None:
+         force: bool, owner: str | None) -> None:
     """Join this host with a token and write the proxy's config, so that `glassmesh proxy` alone starts it.
 
     Gets the host identity (keys made here, only a CSR is sent), creates the
@@ -154,6 +195,7 @@ def join(control: str, token: str, ca_sha256: str, host_name: str | None, config
 
     cdir = config_dir or default_config_dir()
     path = os.path.join(cdir, "proxy.yaml")
+    ids = service_user(owner)
     if os.path.exists(path) and not force:
         raise click.ClickException(f"{path} exists: this host was set up already (give --force to replace it)")
     try:
@@ -179,9 +221,13 @@ def join(control: str, token: str, ca_sha256: str, host_name: str | None, config
     head = (f"# Written by `glassmesh host join`: host {ident.host}, identity in {data}/identity.\n"
             f"# Keys are the flags of `glassmesh proxy` (see docs/reference/proxy-yaml.md).\n")
     write_private(path, (head + yaml.safe_dump(doc, sort_keys=False)).encode())
+    if ids is not None:  # the daemon runs as its own user: its config and state are its own, nobody else's
+        for f in [path, *_tree(data)]:
+            os.chown(f, *ids)
     default = os.path.abspath(path) == os.path.abspath(os.path.join(default_config_dir(), "proxy.yaml"))
     out.print(f"joined as host {ident.host} (may serve: {', '.join(ident.services) or 'nothing'})")
-    out.print(f"wrote {path} (0600): control, host, data")
+    whose = f", owned by {owner or SERVICE_USER}" if ids is not None else ""
+    out.print(f"wrote {path} (0600{whose}): control, host, data")
     out.print(f"data directory {data} (0700) holds the host identity")
     out.print("start the proxy with:")
     out.print(f"  {shlex.join(['glassmesh', 'proxy'] + ([] if default else ['--config-file', path]))}")

@@ -33,7 +33,7 @@ IDENTITY = web.AppKey("identity", Identity)
 # Routes served on the proxy listener (by resource pattern); everything else is operator-only.
 PROXY_ROUTES = frozenset({
     "/v1/ca", "/v1/join", "/v1/hosts/{host}/snapshot", "/v1/hosts/{host}/ack", "/v1/hosts/{host}/instances",
-    "/v1/hosts/{host}/certs", "/v1/hosts/{host}/renew",
+    "/v1/hosts/{host}/certs", "/v1/hosts/{host}/renew", "/v1/hosts/{host}/asks", "/v1/hosts/{host}/asks/{id}",
 })
 # Routes that hand out certificates: never over plain HTTP.
 TLS_ONLY_ROUTES = frozenset({"/v1/join", "/v1/hosts/{host}/certs", "/v1/hosts/{host}/renew"})

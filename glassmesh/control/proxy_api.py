@@ -16,8 +16,10 @@ import json
 import logging
 import time
 
+import msgspec
 from aiohttp import web
 
+from glassmesh.api.asks import MAX_ANSWER_BYTES, POLL_WAIT_S, AnswerPost, AnswerReply, AskList
 from glassmesh.api.wire import (
     BUILD_HEADER,
     FEATURES_HEADER,
@@ -32,6 +34,7 @@ from glassmesh.api.wire import (
     wire_of,
 )
 from glassmesh.control.api import PLANE, STORE, decode, error, json_response
+from glassmesh.control.asks import ASKS
 from glassmesh.control.identity import may_serve
 from glassmesh.control.identity_api import authorize, is_tls
 from glassmesh.control.layout import local_services
@@ -148,6 +151,36 @@ async def instances(request: web.Request) -> web.Response:
                                       for i in refused]})
 
 
+async def asks(request: web.Request) -> web.Response:
+    """The proxy's asks long-poll (api/asks.py): what operators want to know from this host."""
+    host = await host_of(request)
+    try:
+        wait = min(POLL_WAIT_S, max(0.0, float(request.query.get("wait", str(POLL_WAIT_S)))))
+    except ValueError:
+        return error(400, "wait must be a number of seconds")
+    got = await request.app[ASKS].poll(host, wait)
+    return web.Response(body=msgspec.json.encode(AskList(asks=got)), content_type="application/json")
+
+
+async def answer(request: web.Request) -> web.Response:
+    """A batch of one ask's answer; 404 when the ask is not this host's or its asker has left."""
+    host = await host_of(request)
+    if (request.content_length or 0) > MAX_ANSWER_BYTES:
+        return error(413, f"an answer batch is at most {MAX_ANSWER_BYTES} bytes: post smaller batches")
+    body = await request.content.read(MAX_ANSWER_BYTES + 1)
+    if len(body) > MAX_ANSWER_BYTES:
+        return error(413, f"an answer batch is at most {MAX_ANSWER_BYTES} bytes: post smaller batches")
+    try:
+        post = msgspec.json.decode(body, type=AnswerPost)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        return error(400, f"bad answer: {e}")
+    try:
+        more = await request.app[ASKS].answer(host, request.match_info["id"], post.events, post.done, post.error)
+    except KeyError:
+        return error(404, "no such ask open for this host (its asker may have left)")
+    return web.Response(body=msgspec.json.encode(AnswerReply(more=more)), content_type="application/json")
+
+
 def _own_ips(inbound: str) -> set[str]:
     """The addresses an instance of this host may have besides loopback: its inbound address's IP."""
     return {inbound.rpartition(":")[0].strip("[]")} if inbound else set()
@@ -170,3 +203,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/hosts/{host}/snapshot", snapshot)
     app.router.add_post("/v1/hosts/{host}/ack", ack)
     app.router.add_post("/v1/hosts/{host}/instances", instances)
+    app.router.add_get("/v1/hosts/{host}/asks", asks)
+    app.router.add_post("/v1/hosts/{host}/asks/{id}", answer)

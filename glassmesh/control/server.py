@@ -30,7 +30,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from glassmesh.control import api, identity_api, proxy_api
+from glassmesh.control import api, asks, identity_api, proxy_api
+from glassmesh.control.asks import ASKS, Asks
 from glassmesh.control.config import ConfigError
 from glassmesh.control.identity import Identity, IdentityError, shared_ca
 from glassmesh.control.metrics import HoldCounter
@@ -51,7 +52,7 @@ GOODBYE_S = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CLOSING = web.AppKey("closing", asyncio.Event)  # set when the replica starts to shut down
 BEAT_NOW = web.AppKey("beat_now", asyncio.Event)  # set to announce this replica again at once
-LONG_POLL_ROUTES = frozenset({"/v1/hosts/{host}/snapshot"})
+LONG_POLL_ROUTES = frozenset({"/v1/hosts/{host}/snapshot", "/v1/hosts/{host}/asks"})
 
 
 class StartupError(Exception):
@@ -187,9 +188,11 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
     plane = Plane(HoldCounter(store), trust_domain, dns_servers)
     replica_id = replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     app[api.PLANE], app[api.STORE], app[api.REPLICA] = plane, store, replica_id
+    app[ASKS] = Asks()
     api.add_routes(app)
     proxy_api.add_routes(app)
     identity_api.add_routes(app)
+    asks.add_routes(app)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         plane.start()

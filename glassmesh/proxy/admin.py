@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httptools
 
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]
+# A worker's answers to its supervisor's asks (proxy/asks.py PROCESS_ROUTES): (route, params) -> JSON-able.
+Process = Callable[[str, dict[str, str]], Awaitable[Any]]
 
 
 class AdminProtocol(asyncio.Protocol):
-    def __init__(self, routes: dict[str, Handler]) -> None:
+    """One admin request per connection.
+
+    `process` is given only on a worker's private unix socket (0600, in a
+    0700 directory): the per-process routes behind the ask channel (a tap,
+    the ring of recent requests) carry request data, so they are never
+    served on the TCP admin port, which anyone on the host can reach.
+    """
+
+    def __init__(self, routes: dict[str, Handler], process: Process | None = None) -> None:
         self.routes = routes
+        self.process = process
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.transport: Any = None
@@ -42,9 +54,14 @@ class AdminProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         method = self.parser.get_method()
-        path = httptools.parse_url(self.url).path.decode("latin-1") if self.url else "/"
+        url = httptools.parse_url(self.url) if self.url else None
+        path = url.path.decode("latin-1") if url is not None else "/"
         handler = self.routes.get(path)
-        if method not in (b"GET", b"HEAD"):
+        if self.process is not None and method == b"GET" and path.startswith("/process/"):
+            query = (url.query or b"").decode("latin-1") if url is not None else ""
+            params = dict(urllib.parse.parse_qsl(query))
+            asyncio.get_running_loop().create_task(self._run_process(path[len("/process/"):], params))
+        elif method not in (b"GET", b"HEAD"):
             self._send(405, "text/plain", b"only GET\n")
         elif handler is None:
             body = json.dumps({"error": "not_found", "paths": sorted(self.routes)}).encode() + b"\n"
@@ -58,6 +75,17 @@ class AdminProtocol(asyncio.Protocol):
         except Exception as e:  # an admin page must never take the proxy down
             status, ctype, body = 500, "text/plain", f"admin error: {e}\n".encode()
         self._send(status, ctype, b"" if head else body, len(body))
+
+    async def _run_process(self, name: str, params: dict[str, str]) -> None:
+        assert self.process is not None
+        try:
+            body = json.dumps(await self.process(name, params)).encode()
+            status = 200
+        except KeyError:
+            status, body = 404, json.dumps({"error": f"no process route {name!r}"}).encode()
+        except Exception as e:  # noqa: BLE001 - an admin page must never take the proxy down
+            status, body = 500, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode()
+        self._send(status, "application/json", body)
 
     def _send(self, status: int, ctype: str, body: bytes, length: int | None = None) -> None:
         if self.transport.is_closing():

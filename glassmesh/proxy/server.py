@@ -23,6 +23,7 @@ import signal
 import socket
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from glassmesh.protocols.http1 import reseed
 from glassmesh.proxy import runtime as runtime_mod
 from glassmesh.proxy import stats as stats_mod
 from glassmesh.proxy.admin import AdminProtocol, json_body
+from glassmesh.proxy.asks import run_process_route
 from glassmesh.proxy.drain import DRAIN_TIMEOUT_S, Drain, drain
 from glassmesh.proxy.http import ServerConn
 from glassmesh.proxy.inbound import InboundHandshake
@@ -125,6 +127,14 @@ class Worker:
 
     def wanted(self, snap: Snapshot) -> dict[str, Spec]:
         return wanted(snap, admin=not self.supervised)
+
+    async def process_route(self, name: str, params: dict[str, str]) -> Any:
+        """This process's answer to an ask's per-process route (proxy/asks.py)."""
+        return await run_process_route(self.rt, name, params)
+
+    async def query(self, name: str, params: dict[str, str]) -> list[Any]:
+        """The ask channel's view of a proxy alone: one serving process, this one."""
+        return [await self.process_route(name, params)]
 
     def _factory(self, spec: Spec) -> Callable[[], Any]:
         """What a connection to `spec` is, by the snapshot in force (called again at every swap)."""
@@ -328,7 +338,7 @@ async def _serve_single(config_path: str, snap: Snapshot, opts: Options, access_
     admin = None
     if supervised is not None:
         chan, socks = supervised
-        admin = await loop.create_unix_server(lambda: AdminProtocol(routes), admin_unix)
+        admin = await loop.create_unix_server(lambda: AdminProtocol(routes, w.process_route), admin_unix)
         await w.start(socks)
         chan.setblocking(False)
         loop.add_reader(chan.fileno(), w.offer, chan)
@@ -470,14 +480,26 @@ class _SupervisorTarget:
 
     reads_file = True
 
-    def __init__(self, current: dict[str, Snapshot], apply: Callable[[Snapshot], None]) -> None:
-        self._current, self._apply = current, apply
+    def __init__(self, current: dict[str, Snapshot], apply: Callable[[Snapshot], None], socks: list[str]) -> None:
+        self._current, self._apply, self._socks = current, apply, socks
 
     def current(self) -> Snapshot:
         return self._current["snap"]
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self._apply(snap)
+
+    async def query(self, name: str, params: dict[str, str]) -> list[Any]:
+        """Every worker's answer to a per-process route, over its private unix socket (proxy/asks.py)."""
+        target = f"/process/{urllib.parse.quote(name)}?{urllib.parse.urlencode(params)}"
+
+        async def one(sock: str) -> Any:
+            try:
+                return json.loads(await _get_unix(sock, target))
+            except (OSError, RuntimeError, ValueError) as e:
+                return {"error": f"worker {os.path.basename(sock)}: {e}"}
+
+        return list(await asyncio.gather(*(one(s) for s in self._socks)))
 
 
 async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: ControlLink | None = None,
@@ -584,7 +606,7 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
                     StopDeadline("supervisor", log, drain_s=opts.drain_s + deadline_s()))
     loop.add_signal_handler(signal.SIGHUP, sd.around_reload(reload))
     if attach is not None:
-        await attach.start(_SupervisorTarget(current, apply))
+        await attach.start(_SupervisorTarget(current, apply, socks))
     notified = asyncio.create_task(_ready_once(ready, stop))
     try:
         while not stop.is_set():

@@ -104,6 +104,7 @@ from glassmesh.model.snapshot import (
     unknown_fields,
 )
 from glassmesh.proxy import lkg
+from glassmesh.proxy.askloop import AskLoop
 from glassmesh.proxy.enroll import ProxyIdentity
 from glassmesh.proxy.health import HealthReporter
 from glassmesh.proxy.listeners import StartupError
@@ -222,6 +223,9 @@ class Target(Protocol):
     def apply_snapshot(self, snap: Snapshot) -> None:
         """Swap it in whole or raise (changing nothing)."""
 
+    async def query(self, name: str, params: dict[str, str]) -> list[Any]:
+        """Every serving process's answer to an ask's per-process route (proxy/asks.py)."""
+
 
 # --------------------------------------------------------------------------- pure checks
 
@@ -295,6 +299,7 @@ class ControlLink:
         self.updates = {KIND_FULL: 0, KIND_DELTA: 0, "delta_fallbacks": 0}  # accepted snapshots by kind
         self.last_update = ""
         self._ignored_logged = False  # the fields a newer control plane sent that this proxy ignores: said once
+        self.asks: list[AskLoop] = []
 
     @property
     def url(self) -> str:
@@ -335,6 +340,11 @@ class ControlLink:
         self.health = HealthReporter(target.current, self._report)
         self._tasks = [asyncio.create_task(self._watch(), name="control-watch"),
                        asyncio.create_task(self.health.run(), name="health-checks")]
+        # An ask may come through any replica an operator reaches: one asks long-poll on each (proxy/asks.py).
+        query = getattr(target, "query", None)
+        if query is not None:
+            self.asks = [AskLoop(self.host, u, self._http, self._tls, query, log) for u in self.urls]
+            self._tasks += [asyncio.create_task(a.run(), name=f"asks-{i}") for i, a in enumerate(self.asks)]
         if self.identity is not None:
             self._tasks.append(asyncio.create_task(
                 self.identity.run_renewals(self._http, lambda: self.url, target.current, self._reload_certs,

@@ -9,6 +9,7 @@ the control plane and carry a request between them over mutual TLS.
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import time
 from pathlib import Path
@@ -113,8 +114,19 @@ def test_host_join_refusals_write_nothing_and_spend_no_token(mesh: Mesh) -> None
                         str(mesh.root / "data-blocked")], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Not a directory" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (mesh.root / "data-blocked" / "identity").exists()
-    # The token was not spent by any of these.
     r = subprocess.run([*CLI, "host", "join", "--control", doc["proxy_url"], "--token", doc["token"],
                         "--ca-sha256", doc["ca_sha256"], "--config-dir", str(cdir), "--data",
-                        str(mesh.root / "data")], env=env, capture_output=True, text=True, timeout=60)
+                        str(mesh.root / "data"), "--user", "no-such-user-here"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "no such user 'no-such-user-here'" in r.stderr, r.stderr
+    assert not (cdir / "proxy.yaml").exists()
+    # The token was not spent by any of these. The files go to the service's user (here `nobody`), whole.
+    r = subprocess.run([*CLI, "host", "join", "--control", doc["proxy_url"], "--token", doc["token"],
+                        "--ca-sha256", doc["ca_sha256"], "--config-dir", str(cdir), "--data",
+                        str(mesh.root / "data"), "--user", "nobody"], env=env, capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == 0 and "joined as host h " in r.stdout, r.stderr
+    assert "(0600, owned by nobody)" in r.stdout
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for f in (cdir / "proxy.yaml", mesh.root / "data", mesh.root / "data" / "identity" / "host.key"):
+        assert f.stat().st_uid == nobody, f
