@@ -32,6 +32,7 @@ _COMMANDS = {
     "host": ("glassmesh.cli.host_cmd", "host"),
     "version": ("glassmesh.cli.version_cmd", "version"),
     "completion": ("glassmesh.cli.completion_cmd", "completion"),
+    "trace": ("glassmesh.cli.trace_cmd", "trace"),
 }
 
 

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from glassmesh.control import api, asks, identity_api, proxy_api
 from glassmesh.control.asks import ASKS, Asks
+from glassmesh.control.trace import add_routes as add_trace_routes
 from glassmesh.control.config import ConfigError
 from glassmesh.control.identity import Identity, IdentityError, shared_ca
 from glassmesh.control.metrics import HoldCounter
@@ -193,6 +194,7 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
     proxy_api.add_routes(app)
     identity_api.add_routes(app)
     asks.add_routes(app)
+    add_trace_routes(app)  # GET /v1/trace/{id}
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         plane.start()

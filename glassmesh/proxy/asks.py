@@ -22,6 +22,8 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from glassmesh.proxy.trace_ask import trace, trace_process
+
 Emit = Callable[[list[dict[str, Any]]], Awaitable[bool]]  # False: the asker is gone, stop
 Query = Callable[[str, dict[str, str]], Awaitable[list[Any]]]  # (route, params) -> one answer per serving process
 Handler = Callable[[dict[str, Any], Emit, Query], Awaitable[None]]
@@ -37,10 +39,12 @@ def _hello_process(rt: Any, params: dict[str, str]) -> dict[str, Any]:
 
 HANDLERS: dict[str, Handler] = {
     "hello": _hello,
+    "trace": trace,
 }
 
 PROCESS_ROUTES: dict[str, ProcessRoute] = {
     "hello": _hello_process,
+    "trace": trace_process,
 }
 
 

@@ -1,0 +1,51 @@
+"""The `trace` ask (proxy/asks.py): this host's records of one request, from every serving process's ring.
+
+The control plane asks the host that minted the id, then each host a record
+names as its next hop (api/trace.py). Each record says which host its
+outbound side sent the request to (`next_host`, the endpoint's host as the
+table in force names it), which is what lets the control plane follow the
+path without asking any other host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from glassmesh.api.trace import ID_SHAPE
+from glassmesh.proxy.ring import Rec, row, wall_offset
+
+MAX_RECORDS = 64  # per process and id: an id many requests reuse (an app's constant x-request-id) stays small
+
+
+async def trace(args: dict[str, Any], emit: Callable[[list[dict[str, Any]]], Awaitable[bool]],
+                query: Callable[[str, dict[str, str]], Awaitable[list[Any]]]) -> None:
+    ident = str(args.get("id", ""))
+    if not ID_SHAPE.fullmatch(ident):
+        raise ValueError("a request id is 1 to 128 printable characters without spaces")
+    records = [rec for answer in await query("trace", {"id": ident}) for rec in (answer or [])]
+    await emit(records)
+
+
+def trace_process(rt: Any, params: dict[str, str]) -> list[dict[str, Any]]:
+    """This process's records of the id (a request id, or a trace id), oldest first."""
+    ring = rt.ring
+    if ring is None:
+        return []
+    wall = wall_offset()
+    found = ring.find(params.get("id", "").encode("latin-1", "replace"))[-MAX_RECORDS:]
+    return [row(rec, rt.host, next_host(rt, rec), wall) for rec in found]
+
+
+def next_host(rt: Any, rec: Rec) -> str | None:
+    """The mesh host an outbound record's request went to (its endpoint's), or None (an inbound, a DNS endpoint)."""
+    key = rec.key
+    if rec.side != "outbound" or key is None or key.source is None:
+        return None
+    remote = rt.table.remotes.get(rec.destination or "")
+    if remote is None:
+        return None
+    for ep in remote.chain.endpoints:
+        if ep.host == key.host and ep.port == key.port:
+            return str(ep.host_name) if ep.mesh else None
+    return None
