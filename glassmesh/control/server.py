@@ -32,7 +32,6 @@ from aiohttp import web
 
 from glassmesh.control import api, asks, identity_api, proxy_api
 from glassmesh.control.asks import ASKS, Asks
-from glassmesh.control.trace import add_routes as add_trace_routes
 from glassmesh.control.config import ConfigError
 from glassmesh.control.identity import Identity, IdentityError, shared_ca
 from glassmesh.control.metrics import HoldCounter
@@ -40,6 +39,7 @@ from glassmesh.control.operators import ensure_admin_credential
 from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
+from glassmesh.control.trace import add_routes as add_trace_routes
 from glassmesh.files import check_private, private_dir
 from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
 from glassmesh.systemd import notify as sd
