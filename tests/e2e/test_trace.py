@@ -94,6 +94,19 @@ def test_trace_follows_the_request_across_hops_and_says_where_time_went_and_who_
     assert doc["timeline"]["error"]["hop"] == "app b on host2", doc["timeline"]
     assert "error made by app b on host2" in _trace(cp, failed.header("x-request-id")).stdout
 
+    # Bounded: a path is kept to 256 bytes. The ring keeps the last 2,048 requests that went well and, apart,
+    # the last 1,024 failures: after 2,100 more good requests host2 no longer has the slow request, but still
+    # has the failed one.
+    long = _call(out, "/" + "x" * 4000)
+    assert long.status == 200
+    assert {len(h["path"]) for h in _json(cp, long.header("x-request-id"))["timeline"]["hops"]} == {256}
+    with HttpConn(out, timeout=15) as c:
+        for i in range(2100):
+            assert c.request("GET", f"/fill/{i}", {"Host": "b"}).status == 200
+    assert ("host2", "inbound") not in [(h["host"], h["side"]) for h in _json(cp, rid)["timeline"]["hops"]]
+    assert ("host2", "inbound") in [(h["host"], h["side"])
+                                    for h in _json(cp, failed.header("x-request-id"))["timeline"]["hops"]]
+
     # An id the caller's app set itself names no host: the operator says where the trace starts.
     own = _call(out, "/own", {"x-request-id": "checkout-7f3a"})
     assert own.status == 200
