@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+
 import click
 
 from glassmesh.settings import config_dir, daemon_command
 
 
-def _control_urls(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Checked as the option is read, so that a config file's bad URL is reported with its line."""
-    if value is not None:
-        from glassmesh.proxy.watch import split_urls
+def _checked(module: str, check: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A URL option checked as it is read (module.check raises ValueError), so that a config file's bad URL is
+    reported with its line; the checking module is imported only when the option is given."""
 
-        try:
-            split_urls(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-    return value
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                getattr(importlib.import_module(module), check)(value)
+            except ValueError as e:
+                raise click.BadParameter(str(e)) from None
+        return value
 
-
-def _otlp_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        from glassmesh.proxy.spans import check_url
-
-        try:
-            check_url(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-    return value
+    return callback
 
 
 @daemon_command(secrets={"join"})
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
               help="Snapshot file (JSON) this proxy serves; SIGHUP reloads it. With --control: the snapshot "
                    "to start from when DIR has no last-known-good one.")
-@click.option("--control", "control", default=None, metavar="URL[,URL...]", callback=_control_urls,
+@click.option("--control", "control", default=None, metavar="URL[,URL...]", callback=_checked("glassmesh.proxy.watch", "split_urls"),
               help="Control plane to watch for this host's snapshot: its proxy listener "
                    "(https://127.0.0.1:4201, mutual TLS with the host identity from --join), or, for a host "
                    "provisioned with certificate files, its API over plain HTTP (http://127.0.0.1:4200). "
@@ -62,7 +57,7 @@ def _otlp_url(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Append one JSON line per request to this file.")
 @click.option("--tls-keylog", type=click.Path(dir_okay=False), default=None,
               help="Write TLS session keys here (NSS key log format) so Wireshark/tshark can decrypt captures.")
-@click.option("--otlp-endpoint", "otlp_endpoint", default=None, metavar="URL", callback=_otlp_url,
+@click.option("--otlp-endpoint", "otlp_endpoint", default=None, metavar="URL", callback=_checked("glassmesh.proxy.spans", "check_url"),
               help="Send this proxy's spans (one per hop, W3C traceparent) to an OpenTelemetry collector over "
                    "OTLP/HTTP, e.g. http://127.0.0.1:4318 (/v1/traces is added when the URL has no path). "
                    "Batched, never in a request's way; dropped and counted when the collector is down.")

@@ -21,7 +21,6 @@ import asyncio
 import os
 import ssl
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
 from glassmesh import __version__
@@ -183,7 +182,3 @@ def spans(batch: list[Rec], host: str) -> list[otlp.Span]:
             status_message=r.message if r.reason else "",
             flags=int(tp[53:55], 16) if tp is not None else 1))
     return out
-
-
-def counters(exporter: Any) -> dict[str, int] | None:
-    return dict(exporter.counts) if exporter is not None else None

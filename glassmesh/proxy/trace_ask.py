@@ -16,6 +16,7 @@ from glassmesh.api.trace import ID_SHAPE
 from glassmesh.proxy.ring import Rec, row, wall_offset
 
 MAX_RECORDS = 64  # per process and id: an id many requests reuse (an app's constant x-request-id) stays small
+BATCH = 256  # records per answer post (api/asks.py bounds a post's events and bytes)
 
 
 async def trace(args: dict[str, Any], emit: Callable[[list[dict[str, Any]]], Awaitable[bool]],
@@ -24,7 +25,9 @@ async def trace(args: dict[str, Any], emit: Callable[[list[dict[str, Any]]], Awa
     if not ID_SHAPE.fullmatch(ident):
         raise ValueError("a request id is 1 to 128 printable characters without spaces")
     records = [rec for answer in await query("trace", {"id": ident}) for rec in (answer or [])]
-    await emit(records)
+    for i in range(0, len(records), BATCH):  # 64 records from each of up to 64 workers: several posts
+        if not await emit(records[i:i + BATCH]):
+            return
 
 
 def trace_process(rt: Any, params: dict[str, str]) -> list[dict[str, Any]]:

@@ -100,3 +100,13 @@ def test_a_collector_that_is_down_costs_requests_nothing(mesh: Mesh) -> None:
 
     eventually(dropped, timeout=10)
     assert "did not take" in h1.proxy.log_text()  # type: ignore[union-attr]
+
+
+def test_a_bad_otlp_endpoint_is_refused_at_start() -> None:
+    import subprocess
+
+    from tests.e2e.harness import PROXY_CMD
+
+    r = subprocess.run([*PROXY_CMD, "--config", "/nonexistent.json", "--otlp-endpoint", "ftp://collector:4318"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--otlp-endpoint must be an http:// or https:// URL" in r.stderr, r.stderr
