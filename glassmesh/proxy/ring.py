@@ -108,9 +108,6 @@ class Ring:
         out.sort(key=_start)
         return out
 
-    def __len__(self) -> int:
-        return sum(1 for r in self.recent if r is not None) + sum(1 for r in self.failed if r is not None)
-
 
 def _start(rec: Rec) -> float:
     return rec.t0
