@@ -74,7 +74,11 @@ def phases(rec: dict[str, Any]) -> list[tuple[str, float]]:
 
 def error_hop(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Which hop made the request's error: the deepest proxy that made a mesh error, else the app that
-    answered 5xx (the last inbound hop's app); None when nothing failed."""
+    answered 5xx (the last inbound hop's app); None when the caller got no error (a try that failed and
+    was made again elsewhere is listed by `retried`, not here)."""
+    first = records[0] if records else {}
+    if not first.get("mesh_error") and int(first.get("status") or 0) < 500:
+        return None
     made = [r for r in records if r.get("mesh_error")]
     if made:
         r = made[-1]
@@ -126,9 +130,13 @@ def timeline(records: list[dict[str, Any]]) -> dict[str, Any]:
         own = float(r.get("before_send_ms") or 0.0)
         parts.append((f"proxy {r['host']}/{r['side']}", own))
     slowest = max(parts, key=lambda p: p[1]) if parts else None
+    final = int(recs[0].get("status") or 0)
+    retried = [f"{r['host']}/{r['side']}: {r.get('mesh_error') or r.get('status')}" for r in recs[1:]
+               if r.get("mesh_error") or int(r.get("status") or 0) >= 500] if final < 500 else []
     return {
         "hops": hops,
         "error": error_hop(recs),
+        "retried": retried,
         "total_ms": total,
         "slowest": {"what": slowest[0], "ms": round(slowest[1], 3),
                     "share": round(slowest[1] / total, 3) if total else 0.0} if slowest else None,

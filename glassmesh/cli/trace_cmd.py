@@ -92,6 +92,8 @@ def print_timeline(doc: dict[str, Any]) -> None:
     if err:
         out.print(Text(f"error made by {err['hop']}: {err['reason']} ({err['status']})"
                        + (f": {err['message']}" if err.get("message") else ""), style="red"))
+    for r in tl.get("retried", []):
+        out.print(Text(f"a try failed and was made again: {r}", style="yellow"))
     for p in doc.get("problems", []):
         out.print(Text(f"no records from {p['host']}: {p['error']}", style="yellow"))
     out.print(Text(f"asked {', '.join(doc.get('hosts_asked', []))}", style="dim"))

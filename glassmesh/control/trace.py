@@ -49,9 +49,9 @@ async def trace(request: web.Request) -> web.Response:
                 problems.append({"host": host, "error": problem})
             records += recs
         for r in records:
-            nxt = r.get("next_host")
-            if nxt and nxt not in asked and nxt not in todo and nxt in known:
-                todo.append(nxt)
+            for nxt in [r.get("next_host"), *r.get("tried_hosts", ())]:
+                if nxt and nxt not in asked and nxt not in todo and nxt in known:
+                    todo.append(nxt)
     if not records and not problems:
         where = ", ".join(asked)
         return error(404, f"no record of {ident} on {where}: the proxy keeps its most recent requests (failures "

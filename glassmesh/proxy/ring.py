@@ -59,6 +59,7 @@ class Rec:
         self.end: float = conn.last_active  # exchange_done set it to the time it ended
         self.attempts: int = ex.attempts
         self.key: Any = r.pool.key if r is not None else None
+        self.tried: set[tuple[str, int]] | None = ex.tried  # endpoints of earlier tries (None: one try)
         e = ex.error
         self.message: str = e[1] if e is not None else ""
         self.peer_error: bytes | None = None

@@ -37,18 +37,25 @@ def trace_process(rt: Any, params: dict[str, str]) -> list[dict[str, Any]]:
         return []
     wall = wall_offset()
     found = ring.find(params.get("id", "").encode("latin-1", "replace"))[-MAX_RECORDS:]
-    return [row(rec, rt.host, next_host(rt, rec), wall) for rec in found]
+    out = []
+    for rec in found:
+        d = row(rec, rt.host, next_host(rt, rec, rec.key), wall)
+        if rec.tried:  # earlier tries went elsewhere: their hosts hold records of this request too
+            tried = sorted({h for h in (next_host(rt, rec, k) for k in rec.tried) if h})
+            if tried:
+                d["tried_hosts"] = tried
+        out.append(d)
+    return out
 
 
-def next_host(rt: Any, rec: Rec) -> str | None:
-    """The mesh host an outbound record's request went to (its endpoint's), or None (an inbound, a DNS endpoint)."""
-    key = rec.key
-    if rec.side != "outbound" or key is None or key.source is None:
+def next_host(rt: Any, rec: Rec, key: Any) -> str | None:
+    """The mesh host at endpoint `key` ((ip, port) or a pool key) of an outbound record's destination, or None."""
+    if rec.side != "outbound" or key is None or (hasattr(key, "source") and key.source is None):
         return None
     remote = rt.table.remotes.get(rec.destination or "")
     if remote is None:
         return None
     for ep in remote.chain.endpoints:
-        if ep.host == key.host and ep.port == key.port:
+        if ep.host == key[0] and ep.port == key[1]:
             return str(ep.host_name) if ep.mesh else None
     return None

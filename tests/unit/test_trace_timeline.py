@@ -58,3 +58,14 @@ def test_the_hop_that_made_the_error_is_named():
     app500 = [_hop("a", "outbound", 1.0, 5.0, 0.1, 4.8, status=500, next_host="b"),
               _hop("b", "inbound", 1.001, 4.0, 0.1, 3.8, status=500)]
     assert trace.timeline(app500)["error"]["hop"] == "app api on b"
+
+
+def test_a_try_that_failed_and_was_made_again_is_no_error_but_is_shown():
+    recs = [
+        _hop("a", "outbound", 1.0, 9.0, 0.1, 8.8, attempts=2, next_host="c", tried_hosts=["b"]),
+        _hop("b", "inbound", 1.001, 0.5, 0.5, None, status=502, mesh_error="connect_refused"),
+        _hop("c", "inbound", 1.003, 8.0, 0.1, 7.8),
+    ]
+    t = trace.timeline(recs)
+    assert t["error"] is None and t["retried"] == ["b/inbound: connect_refused"]
+    assert t["slowest"]["what"] == "app api on c"
