@@ -135,3 +135,45 @@ def test_trace_follows_the_request_across_hops_and_says_where_time_went_and_who_
     ident = mesh.root / "host1" / "identity"
     status, body = get_without_operator(cp.api_url, f"/v1/trace/{rid}", (ident / "host.pem", ident / "host.key"))
     assert status == 403 and "not an operator credential" in body["error"], body
+
+
+RETRY_MESH = """\
+services:
+  - name: a
+    calls: [b]
+  - name: b
+    port: {port}
+    balance: round_robin
+    routes:
+      - name: all
+        retry: {{attempts: 2, on_status: [503]}}
+hosts:
+  - {{name: host1, address: "{ip1}:4143", services: [a]}}
+  - {{name: host2, address: "{ip2}:4143", services: [b]}}
+  - {{name: host3, address: "{ip3}:4143", services: [b]}}
+"""
+
+
+def test_a_retried_request_is_followed_to_every_host_it_tried(mesh: Mesh) -> None:
+    """b on host2 answers 503, b on host3 answers: a request tried on both shows both, and is no error."""
+    cp = Control(mesh)
+    ip1, ip2, ip3 = fresh_ip(), fresh_ip(), fresh_ip()
+    cp.post("/v1/apply", {"yaml": RETRY_MESH.format(port=APP_PORT, ip1=ip1, ip2=ip2, ip3=ip3), "author": "test"})
+    mesh.start_app("http", f"{ip2}:{APP_PORT}", "b2", extra=["--fail-status", "503"])
+    mesh.start_app("http", f"{ip3}:{APP_PORT}", "b3")
+    docs = {h: cp.add_host(h, s) for h, s in (("host1", "a"), ("host2", "b"), ("host3", "b"))}
+    for (h, d), ip in zip(docs.items(), (ip1, ip2, ip3), strict=True):
+        wait_ready(mesh.spawn(f"proxy {h}", join_args(cp, d, mesh.root / h)), f"{ip}:4191")
+    deadline = time.monotonic() + 20
+    while (r := _call(f"{ip1}:4140", "/retried")).header("glassmesh-attempts") != "2":
+        assert time.monotonic() < deadline, "no request was tried on both hosts"
+        time.sleep(0.1)
+    assert r.status == 200
+    doc = _json(cp, r.header("x-request-id"))
+    assert doc["hosts_asked"] == ["host1", "host3", "host2"], doc["hosts_asked"]
+    hops = doc["timeline"]["hops"]
+    assert hops[0]["attempts"] == 2 and hops[0]["next_host"] == "host3" and hops[0]["tried_hosts"] == ["host2"]
+    assert {(h["host"], h["status"]) for h in hops[1:]} == {("host2", 503), ("host3", 200)}
+    assert doc["timeline"]["error"] is None and doc["timeline"]["retried"] == ["host2/inbound: 503"]
+    text = _trace(cp, r.header("x-request-id")).stdout
+    assert "(2 tries)" in text and "a try failed and was made again: host2/inbound: 503" in text
