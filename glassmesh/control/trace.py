@@ -52,7 +52,9 @@ async def trace(request: web.Request) -> web.Response:
             for nxt in [r.get("next_host"), *r.get("tried_hosts", ())]:
                 if nxt and nxt not in asked and nxt not in todo and nxt in known:
                     todo.append(nxt)
-    if not records and not problems:
+    if not records and problems:
+        return error(503, "; ".join(f"cannot ask {p['host']}: {p['error']}" for p in problems))
+    if not records:
         where = ", ".join(asked)
         return error(404, f"no record of {ident} on {where}: the proxy keeps its most recent requests (failures "
                           f"longest); an older one is gone, or the id was never seen there")

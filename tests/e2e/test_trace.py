@@ -129,6 +129,11 @@ def test_trace_follows_the_request_across_hops_and_says_where_time_went_and_who_
     r = _trace(cp, rid[:8] + "0" * 16)
     assert r.returncode == 4 and "no record of" in r.stderr, r.stderr
 
+    # The caller's proxy is gone: nothing can be had, and the operator is told why.
+    procs["host1"].stop()
+    r = _trace(cp, gone.header("x-request-id"))
+    assert r.returncode == 5 and "cannot ask host1" in r.stderr, (r.returncode, r.stderr)
+
     # Only operators may read traces: no credential (401), and a host's own identity (403) are refused.
     status, body = get_without_operator(cp.api_url, f"/v1/trace/{rid}")
     assert status == 401 and "operator credential" in body["error"], body
