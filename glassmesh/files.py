@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 
@@ -48,6 +47,8 @@ def private_dir(path: str | Path) -> None:
 
 
 def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    import tempfile  # with shutil, bz2, lzma, random: not held by a proxy that never writes a file
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -29,7 +29,6 @@ glassmesh.control or glassmesh.proxy.
 
 from __future__ import annotations
 
-import difflib
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -179,6 +178,8 @@ def load_file(ctx: click.Context, cmd: click.Command, path: str, secrets: Iterab
         line = yamlpos.line_of(root, str(key))
         p = options.get(str(key))
         if p is None:
+            import difflib  # only for a mistyped key: a proxy does not hold it
+
             close = difflib.get_close_matches(str(key), options, n=1)
             hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(sorted(options))}"
             problems.append(Problem(line, str(key), f"unknown key ({hint})"))

@@ -20,6 +20,8 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 # and the unit files are checked with systemd-analyze verify (tests/e2e/test_units.py).
 [ ! -x /usr/bin/python3 ] || /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# libfaketime puts one proxy's clock 90 s ahead for `glassmesh check`'s clock test (tests/e2e/test_check.py).
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # The tests start nginx and redis themselves: keep their packages from starting system services

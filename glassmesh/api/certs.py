@@ -7,8 +7,10 @@ does not depend on the CA's code (the planes meet only through model/ and api/).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from cryptography import x509
+if TYPE_CHECKING:  # imported where a certificate object is read: a proxy never loads it (proxy/certfacts.py)
+    from cryptography import x509
 
 # What an operator may do, named in its certificate's subject organization as `glassmesh:<role>`:
 # admin changes the mesh (config, hosts, tokens); read-only reads it (status, config, history, metrics).
@@ -21,6 +23,8 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 def spiffe_id_of(cert: x509.Certificate) -> str | None:
     """The first `spiffe://` URI SAN of `cert`, or None when it has none."""
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -45,4 +49,6 @@ def role_of(subject: tuple[tuple[tuple[str, str], ...], ...] | None) -> str | No
 
 def role_of_cert(cert: x509.Certificate) -> str | None:
     """The operator role in a certificate's subject organization (`glassmesh:<role>`), or None."""
+    from cryptography import x509
+
     return _role([str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)])

@@ -121,11 +121,12 @@ def write(path: str | Path, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, comm
 
 
 def call(url: str, cred: Credential, method: str, path: str, body: object = None,
-         timeout: float = 30.0) -> tuple[int, bytes]:
+         timeout: float = 30.0, peer: dict | None = None) -> tuple[int, bytes]:
     """One request to the operator API at `url` (https://host:port) as `cred`: (status, raw body).
 
     The server must prove it is this mesh's control plane (its CA, its SPIFFE
-    ID) before the request body leaves. OSError and ssl.SSLError when it
+    ID) before the request body leaves; `peer`, when given, receives its
+    certificate as ssl's getpeercert() gives it. OSError and ssl.SSLError when it
     cannot be reached, CredentialError when it is not the control plane.
     """
     parts = urllib.parse.urlsplit(url)
@@ -135,8 +136,11 @@ def call(url: str, cred: Credential, method: str, path: str, body: object = None
                                        context=cred.client_context())
     try:
         conn.connect()
+        cert = conn.sock.getpeercert()  # type: ignore[union-attr]
+        if peer is not None and cert:
+            peer.update(cert)
         try:
-            cred.expect_control(conn.sock.getpeercert())  # type: ignore[union-attr]
+            cred.expect_control(cert)
         except CredentialError as e:
             raise CredentialError(f"{url}: {e}") from None
         data = None if body is None else json.dumps(body).encode()

@@ -79,6 +79,9 @@ KIND_FULL, KIND_DELTA = "full", "delta"
 WIRE_HEADER = "glassmesh-wire"  # the wire version of the sender (see the rule above); absent: 0
 BUILD_HEADER = "glassmesh-build"  # the proxy's package version, for `glassmesh status`
 FEATURES_HEADER = "glassmesh-features"  # the proxy's must-understand features, comma-separated
+# The sender's clock (Unix seconds) as it sent the request: the control plane keeps how far each proxy's
+# clock is from its own, for `glassmesh check` (certificates, expiry and logs need clocks in step).
+TIME_HEADER = "glassmesh-time"
 WIRE = 1  # this build's wire version: 1 is the first with the rule above
 _S = {"kw_only": True}  # no forbid_unknown_fields: a newer peer's fields are ignored (rule 3)
 
@@ -88,6 +91,17 @@ def wire_of(header: str | None) -> int:
     if header is None:
         return 0
     return int(header) if header.isdigit() and len(header) < 6 else -1
+
+
+def clock_of(header: str | None) -> float | None:
+    """The sender's clock from TIME_HEADER; None when absent (an older proxy) or not a plain number."""
+    if not header or len(header) > 32:
+        return None
+    try:
+        t = float(header)
+    except ValueError:
+        return None
+    return t if 0 < t < 1e11 else None  # also refuses nan and inf
 
 
 def wire_mismatch(peer: int, who: str) -> str:

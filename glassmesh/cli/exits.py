@@ -22,12 +22,13 @@ INVALID_CONFIG = 3  # the config was refused by validation: each problem printed
 REFUSED = 4  # the control plane answered and said no (not allowed, not found, conflict), or a host rejected
 UNREACHABLE = 5  # no control-plane replica could be reached or answered (network, TLS, 5xx)
 TIMED_OUT = 6  # `apply --wait`: not every affected host ran the new version in time
-FAILED = 1  # any other failure: a daemon that could not start or stop cleanly, a backup that cannot be read
+FAILED = 1  # any other failure: a daemon that could not start or stop cleanly, a backup that cannot be read,
+# a `check` that failed
 
 TABLE = (
     (OK, "success"),
-    (DIFFERENT, "`diff` found differences; any other command: it failed, for none of the reasons below "
-                "(a daemon could not start, a backup could not be read)"),
+    (DIFFERENT, "`diff` found differences, `check` found a failing check; any other command: it failed, for none "
+                "of the reasons below (a daemon could not start, a backup could not be read)"),
     (USAGE, "usage error: a flag, an argument, or a local file (credential, config) missing or unreadable"),
     (INVALID_CONFIG, "the config is invalid (every problem printed as file:line: field: message)"),
     (REFUSED, "the control plane refused (not allowed, not found, conflict), or a host rejected the change"),

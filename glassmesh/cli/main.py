@@ -17,6 +17,7 @@ from glassmesh.cli import exits
 # name -> (module, attribute); loaded lazily.
 _COMMANDS = {
     "proxy": ("glassmesh.cli.proxy_cmd", "proxy"),
+    "restart-proxy": ("glassmesh.cli.restart_cmd", "restart_proxy"),
     "install-units": ("glassmesh.cli.units_cmd", "install_units"),
     "ca": ("glassmesh.cli.ca_cmd", "ca"),
     "demo": ("glassmesh.cli.demo_cmd", "demo"),
@@ -27,6 +28,9 @@ _COMMANDS = {
     "history": ("glassmesh.cli.state_cmd", "history"),
     "rollback": ("glassmesh.cli.state_cmd", "rollback"),
     "status": ("glassmesh.cli.status_cmd", "status"),
+    "check": ("glassmesh.cli.check_cmd", "check"),
+    "links": ("glassmesh.cli.links_cmd", "links"),
+    "explain": ("glassmesh.cli.explain_cmd", "explain"),
     "release": ("glassmesh.cli.status_cmd", "release"),
     "drain": ("glassmesh.cli.status_cmd", "drain"),
     "host": ("glassmesh.cli.host_cmd", "host"),

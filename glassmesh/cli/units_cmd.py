@@ -28,9 +28,11 @@ def this_glassmesh() -> str:
 
 
 def render(name: str, exe: str) -> str:
-    """Unit `name` as shipped, with ExecStart running `exe`."""
+    """Unit `name` as shipped, with ExecStart (and the proxy's ExecReload) running `exe`."""
     text = resources.files("glassmesh.systemd").joinpath(name).read_text()
-    return text.replace(f"ExecStart={SHIPPED_EXEC} ", f"ExecStart={exe} ")
+    for key in ("ExecStart", "ExecReload"):
+        text = text.replace(f"{key}={SHIPPED_EXEC} ", f"{key}={exe} ")
+    return text
 
 
 def _write(path: Path, text: str) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,8 +62,13 @@ class Asks:
         self._open: dict[str, _Open] = {}
 
     # --- the proxy's side -----------------------------------------------------------------------------
-    async def poll(self, host: str, wait: float) -> list[Ask]:
-        """The asks queued for `host`, at once if any, else the first to come within `wait` seconds."""
+    async def poll(self, host: str, wait: float, alive: Callable[[], bool] = lambda: True) -> list[Ask]:
+        """The asks queued for `host`, at once if any, else the first to come within `wait` seconds.
+
+        `alive` says whether the poller is still there: a proxy that restarted leaves its old long-poll
+        open here until it times out (aiohttp does not cancel a handler whose client left), and that
+        one must not take the asks meant for the new process.
+        """
         h = self._hosts.setdefault(host, _Host())
         h.polling += 1
         h.last_poll = time.monotonic()
@@ -73,6 +78,8 @@ class Asks:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await h.wake.wait()
+            if not alive():
+                return []
             asks, h.queue = h.queue, []
             for a in asks:
                 o = self._open.get(a.id)

@@ -105,6 +105,8 @@ class Plane:
         # Each host's proxy as its last call described it (api/wire.py WIRE_HEADER...): wire, build, features.
         self.proxies: dict[str, dict[str, Any]] = {}
         self.builds: dict[str, str] = {}  # host -> the hot-path build its acks name, as last written to the store
+        self.ack_warnings: dict[str, str] = {}  # host -> the warning its last accepting ack carried ("" none)
+        self.clocks: dict[str, tuple[float, float]] = {}  # host -> (its clock minus ours in s, when we saw it)
         self.revision = -1  # the store revision the snapshots were compiled at
         self.config = MeshConfig()
         self.config_version = 0

@@ -25,11 +25,13 @@ from glassmesh.api.wire import (
     FEATURES_HEADER,
     HASH_HEADER,
     KIND_HEADER,
+    TIME_HEADER,
     VERSION_HEADER,
     WIRE,
     WIRE_HEADER,
     Ack,
     Report,
+    clock_of,
     wire_mismatch,
     wire_of,
 )
@@ -62,6 +64,10 @@ async def host_of(request: web.Request) -> str:
     h = request.headers
     wire = wire_of(h.get(WIRE_HEADER))
     refused = wire_mismatch(wire, f"the proxy of host {host}")
+    now = time.time()
+    sent = clock_of(h.get(TIME_HEADER))
+    if sent is not None:  # the proxy's clock against ours (snapshot, ack, instances carry it): `glassmesh check`
+        plane.clocks[host] = (round(sent - now, 3), now)
     plane.proxies[host] = {"wire": wire, "build": h.get(BUILD_HEADER, "") or "before 0.1 (no wire version)",
                            "features": [f for f in h.get(FEATURES_HEADER, "").split(",") if f],
                            "refused": refused or None}
@@ -114,6 +120,8 @@ async def ack(request: web.Request) -> web.Response:
     req: Ack = await decode(request, Ack)
     plane = request.app[PLANE]
     await plane.record_ack(host, req.version, req.accepted, req.reason)
+    if req.accepted:  # `glassmesh check` lists snapshots taken with a warning
+        plane.ack_warnings[host] = req.reason
     if req.hot_path and plane.builds.get(host) != req.hot_path:  # in the store, for every replica's status
         with contextlib.suppress(StoreError):  # the ack is in; the next one says it again
             await request.app[STORE].put_record("build", host, {"hot_path": req.hot_path, "at": time.time()})
@@ -158,7 +166,11 @@ async def asks(request: web.Request) -> web.Response:
         wait = min(POLL_WAIT_S, max(0.0, float(request.query.get("wait", str(POLL_WAIT_S)))))
     except ValueError:
         return error(400, "wait must be a number of seconds")
-    got = await request.app[ASKS].poll(host, wait)
+    def alive() -> bool:
+        t = request.transport
+        return t is not None and not t.is_closing()
+
+    got = await request.app[ASKS].poll(host, wait, alive)
     return web.Response(body=msgspec.json.encode(AskList(asks=got)), content_type="application/json")
 
 

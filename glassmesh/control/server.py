@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from glassmesh.control import api, asks, identity_api, proxy_api
+from glassmesh.control import api, asks, doctor, explain, identity_api, links, proxy_api
 from glassmesh.control.asks import ASKS, Asks
 from glassmesh.control.config import ConfigError
 from glassmesh.control.identity import Identity, IdentityError, shared_ca
@@ -194,6 +194,9 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
     proxy_api.add_routes(app)
     identity_api.add_routes(app)
     asks.add_routes(app)
+    doctor.add_routes(app)  # GET /v1/check
+    links.add_routes(app)  # GET /v1/links
+    explain.add_routes(app)  # GET /v1/explain
     add_trace_routes(app)  # GET /v1/trace/{id}
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]

@@ -18,6 +18,11 @@ In order:
 
 Meanwhile `/ready` on the admin port (still served) answers 503, draining,
 so that a health check stops sending here.
+
+After a seamless restart (handover.py) the old process drains the same way,
+but its successor serves the very sockets it listened on: admin stops
+accepting too (the successor answers it), and what waits in the queues is
+left to the successor.
 """
 
 from __future__ import annotations
@@ -55,13 +60,14 @@ def _migrate_hint() -> str:
 class Drain:
     """The state of a drain, for /ready: since when, how long it may take, how much is left."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, why: str = "stopping (SIGTERM)") -> None:
         self.timeout = timeout
+        self.why = why
         self.started = time.monotonic()
         self.left = 0
 
     def doc(self) -> dict[str, Any]:
-        return {"reason": f"draining: stopping (SIGTERM), {self.left} connection{'s' * (self.left != 1)} "
+        return {"reason": f"draining: {self.why}, {self.left} connection{'s' * (self.left != 1)} "
                           f"still open, at most {max(0.0, self.started + self.timeout - time.monotonic()):.1f} s "
                           "more",
                 "connections": self.left, "timeout_s": self.timeout}
@@ -86,12 +92,15 @@ def _tell(rt: Runtime, listeners: Listeners, stopped: list[Listener], elapsed: f
     return left
 
 
-async def drain(rt: Runtime, listeners: Listeners, state: Drain, cut: asyncio.Event) -> None:
-    """Stop accepting, tell callers, wait for what is in flight (up to `state.timeout`, or `cut`)."""
-    stopped = listeners.stop_accepting()
+async def drain(rt: Runtime, listeners: Listeners, state: Drain, cut: asyncio.Event, handed: bool = False) -> None:
+    """Stop accepting, tell callers, wait for what is in flight (up to `state.timeout`, or `cut`).
+
+    `handed`: a successor serves these sockets now (handover.py), admin included.
+    """
+    stopped = listeners.stop_accepting(keep=() if handed else ("admin",), handed=handed)
     rt.ready = False
     log(f"draining: stopped accepting on {len(stopped)} listener{'s' * (len(stopped) != 1)}; what is in flight "
-        f"has up to {state.timeout:g} s{_migrate_hint()}")
+        f"has up to {state.timeout:g} s{'' if handed else _migrate_hint()}")
     deadline = state.started + state.timeout
     while True:
         now = time.monotonic()

@@ -1,7 +1,7 @@
 """The proxy's identity: joining with a token, certificates by CSR, renewal at half-life.
 
-Keys are made here and never leave DIR (mode 0600): the control plane only
-ever sees CSRs. Layout:
+Keys are made on the host (by a child process: keygen.py) and stored only in
+DIR (mode 0600): the control plane only ever sees CSRs. Layout:
 
     DIR/identity/host.key, host.pem, ca.pem, identity.json   the host identity (from the join)
     DIR/certs/<service>.pem, .key, ca.pem                    what the snapshot points at
@@ -22,25 +22,30 @@ Like watch.py, this never imports glassmesh.control.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from glassmesh.api.certs import CLOCK_SKEW, spiffe_id_of
+from glassmesh.api.certs import CLOCK_SKEW
 from glassmesh.files import private_dir, write_atomic, write_private
 from glassmesh.model.snapshot import Snapshot
+from glassmesh.proxy import certfacts
+from glassmesh.proxy.certfacts import CertFacts
+from glassmesh.proxy.keygen import NewKey, new_key
 from glassmesh.proxy.log import log
 from glassmesh.tlsdefaults import harden
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography (~11 MB RSS, most of it its Rust library) is never imported by a serving proxy: keys
+# and CSRs are made in a child process (keygen.py), certificates read by certfacts.py (test_proxy_footprint).
 
 IDENTITY_DIR = "identity"
 CONTROL_DNS_NAME = "control.glassmesh.internal"  # the name in the control plane's server certificate
@@ -64,43 +69,24 @@ class ControlUnavailable(EnrollError):
 # --------------------------------------------------------------------------- keys, CSRs, certificates
 
 
-def generate_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: str | None) -> str:
-    """A PEM CSR asking for `spiffe_id` (or for no name: a join without --host gets the token's)."""
-    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    if spiffe_id:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
-    return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+async def _new_key(spiffe_id: str | None) -> NewKey:
+    try:
+        return await new_key(spiffe_id)
+    except (RuntimeError, OSError, ValueError, KeyError, TimeoutError) as e:
+        raise EnrollError(f"cannot make a key and CSR: {e}") from None
 
 
 def der_sha256(cert_pem: str | bytes) -> str:
     """SHA-256 of a PEM certificate's DER form, lowercase hex (what `host add` prints as --ca-sha256)."""
-    data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
-    return hashlib.sha256(x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)).hexdigest()
+    return certfacts.read(cert_pem).sha256()
 
 
-def renew_at(cert: x509.Certificate) -> float:
+def renew_at(cert: CertFacts | x509.Certificate) -> float:
     """Unix time at half the certificate's life, counted from issue (the CA backdates by CLOCK_SKEW)."""
     nb, na = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
     if na - nb > CLOCK_SKEW.total_seconds():
         nb += CLOCK_SKEW.total_seconds()
     return nb + (na - nb) / 2
-
-
-def _load_cert(path: str) -> x509.Certificate | None:
-    try:
-        with open(path, "rb") as f:
-            return x509.load_pem_x509_certificate(f.read())
-    except (OSError, ValueError):
-        return None
 
 
 def _under(path: str, base: str) -> bool:
@@ -177,29 +163,27 @@ class ProxyIdentity:
 
     # --- certificates -------------------------------------------------------------------------
     def _ok(self, cert_path: str, spiffe_id: str, now: float) -> bool:
-        cert = _load_cert(cert_path)
-        return cert is not None and spiffe_id_of(cert) == spiffe_id and now < renew_at(cert)
+        cert = certfacts.load(cert_path)
+        return cert is not None and cert.spiffe_id == spiffe_id and now < renew_at(cert)
 
     async def renew_host(self, session: aiohttp.ClientSession, url: str) -> None:
         """A new key and host certificate, asked for over mTLS with the current one."""
-        key = generate_key()
-        doc = await self._post(session, url, f"/v1/hosts/{self.host}/renew",
-                               {"csr_pem": make_csr(key, self.spiffe_id)})
+        key = await _new_key(self.spiffe_id)
+        doc = await self._post(session, url, f"/v1/hosts/{self.host}/renew", {"csr_pem": key.csr_pem})
         _check_leaf(doc["cert_pem"], key, self.spiffe_id)
-        write_private(self.path("host.key"), key_pem(key))
+        write_private(self.path("host.key"), key.key_pem)
         write_atomic(self.path("host.pem"), doc["cert_pem"].encode())
         self._ctx = None  # the next connection presents the new certificate
         log(f"host certificate renewed, valid until {time.ctime(doc['not_after'])}")
 
     async def issue_service(self, session: aiohttp.ClientSession, url: str, service: str, cert_path: str,
                             key_path: str) -> None:
-        key = generate_key()
         want = f"spiffe://{self.trust_domain}/service/{service}"
-        doc = await self._post(session, url, f"/v1/hosts/{self.host}/certs",
-                               {"service": service, "csr_pem": make_csr(key, want)})
+        key = await _new_key(want)
+        doc = await self._post(session, url, f"/v1/hosts/{self.host}/certs", {"service": service, "csr_pem": key.csr_pem})
         _check_leaf(doc["cert_pem"], key, want)
         private_dir(os.path.dirname(cert_path))
-        write_private(key_path, key_pem(key))
+        write_private(key_path, key.key_pem)
         write_atomic(cert_path, doc["cert_pem"].encode())
         log(f"certificate for service {service} issued, valid until {time.ctime(doc['not_after'])}")
 
@@ -242,7 +226,7 @@ class ProxyIdentity:
         """When the first certificate (host or service) reaches half-life."""
         dues = []
         for path in [self.path("host.pem"), *(ls.cert for ls in snap.local_services)]:
-            cert = _load_cert(path)
+            cert = certfacts.load(path)
             dues.append(renew_at(cert) if cert is not None else 0.0)
         return min(dues)
 
@@ -285,14 +269,16 @@ class ProxyIdentity:
             await asyncio.sleep(wait)
 
 
-def _check_leaf(cert_pem: str, key: ec.EllipticCurvePrivateKey, spiffe_id: str) -> None:
+def _check_leaf(cert_pem: str, key: NewKey, spiffe_id: str) -> None:
     """What came back is for our key and the identity we asked for (a control plane bug must not slip by)."""
-    cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
+    try:
+        cert = certfacts.read(cert_pem)
+    except ValueError as e:
+        raise EnrollError(f"the control plane returned no readable certificate: {e}") from None
+    if cert.spki != key.spki:
         raise EnrollError("the control plane returned a certificate for another key")
-    if spiffe_id_of(cert) != spiffe_id:
-        raise EnrollError(f"the control plane returned a certificate for {spiffe_id_of(cert)}, not {spiffe_id}")
+    if cert.spiffe_id != spiffe_id:
+        raise EnrollError(f"the control plane returned a certificate for {cert.spiffe_id}, not {spiffe_id}")
 
 
 # --------------------------------------------------------------------------- joining
@@ -318,9 +304,8 @@ async def join(url: str, token: str, ca_sha256: str, data_dir: str, host: str | 
                                   f"{pin}: refusing to join (wrong --ca-sha256, or not the control plane you think)")
             ctx = harden(ssl.create_default_context(cadata=ca["ca_pem"]))
             td = ca["trust_domain"]
-            key = generate_key()
-            csr = make_csr(key, f"spiffe://{td}/host/{host}" if host else None)
-            async with s.post(base + "/v1/join", json={"token": token, "csr_pem": csr}, ssl=ctx,
+            key = await _new_key(f"spiffe://{td}/host/{host}" if host else None)
+            async with s.post(base + "/v1/join", json={"token": token, "csr_pem": key.csr_pem}, ssl=ctx,
                               server_hostname=CONTROL_DNS_NAME, timeout=timeout) as r:
                 if r.status >= 500:
                     raise ControlUnavailable(f"cannot join through {url}: HTTP {r.status}", r.status)
@@ -340,7 +325,7 @@ async def join(url: str, token: str, ca_sha256: str, data_dir: str, host: str | 
         raise EnrollError("the join answer carries a different CA than the one pinned")
     os.makedirs(ident.dir, mode=0o700, exist_ok=True)
     private_dir(os.path.join(ident.data_dir, "certs"))
-    write_private(ident.path("host.key"), key_pem(key))
+    write_private(ident.path("host.key"), key.key_pem)
     write_atomic(ident.path("host.pem"), doc["cert_pem"].encode())
     write_atomic(ident.path("ca.pem"), doc["ca_pem"].encode())
     write_atomic(os.path.join(ident.data_dir, "certs", "ca.pem"), doc["ca_pem"].encode())  # the snapshot's trust bundle

@@ -22,6 +22,12 @@ server.py). Binding in one place means one decision per snapshot (bound, or
 rejected with the reason, before any worker is told), and a socket outlives a
 worker that dies: connections waiting in its queue are taken by the worker
 started in its place instead of being reset.
+
+A proxy started by a seamless restart (handover.py) is handed its
+predecessor's listening sockets: `bind` takes a handed one for its key
+instead of binding anew (the same socket, the same accept queue: nothing is
+refused in between), and a unix socket file is then neither made again nor
+removed by either process until the handover is done (`settle`, `give_away`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ DRAIN_S = 30.0  # how long connections of a removed listener may run on before t
 # Unix socket files this process created, as (device, inode): one that a proxy started since (a restart
 # binds the path anew) is no longer ours to remove.
 _made: dict[str, tuple[int, int]] = {}
+# Unix socket paths this process must not remove: handed to a successor, or taken from a predecessor
+# whose handover is not done yet (if this process fails to start, the predecessor serves them on).
+_not_ours: set[str] = set()
+# Sockets handed over by the proxy this one replaces (handover.py), by key, until taken or settled.
+_handed: dict[str, list[socket.socket]] = {}
 _HANDSHAKE_S = 60.0  # a protocol made for a connection that never came up is forgotten after this
 
 
@@ -184,16 +195,76 @@ def bind_address(addr: str) -> socket.socket:
     return sock
 
 
+def hand_in(socks: dict[str, list[socket.socket]]) -> None:
+    """The sockets a predecessor handed over (handover.py): `bind` takes them before binding anything."""
+    _handed.update(socks)
+    _not_ours.update(k for k in socks if k.startswith("/"))
+
+
+def _take(spec: Spec, copies: int) -> list[socket.socket]:
+    """Handed-over sockets for `spec`: all of a unix path's (one), up to `copies` of a port's (the rest closed:
+    the predecessor's workers still hold those and take what waits in them as they drain)."""
+    got = _handed.pop(spec.key, [])
+    keep = got[:1] if spec.unix else got[:copies]
+    close_all(got[len(keep):])
+    for s in keep:
+        s.setblocking(False)
+    if keep and spec.unix:
+        try:  # this snapshot's mode and group, as a socket bound here would have
+            os.chmod(spec.key, int(spec.mode, 8))
+            if spec.group is not None:
+                os.chown(spec.key, -1, grp.getgrnam(spec.group).gr_gid)
+        except (OSError, KeyError) as e:
+            close_all(keep)
+            raise StartupError(f"cannot give {spec.key} mode {spec.mode}: {e}") from None
+    return keep
+
+
+def settle() -> None:
+    """The handover is done (this process serves, its predecessor drains): the unix socket files taken over
+    are this process's to remove from now on, and handed sockets no listener wants are closed."""
+    for key in list(_not_ours):
+        if key.startswith("/") and key not in _handed:
+            with contextlib.suppress(OSError):
+                st = os.lstat(key)
+                _made[key] = (st.st_dev, st.st_ino)
+    _not_ours.clear()
+    for key, socks in list(_handed.items()):
+        close_all(socks)
+        unlink_unix(key)  # a unix socket this snapshot no longer has: nobody serves it now
+    _handed.clear()
+
+
+def forget_handed() -> None:
+    """In a worker just forked: handed sockets no listener took are not its to hold (the parent settles them)."""
+    for socks in _handed.values():
+        close_all(socks)
+    _handed.clear()
+
+
+def give_away(keys: Iterable[str]) -> None:
+    """This process handed these listeners to its successor: never remove their unix socket files."""
+    for key in keys:
+        if key.startswith("/"):
+            _not_ours.add(key)
+            _made.pop(key, None)
+
+
 def bind(spec: Spec, copies: int = 1) -> list[socket.socket]:
-    """`copies` sockets for one listener: SO_REUSEPORT ones for a port, one for a unix path."""
+    """`copies` sockets for one listener: SO_REUSEPORT ones for a port, one for a unix path.
+
+    Handed-over ones first (a seamless restart); only what is missing is bound.
+    """
+    out = _take(spec, copies)
     if spec.unix:
+        if out:
+            return out
         sock = _bind_unix(spec)
         sock.listen(4096)
         sock.setblocking(False)
         return [sock]
-    out: list[socket.socket] = []
     try:
-        for _ in range(copies):
+        for _ in range(copies - len(out)):
             out.append(bind_address(spec.key))
     except StartupError:
         close_all(out)
@@ -223,7 +294,7 @@ def close_all(socks: Iterable[socket.socket]) -> None:
 
 def unlink_unix(key: str) -> None:
     """Remove a unix socket file this process made (not one a proxy started since made in its place)."""
-    if key.startswith("/"):
+    if key.startswith("/") and key not in _not_ours:
         with contextlib.suppress(OSError):
             st = os.lstat(key)
             made = _made.get(key)
@@ -368,21 +439,23 @@ class Listeners:
         task.add_done_callback(self.draining.discard)
         return task
 
-    def _stop_accepting(self, lst: Listener) -> None:
+    def _stop_accepting(self, lst: Listener, handed: bool = False) -> None:
         """Close the listening socket; connections already in its accept queue are served, not reset.
 
         Closing a listening socket resets what waits in its queue, even when
         another process listens on the same port (SO_REUSEPORT keeps one queue
         per socket): they are taken first, between the event loop's last accept
-        and the close.
+        and the close. Not so for a socket `handed` to a successor: the very
+        same socket stays open there, and its queue is the successor's.
         """
         if lst.server is not None:
             lst.server.close()  # the loop's copy: no more accepts there
         waiting: list[socket.socket] = []
-        with contextlib.suppress(OSError):
-            lst.sock.setblocking(False)
-            while True:
-                waiting.append(lst.sock.accept()[0])
+        if not handed:
+            with contextlib.suppress(OSError):
+                lst.sock.setblocking(False)
+                while True:
+                    waiting.append(lst.sock.accept()[0])
         lst.sock.close()
         if self.owns_paths:
             unlink_unix(lst.spec.key)
@@ -405,16 +478,22 @@ class Listeners:
 
         await asyncio.gather(*(one(s) for s in socks))
 
-    def stop_accepting(self, keep: tuple[str, ...] = ("admin",)) -> list[Listener]:
+    def stop_accepting(self, keep: tuple[str, ...] = ("admin",), handed: bool = False) -> list[Listener]:
         """The proxy stops (SIGTERM): every listener but those of kinds `keep` stops accepting now.
 
-        Returns them: their open connections are the ones still in flight.
+        `handed`: a successor serves these very sockets (handover.py): their
+        queues are left to it. Returns them: their open connections are the
+        ones still in flight.
         """
         gone = [lst for lst in self.by_key.values() if lst.spec.kind not in keep]
         for lst in gone:
             del self.by_key[lst.spec.key]
-            self._stop_accepting(lst)
+            self._stop_accepting(lst, handed)
         return gone
+
+    def sockets(self) -> dict[str, list[socket.socket]]:
+        """Every listening socket served here, by key: what a seamless restart hands over."""
+        return {k: [lst.sock] for k, lst in self.by_key.items()}
 
     def retire(self, lst: Listener, drain_s: float = DRAIN_S) -> asyncio.Task[None]:
         """Stop accepting on `lst` now; its connections finish (HTTP ones close when idle), up to drain_s."""

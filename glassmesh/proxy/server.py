@@ -9,6 +9,10 @@ every listener, forks N workers that share each port through SO_REUSEPORT
 dies, and serves the admin port itself, merging every worker's counters so
 that /metrics is one proxy. Listeners follow the snapshot in force: a swap
 binds the ones it adds and drains the ones it removes, without a restart.
+
+SIGUSR2 to the main process (alone, or the supervisor) restarts it
+seamlessly: a successor gets every listening socket and the old process
+drains once it serves (handover.py).
 """
 
 from __future__ import annotations
@@ -16,12 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import json
 import os
 import signal
 import socket
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
@@ -33,6 +35,7 @@ import uvloop
 from glassmesh.buildinfo import hot_path, hot_path_doc, warn_if_interpreted
 from glassmesh.model.snapshot import Snapshot, encode_snapshot, load_snapshot
 from glassmesh.protocols.http1 import reseed
+from glassmesh.proxy import handover
 from glassmesh.proxy import runtime as runtime_mod
 from glassmesh.proxy import stats as stats_mod
 from glassmesh.proxy.admin import AdminProtocol, json_body
@@ -46,6 +49,7 @@ from glassmesh.proxy.listeners import (
     StartupError,
     bind_all,
     close_all,
+    forget_handed,
     plan,
     set_modes,
     unlink_unix,
@@ -349,16 +353,29 @@ async def _serve_single(config_path: str, snap: Snapshot, opts: Options, access_
     if attach is not None:
         await attach.start(w)
     stop, cut = asyncio.Event(), asyncio.Event()
-    on_stop_signals(loop, lambda: (cut if stop.is_set() else stop).set(),
-                    StopDeadline("worker" if admin_unix else "proxy", log, drain_s=opts.drain_s))
+    deadline = StopDeadline("worker" if admin_unix else "proxy", log, drain_s=opts.drain_s)
+    on_stop_signals(loop, lambda: (cut if stop.is_set() else stop).set(), deadline)
     loop.add_signal_handler(signal.SIGHUP, sd.around_reload(w.reload))
-    sd.ready(f"serving snapshot version {w.rt.snapshot.version}")  # a worker's words go nowhere (notify.py)
+    handed: list[int] = []  # the successor's pid, once a seamless restart handed it everything
+    restart = None
+    if supervised is None:
+        restart = handover.Restarter(w.listeners.sockets, lambda pid: (handed.append(pid), stop.set()))
+        loop.add_signal_handler(handover.SIGNAL, restart.request)
+        handover.ready(f"serving snapshot version {w.rt.snapshot.version}")
     await stop.wait()
-    sd.stopping()
+    if handed:
+        deadline.arm(loop, f"the handover to pid {handed[0]}")
+    else:
+        if restart is not None:
+            await restart.cancel()
+        sd.stopping()
     loop.add_signal_handler(signal.SIGHUP, log, "SIGHUP ignored: the proxy is stopping")
-    # Drain first (listeners close now); the control-plane watch ends meanwhile. Admin answers on.
-    w.draining = Drain(opts.drain_s)
-    draining = loop.create_task(drain(w.rt, w.listeners, w.draining, cut))
+    if restart is not None:
+        restart.stopping = True
+    # Drain first (listeners close now); the control-plane watch ends meanwhile. Admin answers on, unless
+    # the successor does.
+    w.draining = Drain(opts.drain_s, f"handed over to pid {handed[0]}" if handed else "stopping (SIGTERM)")
+    draining = loop.create_task(drain(w.rt, w.listeners, w.draining, cut, handed=bool(handed)))
     if attach is not None:
         await attach.stop()
     await draining
@@ -463,6 +480,9 @@ def _fork_worker(config_path: str, snap: Snapshot, opts: Options, sock: str, hel
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler, until the worker's own
+            signal.signal(handover.SIGNAL, signal.SIG_IGN)  # a seamless restart is the supervisor's
+            handover.forget_in_child()
+            forget_handed()
             admin.forget()  # the supervisor's admin port is not ours to keep open
             mine = held.in_child(i)
             access = AccessLog(opts.access_log) if opts.access_log else None
@@ -506,6 +526,8 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
                      persist: Callable[[Snapshot], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     workers = opts.workers
+    import tempfile  # here, not at the top: a proxy with one worker does not hold it (test_proxy_footprint)
+
     rundir = tempfile.mkdtemp(prefix="glassmesh-proxy-")
     socks = [os.path.join(rundir, f"worker-{i}.sock") for i in range(workers)]
     current = {"snap": snap}
@@ -602,9 +624,14 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
         + f"; admin {snap.admin}")
     stop, cut = asyncio.Event(), asyncio.Event()
     # Its deadline outlasts its workers' (each drains, then has deadline_s() to close).
-    on_stop_signals(loop, lambda: (cut if stop.is_set() else stop).set(),
-                    StopDeadline("supervisor", log, drain_s=opts.drain_s + deadline_s()))
+    deadline = StopDeadline("supervisor", log, drain_s=opts.drain_s + deadline_s())
+    on_stop_signals(loop, lambda: (cut if stop.is_set() else stop).set(), deadline)
     loop.add_signal_handler(signal.SIGHUP, sd.around_reload(reload))
+    handed: list[int] = []
+    # Every copy of every port (one per worker: the successor's workers take them in turn) and admin.
+    restart = handover.Restarter(lambda: {**{k: list(v) for k, v in held.socks.items()}, **admin.sockets()},
+                                 lambda pid: (handed.append(pid), stop.set()))
+    loop.add_signal_handler(handover.SIGNAL, restart.request)
     if attach is not None:
         await attach.start(_SupervisorTarget(current, apply, socks))
     notified = asyncio.create_task(_ready_once(ready, stop))
@@ -625,12 +652,18 @@ async def _supervise(config_path: str, snap: Snapshot, opts: Options, attach: Co
                     pids[i] = _fork_worker(config_path, current["snap"], opts, socks[i], held, i, admin)
     finally:
         notified.cancel()
-        sd.stopping()
+        if handed:  # the successor serves admin and every port: nothing of theirs is closed or removed here
+            deadline.arm(loop, f"the handover to pid {handed[0]}")
+            admin.stop_accepting(keep=(), handed=True)
+        else:
+            await restart.cancel()
+            sd.stopping()
+        restart.stopping = True
         # Each worker drains (drain.py). The ports close with the workers' copies, which take what waits in
         # their queues first: the supervisor's copies go now. Admin answers until the workers are gone.
         loop.remove_signal_handler(signal.SIGHUP)
         loop.add_signal_handler(signal.SIGHUP, log, "SIGHUP ignored: the proxy is stopping")
-        stopping["drain"] = Drain(opts.drain_s)
+        stopping["drain"] = Drain(opts.drain_s, f"handed over to pid {handed[0]}" if handed else "stopping (SIGTERM)")
         held.stop_listening()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -651,7 +684,7 @@ async def _ready_once(ready: Callable[[], Coroutine[Any, Any, dict[str, Any]]], 
     """READY=1 to systemd once every worker answers ready: bound sockets queue, only workers accept."""
     while not stop.is_set():
         if (await ready()).get("ready"):
-            sd.ready("serving")
+            handover.ready("serving")
             return
         await asyncio.sleep(0.05)
 
@@ -691,7 +724,9 @@ def _tune_malloc() -> None:
     freeing does not shrink the heap each time) keeps them on the heap.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The process's own symbols, libc's among them: ctypes.util.find_library would run ldconfig in a
+        # subprocess, and import shutil and tempfile, to find the library already loaded.
+        libc = ctypes.CDLL(None)
         m_trim_threshold, m_mmap_threshold = -1, -3
         libc.mallopt(m_mmap_threshold, 1 << 20)
         libc.mallopt(m_trim_threshold, 4 << 20)
@@ -719,6 +754,12 @@ def launch(main: Coroutine[Any, Any, None]) -> None:
     """Run a proxy's event loop (uvloop), with the allocator tuned for its TLS buffers."""
     _tune_malloc()
     warn_if_interpreted()
+    signal.signal(handover.SIGNAL, signal.SIG_IGN)  # until the proxy serves and handles it: never a death
+    try:
+        handover.inherit()
+    except StartupError:
+        main.close()
+        raise
     uvloop.run(main)
 
 

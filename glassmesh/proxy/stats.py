@@ -12,10 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import CollectorRegistry
-
 from glassmesh import __version__
 from glassmesh.buildinfo import hot_path
 from glassmesh.proxy.linkstats import BUCKETS, LinkStats
@@ -153,6 +149,10 @@ class _Collector:
         self.d = dump
 
     def collect(self) -> Iterator[Any]:
+        # prometheus_client (http.server, email, wsgiref...: ~4.5 MB RSS) is loaded at the first scrape,
+        # not at start: an idle proxy nobody scrapes does not hold it (test_proxy_footprint).
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
         lk = ["side", "source", "destination"]
         req = CounterMetricFamily(
             "glassmesh_requests", "HTTP requests per link by status class", labels=[*lk, "status_class"]
@@ -264,6 +264,9 @@ class _Collector:
 
 
 def render(dump: dict[str, Any]) -> bytes:
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_Collector(dump))
     return generate_latest(reg)

@@ -73,6 +73,7 @@ from glassmesh.api.wire import (
     KIND_DELTA,
     KIND_FULL,
     KIND_HEADER,
+    TIME_HEADER,
     VERSION_HEADER,
     WIRE,
     WIRE_HEADER,
@@ -500,7 +501,7 @@ class ControlLink:
         timeout = aiohttp.ClientTimeout(total=POLL_WAIT_S + 10, sock_connect=CALL_TIMEOUT_S)
         wait, self._probe = (0.0 if self._probe else POLL_WAIT_S), False
         async with self._http().get(url + snapshot_path(self.host), params=self.poll_params(wait), timeout=timeout,
-                                    **self._tls()) as r:
+                                    headers={TIME_HEADER: f"{time.time():.3f}"}, **self._tls()) as r:
             h = r.headers
             return r.status, Answer(await r.read(), h.get(VERSION_HEADER), h.get(KIND_HEADER, KIND_FULL),
                                     h.get(HASH_HEADER, ""), wire_of(h.get(WIRE_HEADER)))
@@ -510,7 +511,8 @@ class ControlLink:
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
         try:
             async with self._http().post(url + path, data=body, timeout=timeout,
-                                         headers={"content-type": "application/json"}, **self._tls()) as r:
+                                         headers={"content-type": "application/json",
+                                                  TIME_HEADER: f"{time.time():.3f}"}, **self._tls()) as r:
                 text = await r.read()
                 if r.status != 200:
                     raise ControlError(f"POST {path}: HTTP {r.status}: {text[:300].decode(errors='replace')}",

@@ -12,6 +12,13 @@ the protocol is that small and stable (sd_notify(3)).
 Only the process systemd started speaks: a forked proxy worker inherits the
 variable, and its words would be refused anyway (NotifyAccess=main). Outside
 systemd ($NOTIFY_SOCKET unset) every call is a no-op.
+
+A seamless restart (glassmesh/proxy/handover.py) moves the main process: the
+old one, still main, says `MAINPID=<successor>` and `READY=1` in one message
+(so NotifyAccess=main suffices, and systemd never sees the unit without a
+ready main process), then says nothing more (`handed_to`). The successor
+says nothing until then (`quiet`): systemd would refuse a word from a process
+that is not yet the main one, and log it.
 """
 
 from __future__ import annotations
@@ -24,13 +31,14 @@ from collections.abc import Callable
 
 _MAIN_PID = os.getpid()
 _failed = False  # said once: a broken socket must not fill the journal
+_quiet = False  # not systemd's main process (not yet, or no longer): a successor of a seamless restart, or its predecessor
 
 
 def notify(*fields: str) -> bool:
     """Send KEY=VALUE fields to $NOTIFY_SOCKET; False when there is none, or it cannot be reached (said once)."""
     global _failed
     where = os.environ.get("NOTIFY_SOCKET", "")
-    if not where or os.getpid() != _MAIN_PID:
+    if not where or os.getpid() != _MAIN_PID or _quiet:
         return False
     if where[0] == "@":
         addr = "\0" + where[1:]  # an abstract socket name
@@ -76,3 +84,16 @@ def around_reload(reload: Callable[[], None]) -> Callable[[], None]:
             ready()
 
     return run
+
+
+def handed_to(pid: int, status: str) -> bool:
+    """MAINPID=`pid` and READY=1: the successor is the service now; this process says nothing more."""
+    sent = notify(f"MAINPID={pid}", "READY=1", f"STATUS={status}")
+    quiet(True)
+    return sent
+
+
+def quiet(on: bool) -> None:
+    """Say nothing (on) while this process is not systemd's main one; speak again (off) once it is."""
+    global _quiet
+    _quiet = on

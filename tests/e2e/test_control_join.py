@@ -226,7 +226,7 @@ def test_join_serve_renew_and_who_may_read_what(mesh: Mesh, cp: Control) -> None
         urllib.request.urlopen(f"{cp.url}/v1/hosts/host1/snapshot?wait=0", timeout=5)
     assert e.value.code == 403
     # host2 cannot get a certificate for a service it was not admitted for.
-    from glassmesh.proxy.enroll import generate_key, make_csr
+    from glassmesh.proxy.keygen import generate_key, make_csr
 
     csr = make_csr(generate_key(), "spiffe://glassmesh.local/service/a")
     status, doc = https(cp, "/v1/hosts/host2/certs", ca, *h2, body={"service": "a", "csr_pem": csr})

@@ -191,7 +191,7 @@ def test_install_units_writes_units_that_systemd_analyze_verifies(tmp_path: Path
                           ("StandardError", "journal")]:
             assert s[key] == want, (key, s.get(key))
         assert "AmbientCapabilities" not in s  # only as a comment, for ports below 1024
-    assert p["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert p["ExecReload"] == f"{GLASSMESH} restart-proxy --pid $MAINPID"  # the seamless restart
     assert "ExecReload" not in c  # the control plane has no reload: SIGHUP would stop it
     sysusers = (tmp_path / "etc" / "sysusers.d" / "glassmesh.conf").read_text()
     assert "u glassmesh - " in sysusers

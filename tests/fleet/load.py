@@ -21,18 +21,20 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 
-def worker(target: str, host: str, period: float, stop: str, out: dict, lock: threading.Lock) -> None:  # type: ignore[type-arg]
-    h, _, p = target.rpartition(":")
+def keep_alive(connect: Callable[[], http.client.HTTPConnection], host: str, period: float, done: Callable[[], bool],
+               out: dict, lock: threading.Lock) -> None:  # type: ignore[type-arg]
+    """One client's loop: GETs on a kept-alive connection (from `connect`) every `period` s until `done()`."""
     conn: http.client.HTTPConnection | None = None
     fresh = True
-    while not os.path.exists(stop):
+    while not done():
         t = time.time()
         for attempt in (1, 2):
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection(h, int(p), timeout=10)
+                    conn = connect()
                     fresh = True
                 conn.request("GET", "/fleet", headers={"Host": host})
                 r = conn.getresponse()
@@ -68,6 +70,12 @@ def worker(target: str, host: str, period: float, stop: str, out: dict, lock: th
         time.sleep(max(0.0, period - (time.time() - t)))
     if conn is not None:
         conn.close()
+
+
+def worker(target: str, host: str, period: float, stop: str, out: dict, lock: threading.Lock) -> None:  # type: ignore[type-arg]
+    h, _, p = target.rpartition(":")
+    keep_alive(lambda: http.client.HTTPConnection(h, int(p), timeout=10), host, period, lambda: os.path.exists(stop),
+               out, lock)
 
 
 def main() -> None:

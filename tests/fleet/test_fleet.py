@@ -12,11 +12,15 @@ The whole life of a small fleet, with real processes and real addresses:
   NOTIFY_SOCKET this test listens on;
 - services call each other across namespaces over mutual TLS, under a steady
   load of about 360 requests/s from three hosts;
-- under that load every proxy is restarted in turn (a new process on the same
-  ports, then SIGTERM to the old one, which drains), then the control plane;
-  then every host is upgraded in turn from the older release to this one,
-  control plane included; then the control plane is backed up, stopped,
-  restored into a fresh data directory and started from it.
+- under that load every host is upgraded in turn from the older release to
+  this one (the new release's proxy started on the same ports, SO_REUSEPORT,
+  then SIGTERM to the old one, which drains: the older release cannot hand its
+  sockets over), control plane last; then every proxy is restarted in turn as
+  `systemctl reload glassmesh-proxy` does it (the unit's ExecReload, `glassmesh
+  restart-proxy --pid $MAINPID`: a successor takes over every listening
+  socket, systemd hears MAINPID=<new> and READY=1, the old one drains), then
+  the control plane; then the control plane is backed up, stopped, restored
+  into a fresh data directory and started from it.
 - Not one request fails, and no config version is lost.
 
 The "old" release is the last commit before the traffic-policy work (issue 11) landed, so during the
@@ -46,6 +50,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_seamless_restart import subreaper, wait_pid
 from tests.fleet.netns import Fleet, Host, root_namespace_untouched
 from tests.packaging import REPO, build, export_commit, run, venv, wheel
 
@@ -124,16 +129,25 @@ class Daemon:
 
     def __init__(self, host: Host, argv: list[str], log: Path, notify: Notify, proc: subprocess.Popen[bytes]) -> None:
         self.host, self.argv, self.log, self.notify, self.proc = host, argv, log, notify, proc
+        self.pid = proc.pid  # the main process: another one after each seamless restart
+
+    def wait(self, pid: int, timeout: float) -> int | None:
+        """Exit status of `pid`, this daemon's first process or a successor (this test is their subreaper)."""
+        if pid == self.proc.pid:
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        return wait_pid(pid, timeout)
 
     def stop(self, timeout: float = 40) -> None:
         """SIGTERM (it drains) and its exit status 0, or AssertionError with its log."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(f"{self.argv} still running {timeout} s after SIGTERM:\n{self.tail()}") from None
+        os.kill(self.pid, signal.SIGTERM)
+        code = self.wait(self.pid, timeout)
+        if code is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait(self.pid, 10)
+            raise AssertionError(f"{self.argv} still running {timeout} s after SIGTERM:\n{self.tail()}")
         assert code == 0, f"{self.argv} exited {code}:\n{self.tail()}"
         self.notify.close()
 
@@ -207,6 +221,23 @@ class Ops:
         assert (host.dir / "etc" / "proxy.yaml").stat().st_mode & 0o777 == 0o600
         assert (host.dir / "data").stat().st_mode & 0o777 == 0o700
 
+    def reload_proxy(self, host: Host) -> None:
+        """`systemctl reload glassmesh-proxy`: the unit's ExecReload with $MAINPID, in the host's namespace."""
+        d = self.proxies[host.name]
+        units = host.dir / f"units-{self.runs[host.name]}"
+        (path,) = units.rglob("glassmesh-proxy.service")
+        cp = configparser.ConfigParser(interpolation=None, strict=False)
+        cp.read(path)
+        argv = [a.replace("$MAINPID", str(d.pid)) for a in shlex.split(cp["Service"]["ExecReload"])]
+        assert argv[0] == self.glassmesh(host, self.runs[host.name]), argv
+        r = host.run(argv, timeout=120)
+        assert r.returncode == 0, f"{host.name}: {argv} exited {r.returncode}:\n{r.stdout}\n{r.stderr}\n{d.tail()}"
+        msg = d.notify.wait_for("MAINPID", 30)
+        new = int(msg["MAINPID"])
+        assert msg.get("READY") == "1" and new != d.pid, msg
+        old, d.pid = d.pid, new
+        assert d.wait(old, 40) == 0, f"{host.name}: the old proxy (pid {old}) did not drain and exit 0:\n{d.tail()}"
+
     def replace_proxy(self, host: Host, release: str) -> None:
         """A seamless restart: a new proxy on the same ports (SO_REUSEPORT), then SIGTERM to the old one."""
         old = self.proxies[host.name]
@@ -270,7 +301,15 @@ def _answers(host: Host, service: str) -> bool:
     return r.stdout.strip() == "200"
 
 
-def test_fleet_joins_restarts_upgrades_and_restores_without_dropping_a_request(releases: dict[str, Path]) -> None:
+@pytest.fixture
+def reaper() -> Iterator[None]:
+    """This test reaps proxies whose parent (the process a seamless restart replaced) exited, as PID 1 would."""
+    with subreaper():
+        yield
+
+
+def test_fleet_joins_upgrades_restarts_and_restores_without_dropping_a_request(releases: dict[str, Path],
+                                                                               reaper: None) -> None:
     root = Path(tempfile.mkdtemp(prefix="gm-fleet-"))
     fleet = Fleet(5, root)
     try:
@@ -304,21 +343,23 @@ def test_fleet_joins_restarts_upgrades_and_restores_without_dropping_a_request(r
 
         load = Load(fleet, root / "stop-load")
         time.sleep(3)
-        # Restarts in turn, control plane last.
-        for h in fleet.hosts:
-            ops.replace_proxy(h, "old")
-            time.sleep(1)
-        assert ops.control is not None
-        ops.control.stop()
-        ops.start_control("old")
-        assert ops.history() == versions
-        time.sleep(2)
-        # Upgrades in turn: each host's daemons from the new release's venv and units.
+        # Upgrades in turn: each host's daemons from the new release's venv and units. The older release cannot
+        # hand its sockets over: the new proxy starts on the same ports, then the old one is SIGTERMed.
         for h in fleet.hosts:
             ops.replace_proxy(h, "new")
             time.sleep(1)
+        assert ops.control is not None
         ops.control.stop()
         ops.runs["host1"] = "new"
+        ops.start_control("new")
+        assert ops.history() == versions
+        time.sleep(2)
+        # Restarts in turn, as `systemctl reload glassmesh-proxy` does them (one unit, one main process at a
+        # time), control plane last.
+        for h in fleet.hosts:
+            ops.reload_proxy(h)
+            time.sleep(1)
+        ops.control.stop()
         ops.start_control("new")
         assert ops.history() == versions
         time.sleep(2)
@@ -337,8 +378,16 @@ def test_fleet_joins_restarts_upgrades_and_restores_without_dropping_a_request(r
         for name, r in results.items():  # every instance served its callers
             assert len(r["by_app"]) == 2, (name, r["by_app"])
         # Every proxy runs the newest snapshot from the restored control plane, from the new release.
-        _wait(lambda: all(h["in_sync"] and h["last_seen_s"] is not None and h["last_seen_s"] < 5
-                          for h in json.loads(ops.cli("status", "-o", "json").stdout)["hosts"]), 30, "in sync")
+        def behind() -> list[dict[str, Any]]:
+            return [h for h in json.loads(ops.cli("status", "-o", "json").stdout)["hosts"]
+                    if not (h["in_sync"] and h["last_seen_s"] is not None and h["last_seen_s"] < 5)]
+
+        try:
+            _wait(lambda: not behind(), 30, "in sync")
+        except AssertionError:
+            late = behind()
+            raise AssertionError(f"not in sync within 30 s: {late}\n" + "\n".join(
+                f"--- {h['name']}'s proxy:\n{ops.proxies[h['name']].tail()}" for h in late)) from None
         proxies = json.loads(ops.cli("version", "-o", "json").stdout)["proxies"]
         assert {p["host"]: p["build"] for p in proxies} == dict.fromkeys(SERVES, "mypyc"), proxies
         print(f"fleet: {total} requests in {took:.0f} s ({total / took:.0f}/s), 0 failed; "

@@ -105,3 +105,22 @@ def test_queues_are_bounded() -> None:
             a._start("h1", "hello", {})
 
     run(go())
+
+
+def test_a_poll_whose_proxy_left_takes_nothing_the_live_one_gets_the_ask() -> None:
+    """A restarted proxy's old long-poll is still open (its client gone): the ask must reach the new one."""
+
+    async def go() -> list[dict[str, int]]:
+        a = Asks()
+        dead = asyncio.create_task(a.poll("h1", 5.0, alive=lambda: False))
+        await asyncio.sleep(0.01)
+        p = asyncio.create_task(_proxy(a, "h1", lambda ask: [([{"n": 1}], True, "")]))
+        await asyncio.sleep(0.01)
+        try:
+            got = await a.ask("h1", "hello", {})
+            assert await dead == []
+            return got
+        finally:
+            p.cancel()
+
+    assert run(go()) == [{"n": 1}]

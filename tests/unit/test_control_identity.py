@@ -35,7 +35,8 @@ from glassmesh.control.identity import (
 )
 from glassmesh.control.store_sqlite import SqliteStore
 from glassmesh.files import write_atomic
-from glassmesh.proxy.enroll import generate_key, make_csr, renew_at
+from glassmesh.proxy.enroll import renew_at
+from glassmesh.proxy.keygen import generate_key, make_csr
 
 TD = "glassmesh.local"
 
