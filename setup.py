@@ -26,6 +26,7 @@ HOT = [
     "glassmesh/proxy/pool.py",
     "glassmesh/proxy/mux.py",
     "glassmesh/proxy/linkstats.py",
+    "glassmesh/proxy/ring.py",
     "glassmesh/proxy/roundrobin.py",
     "glassmesh/proxy/routing.py",
     "glassmesh/proxy/tcp.py",

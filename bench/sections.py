@@ -58,7 +58,7 @@ def slot_ports(pp: dict[str, int], k: int) -> dict[str, int]:
 
 
 # Slots per section (fixed, so that ports can be checked before anything starts).
-SLOTS = {"features": [1, 2, 3, 4, 11, 16, 17], "mesh": [5, 6], "scaling": [7, 8, 9, 10], "tcp": [], "balance": [12, 13]}
+SLOTS = {"features": [1, 2, 3, 4, 11, 14, 16, 17], "mesh": [5, 6], "scaling": [7, 8, 9, 10], "tcp": [], "balance": [12, 13]}
 
 
 def ports_needed(pp: dict[str, int], sections: list[str]) -> dict[str, int]:
@@ -103,7 +103,8 @@ class Variant:
 # ------------------------------------------------------------------ helpers
 
 def start_pair(ctx: Ctx, key: str, label: str, slot: int, *, workers: int = 1, extra: list[str] | None = None,
-               extra_in: list[str] | None = None, cmd: list[str] | None = None, **snapkw: Any) -> Variant:
+               extra_in: list[str] | None = None, cmd: list[str] | None = None, env: dict[str, str] | None = None,
+               **snapkw: Any) -> Variant:
     """A glassmesh pair (bout -> bin) on slot's ports; waits until GET / answers "ok"."""
     q = slot_ports(ctx.pp, slot)
     d = ctx.run / key
@@ -118,8 +119,9 @@ def start_pair(ctx: Ctx, key: str, label: str, slot: int, *, workers: int = 1, e
     v.info["snapshot_bytes"] = p_out.stat().st_size
     gm = (cmd or glassmesh_cmd()) + ["proxy", "--workers", str(workers)]
     t0 = time.time()
-    ctx.procs.start(n_in, gm + ["--config", str(p_in)] + (extra_in if extra_in is not None else extra or []))
-    ctx.procs.start(n_out, gm + ["--config", str(p_out)] + (extra or []))
+    penv = {**os.environ, **env} if env else None
+    ctx.procs.start(n_in, gm + ["--config", str(p_in)] + (extra_in if extra_in is not None else extra or []), env=penv)
+    ctx.procs.start(n_out, gm + ["--config", str(p_out)] + (extra or []), env=penv)
     wait_up(ctx, v, t0)
     return v
 
@@ -353,7 +355,7 @@ run_tcp = tcplinks.run   # the tcp section lives in its own module
 
 # ------------------------------------------------------------------ features
 
-FEATURES = ["default", "access_log", "keylog", "http1", "policy", "tap_off", "tap_on"]
+FEATURES = ["default", "access_log", "keylog", "http1", "policy", "trace_ring", "tap_off", "tap_on"]
 
 
 def run_features(ctx: Ctx) -> dict:
@@ -381,6 +383,9 @@ def run_features(ctx: Ctx) -> dict:
                      else "tap on (info): every exchange, --headers --body 1024")
             v = start_pair(ctx, f"f_{f}", label, slot,
                            cmd=[sys.executable, str(Path(__file__).with_name("tapped.py")), f[4:]])
+        elif f == "trace_ring":  # always on; the column turns it off, so its ratio is what the ring costs
+            v = start_pair(ctx, "f_no_ring", "trace ring off (GLASSMESH_TRACE_RING=0)", slot,
+                           env={"GLASSMESH_TRACE_RING": "0"})
         elif f == "policy":
             v = start_pair(ctx, "f_policy", "traffic policy: 20 routes, 1% split, retry budget, outlier", slot,
                            policy=features_policy())

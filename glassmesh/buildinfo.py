@@ -25,6 +25,7 @@ HOT_MODULES = (
     "glassmesh.proxy.pool",
     "glassmesh.proxy.mux",
     "glassmesh.proxy.linkstats",
+    "glassmesh.proxy.ring",
     "glassmesh.proxy.roundrobin",
     "glassmesh.proxy.routing",
     "glassmesh.proxy.tcp",

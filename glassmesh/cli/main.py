@@ -39,6 +39,7 @@ _COMMANDS = {
     "dashboard": ("glassmesh.cli.dashboard_cmd", "dashboard"),
     "tap": ("glassmesh.cli.tap_cmd", "tap"),
     "capture": ("glassmesh.cli.tap_cmd", "capture"),
+    "trace": ("glassmesh.cli.trace_cmd", "trace"),
 }
 
 

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+
 import click
 
 from glassmesh.settings import config_dir, daemon_command
 
 
-def _control_urls(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Checked as the option is read, so that a config file's bad URL is reported with its line."""
-    if value is not None:
-        from glassmesh.proxy.watch import split_urls
+def _checked(module: str, check: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A URL option checked as it is read (module.check raises ValueError), so that a config file's bad URL is
+    reported with its line; the checking module is imported only when the option is given."""
 
-        try:
-            split_urls(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-    return value
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                getattr(importlib.import_module(module), check)(value)
+            except ValueError as e:
+                raise click.BadParameter(str(e)) from None
+        return value
+
+    return callback
 
 
 @daemon_command(secrets={"join"})
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
               help="Snapshot file (JSON) this proxy serves; SIGHUP reloads it. With --control: the snapshot "
                    "to start from when DIR has no last-known-good one.")
-@click.option("--control", "control", default=None, metavar="URL[,URL...]", callback=_control_urls,
+@click.option("--control", "control", default=None, metavar="URL[,URL...]", callback=_checked("glassmesh.proxy.watch", "split_urls"),
               help="Control plane to watch for this host's snapshot: its proxy listener "
                    "(https://127.0.0.1:4201, mutual TLS with the host identity from --join), or, for a host "
                    "provisioned with certificate files, its API over plain HTTP (http://127.0.0.1:4200). "
@@ -54,9 +60,13 @@ def _control_urls(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--log-format", "log_format", type=click.Choice(("text", "json")), default="text", show_default=True,
               help="The proxy's own log lines on stderr: text (UTC time, level, message) or one JSON object per "
                    "line (ts, level, logger, msg, pid).")
+@click.option("--otlp-endpoint", "otlp_endpoint", default=None, metavar="URL", callback=_checked("glassmesh.proxy.spans", "check_url"),
+              help="Send this proxy's spans (one per hop, W3C traceparent) to an OpenTelemetry collector over "
+                   "OTLP/HTTP, e.g. http://127.0.0.1:4318 (/v1/traces is added when the URL has no path). "
+                   "Batched, never in a request's way; dropped and counted when the collector is down.")
 def proxy(config: str | None, control: str | None, host: str | None, data_dir: str | None, join: str | None,
           ca_sha256: str | None, workers: int, drain_timeout: float, access_log: str | None,
-          tls_keylog: str | None, log_format: str) -> None:
+          tls_keylog: str | None, log_format: str, otlp_endpoint: str | None) -> None:
     """Run the data plane of one host: outbound listeners, the mTLS inbound port, tcp links and admin."""
     from glassmesh.logfmt import set_format
 
@@ -85,7 +95,8 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
             from glassmesh.proxy.watch import run_controlled
 
             run_controlled(",".join(urls), host, data_dir, seed=config, workers=workers, keylog=tls_keylog,
-                           access_log=access_log, join=join, ca_sha256=ca_sha256, drain_s=drain_timeout)
+                           access_log=access_log, join=join, ca_sha256=ca_sha256, drain_s=drain_timeout,
+                           otlp=otlp_endpoint)
             return
         if config is None:
             raise click.UsageError("give --config FILE, or --control URL --host NAME --data DIR (or, to join, "
@@ -95,6 +106,7 @@ def proxy(config: str | None, control: str | None, host: str | None, data_dir: s
                                    "`glassmesh host join` writes one)")
         if host or data_dir or join:
             raise click.UsageError("--host, --data and --join go with --control")
-        run(config, workers=workers, keylog=tls_keylog, access_log=access_log, drain_s=drain_timeout)
+        run(config, workers=workers, keylog=tls_keylog, access_log=access_log, drain_s=drain_timeout,
+            otlp=otlp_endpoint)
     except errors as e:
         raise click.ClickException(str(e)) from None

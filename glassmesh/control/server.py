@@ -41,6 +41,7 @@ from glassmesh.control.operators import ensure_admin_credential
 from glassmesh.control.ops import NotFound
 from glassmesh.control.plane import Plane
 from glassmesh.control.store import Conflict, Store, StoreError
+from glassmesh.control.trace import add_routes as add_trace_routes
 from glassmesh.files import check_private, private_dir
 from glassmesh.logfmt import write
 from glassmesh.stopping import StopDeadline, cancel_and_wait, on_stop_signals
@@ -208,6 +209,7 @@ def make_app(store: Store, trust_domain: str = "glassmesh.local", replica_id: st
     explain.add_routes(app)  # GET /v1/explain
     tap_api.add_routes(app)
     dashboard_api.add_routes(app)  # the browser's page and its logins, on the operator listener only
+    add_trace_routes(app)  # GET /v1/trace/{id}
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         plane.start()

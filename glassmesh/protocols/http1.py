@@ -436,6 +436,10 @@ def service_of(authority: bytes) -> str:
 # a system call, and %-formatting the counter 3,000. When the counter wraps,
 # the random parts are drawn again, so ids do not repeat within a process.
 # reseed() gives each forked worker its own parts.
+#
+# The first 8 hex digits of the prefix are the host's tag (api/trace.py host_tag, set with
+# set_origin once the proxy knows its host): an id minted by a proxy says which host minted
+# it, so `glassmesh trace ID` asks that host first instead of every host of the mesh.
 _HEX2: Final = [b"%02x" % i for i in range(256)]
 _rand = random.Random(os.urandom(16))
 
@@ -445,13 +449,15 @@ class _Ids:
 
     def __init__(self) -> None:
         self.count = 0
+        self.origin = b""  # 8 hex digits naming the host (set_origin), or empty: all random
         self.prefix = b""  # 16 hex digits: request ids and the first half of trace ids
         self.trace_head = b""  # "00-", the prefix and 8 more random hex digits
         self.span_head = b""  # "-" and 8 random hex digits, never all zero: the first half of span ids
         self.draw()
 
     def draw(self) -> None:
-        self.prefix = b"%016x" % _rand.getrandbits(64)
+        o = self.origin
+        self.prefix = o + b"%08x" % _rand.getrandbits(32) if o else b"%016x" % _rand.getrandbits(64)
         self.trace_head = b"00-" + self.prefix + b"%08x" % _rand.getrandbits(32)
         self.span_head = b"-%08x" % (_rand.getrandbits(32) | 1)
         self.count = 0
@@ -482,6 +488,19 @@ def new_traceparent() -> bytes:
     ids = _ids
     c = ids.next_hex()
     return ids.trace_head + c + ids.span_head + c + b"-01"
+
+
+def new_span_id() -> bytes:
+    """16 hex digits, never all zero: the span a proxy makes for its hop (spans on)."""
+    ids = _ids
+    c = ids.next_hex()
+    return ids.span_head[1:] + c
+
+
+def set_origin(tag: bytes) -> None:
+    """Begin every id this process mints from now on with tag (8 hex digits: the host's)."""
+    _ids.origin = tag
+    _ids.draw()
 
 
 def set_counter(n: int) -> None:

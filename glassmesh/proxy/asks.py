@@ -25,6 +25,7 @@ from typing import Any
 
 from glassmesh.proxy import tap
 from glassmesh.proxy.stats import merge
+from glassmesh.proxy.trace_ask import trace, trace_process
 
 Emit = Callable[[list[dict[str, Any]]], Awaitable[bool]]  # False: the asker is gone, stop
 Query = Callable[[str, dict[str, str]], Awaitable[list[Any]]]  # (route, params) -> one answer per serving process
@@ -99,6 +100,7 @@ HANDLERS: dict[str, Handler] = {
     "endpoints": _endpoints,
     "certs": _certs,
     "tap": tap.handle,
+    "trace": trace,
 }
 
 PROCESS_ROUTES: dict[str, ProcessRoute] = {
@@ -107,6 +109,7 @@ PROCESS_ROUTES: dict[str, ProcessRoute] = {
     "endpoints": _endpoints_process,
     "certs": _certs_process,
     "tap": tap.process_route,
+    "trace": trace_process,
 }
 
 

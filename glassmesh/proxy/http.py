@@ -35,6 +35,7 @@ from glassmesh.protocols.http1 import (
     ResponseHead,
     chunk,
     new_request_id,
+    new_span_id,
     new_traceparent,
     status_line,
 )
@@ -110,6 +111,7 @@ class Side:
     drop_response: frozenset[bytes] = HOP_BY_HOP | {TRAIL_HEADER}
     # Whether the next hop's glassmesh-trail is ours to extend (it is when the next hop is a mesh proxy).
     trust_trail = False
+    source = ""  # the calling service (outbound: the local app's; inbound: the peer's)
     budget: Budget  # the connections this side's callers may hold (set by each side; see budget.py)
 
     def route(self, ex: Exchange) -> Routed | tuple[str, str]:
@@ -147,6 +149,10 @@ class Exchange:
     upstream: UpstreamConn | None = None
     error: tuple[str, str, int | None] | None = None
     sent_at = 0.0
+    head_at = 0.0  # when the next hop's response head arrived (the trace ring's phases)
+    traceparent: bytes | None = None  # the one sent to the next hop
+    span_id: bytes | None = None  # this hop's own span (spans exported only)
+    tracestate: bytes | None = None  # as it came, for this hop's span (spans exported only)
     resp_started = False
     resp_chunked = False
     request_id: bytes | None = None
@@ -179,7 +185,7 @@ class Exchange:
         self.url = b""
         self.raw: list[bytes] = []  # flat: name, value, name, value, ... (see RequestHead)
         self.pending: list[bytes] = []
-        self.t0 = conn.now  # when the read that began the request arrived
+        self.t0: float = conn.now  # when the read that began the request arrived
 
 
 class Recording:
@@ -234,6 +240,7 @@ class ServerConn(StreamUser):
         self.side = side
         self.link = link
         self.logging: bool = rt.logging  # fixed for the process; read per response without a lookup on rt
+        self.spans: bool = rt.spans  # whether this hop makes its own span (OTLP export configured)
         # What else is told of each finished exchange (tap, OpenTelemetry): the runtime's list, read natively.
         self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
         # [byte limit] while a tap wants the bytes of each try (tap.py), else empty: shared with the runtime.
@@ -823,9 +830,13 @@ class ServerConn(StreamUser):
         if rid is None:
             rid = new_request_id()
             lines.append(b"x-request-id: " + rid)
-        if h.tp is None:
-            h.tp = tp = new_traceparent()  # kept: the access log gives its trace id
+        tp = h.tp
+        if self.spans:
+            tp = self._own_span(ex, tp, lines)
+        elif tp is None:
+            tp = new_traceparent()
             lines.append(b"traceparent: " + tp)
+        ex.traceparent = tp
         ex.request_id = rid
         extra = routed.extra
         if extra:
@@ -842,6 +853,24 @@ class ServerConn(StreamUser):
             ex.up_chunked = True
         lines.append(b"\r\n")
         return b"\r\n".join(lines)
+
+    def _own_span(self, ex: Exchange, tp: bytes | None, lines: list[bytes]) -> bytes:
+        """This hop's span (spans exported): the traceparent sent on names it as the parent; tracestate is kept."""
+        if tp is None:
+            tp = new_traceparent()
+            lines.append(b"traceparent: " + tp)
+            ex.span_id = tp[36:52]
+            return tp
+        span = ex.span_id = new_span_id()
+        mine = tp[:36] + span + tp[52:]
+        for i in range(1, len(lines)):
+            line = lines[i]
+            name = line[:12].lower()
+            if name == b"traceparent:" and line.endswith(tp):
+                lines[i] = line[:len(line) - 55] + mine
+            elif name == b"tracestate: " and ex.tracestate is None:
+                ex.tracestate = line[12:524].strip()
+        return mine
 
     def build_response_head(self, ex: Exchange, status: int, rh: ResponseHead, framing: int, length: int,
                             now: float) -> bytes:
@@ -1199,6 +1228,7 @@ class UpstreamConn(PooledConn):
                 raise _HeadDone()  # no body will come to end this answer: sent again at once (_head_done)
             return
         self.resp_framing, length = rh.framing(status, ex.method)
+        ex.head_at = self.now
         ex.resp_started = True
         c.write(c.build_response_head(ex, status, rh, self.resp_framing, length, self.now))
         self.status = status

@@ -18,7 +18,9 @@ from typing import Any
 
 import msgspec
 
+from glassmesh.api.trace import host_tag
 from glassmesh.model.snapshot import Snapshot
+from glassmesh.protocols.http1 import set_origin
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.pool import Pool
 from glassmesh.proxy.routing import Live, PoolKey, Table, compile_table
@@ -73,7 +75,8 @@ class AccessLog:
 
 
 class Runtime:
-    def __init__(self, snapshot: Snapshot, keylog: str | None = None, access_log: AccessLog | None = None) -> None:
+    def __init__(self, snapshot: Snapshot, keylog: str | None = None, access_log: AccessLog | None = None,
+                 ring: Any = None) -> None:
         self.stats = Stats()
         self.pools: dict[PoolKey, Pool] = {}
         self.conns: set[Any] = set()
@@ -89,12 +92,19 @@ class Runtime:
         # Both lists are shared with every connection: changed in place, never replaced.
         self.recording: list[int] = []
         self.taps: dict[str, Any] = {}  # tap id -> the tap.Tap that watches this process's exchanges
+        # The recent requests (ring.Ring, for `glassmesh trace`), with its spans.Exporter when OTLP export is on.
+        # Made by the worker: the ring reads exchanges natively, so it imports http, which imports this module.
+        self.ring = ring
+        self.spans = ring is not None and ring.spans is not None  # read per connection: each hop makes a span
+        if ring is not None:
+            self.observers.append(ring.observe)
         self.ready = False
         self.workers = PROCESS_WORKERS
         self.local_budget = Budget(snapshot.limits.max_client_connections)  # local apps, together
         self.peer_streams: dict[str, Budget] = {}  # by caller service: its HTTP connections and mux streams
         self.peer_conns: dict[str, Budget] = {}  # by caller service: its multiplexed TLS connections
         self.apply(snapshot)
+        set_origin(host_tag(self.host).encode())  # ids minted here say so (api/trace.py)
         self.stats.endpoint_rows = self.endpoint_rows
 
     def apply(self, snap: Snapshot) -> None:
@@ -243,7 +253,9 @@ class Runtime:
         side = ex.conn.side.name
         head = ex.head
         rid = (ex.request_id or (head.rid if head is not None else None) or b"").decode("latin-1")
-        tp = head.tp if head is not None else None
+        # The traceparent sent on (the one this proxy made when the request came without one), else the one
+        # that came: either way the same trace id.
+        tp = ex.traceparent or (head.tp if head is not None else None)
         rec = {
             "ts": round(time.time(), 3),
             "host": self.host,
@@ -282,6 +294,8 @@ class Runtime:
     async def close(self) -> None:
         if self._access is not None:
             self._access.flush()
+        if self.spans:
+            await self.ring.spans.close()  # what is queued goes to the collector (bounded: spans.POST_TIMEOUT_S)
         for t in list(self.tasks):
             t.cancel()
         for p in self.pools.values():

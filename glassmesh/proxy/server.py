@@ -57,9 +57,11 @@ from glassmesh.proxy.listeners import (
 )
 from glassmesh.proxy.log import error as log_error
 from glassmesh.proxy.log import log
+from glassmesh.proxy.ring import Ring
 from glassmesh.proxy.routing import compile_table
 from glassmesh.proxy.runtime import AccessLog, Runtime
 from glassmesh.proxy.sides import OutboundSide
+from glassmesh.proxy.spans import Exporter
 from glassmesh.proxy.tcp import TcpLinkClient
 from glassmesh.proxy.tls import listener_context
 from glassmesh.stopping import StopDeadline, deadline_s, on_stop_signals
@@ -98,6 +100,7 @@ class Options:
     keylog: str | None = None
     access_log: str | None = None
     drain_s: float = DRAIN_TIMEOUT_S  # after SIGTERM, what is in flight may take this long (drain.py)
+    otlp: str | None = None  # where each worker sends its spans (spans.py); None: no spans
 
 
 class Worker:
@@ -109,9 +112,15 @@ class Worker:
     """
 
     def __init__(self, config_path: str, snap: Snapshot, keylog: str | None, access_log: AccessLog | None,
-                 supervised: bool = False) -> None:
+                 supervised: bool = False, otlp: str | None = None) -> None:
         self.config_path = config_path
-        self.rt = Runtime(snap, keylog=keylog, access_log=access_log)
+        # The trace ring is always on; GLASSMESH_TRACE_RING=0 exists only so `make bench` can show what it costs.
+        ring = Ring() if otlp or os.environ.get("GLASSMESH_TRACE_RING", "1") != "0" else None
+        if ring is not None:
+            ring.spans = Exporter(otlp, snap.host) if otlp else None
+        self.rt = Runtime(snap, keylog=keylog, access_log=access_log, ring=ring)
+        if ring is not None and ring.spans is not None:
+            self.rt.stats.spans = ring.spans.counts
         self.supervised = supervised
         self.routes: dict[str, Any] = {}  # the admin routes (alone only), set once the worker exists
         self.listeners = Listeners(self._factory, self._tls, owns_paths=not supervised,
@@ -316,7 +325,7 @@ async def _serve_single(config_path: str, snap: Snapshot, opts: Options, access_
                         None = None, attach: ControlLink | None = None) -> None:
     """One process serving: alone (binding everything, admin included) or as a supervisor's worker."""
     loop = asyncio.get_running_loop()
-    w = Worker(config_path, snap, opts.keylog, access_log, supervised=supervised is not None)
+    w = Worker(config_path, snap, opts.keylog, access_log, supervised=supervised is not None, otlp=opts.otlp)
 
     async def dump() -> dict[str, Any]:
         d = w.rt.stats.dump()
@@ -756,11 +765,11 @@ def launch(main: Coroutine[Any, Any, None]) -> None:
 
 
 def run(config_path: str, workers: int = 1, keylog: str | None = None, access_log: str | None = None,
-        drain_s: float = DRAIN_TIMEOUT_S) -> None:
+        drain_s: float = DRAIN_TIMEOUT_S, otlp: str | None = None) -> None:
     """`glassmesh proxy --config FILE`: load, check and serve; SnapshotError/StartupError with a clear message."""
     snap = load_snapshot(config_path)
     try:
         compile_table(snap)  # certificates load, or we stop here with a clear message
     except Exception as e:
         raise StartupError(str(e)) from None
-    launch(serve(config_path, snap, Options(workers, keylog, access_log, drain_s)))
+    launch(serve(config_path, snap, Options(workers, keylog, access_log, drain_s, otlp)))

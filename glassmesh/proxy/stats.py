@@ -37,6 +37,8 @@ class Stats:
         self.tcp: set[tuple[str, str, str]] = set()
         self.tcp_open: dict[tuple[str, str, str], int] = {}
         self.tcp_failures: dict[tuple[str, str, str, str], int] = {}
+        # spans.Exporter.counts when OTLP export is on: exported, dropped_queue_full, dropped_collector.
+        self.spans: dict[str, int] | None = None
 
     def link(self, side: str, source: str, destination: str) -> LinkStats:
         key = (side, source, destination)
@@ -87,6 +89,7 @@ class Stats:
             "tcp_links": [list(k) for k in self.tcp],
             "tcp_open": [[*k, n] for k, n in self.tcp_open.items()],
             "tcp_failures": [[*k, n] for k, n in self.tcp_failures.items()],
+            **({"spans": dict(self.spans)} if self.spans is not None else {}),
         }
 
 
@@ -110,7 +113,12 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     version = 0
     conns = 0
     tcp: set[tuple[str, ...]] = set()
+    spans: dict[str, int] | None = None
     for d in dumps:
+        if "spans" in d:
+            spans = spans or {}
+            for k, n in d["spans"].items():
+                spans[k] = spans.get(k, 0) + n
         version = max(version, d["snapshot_version"])
         conns += d["client_conns"]
         tcp.update(tuple(k) for k in d.get("tcp_links", ()))
@@ -156,6 +164,7 @@ def merge(dumps: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "snapshot_version": version,
         "client_conns": conns,
         "tcp_links": [list(k) for k in tcp],
+        **({"spans": spans} if spans is not None else {}),
     }
 
 
@@ -253,6 +262,15 @@ class _Collector:
         yield from (req, dur, byt, conns, hs, tcp, tcp_open, tcp_fail, mtls, errs, retries, ep_req, ep_fail, ep_ej,
                     ep_hist, ep_out, ep_lat, ep_busy, ver, cc, info)
         yield from process_families(self.d.get("process"))
+        sp = self.d.get("spans")  # with --otlp-endpoint (glassmesh.proxy.spans)
+        if sp is not None:
+            sent = CounterMetricFamily("glassmesh_spans_exported", "Spans the OTLP collector took")
+            sent.add_metric([], sp.get("exported", 0))
+            lost = CounterMetricFamily("glassmesh_spans_dropped", "Spans dropped, never waited for: the queue was "
+                                       "full, or the collector did not take them", labels=["reason"])
+            lost.add_metric(["queue_full"], sp.get("dropped_queue_full", 0))
+            lost.add_metric(["collector"], sp.get("dropped_collector", 0))
+            yield from (sent, lost)
         ctl = self.d.get("control")  # set by proxies that watch a control plane (glassmesh.proxy.watch)
         if ctl is not None:
             age = GaugeMetricFamily("glassmesh_snapshot_age_seconds",

@@ -902,7 +902,7 @@ def _initial(link: ControlLink, data_dir: str, seed: str | None) -> Snapshot | N
 
 async def _main(url: str, host: str | None, data_dir: str, seed: str | None, workers: int, keylog: str | None,
                 access_log: str | None, join: str | None = None, ca_sha256: str | None = None,
-                drain_s: float | None = None) -> None:
+                drain_s: float | None = None, otlp: str | None = None) -> None:
     from glassmesh.proxy import enroll
     from glassmesh.proxy.server import Options, serve
 
@@ -930,7 +930,8 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
             loop.remove_signal_handler(signal.SIGHUP)
         undo()
     try:
-        opts = Options(workers, keylog, access_log) if drain_s is None else Options(workers, keylog, access_log, drain_s)
+        opts = Options(workers, keylog, access_log, otlp=otlp) if drain_s is None else Options(
+            workers, keylog, access_log, drain_s, otlp)
         await serve(lkg.lkg_path(data_dir), snap, opts, attach=link,
                     persist=lambda s: lkg.save(data_dir, s))
     finally:
@@ -939,7 +940,7 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
 
 def run_controlled(url: str, host: str | None, data_dir: str, seed: str | None = None, workers: int = 1,
                    keylog: str | None = None, access_log: str | None = None, join: str | None = None,
-                   ca_sha256: str | None = None, drain_s: float | None = None) -> None:
+                   ca_sha256: str | None = None, drain_s: float | None = None, otlp: str | None = None) -> None:
     """`glassmesh proxy --control URL[,URL...] [--host NAME] --data DIR [--join TOKEN --ca-sha256 HEX]`.
 
     Serve from disk or the control plane and watch it. An https:// URL is the
@@ -950,4 +951,5 @@ def run_controlled(url: str, host: str | None, data_dir: str, seed: str | None =
     from glassmesh.proxy.server import launch
 
     private_dir(data_dir)  # keys, certificates and snapshots: the proxy's user only
-    launch(_main(url, host, os.path.abspath(data_dir), seed, workers, keylog, access_log, join, ca_sha256, drain_s))
+    launch(_main(url, host, os.path.abspath(data_dir), seed, workers, keylog, access_log, join, ca_sha256, drain_s,
+                 otlp))

@@ -28,3 +28,21 @@ def api(url: str, method: str, path: str, body: Any = None, cred: str | Path | N
 def cli_env(url: str, cred: str | Path) -> dict[str, str]:
     """The environment a test's `glassmesh` commands run with: this control plane, this credential."""
     return dict(os.environ, GLASSMESH_CONTROL=url, **{credential.ENV: str(cred)}, COLUMNS="200")
+
+
+def get_without_operator(url: str, path: str, cert: tuple[Path, Path] | None = None) -> tuple[int, Any]:
+    """(status, JSON body) of a GET to the operator API by a caller that is no operator: no client
+    certificate at all, or `cert` (a certificate of another kind, e.g. a host's identity)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    try:
+        with urllib.request.urlopen(f"{url}{path}", timeout=10, context=ctx) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

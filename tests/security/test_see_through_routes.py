@@ -15,7 +15,7 @@ from glassmesh.ca import load_ca
 from tests.e2e.test_control_plane import Control
 from tests.security.test_operator_api import _raw
 
-ROUTES = ["/v1/check", "/v1/links", "/v1/explain?from=a&to=b"]
+ROUTES = ["/v1/check", "/v1/links", "/v1/explain?from=a&to=b", "/v1/trace/0123456789abcdef01234567"]
 
 
 def test_no_credential_gets_401(control: Control) -> None:
