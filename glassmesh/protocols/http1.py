@@ -14,7 +14,8 @@ import re
 from typing import Final
 
 # Headers that describe one connection and never cross a proxy (RFC 9110 7.6.1),
-# plus proxy-only ones. Content-Length is re-derived for the next hop.
+# plus proxy-only ones. Content-Length is re-derived for the next hop. Trailer
+# (the names a trailer section will hold) crosses: the trailers themselves do.
 HOP_BY_HOP = frozenset(
     (
         b"connection",
@@ -23,7 +24,6 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
         b"proxy-authorization",
         b"te",
-        b"trailer",
         b"transfer-encoding",
         b"upgrade",
         b"content-length",
@@ -527,3 +527,17 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def last_chunk(trailers: list[bytes] | None) -> bytes:
+    """The end of a chunked body, with its trailer section (flat fields, already filtered) when it has one."""
+    if not trailers:
+        return LAST_CHUNK
+    return b"".join(_lines(b"0", trailers)) + b"\r\n"
+
+
+def _lines(first: bytes, fields: list[bytes]) -> list[bytes]:
+    lines = [first + b"\r\n"]
+    for i in range(0, len(fields) - 1, 2):
+        lines.append(fields[i] + b": " + fields[i + 1] + b"\r\n")
+    return lines

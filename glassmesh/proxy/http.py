@@ -34,11 +34,13 @@ from glassmesh.protocols.http1 import (
     RequestHead,
     ResponseHead,
     chunk,
+    last_chunk,
     new_request_id,
     new_traceparent,
     status_line,
 )
 from glassmesh.protocols.http2 import Refusal
+from glassmesh.protocols.message import trailer_fields
 from glassmesh.protocols.mux import REFUSED_GOAWAY
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.connector import ConnectError
@@ -169,6 +171,7 @@ class Exchange:
     status_hint = 0  # fault injection: the status of an abort
     timer: asyncio.TimerHandle | None = None  # the route's timeouts, when it sets any
     mirror: Routed | None = None  # where a copy of this request goes (its route mirrors a share)
+    trailers: list[bytes] | None = None  # the request body's trailer fields that may cross (message.py)
 
     def __init__(self, conn: ServerConn) -> None:
         self.conn = conn
@@ -345,7 +348,15 @@ class ServerConn(StreamUser):
         if ex.head_size > self.max_head:
             raise BadMessage("request head too large", "head_too_large", 431)
         if ex.head_done:
-            return  # trailers: counted against the limit, not forwarded
+            # A trailer field: counted against the head's limits, kept for the next hop (on_message_complete).
+            t = ex.trailers
+            if t is None:
+                t = ex.trailers = []
+            t.append(name)
+            t.append(value)
+            if len(t) > 2 * self.max_headers:
+                raise BadMessage("too many request trailer fields", "head_too_large", 431)
+            return
         raw = ex.raw
         raw.append(name)
         raw.append(value)
@@ -395,6 +406,9 @@ class ServerConn(StreamUser):
         assert ex is not None
         self.parsing = None
         ex.req_done = True
+        t = ex.trailers
+        if t is not None:
+            ex.trailers = trailer_fields(t)
         up = ex.upstream
         if up is not None and up.sending is ex:
             up.end_body()
@@ -1021,8 +1035,10 @@ class UpstreamConn(PooledConn):
             self.wbuf.append(body)
 
     def end_body(self) -> None:
-        if self.ex is not None and self.ex.up_chunked:
-            self.wbuf.append(LAST_CHUNK)
+        ex = self.ex
+        if ex is not None and ex.up_chunked:
+            t = ex.trailers
+            self.wbuf.append(LAST_CHUNK if t is None else last_chunk(t))
         self.sending = None
 
     # --- response side ------------------------------------------------------
@@ -1075,7 +1091,7 @@ class UpstreamConn(PooledConn):
             c._mesh_error(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
 
     # No on_message_begin: a callback per response costs about 1,000 instructions.
-    # hdrs is emptied when a head is complete and when a message is (after trailers).
+    # hdrs is emptied when a head is complete and when a message is (after its trailer fields).
     def on_header(self, name: bytes, value: bytes) -> None:
         h = self.hdrs
         h.append(name)
@@ -1130,8 +1146,10 @@ class UpstreamConn(PooledConn):
 
     def on_message_complete(self) -> None:
         self.head_fed = 0
+        trailers: list[bytes] | None = None
         if self.hdrs:
-            self.hdrs = []  # trailers: not forwarded
+            trailers = self.hdrs  # the trailer section of a chunked body
+            self.hdrs = []
         if self.interim:
             self.interim = False
             return
@@ -1143,7 +1161,7 @@ class UpstreamConn(PooledConn):
         if self.retry_to is not None:
             self._resend(ex, self.p_keep_alive())
             return
-        self._complete(ex, reusable=self.p_keep_alive())
+        self._complete(ex, self.p_keep_alive(), trailers)
 
     def _retry_elsewhere(self, ex: Exchange, rh: ResponseHead, status: int) -> bool:
         """A 5xx (or 421): the side decides whether another try may get a better answer.
@@ -1197,11 +1215,12 @@ class UpstreamConn(PooledConn):
             return
         self._complete(ex, reusable=data.endswith(b"\r\n\r\n"))
 
-    def _complete(self, ex: Exchange, reusable: bool) -> None:
+    def _complete(self, ex: Exchange, reusable: bool, trailers: list[bytes] | None = None) -> None:
+        """The response to ex is complete: its end (and trailer fields, when it goes out chunked) to the client."""
         c = self.client
         assert c is not None and ex.routed is not None
         if ex.resp_chunked:
-            c.write(LAST_CHUNK)
+            c.write(LAST_CHUNK if trailers is None else last_chunk(trailer_fields(trailers)))
         # The response leaves now; the counting and pooling below are not on its way.
         c.flush()
         c.exchange_done(ex, self.status, "", self.status < 500, self.now)
