@@ -220,7 +220,8 @@ class RequestHead:
     call per header cost more than the sorting itself.
     """
 
-    __slots__ = ("forward", "cl", "te", "host", "conn", "rid", "tp", "upgrade", "says_connection")
+    __slots__ = ("forward", "cl", "te", "host", "conn", "rid", "tp", "upgrade", "says_connection",
+                 "method", "target", "keep_alive", "wants_upgrade", "body_framing", "http10")
 
     def __init__(self, headers: list[bytes]) -> None:
         forward: list[bytes] = []
@@ -282,6 +283,13 @@ class RequestHead:
         self.rid = rid
         self.tp = tp
         self.upgrade = upgrade
+        # What the codec (http1_codec.py) read of the request line and its connection, set there.
+        self.method = b""
+        self.target = b""
+        self.keep_alive = True
+        self.wants_upgrade = False
+        self.body_framing = Framing.NONE
+        self.http10 = False
 
     def framing(self) -> tuple[int, int]:
         """(framing, content_length); refuses framing two parsers could read two ways."""

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
-import httptools
-
 from glassmesh.protocols.errors import REASONS as ERROR_REASONS
 from glassmesh.protocols.errors import error_response
 from glassmesh.protocols.http1 import (
@@ -39,8 +37,19 @@ from glassmesh.protocols.http1 import (
     new_traceparent,
     status_line,
 )
+from glassmesh.protocols.http1_codec import (
+    DATA,
+    END,
+    ERROR,
+    HEAD,
+    INTERIM,
+    PREFACE,
+    UPGRADE,
+    RequestReader,
+    ResponseReader,
+)
 from glassmesh.protocols.http2 import Refusal
-from glassmesh.protocols.message import trailer_fields
+from glassmesh.protocols.message import Response
 from glassmesh.protocols.mux import REFUSED_GOAWAY
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.connector import ConnectError
@@ -65,7 +74,6 @@ if TYPE_CHECKING:
 _mono = time.monotonic
 HIGH_WATER = 256 * 1024
 _FORWARD_1XX = (100, 102, 103)
-_PRI_LINE = b"PRI * HTTP/2.0\r\n\r\n"  # what llhttp reads of the HTTP/2 preface before it stops
 MAX_TRIES = 3
 # A request is replayed after a reset (its connection closed before any byte of the answer) at
 # most this many times per side: one attempt more, as nginx and Envoy do by default.
@@ -173,12 +181,11 @@ class Exchange:
     mirror: Routed | None = None  # where a copy of this request goes (its route mirrors a share)
     trailers: list[bytes] | None = None  # the request body's trailer fields that may cross (message.py)
 
-    def __init__(self, conn: ServerConn) -> None:
+    def __init__(self, conn: ServerConn, url: bytes, t0: float) -> None:
         self.conn = conn
-        self.url = b""
-        self.raw: list[bytes] = []  # flat: name, value, name, value, ... (see RequestHead)
+        self.url = url
         self.pending: list[bytes] = []
-        self.t0 = conn.now  # when the read that began the request arrived
+        self.t0 = t0  # when the read that began the request arrived
 
 
 class ServerConn(StreamUser):
@@ -191,18 +198,9 @@ class ServerConn(StreamUser):
         self.logging: bool = rt.logging  # fixed for the process; read per response without a lookup on rt
         # What else is told of each finished exchange (tap, OpenTelemetry): the runtime's list, read natively.
         self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
-        self.max_head = rt.limits.max_head_bytes
-        self.max_headers = rt.limits.max_headers
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] = _no_write
-        self.parser = httptools.HttpRequestParser(self)
-        # Bound once: a method lookup per call is a dict walk on a type mypyc does not know.
-        p = self.parser
-        self.feed: Callable[[bytes], None] = p.feed_data
-        self.p_method: Callable[[], bytes] = p.get_method
-        self.p_version: Callable[[], str] = p.get_http_version
-        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
-        self.p_upgrade: Callable[[], bool] = p.should_upgrade
+        self.reader = RequestReader(rt.limits.max_head_bytes, rt.limits.max_headers)
         # A list, not a deque: its append and del [0] are native, a deque's are method lookups; it
         # holds more than one exchange only when a client pipelines.
         self.queue: list[Exchange] = []
@@ -211,12 +209,7 @@ class ServerConn(StreamUser):
         self.closing = False
         self.paused = 0  # bit 1: pipelining, bit 2: body backpressure
         self.now = self.last_active = _mono()
-        self.head_started = 0.0
-        # Bytes fed to the parser since it last gave a body chunk or ended a head or a message: while
-        # a head is arriving, this is its size so far. llhttp reports a header only when its line
-        # ends, and httptools grows one value (or the URL) in memory until then, so a limit checked
-        # per header never sees a value that never ends (6.5 MB in one value gave no callback).
-        self.head_fed = 0
+        self.head_started = 0.0  # when the read that began a head still incomplete arrived (0: none is)
         self.write_blocked = 0.0  # when the client stopped reading what we write (0: it reads)
         self.trail_prefix = rt.host_b + b"/" + side.name_b + b";dur="
 
@@ -253,21 +246,32 @@ class ServerConn(StreamUser):
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
-        self.now = self.last_active = _mono()
-        self.head_fed += len(data)
-        try:
-            self.feed(data)
-        except httptools.HttpParserUpgrade as e:
-            self._start_tunnel_request(data[e.args[0]:])
-        except httptools.HttpParserError as e:
-            if self._is_http2(e):
-                self._refuse_http2(data)
-                return
-            self._parse_error(e)
-        else:
-            if self.head_fed > self.max_head and not self.closing:
-                # Bounded by max_head_bytes plus at most the read in which the head began.
-                self._parse_error(BadMessage("request head too large", "head_too_large", 431))
+        now = self.now = self.last_active = _mono()
+        r = self.reader
+        ev = r.feed(data)
+        n = len(ev)
+        i = 0
+        while i < n:
+            kind: int = ev[i]  # an int, compared natively (as Any, each == was a rich compare)
+            arg = ev[i + 1]
+            i += 2
+            if kind == DATA:
+                self._request_data(cast(bytes, arg))
+            elif kind == HEAD:
+                self._request_head(cast(RequestHead, arg))
+            elif kind == END:
+                self._request_end(cast("list[bytes] | None", arg))
+            elif kind == UPGRADE:
+                self._start_tunnel_request(cast(bytes, arg))
+            elif kind == PREFACE:
+                if not self.queue:
+                    self._refuse_http2(cast(bytes, arg))
+                    return
+                self._parse_error(BadMessage("malformed request: the HTTP/2 preface after HTTP/1.1 requests"))
+            elif kind == ERROR:
+                self._parse_error(cast(BadMessage, arg))
+        if r.in_head and not self.head_started:
+            self.head_started = now  # a head under way: the runtime's sweeper times it
         self.flush()
 
     def eof_received(self) -> bool | None:
@@ -291,6 +295,11 @@ class ServerConn(StreamUser):
 
     def write(self, data: bytes) -> None:
         self.wbuf.append(data)
+
+    def between_requests(self) -> bool:
+        """Whether it answered a request and no other has begun: closing it now loses nothing."""
+        r = self.reader
+        return not self.queue and bool(r.method) and not r.in_head
 
     def going_away(self) -> None:
         """Its peer connection sent GOAWAY (this proxy drains): the response in flight says `connection: close`.
@@ -323,74 +332,29 @@ class ServerConn(StreamUser):
             if not self.paused and not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    # --- llhttp callbacks --------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.head_fed = 0
-        ex = Exchange(self)
-        self.parsing = ex
-        self.queue.append(ex)
-        self.head_started = self.now
-        if len(self.queue) > 1:
-            self.pause(1)
-
-    def on_url(self, url: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None  # llhttp calls on_message_begin first
-        ex.url += url
-        ex.head_size += len(url)
-        if ex.head_size > self.max_head:
-            raise BadMessage("request head too large", "head_too_large", 431)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.head_size += len(name) + len(value) + 4
-        if ex.head_size > self.max_head:
-            raise BadMessage("request head too large", "head_too_large", 431)
-        if ex.head_done:
-            # A trailer field: counted against the head's limits, kept for the next hop (on_message_complete).
-            t = ex.trailers
-            if t is None:
-                t = ex.trailers = []
-            t.append(name)
-            t.append(value)
-            if len(t) > 2 * self.max_headers:
-                raise BadMessage("too many request trailer fields", "head_too_large", 431)
-            return
-        raw = ex.raw
-        raw.append(name)
-        raw.append(value)
-        if len(raw) > 2 * self.max_headers:
-            raise BadMessage("too many request headers", "head_too_large", 431)
-
-    def on_headers_complete(self) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.head_done = True
+    # --- the codec's events (protocols/http1_codec.py) ----------------------------
+    def _request_head(self, h: RequestHead) -> None:
+        t0 = self.head_started or self.now
         self.head_started = 0.0
-        self.head_fed = 0
-        ex.method = self.p_method()
-        ka = ex.keep_alive = self.p_keep_alive()
-        ex.upgrade = self.p_upgrade()
-        try:
-            h = ex.head = RequestHead(ex.raw)
-            ex.framing, _ = h.framing()
-        except BadMessage as e:
-            ex.http10 = self.p_version() == "1.0"
-            ex.error = (e.reason, str(e), e.status)
-            ex.keep_alive = False
-            raise
-        # llhttp keeps an HTTP/1.0 request alive only when a Connection (or Proxy-Connection)
-        # header asks, so a kept-alive request without one is HTTP/1.1: get_http_version,
-        # a str.format in httptools (about 2,200 instructions), is asked only otherwise.
-        ex.http10 = False if ka and not h.says_connection else self.p_version() == "1.0"
-        if self.queue[0] is ex:
+        ex = Exchange(self, h.target, t0)
+        ex.head = h
+        ex.method = h.method
+        ex.keep_alive = h.keep_alive
+        ex.upgrade = h.wants_upgrade
+        ex.framing = h.body_framing
+        ex.http10 = h.http10
+        ex.head_done = True
+        self.parsing = ex
+        q = self.queue
+        q.append(ex)
+        if len(q) > 1:
+            self.pause(1)
+        elif q[0] is ex:
             self._dispatch(ex)
 
-    def on_body(self, body: bytes) -> None:
-        self.head_fed = 0
+    def _request_data(self, body: bytes) -> None:
         ex = self.parsing
-        assert ex is not None
+        assert ex is not None  # the codec gives a head first
         up = ex.upstream
         if up is not None and up.sending is ex:
             up.send_body(body)
@@ -400,27 +364,27 @@ class ServerConn(StreamUser):
             if ex.pending_bytes > HIGH_WATER:
                 self.pause(2)
 
-    def on_message_complete(self) -> None:
-        self.head_fed = 0
+    def _request_end(self, trailers: list[bytes] | None) -> None:
         ex = self.parsing
         assert ex is not None
         self.parsing = None
         ex.req_done = True
-        t = ex.trailers
-        if t is not None:
-            ex.trailers = trailer_fields(t)
+        if trailers is not None:
+            ex.trailers = trailers  # (set only then: a new key in the exchange's dict costs)
         up = ex.upstream
         if up is not None and up.sending is ex:
             up.end_body()
 
     # --- timeouts (called by the runtime's sweeper) ---------------------------
     def request_timeout(self) -> None:
-        ex = self.parsing
         self.head_started = 0.0
-        if ex is None or self.queue[0] is not ex:
+        self.reader.stop()
+        if self.queue:  # a pipelined head that did not arrive in time: nothing to answer it in order
             self.transport.close()
             return
-        self.parsing = None
+        ex = Exchange(self, b"", self.now)
+        ex.head_done = True
+        self.queue.append(ex)
         ex.req_done = True
         ex.keep_alive = False
         self._mesh_error(ex, "request_timeout", "the request head did not arrive in time")
@@ -437,25 +401,17 @@ class ServerConn(StreamUser):
         self.flush()
 
     # --- request handling -------------------------------------------------
-    def _is_http2(self, e: Exception) -> bool:
-        """The client sent the HTTP/2 preface (llhttp stops at its PRI line) as its first request."""
-        ex = self.parsing
-        return (ex is not None and ex.url == b"*" and len(self.queue) == 1 and self.queue[0] is ex
-                and self.p_method() == b"PRI")
-
-    def _refuse_http2(self, data: bytes) -> None:
-        """Hand the connection to a responder that tells the HTTP/2 client why it cannot be served."""
+    def _refuse_http2(self, rest: bytes) -> None:
+        """The client sent the HTTP/2 preface: hand the connection to a responder that tells it why it cannot be served."""
         rt = self.rt
         side = self.side.name
         rt.stats.error(side, "http2_not_supported")
-        ex = self.parsing
-        if ex is not None and self.logging:
+        if self.logging:
+            ex = Exchange(self, b"*", self.now)
             ex.method = b"PRI"
             rt.access_log(ex, 505, "http2_not_supported")
         self.parsing = None
         self.closing = True
-        i = data.find(_PRI_LINE)
-        rest = data[i + len(_PRI_LINE):] if i >= 0 else data
         hop = f"http2_not_supported; hop={rt.host}/{side}".encode()
         refusal = Refusal(headers=[(ERROR_HEADER, hop)])
         transport = self.transport
@@ -465,20 +421,22 @@ class ServerConn(StreamUser):
         if rest:
             responder.data_received(rest)
 
-    def _parse_error(self, e: Exception) -> None:
+    def _parse_error(self, e: BadMessage) -> None:
+        """The codec cannot read on (it reads nothing more): answer the message in hand, or a new one, and close."""
         ex = self.parsing
-        cause = e if isinstance(e, BadMessage) else (
-            e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None)
-        if isinstance(cause, BadMessage):
-            reason, msg, status = cause.reason, str(cause), cause.status
-        else:
-            reason, msg, status = "bad_request", f"malformed request: {e}", 400
+        reason, msg, status = e.reason, str(e), e.status
         self.parsing = None
         self.closing = True
         # Nothing after a bad message can be trusted to start a new one.
         self.transport.pause_reading()
         if ex is None:
-            ex = Exchange(self)
+            r = self.reader
+            ex = Exchange(self, r.url, self.head_started or self.now)
+            self.head_started = 0.0
+            if r.head_done:  # llhttp read the head; the rules on top of it refused it
+                ex.method = r.method
+                ex.http10 = r.http10
+            ex.head_done = True
             self.queue.append(ex)
         ex.keep_alive = False
         ex.req_done = True
@@ -862,14 +820,12 @@ class UpstreamConn(PooledConn):
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] = _no_write
         self.t_closing: Callable[[], bool] = _closed
-        self._new_parser()
+        self.reader = ResponseReader(rt.limits.max_head_bytes)
         self.now = 0.0  # when the current read arrived
         self.sending: Exchange | None = None
         self.ex: Exchange | None = None
         self.client: ServerConn | None = None
         self.wbuf: list[bytes] = []
-        self.hdrs: list[bytes] = []  # flat, as RequestHead takes them
-        self.rh: ResponseHead | None = None
         self.status = 0
         self.lost = False
         self.retry_to: Routed | None = None
@@ -877,21 +833,10 @@ class UpstreamConn(PooledConn):
         self.used = 0
         self.idle_since = 0.0
         self.resp_framing = Framing.NONE
-        self.head_only = False
-        self.interim = False
         self.tunnel = False
         self.got_bytes = False
-        self.head_fed = 0  # as ServerConn.head_fed: a response head that never ends is cut at the limit
-        self.max_head = rt.limits.max_head_bytes
         self.link: LinkStats | None = pool.link if pool.count_conns else None
         self.limits: Limits | None = None  # the destination's limits that count this connection (overload)
-
-    def _new_parser(self) -> None:
-        """A response parser, with the methods called per response bound once."""
-        p = self.parser = httptools.HttpResponseParser(self)
-        self.feed: Callable[[bytes], None] = p.feed_data
-        self.p_status: Callable[[], int] = p.get_status_code
-        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -1003,8 +948,7 @@ class UpstreamConn(PooledConn):
         self.sending = ex
         ex.upstream = self
         self.client = client = ex.conn
-        self.head_only = ex.method == b"HEAD"
-        self.interim = False
+        self.reader.expect(ex.method == b"HEAD", ex.upgrade)
         head = ex.up_head
         if head is None:
             head = ex.up_head = client.build_upstream_head(ex)
@@ -1050,24 +994,34 @@ class UpstreamConn(PooledConn):
             self.transport.abort()
             return
         self.now = _mono()
-        self.head_fed += len(data)
-        try:
-            self.feed(data)
-        except httptools.HttpParserUpgrade as e:
-            rest = data[e.args[0]:]
-            if rest and self.tunnel:
-                self.transport.get_protocol().data_received(rest)
-            return
-        except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _HeadDone):
-                self._head_done(data)
-            else:
-                self._protocol_error(str(e.__context__ or e))
-        except httptools.HttpParserError as e:
-            self._protocol_error(str(e))
-        else:
-            if self.head_fed > self.max_head:
-                self._protocol_error(f"response head larger than {self.max_head} bytes")
+        ev = self.reader.feed(data)
+        n = len(ev)
+        i = 0
+        while i < n:
+            kind: int = ev[i]  # an int, compared natively (as Any, each == was a rich compare)
+            arg = ev[i + 1]
+            i += 2
+            if kind == UPGRADE:
+                rest = cast(bytes, arg)
+                if rest and self.tunnel:
+                    self.transport.get_protocol().data_received(rest)
+                return
+            if kind == ERROR:
+                self._protocol_error(str(arg))
+                break
+            if self.ex is None:
+                # More than the answer to the request sent: the peer is not speaking HTTP as agreed.
+                if not self.lost:
+                    self.transport.abort()
+                break
+            if kind == DATA:
+                self._response_data(cast(bytes, arg))
+            elif kind == HEAD:
+                self._response_head(cast(ResponseHead, arg))
+            elif kind == END:
+                self._response_end(cast("list[bytes] | None", arg))
+            elif kind == INTERIM:
+                self._interim(cast(Response, arg))
         if c is not None:
             c.flush()
         if not self.lost:
@@ -1090,49 +1044,31 @@ class UpstreamConn(PooledConn):
         else:
             c._mesh_error(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
 
-    # No on_message_begin: a callback per response costs about 1,000 instructions.
-    # hdrs is emptied when a head is complete and when a message is (after its trailer fields).
-    def on_header(self, name: bytes, value: bytes) -> None:
-        h = self.hdrs
-        h.append(name)
-        h.append(value)
-        if len(h) > 800:
-            raise BadMessage("too many response headers", "upstream_protocol_error", 502)
-
-    def on_headers_complete(self) -> None:
-        self.head_fed = 0
+    # --- the codec's events (protocols/http1_codec.py) ----------------------------
+    def _interim(self, r: Response) -> None:
+        """A 1xx: 100, 102 and 103 go on to a client that can read them."""
         ex = self.ex
-        status = self.p_status()
+        assert ex is not None and self.client is not None
+        if r.status in _FORWARD_1XX and not ex.http10:
+            self.client.write(_head(status_line(r.status), r.fields))
+
+    def _response_head(self, rh: ResponseHead) -> None:
+        r = self.reader
+        status = r.status
+        ex = self.ex
         c = self.client
         assert ex is not None and c is not None
-        rh = self.rh
-        if rh is None:
-            self.rh = rh = ResponseHead(self.hdrs)
-        else:
-            rh.parse(self.hdrs)  # the previous response's head is done with
-        self.hdrs = []
-        if status < 200:
-            if status == 101 and ex.upgrade:
-                self._switch(ex, status)
-                return
-            self.interim = True
-            if status in _FORWARD_1XX and not ex.http10:
-                rh.drop_connection_listed()
-                c.write(_head(status_line(status), rh.forward))
+        if status == 101:  # the codec says so only when the request asked to upgrade
+            self._switch(ex, status)
             return
         if (status >= 500 or status == 421) and self._retry_elsewhere(ex, rh, status):
-            if self.head_only:
-                raise _HeadDone()  # no body will come to end this answer: sent again at once (_head_done)
-            return
-        self.resp_framing, length = rh.framing(status, ex.method)
+            return  # its body is dropped; the request goes again when it has arrived (_response_end)
+        self.resp_framing = r.framing
         ex.resp_started = True
-        c.write(c.build_response_head(ex, status, rh, self.resp_framing, length, self.now))
+        c.write(c.build_response_head(ex, status, rh, r.framing, r.length, self.now))
         self.status = status
-        if self.head_only:
-            raise _HeadDone()
 
-    def on_body(self, body: bytes) -> None:
-        self.head_fed = 0
+    def _response_data(self, body: bytes) -> None:
         ex = self.ex
         if self.retry_to is not None:
             return  # the peer's error, being replaced by another endpoint's answer
@@ -1144,24 +1080,14 @@ class UpstreamConn(PooledConn):
         else:
             c.write(body)
 
-    def on_message_complete(self) -> None:
-        self.head_fed = 0
-        trailers: list[bytes] | None = None
-        if self.hdrs:
-            trailers = self.hdrs  # the trailer section of a chunked body
-            self.hdrs = []
-        if self.interim:
-            self.interim = False
-            return
-        if self.tunnel:
-            return
+    def _response_end(self, trailers: list[bytes] | None) -> None:
         ex = self.ex
-        if ex is None:
+        if ex is None or self.tunnel:
             return
         if self.retry_to is not None:
-            self._resend(ex, self.p_keep_alive())
+            self._resend(ex, self.reader.keep_alive)
             return
-        self._complete(ex, self.p_keep_alive(), trailers)
+        self._complete(ex, self.reader.keep_alive, trailers)
 
     def _retry_elsewhere(self, ex: Exchange, rh: ResponseHead, status: int) -> bool:
         """A 5xx (or 421): the side decides whether another try may get a better answer.
@@ -1204,23 +1130,12 @@ class UpstreamConn(PooledConn):
         else:
             self.rt.spawn(c._connect_and_start(ex, nxt))
 
-    def _head_done(self, data: bytes) -> None:
-        ex = self.ex
-        assert ex is not None
-        # The response to HEAD has no body even if it says Content-Length; llhttp
-        # cannot be told so, so the parser is replaced.
-        self._new_parser()
-        if self.retry_to is not None:
-            self._resend(ex, data.endswith(b"\r\n\r\n"))
-            return
-        self._complete(ex, reusable=data.endswith(b"\r\n\r\n"))
-
     def _complete(self, ex: Exchange, reusable: bool, trailers: list[bytes] | None = None) -> None:
         """The response to ex is complete: its end (and trailer fields, when it goes out chunked) to the client."""
         c = self.client
         assert c is not None and ex.routed is not None
         if ex.resp_chunked:
-            c.write(LAST_CHUNK if trailers is None else last_chunk(trailer_fields(trailers)))
+            c.write(LAST_CHUNK if trailers is None else last_chunk(trailers))
         # The response leaves now; the counting and pooling below are not on its way.
         c.flush()
         c.exchange_done(ex, self.status, "", self.status < 500, self.now)
@@ -1242,7 +1157,7 @@ class UpstreamConn(PooledConn):
         half-close crosses the mesh as it would cross a plain TCP connection.
         """
         c = self.client
-        rh = self.rh
+        rh = self.reader.rh
         assert c is not None and rh is not None and ex.routed is not None
         ex.resp_started = True
         rh.drop_connection_listed()
@@ -1285,10 +1200,6 @@ class UpstreamConn(PooledConn):
         if self.link is not None:
             self.link.open_conns -= 1
         self.pool.discard(self)
-
-
-class _HeadDone(Exception):
-    pass
 
 
 def take(pool: Pool) -> UpstreamConn | None:

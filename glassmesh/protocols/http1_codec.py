@@ -1,0 +1,336 @@
+"""The HTTP/1.1 codec, sans-IO: bytes in, message events out (h11's shape, on llhttp), and back.
+
+No socket, no transport, no clock: a reader is fed the bytes a connection
+read and returns the events they complete; the writer functions turn events
+into the bytes to send. The proxy's connections (proxy/http.py) do the I/O
+and act on the events; tests drive a reader with bytes alone
+(tests/unit/test_http1_codec.py).
+
+Events are queued flat in `reader.events` (kind, payload, kind, payload, ...),
+in order, and the caller empties the list once it has acted on them: an event
+object per event, made and freed, cost more than the two list slots. The
+kinds, with their payloads (the neutral model is protocols/message.py):
+
+    HEAD        a request's RequestHead, or a final response's ResponseHead
+    INTERIM     a 1xx response as a message.Response (status, fields less connection ones); never a 101
+                that switches (that one is a HEAD)
+    DATA        bytes of the body
+    END         the message is complete; payload: its trailer fields (filtered) or None
+    UPGRADE     the bytes after a head that switched protocols (a request that asked to upgrade, a 101)
+    PREFACE     (requests) the HTTP/2 connection preface instead of a request; payload: the bytes after it
+    ERROR       the bytes cannot be read on; payload: a BadMessage (status and reason code); the reader is dead
+
+llhttp's own checks (chunk sizes, obs-fold, header characters, Content-Length
+with Transfer-Encoding, framing fields in a trailer section) come out as ERROR
+400; the head rules on top of it are protocols/http1.py's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import httptools
+
+from glassmesh.protocols.http1 import BadMessage, Framing, RequestHead, ResponseHead
+from glassmesh.protocols.message import Response, trailer_fields
+
+HEAD: Final = 1
+INTERIM: Final = 2
+DATA: Final = 3
+END: Final = 4
+UPGRADE: Final = 5
+PREFACE: Final = 6
+ERROR: Final = 7
+
+NAMES: Final = {HEAD: "HEAD", INTERIM: "INTERIM", DATA: "DATA", END: "END", UPGRADE: "UPGRADE",
+                PREFACE: "PREFACE", ERROR: "ERROR"}
+
+PRI_LINE: Final = b"PRI * HTTP/2.0\r\n\r\n"  # what llhttp reads of the HTTP/2 preface before it stops
+
+
+class RequestReader:
+    """A client connection's bytes in, request events out.
+
+    Limits: a head (request line, fields, and a trailer section) of at most
+    max_head bytes and max_headers fields. llhttp reports a field only when its
+    line ends, and httptools grows one value in memory until then, so the bytes
+    fed since the last event are counted too: a value that never ends is cut
+    at the limit plus at most one read.
+    """
+
+    def __init__(self, max_head: int, max_headers: int) -> None:
+        self.max_head = max_head
+        self.max_headers = max_headers
+        self.events: list[Any] = []
+        p = httptools.HttpRequestParser(self)
+        # Bound once: a method lookup per call is a dict walk on a type mypyc does not know.
+        self.p_feed: Callable[[bytes], None] = p.feed_data
+        self.p_method: Callable[[], bytes] = p.get_method
+        self.p_version: Callable[[], str] = p.get_http_version
+        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
+        self.p_upgrade: Callable[[], bool] = p.should_upgrade
+        self.in_head = False  # a head has begun and is not complete (the request timeout's business)
+        self.fed = 0  # bytes fed since the last event: while a head arrives, its size so far
+        self.head_size = 0
+        self.url = b""
+        self.raw: list[bytes] = []
+        self.trailers: list[bytes] | None = None
+        self.head_done = False
+        self.dead = False
+        # Of the last head llhttp read (also a refused one): for the answer to a bad request.
+        self.method = b""
+        self.http10 = False
+
+    def feed(self, data: bytes) -> list[Any]:
+        """The events these bytes complete (reader.events, emptied at the next feed)."""
+        ev = self.events
+        if ev:
+            ev.clear()
+        if self.dead:
+            return ev
+        self.fed += len(data)
+        try:
+            self.p_feed(data)
+        except httptools.HttpParserUpgrade as e:
+            self.dead = True
+            ev.append(UPGRADE)
+            ev.append(data[e.args[0]:])
+        except httptools.HttpParserError as e:
+            self.dead = True
+            if not self.head_done and self.url == b"*" and self.p_method() == b"PRI":
+                i = data.find(PRI_LINE)
+                ev.append(PREFACE)
+                ev.append(data[i + len(PRI_LINE):] if i >= 0 else data)
+                return ev
+            cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
+            ev.append(ERROR)
+            ev.append(cause if isinstance(cause, BadMessage) else BadMessage(f"malformed request: {e}"))
+        else:
+            if self.fed > self.max_head:
+                self.dead = True
+                ev.append(ERROR)
+                ev.append(BadMessage("request head too large", "head_too_large", 431))
+        return ev
+
+    def stop(self) -> None:
+        """Read nothing more (the connection is being closed: a head that came too late, a refusal)."""
+        self.dead = True
+        self.in_head = False
+
+    # --- llhttp callbacks --------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.fed = 0
+        self.in_head = True
+        self.head_done = False
+        self.head_size = 0
+        self.url = b""
+        self.raw = []
+        self.trailers = None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+        if self.head_size > self.max_head:
+            raise BadMessage("request head too large", "head_too_large", 431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.max_head:
+            raise BadMessage("request head too large", "head_too_large", 431)
+        if self.head_done:
+            t = self.trailers
+            if t is None:
+                t = self.trailers = []
+            t.append(name)
+            t.append(value)
+            if len(t) > 2 * self.max_headers:
+                raise BadMessage("too many request trailer fields", "head_too_large", 431)
+            return
+        raw = self.raw
+        raw.append(name)
+        raw.append(value)
+        if len(raw) > 2 * self.max_headers:
+            raise BadMessage("too many request headers", "head_too_large", 431)
+
+    def on_headers_complete(self) -> None:
+        self.fed = 0
+        self.in_head = False
+        self.head_done = True
+        method = self.method = self.p_method()
+        ka = self.p_keep_alive()
+        try:
+            h = RequestHead(self.raw)
+            framing, _ = h.framing()
+        except BadMessage:
+            self.http10 = self.p_version() == "1.0"
+            raise
+        h.method = method
+        h.target = self.url
+        h.keep_alive = ka
+        h.wants_upgrade = self.p_upgrade()
+        h.body_framing = framing
+        # llhttp keeps an HTTP/1.0 request alive only when a Connection (or Proxy-Connection)
+        # header asks, so a kept-alive request without one is HTTP/1.1: get_http_version,
+        # a str.format in httptools (about 2,200 instructions), is asked only otherwise.
+        h.http10 = self.http10 = False if ka and not h.says_connection else self.p_version() == "1.0"
+        ev = self.events
+        ev.append(HEAD)
+        ev.append(h)
+
+    def on_body(self, body: bytes) -> None:
+        self.fed = 0
+        ev = self.events
+        ev.append(DATA)
+        ev.append(body)
+
+    def on_message_complete(self) -> None:
+        self.fed = 0
+        t = self.trailers
+        ev = self.events
+        ev.append(END)
+        ev.append(None if t is None else trailer_fields(t))
+
+
+class _HeadDone(Exception):
+    """Raised in llhttp's head callback to stop it reading a body the response to HEAD does not have."""
+
+
+class ResponseReader:
+    """An upstream connection's bytes in, response events out.
+
+    expect() is told of each request before its response arrives: the
+    response to HEAD has no body whatever its head says (llhttp cannot be told
+    so: its parser is stopped and replaced), and only a request that asked to
+    upgrade may be switched by a 101.
+    """
+
+    def __init__(self, max_head: int) -> None:
+        self.max_head = max_head
+        self.events: list[Any] = []
+        self._new_parser()
+        self.hdrs: list[bytes] = []  # flat, as ResponseHead takes them; the trailer section after a body
+        # One head, parsed into again per response: a new object per response, and freeing it,
+        # cost about 1,500 instructions.
+        self.rh: ResponseHead | None = None
+        self.fed = 0
+        self.head_only = False
+        self.may_upgrade = False
+        self.interim = False
+        self.switched = False
+        self.status = 0
+        self.framing = Framing.NONE
+        self.length = 0
+        self.keep_alive = True  # of the last complete response: whether its connection may carry another
+        # Whether a request awaits its final answer: bytes of a further response before the next
+        # request are an error, and never read over the head the proxy is about to act on.
+        self.awaiting = False
+
+    def _new_parser(self) -> None:
+        p = httptools.HttpResponseParser(self)
+        self.p_feed: Callable[[bytes], None] = p.feed_data
+        self.p_status: Callable[[], int] = p.get_status_code
+        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
+
+    def expect(self, head_only: bool, may_upgrade: bool) -> None:
+        """The next response answers a HEAD request (head_only), or one that asked to upgrade."""
+        self.head_only = head_only
+        self.may_upgrade = may_upgrade
+        self.interim = False
+        self.awaiting = True
+
+    def feed(self, data: bytes) -> list[Any]:
+        """The events these bytes complete (reader.events, emptied at the next feed)."""
+        ev = self.events
+        if ev:
+            ev.clear()
+        self.fed += len(data)
+        try:
+            self.p_feed(data)
+        except httptools.HttpParserUpgrade as e:
+            ev.append(UPGRADE)
+            ev.append(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadDone):
+                # Nothing after the head (else the peer and we disagree on where the answer ends).
+                self.keep_alive = data.endswith(b"\r\n\r\n") and self.p_keep_alive()
+                self.awaiting = False
+                self._new_parser()
+                ev.append(END)
+                ev.append(None)
+            else:
+                ctx = e.__context__
+                ev.append(ERROR)
+                ev.append(BadMessage(str(ctx or e), "upstream_protocol_error", 502))
+        except httptools.HttpParserError as e:
+            ev.append(ERROR)
+            ev.append(BadMessage(str(e), "upstream_protocol_error", 502))
+        else:
+            if self.fed > self.max_head:
+                ev.append(ERROR)
+                ev.append(BadMessage(f"response head larger than {self.max_head} bytes",
+                                     "upstream_protocol_error", 502))
+        return ev
+
+    # --- llhttp callbacks (no on_message_begin: a callback per response costs about 1,000 instructions)
+    def on_header(self, name: bytes, value: bytes) -> None:
+        h = self.hdrs
+        h.append(name)
+        h.append(value)
+        if len(h) > 800:
+            raise BadMessage("too many response headers", "upstream_protocol_error", 502)
+
+    def on_headers_complete(self) -> None:
+        self.fed = 0
+        if not self.awaiting:
+            raise BadMessage("a response to no request")
+        status = self.p_status()
+        if status < 200 and not (status == 101 and self.may_upgrade):
+            # Its own head: the final one may follow in the same read, and is parsed into self.rh.
+            ih = ResponseHead(self.hdrs)
+            self.hdrs = []
+            ih.drop_connection_listed()
+            self.interim = True
+            ev = self.events
+            ev.append(INTERIM)
+            ev.append(Response(status, ih.forward))
+            return
+        self.status = status
+        rh = self.rh
+        if rh is None:
+            self.rh = rh = ResponseHead(self.hdrs)
+        else:
+            rh.parse(self.hdrs)  # the previous response's head is done with
+        self.hdrs = []
+        ev = self.events
+        if status == 101:
+            self.switched = True
+        else:
+            self.framing, self.length = rh.framing(status, b"HEAD" if self.head_only else b"GET")
+        ev.append(HEAD)
+        ev.append(rh)
+        if self.head_only and status >= 200:
+            raise _HeadDone()
+
+    def on_body(self, body: bytes) -> None:
+        self.fed = 0
+        ev = self.events
+        ev.append(DATA)
+        ev.append(body)
+
+    def on_message_complete(self) -> None:
+        self.fed = 0
+        trailers: list[bytes] | None = None
+        if self.hdrs:
+            trailers = trailer_fields(self.hdrs)  # the trailer section of a chunked body
+            self.hdrs = []
+        if self.interim:
+            self.interim = False
+            return
+        if self.switched:
+            return
+        self.keep_alive = self.p_keep_alive()
+        self.awaiting = False
+        ev = self.events
+        ev.append(END)
+        ev.append(trailers)
