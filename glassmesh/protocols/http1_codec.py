@@ -7,8 +7,10 @@ and act on the events; tests drive a reader with bytes alone
 (tests/unit/test_http1_codec.py).
 
 Events are queued flat in `reader.events` (kind, payload, kind, payload, ...),
-in order, and the caller empties the list once it has acted on them: an event
-object per event, made and freed, cost more than the two list slots. The
+in order; feed() returns how many slots of it this feed filled. The list is
+written over, never emptied: an event object per event, made and freed, or a
+list emptied and grown again per read, cost more (callgrind). The caller lets
+a DATA slot go (None) once it sent the bytes on, so that no body is held. The
 kinds, with their payloads (the neutral model is protocols/message.py):
 
     HEAD        a request's RequestHead, or a final response's ResponseHead
@@ -63,6 +65,7 @@ class RequestReader:
         self.max_head = max_head
         self.max_headers = max_headers
         self.events: list[Any] = []
+        self.n = 0
         p = httptools.HttpRequestParser(self)
         # Bound once: a method lookup per call is a dict walk on a type mypyc does not know.
         self.p_feed: Callable[[bytes], None] = p.feed_data
@@ -82,36 +85,41 @@ class RequestReader:
         self.method = b""
         self.http10 = False
 
-    def feed(self, data: bytes) -> list[Any]:
-        """The events these bytes complete (reader.events, emptied at the next feed)."""
+    def _emit(self, kind: int, arg: Any) -> None:
         ev = self.events
-        if ev:
-            ev.clear()
+        n = self.n
+        if n < len(ev):
+            ev[n] = kind
+            ev[n + 1] = arg
+        else:
+            ev.append(kind)
+            ev.append(arg)
+        self.n = n + 2
+
+    def feed(self, data: bytes) -> int:
+        """How many slots of reader.events the events these bytes complete fill."""
+        self.n = 0
         if self.dead:
-            return ev
+            return 0
         self.fed += len(data)
         try:
             self.p_feed(data)
         except httptools.HttpParserUpgrade as e:
             self.dead = True
-            ev.append(UPGRADE)
-            ev.append(data[e.args[0]:])
+            self._emit(UPGRADE, data[e.args[0]:])
         except httptools.HttpParserError as e:
             self.dead = True
             if not self.head_done and self.url == b"*" and self.p_method() == b"PRI":
                 i = data.find(PRI_LINE)
-                ev.append(PREFACE)
-                ev.append(data[i + len(PRI_LINE):] if i >= 0 else data)
-                return ev
+                self._emit(PREFACE, data[i + len(PRI_LINE):] if i >= 0 else data)
+                return self.n
             cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
-            ev.append(ERROR)
-            ev.append(cause if isinstance(cause, BadMessage) else BadMessage(f"malformed request: {e}"))
+            self._emit(ERROR, cause if isinstance(cause, BadMessage) else BadMessage(f"malformed request: {e}"))
         else:
             if self.fed > self.max_head:
                 self.dead = True
-                ev.append(ERROR)
-                ev.append(BadMessage("request head too large", "head_too_large", 431))
-        return ev
+                self._emit(ERROR, BadMessage("request head too large", "head_too_large", 431))
+        return self.n
 
     def stop(self) -> None:
         """Read nothing more (the connection is being closed: a head that came too late, a refusal)."""
@@ -174,22 +182,16 @@ class RequestReader:
         # header asks, so a kept-alive request without one is HTTP/1.1: get_http_version,
         # a str.format in httptools (about 2,200 instructions), is asked only otherwise.
         h.http10 = self.http10 = False if ka and not h.says_connection else self.p_version() == "1.0"
-        ev = self.events
-        ev.append(HEAD)
-        ev.append(h)
+        self._emit(HEAD, h)
 
     def on_body(self, body: bytes) -> None:
         self.fed = 0
-        ev = self.events
-        ev.append(DATA)
-        ev.append(body)
+        self._emit(DATA, body)
 
     def on_message_complete(self) -> None:
         self.fed = 0
         t = self.trailers
-        ev = self.events
-        ev.append(END)
-        ev.append(None if t is None else trailer_fields(t))
+        self._emit(END, None if t is None else trailer_fields(t))
 
 
 class _HeadDone(Exception):
@@ -208,6 +210,7 @@ class ResponseReader:
     def __init__(self, max_head: int) -> None:
         self.max_head = max_head
         self.events: list[Any] = []
+        self.n = 0
         self._new_parser()
         self.hdrs: list[bytes] = []  # flat, as ResponseHead takes them; the trailer section after a body
         # One head, parsed into again per response: a new object per response, and freeing it,
@@ -239,38 +242,42 @@ class ResponseReader:
         self.interim = False
         self.awaiting = True
 
-    def feed(self, data: bytes) -> list[Any]:
-        """The events these bytes complete (reader.events, emptied at the next feed)."""
+    def _emit(self, kind: int, arg: Any) -> None:
         ev = self.events
-        if ev:
-            ev.clear()
+        n = self.n
+        if n < len(ev):
+            ev[n] = kind
+            ev[n + 1] = arg
+        else:
+            ev.append(kind)
+            ev.append(arg)
+        self.n = n + 2
+
+    def feed(self, data: bytes) -> int:
+        """How many slots of reader.events the events these bytes complete fill."""
+        self.n = 0
         self.fed += len(data)
         try:
             self.p_feed(data)
         except httptools.HttpParserUpgrade as e:
-            ev.append(UPGRADE)
-            ev.append(data[e.args[0]:])
+            self._emit(UPGRADE, data[e.args[0]:])
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadDone):
                 # Nothing after the head (else the peer and we disagree on where the answer ends).
                 self.keep_alive = data.endswith(b"\r\n\r\n") and self.p_keep_alive()
                 self.awaiting = False
                 self._new_parser()
-                ev.append(END)
-                ev.append(None)
+                self._emit(END, None)
             else:
                 ctx = e.__context__
-                ev.append(ERROR)
-                ev.append(BadMessage(str(ctx or e), "upstream_protocol_error", 502))
+                self._emit(ERROR, BadMessage(str(ctx or e), "upstream_protocol_error", 502))
         except httptools.HttpParserError as e:
-            ev.append(ERROR)
-            ev.append(BadMessage(str(e), "upstream_protocol_error", 502))
+            self._emit(ERROR, BadMessage(str(e), "upstream_protocol_error", 502))
         else:
             if self.fed > self.max_head:
-                ev.append(ERROR)
-                ev.append(BadMessage(f"response head larger than {self.max_head} bytes",
-                                     "upstream_protocol_error", 502))
-        return ev
+                self._emit(ERROR, BadMessage(f"response head larger than {self.max_head} bytes",
+                                             "upstream_protocol_error", 502))
+        return self.n
 
     # --- llhttp callbacks (no on_message_begin: a callback per response costs about 1,000 instructions)
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -291,9 +298,7 @@ class ResponseReader:
             self.hdrs = []
             ih.drop_connection_listed()
             self.interim = True
-            ev = self.events
-            ev.append(INTERIM)
-            ev.append(Response(status, ih.forward))
+            self._emit(INTERIM, Response(status, ih.forward))
             return
         self.status = status
         rh = self.rh
@@ -302,21 +307,17 @@ class ResponseReader:
         else:
             rh.parse(self.hdrs)  # the previous response's head is done with
         self.hdrs = []
-        ev = self.events
         if status == 101:
             self.switched = True
         else:
             self.framing, self.length = rh.framing(status, b"HEAD" if self.head_only else b"GET")
-        ev.append(HEAD)
-        ev.append(rh)
+        self._emit(HEAD, rh)
         if self.head_only and status >= 200:
             raise _HeadDone()
 
     def on_body(self, body: bytes) -> None:
         self.fed = 0
-        ev = self.events
-        ev.append(DATA)
-        ev.append(body)
+        self._emit(DATA, body)
 
     def on_message_complete(self) -> None:
         self.fed = 0
@@ -331,6 +332,4 @@ class ResponseReader:
             return
         self.keep_alive = self.p_keep_alive()
         self.awaiting = False
-        ev = self.events
-        ev.append(END)
-        ev.append(trailers)
+        self._emit(END, trailers)

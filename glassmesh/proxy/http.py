@@ -248,14 +248,15 @@ class ServerConn(StreamUser):
     def data_received(self, data: bytes) -> None:
         now = self.now = self.last_active = _mono()
         r = self.reader
-        ev = r.feed(data)
-        n = len(ev)
+        n = r.feed(data)
+        ev = r.events
         i = 0
         while i < n:
             kind: int = ev[i]  # an int, compared natively (as Any, each == was a rich compare)
             arg = ev[i + 1]
             i += 2
             if kind == DATA:
+                ev[i - 1] = None  # not held once sent on
                 self._request_data(cast(bytes, arg))
             elif kind == HEAD:
                 self._request_head(cast(RequestHead, arg))
@@ -994,8 +995,9 @@ class UpstreamConn(PooledConn):
             self.transport.abort()
             return
         self.now = _mono()
-        ev = self.reader.feed(data)
-        n = len(ev)
+        r = self.reader
+        n = r.feed(data)
+        ev = r.events
         i = 0
         while i < n:
             kind: int = ev[i]  # an int, compared natively (as Any, each == was a rich compare)
@@ -1015,6 +1017,7 @@ class UpstreamConn(PooledConn):
                     self.transport.abort()
                 break
             if kind == DATA:
+                ev[i - 1] = None  # not held once sent on
                 self._response_data(cast(bytes, arg))
             elif kind == HEAD:
                 self._response_head(cast(ResponseHead, arg))
