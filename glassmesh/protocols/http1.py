@@ -13,22 +13,12 @@ import random
 import re
 from typing import Final
 
-# Headers that describe one connection and never cross a proxy (RFC 9110 7.6.1),
-# plus proxy-only ones. Content-Length is re-derived for the next hop. Trailer
-# (the names a trailer section will hold) crosses: the trailers themselves do.
-HOP_BY_HOP = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    )
-)
+from glassmesh.protocols.message import CONNECTION_FIELDS
+
+# Headers that never cross a proxy: the connection's own (message.py) and Content-Length,
+# re-derived for the next hop. Trailer (the names a trailer section will hold) crosses: the
+# trailers themselves do.
+HOP_BY_HOP = CONNECTION_FIELDS | {b"content-length"}
 
 # Headers only the mesh may set; a client-sent copy is dropped before forwarding.
 SOURCE_HEADER = b"glassmesh-source"

@@ -51,39 +51,14 @@ NAMES: Final = {HEAD: "HEAD", INTERIM: "INTERIM", DATA: "DATA", END: "END", UPGR
 PRI_LINE: Final = b"PRI * HTTP/2.0\r\n\r\n"  # what llhttp reads of the HTTP/2 preface before it stops
 
 
-class RequestReader:
-    """A client connection's bytes in, request events out.
+class _Reader:
+    """What both readers share: the event slots, and the bytes fed since the last event."""
 
-    Limits: a head (request line, fields, and a trailer section) of at most
-    max_head bytes and max_headers fields. llhttp reports a field only when its
-    line ends, and httptools grows one value in memory until then, so the bytes
-    fed since the last event are counted too: a value that never ends is cut
-    at the limit plus at most one read.
-    """
-
-    def __init__(self, max_head: int, max_headers: int) -> None:
+    def __init__(self, max_head: int) -> None:
         self.max_head = max_head
-        self.max_headers = max_headers
         self.events: list[Any] = []
-        self.n = 0
-        p = httptools.HttpRequestParser(self)
-        # Bound once: a method lookup per call is a dict walk on a type mypyc does not know.
-        self.p_feed: Callable[[bytes], None] = p.feed_data
-        self.p_method: Callable[[], bytes] = p.get_method
-        self.p_version: Callable[[], str] = p.get_http_version
-        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
-        self.p_upgrade: Callable[[], bool] = p.should_upgrade
-        self.in_head = False  # a head has begun and is not complete (the request timeout's business)
+        self.n = 0  # slots of events this feed filled
         self.fed = 0  # bytes fed since the last event: while a head arrives, its size so far
-        self.head_size = 0
-        self.url = b""
-        self.raw: list[bytes] = []
-        self.trailers: list[bytes] | None = None
-        self.head_done = False
-        self.dead = False
-        # Of the last head llhttp read (also a refused one): for the answer to a bad request.
-        self.method = b""
-        self.http10 = False
 
     def _emit(self, kind: int, arg: Any) -> None:
         ev = self.events
@@ -95,6 +70,38 @@ class RequestReader:
             ev.append(kind)
             ev.append(arg)
         self.n = n + 2
+
+
+class RequestReader(_Reader):
+    """A client connection's bytes in, request events out.
+
+    Limits: a head (request line, fields, and a trailer section) of at most
+    max_head bytes and max_headers fields. llhttp reports a field only when its
+    line ends, and httptools grows one value in memory until then, so the bytes
+    fed since the last event are counted too: a value that never ends is cut
+    at the limit plus at most one read.
+    """
+
+    def __init__(self, max_head: int, max_headers: int) -> None:
+        super().__init__(max_head)
+        self.max_headers = max_headers
+        p = httptools.HttpRequestParser(self)
+        # Bound once: a method lookup per call is a dict walk on a type mypyc does not know.
+        self.p_feed: Callable[[bytes], None] = p.feed_data
+        self.p_method: Callable[[], bytes] = p.get_method
+        self.p_version: Callable[[], str] = p.get_http_version
+        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
+        self.p_upgrade: Callable[[], bool] = p.should_upgrade
+        self.in_head = False  # a head has begun and is not complete (the request timeout's business)
+        self.head_size = 0
+        self.url = b""
+        self.raw: list[bytes] = []
+        self.trailers: list[bytes] | None = None
+        self.head_done = False
+        self.dead = False
+        # Of the last head llhttp read (also a refused one): for the answer to a bad request.
+        self.method = b""
+        self.http10 = False
 
     def feed(self, data: bytes) -> int:
         """How many slots of reader.events the events these bytes complete fill."""
@@ -198,7 +205,7 @@ class _HeadDone(Exception):
     """Raised in llhttp's head callback to stop it reading a body the response to HEAD does not have."""
 
 
-class ResponseReader:
+class ResponseReader(_Reader):
     """An upstream connection's bytes in, response events out.
 
     expect() is told of each request before its response arrives: the
@@ -208,15 +215,12 @@ class ResponseReader:
     """
 
     def __init__(self, max_head: int) -> None:
-        self.max_head = max_head
-        self.events: list[Any] = []
-        self.n = 0
+        super().__init__(max_head)
         self._new_parser()
         self.hdrs: list[bytes] = []  # flat, as ResponseHead takes them; the trailer section after a body
         # One head, parsed into again per response: a new object per response, and freeing it,
         # cost about 1,500 instructions.
         self.rh: ResponseHead | None = None
-        self.fed = 0
         self.head_only = False
         self.may_upgrade = False
         self.interim = False
@@ -241,17 +245,6 @@ class ResponseReader:
         self.may_upgrade = may_upgrade
         self.interim = False
         self.awaiting = True
-
-    def _emit(self, kind: int, arg: Any) -> None:
-        ev = self.events
-        n = self.n
-        if n < len(ev):
-            ev[n] = kind
-            ev[n + 1] = arg
-        else:
-            ev.append(kind)
-            ev.append(arg)
-        self.n = n + 2
 
     def feed(self, data: bytes) -> int:
         """How many slots of reader.events the events these bytes complete fill."""

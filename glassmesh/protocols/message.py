@@ -31,26 +31,24 @@ from __future__ import annotations
 
 from typing import Final
 
-# Fields that must not travel as trailers (RFC 9110 6.5.1): framing, routing and
-# connection control are read from the head alone, so a trailer that repeats one
-# would mean something else to each hop that reads it. The mesh's own headers are
-# set by mesh hops only, never taken from a peer's trailer section.
-NOT_IN_TRAILERS: Final = frozenset((
-    b"content-length",
-    b"transfer-encoding",
-    b"host",
+# Fields that describe one connection, not the message (RFC 9110 7.6.1), and proxy-only ones:
+# never passed on by a proxy, in any version (HTTP/2 forbids them outright).
+CONNECTION_FIELDS: Final = frozenset((
     b"connection",
     b"keep-alive",
     b"proxy-connection",
     b"proxy-authenticate",
     b"proxy-authorization",
     b"te",
-    b"trailer",
+    b"transfer-encoding",
     b"upgrade",
-    b"expect",
-    b"x-request-id",
-    b"traceparent",
 ))
+# Fields that must not travel as trailers (RFC 9110 6.5.1): framing, routing and
+# connection control are read from the head alone, so a trailer that repeats one
+# would mean something else to each hop that reads it. The mesh's own headers are
+# set by mesh hops only, never taken from a peer's trailer section.
+NOT_IN_TRAILERS: Final = CONNECTION_FIELDS | {
+    b"content-length", b"trailer", b"host", b"expect", b"x-request-id", b"traceparent"}
 _MESH_PREFIX: Final = b"glassmesh-"
 
 

@@ -4,8 +4,12 @@ Both proxy sides use these classes; a Side object decides where a request
 goes and what the mesh adds to it (outbound: request id, trace context;
 inbound: the caller's identity). The path of one request:
 
-  ServerConn (parse request with llhttp) -> Side.route -> Pool (reuse or connect)
-  -> UpstreamConn (write head, stream body; parse response) -> ServerConn (write response)
+  ServerConn (the codec's request events) -> Side.route -> Pool (reuse or connect)
+  -> UpstreamConn (write head, stream body and trailers; the codec's response events)
+  -> ServerConn (write response)
+
+Bytes are read into events by protocols/http1_codec.py (sans-IO, on llhttp);
+these classes act on the events and do the I/O.
 
 No task and no timer per request: timeouts are checked by one sweeper per
 process (see runtime.py), and writes made while handling one read are
@@ -142,6 +146,33 @@ class Exchange:
 
     No __slots__: most fields keep their class-level default for the whole
     exchange, and setting two dozen slots per request cost more than a dict.
+
+    The states one exchange passes through. Today they are implicit in the fields
+    below (and in its UpstreamConn's), not one explicit machine: this table is the
+    contract that machine is to keep (see README "Layout"). Events from the codec
+    (protocols/http1_codec.py) are in capitals.
+
+    | state      | what holds it                           | event                       | next                       |
+    |------------|-----------------------------------------|-----------------------------|----------------------------|
+    | (head)     | the codec: reader.in_head, no exchange  | HEAD                        | queued, or routing if first|
+    |            |                                         | ERROR, request timeout      | answered (400/431/408)     |
+    | queued     | in conn.queue behind another (pipelined)| the one before it finishes  | routing                    |
+    | routing    | Side.route (synchronous)                | Routed / (reason, message)  | held, sending; answered    |
+    | held       | routed, delay set (fault injection)     | the delay's timer           | sending                    |
+    | connecting | routed, no upstream (a connect task)    | connected / ConnectError    | sending; retry or answered |
+    | sending    | upstream set, upstream.sending is ex    | DATA, END (+ trailers)      | awaiting                   |
+    | awaiting   | req_done, upstream set, no answer yet   | INTERIM (1xx)               | awaiting (100/102/103 sent)|
+    |            |                                         | HEAD 101 (asked to upgrade) | tunnel                     |
+    |            |                                         | HEAD 5xx/421, Side.retry    | retrying                   |
+    |            |                                         | HEAD                        | responding                 |
+    |            |                                         | reset before any byte       | connecting (replay) or 502 |
+    | retrying   | upstream.retry_to (its body dropped)    | END                         | sending (or connecting)    |
+    | responding | resp_started                            | DATA, END (+ trailers)      | done                       |
+    |            |                                         | reset, ERROR, timeout       | done, client closed        |
+    | tunnel     | both connections handed to tcp.Relay    | -                           | -                          |
+    | answered   | a mesh error written (_mesh_error)      | -                           | done                       |
+    | done       | exchange_done told the observers once   | finish                      | the next queued one routes |
+    | abandoned  | cancelled: the client left              | connection_lost             | (its holds let go)         |
     """
 
     head: RequestHead | None = None
