@@ -6,21 +6,23 @@ into the bytes to send. The proxy's connections (proxy/http.py) do the I/O
 and act on the events; tests drive a reader with bytes alone
 (tests/unit/test_http1_codec.py).
 
-Events are queued flat in `reader.events` (kind, payload, kind, payload, ...),
-in order; feed() returns how many slots of it this feed filled. The list is
-written over, never emptied: an event object per event, made and freed, or a
-list emptied and grown again per read, cost more (callgrind). The caller lets
-a DATA slot go (None) once it sent the bytes on, so that no body is held. The
-kinds, with their payloads (the neutral model is protocols/message.py):
+A reader tells its events to an Events object, one method call per event,
+as they complete (inside llhttp's callbacks, or after it stopped): a native
+call each. Queuing them as objects, or as slots of a list read back after
+each read, cost about 1,000 instructions per proxied request (callgrind).
+Recorder turns the calls into a list again, for tests and for anyone who
+wants h11's next_event() shape. The events, with what each carries (the
+neutral model is protocols/message.py):
 
-    HEAD        a request's RequestHead, or a final response's ResponseHead
-    INTERIM     a 1xx response as a message.Response (status, fields less connection ones); never a 101
+    HEAD        request_head(RequestHead), or response_head(ResponseHead) of a final response
+    INTERIM     interim(message.Response): a 1xx (status, fields less connection ones); never a 101
                 that switches (that one is a HEAD)
-    DATA        bytes of the body
-    END         the message is complete; payload: its trailer fields (filtered) or None
-    UPGRADE     the bytes after a head that switched protocols (a request that asked to upgrade, a 101)
-    PREFACE     (requests) the HTTP/2 connection preface instead of a request; payload: the bytes after it
-    ERROR       the bytes cannot be read on; payload: a BadMessage (status and reason code); the reader is dead
+    DATA        data(bytes): a piece of the body
+    END         end(trailers): the message is complete, with its trailer fields (filtered) or None
+    UPGRADE     upgrade(bytes): what came after a head that switched protocols (an upgrade request, a 101)
+    PREFACE     preface(bytes): (requests) the HTTP/2 connection preface instead of a request, and
+                what came after it
+    ERROR       error(BadMessage): the bytes cannot be read on (status and reason code); the reader is dead
 
 llhttp's own checks (chunk sizes, obs-fold, header characters, Content-Length
 with Transfer-Encoding, framing fields in a trailer section) come out as ERROR
@@ -51,25 +53,81 @@ NAMES: Final = {HEAD: "HEAD", INTERIM: "INTERIM", DATA: "DATA", END: "END", UPGR
 PRI_LINE: Final = b"PRI * HTTP/2.0\r\n\r\n"  # what llhttp reads of the HTTP/2 preface before it stops
 
 
-class _Reader:
-    """What both readers share: the event slots, and the bytes fed since the last event."""
+class Events:
+    """What a reader tells, one call per event (see the module docstring); subclassed by each user."""
 
-    def __init__(self, max_head: int) -> None:
-        self.max_head = max_head
+    def request_head(self, h: RequestHead) -> None:
+        pass
+
+    def response_head(self, rh: ResponseHead) -> None:
+        pass
+
+    def interim(self, r: Response) -> None:
+        pass
+
+    def data(self, data: bytes) -> None:
+        pass
+
+    def end(self, trailers: list[bytes] | None) -> None:
+        pass
+
+    def upgrade(self, rest: bytes) -> None:
+        pass
+
+    def preface(self, rest: bytes) -> None:
+        pass
+
+    def error(self, e: BadMessage) -> None:
+        pass
+
+
+class Recorder(Events):
+    """The events as a flat list (kind, payload, ...), h11's shape: tests read it, then take() empties it."""
+
+    def __init__(self) -> None:
         self.events: list[Any] = []
-        self.n = 0  # slots of events this feed filled
-        self.fed = 0  # bytes fed since the last event: while a head arrives, its size so far
 
-    def _emit(self, kind: int, arg: Any) -> None:
-        ev = self.events
-        n = self.n
-        if n < len(ev):
-            ev[n] = kind
-            ev[n + 1] = arg
-        else:
-            ev.append(kind)
-            ev.append(arg)
-        self.n = n + 2
+    def take(self) -> list[Any]:
+        out = self.events
+        self.events = []
+        return out
+
+    def _add(self, kind: int, arg: Any) -> None:
+        self.events.append(kind)
+        self.events.append(arg)
+
+    def request_head(self, h: RequestHead) -> None:
+        self._add(HEAD, h)
+
+    def response_head(self, rh: ResponseHead) -> None:
+        self._add(HEAD, rh)
+
+    def interim(self, r: Response) -> None:
+        self._add(INTERIM, r)
+
+    def data(self, data: bytes) -> None:
+        self._add(DATA, data)
+
+    def end(self, trailers: list[bytes] | None) -> None:
+        self._add(END, trailers)
+
+    def upgrade(self, rest: bytes) -> None:
+        self._add(UPGRADE, rest)
+
+    def preface(self, rest: bytes) -> None:
+        self._add(PREFACE, rest)
+
+    def error(self, e: BadMessage) -> None:
+        self._add(ERROR, e)
+
+
+class _Reader:
+    """What both readers share: whom they tell, and the bytes fed since the last event."""
+
+    def __init__(self, max_head: int, sink: Events) -> None:
+        self.max_head = max_head
+        self.sink = sink
+        self.fed = 0  # bytes fed since the last event: while a head arrives, its size so far
 
 
 class RequestReader(_Reader):
@@ -82,8 +140,8 @@ class RequestReader(_Reader):
     at the limit plus at most one read.
     """
 
-    def __init__(self, max_head: int, max_headers: int) -> None:
-        super().__init__(max_head)
+    def __init__(self, max_head: int, max_headers: int, sink: Events) -> None:
+        super().__init__(max_head, sink)
         self.max_headers = max_headers
         p = httptools.HttpRequestParser(self)
         # Bound once: a method lookup per call is a dict walk on a type mypyc does not know.
@@ -103,30 +161,28 @@ class RequestReader(_Reader):
         self.method = b""
         self.http10 = False
 
-    def feed(self, data: bytes) -> int:
-        """How many slots of reader.events the events these bytes complete fill."""
-        self.n = 0
+    def feed(self, data: bytes) -> None:
+        """Tell the events these bytes complete."""
         if self.dead:
-            return 0
+            return
         self.fed += len(data)
         try:
             self.p_feed(data)
         except httptools.HttpParserUpgrade as e:
             self.dead = True
-            self._emit(UPGRADE, data[e.args[0]:])
+            self.sink.upgrade(data[e.args[0]:])
         except httptools.HttpParserError as e:
             self.dead = True
             if not self.head_done and self.url == b"*" and self.p_method() == b"PRI":
                 i = data.find(PRI_LINE)
-                self._emit(PREFACE, data[i + len(PRI_LINE):] if i >= 0 else data)
-                return self.n
+                self.sink.preface(data[i + len(PRI_LINE):] if i >= 0 else data)
+                return
             cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
-            self._emit(ERROR, cause if isinstance(cause, BadMessage) else BadMessage(f"malformed request: {e}"))
+            self.sink.error(cause if isinstance(cause, BadMessage) else BadMessage(f"malformed request: {e}"))
         else:
             if self.fed > self.max_head:
                 self.dead = True
-                self._emit(ERROR, BadMessage("request head too large", "head_too_large", 431))
-        return self.n
+                self.sink.error(BadMessage("request head too large", "head_too_large", 431))
 
     def stop(self) -> None:
         """Read nothing more (the connection is being closed: a head that came too late, a refusal)."""
@@ -189,16 +245,16 @@ class RequestReader(_Reader):
         # header asks, so a kept-alive request without one is HTTP/1.1: get_http_version,
         # a str.format in httptools (about 2,200 instructions), is asked only otherwise.
         h.http10 = self.http10 = False if ka and not h.says_connection else self.p_version() == "1.0"
-        self._emit(HEAD, h)
+        self.sink.request_head(h)
 
     def on_body(self, body: bytes) -> None:
         self.fed = 0
-        self._emit(DATA, body)
+        self.sink.data(body)
 
     def on_message_complete(self) -> None:
         self.fed = 0
         t = self.trailers
-        self._emit(END, None if t is None else trailer_fields(t))
+        self.sink.end(None if t is None else trailer_fields(t))
 
 
 class _HeadDone(Exception):
@@ -214,8 +270,8 @@ class ResponseReader(_Reader):
     upgrade may be switched by a 101.
     """
 
-    def __init__(self, max_head: int) -> None:
-        super().__init__(max_head)
+    def __init__(self, max_head: int, sink: Events) -> None:
+        super().__init__(max_head, sink)
         self._new_parser()
         self.hdrs: list[bytes] = []  # flat, as ResponseHead takes them; the trailer section after a body
         # One head, parsed into again per response: a new object per response, and freeing it,
@@ -246,31 +302,29 @@ class ResponseReader(_Reader):
         self.interim = False
         self.awaiting = True
 
-    def feed(self, data: bytes) -> int:
-        """How many slots of reader.events the events these bytes complete fill."""
-        self.n = 0
+    def feed(self, data: bytes) -> None:
+        """Tell the events these bytes complete."""
         self.fed += len(data)
         try:
             self.p_feed(data)
         except httptools.HttpParserUpgrade as e:
-            self._emit(UPGRADE, data[e.args[0]:])
+            self.sink.upgrade(data[e.args[0]:])
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadDone):
                 # Nothing after the head (else the peer and we disagree on where the answer ends).
                 self.keep_alive = data.endswith(b"\r\n\r\n") and self.p_keep_alive()
                 self.awaiting = False
                 self._new_parser()
-                self._emit(END, None)
+                self.sink.end(None)
             else:
                 ctx = e.__context__
-                self._emit(ERROR, BadMessage(str(ctx or e), "upstream_protocol_error", 502))
+                self.sink.error(BadMessage(str(ctx or e), "upstream_protocol_error", 502))
         except httptools.HttpParserError as e:
-            self._emit(ERROR, BadMessage(str(e), "upstream_protocol_error", 502))
+            self.sink.error(BadMessage(str(e), "upstream_protocol_error", 502))
         else:
             if self.fed > self.max_head:
-                self._emit(ERROR, BadMessage(f"response head larger than {self.max_head} bytes",
+                self.sink.error(BadMessage(f"response head larger than {self.max_head} bytes",
                                              "upstream_protocol_error", 502))
-        return self.n
 
     # --- llhttp callbacks (no on_message_begin: a callback per response costs about 1,000 instructions)
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -291,7 +345,7 @@ class ResponseReader(_Reader):
             self.hdrs = []
             ih.drop_connection_listed()
             self.interim = True
-            self._emit(INTERIM, Response(status, ih.forward))
+            self.sink.interim(Response(status, ih.forward))
             return
         self.status = status
         rh = self.rh
@@ -304,13 +358,13 @@ class ResponseReader(_Reader):
             self.switched = True
         else:
             self.framing, self.length = rh.framing(status, b"HEAD" if self.head_only else b"GET")
-        self._emit(HEAD, rh)
+        self.sink.response_head(rh)
         if self.head_only and status >= 200:
             raise _HeadDone()
 
     def on_body(self, body: bytes) -> None:
         self.fed = 0
-        self._emit(DATA, body)
+        self.sink.data(body)
 
     def on_message_complete(self) -> None:
         self.fed = 0
@@ -325,4 +379,4 @@ class ResponseReader(_Reader):
             return
         self.keep_alive = self.p_keep_alive()
         self.awaiting = False
-        self._emit(END, trailers)
+        self.sink.end(trailers)

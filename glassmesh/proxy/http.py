@@ -41,17 +41,7 @@ from glassmesh.protocols.http1 import (
     new_traceparent,
     status_line,
 )
-from glassmesh.protocols.http1_codec import (
-    DATA,
-    END,
-    ERROR,
-    HEAD,
-    INTERIM,
-    PREFACE,
-    UPGRADE,
-    RequestReader,
-    ResponseReader,
-)
+from glassmesh.protocols.http1_codec import Events, RequestReader, ResponseReader
 from glassmesh.protocols.http2 import Refusal
 from glassmesh.protocols.message import Response
 from glassmesh.protocols.mux import REFUSED_GOAWAY
@@ -231,7 +221,8 @@ class ServerConn(StreamUser):
         self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] = _no_write
-        self.reader = RequestReader(rt.limits.max_head_bytes, rt.limits.max_headers)
+        self.reader = RequestReader(rt.limits.max_head_bytes, rt.limits.max_headers, _ClientEvents(self))
+        self.handed_off = False  # to a responder that answers an HTTP/2 client
         # A list, not a deque: its append and del [0] are native, a deque's are method lookups; it
         # holds more than one exchange only when a client pipelines.
         self.queue: list[Exchange] = []
@@ -279,32 +270,18 @@ class ServerConn(StreamUser):
     def data_received(self, data: bytes) -> None:
         now = self.now = self.last_active = _mono()
         r = self.reader
-        n = r.feed(data)
-        ev = r.events
-        i = 0
-        while i < n:
-            kind: int = ev[i]  # an int, compared natively (as Any, each == was a rich compare)
-            arg = ev[i + 1]
-            i += 2
-            if kind == DATA:
-                ev[i - 1] = None  # not held once sent on
-                self._request_data(cast(bytes, arg))
-            elif kind == HEAD:
-                self._request_head(cast(RequestHead, arg))
-            elif kind == END:
-                self._request_end(cast("list[bytes] | None", arg))
-            elif kind == UPGRADE:
-                self._start_tunnel_request(cast(bytes, arg))
-            elif kind == PREFACE:
-                if not self.queue:
-                    self._refuse_http2(cast(bytes, arg))
-                    return
-                self._parse_error(BadMessage("malformed request: the HTTP/2 preface after HTTP/1.1 requests"))
-            elif kind == ERROR:
-                self._parse_error(cast(BadMessage, arg))
+        r.feed(data)  # its events call _request_head, _request_data, ... (see _ClientEvents)
+        if self.handed_off:
+            return
         if r.in_head and not self.head_started:
             self.head_started = now  # a head under way: the runtime's sweeper times it
         self.flush()
+
+    def _preface(self, rest: bytes) -> None:
+        if not self.queue:
+            self._refuse_http2(rest)
+        else:
+            self._parse_error(BadMessage("malformed request: the HTTP/2 preface after HTTP/1.1 requests"))
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its request still gets its answer.
@@ -444,6 +421,7 @@ class ServerConn(StreamUser):
             rt.access_log(ex, 505, "http2_not_supported")
         self.parsing = None
         self.closing = True
+        self.handed_off = True
         hop = f"http2_not_supported; hop={rt.host}/{side}".encode()
         refusal = Refusal(headers=[(ERROR_HEADER, hop)])
         transport = self.transport
@@ -852,7 +830,7 @@ class UpstreamConn(PooledConn):
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] = _no_write
         self.t_closing: Callable[[], bool] = _closed
-        self.reader = ResponseReader(rt.limits.max_head_bytes)
+        self.reader = ResponseReader(rt.limits.max_head_bytes, _UpstreamEvents(self))
         self.now = 0.0  # when the current read arrived
         self.sending: Exchange | None = None
         self.ex: Exchange | None = None
@@ -1026,40 +1004,17 @@ class UpstreamConn(PooledConn):
             self.transport.abort()
             return
         self.now = _mono()
-        r = self.reader
-        n = r.feed(data)
-        ev = r.events
-        i = 0
-        while i < n:
-            kind: int = ev[i]  # an int, compared natively (as Any, each == was a rich compare)
-            arg = ev[i + 1]
-            i += 2
-            if kind == UPGRADE:
-                rest = cast(bytes, arg)
-                if rest and self.tunnel:
-                    self.transport.get_protocol().data_received(rest)
-                return
-            if kind == ERROR:
-                self._protocol_error(str(arg))
-                break
-            if self.ex is None:
-                # More than the answer to the request sent: the peer is not speaking HTTP as agreed.
-                if not self.lost:
-                    self.transport.abort()
-                break
-            if kind == DATA:
-                ev[i - 1] = None  # not held once sent on
-                self._response_data(cast(bytes, arg))
-            elif kind == HEAD:
-                self._response_head(cast(ResponseHead, arg))
-            elif kind == END:
-                self._response_end(cast("list[bytes] | None", arg))
-            elif kind == INTERIM:
-                self._interim(cast(Response, arg))
+        self.reader.feed(data)  # its events call _response_head, _response_data, ... (see _UpstreamEvents)
+        if self.tunnel:
+            return
         if c is not None:
             c.flush()
         if not self.lost:
             self.flush()
+
+    def _response_upgrade(self, rest: bytes) -> None:
+        if rest and self.tunnel:
+            self.transport.get_protocol().data_received(rest)
 
     def _protocol_error(self, msg: str) -> None:
         ex = self.ex
@@ -1234,6 +1189,62 @@ class UpstreamConn(PooledConn):
         if self.link is not None:
             self.link.open_conns -= 1
         self.pool.discard(self)
+
+
+class _ClientEvents(Events):
+    """A client connection's request events, to its ServerConn (native calls)."""
+
+    def __init__(self, conn: ServerConn) -> None:
+        self.conn = conn
+
+    def request_head(self, h: RequestHead) -> None:
+        self.conn._request_head(h)
+
+    def data(self, data: bytes) -> None:
+        self.conn._request_data(data)
+
+    def end(self, trailers: list[bytes] | None) -> None:
+        self.conn._request_end(trailers)
+
+    def upgrade(self, rest: bytes) -> None:
+        self.conn._start_tunnel_request(rest)
+
+    def preface(self, rest: bytes) -> None:
+        self.conn._preface(rest)
+
+    def error(self, e: BadMessage) -> None:
+        self.conn._parse_error(e)
+
+
+class _UpstreamEvents(Events):
+    """An upstream connection's response events, to its UpstreamConn; none once it answered (a peer's extra bytes)."""
+
+    def __init__(self, conn: UpstreamConn) -> None:
+        self.conn = conn
+
+    def response_head(self, rh: ResponseHead) -> None:
+        c = self.conn
+        if c.ex is not None:
+            c._response_head(rh)
+
+    def interim(self, r: Response) -> None:
+        c = self.conn
+        if c.ex is not None:
+            c._interim(r)
+
+    def data(self, data: bytes) -> None:
+        c = self.conn
+        if c.ex is not None:
+            c._response_data(data)
+
+    def end(self, trailers: list[bytes] | None) -> None:
+        self.conn._response_end(trailers)
+
+    def upgrade(self, rest: bytes) -> None:
+        self.conn._response_upgrade(rest)
+
+    def error(self, e: BadMessage) -> None:
+        self.conn._protocol_error(str(e))
 
 
 def take(pool: Pool) -> UpstreamConn | None:

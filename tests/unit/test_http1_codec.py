@@ -20,6 +20,7 @@ from glassmesh.protocols.http1_codec import (
     NAMES,
     PREFACE,
     UPGRADE,
+    Recorder,
     RequestReader,
     ResponseReader,
 )
@@ -47,14 +48,21 @@ def _model(kind: int, arg: Any) -> Any:
 def feed(reader: RequestReader | ResponseReader, *pieces: bytes) -> list[Any]:
     out: list[Any] = []
     for p in pieces:
-        n = reader.feed(p)
-        ev = reader.events
-        for i in range(0, n, 2):
+        reader.feed(p)
+        ev = events(reader)
+        for i in range(0, len(ev), 2):
             m = _model(ev[i], ev[i + 1])
             out.extend(m if isinstance(m, list) else [m])
             if ev[i] == HEAD and isinstance(reader, ResponseReader):
                 out[-1].status = reader.status  # one final answer per request
     return out
+
+
+def events(reader: RequestReader | ResponseReader) -> list[Any]:
+    """What the reader told since last asked: kind, payload, kind, payload, ..."""
+    rec = reader.sink
+    assert isinstance(rec, Recorder)
+    return rec.take()
 
 
 def merged(events: list[Any]) -> list[Any]:
@@ -69,7 +77,7 @@ def merged(events: list[Any]) -> list[Any]:
 
 
 def req() -> RequestReader:
-    return RequestReader(max_head=8192, max_headers=100)
+    return RequestReader(8192, 100, Recorder())
 
 
 CHUNKED_POST = (b"POST /up HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n"
@@ -87,13 +95,13 @@ def test_a_request_is_a_head_body_events_trailers_and_its_end() -> None:
 
 def test_the_head_says_framing_and_connection() -> None:
     r = req()
-    assert r.feed(b"GET / HTTP/1.0\r\nHost: b\r\n\r\n") == 4
-    ev = r.events
+    r.feed(b"GET / HTTP/1.0\r\nHost: b\r\n\r\n")
+    ev = events(r)
     h = ev[1]
     assert (ev[0], h.method, h.body_framing, h.keep_alive, h.http10) == (HEAD, b"GET", Framing.NONE, False, True)
     r = req()
     r.feed(b"PUT /x HTTP/1.1\r\nHost: b\r\nContent-Length: 3\r\n\r\nabc")
-    h = r.events[1]
+    h = events(r)[1]
     assert (h.body_framing, h.cl, h.keep_alive, h.http10) == (Framing.LENGTH, b"3", True, False)
 
 
@@ -137,7 +145,7 @@ def test_an_error_after_a_good_request_keeps_the_good_one() -> None:
 
 
 def test_too_many_fields() -> None:
-    r = RequestReader(max_head=1 << 20, max_headers=3)
+    r = RequestReader(1 << 20, 3, Recorder())
     got = feed(r, b"GET / HTTP/1.1\r\nHost: b\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n")
     assert got == [("ERROR", 431, "head_too_large")]
 
@@ -154,7 +162,7 @@ def test_the_http2_preface_is_named() -> None:
 
 
 def resp(head_only: bool = False, upgrade: bool = False) -> ResponseReader:
-    r = ResponseReader(max_head=8192)
+    r = ResponseReader(8192, Recorder())
     r.expect(head_only, upgrade)
     return r
 
