@@ -1,10 +1,11 @@
-"""The HTTP/1.1 codec, sans-IO: bytes in, message events out (h11's shape, on llhttp), and back.
+"""The HTTP/1.1 codec's reading half, sans-IO: bytes in, message events out (h11's shape, on llhttp).
 
 No socket, no transport, no clock: a reader is fed the bytes a connection
-read and returns the events they complete; the writer functions turn events
-into the bytes to send. The proxy's connections (proxy/http.py) do the I/O
-and act on the events; tests drive a reader with bytes alone
-(tests/unit/test_http1_codec.py).
+read and tells the events they complete. The proxy's connections
+(proxy/http.py) do the I/O and act on the events; tests drive a reader with
+bytes alone (tests/unit/test_http1_codec.py). The writing half is
+protocols/http1.py's status_line, chunk and last_chunk, with the heads built
+in proxy/http.py (build_upstream_head, build_response_head).
 
 A reader tells its events to an Events object, one method call per event,
 as they complete (inside llhttp's callbacks, or after it stopped): a native
