@@ -20,6 +20,7 @@ from setuptools.command.build_ext import build_ext
 
 HOT = [
     "glassmesh/protocols/http1.py",
+    "glassmesh/protocols/http1_codec.py",
     "glassmesh/protocols/mux.py",
     "glassmesh/proxy/http.py",
     "glassmesh/proxy/sides.py",

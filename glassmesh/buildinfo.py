@@ -19,6 +19,7 @@ from typing import Any
 
 HOT_MODULES = (
     "glassmesh.protocols.http1",
+    "glassmesh.protocols.http1_codec",
     "glassmesh.protocols.mux",
     "glassmesh.proxy.http",
     "glassmesh.proxy.sides",

@@ -13,22 +13,12 @@ import random
 import re
 from typing import Final
 
-# Headers that describe one connection and never cross a proxy (RFC 9110 7.6.1),
-# plus proxy-only ones. Content-Length is re-derived for the next hop.
-HOP_BY_HOP = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    )
-)
+from glassmesh.protocols.message import CONNECTION_FIELDS
+
+# Headers that never cross a proxy: the connection's own (message.py) and Content-Length,
+# re-derived for the next hop. Trailer (the names a trailer section will hold) crosses: the
+# trailers themselves do.
+HOP_BY_HOP = CONNECTION_FIELDS | {b"content-length"}
 
 # Headers only the mesh may set; a client-sent copy is dropped before forwarding.
 SOURCE_HEADER = b"glassmesh-source"
@@ -220,7 +210,8 @@ class RequestHead:
     call per header cost more than the sorting itself.
     """
 
-    __slots__ = ("forward", "cl", "te", "host", "conn", "rid", "tp", "upgrade", "says_connection")
+    __slots__ = ("forward", "cl", "te", "host", "conn", "rid", "tp", "upgrade", "says_connection",
+                 "method", "target", "keep_alive", "wants_upgrade", "body_framing", "http10")
 
     def __init__(self, headers: list[bytes]) -> None:
         forward: list[bytes] = []
@@ -282,6 +273,13 @@ class RequestHead:
         self.rid = rid
         self.tp = tp
         self.upgrade = upgrade
+        # What the codec (http1_codec.py) read of the request line and its connection, set there.
+        self.method = b""
+        self.target = b""
+        self.keep_alive = True
+        self.wants_upgrade = False
+        self.body_framing = Framing.NONE
+        self.http10 = False
 
     def framing(self) -> tuple[int, int]:
         """(framing, content_length); refuses framing two parsers could read two ways."""
@@ -546,3 +544,17 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def last_chunk(trailers: list[bytes] | None) -> bytes:
+    """The end of a chunked body, with its trailer section (flat fields, already filtered) when it has one."""
+    if not trailers:
+        return LAST_CHUNK
+    return b"".join(_lines(b"0", trailers)) + b"\r\n"
+
+
+def _lines(first: bytes, fields: list[bytes]) -> list[bytes]:
+    lines = [first + b"\r\n"]
+    for i in range(0, len(fields) - 1, 2):
+        lines.append(fields[i] + b": " + fields[i + 1] + b"\r\n")
+    return lines

@@ -4,8 +4,12 @@ Both proxy sides use these classes; a Side object decides where a request
 goes and what the mesh adds to it (outbound: request id, trace context;
 inbound: the caller's identity). The path of one request:
 
-  ServerConn (parse request with llhttp) -> Side.route -> Pool (reuse or connect)
-  -> UpstreamConn (write head, stream body; parse response) -> ServerConn (write response)
+  ServerConn (the codec's request events) -> Side.route -> Pool (reuse or connect)
+  -> UpstreamConn (write head, stream body and trailers; the codec's response events)
+  -> ServerConn (write response)
+
+Bytes are read into events by protocols/http1_codec.py (sans-IO, on llhttp);
+these classes act on the events and do the I/O.
 
 No task and no timer per request: timeouts are checked by one sweeper per
 process (see runtime.py), and writes made while handling one read are
@@ -20,8 +24,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
-import httptools
-
 from glassmesh.protocols.errors import REASONS as ERROR_REASONS
 from glassmesh.protocols.errors import error_response
 from glassmesh.protocols.http1 import (
@@ -34,12 +36,15 @@ from glassmesh.protocols.http1 import (
     RequestHead,
     ResponseHead,
     chunk,
+    last_chunk,
     new_request_id,
     new_span_id,
     new_traceparent,
     status_line,
 )
+from glassmesh.protocols.http1_codec import Events, RequestReader, ResponseReader
 from glassmesh.protocols.http2 import Refusal
+from glassmesh.protocols.message import Response
 from glassmesh.protocols.mux import REFUSED_GOAWAY
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.connector import ConnectError
@@ -64,7 +69,6 @@ if TYPE_CHECKING:
 _mono = time.monotonic
 HIGH_WATER = 256 * 1024
 _FORWARD_1XX = (100, 102, 103)
-_PRI_LINE = b"PRI * HTTP/2.0\r\n\r\n"  # what llhttp reads of the HTTP/2 preface before it stops
 MAX_TRIES = 3
 # A request is replayed after a reset (its connection closed before any byte of the answer) at
 # most this many times per side: one attempt more, as nginx and Envoy do by default.
@@ -134,6 +138,33 @@ class Exchange:
 
     No __slots__: most fields keep their class-level default for the whole
     exchange, and setting two dozen slots per request cost more than a dict.
+
+    The states one exchange passes through. Today they are implicit in the fields
+    below (and in its UpstreamConn's), not one explicit machine: this table is the
+    contract that machine is to keep (see README "Layout"). Events from the codec
+    (protocols/http1_codec.py) are in capitals.
+
+    | state      | what holds it                           | event                       | next                       |
+    |------------|-----------------------------------------|-----------------------------|----------------------------|
+    | (head)     | the codec: reader.in_head, no exchange  | HEAD                        | queued, or routing if first|
+    |            |                                         | ERROR, request timeout      | answered (400/431/408)     |
+    | queued     | in conn.queue behind another (pipelined)| the one before it finishes  | routing                    |
+    | routing    | Side.route (synchronous)                | Routed / (reason, message)  | held, sending; answered    |
+    | held       | routed, delay set (fault injection)     | the delay's timer           | sending                    |
+    | connecting | routed, no upstream (a connect task)    | connected / ConnectError    | sending; retry or answered |
+    | sending    | upstream set, upstream.sending is ex    | DATA, END (+ trailers)      | awaiting                   |
+    | awaiting   | req_done, upstream set, no answer yet   | INTERIM (1xx)               | awaiting (100/102/103 sent)|
+    |            |                                         | HEAD 101 (asked to upgrade) | tunnel                     |
+    |            |                                         | HEAD 5xx/421, Side.retry    | retrying                   |
+    |            |                                         | HEAD                        | responding                 |
+    |            |                                         | reset before any byte       | connecting (replay) or 502 |
+    | retrying   | upstream.retry_to (its body dropped)    | END                         | sending (or connecting)    |
+    | responding | resp_started                            | DATA, END (+ trailers)      | done                       |
+    |            |                                         | reset, ERROR, timeout       | done, client closed        |
+    | tunnel     | both connections handed to tcp.Relay    | -                           | -                          |
+    | answered   | a mesh error written (_mesh_error)      | -                           | done                       |
+    | done       | exchange_done told the observers once   | finish                      | the next queued one routes |
+    | abandoned  | cancelled: the client left              | connection_lost             | (its holds let go)         |
     """
 
     head: RequestHead | None = None
@@ -179,13 +210,13 @@ class Exchange:
     req_bytes = 0  # body bytes sent on toward the next hop
     resp_bytes = 0  # body bytes of the answer passed back to the client
     passed_error: tuple[str, str] | None = None  # (reason, hop) of a peer's error passed on to the client
+    trailers: list[bytes] | None = None  # the request body's trailer fields that may cross (message.py)
 
-    def __init__(self, conn: ServerConn) -> None:
+    def __init__(self, conn: ServerConn, url: bytes, t0: float) -> None:
         self.conn = conn
-        self.url = b""
-        self.raw: list[bytes] = []  # flat: name, value, name, value, ... (see RequestHead)
+        self.url = url
         self.pending: list[bytes] = []
-        self.t0: float = conn.now  # when the read that began the request arrived
+        self.t0 = t0  # when the read that began the request arrived
 
 
 class Recording:
@@ -245,18 +276,10 @@ class ServerConn(StreamUser):
         self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
         # [byte limit] while a tap wants the bytes of each try (tap.py), else empty: shared with the runtime.
         self.recording: list[int] = rt.recording
-        self.max_head = rt.limits.max_head_bytes
-        self.max_headers = rt.limits.max_headers
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] = _no_write
-        self.parser = httptools.HttpRequestParser(self)
-        # Bound once: a method lookup per call is a dict walk on a type mypyc does not know.
-        p = self.parser
-        self.feed: Callable[[bytes], None] = p.feed_data
-        self.p_method: Callable[[], bytes] = p.get_method
-        self.p_version: Callable[[], str] = p.get_http_version
-        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
-        self.p_upgrade: Callable[[], bool] = p.should_upgrade
+        self.reader = RequestReader(rt.limits.max_head_bytes, rt.limits.max_headers, _ClientEvents(self))
+        self.handed_off = False  # to a responder that answers an HTTP/2 client
         # A list, not a deque: its append and del [0] are native, a deque's are method lookups; it
         # holds more than one exchange only when a client pipelines.
         self.queue: list[Exchange] = []
@@ -265,12 +288,7 @@ class ServerConn(StreamUser):
         self.closing = False
         self.paused = 0  # bit 1: pipelining, bit 2: body backpressure
         self.now = self.last_active = _mono()
-        self.head_started = 0.0
-        # Bytes fed to the parser since it last gave a body chunk or ended a head or a message: while
-        # a head is arriving, this is its size so far. llhttp reports a header only when its line
-        # ends, and httptools grows one value (or the URL) in memory until then, so a limit checked
-        # per header never sees a value that never ends (6.5 MB in one value gave no callback).
-        self.head_fed = 0
+        self.head_started = 0.0  # when the read that began a head still incomplete arrived (0: none is)
         self.write_blocked = 0.0  # when the client stopped reading what we write (0: it reads)
         self.trail_prefix = rt.host_b + b"/" + side.name_b + b";dur="
 
@@ -307,22 +325,20 @@ class ServerConn(StreamUser):
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
-        self.now = self.last_active = _mono()
-        self.head_fed += len(data)
-        try:
-            self.feed(data)
-        except httptools.HttpParserUpgrade as e:
-            self._start_tunnel_request(data[e.args[0]:])
-        except httptools.HttpParserError as e:
-            if self._is_http2(e):
-                self._refuse_http2(data)
-                return
-            self._parse_error(e)
-        else:
-            if self.head_fed > self.max_head and not self.closing:
-                # Bounded by max_head_bytes plus at most the read in which the head began.
-                self._parse_error(BadMessage("request head too large", "head_too_large", 431))
+        now = self.now = self.last_active = _mono()
+        r = self.reader
+        r.feed(data)  # its events call _request_head, _request_data, ... (see _ClientEvents)
+        if self.handed_off:
+            return
+        if r.in_head and not self.head_started:
+            self.head_started = now  # a head under way: the runtime's sweeper times it
         self.flush()
+
+    def _preface(self, rest: bytes) -> None:
+        if not self.queue:
+            self._refuse_http2(rest)
+        else:
+            self._parse_error(BadMessage("malformed request: the HTTP/2 preface after HTTP/1.1 requests"))
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its request still gets its answer.
@@ -345,6 +361,11 @@ class ServerConn(StreamUser):
 
     def write(self, data: bytes) -> None:
         self.wbuf.append(data)
+
+    def between_requests(self) -> bool:
+        """Whether it answered a request and no other has begun: closing it now loses nothing."""
+        r = self.reader
+        return not self.queue and bool(r.method) and not r.in_head
 
     def going_away(self) -> None:
         """Its peer connection sent GOAWAY (this proxy drains): the response in flight says `connection: close`.
@@ -377,66 +398,29 @@ class ServerConn(StreamUser):
             if not self.paused and not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    # --- llhttp callbacks --------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.head_fed = 0
-        ex = Exchange(self)
-        self.parsing = ex
-        self.queue.append(ex)
-        self.head_started = self.now
-        if len(self.queue) > 1:
-            self.pause(1)
-
-    def on_url(self, url: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None  # llhttp calls on_message_begin first
-        ex.url += url
-        ex.head_size += len(url)
-        if ex.head_size > self.max_head:
-            raise BadMessage("request head too large", "head_too_large", 431)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.head_size += len(name) + len(value) + 4
-        if ex.head_size > self.max_head:
-            raise BadMessage("request head too large", "head_too_large", 431)
-        if ex.head_done:
-            return  # trailers: counted against the limit, not forwarded
-        raw = ex.raw
-        raw.append(name)
-        raw.append(value)
-        if len(raw) > 2 * self.max_headers:
-            raise BadMessage("too many request headers", "head_too_large", 431)
-
-    def on_headers_complete(self) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.head_done = True
+    # --- the codec's events (protocols/http1_codec.py) ----------------------------
+    def _request_head(self, h: RequestHead) -> None:
+        t0 = self.head_started or self.now
         self.head_started = 0.0
-        self.head_fed = 0
-        ex.method = self.p_method()
-        ka = ex.keep_alive = self.p_keep_alive()
-        ex.upgrade = self.p_upgrade()
-        try:
-            h = ex.head = RequestHead(ex.raw)
-            ex.framing, _ = h.framing()
-        except BadMessage as e:
-            ex.http10 = self.p_version() == "1.0"
-            ex.error = (e.reason, str(e), e.status)
-            ex.keep_alive = False
-            raise
-        # llhttp keeps an HTTP/1.0 request alive only when a Connection (or Proxy-Connection)
-        # header asks, so a kept-alive request without one is HTTP/1.1: get_http_version,
-        # a str.format in httptools (about 2,200 instructions), is asked only otherwise.
-        ex.http10 = False if ka and not h.says_connection else self.p_version() == "1.0"
-        if self.queue[0] is ex:
+        ex = Exchange(self, h.target, t0)
+        ex.head = h
+        ex.method = h.method
+        ex.keep_alive = h.keep_alive
+        ex.upgrade = h.wants_upgrade
+        ex.framing = h.body_framing
+        ex.http10 = h.http10
+        ex.head_done = True
+        self.parsing = ex
+        q = self.queue
+        q.append(ex)
+        if len(q) > 1:
+            self.pause(1)
+        elif q[0] is ex:
             self._dispatch(ex)
 
-    def on_body(self, body: bytes) -> None:
-        self.head_fed = 0
+    def _request_data(self, body: bytes) -> None:
         ex = self.parsing
-        assert ex is not None
+        assert ex is not None  # the codec gives a head first
         up = ex.upstream
         if up is not None and up.sending is ex:
             up.send_body(body)
@@ -446,24 +430,27 @@ class ServerConn(StreamUser):
             if ex.pending_bytes > HIGH_WATER:
                 self.pause(2)
 
-    def on_message_complete(self) -> None:
-        self.head_fed = 0
+    def _request_end(self, trailers: list[bytes] | None) -> None:
         ex = self.parsing
         assert ex is not None
         self.parsing = None
         ex.req_done = True
+        if trailers is not None:
+            ex.trailers = trailers  # (set only then: a new key in the exchange's dict costs)
         up = ex.upstream
         if up is not None and up.sending is ex:
             up.end_body()
 
     # --- timeouts (called by the runtime's sweeper) ---------------------------
     def request_timeout(self) -> None:
-        ex = self.parsing
         self.head_started = 0.0
-        if ex is None or self.queue[0] is not ex:
+        self.reader.stop()
+        if self.queue:  # a pipelined head that did not arrive in time: nothing to answer it in order
             self.transport.close()
             return
-        self.parsing = None
+        ex = Exchange(self, b"", self.now)
+        ex.head_done = True
+        self.queue.append(ex)
         ex.req_done = True
         ex.keep_alive = False
         self._mesh_error(ex, "request_timeout", "the request head did not arrive in time")
@@ -480,25 +467,18 @@ class ServerConn(StreamUser):
         self.flush()
 
     # --- request handling -------------------------------------------------
-    def _is_http2(self, e: Exception) -> bool:
-        """The client sent the HTTP/2 preface (llhttp stops at its PRI line) as its first request."""
-        ex = self.parsing
-        return (ex is not None and ex.url == b"*" and len(self.queue) == 1 and self.queue[0] is ex
-                and self.p_method() == b"PRI")
-
-    def _refuse_http2(self, data: bytes) -> None:
-        """Hand the connection to a responder that tells the HTTP/2 client why it cannot be served."""
+    def _refuse_http2(self, rest: bytes) -> None:
+        """The client sent the HTTP/2 preface: hand the connection to a responder that tells it why it cannot be served."""
         rt = self.rt
         side = self.side.name
         self.count_error(None, "http2_not_supported")
-        ex = self.parsing
-        if ex is not None and self.logging:
+        if self.logging:
+            ex = Exchange(self, b"*", self.now)
             ex.method = b"PRI"
             rt.access_log(ex, 505, "http2_not_supported")
         self.parsing = None
         self.closing = True
-        i = data.find(_PRI_LINE)
-        rest = data[i + len(_PRI_LINE):] if i >= 0 else data
+        self.handed_off = True
         hop = f"http2_not_supported; hop={rt.host}/{side}".encode()
         refusal = Refusal(headers=[(ERROR_HEADER, hop)])
         transport = self.transport
@@ -508,20 +488,22 @@ class ServerConn(StreamUser):
         if rest:
             responder.data_received(rest)
 
-    def _parse_error(self, e: Exception) -> None:
+    def _parse_error(self, e: BadMessage) -> None:
+        """The codec cannot read on (it reads nothing more): answer the message in hand, or a new one, and close."""
         ex = self.parsing
-        cause = e if isinstance(e, BadMessage) else (
-            e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None)
-        if isinstance(cause, BadMessage):
-            reason, msg, status = cause.reason, str(cause), cause.status
-        else:
-            reason, msg, status = "bad_request", f"malformed request: {e}", 400
+        reason, msg, status = e.reason, str(e), e.status
         self.parsing = None
         self.closing = True
         # Nothing after a bad message can be trusted to start a new one.
         self.transport.pause_reading()
         if ex is None:
-            ex = Exchange(self)
+            r = self.reader
+            ex = Exchange(self, r.url, self.head_started or self.now)
+            self.head_started = 0.0
+            if r.head_done:  # llhttp read the head; the rules on top of it refused it
+                ex.method = r.method
+                ex.http10 = r.http10
+            ex.head_done = True
             self.queue.append(ex)
         ex.keep_alive = False
         ex.req_done = True
@@ -952,14 +934,12 @@ class UpstreamConn(PooledConn):
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] = _no_write
         self.t_closing: Callable[[], bool] = _closed
-        self._new_parser()
+        self.reader = ResponseReader(rt.limits.max_head_bytes, _UpstreamEvents(self))
         self.now = 0.0  # when the current read arrived
         self.sending: Exchange | None = None
         self.ex: Exchange | None = None
         self.client: ServerConn | None = None
         self.wbuf: list[bytes] = []
-        self.hdrs: list[bytes] = []  # flat, as RequestHead takes them
-        self.rh: ResponseHead | None = None
         self.status = 0
         self.lost = False
         self.retry_to: Routed | None = None
@@ -967,22 +947,11 @@ class UpstreamConn(PooledConn):
         self.used = 0
         self.idle_since = 0.0
         self.resp_framing = Framing.NONE
-        self.head_only = False
-        self.interim = False
         self.tunnel = False
         self.got_bytes = False
-        self.head_fed = 0  # as ServerConn.head_fed: a response head that never ends is cut at the limit
-        self.max_head = rt.limits.max_head_bytes
         self.link: LinkStats | None = pool.link if pool.count_conns else None
         self.limits: Limits | None = None  # the destination's limits that count this connection (overload)
         self.rec: Recording | None = None  # the bytes of the try under way, while a tap wants them
-
-    def _new_parser(self) -> None:
-        """A response parser, with the methods called per response bound once."""
-        p = self.parser = httptools.HttpResponseParser(self)
-        self.feed: Callable[[bytes], None] = p.feed_data
-        self.p_status: Callable[[], int] = p.get_status_code
-        self.p_keep_alive: Callable[[], bool] = p.should_keep_alive
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -1098,13 +1067,12 @@ class UpstreamConn(PooledConn):
         self.sending = ex
         ex.upstream = self
         self.client = client = ex.conn
-        self.head_only = ex.method == b"HEAD"
         recording = client.recording
         if recording:
             self.rec = ex.rec = Recording(recording[0])
         elif self.rec is not None:
             self.rec = None
-        self.interim = False
+        self.reader.expect(ex.method == b"HEAD", ex.upgrade)
         head = ex.up_head
         if head is None:
             head = ex.up_head = client.build_upstream_head(ex)
@@ -1137,8 +1105,10 @@ class UpstreamConn(PooledConn):
             self.wbuf.append(body)
 
     def end_body(self) -> None:
-        if self.ex is not None and self.ex.up_chunked:
-            self.wbuf.append(LAST_CHUNK)
+        ex = self.ex
+        if ex is not None and ex.up_chunked:
+            t = ex.trailers
+            self.wbuf.append(LAST_CHUNK if t is None else last_chunk(t))
         self.sending = None
 
     # --- response side ------------------------------------------------------
@@ -1150,31 +1120,20 @@ class UpstreamConn(PooledConn):
             self.transport.abort()
             return
         self.now = _mono()
-        self.head_fed += len(data)
         rec = self.rec
         if rec is not None:
-            rec.add(False, data)  # before the parser, which may end the exchange and tell its observers
-        try:
-            self.feed(data)
-        except httptools.HttpParserUpgrade as e:
-            rest = data[e.args[0]:]
-            if rest and self.tunnel:
-                self.transport.get_protocol().data_received(rest)
+            rec.add(False, data)  # before the reader, which may end the exchange and tell its observers
+        self.reader.feed(data)  # its events call _response_head, _response_data, ... (see _UpstreamEvents)
+        if self.tunnel:
             return
-        except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _HeadDone):
-                self._head_done(data)
-            else:
-                self._protocol_error(str(e.__context__ or e))
-        except httptools.HttpParserError as e:
-            self._protocol_error(str(e))
-        else:
-            if self.head_fed > self.max_head:
-                self._protocol_error(f"response head larger than {self.max_head} bytes")
         if c is not None:
             c.flush()
         if not self.lost:
             self.flush()
+
+    def _response_upgrade(self, rest: bytes) -> None:
+        if rest and self.tunnel:
+            self.transport.get_protocol().data_received(rest)
 
     def _protocol_error(self, msg: str) -> None:
         ex = self.ex
@@ -1193,50 +1152,32 @@ class UpstreamConn(PooledConn):
         else:
             c._mesh_error(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
 
-    # No on_message_begin: a callback per response costs about 1,000 instructions.
-    # hdrs is emptied when a head is complete and when a message is (after trailers).
-    def on_header(self, name: bytes, value: bytes) -> None:
-        h = self.hdrs
-        h.append(name)
-        h.append(value)
-        if len(h) > 800:
-            raise BadMessage("too many response headers", "upstream_protocol_error", 502)
-
-    def on_headers_complete(self) -> None:
-        self.head_fed = 0
+    # --- the codec's events (protocols/http1_codec.py) ----------------------------
+    def _interim(self, r: Response) -> None:
+        """A 1xx: 100, 102 and 103 go on to a client that can read them."""
         ex = self.ex
-        status = self.p_status()
+        assert ex is not None and self.client is not None
+        if r.status in _FORWARD_1XX and not ex.http10:
+            self.client.write(_head(status_line(r.status), r.fields))
+
+    def _response_head(self, rh: ResponseHead) -> None:
+        r = self.reader
+        status = r.status
+        ex = self.ex
         c = self.client
         assert ex is not None and c is not None
-        rh = self.rh
-        if rh is None:
-            self.rh = rh = ResponseHead(self.hdrs)
-        else:
-            rh.parse(self.hdrs)  # the previous response's head is done with
-        self.hdrs = []
-        if status < 200:
-            if status == 101 and ex.upgrade:
-                self._switch(ex, status)
-                return
-            self.interim = True
-            if status in _FORWARD_1XX and not ex.http10:
-                rh.drop_connection_listed()
-                c.write(_head(status_line(status), rh.forward))
+        if status == 101:  # the codec says so only when the request asked to upgrade
+            self._switch(ex, status)
             return
         if (status >= 500 or status == 421) and self._retry_elsewhere(ex, rh, status):
-            if self.head_only:
-                raise _HeadDone()  # no body will come to end this answer: sent again at once (_head_done)
-            return
-        self.resp_framing, length = rh.framing(status, ex.method)
+            return  # its body is dropped; the request goes again when it has arrived (_response_end)
+        self.resp_framing = r.framing
         ex.head_at = self.now
         ex.resp_started = True
-        c.write(c.build_response_head(ex, status, rh, self.resp_framing, length, self.now))
+        c.write(c.build_response_head(ex, status, rh, r.framing, r.length, self.now))
         self.status = status
-        if self.head_only:
-            raise _HeadDone()
 
-    def on_body(self, body: bytes) -> None:
-        self.head_fed = 0
+    def _response_data(self, body: bytes) -> None:
         ex = self.ex
         if self.retry_to is not None:
             return  # the peer's error, being replaced by another endpoint's answer
@@ -1250,22 +1191,14 @@ class UpstreamConn(PooledConn):
         else:
             c.write(body)
 
-    def on_message_complete(self) -> None:
-        self.head_fed = 0
-        if self.hdrs:
-            self.hdrs = []  # trailers: not forwarded
-        if self.interim:
-            self.interim = False
-            return
-        if self.tunnel:
-            return
+    def _response_end(self, trailers: list[bytes] | None) -> None:
         ex = self.ex
-        if ex is None:
+        if ex is None or self.tunnel:
             return
         if self.retry_to is not None:
-            self._resend(ex, self.p_keep_alive())
+            self._resend(ex, self.reader.keep_alive)
             return
-        self._complete(ex, reusable=self.p_keep_alive())
+        self._complete(ex, self.reader.keep_alive, trailers)
 
     def _retry_elsewhere(self, ex: Exchange, rh: ResponseHead, status: int) -> bool:
         """A 5xx (or 421): the side decides whether another try may get a better answer.
@@ -1308,22 +1241,12 @@ class UpstreamConn(PooledConn):
         else:
             self.rt.spawn(c._connect_and_start(ex, nxt))
 
-    def _head_done(self, data: bytes) -> None:
-        ex = self.ex
-        assert ex is not None
-        # The response to HEAD has no body even if it says Content-Length; llhttp
-        # cannot be told so, so the parser is replaced.
-        self._new_parser()
-        if self.retry_to is not None:
-            self._resend(ex, data.endswith(b"\r\n\r\n"))
-            return
-        self._complete(ex, reusable=data.endswith(b"\r\n\r\n"))
-
-    def _complete(self, ex: Exchange, reusable: bool) -> None:
+    def _complete(self, ex: Exchange, reusable: bool, trailers: list[bytes] | None = None) -> None:
+        """The response to ex is complete: its end (and trailer fields, when it goes out chunked) to the client."""
         c = self.client
         assert c is not None and ex.routed is not None
         if ex.resp_chunked:
-            c.write(LAST_CHUNK)
+            c.write(LAST_CHUNK if trailers is None else last_chunk(trailers))
         # The response leaves now; the counting and pooling below are not on its way.
         c.flush()
         c.exchange_done(ex, self.status, "", self.status < 500, self.now)
@@ -1345,7 +1268,7 @@ class UpstreamConn(PooledConn):
         half-close crosses the mesh as it would cross a plain TCP connection.
         """
         c = self.client
-        rh = self.rh
+        rh = self.reader.rh
         assert c is not None and rh is not None and ex.routed is not None
         ex.resp_started = True
         rh.drop_connection_listed()
@@ -1390,8 +1313,60 @@ class UpstreamConn(PooledConn):
         self.pool.discard(self)
 
 
-class _HeadDone(Exception):
-    pass
+class _ClientEvents(Events):
+    """A client connection's request events, to its ServerConn (native calls)."""
+
+    def __init__(self, conn: ServerConn) -> None:
+        self.conn = conn
+
+    def request_head(self, h: RequestHead) -> None:
+        self.conn._request_head(h)
+
+    def data(self, data: bytes) -> None:
+        self.conn._request_data(data)
+
+    def end(self, trailers: list[bytes] | None) -> None:
+        self.conn._request_end(trailers)
+
+    def upgrade(self, rest: bytes) -> None:
+        self.conn._start_tunnel_request(rest)
+
+    def preface(self, rest: bytes) -> None:
+        self.conn._preface(rest)
+
+    def error(self, e: BadMessage) -> None:
+        self.conn._parse_error(e)
+
+
+class _UpstreamEvents(Events):
+    """An upstream connection's response events, to its UpstreamConn; none once it answered (a peer's extra bytes)."""
+
+    def __init__(self, conn: UpstreamConn) -> None:
+        self.conn = conn
+
+    def response_head(self, rh: ResponseHead) -> None:
+        c = self.conn
+        if c.ex is not None:
+            c._response_head(rh)
+
+    def interim(self, r: Response) -> None:
+        c = self.conn
+        if c.ex is not None:
+            c._interim(r)
+
+    def data(self, data: bytes) -> None:
+        c = self.conn
+        if c.ex is not None:
+            c._response_data(data)
+
+    def end(self, trailers: list[bytes] | None) -> None:
+        self.conn._response_end(trailers)
+
+    def upgrade(self, rest: bytes) -> None:
+        self.conn._response_upgrade(rest)
+
+    def error(self, e: BadMessage) -> None:
+        self.conn._protocol_error(str(e))
 
 
 def take(pool: Pool) -> UpstreamConn | None:

@@ -328,7 +328,7 @@ def _graceful(proto: Any) -> None:
         conn.closing = True  # its next response says `connection: close`
         # Idle after a request: closed now. One that has not sent its first request yet (just accepted,
         # its request on the way) gets it answered; closing it would reset a request already sent.
-        if not conn.queue and conn.p_version() != "0.0":
+        if conn.between_requests():
             conn.flush()
     elif isinstance(conn, MuxConnection):
         conn.go_away()

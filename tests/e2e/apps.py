@@ -164,7 +164,8 @@ class HttpApp:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await writer.drain()
             sent_100 = True
-        body_len, body_sha = await read_body(reader, headers)
+        trailers: list[tuple[str, str]] = []
+        body_len, body_sha = await read_body(reader, headers, trailers)
 
         if path == "/__stats":
             body = json.dumps({"name": self.name, "requests": self.requests, "paths": self.paths,
@@ -188,6 +189,17 @@ class HttpApp:
         if self.fail_status and path != "/__stats":
             return await self._respond(writer, method, self.fail_status, [("x-app", self.name)],
                                        f"failing with {self.fail_status}\n".encode(), keep)
+
+        if path == "/trailers":
+            # A chunked answer that ends with trailers (as gRPC-Web and checksumming servers send):
+            # the request's own trailers, then the body's length and digest, and any `t` in the query.
+            body = f"{body_len} {body_sha}\n".encode()
+            writer.write(f"HTTP/1.1 200 OK\r\nx-app: {self.name}\r\ntransfer-encoding: chunked\r\n"
+                         f"trailer: x-body-sha256\r\n\r\n".encode())
+            writer.write(b"%x\r\n%s\r\n" % (len(body), body))
+            fields = [*trailers, ("x-body-sha256", body_sha), *(tuple(t.split(":", 1)) for t in query.get("t", []))]
+            writer.write(b"0\r\n" + "".join(f"{k}: {v.strip()}\r\n" for k, v in fields).encode("latin-1") + b"\r\n")
+            return keep
 
         if path == "/drip":
             gap, n = int(query.get("gap_ms", ["100"])[0]), int(query.get("n", ["5"])[0])
@@ -250,7 +262,7 @@ class HttpApp:
         info = {
             "app": self.name, "method": method, "target": target, "path": path, "version": version,
             "headers": [[k, v] for k, v in headers], "body_length": body_len, "body_sha256": body_sha,
-            "sent_100": sent_100, **conn,
+            "sent_100": sent_100, "trailers": [[k, v] for k, v in trailers], **conn,
         }
         body = json.dumps(info).encode()
         return await self._respond(
@@ -296,8 +308,11 @@ def parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
     return method, target, version, headers
 
 
-async def read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]]) -> tuple[int, str]:
-    """Read the request body (content-length or chunked), hashing it; returns (length, sha256)."""
+async def read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]],
+                    trailers: list[tuple[str, str]] | None = None) -> tuple[int, str]:
+    """Read the request body (content-length or chunked), hashing it; returns (length, sha256).
+
+    A chunked body's trailer fields go into `trailers` when given."""
     h = hashlib.sha256()
     total = 0
     te = [v.strip().lower() for k, v in headers if k.lower() == "transfer-encoding"]
@@ -309,8 +324,12 @@ async def read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]]
             line = await reader.readuntil(b"\r\n")
             size = int(line.split(b";", 1)[0].strip(), 16)
             if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                    pass
+                while (line := await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                    name, sep, value = line[:-2].partition(b":")
+                    if not sep or not name or name != name.strip():
+                        raise BadRequest(f"bad trailer line {line[:100]!r}")
+                    if trailers is not None:
+                        trailers.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
                 break
             left = size
             while left:

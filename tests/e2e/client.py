@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class Response:
     body: bytes = b""
     body_len: int = 0
     body_sha256: str = ""
+    trailers: list[tuple[str, str]] = field(default_factory=list)  # a chunked body's trailer fields
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -178,8 +179,9 @@ class HttpConn:
             while True:
                 size = int(self._line().split(b";")[0], 16)
                 if size == 0:
-                    while self._line():
-                        pass
+                    while t := self._line():
+                        k, _, v = t.decode("latin-1").partition(":")
+                        r.trailers.append((k.strip(), v.strip()))
                     break
                 self._read_n(size, take)
                 if self.recv_exact(2) != b"\r\n":

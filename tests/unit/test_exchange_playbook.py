@@ -1,0 +1,206 @@
+"""An exchange driven without sockets, playbook style: bytes in on each side, the bytes out checked.
+
+The real ServerConn and UpstreamConn of the inbound side (proxy/http.py) with a
+real runtime and snapshot; only the transports are in memory, recording what
+the proxy writes and whether it closed. Each case feeds what a client and an
+app send, in order, and reads what each would receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from glassmesh.demo.topology import HostSpec, LocalSpec, build_topology
+from glassmesh.model.snapshot import load_snapshot
+from glassmesh.proxy.http import ServerConn, UpstreamConn
+from glassmesh.proxy.routing import PoolKey
+from glassmesh.proxy.runtime import Runtime
+from glassmesh.proxy.sides import InboundSide
+
+
+class Wire:
+    """An in-memory transport: what the proxy wrote to it, and whether it closed it."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.closed = False
+        self.protocol: Any = None
+
+    def take(self) -> bytes:
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    resume_reading = pause_reading
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+    def set_protocol(self, p: Any) -> None:
+        self.protocol = p
+
+
+class Play:
+    """One client connection to the inbound side of host h2, and the app connection it uses."""
+
+    def __init__(self, state: str) -> None:
+        build_topology(state, [HostSpec("h1", "127.0.9.1", [LocalSpec("a")]),
+                               HostSpec("h2", "127.0.9.2", [LocalSpec("b", instances=[18080], outbound=False)])])
+        self.rt = rt = Runtime(load_snapshot(f"{state}/h2/snapshot.json"))
+        side = InboundSide(rt, "a", "spiffe://glassmesh.local/service/a", "b")
+        self.pool = rt.pool(PoolKey("127.0.9.2", 18080, None, None), side.link)
+        self.up = UpstreamConn(rt, self.pool)
+        self.app = Wire()
+        self.up.connection_made(self.app)
+        self.pool.put(self.up)
+        self.conn = ServerConn(rt, side)
+        self.client = Wire()
+        self.conn.connection_made(self.client)
+
+    def client_sends(self, data: bytes) -> None:
+        self.conn.data_received(data)
+
+    def app_sends(self, data: bytes) -> None:
+        self.up.data_received(data)
+
+    def app_gets(self) -> bytes:
+        return self.app.take()
+
+    def client_gets(self) -> bytes:
+        return self.client.take()
+
+
+@pytest.fixture
+def play() -> Iterator[Play]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            yield Play(d)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def head_of(data: bytes) -> list[bytes]:
+    return data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def test_a_get_goes_to_the_app_and_its_answer_back(play: Play) -> None:
+    play.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\nConnection: keep-alive, x-drop\r\nx-drop: 1\r\n\r\n")
+    sent = head_of(play.app_gets())
+    assert sent[0] == b"GET /x HTTP/1.1" and b"Host: b" in sent
+    assert not any(h.lower().startswith((b"connection", b"x-drop")) for h in sent[1:]), "hop-by-hop removed"
+    assert any(h.startswith(b"glassmesh-source: ") for h in sent), "the caller's identity added"
+    assert play.client_gets() == b""
+    play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    out = play.client_gets()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nok")
+    assert b"glassmesh-trail: h2/inbound;dur=" in out and b"content-length: 2" in out
+    assert play.pool.take() is play.up, "the app connection went back to the pool"
+
+
+def test_pipelined_requests_go_one_at_a_time(play: Play) -> None:
+    play.client_sends(b"GET /1 HTTP/1.1\r\nHost: b\r\n\r\nGET /2 HTTP/1.1\r\nHost: b\r\n\r\n")
+    assert head_of(play.app_gets())[0] == b"GET /1 HTTP/1.1"
+    assert play.app_gets() == b"", "the second waits for the first answer"
+    play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    assert play.client_gets().endswith(b"\r\n\r\n1")
+    assert head_of(play.app_gets())[0] == b"GET /2 HTTP/1.1"
+    play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    assert play.client_gets().endswith(b"\r\n\r\n2")
+
+
+def test_head_answer_has_no_body_and_the_connection_stays(play: Play) -> None:
+    play.client_sends(b"HEAD /x HTTP/1.1\r\nHost: b\r\n\r\n")
+    play.app_gets()
+    play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n")
+    out = play.client_gets()
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.endswith(b"\r\n\r\n") and b"content-length: 5000" in out
+    assert not play.client.closed and play.pool.take() is play.up
+
+
+def test_100_continue_then_the_body_then_the_answer(play: Play) -> None:
+    play.client_sends(b"POST /up HTTP/1.1\r\nHost: b\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+    assert b"Expect: 100-continue" in play.app_gets()
+    play.app_sends(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert play.client_gets() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    play.client_sends(b"abc")
+    assert play.app_gets() == b"abc"
+    play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert play.client_gets().startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_trailers_cross_both_ways(play: Play) -> None:
+    play.client_sends(b"POST /up HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"3\r\nabc\r\n0\r\nx-sum: 1\r\nhost: evil\r\n\r\n")
+    assert play.app_gets().endswith(b"\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n")
+    play.app_sends(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\ngrpc-status: 0\r\n\r\n")
+    assert play.client_gets().endswith(b"\r\n\r\n2\r\nok\r\n0\r\ngrpc-status: 0\r\n\r\n")
+
+
+def test_a_malformed_request_gets_400_and_the_connection_ends(play: Play) -> None:
+    play.client_sends(b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    out = play.client_gets()
+    assert out.startswith(b"HTTP/1.1 400 ") and b"glassmesh-error: bad_request; hop=h2/inbound" in out
+    assert play.client.closed and play.app_gets() == b"", "nothing reached the app"
+
+
+def test_the_app_closing_mid_answer_ends_the_client_connection(play: Play) -> None:
+    play.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+    play.app_gets()
+    play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    assert play.client_gets().endswith(b"abc")
+    play.up.connection_lost(None)
+    assert play.client.closed, "a cut answer is never passed off as whole"
+
+
+def test_the_app_closing_before_answering_a_post_gets_502(play: Play) -> None:
+    play.client_sends(b"POST /x HTTP/1.1\r\nHost: b\r\nContent-Length: 1\r\n\r\nx")
+    play.app_gets()
+    play.up.connection_lost(None)
+    out = play.client_gets()
+    assert out.startswith(b"HTTP/1.1 502 ") and b"glassmesh-error: upstream_reset; hop=h2/inbound" in out
+
+
+def test_an_app_answer_that_is_not_http_gets_502(play: Play) -> None:
+    play.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+    play.app_gets()
+    play.app_sends(b"SSH-2.0-OpenSSH_9.2\r\n")
+    out = play.client_gets()
+    assert out.startswith(b"HTTP/1.1 502 ") and b"upstream_protocol_error" in out
+    assert play.app.closed
+
+
+def test_a_response_timeout_gets_504(play: Play) -> None:
+    play.client_sends(b"GET /slow HTTP/1.1\r\nHost: b\r\n\r\n")
+    play.app_gets()
+    play.conn.response_timeout(play.conn.queue[0])
+    out = play.client_gets()
+    assert out.startswith(b"HTTP/1.1 504 ") and b"response_timeout" in out
+    assert play.app.closed, "the app connection that did not answer is not reused"
