@@ -65,8 +65,9 @@ class Rec:
         self.peer_error: bytes | None = None
         if status >= 500 and not reason:
             up = ex.upstream
-            if up is not None and up.rh is not None:
-                self.peer_error = up.rh.error  # the next hop's own error (it names its hop), if it made one
+            rh = up.reader.rh if up is not None else None  # the response head the codec read last
+            if rh is not None:
+                self.peer_error = rh.error  # the next hop's own error (it names its hop), if it made one
 
 
 class Ring:

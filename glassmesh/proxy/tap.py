@@ -124,7 +124,7 @@ class Tap:
             key = r.pool.key
             ev["endpoint"] = f"[{key.host}]:{key.port}" if ":" in key.host else f"{key.host}:{key.port}"
         up = ex.upstream
-        rh = up.rh if up is not None and ex.resp_started else None
+        rh = up.reader.rh if up is not None and ex.resp_started else None  # the head the codec read last
         if reason:
             ev["error"], ev["hop"] = reason, f"{rt.host}/{side}"
         elif rh is not None and rh.error is not None:
@@ -132,7 +132,8 @@ class Tap:
             ev["error"], ev["hop"] = err.strip(), hop.strip().removeprefix("hop=")
         a = self.args
         if a.headers:
-            ev["request_headers"] = _pairs(ex.raw, a.secrets)
+            # The end-to-end headers as the proxy sent them on (hop-by-hop and mesh-only ones are not).
+            ev["request_headers"] = _pairs(ex.head.forward if ex.head is not None else [], a.secrets)
             if rh is not None:
                 ev["response_headers"] = _response_headers(rh, a.secrets)
             elif reason:
