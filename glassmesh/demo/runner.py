@@ -376,6 +376,7 @@ class Demo:
         self.canary: list[CanaryStep] = []
         self.baseline = Scrape(None, {})
         self.t0 = time.monotonic()  # when the traffic started (the live lines count from it)
+        self.trace_hinted = False  # printed lines (not a terminal) name a request to trace once
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -543,6 +544,8 @@ class Demo:
             (f"{gm} get", "the mesh config in force (history, diff -f, apply -f work too)"),
             (f"{gm} tap --from a --to b --headers", "A's calls to B, live, at both proxies (--body N: bodies)"),
             (f"{gm} capture --link a:b --seconds 5 -w a-b.pcap", "what the link carried, decrypted: tcpdump -r a-b.pcap -A"),
+            (f"{gm} trace REQUEST_ID", "one request's way across the hops (the live view names a recent one)"),
+            (f"{gm} links", "every link: rate, success, p50/p99, retries, mesh errors by hop"),
             (f"{gm} dashboard", "the dashboard in your browser (a one-minute, single-use login link)"),
         ]
         width = max(len(cmd) for cmd, _ in examples)
@@ -802,6 +805,10 @@ class Demo:
             out.append(f"[{elapsed:5.0f}s] metrics: {err}")
         if traffic:
             out.append(f"[{elapsed:5.0f}s] {_traffic_line(traffic)}")
+            rid = traffic.get("recent_request_id")
+            if rid and not self.trace_hinted:  # the live table shows one always; printed lines say it once
+                self.trace_hinted = True
+                out.append(trace_hint(rid))
         for line in out:
             self.console.print(line, markup=False, highlight=False)
 
@@ -1023,6 +1030,11 @@ def _traffic_line(t: dict[str, Any]) -> str:
             f"{t.get('connections_opened', 0)} connections opened")
 
 
+def trace_hint(request_id: str) -> str:
+    """A request A made a moment ago, to follow across the hops with `glassmesh trace`."""
+    return f"follow a request A just made to B across the hops: {_cli()} trace {request_id}"
+
+
 def dashboard_hint() -> str:
     """The live view's last line: the one command that opens all of this in a browser."""
     return f"see it in your browser (service graph, link matrix, live tap): {_cli()} dashboard"
@@ -1050,6 +1062,9 @@ def _table(rows: list[Row], traffic: dict[str, Any] | None, err: str | None, ela
     if err:
         captions.append(f"[red]{err}")
     captions.append("Ctrl-C stops every process")
+    rid = traffic.get("recent_request_id") if traffic else None
+    if rid:
+        captions.append(trace_hint(rid))
     captions.append(dashboard_hint())
     t.caption = "\n".join(captions)
     t.caption_justify = "left"

@@ -40,6 +40,7 @@ class Counts:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BOUNDS) + 1))
     connections_opened: int = 0
     started: float = field(default_factory=time.time)
+    last_body: bytes = b""  # A's last answer: the request id of its call to B is read from it once a second
 
     def record(self, status: int | None, seconds: float, error: str | None = None) -> None:
         if status is not None:
@@ -73,7 +74,18 @@ class Counts:
             "p99_ms": _ms(self.quantile(0.99)),
             "connections_opened": self.connections_opened,
             "elapsed_s": round(time.time() - self.started, 3),
+            "recent_request_id": recent_request_id(self.last_body),
         }
+
+
+def recent_request_id(body: bytes) -> str | None:
+    """The x-request-id B saw on A's call in this answer of A's: one to hand to `glassmesh trace`."""
+    try:
+        doc = json.loads(body)
+        rid = doc["calls"]["b"]["body"]["request_id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return rid if isinstance(rid, str) and rid else None
 
 
 def _ms(s: float | None) -> float | None:
@@ -97,6 +109,7 @@ async def _worker(conn: Connection, counts: Counts, interval: float, path: str, 
         try:
             resp = await conn.request("GET", path, [("host", "a")])
             counts.record(resp.status, time.perf_counter() - t0)
+            counts.last_body = resp.body
         except Exception as e:
             counts.record(None, time.perf_counter() - t0, type(e).__name__)
             await asyncio.sleep(min(interval, 0.2))  # do not spin on a dead target
