@@ -90,6 +90,18 @@ RESET: Final = 2  # the connection closed before any byte of an answer
 PEER_ERROR: Final = 3  # a peer proxy's inbound side answered with its own error (glassmesh-error)
 STATUS: Final = 4  # the app (through its proxy) answered with a 5xx status
 REFUSED: Final = 5  # a draining peer refused the stream after its GOAWAY: no app saw it (any method may go again)
+# An exchange's state (Exchange.state; the table in Exchange's docstring): one native int field,
+# set at each transition, so that a test, a tap or a debugger reads where an exchange is without
+# inferring it from a dozen fields.
+QUEUED: Final = 0  # its head is read; it waits its turn (pipelined) or is being routed
+ROUTED: Final = 1  # a Side routed it: a connection is being taken or opened (or fault injection holds it)
+SENT: Final = 2  # its head went to the next hop; its body follows, the answer is awaited
+HEAD_BACK: Final = 3  # the answer's head went to the client; its body follows
+TUNNEL: Final = 4  # answered 101: both connections handed to a byte relay (tcp.Relay)
+DONE: Final = 5  # answered whole; the observers were told
+FAILED: Final = 6  # answered with a mesh error, or cut short (reset, timeout); the observers were told
+ABANDONED: Final = 7  # the client left before its answer; what it held was let go
+STATE_NAMES: Final = ("queued", "routed", "sent", "head_back", "tunnel", "done", "failed", "abandoned")
 
 
 class Routed:
@@ -139,34 +151,38 @@ class Exchange:
     No __slots__: most fields keep their class-level default for the whole
     exchange, and setting two dozen slots per request cost more than a dict.
 
-    The states one exchange passes through. Today they are implicit in the fields
-    below (and in its UpstreamConn's), not one explicit machine: this table is the
-    contract that machine is to keep (see README "Layout"). Events from the codec
+    The states one exchange passes through, with the events that move it (see
+    README "Layout"). `state` holds the coarse one (QUEUED, ROUTED, SENT, HEAD_BACK,
+    TUNNEL, DONE, FAILED, ABANDONED: the constants above), set at each transition;
+    the finer ones below it are read from the fields named. Events from the codec
     (protocols/http1_codec.py) are in capitals.
 
-    | state      | what holds it                           | event                       | next                       |
-    |------------|-----------------------------------------|-----------------------------|----------------------------|
-    | (head)     | the codec: reader.in_head, no exchange  | HEAD                        | queued, or routing if first|
-    |            |                                         | ERROR, request timeout      | answered (400/431/408)     |
-    | queued     | in conn.queue behind another (pipelined)| the one before it finishes  | routing                    |
-    | routing    | Side.route (synchronous)                | Routed / (reason, message)  | held, sending; answered    |
-    | held       | routed, delay set (fault injection)     | the delay's timer           | sending                    |
-    | connecting | routed, no upstream (a connect task)    | connected / ConnectError    | sending; retry or answered |
-    | sending    | upstream set, upstream.sending is ex    | DATA, END (+ trailers)      | awaiting                   |
-    | awaiting   | req_done, upstream set, no answer yet   | INTERIM (1xx)               | awaiting (100/102/103 sent)|
-    |            |                                         | HEAD 101 (asked to upgrade) | tunnel                     |
-    |            |                                         | HEAD 5xx/421, Side.retry    | retrying                   |
-    |            |                                         | HEAD                        | responding                 |
-    |            |                                         | reset before any byte       | connecting (replay) or 502 |
-    | retrying   | upstream.retry_to (its body dropped)    | END                         | sending (or connecting)    |
-    | responding | resp_started                            | DATA, END (+ trailers)      | done                       |
-    |            |                                         | reset, ERROR, timeout       | done, client closed        |
-    | tunnel     | both connections handed to tcp.Relay    | -                           | -                          |
-    | answered   | a mesh error written (_mesh_error)      | -                           | done                       |
-    | done       | exchange_done told the observers once   | finish                      | the next queued one routes |
-    | abandoned  | cancelled: the client left              | connection_lost             | (its holds let go)         |
+    | state      | `state`   | what holds it                           | event                       | next                       |
+    |------------|-----------|-----------------------------------------|-----------------------------|----------------------------|
+    | (head)     | -         | the codec: reader.in_head, no exchange  | HEAD                        | queued, or routing if first|
+    |            |           |                                         | ERROR, request timeout      | answered (400/431/408)     |
+    | queued     | QUEUED    | in conn.queue behind another (pipelined)| the one before it finishes  | routing                    |
+    | routing    | QUEUED    | Side.route (synchronous)                | Routed / (reason, message)  | held, sending; answered    |
+    | held       | ROUTED    | routed, delay set (fault injection)     | the delay's timer           | sending                    |
+    | connecting | ROUTED    | routed, no upstream (a connect task)    | connected / ConnectError    | sending; retry or answered |
+    | sending    | SENT      | upstream set, upstream.sending is ex    | DATA, END (+ trailers)      | awaiting                   |
+    | awaiting   | SENT      | req_done, upstream set, no answer yet   | INTERIM (1xx)               | awaiting (100/102/103 sent)|
+    |            |           |                                         | HEAD 101 (asked to upgrade) | tunnel                     |
+    |            |           |                                         | HEAD 5xx/421, Side.retry    | retrying                   |
+    |            |           |                                         | HEAD                        | responding                 |
+    |            |           |                                         | reset before any byte       | connecting (replay) or 502 |
+    | retrying   | SENT      | upstream.retry_to (its body dropped)    | END                         | sending (or connecting)    |
+    | responding | HEAD_BACK | resp_started                            | DATA, END (+ trailers)      | done                       |
+    |            |           |                                         | reset, ERROR, timeout       | done, client closed        |
+    | tunnel     | TUNNEL    | both connections handed to tcp.Relay    | -                           | -                          |
+    | answered   | FAILED    | a mesh error written (_mesh_error)      | -                           | done                       |
+    | done       | DONE      | exchange_done told the observers once   | finish                      | the next queued one routes |
+    | abandoned  | ABANDONED | cancelled: the client left              | connection_lost             | (its holds let go)         |
+
+    A retry or a replay goes back to ROUTED (and to SENT when the next try starts).
     """
 
+    state = QUEUED  # the coarse state (the table above; STATE_NAMES names it)
     head: RequestHead | None = None
     method = b""
     http10 = False
@@ -538,6 +554,7 @@ class ServerConn(StreamUser):
             self._mesh_error(ex, r[0], r[1])
             return
         ex.routed = r
+        ex.state = ROUTED
         route = ex.route
         if route is not None and (route.timeout_s or route.idle_timeout_s):
             self._arm_timer(ex, route)
@@ -665,6 +682,7 @@ class ServerConn(StreamUser):
                     self.flush()
                     return
                 r = ex.routed = nxt
+                ex.state = ROUTED
         if ex.cancelled or ex.routed is not r:
             pool.put(conn)
             return
@@ -734,6 +752,7 @@ class ServerConn(StreamUser):
         """
         if not now:
             now = _mono()
+        ex.state = FAILED if reason else DONE
         self.last_active = now
         t = ex.timer
         if t is not None:
@@ -763,6 +782,7 @@ class ServerConn(StreamUser):
 
     def exchange_abandoned(self, ex: Exchange) -> None:
         """The client left before its answer: what ex holds (endpoint load, a limit's slot, a timer) is let go."""
+        ex.state = ABANDONED
         t = ex.timer
         if t is not None:
             ex.timer = None
@@ -1006,6 +1026,7 @@ class UpstreamConn(PooledConn):
             return False
         ex.upstream = None
         ex.routed = nxt
+        ex.state = ROUTED
         self.rt.spawn(client._connect_and_start(ex, nxt))
         return True
 
@@ -1066,6 +1087,7 @@ class UpstreamConn(PooledConn):
         self.ex = ex
         self.sending = ex
         ex.upstream = self
+        ex.state = SENT
         self.client = client = ex.conn
         recording = client.recording
         if recording:
@@ -1174,6 +1196,7 @@ class UpstreamConn(PooledConn):
         self.resp_framing = r.framing
         ex.head_at = self.now
         ex.resp_started = True
+        ex.state = HEAD_BACK
         c.write(c.build_response_head(ex, status, rh, r.framing, r.length, self.now))
         self.status = status
 
@@ -1234,6 +1257,7 @@ class UpstreamConn(PooledConn):
         else:
             self.close()
         ex.routed = nxt
+        ex.state = ROUTED
         conn = take(nxt.pool)
         if conn is not None:
             conn.start(ex)
@@ -1278,6 +1302,7 @@ class UpstreamConn(PooledConn):
         self.tunnel = True
         self.status = 101
         c.exchange_done(ex, 101, "", True)
+        ex.state = TUNNEL
         c.detach()
         self.detach()
         relay = Relay(None)
@@ -1459,6 +1484,15 @@ def _head(first: bytes, headers: list[bytes]) -> bytes:
 
 
 __all__ = [
+    "ABANDONED",
+    "DONE",
+    "FAILED",
+    "HEAD_BACK",
+    "QUEUED",
+    "ROUTED",
+    "SENT",
+    "STATE_NAMES",
+    "TUNNEL",
     "Exchange",
     "Routed",
     "ServerConn",

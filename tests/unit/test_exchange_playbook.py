@@ -19,7 +19,19 @@ import pytest
 from glassmesh.demo.topology import HostSpec, LocalSpec, build_topology
 from glassmesh.model.snapshot import load_snapshot
 from glassmesh.proxy.connector import ConnectError
-from glassmesh.proxy.http import ServerConn, UpstreamConn
+from glassmesh.proxy.http import (
+    ABANDONED,
+    DONE,
+    FAILED,
+    HEAD_BACK,
+    QUEUED,
+    ROUTED,
+    SENT,
+    STATE_NAMES,
+    TUNNEL,
+    ServerConn,
+    UpstreamConn,
+)
 from glassmesh.proxy.routing import PoolKey
 from glassmesh.proxy.runtime import Runtime
 from glassmesh.proxy.sides import InboundSide, OutboundSide
@@ -121,12 +133,20 @@ def play() -> Iterator[Play]:
         loop.close()
 
 
+def state_of(conn: ServerConn) -> str:
+    """The state of the exchange in front of a client connection's queue (or "-" when none is)."""
+    q = conn.queue
+    return STATE_NAMES[q[0].state] if q else "-"
+
+
 def head_of(data: bytes) -> list[bytes]:
     return data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
 
 
 def test_a_get_goes_to_the_app_and_its_answer_back(play: Play) -> None:
     play.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\nConnection: keep-alive, x-drop\r\nx-drop: 1\r\n\r\n")
+    ex = play.conn.queue[0]
+    assert ex.state == SENT
     sent = head_of(play.app_gets())
     assert sent[0] == b"GET /x HTTP/1.1" and b"Host: b" in sent
     assert not any(h.lower().startswith((b"connection", b"x-drop")) for h in sent[1:]), "hop-by-hop removed"
@@ -137,12 +157,15 @@ def test_a_get_goes_to_the_app_and_its_answer_back(play: Play) -> None:
     assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nok")
     assert b"glassmesh-trail: h2/inbound;dur=" in out and b"content-length: 2" in out
     assert play.pool.take() is play.up, "the app connection went back to the pool"
+    assert ex.state == DONE and state_of(play.conn) == "-"
 
 
 def test_pipelined_requests_go_one_at_a_time(play: Play) -> None:
     play.client_sends(b"GET /1 HTTP/1.1\r\nHost: b\r\n\r\nGET /2 HTTP/1.1\r\nHost: b\r\n\r\n")
     assert head_of(play.app_gets())[0] == b"GET /1 HTTP/1.1"
     assert play.app_gets() == b"", "the second waits for the first answer"
+    assert [STATE_NAMES[ex.state] for ex in play.conn.queue] == ["sent", "queued"]
+    assert play.conn.queue[1].state == QUEUED
     play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
     assert play.client_gets().endswith(b"\r\n\r\n1")
     assert head_of(play.app_gets())[0] == b"GET /2 HTTP/1.1"
@@ -190,16 +213,21 @@ def test_the_app_closing_mid_answer_ends_the_client_connection(play: Play) -> No
     play.app_gets()
     play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
     assert play.client_gets().endswith(b"abc")
+    ex = play.conn.queue[0]
+    assert ex.state == HEAD_BACK
     play.up.connection_lost(None)
     assert play.client.closed, "a cut answer is never passed off as whole"
+    assert ex.state == FAILED
 
 
 def test_the_app_closing_before_answering_a_post_gets_502(play: Play) -> None:
     play.client_sends(b"POST /x HTTP/1.1\r\nHost: b\r\nContent-Length: 1\r\n\r\nx")
     play.app_gets()
+    ex = play.conn.queue[0]
     play.up.connection_lost(None)
     out = play.client_gets()
     assert out.startswith(b"HTTP/1.1 502 ") and b"glassmesh-error: upstream_reset; hop=h2/inbound" in out
+    assert ex.state == FAILED
 
 
 def test_an_app_answer_that_is_not_http_gets_502(play: Play) -> None:
@@ -214,10 +242,20 @@ def test_an_app_answer_that_is_not_http_gets_502(play: Play) -> None:
 def test_a_response_timeout_gets_504(play: Play) -> None:
     play.client_sends(b"GET /slow HTTP/1.1\r\nHost: b\r\n\r\n")
     play.app_gets()
-    play.conn.response_timeout(play.conn.queue[0])
+    ex = play.conn.queue[0]
+    play.conn.response_timeout(ex)
     out = play.client_gets()
     assert out.startswith(b"HTTP/1.1 504 ") and b"response_timeout" in out
     assert play.app.closed, "the app connection that did not answer is not reused"
+    assert ex.state == FAILED
+
+
+def test_a_client_that_leaves_abandons_its_exchange(play: Play) -> None:
+    play.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+    play.app_gets()
+    ex = play.conn.queue[0]
+    play.conn.connection_lost(None)
+    assert ex.state == ABANDONED and play.app.closed, "the app connection it held is not reused"
 
 
 def test_an_upgrade_answered_101_becomes_a_tunnel_both_ways(play: Play) -> None:
@@ -225,7 +263,9 @@ def test_an_upgrade_answered_101_becomes_a_tunnel_both_ways(play: Play) -> None:
                       + b"".join(encode(b"early")))
     sent = head_of(play.app_gets())
     assert b"connection: upgrade" in sent and b"upgrade: websocket" in sent
+    ex = play.conn.queue[0]
     play.app_sends(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+    assert ex.state == TUNNEL
     out = play.client_gets()
     assert out.startswith(b"HTTP/1.1 101 ") and b"upgrade: websocket" in out
     assert play.app_gets() == b"early", "what the client sent after its upgrade request, held until the 101"
@@ -334,9 +374,12 @@ def test_outbound_a_connect_failure_goes_to_the_other_endpoint(out: OutPlay) -> 
     peer = Wire()
     out.script += [ConnectError("connect_refused", "refused"), peer]
     out.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+    ex = out.conn.queue[0]
+    assert ex.state == SENT and ex.attempts == 2
     assert len(out.asked) == 2 and out.asked[0] != out.asked[1], "the second try went to the other endpoint"
     assert head_of(peer.take())[0] == b"GET /x HTTP/1.1"
     out.peer_sends(peer, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert ex.state == DONE
     got = out.client_gets()
     assert got.startswith(b"HTTP/1.1 200 OK\r\n") and b"glassmesh-attempts: 2" in got
 
@@ -353,10 +396,12 @@ def test_outbound_a_peers_503_before_any_app_goes_to_the_other_endpoint(out: Out
     first, second = Wire(), Wire()
     out.script += [first, second]
     out.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+    ex = out.conn.queue[0]
     first.take()
     out.peer_sends(first, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n"
                                  b"glassmesh-error: connect_refused; hop=h2/inbound\r\n\r\nnope")
     assert out.client_gets() == b"", "the peer's error is not passed on while another endpoint may answer"
+    assert ex.state == SENT and ex.attempts == 2
     assert len(out.asked) == 2 and out.asked[0] != out.asked[1]
     assert head_of(second.take())[0] == b"GET /x HTTP/1.1"
     out.peer_sends(second, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -374,3 +419,17 @@ def test_outbound_a_peers_503_for_a_post_that_may_have_reached_an_app_is_passed_
     got = out.client_gets()
     assert got.startswith(b"HTTP/1.1 502 ") and b"glassmesh-error: upstream_reset; hop=h2/inbound" in got
     assert len(out.asked) == 1, "not sent again"
+
+
+def test_outbound_a_request_waits_routed_while_its_connection_opens(out: OutPlay) -> None:
+    async def case() -> None:
+        out.conn.data_received(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+        ex = out.conn.queue[0]
+        assert ex.state == ROUTED and out.asked == [], "the connect task has not run yet"
+        assert state_of(out.conn) == "routed"
+        out.conn.connection_lost(None)
+        assert ex.state == ABANDONED
+        for _ in range(3):
+            await asyncio.sleep(0)
+    out.script.append(Wire())
+    out.loop.run_until_complete(case())
