@@ -631,11 +631,7 @@ class ServerConn(StreamUser):
         if ex.resp_started:
             # Part of the answer is out: all that is left is to end the client's connection.
             self.count_error(ex, reason)
-            self.exchange_done(ex, 504, reason, False)
-            self.closing = True
-            self.queue.clear()
-            self.flush()
-            self.transport.close()
+            self.cut_short(ex, 504, reason)
             return
         if not ex.req_done:
             ex.keep_alive = False
@@ -820,6 +816,39 @@ class ServerConn(StreamUser):
         if len(q) <= 1:
             self.resume(1)
 
+    # --- what an UpstreamConn asks of the client it answers (and nothing else of it) ------------
+    # The next hop's side of an exchange (UpstreamConn) calls only these, build_upstream_head,
+    # build_response_head, write, flush, pause, resume, exchange_done, finish and detach, and reads
+    # only `now` and `recording`: never another field or a private method of a ServerConn, so that
+    # another client connection (HTTP/2) can offer the same calls.
+    def fail(self, ex: Exchange, reason: str, msg: str) -> None:
+        """The next hop failed ex before its answer began: a mesh error goes to the client now."""
+        self._mesh_error(ex, reason, msg)
+        self.flush()
+
+    def cut_short(self, ex: Exchange, status: int, reason: str) -> None:
+        """ex's answer began and cannot end as it should (a reset, a bad response, a timeout): the
+        observers learn why, and the client's connection ends, so that a cut answer never passes for whole."""
+        self.exchange_done(ex, status, reason, False)
+        self.closing = True
+        self.queue.clear()
+        self.flush()
+        self.transport.close()
+
+    def retry(self, ex: Exchange, cause: int, status: int, reason: bytes) -> Routed | None:
+        """Where a failed try of ex goes again, by this connection's side (Side.retry), or None."""
+        return self.side.retry(ex, cause, status, reason)
+
+    def send_again(self, ex: Exchange, r: Routed, pooled: bool) -> None:
+        """Another try of ex, to r: on an idle pooled connection when pooled allows one, else a new one."""
+        if pooled:
+            conn = take(r.pool)
+            if conn is not None:
+                conn.start(ex)
+                conn.flush()
+                return
+        self.rt.spawn(self._connect_and_start(ex, r))
+
     def build_upstream_head(self, ex: Exchange) -> bytes:
         """The request head for the next hop: hop-by-hop headers out, mesh headers in."""
         h = ex.head
@@ -927,8 +956,8 @@ class ServerConn(StreamUser):
         out = b";route=" + route.name if route.name != b"default" or ex.subset else b""
         return out + b";subset=" + ex.subset if ex.subset else out
 
-    def detach(self) -> None:
-        """This connection is handed to a byte relay (after a 101): stop counting it as ours."""
+    def detach(self) -> Any:
+        """This connection is handed to a byte relay (after a 101): stop counting it as ours; its transport, for the relay."""
         self.queue.clear()
         self.rt.conns.discard(self)
         self.rt.stats.client_conns -= 1
@@ -936,6 +965,7 @@ class ServerConn(StreamUser):
         if self.link is not None:
             self.link.open_conns -= 1
         self.link = None
+        return self.transport
 
     def _start_tunnel_request(self, rest: bytes) -> None:
         """The request asked to upgrade; its bytes after the head wait for the 101."""
@@ -1000,17 +1030,12 @@ class UpstreamConn(PooledConn):
             if self.resp_framing == Framing.CLOSE:
                 self._complete(ex, reusable=False)
             else:
-                client.exchange_done(ex, self.status, "upstream_reset", False)
-                client.closing = True
-                client.queue.clear()
-                client.flush()
-                client.transport.close()
+                client.cut_short(ex, self.status, "upstream_reset")
             return
         if not self.got_bytes and self._replay(ex, client, REFUSED if unserved(ex, self.transport) else RESET):
             return
-        client._mesh_error(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
-                           "connection before answering")
-        client.flush()
+        client.fail(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
+                    "connection before answering")
 
     def _replay(self, ex: Exchange, client: ServerConn, cause: int) -> bool:
         """Send a request whose connection closed before any byte of the answer once more.
@@ -1021,13 +1046,13 @@ class UpstreamConn(PooledConn):
         endpoint; inbound: another local instance), else the same one on a fresh connection: an
         app that is gone refuses it, and a caller's outbound proxy then sends it elsewhere.
         """
-        nxt = client.side.retry(ex, cause, 0, b"upstream_reset")
+        nxt = client.retry(ex, cause, 0, b"upstream_reset")
         if nxt is None:
             return False
         ex.upstream = None
         ex.routed = nxt
         ex.state = ROUTED
-        self.rt.spawn(client._connect_and_start(ex, nxt))
+        client.send_again(ex, nxt, False)
         return True
 
     def pause_read(self) -> None:
@@ -1166,13 +1191,9 @@ class UpstreamConn(PooledConn):
         c = self.client
         assert c is not None
         if ex.resp_started:
-            c.exchange_done(ex, self.status, "upstream_protocol_error", False)
-            c.closing = True
-            c.queue.clear()
-            c.flush()
-            c.transport.close()
+            c.cut_short(ex, self.status, "upstream_protocol_error")
         else:
-            c._mesh_error(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
+            c.fail(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
 
     # --- the codec's events (protocols/http1_codec.py) ----------------------------
     def _interim(self, r: Response) -> None:
@@ -1234,9 +1255,9 @@ class UpstreamConn(PooledConn):
             return False
         reason = peer_error(rh) if self.pool.ssl_ctx is not None else None
         if reason is not None:
-            nxt = ex.conn.side.retry(ex, PEER_ERROR, status, reason)
+            nxt = ex.conn.retry(ex, PEER_ERROR, status, reason)
         elif ex.route is not None and ex.route.retry is not None:
-            nxt = ex.conn.side.retry(ex, STATUS, status, b"")
+            nxt = ex.conn.retry(ex, STATUS, status, b"")
         else:
             return False
         if nxt is None:
@@ -1258,12 +1279,7 @@ class UpstreamConn(PooledConn):
             self.close()
         ex.routed = nxt
         ex.state = ROUTED
-        conn = take(nxt.pool)
-        if conn is not None:
-            conn.start(ex)
-            conn.flush()
-        else:
-            self.rt.spawn(c._connect_and_start(ex, nxt))
+        c.send_again(ex, nxt, True)
 
     def _complete(self, ex: Exchange, reusable: bool, trailers: list[bytes] | None = None) -> None:
         """The response to ex is complete: its end (and trailer fields, when it goes out chunked) to the client."""
@@ -1303,14 +1319,13 @@ class UpstreamConn(PooledConn):
         self.status = 101
         c.exchange_done(ex, 101, "", True)
         ex.state = TUNNEL
-        c.detach()
+        ct = c.detach()
         self.detach()
         relay = Relay(None)
         upstream_is_mesh = self.pool.ssl_ctx is not None
         plain = PlainSide(relay, outbound=upstream_is_mesh)
         framed = FramedSide(relay, outbound=upstream_is_mesh)
-        plain.transport, framed.transport = (c.transport, self.transport) if upstream_is_mesh else (
-            self.transport, c.transport)
+        plain.transport, framed.transport = (ct, self.transport) if upstream_is_mesh else (self.transport, ct)
         relay.plain, relay.framed = plain, framed
         plain.transport.set_protocol(plain)
         framed.transport.set_protocol(framed)
@@ -1319,7 +1334,7 @@ class UpstreamConn(PooledConn):
         for b in ex.pending:
             client_side.data_received(b)
         ex.pending = []
-        c.transport.resume_reading()
+        ct.resume_reading()
         self.transport.resume_reading()
 
     def release_limits(self) -> None:
