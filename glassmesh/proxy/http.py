@@ -279,7 +279,65 @@ class Recording:
         self.chunks.append((now, sent, data))
 
 
-class ServerConn(StreamUser):
+class Client(StreamUser):
+    """What an UpstreamConn asks of the client connection it answers: nothing else of it.
+
+    ServerConn (an HTTP/1.1 client) is the one implementation today; an HTTP/2 client's
+    stream can be another, and the upstream side serves it unchanged. Methods only, no
+    fields: mypyc lays out a subclass's fields apart from a base's (see PooledConn.rides_on),
+    and calls through this base stay native (mypyc vtable).
+    """
+
+    def clock(self) -> float:
+        """When the read being handled arrived (one clock read per event)."""
+        raise NotImplementedError
+
+    def recording(self) -> list[int]:
+        """[byte limit] while a tap wants the bytes of each try (tap.py), else empty."""
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def pause(self, bit: int) -> None:
+        raise NotImplementedError
+
+    def resume(self, bit: int) -> None:
+        raise NotImplementedError
+
+    def build_upstream_head(self, ex: Exchange) -> bytes:
+        raise NotImplementedError
+
+    def build_response_head(self, ex: Exchange, status: int, rh: ResponseHead, framing: int, length: int,
+                            now: float) -> bytes:
+        raise NotImplementedError
+
+    def exchange_done(self, ex: Exchange, status: int, reason: str, ok: bool, now: float = 0.0) -> None:
+        raise NotImplementedError
+
+    def finish(self, ex: Exchange, close: bool) -> None:
+        raise NotImplementedError
+
+    def fail(self, ex: Exchange, reason: str, msg: str) -> None:
+        raise NotImplementedError
+
+    def cut_short(self, ex: Exchange, status: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def retry(self, ex: Exchange, cause: int, status: int, reason: bytes) -> Routed | None:
+        raise NotImplementedError
+
+    def send_again(self, ex: Exchange, r: Routed, pooled: bool) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> Any:
+        raise NotImplementedError
+
+
+class ServerConn(Client):
     """A connection from a client (an app on outbound, a peer proxy on inbound)."""
 
     def __init__(self, rt: Runtime, side: Side, link: LinkStats | None = None) -> None:
@@ -291,7 +349,7 @@ class ServerConn(StreamUser):
         # What else is told of each finished exchange (tap, OpenTelemetry): the runtime's list, read natively.
         self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
         # [byte limit] while a tap wants the bytes of each try (tap.py), else empty: shared with the runtime.
-        self.recording: list[int] = rt.recording
+        self.recording_limit: list[int] = rt.recording
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] = _no_write
         self.reader = RequestReader(rt.limits.max_head_bytes, rt.limits.max_headers, _ClientEvents(self))
@@ -816,11 +874,13 @@ class ServerConn(StreamUser):
         if len(q) <= 1:
             self.resume(1)
 
-    # --- what an UpstreamConn asks of the client it answers (and nothing else of it) ------------
-    # The next hop's side of an exchange (UpstreamConn) calls only these, build_upstream_head,
-    # build_response_head, write, flush, pause, resume, exchange_done, finish and detach, and reads
-    # only `now` and `recording`: never another field or a private method of a ServerConn, so that
-    # another client connection (HTTP/2) can offer the same calls.
+    # --- what an UpstreamConn asks of the client it answers (Client, above) ------------
+    def clock(self) -> float:
+        return self.now
+
+    def recording(self) -> list[int]:
+        return self.recording_limit
+
     def fail(self, ex: Exchange, reason: str, msg: str) -> None:
         """The next hop failed ex before its answer began: a mesh error goes to the client now."""
         self._mesh_error(ex, reason, msg)
@@ -988,7 +1048,7 @@ class UpstreamConn(PooledConn):
         self.now = 0.0  # when the current read arrived
         self.sending: Exchange | None = None
         self.ex: Exchange | None = None
-        self.client: ServerConn | None = None
+        self.client: Client | None = None
         self.wbuf: list[bytes] = []
         self.status = 0
         self.lost = False
@@ -1037,7 +1097,7 @@ class UpstreamConn(PooledConn):
         client.fail(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
                     "connection before answering")
 
-    def _replay(self, ex: Exchange, client: ServerConn, cause: int) -> bool:
+    def _replay(self, ex: Exchange, client: Client, cause: int) -> bool:
         """Send a request whose connection closed before any byte of the answer once more.
 
         Typically a kept-alive connection that the app closed as the request went out (an app
@@ -1114,7 +1174,7 @@ class UpstreamConn(PooledConn):
         ex.upstream = self
         ex.state = SENT
         self.client = client = ex.conn
-        recording = client.recording
+        recording = client.recording()
         if recording:
             self.rec = ex.rec = Recording(recording[0])
         elif self.rec is not None:
@@ -1128,7 +1188,7 @@ class UpstreamConn(PooledConn):
                 ex.mirror = None
                 self.rt.spawn(send_copy(m.pool, head))
         self.wbuf.append(head)
-        ex.sent_at = client.now
+        ex.sent_at = client.clock()
         for b in ex.pending:
             self.send_body(b)
         ex.pending = []
@@ -1500,6 +1560,7 @@ def _head(first: bytes, headers: list[bytes]) -> bytes:
 
 __all__ = [
     "ABANDONED",
+    "Client",
     "DONE",
     "FAILED",
     "HEAD_BACK",
