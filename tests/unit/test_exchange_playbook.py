@@ -9,6 +9,7 @@ app send, in order, and reads what each would receive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -117,20 +118,33 @@ class Play:
     def app_gets(self) -> bytes:
         return self.app.take()
 
+    def sent(self, request: bytes) -> Any:
+        """The client sends a request, the app reads it: its exchange, now waiting for the answer."""
+        self.client_sends(request)
+        self.app_gets()
+        return self.conn.queue[0]
+
     def client_gets(self) -> bytes:
         return self.client.take()
 
 
-@pytest.fixture
-def play() -> Iterator[Play]:
+@contextlib.contextmanager
+def stage() -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
+    """A state directory and an event loop (set, not running) for one case, both gone after it."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         with tempfile.TemporaryDirectory() as d:
-            yield Play(d)
+            yield d, loop
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+@pytest.fixture
+def play() -> Iterator[Play]:
+    with stage() as (d, _):
+        yield Play(d)
 
 
 def state_of(conn: ServerConn) -> str:
@@ -221,9 +235,7 @@ def test_the_app_closing_mid_answer_ends_the_client_connection(play: Play) -> No
 
 
 def test_the_app_closing_before_answering_a_post_gets_502(play: Play) -> None:
-    play.client_sends(b"POST /x HTTP/1.1\r\nHost: b\r\nContent-Length: 1\r\n\r\nx")
-    play.app_gets()
-    ex = play.conn.queue[0]
+    ex = play.sent(b"POST /x HTTP/1.1\r\nHost: b\r\nContent-Length: 1\r\n\r\nx")
     play.up.connection_lost(None)
     out = play.client_gets()
     assert out.startswith(b"HTTP/1.1 502 ") and b"glassmesh-error: upstream_reset; hop=h2/inbound" in out
@@ -240,9 +252,7 @@ def test_an_app_answer_that_is_not_http_gets_502(play: Play) -> None:
 
 
 def test_a_response_timeout_gets_504(play: Play) -> None:
-    play.client_sends(b"GET /slow HTTP/1.1\r\nHost: b\r\n\r\n")
-    play.app_gets()
-    ex = play.conn.queue[0]
+    ex = play.sent(b"GET /slow HTTP/1.1\r\nHost: b\r\n\r\n")
     play.conn.response_timeout(ex)
     out = play.client_gets()
     assert out.startswith(b"HTTP/1.1 504 ") and b"response_timeout" in out
@@ -251,9 +261,7 @@ def test_a_response_timeout_gets_504(play: Play) -> None:
 
 
 def test_a_client_that_leaves_abandons_its_exchange(play: Play) -> None:
-    play.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
-    play.app_gets()
-    ex = play.conn.queue[0]
+    ex = play.sent(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
     play.conn.connection_lost(None)
     assert ex.state == ABANDONED and play.app.closed, "the app connection it held is not reused"
 
@@ -345,14 +353,8 @@ class OutPlay:
 
 @pytest.fixture
 def out() -> Iterator[OutPlay]:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            yield OutPlay(d, loop)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    with stage() as (d, loop):
+        yield OutPlay(d, loop)
 
 
 def test_outbound_a_get_goes_to_a_peer_with_the_mesh_headers(out: OutPlay) -> None:
