@@ -90,6 +90,18 @@ RESET: Final = 2  # the connection closed before any byte of an answer
 PEER_ERROR: Final = 3  # a peer proxy's inbound side answered with its own error (glassmesh-error)
 STATUS: Final = 4  # the app (through its proxy) answered with a 5xx status
 REFUSED: Final = 5  # a draining peer refused the stream after its GOAWAY: no app saw it (any method may go again)
+# An exchange's state (Exchange.state; the table in Exchange's docstring): one native int field,
+# set at each transition, so that a test, a tap or a debugger reads where an exchange is without
+# inferring it from a dozen fields.
+QUEUED: Final = 0  # its head is read; it waits its turn (pipelined) or is being routed
+ROUTED: Final = 1  # a Side routed it: a connection is being taken or opened (or fault injection holds it)
+SENT: Final = 2  # its head went to the next hop; its body follows, the answer is awaited
+HEAD_BACK: Final = 3  # the answer's head went to the client; its body follows
+TUNNEL: Final = 4  # answered 101: both connections handed to a byte relay (tcp.Relay)
+DONE: Final = 5  # answered whole; the observers were told
+FAILED: Final = 6  # answered with a mesh error, or cut short (reset, timeout); the observers were told
+ABANDONED: Final = 7  # the client left before its answer; what it held was let go
+STATE_NAMES: Final = ("queued", "routed", "sent", "head_back", "tunnel", "done", "failed", "abandoned")
 
 
 class Routed:
@@ -139,34 +151,38 @@ class Exchange:
     No __slots__: most fields keep their class-level default for the whole
     exchange, and setting two dozen slots per request cost more than a dict.
 
-    The states one exchange passes through. Today they are implicit in the fields
-    below (and in its UpstreamConn's), not one explicit machine: this table is the
-    contract that machine is to keep (see README "Layout"). Events from the codec
+    The states one exchange passes through, with the events that move it (see
+    README "Layout"). `state` holds the coarse one (QUEUED, ROUTED, SENT, HEAD_BACK,
+    TUNNEL, DONE, FAILED, ABANDONED: the constants above), set at each transition;
+    the finer ones below it are read from the fields named. Events from the codec
     (protocols/http1_codec.py) are in capitals.
 
-    | state      | what holds it                           | event                       | next                       |
-    |------------|-----------------------------------------|-----------------------------|----------------------------|
-    | (head)     | the codec: reader.in_head, no exchange  | HEAD                        | queued, or routing if first|
-    |            |                                         | ERROR, request timeout      | answered (400/431/408)     |
-    | queued     | in conn.queue behind another (pipelined)| the one before it finishes  | routing                    |
-    | routing    | Side.route (synchronous)                | Routed / (reason, message)  | held, sending; answered    |
-    | held       | routed, delay set (fault injection)     | the delay's timer           | sending                    |
-    | connecting | routed, no upstream (a connect task)    | connected / ConnectError    | sending; retry or answered |
-    | sending    | upstream set, upstream.sending is ex    | DATA, END (+ trailers)      | awaiting                   |
-    | awaiting   | req_done, upstream set, no answer yet   | INTERIM (1xx)               | awaiting (100/102/103 sent)|
-    |            |                                         | HEAD 101 (asked to upgrade) | tunnel                     |
-    |            |                                         | HEAD 5xx/421, Side.retry    | retrying                   |
-    |            |                                         | HEAD                        | responding                 |
-    |            |                                         | reset before any byte       | connecting (replay) or 502 |
-    | retrying   | upstream.retry_to (its body dropped)    | END                         | sending (or connecting)    |
-    | responding | resp_started                            | DATA, END (+ trailers)      | done                       |
-    |            |                                         | reset, ERROR, timeout       | done, client closed        |
-    | tunnel     | both connections handed to tcp.Relay    | -                           | -                          |
-    | answered   | a mesh error written (_mesh_error)      | -                           | done                       |
-    | done       | exchange_done told the observers once   | finish                      | the next queued one routes |
-    | abandoned  | cancelled: the client left              | connection_lost             | (its holds let go)         |
+    | state      | `state`   | what holds it                           | event                       | next                       |
+    |------------|-----------|-----------------------------------------|-----------------------------|----------------------------|
+    | (head)     | -         | the codec: reader.in_head, no exchange  | HEAD                        | queued, or routing if first|
+    |            |           |                                         | ERROR, request timeout      | answered (400/431/408)     |
+    | queued     | QUEUED    | in conn.queue behind another (pipelined)| the one before it finishes  | routing                    |
+    | routing    | QUEUED    | Side.route (synchronous)                | Routed / (reason, message)  | held, sending; answered    |
+    | held       | ROUTED    | routed, delay set (fault injection)     | the delay's timer           | sending                    |
+    | connecting | ROUTED    | routed, no upstream (a connect task)    | connected / ConnectError    | sending; retry or answered |
+    | sending    | SENT      | upstream set, upstream.sending is ex    | DATA, END (+ trailers)      | awaiting                   |
+    | awaiting   | SENT      | req_done, upstream set, no answer yet   | INTERIM (1xx)               | awaiting (100/102/103 sent)|
+    |            |           |                                         | HEAD 101 (asked to upgrade) | tunnel                     |
+    |            |           |                                         | HEAD 5xx/421, Side.retry    | retrying                   |
+    |            |           |                                         | HEAD                        | responding                 |
+    |            |           |                                         | reset before any byte       | connecting (replay) or 502 |
+    | retrying   | SENT      | upstream.retry_to (its body dropped)    | END                         | sending (or connecting)    |
+    | responding | HEAD_BACK | resp_started                            | DATA, END (+ trailers)      | done                       |
+    |            |           |                                         | reset, ERROR, timeout       | done, client closed        |
+    | tunnel     | TUNNEL    | both connections handed to tcp.Relay    | -                           | -                          |
+    | answered   | FAILED    | a mesh error written (_mesh_error)      | -                           | done                       |
+    | done       | DONE      | exchange_done told the observers once   | finish                      | the next queued one routes |
+    | abandoned  | ABANDONED | cancelled: the client left              | connection_lost             | (its holds let go)         |
+
+    A retry or a replay goes back to ROUTED (and to SENT when the next try starts).
     """
 
+    state = QUEUED  # the coarse state (the table above; STATE_NAMES names it)
     head: RequestHead | None = None
     method = b""
     http10 = False
@@ -263,7 +279,65 @@ class Recording:
         self.chunks.append((now, sent, data))
 
 
-class ServerConn(StreamUser):
+class Client(StreamUser):
+    """What an UpstreamConn asks of the client connection it answers: nothing else of it.
+
+    ServerConn (an HTTP/1.1 client) is the one implementation today; an HTTP/2 client's
+    stream can be another, and the upstream side serves it unchanged. Methods only, no
+    fields: mypyc lays out a subclass's fields apart from a base's (see PooledConn.rides_on),
+    and calls through this base stay native (mypyc vtable).
+    """
+
+    def clock(self) -> float:
+        """When the read being handled arrived (one clock read per event)."""
+        raise NotImplementedError
+
+    def recording(self) -> list[int]:
+        """[byte limit] while a tap wants the bytes of each try (tap.py), else empty."""
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def pause(self, bit: int) -> None:
+        raise NotImplementedError
+
+    def resume(self, bit: int) -> None:
+        raise NotImplementedError
+
+    def build_upstream_head(self, ex: Exchange) -> bytes:
+        raise NotImplementedError
+
+    def build_response_head(self, ex: Exchange, status: int, rh: ResponseHead, framing: int, length: int,
+                            now: float) -> bytes:
+        raise NotImplementedError
+
+    def exchange_done(self, ex: Exchange, status: int, reason: str, ok: bool, now: float = 0.0) -> None:
+        raise NotImplementedError
+
+    def finish(self, ex: Exchange, close: bool) -> None:
+        raise NotImplementedError
+
+    def fail(self, ex: Exchange, reason: str, msg: str) -> None:
+        raise NotImplementedError
+
+    def cut_short(self, ex: Exchange, status: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def retry(self, ex: Exchange, cause: int, status: int, reason: bytes) -> Routed | None:
+        raise NotImplementedError
+
+    def send_again(self, ex: Exchange, r: Routed, pooled: bool) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> Any:
+        raise NotImplementedError
+
+
+class ServerConn(Client):
     """A connection from a client (an app on outbound, a peer proxy on inbound)."""
 
     def __init__(self, rt: Runtime, side: Side, link: LinkStats | None = None) -> None:
@@ -275,7 +349,7 @@ class ServerConn(StreamUser):
         # What else is told of each finished exchange (tap, OpenTelemetry): the runtime's list, read natively.
         self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
         # [byte limit] while a tap wants the bytes of each try (tap.py), else empty: shared with the runtime.
-        self.recording: list[int] = rt.recording
+        self.recording_limit: list[int] = rt.recording
         self.transport: Any = None
         self.t_write: Callable[[bytes], None] = _no_write
         self.reader = RequestReader(rt.limits.max_head_bytes, rt.limits.max_headers, _ClientEvents(self))
@@ -538,6 +612,7 @@ class ServerConn(StreamUser):
             self._mesh_error(ex, r[0], r[1])
             return
         ex.routed = r
+        ex.state = ROUTED
         route = ex.route
         if route is not None and (route.timeout_s or route.idle_timeout_s):
             self._arm_timer(ex, route)
@@ -614,11 +689,7 @@ class ServerConn(StreamUser):
         if ex.resp_started:
             # Part of the answer is out: all that is left is to end the client's connection.
             self.count_error(ex, reason)
-            self.exchange_done(ex, 504, reason, False)
-            self.closing = True
-            self.queue.clear()
-            self.flush()
-            self.transport.close()
+            self.cut_short(ex, 504, reason)
             return
         if not ex.req_done:
             ex.keep_alive = False
@@ -665,6 +736,7 @@ class ServerConn(StreamUser):
                     self.flush()
                     return
                 r = ex.routed = nxt
+                ex.state = ROUTED
         if ex.cancelled or ex.routed is not r:
             pool.put(conn)
             return
@@ -734,6 +806,7 @@ class ServerConn(StreamUser):
         """
         if not now:
             now = _mono()
+        ex.state = FAILED if reason else DONE
         self.last_active = now
         t = ex.timer
         if t is not None:
@@ -763,6 +836,7 @@ class ServerConn(StreamUser):
 
     def exchange_abandoned(self, ex: Exchange) -> None:
         """The client left before its answer: what ex holds (endpoint load, a limit's slot, a timer) is let go."""
+        ex.state = ABANDONED
         t = ex.timer
         if t is not None:
             ex.timer = None
@@ -799,6 +873,41 @@ class ServerConn(StreamUser):
                 self._dispatch(nxt)
         if len(q) <= 1:
             self.resume(1)
+
+    # --- what an UpstreamConn asks of the client it answers (Client, above) ------------
+    def clock(self) -> float:
+        return self.now
+
+    def recording(self) -> list[int]:
+        return self.recording_limit
+
+    def fail(self, ex: Exchange, reason: str, msg: str) -> None:
+        """The next hop failed ex before its answer began: a mesh error goes to the client now."""
+        self._mesh_error(ex, reason, msg)
+        self.flush()
+
+    def cut_short(self, ex: Exchange, status: int, reason: str) -> None:
+        """ex's answer began and cannot end as it should (a reset, a bad response, a timeout): the
+        observers learn why, and the client's connection ends, so that a cut answer never passes for whole."""
+        self.exchange_done(ex, status, reason, False)
+        self.closing = True
+        self.queue.clear()
+        self.flush()
+        self.transport.close()
+
+    def retry(self, ex: Exchange, cause: int, status: int, reason: bytes) -> Routed | None:
+        """Where a failed try of ex goes again, by this connection's side (Side.retry), or None."""
+        return self.side.retry(ex, cause, status, reason)
+
+    def send_again(self, ex: Exchange, r: Routed, pooled: bool) -> None:
+        """Another try of ex, to r: on an idle pooled connection when pooled allows one, else a new one."""
+        if pooled:
+            conn = take(r.pool)
+            if conn is not None:
+                conn.start(ex)
+                conn.flush()
+                return
+        self.rt.spawn(self._connect_and_start(ex, r))
 
     def build_upstream_head(self, ex: Exchange) -> bytes:
         """The request head for the next hop: hop-by-hop headers out, mesh headers in."""
@@ -907,8 +1016,8 @@ class ServerConn(StreamUser):
         out = b";route=" + route.name if route.name != b"default" or ex.subset else b""
         return out + b";subset=" + ex.subset if ex.subset else out
 
-    def detach(self) -> None:
-        """This connection is handed to a byte relay (after a 101): stop counting it as ours."""
+    def detach(self) -> Any:
+        """This connection is handed to a byte relay (after a 101): stop counting it as ours; its transport, for the relay."""
         self.queue.clear()
         self.rt.conns.discard(self)
         self.rt.stats.client_conns -= 1
@@ -916,6 +1025,7 @@ class ServerConn(StreamUser):
         if self.link is not None:
             self.link.open_conns -= 1
         self.link = None
+        return self.transport
 
     def _start_tunnel_request(self, rest: bytes) -> None:
         """The request asked to upgrade; its bytes after the head wait for the 101."""
@@ -938,7 +1048,7 @@ class UpstreamConn(PooledConn):
         self.now = 0.0  # when the current read arrived
         self.sending: Exchange | None = None
         self.ex: Exchange | None = None
-        self.client: ServerConn | None = None
+        self.client: Client | None = None
         self.wbuf: list[bytes] = []
         self.status = 0
         self.lost = False
@@ -980,19 +1090,14 @@ class UpstreamConn(PooledConn):
             if self.resp_framing == Framing.CLOSE:
                 self._complete(ex, reusable=False)
             else:
-                client.exchange_done(ex, self.status, "upstream_reset", False)
-                client.closing = True
-                client.queue.clear()
-                client.flush()
-                client.transport.close()
+                client.cut_short(ex, self.status, "upstream_reset")
             return
         if not self.got_bytes and self._replay(ex, client, REFUSED if unserved(ex, self.transport) else RESET):
             return
-        client._mesh_error(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
-                           "connection before answering")
-        client.flush()
+        client.fail(ex, "upstream_reset", f"{self.pool.key.host}:{self.pool.key.port} closed the "
+                    "connection before answering")
 
-    def _replay(self, ex: Exchange, client: ServerConn, cause: int) -> bool:
+    def _replay(self, ex: Exchange, client: Client, cause: int) -> bool:
         """Send a request whose connection closed before any byte of the answer once more.
 
         Typically a kept-alive connection that the app closed as the request went out (an app
@@ -1001,12 +1106,13 @@ class UpstreamConn(PooledConn):
         endpoint; inbound: another local instance), else the same one on a fresh connection: an
         app that is gone refuses it, and a caller's outbound proxy then sends it elsewhere.
         """
-        nxt = client.side.retry(ex, cause, 0, b"upstream_reset")
+        nxt = client.retry(ex, cause, 0, b"upstream_reset")
         if nxt is None:
             return False
         ex.upstream = None
         ex.routed = nxt
-        self.rt.spawn(client._connect_and_start(ex, nxt))
+        ex.state = ROUTED
+        client.send_again(ex, nxt, False)
         return True
 
     def pause_read(self) -> None:
@@ -1066,8 +1172,9 @@ class UpstreamConn(PooledConn):
         self.ex = ex
         self.sending = ex
         ex.upstream = self
+        ex.state = SENT
         self.client = client = ex.conn
-        recording = client.recording
+        recording = client.recording()
         if recording:
             self.rec = ex.rec = Recording(recording[0])
         elif self.rec is not None:
@@ -1081,7 +1188,7 @@ class UpstreamConn(PooledConn):
                 ex.mirror = None
                 self.rt.spawn(send_copy(m.pool, head))
         self.wbuf.append(head)
-        ex.sent_at = client.now
+        ex.sent_at = client.clock()
         for b in ex.pending:
             self.send_body(b)
         ex.pending = []
@@ -1144,13 +1251,9 @@ class UpstreamConn(PooledConn):
         c = self.client
         assert c is not None
         if ex.resp_started:
-            c.exchange_done(ex, self.status, "upstream_protocol_error", False)
-            c.closing = True
-            c.queue.clear()
-            c.flush()
-            c.transport.close()
+            c.cut_short(ex, self.status, "upstream_protocol_error")
         else:
-            c._mesh_error(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
+            c.fail(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
 
     # --- the codec's events (protocols/http1_codec.py) ----------------------------
     def _interim(self, r: Response) -> None:
@@ -1174,6 +1277,7 @@ class UpstreamConn(PooledConn):
         self.resp_framing = r.framing
         ex.head_at = self.now
         ex.resp_started = True
+        ex.state = HEAD_BACK
         c.write(c.build_response_head(ex, status, rh, r.framing, r.length, self.now))
         self.status = status
 
@@ -1211,9 +1315,9 @@ class UpstreamConn(PooledConn):
             return False
         reason = peer_error(rh) if self.pool.ssl_ctx is not None else None
         if reason is not None:
-            nxt = ex.conn.side.retry(ex, PEER_ERROR, status, reason)
+            nxt = ex.conn.retry(ex, PEER_ERROR, status, reason)
         elif ex.route is not None and ex.route.retry is not None:
-            nxt = ex.conn.side.retry(ex, STATUS, status, b"")
+            nxt = ex.conn.retry(ex, STATUS, status, b"")
         else:
             return False
         if nxt is None:
@@ -1234,12 +1338,8 @@ class UpstreamConn(PooledConn):
         else:
             self.close()
         ex.routed = nxt
-        conn = take(nxt.pool)
-        if conn is not None:
-            conn.start(ex)
-            conn.flush()
-        else:
-            self.rt.spawn(c._connect_and_start(ex, nxt))
+        ex.state = ROUTED
+        c.send_again(ex, nxt, True)
 
     def _complete(self, ex: Exchange, reusable: bool, trailers: list[bytes] | None = None) -> None:
         """The response to ex is complete: its end (and trailer fields, when it goes out chunked) to the client."""
@@ -1278,14 +1378,14 @@ class UpstreamConn(PooledConn):
         self.tunnel = True
         self.status = 101
         c.exchange_done(ex, 101, "", True)
-        c.detach()
+        ex.state = TUNNEL
+        ct = c.detach()
         self.detach()
         relay = Relay(None)
         upstream_is_mesh = self.pool.ssl_ctx is not None
         plain = PlainSide(relay, outbound=upstream_is_mesh)
         framed = FramedSide(relay, outbound=upstream_is_mesh)
-        plain.transport, framed.transport = (c.transport, self.transport) if upstream_is_mesh else (
-            self.transport, c.transport)
+        plain.transport, framed.transport = (ct, self.transport) if upstream_is_mesh else (self.transport, ct)
         relay.plain, relay.framed = plain, framed
         plain.transport.set_protocol(plain)
         framed.transport.set_protocol(framed)
@@ -1294,7 +1394,7 @@ class UpstreamConn(PooledConn):
         for b in ex.pending:
             client_side.data_received(b)
         ex.pending = []
-        c.transport.resume_reading()
+        ct.resume_reading()
         self.transport.resume_reading()
 
     def release_limits(self) -> None:
@@ -1459,6 +1559,16 @@ def _head(first: bytes, headers: list[bytes]) -> bytes:
 
 
 __all__ = [
+    "ABANDONED",
+    "Client",
+    "DONE",
+    "FAILED",
+    "HEAD_BACK",
+    "QUEUED",
+    "ROUTED",
+    "SENT",
+    "STATE_NAMES",
+    "TUNNEL",
     "Exchange",
     "Routed",
     "ServerConn",
