@@ -546,6 +546,7 @@ class Demo:
             (f"{gm} capture --link a:b --seconds 5 -w a-b.pcap", "what the link carried, decrypted: tcpdump -r a-b.pcap -A"),
             (f"{gm} trace REQUEST_ID", "one request's way across the hops (the live view names a recent one)"),
             (f"{gm} links", "every link: rate, success, p50/p99, retries, mesh errors by hop"),
+            (f"{gm} check", "a doctor: one line per check, with the fix for any that fails"),
             (f"{gm} dashboard", "the dashboard in your browser (a one-minute, single-use login link)"),
         ]
         width = max(len(cmd) for cmd, _ in examples)
@@ -806,9 +807,9 @@ class Demo:
         if traffic:
             out.append(f"[{elapsed:5.0f}s] {_traffic_line(traffic)}")
             rid = traffic.get("recent_request_id")
-            if rid and not self.trace_hinted:  # the live table shows one always; printed lines say it once
+            if rid and not self.trace_hinted:  # the live table shows these always; printed lines say them once
                 self.trace_hinted = True
-                out.append(trace_hint(rid))
+                out += [look_hint(), trace_hint(rid)]
         for line in out:
             self.console.print(line, markup=False, highlight=False)
 
@@ -1030,6 +1031,12 @@ def _traffic_line(t: dict[str, Any]) -> str:
             f"{t.get('connections_opened', 0)} connections opened")
 
 
+def look_hint() -> str:
+    """Into the running mesh from another terminal: the live requests of a link, and its bytes as a pcap."""
+    gm = _cli()
+    return f"look inside: {gm} tap --from a --to b --headers   |   {gm} capture --link a:b --seconds 5 -w a-b.pcap"
+
+
 def trace_hint(request_id: str) -> str:
     """A request A made a moment ago, to follow across the hops with `glassmesh trace`."""
     return f"follow a request A just made to B across the hops: {_cli()} trace {request_id}"
@@ -1062,6 +1069,7 @@ def _table(rows: list[Row], traffic: dict[str, Any] | None, err: str | None, ela
     if err:
         captions.append(f"[red]{err}")
     captions.append("Ctrl-C stops every process")
+    captions.append(look_hint())
     rid = traffic.get("recent_request_id") if traffic else None
     if rid:
         captions.append(trace_hint(rid))

@@ -81,6 +81,7 @@ def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: P
     assert len(events) == 6 and {(e["from"], e["to"]) for e in events} == {("a", "b")}, tap.stdout
     assert {e["side"] for e in events} == {"inbound"} and {e["host"] for e in events} <= {"host2", "host3", "host4"}
     assert "tap --from a --to b --headers" in out and "capture --link a:b" in out  # the hints
+    assert "look inside: glassmesh tap --from a --to b --headers   |   glassmesh capture --link a:b" in out
     assert "trace REQUEST_ID" in out and "glassmesh links" in out.replace(f"{sys.executable} -c ", "")
     assert trace is not None and trace.returncode == 0, (trace, out)
     hops = {(h["host"], h["side"]) for h in json.loads(trace.stdout)["timeline"]["hops"]}
