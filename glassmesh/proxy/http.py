@@ -397,6 +397,8 @@ class ServerConn(Client):
                 up.abort()
             self.exchange_abandoned(ex)
         self.queue.clear()
+        self.parsing = None
+        self.reader.release()  # no reference cycle left: freed now, not by the cyclic collector
 
     def data_received(self, data: bytes) -> None:
         now = self.now = self.last_active = _mono()
@@ -1075,6 +1077,12 @@ class UpstreamConn(PooledConn):
         if self.lost:
             return
         self.lost = True
+        try:
+            self._lost()
+        finally:
+            self.reader.release()  # no reference cycle left (see ResponseReader.release); rh stays readable
+
+    def _lost(self) -> None:
         if self.link is not None:
             self.link.open_conns -= 1
         self.release_limits()

@@ -145,7 +145,11 @@ class Worker:
         """What a connection to `spec` is, by the snapshot in force (called again at every swap)."""
         rt = self.rt
         if spec.kind == "outbound":
-            return lambda: ServerConn(rt, OutboundSide(rt, spec.name))
+            # One side per listener, shared by its connections: its route and authority caches then
+            # stay warm across connections (a side per connection cost ~10,000 instructions on each
+            # new connection, callgrind). It holds no state of a connection.
+            side = OutboundSide(rt, spec.name)
+            return lambda: ServerConn(rt, side)
         if spec.kind == "tcp":
             link = next(t for t in rt.snapshot.tcp_links if t.listen == spec.key)
             return lambda: TcpLinkClient(rt, link.source, link.destination)
