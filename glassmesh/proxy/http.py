@@ -38,6 +38,7 @@ from glassmesh.protocols.http1 import (
     chunk,
     last_chunk,
     new_request_id,
+    new_request_id_and_traceparent,
     new_span_id,
     new_traceparent,
     status_line,
@@ -920,15 +921,20 @@ class ServerConn(Client):
             h.drop_connection_listed()
         lines = _lines(ex.method + b" " + ex.url + b" HTTP/1.1", h.forward)
         rid = h.rid
-        if rid is None:
-            rid = new_request_id()
-            lines.append(b"x-request-id: " + rid)
         tp = h.tp
-        if self.spans:
-            tp = self._own_span(ex, tp, lines)
-        elif tp is None:
-            tp = new_traceparent()
+        if rid is None and tp is None and not self.spans:  # the usual request from an app
+            rid, tp = new_request_id_and_traceparent()
+            lines.append(b"x-request-id: " + rid)
             lines.append(b"traceparent: " + tp)
+        else:
+            if rid is None:
+                rid = new_request_id()
+                lines.append(b"x-request-id: " + rid)
+            if self.spans:
+                tp = self._own_span(ex, tp, lines)
+            elif tp is None:
+                tp = new_traceparent()
+                lines.append(b"traceparent: " + tp)
         ex.traceparent = tp
         ex.request_id = rid
         extra = routed.extra

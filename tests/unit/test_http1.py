@@ -126,6 +126,23 @@ def test_ids_are_unique_well_formed_and_differ_between_workers():
     assert http1.new_request_id()[:16] != before[:16]
 
 
+def test_ids_minted_together_are_as_unique_as_ids_minted_apart():
+    import re
+
+    from glassmesh.protocols import http1
+
+    pairs = [http1.new_request_id_and_traceparent() for _ in range(5000)] + [
+        (http1.new_request_id(), http1.new_traceparent()) for _ in range(100)]
+    rids = [r for r, _ in pairs]
+    tps = [t for _, t in pairs]
+    assert len(set(rids)) == len(rids) and all(re.fullmatch(rb"[0-9a-f]{24}", r) for r in rids)
+    assert len({t[3:35] for t in tps}) == len(tps) and len({t[36:52] for t in tps}) == len(tps)
+    assert all(valid_traceparent(t) and t[36:52] != b"0" * 16 for t in tps)
+    http1.set_counter(0xFFFFFFFF)
+    r, t = http1.new_request_id_and_traceparent()
+    assert r[16:] == b"00000001" and r[:16] != rids[-1][:16] and valid_traceparent(t), "the wrap draws anew"
+
+
 def test_ids_do_not_repeat_when_the_counter_wraps():
     from glassmesh.protocols import http1
 
