@@ -32,6 +32,7 @@ HOT = [
     "glassmesh/proxy/routing.py",
     "glassmesh/proxy/tcp.py",
     "glassmesh/proxy/chain.py",
+    "glassmesh/proxy/accepted.py",
     "glassmesh/proxy/stages/endpoint.py",
     "glassmesh/proxy/stages/eject.py",
     "glassmesh/proxy/stages/balance.py",

@@ -31,6 +31,7 @@ HOT_MODULES = (
     "glassmesh.proxy.routing",
     "glassmesh.proxy.tcp",
     "glassmesh.proxy.chain",
+    "glassmesh.proxy.accepted",
     "glassmesh.proxy.stages.endpoint",
     "glassmesh.proxy.stages.eject",
     "glassmesh.proxy.stages.balance",

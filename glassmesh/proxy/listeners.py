@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glassmesh.model.snapshot import Snapshot, SnapshotError, split_address
+from glassmesh.proxy.accepted import Accepted, is_open
 
 DRAIN_S = 30.0  # how long connections of a removed listener may run on before they are closed
 # Unix socket files this process created, as (device, inode): one that a proxy started since (a restart
@@ -309,11 +310,6 @@ def unlink_unix(key: str) -> None:
 Factory = Callable[[], Any]
 
 
-def _open(proto: Any) -> bool:
-    t = getattr(proto, "transport", None)
-    return t is not None and not t.is_closing()
-
-
 def _graceful(proto: Any) -> None:
     """Close an HTTP client connection after the response in flight (at once when idle); a peer's
     multiplexed one once its streams are done (GOAWAY: it opens no more); others run on."""
@@ -338,31 +334,23 @@ class Listener:
     """A bound socket this process serves, the meaning it has now, and the connections it accepted."""
 
     def __init__(self, spec: Spec, sock: socket.socket, factory: Factory) -> None:
-        self.spec, self.sock, self.factory = spec, sock, factory
+        self.spec, self.sock = spec, sock
         self.server: asyncio.AbstractServer | None = None
-        self.conns: list[tuple[float, Any]] = []  # (accepted at, protocol), pruned as it grows
-        self._prune_at = 64
+        # The protocol factory the event loop calls, native (accepted.py), recording each connection.
+        self.accepted = Accepted(factory, _HANDSHAKE_S)
+        self.accept: Factory = self.accepted.accept
 
-    def accept(self) -> Any:
-        proto = self.factory()
-        conns = self.conns
-        conns.append((time.monotonic(), proto))
-        if len(conns) > self._prune_at:  # amortized: a prune at each doubling
-            now = time.monotonic()
-            conns[:] = [(t, p) for t, p in conns if _open(p) or (now - t < _HANDSHAKE_S
-                                                                 and getattr(p, "transport", None) is None)]
-            self._prune_at = 2 * len(conns) + 64
-        return proto
+    @property
+    def factory(self) -> Factory:
+        return self.accepted.factory
+
+    @factory.setter
+    def factory(self, f: Factory) -> None:
+        self.accepted.factory = f
 
     def open_conns(self, handshake_s: float) -> list[Any]:
-        """Its connections still open, and those that may still be in their TLS handshake.
-
-        A connection whose handshake fails is never given to its protocol, so
-        one without a transport counts only until the handshake timeout.
-        """
-        now = time.monotonic()
-        return [p for t, p in self.conns if _open(p) or (getattr(p, "transport", None) is None
-                                                         and now - t < handshake_s)]
+        """Its connections still open, and those that may still be in their TLS handshake."""
+        return self.accepted.open_conns(handshake_s)
 
 
 class Listeners:
@@ -511,12 +499,12 @@ class Listeners:
             await asyncio.sleep(0.2)
         from glassmesh.proxy.log import log
 
-        conns = [p for p in lst.open_conns(0.0) if _open(p)]
+        conns = [p for p in lst.open_conns(0.0) if is_open(p)]
         if conns:
             log(f"closing {len(conns)} connection{'s' * (len(conns) != 1)} of removed listener {lst.spec} "
                 f"after {drain_s:.0f}s")
         for p in conns:
-            if _open(p):
+            if is_open(p):
                 p.transport.close()
 
     def forget(self) -> None:

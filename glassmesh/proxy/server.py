@@ -28,6 +28,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import uvloop
@@ -149,7 +150,7 @@ class Worker:
             # stay warm across connections (a side per connection cost ~10,000 instructions on each
             # new connection, callgrind). It holds no state of a connection.
             side = OutboundSide(rt, spec.name)
-            return lambda: ServerConn(rt, side)
+            return partial(ServerConn, rt, side)  # no interpreted frame per connection (a lambda is one)
         if spec.kind == "tcp":
             link = next(t for t in rt.snapshot.tcp_links if t.listen == spec.key)
             return lambda: TcpLinkClient(rt, link.source, link.destination)
