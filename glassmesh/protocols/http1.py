@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from http import HTTPStatus
 from typing import Final
 
 from glassmesh.protocols.message import CONNECTION_FIELDS
@@ -542,13 +543,17 @@ def valid_traceparent(value: bytes) -> bool:
 
 # Every status line a proxy can forward (100-599), made once: a dict lookup in a
 # module global, or formatting, per response cost more than a list index.
-_STATUS_LINES: Final = [b"HTTP/1.1 %d %s" % (i, REASONS.get(i, b"Unknown")) for i in range(600)]
+# Every registered status gets its phrase (an app's 201 reads "201 Created" through the mesh, not
+# "201 Unknown"): RFC 9110's names above, then the stdlib's table; an unregistered one gets an
+# empty phrase, which RFC 9112 allows (clients never act on the phrase).
+_PHRASES: Final = {int(st): st.phrase.encode() for st in HTTPStatus} | REASONS
+_STATUS_LINES: Final = [b"HTTP/1.1 %d %s" % (i, _PHRASES.get(i, b"")) for i in range(600)]
 
 
 def status_line(status: int) -> bytes:
     if 100 <= status < 600:
         return _STATUS_LINES[status]
-    return b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b"Unknown"))
+    return b"HTTP/1.1 %d %s" % (status, _PHRASES.get(status, b""))
 
 
 def chunk(data: bytes) -> bytes:

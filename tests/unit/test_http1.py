@@ -246,3 +246,13 @@ def test_request_head_notes_a_connection_header_in_any_form():
     assert req([(b"Host", b"b"), (b"PROXY-CONNECTION", b"keep-alive")]).says_connection
     h = req([(b"Proxy-Connection", b"keep-alive"), (b"Content-Length", b" 12 ")])
     assert h.framing() == (Framing.LENGTH, 12) and h.forward == []
+
+
+def test_status_lines_carry_the_registered_phrase_and_none_is_unknown():
+    from glassmesh.protocols.http1 import status_line
+
+    assert status_line(201) == b"HTTP/1.1 201 Created"
+    assert status_line(429) == b"HTTP/1.1 429 Too Many Requests"
+    assert status_line(413) == b"HTTP/1.1 413 Content Too Large", "RFC 9110's name over the stdlib's older one"
+    assert status_line(299) == b"HTTP/1.1 299 ", "an unregistered status: an empty phrase (RFC 9112), not 'Unknown'"
+    assert status_line(799) == b"HTTP/1.1 799 "
