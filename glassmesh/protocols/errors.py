@@ -36,6 +36,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "fault_abort": (503, "fault injection on this route aborted the request"),
     "call_not_allowed": (403, "the calling service's `calls` list does not include this service"),
     "http2_not_supported": (505, "HTTP/2 (and so gRPC) is not carried yet; a tcp link carries it"),
+    "internal_error": (500, "this proxy failed while handling the message: a defect in glassmesh, not the "
+                            "peer's fault (its log has the traceback)"),
 }
 
 

@@ -122,6 +122,18 @@ class Recorder(Events):
         self._add(ERROR, e)
 
 
+def own_failure(e: BaseException) -> BadMessage:
+    """An exception of the proxy's own code inside a callback (a defect): not the peer's fault.
+
+    llhttp wraps whatever a callback raises; without this a proxy bug read as a malformed
+    request (400, blaming the client) or an invalid response (502, blaming the next hop).
+    The original exception is the result's __cause__, for the connection to log.
+    """
+    m = BadMessage(f"{type(e).__name__}: {e}", "internal_error", 500)
+    m.__cause__ = e
+    return m
+
+
 _NO_EVENTS: Final = Events()  # a released reader's sink: tells no one
 
 
@@ -227,7 +239,12 @@ class RequestReader(_Reader):
                 self.sink.preface(data[i + len(PRI_LINE):] if i >= 0 else data)
                 return
             cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
-            self.sink.error(cause if isinstance(cause, BadMessage) else BadMessage(f"malformed request: {e}"))
+            if isinstance(cause, BadMessage):
+                self.sink.error(cause)
+            elif cause is not None:
+                self.sink.error(own_failure(cause))
+            else:
+                self.sink.error(BadMessage(f"malformed request: {e}"))
         else:
             if self.fed > self.max_head:
                 self.dead = True
@@ -372,7 +389,10 @@ class ResponseReader(_Reader):
                 self.sink.end(None)
             else:
                 ctx = e.__context__
-                self.sink.error(BadMessage(str(ctx or e), "upstream_protocol_error", 502))
+                if ctx is None or isinstance(ctx, BadMessage):
+                    self.sink.error(BadMessage(str(ctx or e), "upstream_protocol_error", 502))
+                else:
+                    self.sink.error(own_failure(ctx))
         except httptools.HttpParserError as e:
             self.sink.error(BadMessage(str(e), "upstream_protocol_error", 502))
         else:

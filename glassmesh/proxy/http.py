@@ -49,6 +49,7 @@ from glassmesh.protocols.message import Response
 from glassmesh.protocols.mux import REFUSED_GOAWAY
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.connector import ConnectError
+from glassmesh.proxy.log import defect
 from glassmesh.proxy.mirroring import send_copy
 from glassmesh.proxy.mux import MuxConnection, StreamUser
 from glassmesh.proxy.pool import Pool, PooledConn
@@ -830,12 +831,20 @@ class ServerConn(Client):
         if chain is not None:
             ex.chain = None
             chain.limits.done()
+        # What is told of a finished exchange never breaks it, nor the connection: a defect (or a
+        # full disk under the access log) is logged, and the answer stands.
         if self.logging:
-            self.rt.access_log(ex, status, reason, ep)
+            try:
+                self.rt.access_log(ex, status, reason, ep)
+            except Exception as e:
+                defect("the access log", e)
         observers = self.observers
         if observers:
             for f in observers:
-                f(ex, status, reason)
+                try:
+                    f(ex, status, reason)
+                except Exception as e:
+                    defect("an observer of finished exchanges", e)
 
     def exchange_abandoned(self, ex: Exchange) -> None:
         """The client left before its answer: what ex holds (endpoint load, a limit's slot, a timer) is let go."""
@@ -1256,7 +1265,7 @@ class UpstreamConn(PooledConn):
         if rest and self.tunnel:
             self.transport.get_protocol().data_received(rest)
 
-    def _protocol_error(self, msg: str) -> None:
+    def _protocol_error(self, msg: str, reason: str = "upstream_protocol_error") -> None:
         ex = self.ex
         self.ex = None
         self.transport.abort()
@@ -1265,9 +1274,11 @@ class UpstreamConn(PooledConn):
         c = self.client
         assert c is not None
         if ex.resp_started:
-            c.cut_short(ex, self.status, "upstream_protocol_error")
+            c.cut_short(ex, self.status, reason)
+        elif reason == "upstream_protocol_error":
+            c.fail(ex, reason, f"invalid response from the next hop: {msg}")
         else:
-            c.fail(ex, "upstream_protocol_error", f"invalid response from the next hop: {msg}")
+            c.fail(ex, reason, f"while reading the next hop's response: {msg}")
 
     # --- the codec's events (protocols/http1_codec.py) ----------------------------
     def _interim(self, r: Response) -> None:
@@ -1449,6 +1460,8 @@ class _ClientEvents(Events):
         self.conn._preface(rest)
 
     def error(self, e: BadMessage) -> None:
+        if e.__cause__ is not None:  # the proxy's own defect (http1_codec.own_failure)
+            defect(f"reading a request on {self.conn.side.name}", e.__cause__)
         self.conn._parse_error(e)
 
 
@@ -1480,7 +1493,9 @@ class _UpstreamEvents(Events):
         self.conn._response_upgrade(rest)
 
     def error(self, e: BadMessage) -> None:
-        self.conn._protocol_error(str(e))
+        if e.__cause__ is not None:  # the proxy's own defect (http1_codec.own_failure), not the peer's
+            defect("reading a response", e.__cause__)
+        self.conn._protocol_error(str(e), e.reason)
 
 
 def take(pool: Pool) -> UpstreamConn | None:

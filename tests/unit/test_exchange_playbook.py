@@ -487,3 +487,32 @@ def test_a_released_reader_reads_nothing_and_keeps_what_it_read() -> None:
     q.release()
     q.feed(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
     assert rec.take() == []
+
+
+def test_a_defect_in_the_proxy_is_an_internal_error_never_the_clients_fault(
+        play: Play, capfd: pytest.CaptureFixture[str]) -> None:
+    def broken_pool(*args: Any) -> Any:
+        raise RuntimeError("a defect in the pools")
+
+    play.rt.pool = broken_pool  # type: ignore[method-assign]
+    play.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+    out = play.client_gets()
+    assert out.startswith(b"HTTP/1.1 500 Internal Server Error\r\n"), out[:80]
+    assert b"glassmesh-error: internal_error; hop=h2/inbound" in out, "not a 400 'malformed request'"
+    err = capfd.readouterr().err
+    assert "RuntimeError: a defect in the pools" in err and "Traceback" in err, err
+
+
+def test_a_defect_after_the_answer_is_logged_and_the_answer_stands(
+        play: Play, capfd: pytest.CaptureFixture[str]) -> None:
+    def broken_observer(ex: Any, status: int, reason: str) -> None:
+        raise KeyError("a defect in an observer")
+
+    play.rt.observers.append(broken_observer)
+    play.client_sends(b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n")
+    play.app_gets()
+    play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    out = play.client_gets()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nok"), out
+    err = capfd.readouterr().err
+    assert "KeyError: 'a defect in an observer'" in err and "upstream_protocol_error" not in err, err

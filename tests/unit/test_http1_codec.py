@@ -216,3 +216,4 @@ def test_101_switches_only_when_asked() -> None:
 ])
 def test_malformed_responses_are_an_error_event(data: bytes) -> None:
     assert feed(resp(), data)[-1] == ("ERROR", 502, "upstream_protocol_error")
+
