@@ -13,13 +13,18 @@ therefore left out alike for both pairs. nginx runs the same outbound/inbound co
 process that serves the requests. `--cache-sim` adds the simulated L1 misses. The app is a
 1-worker nginx, as in `make bench`; everything on 127.0.0.1.
 
-    .venv/bin/python bench/instructions.py [--pair glassmesh,nginx] [-n 2000] [--cache-sim] [--policy]
+    .venv/bin/python bench/instructions.py [--pair glassmesh,nginx] [-n 2000] [--warm 300] [--cache-sim] [--policy]
+
+The proxies inherit the environment: `GLASSMESH_TRACE_RING=0` turns the trace ring off. The ring
+holds 2,048 + 1,024 records, so its steady state (every request overwriting one) shows only when
+the warm-up and the measured requests wrap it, e.g. `--warm 3100 -n 4000` (the warm-up runs twice).
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import re
 import shutil
 import subprocess
@@ -40,7 +45,8 @@ from stack import (  # noqa: E402
     wait_port,
 )
 
-PORT_OFFSET = 9000  # clear of make bench's ports and of the demo's
+# Clear of make bench's ports and of the demo's; PORT_OFFSET=N in the environment moves it (two runs at once).
+PORT_OFFSET = int(os.environ.get("PORT_OFFSET", "9000"))
 
 
 def requests(port: int, n: int) -> None:
