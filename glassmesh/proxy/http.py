@@ -52,7 +52,6 @@ from glassmesh.proxy.mirroring import send_copy
 from glassmesh.proxy.mux import MuxConnection, StreamUser
 from glassmesh.proxy.pool import Pool, PooledConn
 from glassmesh.proxy.refusal import Http2Refuser
-from glassmesh.proxy.ring import Ring
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
 
 if TYPE_CHECKING:
@@ -349,8 +348,6 @@ class ServerConn(Client):
         self.spans: bool = rt.spans  # whether this hop makes its own span (OTLP export configured)
         # What else is told of each finished exchange (tap, OpenTelemetry): the runtime's list, read natively.
         self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
-        # The trace ring (ring.py), always on unless GLASSMESH_TRACE_RING=0: called natively, not as an observer.
-        self.ring: Ring | None = rt.ring
         # [byte limit] while a tap wants the bytes of each try (tap.py), else empty: shared with the runtime.
         self.recording_limit: list[int] = rt.recording
         self.transport: Any = None
@@ -804,7 +801,7 @@ class ServerConn(Client):
         """The answer to ex is decided (complete, or a mesh error, or cut short): count it once, everywhere.
 
         Link stats, the endpoint's load/latency/failures (outlier detection), the destination's
-        limits, the access log, the trace ring, then any further observers (Runtime.observers). ok: False when
+        limits, the access log, then any further observers (Runtime.observers). ok: False when
         the endpoint failed (a 5xx, a reset, a timeout), for outlier detection.
         """
         if not now:
@@ -832,9 +829,6 @@ class ServerConn(Client):
             chain.limits.done()
         if self.logging:
             self.rt.access_log(ex, status, reason, ep)
-        ring = self.ring
-        if ring is not None:
-            ring.observe(ex, status, reason)
         observers = self.observers
         if observers:
             for f in observers:

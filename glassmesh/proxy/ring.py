@@ -1,18 +1,17 @@
 """The recent requests of one proxy process, always kept, for `glassmesh trace` (compiled with the hot path).
 
-An observer of every finished exchange (http.ServerConn.exchange_done calls
-Ring.observe natively). It must cost next to nothing, since it is always on:
-its records are made once, the first time the ring goes round, and from then
-on each finished exchange overwrites the oldest record's fields in place. No
-object is made or freed per request (a record made per request, then freed
-2,048 requests later, cost 1,400 instructions and the cache misses of
-touching cold memory twice), the garbage collector never sees a new one, and
-a record holds only scalars and immutable bytes and strings the exchange made
-anyway: never the exchange, its connection or anything it may still change
-(the endpoints it tried are copied into a tuple, on a retry only). It is
-turned into text only when someone asks (`row`). Records of failures (a 5xx,
-a mesh error) go to a ring of their own, so that a burst of successes does
-not push out the error an operator came to look at.
+An observer of every finished exchange (Runtime.observers). It must cost next
+to nothing, since it is always on: its records are made once, the first time
+the ring goes round, and from then on each finished exchange overwrites the
+oldest record's fields in place. No object is made or freed per request (a
+record made per request and freed 2,048 requests later cost twice as many
+instructions, and the cache misses of cold memory), the garbage collector
+never sees a new one, and a record holds only numbers and the immutable bytes
+and strings the exchange made anyway: never the exchange, its connection or
+anything it may still change (the endpoints it tried are copied into a tuple,
+on a retry only). It is turned into text only when someone asks (`row`).
+Records of failures (a 5xx, a mesh error) go to a ring of their own, so that
+a burst of successes does not push out the error an operator came to look at.
 
 A record is overwritten when its ring goes round: whoever keeps one past the
 moment it was handed out (the trace ask, the span exporter's queue) keeps a

@@ -86,7 +86,7 @@ class Runtime:
         self._access = access_log
         self.logging = access_log is not None  # checked on the request path before calling access_log
         # Called with (exchange, status, mesh error reason or "") as each exchange finishes, after the
-        # link stats, the endpoint, the access log and the trace ring (http.ServerConn.exchange_done): a tap.
+        # link stats, the endpoint and the access log (http.ServerConn.exchange_done): tap, tracing.
         self.observers: list[Callable[[Any, int, str], None]] = []
         # [byte limit] while a tap wants each try's bytes (its --body, a capture), else empty (tap.py).
         # Both lists are shared with every connection: changed in place, never replaced.
@@ -94,9 +94,10 @@ class Runtime:
         self.taps: dict[str, Any] = {}  # tap id -> the tap.Tap that watches this process's exchanges
         # The recent requests (ring.Ring, for `glassmesh trace`), with its spans.Exporter when OTLP export is on.
         # Made by the worker: the ring reads exchanges natively, so it imports http, which imports this module.
-        # Not one of the observers: http.ServerConn calls it natively (a call through the list cost 200 instructions).
         self.ring = ring
         self.spans = ring is not None and ring.spans is not None  # read per connection: each hop makes a span
+        if ring is not None:
+            self.observers.append(ring.observe)
         self.ready = False
         self.workers = PROCESS_WORKERS
         self.local_budget = Budget(snapshot.limits.max_client_connections)  # local apps, together

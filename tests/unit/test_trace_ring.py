@@ -23,7 +23,8 @@ from tests.unit.test_exchange_playbook import Play, stage
 def play() -> Iterator[Play]:
     with stage() as (d, _):
         p = Play(d)
-        p.rt.ring = p.conn.ring = Ring(recent=8, failed=4)  # small, so that a few requests wrap it
+        p.rt.ring = Ring(recent=8, failed=4)  # small, so that a few requests wrap it; attached as server.py does
+        p.rt.observers.append(p.rt.ring.observe)
         yield p
 
 
@@ -38,7 +39,7 @@ def found(ring: Ring, rid: str) -> list[str]:
 
 
 def test_a_ring_that_goes_round_keeps_the_newest_and_failures_outlive_a_burst_of_successes(play: Play) -> None:
-    ring = play.conn.ring
+    ring = play.rt.ring
     assert ring is not None
     exchange(play, "early")
     held = ring.find(b"early")
@@ -57,7 +58,7 @@ def test_a_ring_that_goes_round_keeps_the_newest_and_failures_outlive_a_burst_of
 
 
 def test_a_full_ring_makes_no_new_record_per_request(play: Play) -> None:
-    ring = play.conn.ring
+    ring = play.rt.ring
     assert ring is not None
     for i in range(8):
         exchange(play, f"fill-{i}")
@@ -69,7 +70,7 @@ def test_a_full_ring_makes_no_new_record_per_request(play: Play) -> None:
 
 
 def test_a_record_holds_nothing_of_its_exchange_that_may_change_or_live_on(play: Play) -> None:
-    ring = play.conn.ring
+    ring = play.rt.ring
     assert ring is not None
     ex = play.sent(b"GET /tried HTTP/1.1\r\nHost: b\r\nx-request-id: tried\r\n\r\n")
     ex.tried = {("127.0.9.3", 18080)}  # an earlier try went elsewhere (as sides.retry records it)
@@ -83,7 +84,7 @@ def test_a_record_holds_nothing_of_its_exchange_that_may_change_or_live_on(play:
 
 
 def test_spans_queued_for_the_collector_are_copies_the_ring_does_not_overwrite(play: Play) -> None:
-    ring = play.conn.ring
+    ring = play.rt.ring
     assert ring is not None
 
     async def run() -> list[Rec]:
