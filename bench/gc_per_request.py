@@ -66,8 +66,8 @@ def main() -> None:
         serve(sys.argv[2])
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from instructions import first_ok, requests
-    from stack import Procs, glassmesh_snapshots, make_certs, ports, render, wait_port
+    from instructions import first_ok, requests, start_app
+    from stack import Procs, glassmesh_snapshots, ports, wait_port
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=20000, help="measured requests (default 20000)")
@@ -79,12 +79,7 @@ def main() -> None:
     cmd = [sys.executable, __file__, "--serve"]
     results: list[tuple[str, str, dict[str, float]]] = []
     try:
-        certs = run / "certs"
-        make_certs(certs, ["client", "up", "bulk"])
-        procs.start("upstream", ["nginx", "-p", f"{run}/", "-e", f"{run}/upstream.stderr",
-                                 "-c", render("upstream_nginx.conf", run, certs, pp), "-g", "daemon off;"])
-        if not wait_port(pp["UP"], time.time() + 10):
-            raise SystemExit("gc_per_request: the app (nginx) did not start")
+        certs = start_app(procs, run, pp)
         p_out, p_in = glassmesh_snapshots(run / "glassmesh", certs, pp, tcp=False)
         for ring in ("on", "off"):
             env = {**os.environ, "GLASSMESH_TRACE_RING": "1" if ring == "on" else "0"}

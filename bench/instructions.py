@@ -80,6 +80,17 @@ def first_ok(port: int, until: float) -> None:
     raise SystemExit(f"instructions: no 200 through port {port} in time (last: {last})")
 
 
+def start_app(procs: Procs, run: Path, pp: dict[str, int]) -> Path:
+    """Certificates in run/certs and the app (a 1-worker nginx, as in `make bench`), listening."""
+    certs = run / "certs"
+    make_certs(certs, ["client", "up", "bulk"])
+    procs.start("upstream", ["nginx", "-p", f"{run}/", "-e", f"{run}/upstream.stderr",
+                             "-c", render("upstream_nginx.conf", run, certs, pp), "-g", "daemon off;"])
+    if not wait_port(pp["UP"], time.time() + 10):
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: the app (nginx) did not start")
+    return certs
+
+
 def callgrind_control(*args: str) -> None:
     subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=60)
 
@@ -139,12 +150,7 @@ def main() -> None:
     procs = Procs(run)
     rows: list[tuple[str, str, dict[str, float]]] = []
     try:
-        certs = run / "certs"
-        make_certs(certs, ["client", "up", "bulk"])
-        procs.start("upstream", ["nginx", "-p", f"{run}/", "-e", f"{run}/upstream.stderr",
-                                 "-c", render("upstream_nginx.conf", run, certs, pp), "-g", "daemon off;"])
-        if not wait_port(pp["UP"], time.time() + 10):
-            raise SystemExit("instructions: the app (nginx) did not start")
+        certs = start_app(procs, run, pp)
         if "glassmesh" in which:
             p_out, p_in = glassmesh_snapshots(run / "glassmesh", certs, pp, tcp=False,
                                               policy=features_policy() if a.policy else None)
