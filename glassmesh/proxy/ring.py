@@ -1,32 +1,31 @@
 """The recent requests of one proxy process, always kept, for `glassmesh trace` (compiled with the hot path).
 
 An observer of every finished exchange (Runtime.observers). It must cost next
-to nothing, since it is always on, and what it cost was memory, not
-instructions: a record that held on to the bytes its exchange made (request
-id, traceparents, method, path) kept a few small objects alive for 3,072
-requests, so each request freed cold objects of one long gone and mixed
-lifetimes in the allocator's pools (instructions +1.5%, CPU time about +8%).
-So a ring is made of slots, each made the first time the ring reaches it and
-filled in place from then on: numbers, references to what lives on anyway
-(the side's names, the service, the endpoint's pool key), and the exchange's
-bytes copied into the slot's own buffer by one struct.pack_into. Nothing is
-made or freed per request, nothing of the exchange outlives it, and the
-garbage collector never sees a new object. A slot becomes a record with
-bytes (Rec) only when asked: `find`, and the span exporter when OTLP export
-is on. Failures (a 5xx, a mesh error) go to a ring of their own, so that a
-burst of successes does not push out the error an operator came to look at.
+to nothing, since it is always on: its records are made once, the first time
+the ring goes round, and from then on each finished exchange overwrites the
+oldest record's fields in place. No object is made or freed per request (a
+record made per request and freed 2,048 requests later cost twice as many
+instructions, and the cache misses of cold memory), the garbage collector
+never sees a new one, and a record holds only numbers and the immutable bytes
+and strings the exchange made anyway: never the exchange, its connection or
+anything it may still change (the endpoints it tried are copied into a tuple,
+on a retry only). It is turned into text only when someone asks (`row`).
+Records of failures (a 5xx, a mesh error) go to a ring of their own, so that
+a burst of successes does not push out the error an operator came to look at.
 
-Bounded: RECENT + FAILED slots of about 700 bytes each (MAX_ID bytes of
-request id, two traceparents of 55, MAX_METHOD of method, MAX_PATH of path):
-2 MiB at most, whatever clients send. Times are the monotonic clock the
-request path reads; they become wall-clock times when asked (`row`).
+A record is overwritten when its ring goes round: whoever keeps one past the
+moment it was handed out (the trace ask, the span exporter's queue) keeps a
+copy (Rec.copy, Ring.find).
+
+Bounded: RECENT + FAILED records, each holding at most MAX_PATH bytes of path,
+MAX_ID bytes of request id and a traceparent (55 bytes): a few MiB at worst,
+whatever clients send. Times are the monotonic clock the request path reads;
+they become wall-clock times when asked (`rows`).
 """
 
 from __future__ import annotations
 
-import struct
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -36,18 +35,13 @@ RECENT: Final = 2048  # records of requests that did not fail
 FAILED: Final = 1024  # records of failed requests (5xx, mesh errors): kept longest
 MAX_PATH: Final = 256
 MAX_ID: Final = 128
-MAX_METHOD: Final = 32  # a longer method (none is) is kept by reference instead
-TP: Final = 55  # a traceparent's length: the parser takes no other (http1.valid_traceparent)
-# A slot's buffer: request id, incoming traceparent, outgoing one, method, path; `s` pads with zeros.
-_LAYOUT: Final = struct.Struct(f"{MAX_ID}s{TP}s{TP}s{MAX_METHOD}s{MAX_PATH}s")
-_TP_IN: Final = MAX_ID
-_TP_OUT: Final = MAX_ID + TP
-_METHOD: Final = MAX_ID + 2 * TP
-_PATH: Final = MAX_ID + 2 * TP + MAX_METHOD
 
 
 class Rec:
-    """One finished exchange as the proxy saw it, with bytes of its own: what `find` and the span exporter hand out."""
+    """One finished exchange as the proxy saw it: scalars and immutable bytes, no formatting.
+
+    Made blank once per ring slot, then filled in place (`fill`) by every exchange that lands there.
+    """
 
     def __init__(self) -> None:
         self.rid: bytes | None = None
@@ -72,58 +66,17 @@ class Rec:
         self.message: str = ""
         self.peer_error: bytes | None = None
 
-
-class Slot:
-    """A place in a ring, filled in place by every exchange that lands there (see the module's docstring)."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray(_LAYOUT.size)
-        self.rid_n = -1  # bytes of request id in buf (-1: none)
-        self.tp_in = False  # whether buf holds an incoming traceparent
-        self.tp_out = False
-        self.method_n = 0
-        self.method: bytes | None = None  # a method longer than MAX_METHOD, by reference (never seen)
-        self.path_n = 0
-        # Rare or opt-in, so kept by reference: a span of its own (OTLP export on), an error's text.
-        self.span: bytes | None = None
-        self.tracestate: bytes | None = None
-        self.message = ""
-        self.peer_error: bytes | None = None
-        self.tried: tuple[tuple[str, int], ...] | None = None  # a retry's earlier endpoints, copied
-        # What lives on after the exchange anyway: names of the side and service, the pool's key.
-        self.side = ""
-        self.source = ""
-        self.destination: str | None = None
-        self.key: Any = None
-        self.reason = ""
-        self.status = 0
-        self.attempts = 0
-        self.t0 = 0.0
-        self.sent = 0.0
-        self.head = 0.0
-        self.end = 0.0
-
-    def fill(self, ex: Exchange, status: int, reason: str, pack: Callable[..., None]) -> None:
+    def fill(self, ex: Exchange, status: int, reason: str) -> None:
         """Overwrite every field with ex's: nothing of the exchange this slot held before is left."""
         h = ex.head
         rid = ex.request_id
         if rid is None and h is not None:
             rid = h.rid
-        tp_in = h.tp if h is not None else None
-        tp_out = ex.traceparent
-        method = ex.method
-        url = ex.url
-        self.rid_n = min(len(rid), MAX_ID) if rid is not None else -1
-        self.tp_in = tp_in is not None
-        self.tp_out = tp_out is not None
-        if len(method) <= MAX_METHOD:
-            self.method_n = len(method)
-            self.method = None
-        else:
-            self.method_n = 0
-            self.method = method
-        self.path_n = min(len(url), MAX_PATH)
-        pack(self.buf, 0, rid or b"", tp_in or b"", tp_out or b"", method, url)
+        if rid is not None and len(rid) > MAX_ID:
+            rid = rid[:MAX_ID]
+        self.rid = rid
+        self.tp_in = h.tp if h is not None else None
+        self.tp_out = ex.traceparent
         self.span = ex.span_id
         self.tracestate = ex.tracestate
         conn = ex.conn
@@ -137,6 +90,9 @@ class Slot:
             self.source = side.source
             self.key = None
         self.destination = ex.service
+        self.method = ex.method
+        url = ex.url
+        self.path = url if len(url) <= MAX_PATH else url[:MAX_PATH]
         self.status = status
         self.reason = reason
         self.t0 = ex.t0
@@ -156,58 +112,43 @@ class Slot:
                 peer_error = rh.error  # the next hop's own error (it names its hop), if it made one
         self.peer_error = peer_error
 
-    def rid(self) -> bytes | None:
-        n = self.rid_n
-        return bytes(self.buf[:n]) if n >= 0 else None
-
-    def trace_id(self) -> bytes | None:
-        """The trace id of the traceparent sent on, else of the one that came in (as trace_id of a Rec)."""
-        if self.tp_out:
-            return bytes(self.buf[_TP_OUT + 3:_TP_OUT + 35])
-        if self.tp_in:
-            return bytes(self.buf[_TP_IN + 3:_TP_IN + 35])
-        return None
-
-    def rec(self) -> Rec:
-        """This slot as a record with bytes of its own, for whoever keeps it past the next turn of its ring."""
-        b = self.buf
-        r = Rec()
-        r.rid = self.rid()
-        r.tp_in = bytes(b[_TP_IN:_TP_IN + TP]) if self.tp_in else None
-        r.tp_out = bytes(b[_TP_OUT:_TP_OUT + TP]) if self.tp_out else None
-        m = self.method
-        r.method = m if m is not None else bytes(b[_METHOD:_METHOD + self.method_n])
-        r.path = bytes(b[_PATH:_PATH + self.path_n])
-        r.span = self.span
-        r.tracestate = self.tracestate
-        r.side = self.side
-        r.source = self.source
-        r.destination = self.destination
-        r.status = self.status
-        r.reason = self.reason
-        r.t0 = self.t0
-        r.sent = self.sent
-        r.head = self.head
-        r.end = self.end
-        r.attempts = self.attempts
-        r.key = self.key
-        r.tried = self.tried
-        r.message = self.message
-        r.peer_error = self.peer_error
-        return r
+    def copy(self) -> Rec:
+        """This record as it is now, for whoever keeps it past the next turn of its ring."""
+        c = Rec()
+        c.rid = self.rid
+        c.tp_in = self.tp_in
+        c.tp_out = self.tp_out
+        c.span = self.span
+        c.tracestate = self.tracestate
+        c.side = self.side
+        c.source = self.source
+        c.destination = self.destination
+        c.method = self.method
+        c.path = self.path
+        c.status = self.status
+        c.reason = self.reason
+        c.t0 = self.t0
+        c.sent = self.sent
+        c.head = self.head
+        c.end = self.end
+        c.attempts = self.attempts
+        c.key = self.key
+        c.tried = self.tried
+        c.message = self.message
+        c.peer_error = self.peer_error
+        return c
 
 
 class Ring:
-    """Two rings of slots: requests that went well, and failures (kept longest)."""
+    """Two rings of Rec: requests that went well, and failures (kept longest)."""
 
     def __init__(self, recent: int = RECENT, failed: int = FAILED) -> None:
         # Slots are made the first time each is used, so that an idle proxy holds none.
-        self.recent: list[Slot | None] = [None] * recent
-        self.failed: list[Slot | None] = [None] * failed
+        self.recent: list[Rec | None] = [None] * recent
+        self.failed: list[Rec | None] = [None] * failed
         self.i = 0
         self.j = 0
-        self.pack: Callable[..., None] = _LAYOUT.pack_into  # bound once: a method lookup per call is a dict walk
-        # Told of every record when spans are exported (spans.Exporter.add); None otherwise.
+        # Told of every record when spans are exported (spans.Exporter.add, which keeps a copy); None otherwise.
         self.spans: Any = None
 
     def observe(self, ex: Exchange, status: int, reason: str) -> None:
@@ -219,24 +160,24 @@ class Ring:
             ring = self.recent
             k = self.i
             self.i = k + 1 if k + 1 < len(ring) else 0
-        slot = ring[k]
-        if slot is None:
-            slot = ring[k] = Slot()
-        slot.fill(ex, status, reason, self.pack)
+        rec = ring[k]
+        if rec is None:
+            rec = ring[k] = Rec()
+        rec.fill(ex, status, reason)
         s = self.spans
         if s is not None:
-            s.add(slot.rec())  # OTLP export on: a record per request, as the exporter's queue keeps it
+            s.add(rec)
 
     def find(self, ident: bytes) -> list[Rec]:
-        """The records of a request id, or of a trace id (32 hex digits): oldest first."""
+        """Copies of the records of a request id, or of a trace id (32 hex digits): oldest first."""
         out: list[Rec] = []
         trace = len(ident) == 32
         for ring in (self.failed, self.recent):
-            for slot in ring:
-                if slot is None:
+            for rec in ring:
+                if rec is None:
                     continue
-                if slot.rid() == ident or trace and slot.trace_id() == ident:
-                    out.append(slot.rec())
+                if rec.rid == ident or trace and trace_id(rec) == ident:
+                    out.append(rec.copy())
         out.sort(key=_start)
         return out
 
