@@ -13,13 +13,18 @@ therefore left out alike for both pairs. nginx runs the same outbound/inbound co
 process that serves the requests. `--cache-sim` adds the simulated L1 misses. The app is a
 1-worker nginx, as in `make bench`; everything on 127.0.0.1.
 
-    .venv/bin/python bench/instructions.py [--pair glassmesh,nginx] [-n 2000] [--cache-sim] [--policy]
+    .venv/bin/python bench/instructions.py [--pair glassmesh,nginx] [-n 2000] [--warm 300] [--cache-sim] [--policy]
+
+The proxies inherit the environment: `GLASSMESH_TRACE_RING=0` turns the trace ring off. The ring
+holds 2,048 + 1,024 records, so its steady state (every request overwriting one) shows only when
+the warm-up and the measured requests wrap it, e.g. `--warm 3100 -n 4000` (the warm-up runs twice).
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import re
 import shutil
 import subprocess
@@ -40,7 +45,8 @@ from stack import (  # noqa: E402
     wait_port,
 )
 
-PORT_OFFSET = 9000  # clear of make bench's ports and of the demo's
+# Clear of make bench's ports and of the demo's; PORT_OFFSET=N in the environment moves it (two runs at once).
+PORT_OFFSET = int(os.environ.get("PORT_OFFSET", "9000"))
 
 
 def requests(port: int, n: int) -> None:
@@ -72,6 +78,17 @@ def first_ok(port: int, until: float) -> None:
             last = str(e)
         time.sleep(0.5)
     raise SystemExit(f"instructions: no 200 through port {port} in time (last: {last})")
+
+
+def start_app(procs: Procs, run: Path, pp: dict[str, int]) -> Path:
+    """Certificates in run/certs and the app (a 1-worker nginx, as in `make bench`), listening."""
+    certs = run / "certs"
+    make_certs(certs, ["client", "up", "bulk"])
+    procs.start("upstream", ["nginx", "-p", f"{run}/", "-e", f"{run}/upstream.stderr",
+                             "-c", render("upstream_nginx.conf", run, certs, pp), "-g", "daemon off;"])
+    if not wait_port(pp["UP"], time.time() + 10):
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: the app (nginx) did not start")
+    return certs
 
 
 def callgrind_control(*args: str) -> None:
@@ -133,12 +150,7 @@ def main() -> None:
     procs = Procs(run)
     rows: list[tuple[str, str, dict[str, float]]] = []
     try:
-        certs = run / "certs"
-        make_certs(certs, ["client", "up", "bulk"])
-        procs.start("upstream", ["nginx", "-p", f"{run}/", "-e", f"{run}/upstream.stderr",
-                                 "-c", render("upstream_nginx.conf", run, certs, pp), "-g", "daemon off;"])
-        if not wait_port(pp["UP"], time.time() + 10):
-            raise SystemExit("instructions: the app (nginx) did not start")
+        certs = start_app(procs, run, pp)
         if "glassmesh" in which:
             p_out, p_in = glassmesh_snapshots(run / "glassmesh", certs, pp, tcp=False,
                                               policy=features_policy() if a.policy else None)

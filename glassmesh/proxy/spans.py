@@ -7,7 +7,7 @@ traceparent sent on names this span, so the app's spans hang under the proxy's
 proxy passes traceparent on untouched and makes no span at all.
 
 Never in the request's way: the request path hands over the trace ring's record
-it made anyway (Ring.spans.add, a list append); this module turns records into
+it filled anyway (Ring.spans.add: a copy of it, appended to a list); this module turns records into
 spans in batches, off the request path, and posts one batch at a time. The queue
 is bounded (MAX_QUEUE spans): when the collector is slow or down, what does not
 fit is dropped and counted (glassmesh_spans_dropped_total), never buffered
@@ -76,7 +76,7 @@ class Exporter:
         if len(q) >= MAX_QUEUE:
             self.counts["dropped_queue_full"] += 1
             return
-        q.append(rec)
+        q.append(rec.copy())  # the ring overwrites its own record when it goes round
         if self.timer is None and not self.closed:
             self.timer = asyncio.get_running_loop().call_later(INTERVAL_S, self._flush)
 
