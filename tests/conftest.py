@@ -71,10 +71,34 @@ def demo_addresses() -> Iterator[None]:
 XDIST_GROUPS = (("dist_dir", "wheel"), ("demo_addresses", "demo"))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Marks as each test is collected: before any pytest_collection_modifyitems (xdist's reads the marks)."""
+    names = getattr(item, "fixturenames", ())
+    group = next((g for fixture, g in XDIST_GROUPS if fixture in names), None)
+    if group is not None and not any(True for _ in item.iter_markers("xdist_group")):
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)  # after xdist's own hook, which should have done it
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Names each grouped test's group in its node id (`ID@group`), which xdist's loadgroup scheduler reads.
+
+    pytest-xdist 3.8 does this by setting `item._nodeid`, which pytest 9 no longer reads (a node's id is
+    `item._id`): with these two versions the groups would silently not be kept together. Done here when
+    xdist's did not take, and checked, so a later change of either fails the run instead.
+    """
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers under --dist loadgroup
+        return
+    from _pytest.nodeid import NodeId
+
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        group = next((g for fixture, g in XDIST_GROUPS if fixture in names), None)
-        if group is not None and not any(True for _ in item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(group))
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        if not groups:
+            continue
+        suffix = "@" + "_".join(groups)
+        if not item.nodeid.endswith(suffix):
+            item._id = NodeId.parse(item.nodeid + suffix)  # type: ignore[attr-defined]
+        if not item.nodeid.endswith(suffix):
+            raise pytest.UsageError(f"cannot put {item.nodeid} in xdist group {groups}: pytest-xdist and pytest "
+                                    "disagree on node ids; see tests/conftest.py")
