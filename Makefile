@@ -31,9 +31,12 @@ demo: venv
 test-deps: venv
 	bash scripts/install-test-deps.sh
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (TEST_WORKERS=0: one process, in order).
+TEST_WORKERS ?= 2
+
 test: test-deps
 	$(PY) -m ruff check glassmesh tests
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 bench: venv
 	bash bench/run.sh $(ARGS)

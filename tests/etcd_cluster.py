@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -48,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.harness import free_port
 
 # A control plane on an etcd store keeps the CA key there encrypted with a passphrase it must be given.
 ETCD_PASSPHRASE_ENV = {"GLASSMESH_CA_PASSPHRASE": "test passphrase for the shared CA key"}
@@ -62,18 +63,8 @@ ELECTION_MS = 500
 
 
 def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n distinct free TCP ports on 127.0.0.1 (tests/e2e/harness.py, free_port: never handed out twice)."""
+    return [free_port() for _ in range(n)]
 
 
 def _die_with_parent() -> None:

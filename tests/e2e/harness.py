@@ -1,8 +1,9 @@
 """End-to-end harness: a CA, per-host snapshots and real proxy and app processes on loopback.
 
 A `Mesh` lives in its own temporary directory and on its own loopback
-addresses, picked at random in 127.77.0.0/16 (one address per host), so tests
-never collide with each other or with a running demo (127.0.0.11-13). Every
+addresses, picked at random in 127.77.0.0/16 (one address per host; each
+pytest-xdist worker has its own stripe of it), so tests never collide with
+each other or with a running demo (127.0.0.11-13). Every
 process is started in its own session and stopped by PID (with whatever
 children it has) in `Mesh.stop`, which the fixtures call even when a test
 fails; it fails the test when a process does not exit 0 within a few seconds
@@ -49,7 +50,7 @@ from tests.e2e.client import (
 
 __all__ = [
     "App", "Host", "HttpConn", "Mesh", "Proc", "Relay", "Response", "RssSampler", "Sample", "app_headers",
-    "client_context", "dead_address", "eventually", "fresh_ip", "get", "has_series", "mesh_error", "metric",
+    "client_context", "dead_address", "eventually", "free_port", "fresh_ip", "get", "has_series", "mesh_error", "metric",
     "parse_metrics", "split", "trail",
 ]
 
@@ -83,15 +84,79 @@ def _bindable(ip: str) -> bool:
 _taken: set[str] = set()
 
 
+def _worker_octets() -> range:
+    """The third octets this process may pick from: a stripe of its own under pytest-xdist.
+
+    Workers run tests at the same time and each checks only that an address is free *now*; an
+    address handed out but not yet bound (or kept unbound on purpose, `dead_address`) would be free
+    to the other worker too. Striping 127.77.0.0/16 by worker number makes that impossible.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... (unset: the whole range)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count <= 1:
+        return range(0, 256)
+    return range(int(worker[2:]) % count, 256, count)
+
+
 def fresh_ip() -> str:
     """A random loopback address in 127.77.0.0/16 that this process has not handed out and is free."""
     rnd = random.SystemRandom()
+    octets = _worker_octets()
     for _ in range(1000):
-        ip = f"127.77.{rnd.randrange(0, 256)}.{rnd.randrange(1, 255)}"
+        ip = f"127.77.{rnd.choice(octets)}.{rnd.randrange(1, 255)}"
         if ip not in _taken and _bindable(ip):
             _taken.add(ip)
             return ip
     raise RuntimeError("no free loopback address in 127.77.0.0/16")
+
+
+def _port_candidates() -> list[int]:
+    """Ports this process may hand out: outside the kernel's ephemeral range, in this worker's stripe.
+
+    A port picked by binding port 0 comes from the ephemeral range, where any process's next outgoing
+    connection (or another bind to port 0) may take it between the pick and the bind of the process the
+    test starts; a port below or above that range is taken only by a bind that names it.
+    """
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    stripe = int(worker[2:]) % count if worker.startswith("gw") and count > 1 else 0
+    return [p for p in range(20000, 65536) if not lo <= p <= hi and p % max(count, 1) == stripe]
+
+
+_ports_taken: set[int] = set()
+
+
+def _port_free(ip: str, port: int, udp: bool) -> bool:
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((ip, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(ip: str = "127.0.0.1", count: int = 1, udp: bool = False) -> int:
+    """A port P free on `ip` (P..P+count-1 when count > 1; for UDP too when `udp`), never handed out before
+    by this process, and from outside the ephemeral range (see _port_candidates): nothing else picks it."""
+    rnd = random.SystemRandom()
+    candidates = _port_candidates()
+    for _ in range(1000):
+        if not candidates:
+            break
+        p = rnd.choice(candidates)
+        ports = range(p, p + count)
+        if ports[-1] > 65535 or any(q in _ports_taken for q in ports):
+            continue
+        if all(_port_free(ip, q, udp) for q in ports):
+            _ports_taken.update(ports)
+            return p
+    raise RuntimeError(f"no free port on {ip} outside the ephemeral range")
 
 
 def dead_address() -> str:

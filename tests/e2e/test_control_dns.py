@@ -14,7 +14,6 @@ import grp
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -28,6 +27,7 @@ import dns.message
 import dns.query
 import pytest
 
+from tests.e2e.harness import free_port
 from tests.e2e.test_control_plane import Control, Watcher
 
 DNSMASQ = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if os.access("/usr/sbin/dnsmasq", os.X_OK) else None)
@@ -36,17 +36,7 @@ TTL = 1  # dnsmasq's TTL for every record it serves here: changes must show with
 
 def udp_tcp_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
+    return free_port(udp=True)
 
 
 class Dnsmasq:

@@ -25,7 +25,6 @@ next one at once, and `--control` refuses URLs of mixed schemes.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -81,27 +80,12 @@ def etcd() -> Iterator[EtcdCluster]:
         yield cluster
 
 
-def free_port_pair() -> int:
-    """A port P with P+1 free too: a replica listens on P (API) and P+1 (the proxies' mTLS listener)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = int(s.getsockname()[1])
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no two consecutive free ports")
-
-
 class Replica:
     """One `glassmesh control --store etcd://...` process, with its own data dir (and a copy of the shared CA)."""
 
     def __init__(self, mesh: Mesh, name: str, store: str) -> None:
         self.mesh, self.name, self.store = mesh, name, store
-        self.port = free_port_pair()
+        self.port = free_port(count=2)  # P (API) and P+1 (the proxies' mTLS listener)
         self.iport = free_port()
         self.url = f"http://127.0.0.1:{self.iport}"  # what proxies without a join are given (insecure, loopback)
         self.api_url = f"https://127.0.0.1:{self.port}"

@@ -26,7 +26,7 @@ from cryptography import x509
 
 from glassmesh.ca import spiffe_id_of
 from tests.e2e.client import eventually
-from tests.e2e.harness import PROXY_CMD, HttpConn, Mesh, Proc, fresh_ip, get, wait_port
+from tests.e2e.harness import PROXY_CMD, HttpConn, Mesh, Proc, free_port, fresh_ip, get, wait_port
 from tests.e2e.operator import api, cli_env
 
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
@@ -44,12 +44,6 @@ hosts:
   - {{name: host1, address: "{ip1}:4143", services: [a]}}
   - {{name: host2, address: "{ip2}:4143", services: [b]}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Control:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.harness import free_port
 from tests.e2e.operator import api, cli_env
 
 CLI = [sys.executable, "-c", "from glassmesh.cli.main import main; main()"]
@@ -36,12 +37,6 @@ hosts:
   - {name: host2, address: 127.0.0.12:4143, services: [b]}
   - {name: host3, address: 127.0.0.13:4143, services: [b]}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Control:

@@ -38,6 +38,7 @@ from tests.e2e.harness import (
     HttpConn,
     Mesh,
     Proc,
+    free_port,
     fresh_ip,
     get,
     has_series,
@@ -66,12 +67,6 @@ hosts:
   - {{name: host2, address: "{ip2}:4143", services: [b]}}
   - {{name: host3, address: "{ip3}:4143", services: [{host3}]}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:

@@ -97,7 +97,7 @@ class Demo:
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[Demo]:
+def demo(tmp_path: Path, demo_addresses: None) -> Iterator[Demo]:
     d = Demo(tmp_path)
     try:
         yield d

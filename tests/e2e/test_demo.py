@@ -39,7 +39,7 @@ def _bindable(ip: str, port: int) -> bool:
             return False
 
 
-def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: Path) -> None:
+def test_demo_runs_through_the_control_plane_and_bounces_an_instance(tmp_path: Path, demo_addresses: None) -> None:
     state = tmp_path / "state"
     # The user's own config dir, empty: the demo puts its operator credential there, where the CLI looks.
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLASSMESH_")}

@@ -203,15 +203,15 @@ def test_goaway_moves_new_requests_off_a_draining_peer(mesh: Mesh, migrate_req: 
     try:
         time.sleep(1.0)
         slow.send_request("GET", "/sleep?s=3", {"Host": "b"})  # keeps the old proxy draining for ~3 s
-        t_slow = time.monotonic()
+        sent = time.monotonic()
         time.sleep(0.3)
         new, new_log = start_proxy(mesh, h2, "new")
         h2.proxy = new
         t_sig = time.time()
         sigterm(old, 10)
-        # Measured from the slow request, not from the signal: the new proxy's start-up, slow on a
-        # busy machine, comes between the two.
-        assert time.monotonic() - t_slow > 2.8, "the slow request kept the old proxy on"
+        # Counted from the request, not from the SIGTERM: how long the new proxy took to start (seconds on
+        # a loaded machine) comes off the time from SIGTERM to exit, but the app answers 3 s after it got it.
+        assert time.monotonic() - sent >= 3, "the slow request kept the old proxy on"
         resp = slow.read_response()
         assert resp.status == 200, resp
     finally:

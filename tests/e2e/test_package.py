@@ -137,7 +137,8 @@ def test_installed_wheel_proxies_traffic_with_the_compiled_hot_path(mesh: Mesh, 
         assert "hot path: mypyc" in proc.log_text()
 
 
-def test_installed_demo_runs_and_status_shows_compiled_proxies(installed: Path, tmp_path: Path) -> None:
+def test_installed_demo_runs_and_status_shows_compiled_proxies(installed: Path, tmp_path: Path,
+                                                               demo_addresses: None) -> None:
     """`glassmesh demo` from the venv (control plane, proxies, apps, traffic: the package's own), 0 failures."""
     if not all(_bindable(ip, port) for ip, port in [("127.0.0.1", 4200), ("127.0.0.11", 4143), ("127.0.0.12", 4143)]):
         pytest.skip("the demo's addresses are in use (another demo runs)")

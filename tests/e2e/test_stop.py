@@ -168,7 +168,7 @@ class _Demo:
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[_Demo]:
+def demo(tmp_path: Path, demo_addresses: None) -> Iterator[_Demo]:
     busy = [f"{ip}:{port}" for ip, port in DEMO_PORTS if not _bindable(ip, port)]
     if busy:
         pytest.fail(f"the demo's addresses are in use ({', '.join(busy)}): stop the demo (or test) holding them")

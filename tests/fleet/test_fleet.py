@@ -52,7 +52,7 @@ import pytest
 
 from tests.e2e.test_seamless_restart import subreaper, wait_pid
 from tests.fleet.netns import Fleet, Host, root_namespace_untouched
-from tests.packaging import REPO, build, export_commit, run, venv, wheel
+from tests.packaging import REPO, build_cache, cached_build, export_commit, run, venv, wheel
 
 APPS = REPO / "tests" / "e2e" / "apps.py"
 LOAD = Path(__file__).with_name("load.py")
@@ -85,12 +85,15 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
 
 
 @pytest.fixture(scope="module")
-def releases(dist_dir: Path) -> Iterator[dict[str, Path]]:
-    """{"old": venv, "new": venv}: the older release built from OLD_COMMIT, this tree's from the session's
-    `make dist`; each installed from its wheel into a venv outside the tree, binary packages only."""
+def releases(dist_dir: Path, request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """{"old": venv, "new": venv}: the older release built from OLD_COMMIT (kept in the build cache, keyed
+    by its tree), this tree's from the session's `make dist`; each installed from its wheel into a venv
+    outside the tree, binary packages only."""
     root = Path(tempfile.mkdtemp(prefix="gm-fleet-rel-"))
     try:
-        old = build(export_commit(OLD_COMMIT, root / "old-src"), root / "old-dist", "--wheel")
+        old = cached_build(build_cache(request.config, tmp_path_factory), export_commit(OLD_COMMIT, root / "old-src"),
+                           "--wheel")
         yield {"old": venv(root / "opt-old", "--only-binary=:all:", str(wheel(old))),
                "new": venv(root / "opt-new", "--only-binary=:all:", str(wheel(dist_dir)))}
     finally:
