@@ -124,13 +124,17 @@ def compile_policy(svc: Service, old: dict[tuple[str, int], EndpointState], now:
         made[ep.key] = ep
         eps.append(ep)
     if fresh:
-        # A new endpoint starts at the median of the others: tried soon, not flooded.
+        # A new endpoint starts at half the lowest estimate of the others: the next requests try it
+        # (the requests it has in flight weigh against it, so it is not flooded) and its own answers
+        # then set its estimate. At the median it could wait seconds: the others' peak estimates
+        # rise at once on one slow answer, and the one it copied at such a moment then decayed
+        # below it while it, unmeasured, kept it (a new instance got nothing for ~3 s).
         new = {ep.key for ep in fresh}  # (a set: `ep not in fresh` was quadratic in a big service)
-        known = sorted(ep.ewma_s for ep in eps if ep.key not in new)
+        known = [ep.ewma_s for ep in eps if ep.key not in new]
         if known:
-            median = known[len(known) // 2]
+            start = min(known) / 2
             for ep in fresh:
-                ep.ewma_s = median
+                ep.ewma_s = start
     o = pol.outlier
     outlier = (Outlier(eps, o.consecutive_failures, o.base_ejection_ms / 1000, o.max_ejection_ms / 1000,
                        o.max_ejection_percent) if o is not None else None)
