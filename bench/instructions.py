@@ -14,6 +14,7 @@ process that serves the requests. `--cache-sim` adds the simulated L1 misses. Th
 1-worker nginx, as in `make bench`; everything on 127.0.0.1.
 
     .venv/bin/python bench/instructions.py [--pair glassmesh,nginx] [-n 2000] [--warm 300] [--cache-sim] [--policy]
+        [--conns 32] [--close] [--seconds 15]   # under wrk: 32 connections, or a new connection per request
 
 The proxies inherit the environment: `GLASSMESH_TRACE_RING=0` turns the trace ring off. The ring
 holds 2,048 + 1,024 records, so its steady state (every request overwriting one) shows only when
@@ -58,6 +59,28 @@ def requests(port: int, n: int) -> None:
         if r.status != 200:
             raise SystemExit(f"instructions: got {r.status} through port {port}")
     c.close()
+
+
+# --conns/--close/--seconds: the measured requests come from wrk instead (set by main).
+LOAD: dict[str, int] = {"conns": 1, "close": 0, "seconds": 15}
+
+
+def measured_load(port: int, n: int) -> int:
+    """The measured requests: n keep-alive ones on one connection, or wrk's for --seconds (how many it made)."""
+    if LOAD["conns"] == 1 and not LOAD["close"]:
+        requests(port, n)
+        return n
+    if not shutil.which("wrk"):
+        raise SystemExit("instructions: --conns/--close need wrk (apt-get install wrk)")
+    cmd = ["wrk", "-t1", f"-c{LOAD['conns']}", f"-d{LOAD['seconds']}s", "--timeout", "30s", "-H", "Host: up"]
+    if LOAD["close"]:
+        cmd += ["-H", "Connection: close"]
+    r = subprocess.run(cmd + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                       timeout=LOAD["seconds"] + 60)
+    m = re.search(r"(\d+) requests in", r.stdout)
+    if not m or "Non-2xx" in r.stdout or int(m.group(1)) == 0:
+        raise SystemExit(f"instructions: wrk through port {port} failed:\n{r.stdout}{r.stderr}")
+    return int(m.group(1))
 
 
 def first_ok(port: int, until: float) -> None:
@@ -114,7 +137,7 @@ def measure(procs: Procs, run: Path, name: str, argv: list[str], other: tuple[st
         callgrind_control("-i", "on", str(p.pid))
         requests(client_port, warm)
         callgrind_control("-z", str(p.pid))
-        requests(client_port, n)
+        n = measured_load(client_port, n)
         callgrind_control("-d", str(p.pid))
         dumps = sorted(run.glob(f"cg.{name}.*.*"), key=lambda f: f.stat().st_size, reverse=True)
         text = dumps[0].read_text(errors="replace")
@@ -134,10 +157,16 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=300)
     ap.add_argument("--policy", action="store_true",
                     help="give the outbound proxy the features section's traffic policy (20 routes, 1%% split, ...)")
+    ap.add_argument("--conns", type=int, default=1,
+                    help="measure under wrk with this many connections for --seconds (default: 1, -n requests)")
+    ap.add_argument("--close", action="store_true",
+                    help="every measured request on a new connection (wrk, Connection: close): a connection's cost")
+    ap.add_argument("--seconds", type=int, default=15, help="how long wrk runs with --conns/--close (default 15)")
     ap.add_argument("--cache-sim", action="store_true", help="also count simulated L1 misses (slower)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the run directory and its callgrind dumps (for callgrind_annotate)")
     a = ap.parse_args()
+    LOAD.update(conns=max(a.conns, 1), close=int(a.close), seconds=max(a.seconds, 1))
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if not shutil.which(tool):
             raise SystemExit(f"instructions: needs {tool} (apt-get install valgrind nginx)")
@@ -172,7 +201,9 @@ def main() -> None:
                                                           pp["NGX_OUT"], a.n, a.warm, a.cache_sim)))
     finally:
         procs.stop_all()
-    print(f"\nPer request, 1 connection, {a.n} keep-alive requests, callgrind (user space of one proxy process):\n")
+    how = (f"{a.n} keep-alive requests on 1 connection" if a.conns == 1 and not a.close else
+           f"wrk, {a.conns} connections, {a.seconds} s" + (", a new connection per request" if a.close else ""))
+    print(f"\nPer request, {how}, callgrind (user space of one proxy process):\n")
     cols = ["Ir", "I1mr", "D1mr"] if a.cache_sim else ["Ir"]
     names = {"Ir": "instructions", "I1mr": "L1 instruction misses", "D1mr": "L1 data read misses"}
     print("| proxy | side | " + " | ".join(names[c] for c in cols) + " |")
