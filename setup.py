@@ -33,6 +33,7 @@ HOT = [
     "glassmesh/proxy/tcp.py",
     "glassmesh/proxy/chain.py",
     "glassmesh/proxy/accepted.py",
+    "glassmesh/proxy/observer.py",
     "glassmesh/proxy/stages/endpoint.py",
     "glassmesh/proxy/stages/eject.py",
     "glassmesh/proxy/stages/balance.py",

@@ -32,6 +32,7 @@ HOT_MODULES = (
     "glassmesh.proxy.tcp",
     "glassmesh.proxy.chain",
     "glassmesh.proxy.accepted",
+    "glassmesh.proxy.observer",
     "glassmesh.proxy.stages.endpoint",
     "glassmesh.proxy.stages.eject",
     "glassmesh.proxy.stages.balance",

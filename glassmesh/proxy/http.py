@@ -52,6 +52,7 @@ from glassmesh.proxy.connector import ConnectError
 from glassmesh.proxy.log import defect
 from glassmesh.proxy.mirroring import send_copy
 from glassmesh.proxy.mux import MuxConnection, StreamUser
+from glassmesh.proxy.observer import Observer
 from glassmesh.proxy.pool import Pool, PooledConn
 from glassmesh.proxy.refusal import Http2Refuser
 from glassmesh.proxy.tcp import FramedSide, PlainSide, Relay
@@ -350,6 +351,8 @@ class ServerConn(Client):
         self.spans: bool = rt.spans  # whether this hop makes its own span (OTLP export configured)
         # What else is told of each finished exchange (tap, OpenTelemetry): the runtime's list, read natively.
         self.observers: list[Callable[[Exchange, int, str], None]] = rt.observers
+        # The trace ring (proxy/ring.py), told of every exchange by a native call (proxy/observer.py); None: off.
+        self.ring: Observer | None = rt.ring
         # [byte limit] while a tap wants the bytes of each try (tap.py), else empty: shared with the runtime.
         self.recording_limit: list[int] = rt.recording
         self.transport: Any = None
@@ -838,6 +841,12 @@ class ServerConn(Client):
                 self.rt.access_log(ex, status, reason, ep)
             except Exception as e:
                 defect("the access log", e)
+        ring = self.ring
+        if ring is not None:
+            try:
+                ring.observe(ex, status, reason)
+            except Exception as e:
+                defect("the trace ring", e)
         observers = self.observers
         if observers:
             for f in observers:

@@ -34,7 +34,9 @@ they become wall-clock times when asked (`rows`).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from glassmesh.proxy.observer import Observer
 
 if TYPE_CHECKING:
     from glassmesh.proxy.http import Exchange
@@ -165,7 +167,7 @@ def one_in(per_second: int) -> int:
     return n
 
 
-class Ring:
+class Ring(Observer):
     """Two rings of Rec: requests that went well, and failures (kept longest)."""
 
     def __init__(self, recent: int = RECENT, failed: int = FAILED) -> None:
@@ -181,7 +183,8 @@ class Ring:
         self.seen = 0
         self.one_in = 1
 
-    def observe(self, ex: Exchange, status: int, reason: str) -> None:
+    def observe(self, exchange: Any, status: int, reason: str) -> None:
+        ex = cast("Exchange", exchange)  # (Observer's signature: it cannot name Exchange)
         if status >= 500 or reason:
             ring = self.failed
             k = self.j

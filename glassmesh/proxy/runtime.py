@@ -96,8 +96,7 @@ class Runtime:
         # Made by the worker: the ring reads exchanges natively, so it imports http, which imports this module.
         self.ring = ring
         self.spans = ring is not None and ring.spans is not None  # read per connection: each hop makes a span
-        if ring is not None:
-            self.observers.append(ring.observe)
+        # The ring is told natively by each connection (http.ServerConn.ring), not through observers.
         self.ready = False
         self.workers = PROCESS_WORKERS
         self.local_budget = Budget(snapshot.limits.max_client_connections)  # local apps, together

@@ -24,7 +24,7 @@ def play() -> Iterator[Play]:
     with stage() as (d, _):
         p = Play(d)
         p.rt.ring = Ring(recent=8, failed=4)  # small, so that a few requests wrap it; attached as server.py does
-        p.rt.observers.append(p.rt.ring.observe)
+        p.conn.ring = p.rt.ring  # what a connection made under a runtime with a ring holds
         yield p
 
 
@@ -113,7 +113,7 @@ def test_past_the_rate_it_keeps_all_of_one_in_n_successes_by_the_ids_last_digit_
     assert ring is not None
     for _ in range(3):  # again if a second went by mid-way (the next second's rate is then unknown)
         play.rt.ring = ring = Ring(recent=64, failed=8)
-        play.rt.observers[-1] = ring.observe
+        play.conn.ring = ring
         start = int(time.monotonic())
         ring.second, ring.seen = start - 1, 5000  # the last second saw 5,000 successes: one in 4 is kept
         for d in "0123456789abcdef":
