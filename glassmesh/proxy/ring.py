@@ -149,24 +149,6 @@ class Rec:
         return c
 
 
-# Successes a second that are all kept. Above it, one in 2, 4, 8 or at most 16 is, chosen by the last
-# character of the request id, so that every hop of a request decides alike (a hop keeping one in 4
-# keeps every id a hop keeping one in 8 keeps: minted ids end in a hex digit of a counter, and so do
-# UUIDs). The ring's cost is the memory it keeps touching (a request's bytes live 2,048 requests,
-# then are freed cold): at 30,000 requests a second it covered 70 ms of successes anyway, and cost
-# about 6% of the pair's CPU; failures are always kept.
-KEEP_ALL: Final = 2048
-MAX_ONE_IN: Final = 16
-
-
-def one_in(per_second: int) -> int:
-    """How many successes share one slot, after a second of per_second of them."""
-    n = 1
-    while per_second > KEEP_ALL * n and n < MAX_ONE_IN:
-        n *= 2
-    return n
-
-
 class Ring(Observer):
     """Two rings of Rec: requests that went well, and failures (kept longest)."""
 
@@ -178,10 +160,6 @@ class Ring(Observer):
         self.j = 0
         # Told of every record when spans are exported (spans.Exporter.add, which keeps a copy); None otherwise.
         self.spans: Any = None
-        # Past KEEP_ALL successes a second, one in `one_in` is kept (see keeps): set each second from the last.
-        self.second = 0
-        self.seen = 0
-        self.one_in = 1
 
     def observe(self, exchange: Any, status: int, reason: str) -> None:
         ex = cast("Exchange", exchange)  # (Observer's signature: it cannot name Exchange)
@@ -190,20 +168,6 @@ class Ring(Observer):
             k = self.j
             self.j = k + 1 if k + 1 < len(ring) else 0
         else:
-            if self.spans is None:  # (with spans exported, every hop's record goes on to the exporter)
-                sec = int(ex.t0)
-                if sec != self.second:
-                    self.one_in = one_in(self.seen if sec == self.second + 1 else 0)
-                    self.second = sec
-                    self.seen = 0
-                self.seen += 1
-                n = self.one_in
-                if n > 1:
-                    rid = ex.request_id
-                    if rid is None and ex.head is not None:
-                        rid = ex.head.rid
-                    if rid and rid[len(rid) - 1] % n:
-                        return
             ring = self.recent
             k = self.i
             self.i = k + 1 if k + 1 < len(ring) else 0

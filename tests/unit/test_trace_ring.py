@@ -101,29 +101,3 @@ def test_spans_queued_for_the_collector_are_copies_the_ring_does_not_overwrite(p
     queued = asyncio.get_event_loop().run_until_complete(run())
     assert [r.rid for r in queued] == [f"span-{i}".encode() for i in range(20)]
 
-
-def test_past_the_rate_it_keeps_all_of_one_in_n_successes_by_the_ids_last_digit_and_every_failure(
-        play: Play) -> None:
-    import time
-
-    from glassmesh.proxy.ring import KEEP_ALL, one_in
-
-    assert [one_in(n) for n in (0, KEEP_ALL, KEEP_ALL + 1, 5000, 9000, 10**6)] == [1, 1, 2, 4, 8, 16]
-    ring = play.rt.ring
-    assert ring is not None
-    for _ in range(3):  # again if a second went by mid-way (the next second's rate is then unknown)
-        play.rt.ring = ring = Ring(recent=64, failed=8)
-        play.conn.ring = ring
-        start = int(time.monotonic())
-        ring.second, ring.seen = start - 1, 5000  # the last second saw 5,000 successes: one in 4 is kept
-        for d in "0123456789abcdef":
-            exchange(play, f"id-{d}")
-        exchange(play, "failed-1", 503)
-        if int(time.monotonic()) == start:
-            break
-    kept = [d for d in "0123456789abcdef" if found(ring, f"id-{d}")]
-    assert kept == ["0", "4", "8", "d"], "a hop keeping one in 8 keeps '0' and '8': a subset, so hops agree"
-    assert found(ring, "failed-1") == ["/failed-1"], "failures are always kept"
-    ring.second, ring.seen = int(time.monotonic()) - 1, 10  # after a quiet second every success is kept again
-    exchange(play, "id-1")
-    assert found(ring, "id-1") == ["/id-1"]
