@@ -485,7 +485,10 @@ def new_request_id() -> bytes:
 def new_traceparent() -> bytes:
     """A W3C traceparent with a fresh trace id and a span id that is never zero."""
     ids = _ids
-    c = ids.next_hex()
+    return _traceparent(ids, ids.next_hex())
+
+
+def _traceparent(ids: _Ids, c: bytes) -> bytes:
     return b"".join((ids.trace_head, c, ids.span_head, c, b"-01"))
 
 
@@ -498,7 +501,7 @@ def new_request_id_and_traceparent() -> tuple[bytes, bytes]:
     """
     ids = _ids
     c = ids.next_hex()  # first: it may draw a new prefix
-    return ids.prefix + c, b"".join((ids.trace_head, c, ids.span_head, c, b"-01"))
+    return ids.prefix + c, _traceparent(ids, c)
 
 
 def new_span_id() -> bytes:

@@ -127,9 +127,10 @@ def own_failure(e: BaseException) -> BadMessage:
 
     llhttp wraps whatever a callback raises; without this a proxy bug read as a malformed
     request (400, blaming the client) or an invalid response (502, blaming the next hop).
-    The original exception is the result's __cause__, for the connection to log.
+    The original exception is the result's __cause__, for the connection to log; the peer is
+    told only that this proxy failed (an exception's text may hold another request's data).
     """
-    m = BadMessage(f"{type(e).__name__}: {e}", "internal_error", 500)
+    m = BadMessage("this proxy failed on the message; its log has the traceback", "internal_error", 500)
     m.__cause__ = e
     return m
 

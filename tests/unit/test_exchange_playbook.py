@@ -499,6 +499,7 @@ def test_a_defect_in_the_proxy_is_an_internal_error_never_the_clients_fault(
     out = play.client_gets()
     assert out.startswith(b"HTTP/1.1 500 Internal Server Error\r\n"), out[:80]
     assert b"glassmesh-error: internal_error; hop=h2/inbound" in out, "not a 400 'malformed request'"
+    assert b"defect in the pools" not in out, "the exception's text stays in the proxy's log"
     err = capfd.readouterr().err
     assert "RuntimeError: a defect in the pools" in err and "Traceback" in err, err
 
