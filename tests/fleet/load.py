@@ -32,6 +32,7 @@ def keep_alive(connect: Callable[[], http.client.HTTPConnection], host: str, per
     while not done():
         t = time.time()
         for attempt in (1, 2):
+            r: http.client.HTTPResponse | None = None
             try:
                 if conn is None:
                     conn = connect()
@@ -63,9 +64,12 @@ def keep_alive(connect: Callable[[], http.client.HTTPConnection], host: str, per
                     with lock:
                         out["reused_conn_retries"] += 1
                     continue
+                # What the head said, when one came (the body was cut): which hops and which app, to diagnose.
+                said = "" if r is None else (f"; head {r.status}, trail {r.getheader('glassmesh-trail')!r}, "
+                                             f"app {r.getheader('x-app')!r}")
                 with lock:
                     out["requests"] += 1
-                    out["failures"].append([t, 0, f"client: {e!r}"])
+                    out["failures"].append([t, 0, f"client: {e!r}{said}"])
                 break
         time.sleep(max(0.0, period - (time.time() - t)))
     if conn is not None:

@@ -169,6 +169,27 @@ class Ops:
         self.proxies: dict[str, Daemon] = {}
         self.h1 = fleet.hosts[0]
         self.cred = self.h1.dir / "control-data" / "admin.pem"
+        self.events: list[tuple[float, str]] = []  # (time.time(), what was done): read when a request failed
+        self.logs: list[tuple[str, Path]] = []  # every daemon's log, replaced ones included
+
+    def note(self, what: str) -> None:
+        self.events.append((time.time(), what))
+
+    def timeline(self, failures: list[tuple[float, str]]) -> str:
+        """What was done and what failed, in order, with every daemon's lines about draining and errors."""
+        t0 = min([t for t, _ in self.events + failures], default=0.0)
+        rows = sorted([(t, f"   {w}") for t, w in self.events] + [(t, f"!! {w}") for t, w in failures])
+        out = [f"{t - t0:8.3f} {w}" for t, w in rows]
+        for name, path in self.logs:
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            said = [x for x in lines if any(k in x.lower() for k in ("drain", "closing", "error", "reset", "traceback"))]
+            if said:
+                out.append(f"--- {name} ({path.name}), {len(said)} lines about draining or errors, the last 15:")
+                out += said[-15:]
+        return "\n".join(out)
 
     def glassmesh(self, host: Host, release: str) -> str:
         return str(self.releases[release] / "bin" / "glassmesh")
@@ -194,6 +215,8 @@ class Ops:
         env["NOTIFY_SOCKET"] = str(notify.path)
         proc = host.spawn(argv, log, env=env)
         d = Daemon(host, argv, log, notify, proc)
+        self.logs.append((f"{host.name} {unit}", log))
+        self.note(f"{host.name} {unit} ({release}) started, pid {proc.pid}")
         try:
             notify.wait_for("READY", ready_timeout)
         except TimeoutError:
@@ -239,13 +262,17 @@ class Ops:
         new = int(msg["MAINPID"])
         assert msg.get("READY") == "1" and new != d.pid, msg
         old, d.pid = d.pid, new
+        self.note(f"{host.name}: reloaded, pid {old} -> {new}")
         assert d.wait(old, 40) == 0, f"{host.name}: the old proxy (pid {old}) did not drain and exit 0:\n{d.tail()}"
+        self.note(f"{host.name}: the old proxy (pid {old}) drained and exited")
 
     def replace_proxy(self, host: Host, release: str) -> None:
         """A seamless restart: a new proxy on the same ports (SO_REUSEPORT), then SIGTERM to the old one."""
         old = self.proxies[host.name]
         self.proxies[host.name] = self.start(host, "glassmesh-proxy.service", release)
+        self.note(f"{host.name}: SIGTERM to the old proxy (pid {old.pid})")
         old.stop()
+        self.note(f"{host.name}: the old proxy (pid {old.pid}) drained and exited")
         self.runs[host.name] = release
 
     def backup_and_restore(self) -> None:
@@ -345,6 +372,7 @@ def test_fleet_joins_upgrades_restarts_and_restores_without_dropping_a_request(r
         assert versions == [2, 1], versions
 
         load = Load(fleet, root / "stop-load")
+        ops.note("load started")
         time.sleep(3)
         # Upgrades in turn: each host's daemons from the new release's venv and units. The older release cannot
         # hand its sockets over: the new proxy starts on the same ports, then the old one is SIGTERMed.
@@ -352,6 +380,7 @@ def test_fleet_joins_upgrades_restarts_and_restores_without_dropping_a_request(r
             ops.replace_proxy(h, "new")
             time.sleep(1)
         assert ops.control is not None
+        ops.note("control plane: SIGTERM")
         ops.control.stop()
         ops.runs["host1"] = "new"
         ops.start_control("new")
@@ -362,12 +391,14 @@ def test_fleet_joins_upgrades_restarts_and_restores_without_dropping_a_request(r
         for h in fleet.hosts:
             ops.reload_proxy(h)
             time.sleep(1)
+        ops.note("control plane: SIGTERM")
         ops.control.stop()
         ops.start_control("new")
         assert ops.history() == versions
         time.sleep(2)
         # A backup taken while serving, restored into a fresh data directory: the same versions, the same CA
         # (the hosts' certificates still chain to it), and the proxies carry on.
+        ops.note("control plane: backup, stop, restore")
         ops.backup_and_restore()
         assert ops.history() == versions
         time.sleep(3)
@@ -376,7 +407,9 @@ def test_fleet_joins_upgrades_restarts_and_restores_without_dropping_a_request(r
         total = sum(r["requests"] for r in results.values())
         took = max(r["ended"] for r in results.values()) - min(r["started"] for r in results.values())
         failures = {k: r["failures"][:5] for k, r in results.items() if r["failures"]}
-        assert not failures, f"{sum(len(r['failures']) for r in results.values())} of {total} failed: {failures}"
+        assert not failures, (f"{sum(len(r['failures']) for r in results.values())} of {total} failed: {failures}\n"
+                              + ops.timeline([(t, f"{k}: {st} {why}") for k, r in results.items()
+                                              for t, st, why in r["failures"][:20]]))
         assert total / took >= 300, f"{total} requests in {took:.0f} s: under 300/s"
         for name, r in results.items():  # every instance served its callers
             assert len(r["by_app"]) == 2, (name, r["by_app"])
