@@ -23,7 +23,9 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,8 @@ class Variant:
     admin_ports: dict[str, int] = field(default_factory=dict)   # proxy name -> admin port
     failed: str | None = None
     info: dict = field(default_factory=dict)
+    slot: int = -1                                  # its ports (slot_ports); -1: not a start_pair pair
+    restart: Callable[[int], Variant] | None = None  # the same pair started anew on a slot (alternate(fresh=True))
 
 
 # ------------------------------------------------------------------ helpers
@@ -123,6 +127,9 @@ def start_pair(ctx: Ctx, key: str, label: str, slot: int, *, workers: int = 1, e
     ctx.procs.start(n_in, gm + ["--config", str(p_in)] + (extra_in if extra_in is not None else extra or []), env=penv)
     ctx.procs.start(n_out, gm + ["--config", str(p_out)] + (extra or []), env=penv)
     wait_up(ctx, v, t0)
+    v.slot = slot
+    v.restart = partial(start_pair, ctx, key, label, workers=workers, extra=extra, extra_in=extra_in, cmd=cmd,
+                        env=env, **snapkw)
     return v
 
 
@@ -219,8 +226,18 @@ def _shares(counts: dict[Any, float]) -> list[float]:
     return sorted((round(100 * c / tot, 1) for c in counts.values()), reverse=True) if tot > 0 else []
 
 
-def alternate(ctx: Ctx, variants: list[Variant], rows: list[str], *, per_worker: bool = False) -> dict:
-    """Warm each variant, then REPS repetitions of every row over every variant (order rotating)."""
+def alternate(ctx: Ctx, variants: list[Variant], rows: list[str], *, per_worker: bool = False,
+              fresh: bool = False) -> dict:
+    """Warm each variant, then REPS repetitions of every row over every variant (order rotating).
+
+    fresh: every repetition after the first starts each pair anew on the next one's ports (and warms it),
+    so that a ratio is not one pair of processes on its ports against another for the whole run. A pair
+    keeps whatever it drew at start (where the scheduler puts it against the others, the layout of its
+    heap) for its whole life: with pairs started once, the trace ring's column read 0.93x in one run and
+    0.98x in the next, on a quiet machine. And an A/A run (BENCH_RING_COLUMN=1: that column a copy of
+    `defaults`), started anew each time on the same ports, read 0.97x: the second pair was faster in
+    every repetition. Rotating the ports spreads that over the columns.
+    """
     S, procs = ctx.S, ctx.procs
     runs: dict[str, dict[str, list]] = {r: {v.key: [] for v in variants} for r in rows}
     free = all_cpus()
@@ -268,7 +285,23 @@ def alternate(ctx: Ctx, variants: list[Variant], rows: list[str], *, per_worker:
     for v in variants:
         v.info["rss_idle_mb"] = {n: round(measure.rss_mb(procs, n), 1) for n in v.proxies}
         v.info["pss_idle_mb"] = {n: round(measure.pss_mb(procs, n), 1) for n in v.proxies}
+    home = {v.key: v.slot for v in variants}  # each pair's first ports; repetition r moves pairs r along
     for rep in range(S["reps"]):
+        if fresh and rep:
+            again = [v for v in variants if not v.failed and v.restart is not None]
+            slots = [home[v.key] for v in again]
+            for v in again:
+                procs.stop(v.proxies)
+            for i, v in enumerate(again):
+                assert v.restart is not None
+                nv = v.restart(slots[(i + rep) % len(slots)])
+                v.slot, v.http_port, v.wait_ports, v.admin_ports, v.failed = (
+                    nv.slot, nv.http_port, nv.wait_ports, nv.admin_ports, nv.failed)
+            for v in again:
+                if not v.failed:
+                    r = one(v, 32, max(1, int(S["warm"])), f"{v.key} warm rep{rep + 1}")
+                    if r.get("error"):
+                        v.failed = f"warm-up after a restart: {r['error']}"
         order = variants[rep % len(variants):] + variants[:rep % len(variants)]
         for row in rows:
             for v in order:
@@ -384,8 +417,9 @@ def run_features(ctx: Ctx) -> dict:
             v = start_pair(ctx, f"f_{f}", label, slot,
                            cmd=[sys.executable, str(Path(__file__).with_name("tapped.py")), f[4:]])
         elif f == "trace_ring":  # always on; the column turns it off, so its ratio is what the ring costs
+            # (BENCH_RING_COLUMN=1 leaves it on: an A/A run, whose ratio is the bench's own bias)
             v = start_pair(ctx, "f_no_ring", "trace ring off (GLASSMESH_TRACE_RING=0)", slot,
-                           env={"GLASSMESH_TRACE_RING": "0"})
+                           env={"GLASSMESH_TRACE_RING": os.environ.get("BENCH_RING_COLUMN", "0")})
         elif f == "policy":
             v = start_pair(ctx, "f_policy", "traffic policy: 20 routes, 1% split, retry budget, outlier", slot,
                            policy=features_policy())
@@ -393,7 +427,7 @@ def run_features(ctx: Ctx) -> dict:
             v = start_pair(ctx, "f_http1", '"peer_protocol": "http1"', slot, peer_protocol="http1")
         log(f"  up {v.key:14s}", "FAILED: " + v.failed if v.failed else f"ok ({v.info.get('listening_s')} s)")
         variants.append(v)
-    runs = alternate(ctx, variants, ["c32", "c1"])
+    runs = alternate(ctx, variants, ["c32", "c1"], fresh=True)
     _add_us(runs)
     notes = []
     for key, files in logs.items():
@@ -423,8 +457,9 @@ def run_features(ctx: Ctx) -> dict:
                  "`tap on` is for information: a tap of every exchange with headers and 1 KiB bodies, each "
                  "exchange's bytes recorded, 200 events a second kept and encoded, the rest counted as dropped.")
     intro = ["Each column is a glassmesh pair (both proxies with the same switch) on its own ports, measured "
-             "alternately with the others in every repetition; ratios are to `defaults`, taken within each "
-             "repetition. `--access-log` writes one JSON line per request to a file on each proxy (whole lines written in batches), "
+             "alternately with the others in every repetition and started anew (then warmed) for each repetition "
+             "(with pairs started once, one comparison read 0.93x in a run and 0.98x in the next); ratios are to "
+             "`defaults`, taken within each repetition. `--access-log` writes one JSON line per request to a file on each proxy (whole lines written in batches), "
              "as a user would run it; `--tls-keylog` writes TLS secrets only at each handshake (pooled links: "
              "almost never); `peer_protocol: http1` is a TLS connection per request in flight between the "
              "proxies instead of the default multiplexed link. The traffic-policy column gives the outbound "
