@@ -1,33 +1,43 @@
 """The recent requests of one proxy process, always kept, for `glassmesh trace` (compiled with the hot path).
 
-An observer of every finished exchange (Runtime.observers). It must cost next
-to nothing, since it is always on: its records are made once, the first time
-the ring goes round, and from then on each finished exchange overwrites the
-oldest record's fields in place. No object is made or freed per request (a
-record made per request and freed 3,072 requests later cost about 350 more
-instructions), the garbage collector never sees a new one (it ran about once
-per 10,000 requests either way: bench/gc_per_request.py), and a record holds
-only numbers and the immutable bytes and strings the exchange made anyway:
-never the exchange, its connection or anything it may still change (the
-endpoints it tried are copied into a tuple, on a retry only). It is turned
-into text only when someone asks (`row`). Records of failures (a 5xx, a mesh
-error) go to a ring of their own, so that a burst of successes does not push
-out the error an operator came to look at.
+An observer of every finished exchange (told natively by each connection:
+proxy/observer.py). It must cost next to nothing, since it is always on: its
+records are made once, the first time each slot is used, and from then on each
+finished exchange overwrites the oldest record's fields in place. No object is
+made per request, and a record holds only numbers and the immutable bytes and
+strings the exchange made anyway: never the exchange, its connection or anything
+it may still change (the endpoints it tried are copied into a tuple, on a retry
+only). It is turned into text only when someone asks (`row`).
 
-What it still costs, past the call and the stores, is those bytes (request
-id, traceparents, method, path: four small objects a request) living for
-3,072 requests instead of one: each request frees cold ones, and the
-allocator's pools mix lifetimes. Copying them into a buffer of the slot's own
-with struct.pack_into cost more instructions than it saved (+1,600 against
-+1,000 a request); a cheaper copy is the next step.
+Three rings, so that what an operator comes to look at is kept longest and what
+every request pays for stays small:
+- failed (FAILED): a 5xx or a mesh error;
+- slow (SLOW): went well but took SLOW_S or more, end to end at this hop;
+- recent (RECENT): the newest of the rest; only the newest BUSY_RECENT of them
+  while the process is busy (BUSY_PER_S or more of them in the last second).
+
+Why the ring of every request is short when busy: its cost is the memory it writes over,
+not its instructions (about 1% of a request's, callgrind). Every request writes
+its record over one a whole ring ago, cold, with the request's own bytes living
+until then; with the pair of proxies pinned to one core and the app and client
+on the other (wrk -t1 -c32, fresh pairs in turn, 3 to 5 runs each), CPU per
+request over no ring was +11% with 2,048 records of every request, +4.4% with
+256, +0.7% with 16 and within the noise with 128 and 64. Keeping one request in
+16 past 1,024 a second (by trace id, so that the hops agree) in a ring of 2,048
+still cost +5%, and copying each record into one preallocated buffer instead of
+keeping its objects cost as much as the objects (unpinned runs): it is the span
+of memory written in turn that costs. Slow requests and failures are rare
+where the proxy is busy, so their rings cost nothing per fast request. Below
+BUSY_PER_S a second the long ring costs the same share of each request, but of
+little CPU, and it keeps tens of seconds of history at the demo's rates.
 
 A record is overwritten when its ring goes round: whoever keeps one past the
 moment it was handed out (the trace ask, the span exporter's queue) keeps a
 copy (Rec.copy, Ring.find).
 
-Bounded: RECENT + FAILED records, each holding at most MAX_PATH bytes of path,
-MAX_ID bytes of request id and a traceparent (55 bytes): a few MiB at worst,
-whatever clients send. Times are the monotonic clock the request path reads;
+Bounded: RECENT + SLOW + FAILED records, each holding at most MAX_PATH bytes
+of path, MAX_ID bytes of request id and two traceparents (55 bytes each): about
+2 MiB at worst, whatever clients send. Times are the monotonic clock the request path reads;
 they become wall-clock times when asked (`rows`).
 """
 
@@ -41,8 +51,12 @@ from glassmesh.proxy.observer import Observer
 if TYPE_CHECKING:
     from glassmesh.proxy.http import Exchange
 
-RECENT: Final = 2048  # records of requests that did not fail
-FAILED: Final = 1024  # records of failed requests (5xx, mesh errors): kept longest
+RECENT: Final = 2048  # the newest requests that went well, while the process is not busy
+BUSY_RECENT: Final = 128  # ... and while it is: past BUSY_PER_S of them in the last second
+BUSY_PER_S: Final = 1024
+SLOW: Final = 1024  # requests that went well but took SLOW_S or more (the ones people come to look at)
+FAILED: Final = 1024  # failed requests (5xx, mesh errors): kept longest
+SLOW_S: Final = 0.1
 MAX_PATH: Final = 256
 MAX_ID: Final = 128
 
@@ -150,14 +164,21 @@ class Rec:
 
 
 class Ring(Observer):
-    """Two rings of Rec: requests that went well, and failures (kept longest)."""
+    """Three rings of Rec: the newest requests that went well, slow ones, and failures (kept longest)."""
 
-    def __init__(self, recent: int = RECENT, failed: int = FAILED) -> None:
+    def __init__(self, recent: int = RECENT, failed: int = FAILED, slow: int = SLOW) -> None:
         # Slots are made the first time each is used, so that an idle proxy holds none.
         self.recent: list[Rec | None] = [None] * recent
         self.failed: list[Rec | None] = [None] * failed
+        self.slow: list[Rec | None] = [None] * slow
         self.i = 0
         self.j = 0
+        self.k = 0
+        # The ring of recent requests wraps at `size`: all of it, or BUSY_RECENT while busy.
+        self.size = recent
+        self.busy_size = min(BUSY_RECENT, recent)
+        self.second_ends = 0.0  # the end of the second `count` counts
+        self.count = 0  # requests that went well, this second
         # Told of every record when spans are exported (spans.Exporter.add, which keeps a copy); None otherwise.
         self.spans: Any = None
 
@@ -167,10 +188,22 @@ class Ring(Observer):
             ring = self.failed
             k = self.j
             self.j = k + 1 if k + 1 < len(ring) else 0
+        elif ex.conn.last_active - ex.t0 >= SLOW_S:  # exchange_done set last_active to the time it ended
+            ring = self.slow
+            k = self.k
+            self.k = k + 1 if k + 1 < len(ring) else 0
         else:
+            t = ex.t0
+            if t >= self.second_ends:  # a new second: busy or not, by the last one
+                self._resize(self.busy_size if self.count >= BUSY_PER_S else len(self.recent))
+                self.second_ends = t + 1.0
+                self.count = 0
+            self.count += 1
             ring = self.recent
             k = self.i
-            self.i = k + 1 if k + 1 < len(ring) else 0
+            if k >= self.size:
+                k = 0
+            self.i = k + 1 if k + 1 < self.size else 0
         rec = ring[k]
         if rec is None:
             rec = ring[k] = Rec()
@@ -179,11 +212,23 @@ class Ring(Observer):
         if s is not None:
             s.add(rec)
 
+    def _resize(self, size: int) -> None:
+        """Wrap the recent ring at `size`; the records past it are let go, not kept.
+
+        Kept, the records of a quiet second stayed in the heap once the process was busy, and cost
+        almost as much as writing over them (+8% CPU per request against +0.4% without them).
+        """
+        if size < self.size:
+            recent = self.recent
+            for x in range(size, len(recent)):
+                recent[x] = None
+        self.size = size
+
     def find(self, ident: bytes) -> list[Rec]:
         """Copies of the records of a request id, or of a trace id (32 hex digits): oldest first."""
         out: list[Rec] = []
         trace = len(ident) == 32
-        for ring in (self.failed, self.recent):
+        for ring in (self.failed, self.slow, self.recent):
             for rec in ring:
                 if rec is None:
                     continue

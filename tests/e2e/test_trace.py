@@ -98,14 +98,16 @@ def test_trace_follows_the_request_across_hops_and_says_where_time_went_and_who_
     long = _call(out, "/" + "x" * 4000)
     assert long.status == 200
     assert {len(h["path"]) for h in _json(cp, long.header("x-request-id"))["timeline"]["hops"]} == {256}
+    # A fast request that went well is pushed out of the short ring of recent ones by the requests after it;
+    # the slow one and the failed one, in rings of their own, outlive them.
     with HttpConn(out, timeout=15) as c:
-        for i in range(2100):
+        for i in range(2100):  # more than a quiet process keeps (ring.RECENT)
             assert c.request("GET", f"/fill/{i}", {"Host": "b"}).status == 200
-    evicted = _trace(cp, rid, "-o", "json")  # host1's worker may have let it go as well: then nothing is left
+    evicted = _trace(cp, long.header("x-request-id"), "-o", "json")  # host1's worker may have let it go as well
     assert evicted.returncode == 4 and "no record of" in evicted.stderr or ("host2", "inbound") not in [
         (h["host"], h["side"]) for h in json.loads(evicted.stdout)["timeline"]["hops"]], evicted
-    assert ("host2", "inbound") in [(h["host"], h["side"])
-                                    for h in _json(cp, failed.header("x-request-id"))["timeline"]["hops"]]
+    for kept in (rid, failed.header("x-request-id")):
+        assert ("host2", "inbound") in [(h["host"], h["side"]) for h in _json(cp, kept)["timeline"]["hops"]]
 
     # An id the caller's app set itself names no host: the operator says where the trace starts.
     own = _call(out, "/own", {"x-request-id": "checkout-7f3a"})

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from glassmesh.proxy.ring import Rec, Ring
+from glassmesh.proxy.ring import BUSY_PER_S, BUSY_RECENT, SLOW_S, Rec, Ring
 from glassmesh.proxy.routing import PoolKey
 from glassmesh.proxy.spans import Exporter
 from tests.unit.test_exchange_playbook import Play, stage
@@ -55,6 +56,41 @@ def test_a_ring_that_goes_round_keeps_the_newest_and_failures_outlive_a_burst_of
     assert rec.t0 <= rec.end
     # A record handed out (to the trace ask) stays as it was while the ring goes round and reuses its slot.
     assert [(r.path, r.status) for r in held] == [(b"/early", 200)]
+
+
+def test_a_slow_request_outlives_the_fast_ones_that_follow_it(play: Play) -> None:
+    """The ring of every request is short (it costs its memory); a slow one is what people come to look at."""
+    ring = play.rt.ring
+    assert ring is not None
+    play.sent(b"GET /slow HTTP/1.1\r\nHost: b\r\nx-request-id: slow\r\n\r\n")
+    time.sleep(SLOW_S + 0.02)  # the app takes its time
+    play.app_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert play.client_gets().startswith(b"HTTP/1.1 200 ")
+    for i in range(20):
+        exchange(play, f"fast-{i}")
+    (rec,) = ring.find(b"slow")
+    assert rec.end - rec.t0 >= SLOW_S and rec.status == 200
+    assert [f for i in range(20) for f in found(ring, f"fast-{i}")] == [f"/fast-{i}" for i in range(12, 20)]
+    assert sum(r is not None for r in ring.slow) == 1, "fast requests never enter the slow ring"
+
+
+def test_a_busy_process_keeps_the_newest_few_and_a_quiet_one_all_its_ring_holds(play: Play) -> None:
+    """Busy (BUSY_PER_S a second): the ring of fast requests wraps at BUSY_RECENT and lets go of the rest."""
+    ring = play.rt.ring = play.conn.ring = Ring(recent=BUSY_RECENT + 100, failed=4)
+    for i in range(BUSY_RECENT + 50):  # quiet: the whole ring
+        exchange(play, f"quiet-{i}")
+    assert found(ring, "quiet-0") == ["/quiet-0"]
+    ring.count, ring.second_ends = BUSY_PER_S, 0.0  # the last second was busy; this request begins a new one
+    for i in range(BUSY_RECENT + 2):
+        exchange(play, f"busy-{i}")
+    assert found(ring, "busy-0") == [] and found(ring, "busy-1") == []
+    assert found(ring, "busy-2") == ["/busy-2"]
+    assert found(ring, f"quiet-{BUSY_RECENT + 49}") == [], "the quiet second's records past the few are let go"
+    assert sum(r is not None for r in ring.recent) == BUSY_RECENT, "a busy ring holds no more than its few"
+    ring.count, ring.second_ends = 0, 0.0  # a quiet second again: the whole ring
+    for i in range(BUSY_RECENT + 50):
+        exchange(play, f"again-{i}")
+    assert found(ring, "again-0") == ["/again-0"]
 
 
 def test_a_full_ring_makes_no_new_record_per_request(play: Play) -> None:
