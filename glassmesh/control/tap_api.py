@@ -117,7 +117,8 @@ async def tap(request: web.Request) -> web.StreamResponse:
     try:
         while running and not closing.is_set():
             try:
-                line = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                async with asyncio.timeout(KEEPALIVE_S):  # not wait_for: on 3.11 it can swallow a stop (keygen.py)
+                    line = await queue.get()
             except TimeoutError:
                 await resp.write(b"\n")
                 continue

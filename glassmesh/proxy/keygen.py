@@ -67,8 +67,11 @@ async def new_key(spiffe_id: str | None) -> NewKey:
         sys.executable, "-m", "glassmesh.proxy.keygen", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(json.dumps({"spiffe_id": spiffe_id}).encode()),
-                                          KEYGEN_TIMEOUT_S)
+        # Not asyncio.wait_for: on Python 3.11, a cancel (the proxy's SIGTERM) that arrives as the child
+        # finishes is swallowed and the key returned, and the proxy then waited out its stop deadline in
+        # the next retry's sleep (tests/e2e/test_stop.py saw it once). asyncio.timeout lets it through.
+        async with asyncio.timeout(KEYGEN_TIMEOUT_S):
+            out, err = await proc.communicate(json.dumps({"spiffe_id": spiffe_id}).encode())
     except BaseException:
         if proc.returncode is None:
             proc.kill()
