@@ -201,8 +201,6 @@ class Ring(Observer):
             self.count += 1
             ring = self.recent
             k = self.i
-            if k >= self.size:
-                k = 0
             self.i = k + 1 if k + 1 < self.size else 0
         rec = ring[k]
         if rec is None:
@@ -222,6 +220,8 @@ class Ring(Observer):
             recent = self.recent
             for x in range(size, len(recent)):
                 recent[x] = None
+            if self.i >= size:
+                self.i = 0
         self.size = size
 
     def find(self, ident: bytes) -> list[Rec]:
