@@ -138,8 +138,11 @@ class Pool:
             if c.usable() and (best is None or len(c.streams) < len(best.streams)):
                 best = c
         if best is not None:
+            # One connection grows the link at a time: the task starts on a later loop turn, and
+            # every request of a burst read in this turn would otherwise start one of its own.
             if (len(best.streams) >= MUX_SPREAD_STREAMS and len(self.muxes) < self.mux_cap()
-                    and self._mux_waiters is None and not self.closed):
+                    and self._mux_waiters is None and not self.closed
+                    and (self._growing is None or self._growing.done())):
                 self._growing = asyncio.get_running_loop().create_task(self._grow())
             return best
         if self._mux_waiters is not None:  # someone is connecting already: wait for theirs

@@ -207,7 +207,7 @@ def test_dashboard_and_rules_read_only_metrics_a_live_mesh_exposes(mesh: Mesh, t
 
     def both_b_in_host1s_snapshot() -> None:
         eps = json.loads(get(admins["host1"], "/config").body)["services"]
-        assert sorted(e["host"] for s in eps if s["name"] == "b" for e in s["endpoints"]) == ["host2", "host3"]
+        assert sorted(e["host"] for s in eps if s["name"] == "b" for e in s.get("endpoints", [])) == ["host2", "host3"]
 
     eventually(both_b_in_host1s_snapshot, timeout=30)
 
