@@ -11,11 +11,15 @@ HOT_SRC := setup.py mypyc.ini glassmesh/protocols/http1.py glassmesh/protocols/h
 	glassmesh/proxy/roundrobin.py glassmesh/proxy/routing.py glassmesh/proxy/tcp.py glassmesh/proxy/chain.py glassmesh/proxy/accepted.py glassmesh/proxy/observer.py \
 	glassmesh/proxy/stages/endpoint.py glassmesh/proxy/stages/eject.py glassmesh/proxy/stages/balance.py glassmesh/proxy/stages/split.py glassmesh/proxy/stages/route.py glassmesh/proxy/stages/retry.py glassmesh/proxy/stages/overload.py glassmesh/proxy/stages/fault.py glassmesh/proxy/stages/mirror.py
 
+# The stamp takes the time the build began (touch -r), not the time it ended: a source edited
+# while mypyc compiled is newer than the stamp, so the next make rebuilds instead of keeping a
+# compiled module older than its source.
 $(VENV)/.installed: pyproject.toml $(HOT_SRC)
 	python3 -m venv $(VENV)
+	touch $(VENV)/.building
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	touch $@
+	touch -r $(VENV)/.building $@ && rm -f $(VENV)/.building
 
 venv: $(VENV)/.installed
 

@@ -185,30 +185,36 @@ def test_error_response_names_hop_and_reason():
 def test_every_special_header_is_recognised_in_any_spelling():
     from glassmesh.protocols import http1
 
-    for table, cache in ((http1._REQUEST_KIND, http1._request_kind_cache),
-                         (http1._RESPONSE_KIND, http1._response_kind_cache)):
+    for table in (http1._REQUEST_KIND, http1._RESPONSE_KIND):
+        cache = http1._Spellings(table)
         for name, kind in table.items():
             for spelling in (name, name.upper(), name.title(), name.capitalize()):
-                for _ in range(2):  # the second time from the cache
-                    assert http1._kind(spelling, cache, table) == kind, spelling
-    assert http1._kind(b"User-Agent", {}, http1._REQUEST_KIND) == http1._FORWARD
-    assert http1._kind(b"", {}, http1._REQUEST_KIND) == http1._FORWARD
-    # Names of no special shape are forwarded without touching the cache.
-    cache: dict[bytes, int] = {}
-    assert [http1._kind(n, cache, http1._RESPONSE_KIND) for n in (b"Content-Type", b"Date", b"Server")] == [-1] * 3
-    assert cache == {}
+                for _ in range(2):  # the second time as a kept spelling
+                    assert http1._kind(spelling, cache) == kind, spelling
+    cache = http1._Spellings(http1._REQUEST_KIND)
+    assert http1._kind(b"User-Agent", cache) == http1._FORWARD
+    assert http1._kind(b"", cache) == http1._FORWARD
+    assert http1._kind(b"x" * 40, cache) == http1._FORWARD
+    # Names of no special shape are forwarded without keeping them.
+    cache = http1._Spellings(http1._RESPONSE_KIND)
+    kept = cache.spellings()
+    assert [http1._kind(n, cache) for n in (b"Content-Type", b"Date", b"Server")] == [http1._FORWARD] * 3
+    assert cache.spellings() == kept
 
 
-def test_the_header_kind_cache_stays_bounded():
+def test_the_kept_spellings_stay_bounded():
     from glassmesh.protocols import http1
 
-    cache: dict[bytes, int] = {}
+    cache = http1._Spellings(http1._REQUEST_KIND)
+    kept = cache.spellings()
     for i in range(3000):  # names shaped like x-request-id (x, 12 bytes) pass the first filter
-        assert http1._kind(b"x-%010d" % i, cache, http1._REQUEST_KIND) == http1._FORWARD
-    http1._kind(b"t" * 200, cache, http1._REQUEST_KIND)
-    assert len(cache) == 1024 and all(len(n) <= 64 for n in cache)
-    # Past the bound, names are still classified right.
-    assert http1._kind(b"Content-LENGTH", cache, http1._REQUEST_KIND) == http1._H_CL
+        assert http1._kind(b"x-%010d" % i, cache) == http1._FORWARD
+    assert http1._kind(b"t" * 200, cache) == http1._FORWARD
+    assert cache.spellings() <= kept + http1._SPELLINGS_MAX
+    # Past the bound, names are still classified right, in any spelling.
+    assert http1._kind(b"X-Request-ID", cache) == http1._H_RID
+    assert http1._kind(b"x-REQUEST-id", cache) == http1._H_RID
+    assert http1._kind(b"Content-LENGTH", cache) == http1._H_CL
 
 
 _TP_ALPHABET = b"0123456789abcdefABCDEF-xg \t"
