@@ -98,7 +98,8 @@ async def _worker(conn: Connection, counts: Counts, interval: float, path: str, 
         now = time.monotonic()
         if next_at > now:
             try:
-                await asyncio.wait_for(stop.wait(), next_at - now)
+                async with asyncio.timeout(next_at - now):  # not wait_for: in 3.11 it can swallow a cancel
+                    await stop.wait()
                 return
             except TimeoutError:
                 pass
@@ -140,7 +141,8 @@ async def run(args: argparse.Namespace) -> Counts:
         deadline = time.monotonic() + args.duration if args.duration > 0 else None
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
             except TimeoutError:
                 pass
             if args.stats:
