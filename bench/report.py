@@ -304,7 +304,6 @@ def section_markdown(sec: dict) -> str:
             errs = [r["error"] for r in runs if r.get("error")]
             if errs:
                 notes.append(f"{row} / {labels.get(k, k)}: {len(errs)} of {len(runs)} runs failed: {errs[0]}")
-    notes += [f"- spread: {line}" for line in spread(R)]
     other = [r.get("other_cpu_cores") for row, per in sec["runs"].items() if row != "info"
              for runs in per.values() for r in runs if _num(r.get("other_cpu_cores")) is not None]
     if other:

@@ -39,3 +39,22 @@ def test_cores_busy_row_shows_each_pair_and_nothing_for_direct() -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "-"  # direct has no proxies
     assert cells[3].startswith("1.00 (1.00x n)") and cells[4] == "1.00"
+
+
+def test_a_section_renders_with_its_ratios_to_the_base_column() -> None:
+    """A section (bench/sections.py) is not the table: it has no configs, and its notes are its own."""
+    def runs(rps: list[float], cpu: float) -> list[dict]:
+        return [{"rep": i, "rps": v, "proxy_cpu_us_per_req": cpu} for i, v in enumerate(rps)]
+    sec = {
+        "name": "features", "title": "Features on and off", "intro": ["intro"], "base": "f_default",
+        "variants": [{"key": "f_default", "label": "defaults", "failed": None},
+                     {"key": "f_policy", "label": "traffic policy", "failed": None}],
+        "runs": {"c32": {"f_default": runs([30_000, 31_000], 33.0), "f_policy": runs([29_000, 30_000], 34.0)}},
+        "metrics": [["req/s, 32 connections", "higher", "c32", "rps", "int", "ratio"],
+                    ["proxy CPU us per request, 32 conns", "lower", "c32", "proxy_cpu_us_per_req", "1", "ratio"]],
+        "notes": ["a note"],
+    }
+    md = report.section_markdown(sec)
+    cpu = next(x for x in md.splitlines() if x.startswith("| proxy CPU us per request"))
+    assert "34.0 (1.03x)" in cpu
+    assert "a note" in md and "spread" not in md
