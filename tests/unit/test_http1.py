@@ -195,6 +195,9 @@ def test_every_special_header_is_recognised_in_any_spelling():
     assert http1._kind(b"User-Agent", cache) == http1._FORWARD
     assert http1._kind(b"", cache) == http1._FORWARD
     assert http1._kind(b"x" * 40, cache) == http1._FORWARD
+    # A name whose first byte shares a letter's slot ("(" and "h": the same low five bits) is compared,
+    # never taken for the special name of that slot.
+    assert http1._kind(b"(ost", cache) == http1._FORWARD and http1._kind(b"HOST", cache) == http1._H_HOST
     # Names of no special shape are forwarded without keeping them.
     cache = http1._Spellings(http1._RESPONSE_KIND)
     kept = cache.spellings()
