@@ -192,23 +192,30 @@ class _Spellings:
 
     def __init__(self, table: dict[bytes, int]) -> None:
         self.table = table
-        self.names: list[list[bytes] | None] = [None] * (32 * 32)
-        self.kinds: list[list[int] | None] = [None] * (32 * 32)
+        self.slots: list[_Shape | None] = [None] * (32 * 32)
         for name, kind in table.items():
-            if not 0 < len(name) < 32:
-                continue
-            at = (name[0] & 31) * 32 + len(name)
-            names = self.names[at]
-            kinds = self.kinds[at]
-            if names is None or kinds is None:
-                names = self.names[at] = []
-                kinds = self.kinds[at] = []
-            names.append(name)
-            kinds.append(kind)
+            if 0 < len(name) < 32:
+                at = (name[0] & 31) * 32 + len(name)
+                slot = self.slots[at]
+                if slot is None:
+                    slot = self.slots[at] = _Shape()
+                slot.add(name, kind)
 
     def spellings(self) -> int:
         """How many spellings are kept, canonical names included (for tests)."""
-        return sum(len(n) for n in self.names if n is not None)
+        return sum(len(s.names) for s in self.slots if s is not None)
+
+
+class _Shape:
+    """The spellings of one shape's names, each beside its kind."""
+
+    def __init__(self) -> None:
+        self.names: list[bytes] = []
+        self.kinds: list[int] = []
+
+    def add(self, name: bytes, kind: int) -> None:
+        self.names.append(name)
+        self.kinds.append(kind)
 
 
 _request_kind_cache: Final = _Spellings(_REQUEST_KIND)
@@ -219,19 +226,16 @@ def _kind(name: bytes, cache: _Spellings) -> int:
     n = len(name)
     if n == 0 or n >= 32:
         return _FORWARD
-    at = (name[0] & 31) * 32 + n
-    names = cache.names[at]
-    if names is None:
+    slot = cache.slots[(name[0] & 31) * 32 + n]
+    if slot is None:
         return _FORWARD
-    kinds = cache.kinds[at]
-    assert kinds is not None
+    names = slot.names
     for i in range(len(names)):
         if names[i] == name:
-            return kinds[i]
+            return slot.kinds[i]
     k = cache.table.get(name.lower(), _FORWARD)
     if len(names) < _SPELLINGS_MAX:
-        names.append(name)
-        kinds.append(k)
+        slot.add(name, k)
     return k
 
 
