@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background by a non-interactive shell (`make test &`, nohup) inherits SIGINT
+# ignored, and Python keeps an inherited SIG_IGN; so would every process a test starts, and a CLI a test
+# interrupts the way Ctrl-C does (`glassmesh links --watch`) would never see it. Caught here, SIGINT is
+# back to its default in every child after exec, however the suite was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -102,3 +110,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not item.nodeid.endswith(suffix):
             raise pytest.UsageError(f"cannot put {item.nodeid} in xdist group {groups}: pytest-xdist and pytest "
                                     "disagree on node ids; see tests/conftest.py")
+
