@@ -171,8 +171,9 @@ def test_dashboard_shows_the_running_demo(demo: Demo, browser, tmp_path: Path) -
 
     driver = browser
     demo.wait_for("traffic: ")
-    # The demo tells the user how to open it, with the command to run.
-    assert "see it in your browser (service graph, link matrix, live tap): glassmesh dashboard" in demo.text()
+    # The demo tells the user how to open it, with the command to run: a few lines after "traffic: ", once
+    # it has started its canary thread (asserting it at once lost that race on a busy machine).
+    demo.wait_for("see it in your browser (service graph, link matrix, live tap): glassmesh dashboard", timeout=30)
     r = subprocess.run([*CLI, "dashboard", "--no-open"], env=demo.env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     url = re.search(r"dashboard: (https://127\.0\.0\.1:4200/dashboard/login\?token=\S+)", r.stdout)
