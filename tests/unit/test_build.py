@@ -66,7 +66,7 @@ def test_the_venv_is_made_anew_when_another_python_is_asked_for() -> None:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_prefers_the_system_python_when_it_can_build_the_hot_path() -> None:
-    """Debian's python3 is the one production hosts run (README: Running on real hosts), and it is built with PGO
+    """Debian's python3 is the one production hosts run (README: "Install on hosts"), and it is built with PGO
     and LTO; an interpreter built without them made `make bench` measure about 4% more CPU per request."""
     system = Path("/usr/bin/python3")
     usable = system.exists() and subprocess.run(
