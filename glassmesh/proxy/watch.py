@@ -906,28 +906,43 @@ async def _main(url: str, host: str | None, data_dir: str, seed: str | None, wor
     from glassmesh.proxy import enroll
     from glassmesh.proxy.server import Options, serve
 
-    identity = None
-    urls = split_urls(url)
-    if urls[0].startswith("https://"):  # the proxy listener: mutual TLS with the host identity (joining first)
-        identity = await enroll.obtain(urls, data_dir, host, join, ca_sha256)
-        host = identity.host
-    assert host is not None
-    link = ControlLink(urls, host, data_dir, identity)
-    snap = _initial(link, data_dir, seed)
-    if snap is None:
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-        assert main is not None
-        undo = on_stop_signals(loop, main.cancel, StopDeadline("proxy", log_error))
-        # A reload asked for before there is anything to reload (its default action would kill the proxy).
-        loop.add_signal_handler(signal.SIGHUP, log, "SIGHUP: no snapshot yet to reload; still waiting for the first")
-        try:
-            snap = await link.first_snapshot()
-        except asyncio.CancelledError:
-            log("stopped while waiting for the first snapshot")
-            return
-        finally:
-            loop.remove_signal_handler(signal.SIGHUP)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    # Until serve() takes SIGTERM/SIGINT over: joining (a control plane may take its time to answer) and
+    # waiting for the first snapshot. Without this, a SIGTERM while joining killed the proxy by the
+    # signal's default action (tests/e2e/test_stop.py).
+    stopped: list[str] = []
+
+    def stop() -> None:
+        stopped.append("stop")
+        main.cancel()
+
+    undo = on_stop_signals(loop, stop, StopDeadline("proxy", log_error))
+    phase = "joining the control plane"
+    try:
+        identity = None
+        urls = split_urls(url)
+        if urls[0].startswith("https://"):  # the proxy listener: mutual TLS with the host identity (joining first)
+            identity = await enroll.obtain(urls, data_dir, host, join, ca_sha256)
+            host = identity.host
+        assert host is not None
+        phase = "waiting for the first snapshot"
+        link = ControlLink(urls, host, data_dir, identity)
+        snap = _initial(link, data_dir, seed)
+        if snap is None:
+            # A reload asked for before there is anything to reload (its default action would kill the proxy).
+            loop.add_signal_handler(signal.SIGHUP, log, "SIGHUP: no snapshot yet to reload; still waiting for the first")
+            try:
+                snap = await link.first_snapshot()
+            finally:
+                loop.remove_signal_handler(signal.SIGHUP)
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        log(f"stopped while {phase}")
+        return
+    finally:
         undo()
     try:
         opts = Options(workers, keylog, access_log, otlp=otlp) if drain_s is None else Options(

@@ -1,5 +1,7 @@
 """Stopping: a proxy exits 0 soon after SIGTERM in every state, and within a deadline even when it cannot.
 
+- SIGTERM while a proxy joins a control plane that has not answered yet:
+  it says so and exits 0 (it was killed by the signal before).
 - SIGTERM while a controlled proxy waits for its first snapshot from a
   control plane that has just stopped (connection refused), at moments
   spread over its retry backoff: it says so and exits 0.
@@ -29,6 +31,7 @@ import fcntl
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -57,6 +60,25 @@ def test_sigterm_while_waiting_for_the_first_snapshot_exits_0(mesh: Mesh) -> Non
         took = time.monotonic() - t0
         assert code == 0 and took < 3.0, f"SIGTERM {after} s in: status {code} after {took:.1f} s\n{p.log_text()}"
         assert "stopped while waiting for the first snapshot" in p.log_text()
+
+
+def test_sigterm_while_joining_exits_0(mesh: Mesh) -> None:
+    # A control plane that takes its time: the TCP connection is made (the listen backlog), nothing answers.
+    with socket.socket() as slow:
+        slow.bind(("127.0.0.1", 0))
+        slow.listen(8)
+        slow.settimeout(15)
+        url = f"https://127.0.0.1:{slow.getsockname()[1]}"
+        p = mesh.spawn("proxy joining", [*PROXY_CMD, "--control", url, "--join", "t" * 40, "--ca-sha256", "ab" * 32,
+                                         "--data", str(mesh.root / "hj")])
+        conn, _ = slow.accept()  # the proxy is in its join: fetching the CA to check against the pin
+        with conn:
+            t0 = time.monotonic()
+            code = p.stop()
+            took = time.monotonic() - t0
+    assert code == 0 and took < 3.0, f"status {code} after {took:.1f} s\n{p.log_text()}"
+    assert "stopped while joining the control plane" in p.log_text()
+    assert not (mesh.root / "hj" / "identity" / "identity.json").exists()
 
 
 def test_control_plane_and_proxies_sigtermed_together_all_exit_0(mesh: Mesh) -> None:
