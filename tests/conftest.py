@@ -110,4 +110,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not item.nodeid.endswith(suffix):
             raise pytest.UsageError(f"cannot put {item.nodeid} in xdist group {groups}: pytest-xdist and pytest "
                                     "disagree on node ids; see tests/conftest.py")
-
