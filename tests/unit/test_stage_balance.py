@@ -205,3 +205,25 @@ def test_a_new_instance_gets_the_next_request_even_after_the_others_estimate_spi
         ep.end(True, 0.0007, now)
     assert 3 in picks[:2], f"the new instance waits: {picks}"
     assert b3.requests >= 1
+
+
+def test_an_avoided_endpoint_probed_again_starts_from_its_decayed_estimate() -> None:
+    """One slow answer must not keep an instance out for long once it is fast again (one request at a time)."""
+    a, b = endpoints(2)
+    b.observe(0.003, 1.0)  # a 3 ms blip on b; a answers in 1 ms from here on
+    bal = Balancer([a, b])
+    now, last_b, gaps = 1.0, 1.0, []
+    while now < 61.0:
+        ep = bal.pick(now)
+        assert ep is not None
+        ep.begin()
+        now += 0.005  # ~200 requests a second, as test_control_watch's traffic
+        ep.end(True, 0.001 if ep is a else 0.0011, now)
+        if ep is b:
+            gaps.append(now - last_b)
+            last_b = now
+    gaps.append(now - last_b)
+    # The first probe waits for the blip to decay (about 6 s); after it, b is tried every 2-3 s.
+    # (Folding the probe's sample into the old peak put b back near 1.6 ms: 3.2 s, then shrinking slowly.)
+    assert len(gaps) > 15 and max(gaps[1:]) < 2.6, [round(g, 2) for g in gaps]
+    assert abs(b.ewma_s - 0.0011) < 0.0002, b.ewma_s

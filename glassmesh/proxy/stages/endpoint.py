@@ -83,12 +83,21 @@ class EndpointState:
                 outlier.failed(self, now)
 
     def observe(self, latency_s: float, now: float) -> None:
-        """Fold one latency sample into the peak EWMA."""
+        """Fold one latency sample into the peak EWMA, from the estimate cost() saw.
+
+        An endpoint avoided for a while was picked because its estimate had decayed
+        (cost()); the sample starts from that, not from the old peak, which put the
+        estimate back near the peak after each probe and starved the endpoint again
+        for seconds (two instances under one-at-a-time traffic: one served nothing
+        for over 5 s of a minute, tests/e2e/test_control_watch.py).
+        """
         ewma = self.ewma_s
+        dt = now - self.stamp
+        if dt > DECAY_S:
+            ewma = ewma * DECAY_S / dt
         if latency_s >= ewma:
             self.ewma_s = latency_s
         else:
-            dt = now - self.stamp
             if dt < 0.0:
                 dt = 0.0
             # The weight of the new sample grows with the time since the last one (dt/(dt+DECAY_S) is
