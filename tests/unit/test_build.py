@@ -50,12 +50,10 @@ def _make_venv_plan(*args: str) -> str:
                           text=True, timeout=60, check=True).stdout
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_the_venv_is_made_anew_when_another_python_is_asked_for() -> None:
     """A venv belongs to the interpreter that made it (its compiled hot path, its entry points)."""
     recorded = REPO / ".venv" / ".python"
-    if Path(sys.prefix).resolve() != (REPO / ".venv").resolve() or not recorded.exists():
-        pytest.skip("not running from the venv `make` made")
+    assert Path(sys.prefix).resolve() == (REPO / ".venv").resolve() and recorded.exists(), "run from `make`'s venv"
     # The venv runs the interpreter make recorded, and make would keep it as it is for that one.
     assert Path(sys._base_executable).resolve() == Path(recorded.read_text().strip())
     other = shutil.which("env")
@@ -64,7 +62,6 @@ def test_the_venv_is_made_anew_when_another_python_is_asked_for() -> None:
     assert f"made anew with {Path(other).resolve()}" in plan and f"{other} -m venv .venv" in plan, plan
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_prefers_the_system_python_when_it_can_build_the_hot_path() -> None:
     """Debian's python3 is the one production hosts run (README: "Install on hosts"), and it is built with PGO
     and LTO; an interpreter built without them made `make bench` measure about 4% more CPU per request."""

@@ -91,10 +91,8 @@ class EndpointState:
         for seconds (two instances under one-at-a-time traffic: one served nothing
         for over 5 s of a minute, tests/e2e/test_control_watch.py).
         """
-        ewma = self.ewma_s
         dt = now - self.stamp
-        if dt > DECAY_S:
-            ewma = ewma * DECAY_S / dt
+        ewma = decayed(self.ewma_s, dt)
         if latency_s >= ewma:
             self.ewma_s = latency_s
         else:
@@ -110,11 +108,12 @@ class EndpointState:
 
         so that an endpoint avoided for being slow is tried again after a while instead of never.
         """
-        dt = now - self.stamp
-        ewma = self.ewma_s
-        if dt > DECAY_S:
-            ewma = ewma * DECAY_S / dt
-        return ewma * (self.outstanding + 1)
+        return decayed(self.ewma_s, now - self.stamp) * (self.outstanding + 1)
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
+
+
+def decayed(ewma: float, dt: float) -> float:
+    """A latency estimate dt seconds after its last sample: kept for DECAY_S, then falling as 1/dt."""
+    return ewma * DECAY_S / dt if dt > DECAY_S else ewma
