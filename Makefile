@@ -16,7 +16,7 @@ ARGS ?=
 .PHONY: FORCE venv demo test test-deps bench lint clean dist reference
 
 # The hot path is compiled with mypyc in place (setup.py): edits to it must rebuild.
-HOT_SRC := setup.py mypyc.ini glassmesh/protocols/http1.py glassmesh/protocols/http1_codec.py glassmesh/protocols/mux.py glassmesh/proxy/http.py \
+HOT_SRC := setup.py mypyc.ini glassmesh/protocols/http1.py glassmesh/protocols/http1_codec.py glassmesh/protocols/mux.py glassmesh/protocols/mux_head.py glassmesh/proxy/http.py \
 	glassmesh/proxy/sides.py glassmesh/proxy/pool.py glassmesh/proxy/mux.py glassmesh/proxy/linkstats.py glassmesh/proxy/ring.py \
 	glassmesh/proxy/roundrobin.py glassmesh/proxy/routing.py glassmesh/proxy/tcp.py glassmesh/proxy/chain.py glassmesh/proxy/accepted.py glassmesh/proxy/observer.py \
 	glassmesh/proxy/stages/endpoint.py glassmesh/proxy/stages/eject.py glassmesh/proxy/stages/balance.py glassmesh/proxy/stages/split.py glassmesh/proxy/stages/route.py glassmesh/proxy/stages/retry.py glassmesh/proxy/stages/overload.py glassmesh/proxy/stages/fault.py glassmesh/proxy/stages/mirror.py

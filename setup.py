@@ -22,6 +22,7 @@ HOT = [
     "glassmesh/protocols/http1.py",
     "glassmesh/protocols/http1_codec.py",
     "glassmesh/protocols/mux.py",
+    "glassmesh/protocols/mux_head.py",
     "glassmesh/proxy/http.py",
     "glassmesh/proxy/sides.py",
     "glassmesh/proxy/pool.py",

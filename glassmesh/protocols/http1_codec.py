@@ -28,6 +28,10 @@ neutral model is protocols/message.py):
 llhttp's own checks (chunk sizes, obs-fold, header characters, Content-Length
 with Transfer-Encoding, framing fields in a trailer section) come out as ERROR
 400; the head rules on top of it are protocols/http1.py's.
+
+On a mux stream (read_binary(), said by the connection) a reader also takes
+binary heads (protocols/mux_head.py) where a message begins, and the body
+after one by its Content-Length: the same events, without llhttp.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ import httptools
 
 from glassmesh.protocols.http1 import BadMessage, Framing, RequestHead, ResponseHead
 from glassmesh.protocols.message import Response, trailer_fields
+from glassmesh.protocols.mux_head import (
+    Known,
+    check_request_line,
+    head_end,
+    parse_status,
+    response_as_http1,
+    split_head,
+)
 
 HEAD: Final = 1
 INTERIM: Final = 2
@@ -214,6 +226,13 @@ class RequestReader(_Reader):
         # Of the last head llhttp read (also a refused one): for the answer to a bad request.
         self.method = b""
         self.http10 = False
+        # Binary heads (protocols/mux_head.py): read only when the connection says so (a mux stream),
+        # only where a message begins: llhttp is between messages (mid: inside one).
+        self.binary = False
+        self.mid = False
+        self.known: Known | None = None
+        self.partial = b""  # the start of a binary head, until its LF arrives
+        self.body_left = 0  # body bytes of a binary-headed request still to come
 
     def _drop_parser(self) -> None:
         self.dead = True
@@ -223,9 +242,17 @@ class RequestReader(_Reader):
         self.p_keep_alive = _no
         self.p_upgrade = _no
 
+    def read_binary(self) -> None:
+        """Read binary heads too: the connection is a mux stream from a peer proxy (never an app)."""
+        self.binary = True
+        self.known = Known()
+
     def feed(self, data: bytes) -> None:
         """Tell the events these bytes complete."""
         if self.dead:
+            return
+        if self.binary and (self.body_left or self.partial or (not self.mid and len(data) and data[0] == 0)):
+            self._feed_binary(data)
             return
         self.fed += len(data)
         try:
@@ -256,8 +283,78 @@ class RequestReader(_Reader):
         self.dead = True
         self.in_head = False
 
+    def _feed_binary(self, data: bytes) -> None:
+        """A binary head, or the body after one (protocols/mux_head.py), and whatever follows them."""
+        while data and not self.dead:
+            left = self.body_left
+            if left:
+                n = len(data)
+                if n <= left:
+                    self.body_left = left - n
+                    self.sink.data(data)
+                    if n == left:
+                        self._binary_end()
+                    return
+                self.body_left = 0
+                self.sink.data(data[:left])
+                self._binary_end()
+                data = data[left:]
+                continue
+            if data[0] != 0 and not self.partial:
+                self.feed(data)  # an HTTP/1 message after a binary one: llhttp's
+                return
+            buf = self.partial + data if self.partial else data
+            end = head_end(buf)
+            if end < 0 or end > self.max_head:
+                if len(buf) > self.max_head:
+                    self.dead = True
+                    self.partial = b""
+                    self.sink.error(BadMessage("request head too large", "head_too_large", 431))
+                    return
+                self.partial = buf
+                self.in_head = True
+                return
+            self.partial = b""
+            self.in_head = False
+            try:
+                h = self._binary_head(buf, end)
+            except BadMessage as e:
+                self.dead = True
+                self.sink.error(e)
+                return
+            self.sink.request_head(h)
+            if h.body_framing == Framing.NONE:
+                self._binary_end()
+            data = buf[end + 1:]
+
+    def _binary_head(self, buf: bytes, end: int) -> RequestHead:
+        known = self.known
+        assert known is not None
+        parts = split_head(buf, end, known, 400)
+        target = self.url = parts.pop()
+        method = self.method = parts.pop()
+        check_request_line(method, target, known)
+        if len(parts) > 2 * self.max_headers:
+            raise BadMessage("too many request headers", "head_too_large", 431)
+        h = RequestHead(parts)
+        framing, n = h.framing()
+        if framing == Framing.CHUNKED or h.says_connection:
+            raise BadMessage("binary head with Transfer-Encoding or Connection (never sent binary)")
+        self.http10 = False
+        self.head_done = True
+        h.method = method
+        h.target = target
+        h.body_framing = framing
+        self.body_left = n
+        return h
+
+    def _binary_end(self) -> None:
+        self.fed = 0
+        self.sink.end(None)
+
     # --- llhttp callbacks --------------------------------------------------
     def on_message_begin(self) -> None:
+        self.mid = True
         self.fed = 0
         self.in_head = True
         self.head_done = False
@@ -320,6 +417,7 @@ class RequestReader(_Reader):
 
     def on_message_complete(self) -> None:
         self.fed = 0
+        self.mid = False
         t = self.trailers
         self.sink.end(None if t is None else trailer_fields(t))
 
@@ -355,6 +453,13 @@ class ResponseReader(_Reader):
         # Whether a request awaits its final answer: bytes of a further response before the next
         # request are an error, and never read over the head the proxy is about to act on.
         self.awaiting = False
+        # Binary heads (protocols/mux_head.py), on a mux stream only: see RequestReader. mid: llhttp was fed
+        # the start of a response it has not completed.
+        self.binary = False
+        self.mid = False
+        self.known: Known | None = None
+        self.partial = b""
+        self.body_left = 0
 
     def _new_parser(self) -> None:
         p = httptools.HttpResponseParser(self)
@@ -374,8 +479,18 @@ class ResponseReader(_Reader):
         self.interim = False
         self.awaiting = True
 
+    def read_binary(self) -> None:
+        """Read binary heads too: the connection is a mux stream to a peer proxy (this build said minor 3)."""
+        self.binary = True
+        self.known = Known()
+
     def feed(self, data: bytes) -> None:
         """Tell the events these bytes complete."""
+        if self.binary:
+            if self.body_left or self.partial or (not self.mid and len(data) and data[0] == 0):
+                self._feed_binary(data)
+                return
+            self.mid = True
         self.fed += len(data)
         try:
             self.p_feed(data)
@@ -386,6 +501,7 @@ class ResponseReader(_Reader):
                 # Nothing after the head (else the peer and we disagree on where the answer ends).
                 self.keep_alive = data.endswith(b"\r\n\r\n") and self.p_keep_alive()
                 self.awaiting = False
+                self.mid = False
                 self._new_parser()
                 self.sink.end(None)
             else:
@@ -400,6 +516,90 @@ class ResponseReader(_Reader):
             if self.fed > self.max_head:
                 self.sink.error(BadMessage(f"response head larger than {self.max_head} bytes",
                                              "upstream_protocol_error", 502))
+
+    def as_http1(self, data: bytes) -> bytes:
+        """data as a recording shows it: a whole binary head at its start, as the HTTP/1 head it stands for."""
+        if not self.binary or self.mid or self.body_left or self.partial or not data or data[0] != 0:
+            return data
+        end = head_end(data)
+        return response_as_http1(data, end) if end >= 3 else data
+
+    def _feed_binary(self, data: bytes) -> None:
+        """A binary head, or the body after one (protocols/mux_head.py); see RequestReader._feed_binary."""
+        while data:
+            left = self.body_left
+            if left:
+                n = len(data)
+                if n <= left:
+                    self.body_left = left - n
+                    self.sink.data(data)
+                    if n == left:
+                        self._binary_end()
+                    return
+                self.body_left = 0
+                self.sink.data(data[:left])
+                self._binary_end()
+                data = data[left:]
+                continue
+            if data[0] != 0 and not self.partial:
+                self.feed(data)
+                return
+            buf = self.partial + data if self.partial else data
+            end = head_end(buf)
+            if end < 0 or end > self.max_head:
+                self.partial = b""
+                if len(buf) > self.max_head:
+                    self.sink.error(BadMessage(f"response head larger than {self.max_head} bytes",
+                                               "upstream_protocol_error", 502))
+                    return
+                self.partial = buf
+                return
+            self.partial = b""
+            try:
+                framing = self._binary_head(buf, end)
+            except BadMessage as e:
+                self.sink.error(e)
+                return
+            rh = self.rh
+            assert rh is not None
+            self.sink.response_head(rh)
+            if framing == Framing.NONE:
+                self._binary_end()
+            else:
+                self.body_left = self.length
+            data = buf[end + 1:]
+
+    def _binary_head(self, buf: bytes, end: int) -> int:
+        if not self.awaiting:
+            raise BadMessage("a response to no request", "upstream_protocol_error", 502)
+        known = self.known
+        assert known is not None
+        parts = split_head(buf, end, known, 502)
+        last = parts.pop()
+        status = parse_status(last)
+        if not status:
+            raise BadMessage(f"binary head status {last[:10]!r} is not 200-599", "upstream_protocol_error", 502)
+        if len(parts) > 800:
+            raise BadMessage("too many response headers", "upstream_protocol_error", 502)
+        rh = self.rh
+        if rh is None:
+            self.rh = rh = ResponseHead(parts)
+        else:
+            rh.parse(parts)
+        framing, length = rh.framing(status, b"HEAD" if self.head_only else b"GET")
+        if framing == Framing.CHUNKED or framing == Framing.CLOSE or rh.conn is not None:
+            raise BadMessage("binary head without a Content-Length, or with Connection (never sent binary)",
+                             "upstream_protocol_error", 502)
+        self.status = status
+        self.framing = framing
+        self.length = length
+        return framing
+
+    def _binary_end(self) -> None:
+        self.fed = 0
+        self.keep_alive = True
+        self.awaiting = False
+        self.sink.end(None)
 
     # --- llhttp callbacks (no on_message_begin: a callback per response costs about 1,000 instructions)
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -447,6 +647,7 @@ class ResponseReader(_Reader):
         if self.hdrs:
             trailers = trailer_fields(self.hdrs)  # the trailer section of a chunked body
             self.hdrs = []
+        self.mid = False
         if self.interim:
             self.interim = False
             return

@@ -5,7 +5,9 @@ TLS write and a TLS read (two system calls and two wake-ups) on each proxy.
 Multiplexed, the frames of every request that is ready in one loop turn go
 out in one write and arrive in one read. Each virtual connection (a stream)
 carries exactly the bytes a dedicated connection would (HTTP/1.1 here), so
-all HTTP semantics stay in one place, and half-close is a flag.
+all HTTP semantics stay in one place, and half-close is a flag. From minor 3
+a message head may be binary instead of HTTP/1 text (protocols/mux_head.py):
+the same fields, written and read without an HTTP/1 parser.
 
 Frame: a 10-byte header, then `length` bytes of payload.
 
@@ -73,7 +75,8 @@ SETTING_VERSION: Final = 1  # SETTINGS id: major << 16 | minor
 MAJOR: Final = 1  # must match the ALPN token's
 # 1: SETTINGS carry settings and come from both sides; unknown frames and settings are skipped.
 # 2: GOAWAY (sent only to a peer whose SETTINGS say 2 or later).
-MINOR: Final = 2
+# 3: binary heads on streams (protocols/mux_head.py; sent only to a peer whose SETTINGS say 3 or later).
+MINOR: Final = 3
 MINOR_GOAWAY: Final = 2
 _SETTING = struct.Struct("!HI")
 

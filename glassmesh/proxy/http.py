@@ -47,11 +47,12 @@ from glassmesh.protocols.http1_codec import Events, RequestReader, ResponseReade
 from glassmesh.protocols.http2 import Refusal
 from glassmesh.protocols.message import Response
 from glassmesh.protocols.mux import REFUSED_GOAWAY
+from glassmesh.protocols.mux_head import MINOR_BINARY_HEAD, encode_request, encode_response
 from glassmesh.proxy.budget import Budget
 from glassmesh.proxy.connector import ConnectError
 from glassmesh.proxy.log import defect
 from glassmesh.proxy.mirroring import send_copy
-from glassmesh.proxy.mux import MuxConnection, StreamUser
+from glassmesh.proxy.mux import MuxConnection, Stream, StreamUser
 from glassmesh.proxy.observer import Observer
 from glassmesh.proxy.pool import Pool, PooledConn
 from glassmesh.proxy.refusal import Http2Refuser
@@ -116,7 +117,7 @@ class Routed:
         self.pool = pool
         self.link = link
         self.service = service
-        self.extra = extra  # header lines ("name: value") the side adds to every request
+        self.extra = extra  # fields (flat: name, value, ...) the side adds to every request
 
 
 class Side:
@@ -210,7 +211,7 @@ class Exchange:
     service: str | None = None
     cancelled = False
     head_size = 0
-    up_head: bytes | None = None  # built once, so that a retry sends the same head
+    up_fields: list[bytes] | None = None  # the next hop's request fields, made once: a retry sends the same
     tried: set[tuple[str, int]] | None = None  # endpoints this request was already sent toward
     replays = 0  # times this request was sent again after a reset (bounded by MAX_REPLAYS)
     body_sent = False  # whether any of its body went to the next hop (a body is never kept to be sent again)
@@ -311,7 +312,7 @@ class Client(StreamUser):
     def resume(self, bit: int) -> None:
         raise NotImplementedError
 
-    def build_upstream_head(self, ex: Exchange) -> bytes:
+    def upstream_fields(self, ex: Exchange) -> list[bytes]:
         raise NotImplementedError
 
     def build_response_head(self, ex: Exchange, status: int, rh: ResponseHead, framing: int, length: int,
@@ -370,11 +371,15 @@ class ServerConn(Client):
         self.head_started = 0.0  # when the read that began a head still incomplete arrived (0: none is)
         self.write_blocked = 0.0  # when the client stopped reading what we write (0: it reads)
         self.trail_prefix = rt.host_b + b"/" + side.name_b + b";dur="
+        self.binary_out = False  # responses may go as binary heads: a mux stream from a peer that reads them
 
     # --- asyncio plumbing -------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.t_write = transport.write  # bound once (see __init__)
+        if isinstance(transport, Stream):  # a peer proxy's stream (inbound): binary heads both ways when it reads them
+            self.reader.read_binary()
+            self.binary_out = transport.conn.peer_version & 0xFFFF >= MINOR_BINARY_HEAD
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self.rt.conns.add(self)
         self.rt.stats.client_conns += 1
@@ -456,9 +461,15 @@ class ServerConn(Client):
         """
         self.closing = True
 
-    def flush(self) -> None:
+    def flush_writes(self) -> None:
         wb = self.wbuf
         if wb and self.transport is not None:
+            self.t_write(b"".join(wb) if len(wb) > 1 else wb[0])
+            self.wbuf = []
+
+    def flush(self) -> None:
+        wb = self.wbuf
+        if wb and self.transport is not None:  # flush_writes, inline: this runs once per read
             self.t_write(b"".join(wb) if len(wb) > 1 else wb[0])
             self.wbuf = []
         for ex in self.queue:
@@ -930,68 +941,76 @@ class ServerConn(Client):
                 return
         self.rt.spawn(self._connect_and_start(ex, r))
 
-    def build_upstream_head(self, ex: Exchange) -> bytes:
-        """The request head for the next hop: hop-by-hop headers out, mesh headers in."""
+    def upstream_fields(self, ex: Exchange) -> list[bytes]:
+        """The request's fields for the next hop (flat): hop-by-hop headers out, mesh headers in.
+
+        Fields, not text: the upstream connection writes them as HTTP/1 or as a binary head
+        (protocols/mux_head.py), whichever its next hop reads.
+        """
         h = ex.head
         routed = ex.routed
         assert h is not None and routed is not None
         if h.conn is not None:
             h.drop_connection_listed()
-        lines = _lines(ex.method + b" " + ex.url + b" HTTP/1.1", h.forward)
+        f = h.forward[:]  # the head's own list stays as the client sent it (the tap, the trace ring)
         rid = h.rid
         tp = h.tp
         if rid is None and tp is None and not self.spans:  # the usual request from an app
             rid, tp = new_request_id_and_traceparent()
-            lines.append(b"x-request-id: " + rid)
-            lines.append(b"traceparent: " + tp)
+            f.append(b"x-request-id")
+            f.append(rid)
+            f.append(b"traceparent")
+            f.append(tp)
         else:
             if rid is None:
                 rid = new_request_id()
-                lines.append(b"x-request-id: " + rid)
+                f += (b"x-request-id", rid)
             if self.spans:
-                tp = self._own_span(ex, tp, lines)
+                tp = self._own_span(ex, tp, f)
             elif tp is None:
                 tp = new_traceparent()
-                lines.append(b"traceparent: " + tp)
+                f += (b"traceparent", tp)
         ex.traceparent = tp
         ex.request_id = rid
         extra = routed.extra
         if extra:
-            lines += extra
+            f += extra
         if ex.upgrade:
-            lines.append(b"connection: upgrade")
-            lines.append(b"upgrade: " + (h.upgrade or b""))
+            f += (b"connection", b"upgrade", b"upgrade", h.upgrade or b"")
         framing = ex.framing
         if framing == Framing.LENGTH:
             assert h.cl is not None  # LENGTH framing comes from a Content-Length
-            lines.append(b"content-length: " + h.cl)
+            f.append(b"content-length")
+            f.append(h.cl)
         elif framing == Framing.CHUNKED:
-            lines.append(b"transfer-encoding: chunked")
+            f += (b"transfer-encoding", b"chunked")
             ex.up_chunked = True
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
+        return f
 
-    def _own_span(self, ex: Exchange, tp: bytes | None, lines: list[bytes]) -> bytes:
+    def _own_span(self, ex: Exchange, tp: bytes | None, f: list[bytes]) -> bytes:
         """This hop's span (spans exported): the traceparent sent on names it as the parent; tracestate is kept."""
         if tp is None:
             tp = new_traceparent()
-            lines.append(b"traceparent: " + tp)
+            f += (b"traceparent", tp)
             ex.span_id = tp[36:52]
             return tp
         span = ex.span_id = new_span_id()
         mine = tp[:36] + span + tp[52:]
-        for i in range(1, len(lines)):
-            line = lines[i]
-            name = line[:12].lower()
-            if name == b"traceparent:" and line.endswith(tp):
-                lines[i] = line[:len(line) - 55] + mine
-            elif name == b"tracestate: " and ex.tracestate is None:
-                ex.tracestate = line[12:524].strip()
+        for i in range(0, len(f) - 1, 2):
+            name = f[i].lower()
+            if name == b"traceparent" and f[i + 1] == tp:
+                f[i + 1] = mine
+            elif name == b"tracestate" and ex.tracestate is None:
+                ex.tracestate = f[i + 1][:512].strip()
         return mine
 
     def build_response_head(self, ex: Exchange, status: int, rh: ResponseHead, framing: int, length: int,
                             now: float) -> bytes:
-        """The response head for the client, with this hop added to the trail."""
+        """The response head for the client, with this hop added to the trail.
+
+        As HTTP/1, or as a binary head (protocols/mux_head.py) to a peer proxy that reads them,
+        when the response has no body or a Content-Length one and the stream stays open.
+        """
         side = self.side
         if rh.conn is not None:
             rh.drop_connection_listed()
@@ -1005,34 +1024,43 @@ class ServerConn(Client):
                 rh.drop_error()
             else:
                 self.passed_on(ex, rh.error)
-        lines = _lines(status_line(status), rh.forward)
+        f: list[bytes] = []  # this hop's fields, after rh.forward (which stays as the next hop sent it: the tap reads it)
         if not rh.has_rid and ex.request_id:
-            lines.append(b"x-request-id: " + ex.request_id)
+            f.append(b"x-request-id")
+            f.append(ex.request_id)
         mine = self.trail_prefix + duration_ms(now - ex.t0)
         if ex.route is not None and (ex.subset or ex.route.name != b"default"):
             mine += self.trail_route(ex)
         if ex.attempts > 1:
-            lines.append(b"glassmesh-attempts: %d" % ex.attempts)
+            f += (b"glassmesh-attempts", b"%d" % ex.attempts)
         prev = rh.trail if from_peer else None
-        lines.append(b"glassmesh-trail: " + mine + b", " + prev if prev else b"glassmesh-trail: " + mine)
+        f.append(b"glassmesh-trail")
+        f.append(mine + b", " + prev if prev else mine)
+        binary = self.binary_out
         if framing == Framing.LENGTH:
-            lines.append(_CONTENT_LENGTH[length] if length < 1024 else b"content-length: %d" % length)
+            f.append(b"content-length")
+            f.append(_DIGITS[length] if length < 1024 else b"%d" % length)
         elif framing != Framing.NONE:
+            binary = False
             if ex.http10:
                 ex.keep_alive = False
             else:
-                lines.append(b"transfer-encoding: chunked")
+                f += (b"transfer-encoding", b"chunked")
                 ex.resp_chunked = True
         elif rh.cl is not None and (ex.method == b"HEAD" or status == 304):
-            lines.append(b"content-length: " + rh.cl)
+            f += (b"content-length", rh.cl)
         elif status not in (204, 304) and ex.method != b"HEAD":
-            lines.append(b"content-length: 0")
+            f += (b"content-length", b"0")
         if not ex.keep_alive or self.closing:
-            lines.append(b"connection: close")
+            binary = False
+            f += (b"connection", b"close")
         elif ex.http10:
-            lines.append(b"connection: keep-alive")
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
+            f += (b"connection", b"keep-alive")
+        if binary and status >= 200:
+            if self.wbuf:  # a binary head begins a write of the stream (mux_head.py): what is before it goes first
+                self.flush_writes()
+            return encode_response(status, rh.forward, f)
+        return _head(status_line(status), rh.forward, f)
 
     def trail_route(self, ex: Exchange) -> bytes:
         """The route and subset that served ex, for its trail entry (nothing for the default route)."""
@@ -1088,11 +1116,18 @@ class UpstreamConn(PooledConn):
         self.link: LinkStats | None = pool.link if pool.count_conns else None
         self.limits: Limits | None = None  # the destination's limits that count this connection (overload)
         self.rec: Recording | None = None  # the bytes of the try under way, while a tap wants them
+        # Whether the next hop reads binary heads (protocols/mux_head.py): 1 yes, -1 no, 0 not known yet
+        # (a mux stream opened before the peer's SETTINGS came).
+        self.binary = 0
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.t_write = transport.write
         self.t_closing = transport.is_closing
+        if isinstance(transport, Stream):
+            self.reader.read_binary()  # this build's SETTINGS said minor 3: the peer may answer in binary heads
+        else:
+            self.binary = -1
         transport.set_write_buffer_limits(high=HIGH_WATER)
         if self.link is not None:
             self.link.open_conns += 1
@@ -1212,14 +1247,20 @@ class UpstreamConn(PooledConn):
         elif self.rec is not None:
             self.rec = None
         self.reader.expect(ex.method == b"HEAD", ex.upgrade)
-        head = ex.up_head
-        if head is None:
-            head = ex.up_head = client.build_upstream_head(ex)
+        fields = ex.up_fields
+        if fields is None:
+            fields = ex.up_fields = client.upstream_fields(ex)
             m = ex.mirror
             if m is not None:
                 ex.mirror = None
-                self.rt.spawn(send_copy(m.pool, head))
-        self.wbuf.append(head)
+                self.rt.spawn(send_copy(m.pool, request_head(ex, fields)))
+        binary = self.binary
+        if binary == 0:
+            binary = self._peer_reads_binary()
+        if binary > 0 and not ex.up_chunked and not ex.upgrade and self.rec is None:
+            self.wbuf.append(encode_request(ex.method, ex.url, fields))
+        else:
+            self.wbuf.append(request_head(ex, fields))
         ex.sent_at = client.clock()
         for b in ex.pending:
             self.send_body(b)
@@ -1228,6 +1269,14 @@ class UpstreamConn(PooledConn):
         client.resume(2)
         if ex.req_done:
             self.end_body()
+
+    def _peer_reads_binary(self) -> int:
+        """1 when this stream's peer reads binary heads (its SETTINGS say minor 3 or later), -1 not, 0 not yet known."""
+        conn = self.transport.conn
+        if not conn.settings_seen:
+            return 0
+        self.binary = 1 if conn.peer_version & 0xFFFF >= MINOR_BINARY_HEAD else -1
+        return self.binary
 
     def send_body(self, body: bytes) -> None:
         ex = self.ex
@@ -1260,8 +1309,8 @@ class UpstreamConn(PooledConn):
             return
         self.now = _mono()
         rec = self.rec
-        if rec is not None:
-            rec.add(False, data)  # before the reader, which may end the exchange and tell its observers
+        if rec is not None:  # before the reader, which may end the exchange and tell its observers
+            rec.add(False, self.reader.as_http1(data))  # a binary head recorded as the HTTP/1 it stands for
         self.reader.feed(data)  # its events call _response_head, _response_data, ... (see _UpstreamEvents)
         if self.tunnel:
             return
@@ -1576,24 +1625,29 @@ def duration_ms(seconds: float) -> bytes:
     return (_MS[ms] if ms < 1000 else str(ms).encode()) + _FRAC[us % 1000]
 
 
-_CONTENT_LENGTH: Final = [b"content-length: %d" % i for i in range(1024)]
+_DIGITS: Final = [b"%d" % i for i in range(1024)]
 
 
-def _lines(first: bytes, headers: list[bytes]) -> list[bytes]:
-    """A head as lines, for the caller to add its own "name: value" lines to and join once.
+def _head(first: bytes, fields: list[bytes], more: list[bytes] | None = None) -> bytes:
+    """An HTTP/1 head: the first line, then the fields (flat), then `more` fields, joined once.
 
-    A 4-tuple per header and a list extend, or a tuple per added header, cost more.
+    A line per field, then one join: a join costs about 100 instructions per part
+    (a buffer view of each), so four parts per field (name, ": ", value, CRLF) cost more
+    than the one concatenation per field that makes a line of them (callgrind).
     """
     lines = [first]
-    for i in range(0, len(headers) - 1, 2):
-        lines.append(headers[i] + b": " + headers[i + 1])
-    return lines
-
-
-def _head(first: bytes, headers: list[bytes]) -> bytes:
-    lines = _lines(first, headers)
+    for i in range(0, len(fields) - 1, 2):
+        lines.append(fields[i] + b": " + fields[i + 1])
+    if more is not None:
+        for i in range(0, len(more) - 1, 2):
+            lines.append(more[i] + b": " + more[i + 1])
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
+
+
+def request_head(ex: Exchange, fields: list[bytes]) -> bytes:
+    """The HTTP/1 request head for the next hop, of fields from Client.upstream_fields."""
+    return _head(ex.method + b" " + ex.url + b" HTTP/1.1", fields)
 
 
 __all__ = [

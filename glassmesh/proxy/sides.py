@@ -251,7 +251,7 @@ class InboundSide(Side):
         self.live: Live = rt.live
         self.source = source
         self.destination = destination
-        self.extra = [SOURCE_HEADER + b": " + source_id.encode()]
+        self.extra = [SOURCE_HEADER, source_id.encode()]
         self.link = rt.stats.link("inbound", source, destination)
         self._cache: dict[PoolKey, Routed] = {}
         self._gen = self.live.generation

@@ -229,7 +229,7 @@ def test_a_mux_peer_sending_unknown_frames_and_settings_keeps_carrying_requests(
     with s:
         dec = m.Decoder()
         (t, _, _, payload), = _frames_until(s, dec, lambda got: bool(got))  # the proxy's SETTINGS come first
-        assert t == m.SETTINGS and payload[4:10] == struct.pack("!HI", 1, 1 << 16 | 2)  # version 1.2
+        assert t == m.SETTINGS and payload[4:10] == struct.pack("!HI", 1, 1 << 16 | 3)  # version 1.3
         # A newer peer: a setting this release does not know, and frame types it does not know, before
         # and between requests, on stream 0 and on a stream of their own.
         s.sendall(_settings(1, 0x80, {1: 1 << 16 | 7, 77: 5, 9000: 1 << 31}))
@@ -254,3 +254,74 @@ def test_a_mux_peer_of_another_major_version_is_refused_with_the_reason(mesh: Me
     proxy = next(p for p in mesh.proxies() if "host2" in p.name)
     wait_for(lambda: "refused: peer speaks glassmesh-mux 2.0" in proxy.log_text(), 5, "the proxy logs why")
     assert get(h2.admin, "/ready").status == 200  # and serves on
+
+
+def _binary_whole(data: bytes) -> bool:
+    """Whether data holds a whole binary response: its head and as many body bytes as its Content-Length says."""
+    end = data.find(b"\n")
+    if not data.startswith(b"\0") or end < 0:
+        return False
+    parts = data[1:end - 1].split(b"\0")
+    fields = dict(zip(parts[0:-1:2], parts[1:-1:2], strict=True))
+    return len(data) - end - 1 >= int(fields.get(b"content-length", b"0"))
+
+
+def _binary(sock: Any, dec: m.Decoder, sid: int, head: bytes, flags: int) -> bytes:
+    sock.sendall(b"".join(m.data(sid, head, flags)))
+
+    def data(got: list[tuple[int, int, int, bytes]]) -> bytes:
+        return b"".join(p for t, _, s, p in got if t == m.DATA and s == sid)
+
+    return data(_frames_until(sock, dec, lambda got: _binary_whole(data(got)) or any(
+        s == sid and (t == m.RESET or f & m.FLAG_FIN) for t, f, s, _ in got)))
+
+
+def test_a_mux_peer_of_minor_3_speaks_binary_heads_and_a_smuggling_shaped_one_is_refused(mesh: Mesh) -> None:
+    """protocols/mux_head.py against a real inbound port: a binary request gets a binary answer from the app;
+    a binary head whose field name would read as Transfer-Encoding to a lenient app never reaches it."""
+    from glassmesh.protocols.mux_head import encode_request
+
+    h2, s = _mux_to(mesh)
+    with s:
+        dec = m.Decoder()
+        _frames_until(s, dec, lambda got: bool(got))
+        s.sendall(_settings(1, 0, {1: 1 << 16 | 3}))
+        got = _binary(s, dec, 1, encode_request(b"GET", b"/bin", [b"host", b"b"]), m.FLAG_OPEN)
+        end = got.find(b"\n")
+        assert got[:1] == b"\0" and end > 0, f"a binary answer: {got[:200]!r}"
+        parts = got[1:end - 1].split(b"\0")
+        fields = dict(zip(parts[0:-1:2], parts[1:-1:2], strict=True))
+        body = got[end + 1:]
+        assert parts[-1] == b"200" and int(fields[b"content-length"]) == len(body) and b"/bin" in body, got
+        assert b"glassmesh-trail" in fields
+        evil = encode_request(b"POST", b"/evil", [b"host", b"b", b"content-length", b"0", b"transfer-encoding ", b"chunked"])
+        refused = _request_bytes_after(s, dec, 3, evil)
+    assert refused.startswith(b"HTTP/1.1 400") and b"glassmesh-error: bad_request" in refused, refused
+    assert b"not a token" in refused
+    assert get(h2.admin, "/ready").status == 200
+
+
+def _request_bytes_after(sock: Any, dec: m.Decoder, sid: int, head: bytes) -> bytes:
+    sock.sendall(b"".join(m.data(sid, head, m.FLAG_OPEN | m.FLAG_FIN)))
+    frames = _frames_until(sock, dec, lambda got: any(s == sid and (t == m.RESET or f & m.FLAG_FIN)
+                                                      for t, f, s, _ in got))
+    return b"".join(p for t, _, s, p in frames if t == m.DATA and s == sid)
+
+
+def test_an_app_cannot_send_a_binary_head_to_its_outbound_port(mesh: Mesh) -> None:
+    """Binary heads are read only on mux streams from peer proxies: from an app, 0x00 is no HTTP/1 and gets a 400."""
+    from glassmesh.protocols.mux_head import encode_request
+
+    h1, h2 = mesh.add_host("host1"), mesh.add_host("host2")
+    h1.client("a")
+    h2.http_app("b")
+    mesh.start()
+    with socket.create_connection(split(h1.outbound("a")), timeout=5) as c:
+        c.sendall(encode_request(b"GET", b"/", [b"host", b"b"]))
+        got = b""
+        while b"\r\n\r\n" not in got:
+            data = c.recv(65536)
+            if not data:
+                break
+            got += data
+    assert got.startswith(b"HTTP/1.1 400") and b"glassmesh-error: bad_request" in got, got
