@@ -177,6 +177,36 @@ class _Reader:
         self.max_head = max_head
         self.sink = sink
         self.fed = 0  # bytes fed since the last event: while a head arrives, its size so far
+        # Binary heads (protocols/mux_head.py): read only when the connection says so (a mux stream),
+        # only where a message begins: llhttp is between messages (mid: inside one).
+        self.binary = False
+        self.mid = False
+        self.known: Known | None = None
+        self.partial = b""  # the start of a binary head, until its LF arrives
+        self.body_left = 0  # body bytes of a binary-headed message still to come
+
+    def read_binary(self) -> None:
+        """Read binary heads too: the connection is a mux stream between proxies (never an app's)."""
+        self.binary = True
+        self.known = Known()
+
+    def _binary_end(self) -> None:
+        raise NotImplementedError
+
+    def _body_then(self, data: bytes) -> bytes:
+        """Body bytes of a binary-headed message as DATA (and its END once whole); what follows the body."""
+        left = self.body_left
+        n = len(data)
+        if n <= left:
+            self.body_left = left - n
+            self.sink.data(data)
+            if n == left:
+                self._binary_end()
+            return b""
+        self.body_left = 0
+        self.sink.data(data[:left])
+        self._binary_end()
+        return data[left:]
 
     def _drop_parser(self) -> None:
         raise NotImplementedError
@@ -226,13 +256,6 @@ class RequestReader(_Reader):
         # Of the last head llhttp read (also a refused one): for the answer to a bad request.
         self.method = b""
         self.http10 = False
-        # Binary heads (protocols/mux_head.py): read only when the connection says so (a mux stream),
-        # only where a message begins: llhttp is between messages (mid: inside one).
-        self.binary = False
-        self.mid = False
-        self.known: Known | None = None
-        self.partial = b""  # the start of a binary head, until its LF arrives
-        self.body_left = 0  # body bytes of a binary-headed request still to come
 
     def _drop_parser(self) -> None:
         self.dead = True
@@ -241,11 +264,6 @@ class RequestReader(_Reader):
         self.p_version = _no_version
         self.p_keep_alive = _no
         self.p_upgrade = _no
-
-    def read_binary(self) -> None:
-        """Read binary heads too: the connection is a mux stream from a peer proxy (never an app)."""
-        self.binary = True
-        self.known = Known()
 
     def feed(self, data: bytes) -> None:
         """Tell the events these bytes complete."""
@@ -286,19 +304,8 @@ class RequestReader(_Reader):
     def _feed_binary(self, data: bytes) -> None:
         """A binary head, or the body after one (protocols/mux_head.py), and whatever follows them."""
         while data and not self.dead:
-            left = self.body_left
-            if left:
-                n = len(data)
-                if n <= left:
-                    self.body_left = left - n
-                    self.sink.data(data)
-                    if n == left:
-                        self._binary_end()
-                    return
-                self.body_left = 0
-                self.sink.data(data[:left])
-                self._binary_end()
-                data = data[left:]
+            if self.body_left:
+                data = self._body_then(data)
                 continue
             if data[0] != 0 and not self.partial:
                 self.feed(data)  # an HTTP/1 message after a binary one: llhttp's
@@ -453,13 +460,6 @@ class ResponseReader(_Reader):
         # Whether a request awaits its final answer: bytes of a further response before the next
         # request are an error, and never read over the head the proxy is about to act on.
         self.awaiting = False
-        # Binary heads (protocols/mux_head.py), on a mux stream only: see RequestReader. mid: llhttp was fed
-        # the start of a response it has not completed.
-        self.binary = False
-        self.mid = False
-        self.known: Known | None = None
-        self.partial = b""
-        self.body_left = 0
 
     def _new_parser(self) -> None:
         p = httptools.HttpResponseParser(self)
@@ -478,11 +478,6 @@ class ResponseReader(_Reader):
         self.may_upgrade = may_upgrade
         self.interim = False
         self.awaiting = True
-
-    def read_binary(self) -> None:
-        """Read binary heads too: the connection is a mux stream to a peer proxy (this build said minor 3)."""
-        self.binary = True
-        self.known = Known()
 
     def feed(self, data: bytes) -> None:
         """Tell the events these bytes complete."""
@@ -527,19 +522,8 @@ class ResponseReader(_Reader):
     def _feed_binary(self, data: bytes) -> None:
         """A binary head, or the body after one (protocols/mux_head.py); see RequestReader._feed_binary."""
         while data:
-            left = self.body_left
-            if left:
-                n = len(data)
-                if n <= left:
-                    self.body_left = left - n
-                    self.sink.data(data)
-                    if n == left:
-                        self._binary_end()
-                    return
-                self.body_left = 0
-                self.sink.data(data[:left])
-                self._binary_end()
-                data = data[left:]
+            if self.body_left:
+                data = self._body_then(data)
                 continue
             if data[0] != 0 and not self.partial:
                 self.feed(data)
