@@ -424,7 +424,9 @@ def test_control_plane_down_then_proxy_restarts_from_disk(topo: Topo) -> None:
         outage = [x for x in traffic.log if x[0] >= cut]
         assert traffic.failures() == [], traffic.failures()[:5]
         assert len(outage) > 100 * OUTAGE_S, len(outage)  # ~200/s, counted, not sampled
-        assert traffic.served_by("b2", cut + OUTAGE_S - 5) and traffic.served_by("b3", cut + OUTAGE_S - 5)
+        # Both instances still serve in the outage's second half: neither left the table. (Not "in its last
+        # 5 s": P2C may avoid one for seconds after a slow answer; stages/endpoint.py decayed() bounds how long.)
+        assert traffic.served_by("b2", half) and traffic.served_by("b3", half)
         doc = h1.ready()
         cpd = doc["control_plane"]
         assert cpd["connected"] is False and cpd["last_error"] and doc["snapshot_version"] == version

@@ -227,3 +227,20 @@ def test_an_avoided_endpoint_probed_again_starts_from_its_decayed_estimate() -> 
     # (Folding the probe's sample into the old peak put b back near 1.6 ms: 3.2 s, then shrinking slowly.)
     assert len(gaps) > 15 and max(gaps[1:]) < 2.6, [round(g, 2) for g in gaps]
     assert abs(b.ewma_s - 0.0011) < 0.0002, b.ewma_s
+
+
+def test_an_instance_avoided_after_one_very_slow_answer_is_tried_again_within_seconds() -> None:
+    """A 20 ms answer against a peer's 1 ms: tried again after about DECAY_S * (1 + ln 20) = 8 s, not 40 s."""
+    a, b = endpoints(2)
+    b.observe(0.020, 0.0)
+    bal = Balancer([a, b])
+    now, first_b = 0.0, None
+    while now < 30.0 and first_b is None:
+        ep = bal.pick(now)
+        assert ep is not None
+        ep.begin()
+        now += 0.005
+        ep.end(True, 0.001, now)
+        if ep is b:
+            first_b = now
+    assert first_b is not None and 6.0 < first_b < 9.0, first_b
